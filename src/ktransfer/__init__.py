@@ -1,0 +1,1 @@
+"""ktransfer: knowledge transfer for PyTorch."""
