@@ -1,0 +1,149 @@
+"""`ktransfer` command line: demo, run, resume, eval, check, modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ktransfer.registry import ConfigError
+from ktransfer.train import NonFiniteLossError
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.max_steps=200 (repeatable)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ktransfer", description="Knowledge transfer (distillation) for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="teacher, student alone and distilled student on scikit-learn's digits")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to average over (default: 0 1 2)")
+    p.add_argument("--out", default="runs/demo", help="directory for the runs and results (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a few steps only: checks the pipeline, not the result")
+    _add_overrides(p)
+
+    p = sub.add_parser("run", help="train as a YAML config describes")
+    p.add_argument("config", help="run config (YAML)")
+    p.add_argument("--run-dir", help="output directory (default: runs/<config file name>)")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+                   help="stop after this many steps as if killed (to try out resume)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_overrides(p)
+
+    p = sub.add_parser("resume", help="continue a killed run from its newest checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("eval", help="evaluate a run's student on a data split")
+    p.add_argument("run_dir")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--which", default="best", choices=["best", "final"])
+
+    p = sub.add_parser("check", help="validate a config and print it resolved, without training")
+    p.add_argument("config")
+    _add_overrides(p)
+
+    p = sub.add_parser("modules", help="list the named submodules of a config's student and teacher (for capture)")
+    p.add_argument("config")
+    p.add_argument("--depth", type=int, default=None, help="only names with at most this many dots + 1")
+    _add_overrides(p)
+    return parser
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import run
+
+    cfg = RunConfig.from_yaml(args.config, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+    result = run(cfg, run_dir, progress=not args.no_progress, stop_after_steps=args.stop_after)
+    print(f"run directory: {run_dir}")
+    if args.stop_after is not None and result.train.step < cfg.train.max_steps and not result.train.stopped_early:
+        print(f"stopped after step {result.train.step} of {cfg.train.max_steps}; continue with: ktransfer resume {run_dir}")
+    _print_json({"step": result.train.step, "best_step": result.train.best_step,
+                 "best_val": result.train.best_metrics, "final_val": result.train.final_metrics})
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from ktransfer.runner import resume
+
+    result = resume(args.run_dir, progress=not args.no_progress)
+    _print_json({"step": result.train.step, "best_step": result.train.best_step,
+                 "best_val": result.train.best_metrics, "final_val": result.train.final_metrics})
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ktransfer.runner import evaluate_run
+
+    _print_json(evaluate_run(args.run_dir, split=args.split, which=args.which))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from ktransfer.config import RunConfig
+
+    print(RunConfig.from_yaml(args.config, args.overrides).to_yaml(), end="")
+    return 0
+
+
+def _cmd_modules(args: argparse.Namespace) -> int:
+    from ktransfer.capture import list_modules
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import build_model, load_data
+
+    cfg = RunConfig.from_yaml(args.config, args.overrides)
+    info = load_data(cfg).info
+    for role, spec in (("student", cfg.student), ("teacher", cfg.teacher)):
+        if spec is None:
+            continue
+        print(f"# {role}")
+        for name, cls in list_modules(build_model(spec, info, role), max_depth=args.depth):
+            print(f"{name or '(model)'}\t{cls}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ktransfer.demo import print_table, run_demo
+
+    results = run_demo(args.out, seeds=args.seeds, quick=args.quick, overrides=args.overrides)
+    print_table(results)
+    print(f"raw results: {Path(args.out) / 'results.json'}; table: {Path(args.out) / 'results.md'}")
+    return 0
+
+
+COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "resume": _cmd_resume, "eval": _cmd_eval,
+            "check": _cmd_check, "modules": _cmd_modules}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except NonFiniteLossError as e:
+        print(f"ktransfer {args.command}: error: {e}", file=sys.stderr)
+        return 3
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("KTRANSFER_DEBUG"):
+            raise
+        print(f"ktransfer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; a run continues from its newest checkpoint with `ktransfer resume RUN_DIR`",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

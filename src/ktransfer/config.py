@@ -1,0 +1,182 @@
+"""One YAML file describes a whole run; this module loads, overrides and validates it.
+
+Layout (every section maps onto a Python object of the same name):
+
+```yaml
+task: classification            # classification | causal_lm | seq2seq
+data: {name: digits, split_seed: 0}           # DATASETS registry name + its keyword arguments
+teacher: {from_run: runs/teacher}             # or {builder: mlp, hidden: [256], weights: t.safetensors}; null = none
+student: {builder: mlp, hidden: [32]}         # MODELS registry name + its keyword arguments
+knowledge:                                    # KNOWLEDGE registry: type + keyword arguments
+  - {type: response, divergence: forward_kl, temperature: 4.0, weight: 0.5}
+  - {type: labels, weight: 0.5}
+selector: {type: fixed}                       # SELECTORS registry
+optim: {name: adamw, lr: 0.001}               # OptimConfig
+schedule: {name: cosine, warmup_steps: 0}     # ScheduleConfig
+train: {max_steps: 500, batch_size: 64, seed: 0}   # TrainConfig
+```
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ktransfer.data import DATASETS
+from ktransfer.knowledge import build_terms
+from ktransfer.models import MODELS
+from ktransfer.registry import ConfigError, suggest
+from ktransfer.schema import from_dict, to_dict
+from ktransfer.selection import SELECTORS
+from ktransfer.tasks import TASK_KINDS, TaskKind
+from ktransfer.train import OptimConfig, ScheduleConfig, TrainConfig
+
+# Keys of a model section that are not arguments of the builder.
+MODEL_META_KEYS = ("builder", "weights", "from_run", "which")
+SECTIONS = ("task", "data", "teacher", "student", "knowledge", "selector", "optim", "schedule", "train")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: task, data, teacher, student, knowledge terms, selector and training settings."""
+
+    student: dict[str, Any]
+    task: TaskKind = "classification"
+    data: dict[str, Any] = field(default_factory=lambda: {"name": "digits"})
+    teacher: dict[str, Any] | None = None
+    knowledge: list[dict[str, Any]] = field(default_factory=lambda: [{"type": "labels"}])
+    selector: dict[str, Any] = field(default_factory=lambda: {"type": "fixed"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    # ------------------------------------------------------------------ validation
+    def check(self) -> None:
+        """Validate names and keys of every section against the registries (nothing is built)."""
+        if self.task not in TASK_KINDS:
+            raise ConfigError(f"task: invalid value {self.task!r}; valid choices: {', '.join(TASK_KINDS)}")
+        data = dict(self.data)
+        if "name" not in data:
+            raise ConfigError(f"data.name: missing; valid choices: {', '.join(DATASETS.names())}")
+        DATASETS.check(str(data.pop("name")), data, "data")
+        DATASETS.get(str(self.data["name"]), "data.name")
+        check_model_spec(self.student, "student")
+        if self.teacher is not None:
+            check_model_spec(self.teacher, "teacher")
+        if not isinstance(self.knowledge, list) or not self.knowledge:
+            raise ConfigError("knowledge: expected a non-empty list of terms, e.g. [{type: labels}]")
+        terms = build_terms(self.knowledge)
+        needing = [t.name for t in terms if t.requires_teacher]
+        if needing and self.teacher is None:
+            raise ConfigError(f"knowledge: terms {needing} need a teacher, but 'teacher' is not set")
+        selector = dict(self.selector)
+        kind = selector.pop("type", None)
+        if kind is None:
+            raise ConfigError(f"selector.type: missing; valid choices: {', '.join(SELECTORS.names())}")
+        SELECTORS.check(kind, selector, "selector")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+        """Build from a mapping (as loaded from YAML), after applying `a.b=c` overrides."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a run config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
+        data = apply_overrides(data, overrides or [])
+        for key in data:
+            if key not in SECTIONS:
+                raise ConfigError(f"{key}: unknown section{suggest(key, list(SECTIONS))}; valid sections: {', '.join(SECTIONS)}")
+        if "student" not in data:
+            raise ConfigError("student: missing; every run needs a student model")
+        return from_dict(cls, data, "config")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+        """Load a YAML run file; `overrides` are `a.b=c` strings as given to `--set`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        return cls.from_dict(data, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def check_model_spec(spec: Any, where: str) -> None:
+    """Validate a model section: `from_run` (+ `which`), or `builder` + builder keys (+ `weights`)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping with 'builder' or 'from_run', got {spec!r}")
+    if "from_run" in spec:
+        extra = sorted(set(spec) - {"from_run", "which"})
+        if extra:
+            raise ConfigError(f"{where}.{extra[0]}: not allowed with 'from_run' (only 'which': best | final)")
+        if spec.get("which", "best") not in ("best", "final"):
+            raise ConfigError(f"{where}.which: invalid value {spec['which']!r}; valid choices: best, final")
+        return
+    if "which" in spec:
+        raise ConfigError(f"{where}.which: only allowed together with 'from_run'")
+    if "builder" not in spec:
+        raise ConfigError(
+            f"{where}: needs 'builder' (one of {', '.join(MODELS.names())}) or 'from_run' (a run directory)"
+        )
+    kwargs = {k: v for k, v in spec.items() if k not in MODEL_META_KEYS}
+    MODELS.check(str(spec["builder"]), kwargs, where)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected key=value, e.g. train.max_steps=200")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{item}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{item}': value is not valid YAML: {e}") from e
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `data` with `a.b=c` overrides applied (values parsed as YAML; list indices allowed)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, value = _parse_override(item)
+        node: Any = data
+        for depth, part in enumerate(path[:-1]):
+            where = ".".join(path[: depth + 1])
+            if isinstance(node, list):
+                node = node[_index(part, node, where)]
+            elif isinstance(node, dict):
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+            else:
+                raise ConfigError(f"override '{item}': {where} is a value, not a section")
+        last = path[-1]
+        if isinstance(node, list):
+            node[_index(last, node, ".".join(path))] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override '{item}': {'.'.join(path[:-1])} is a value, not a section")
+    return data
+
+
+def _index(part: str, node: list[Any], where: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"{where}: expected a list index in [0, {len(node) - 1}], got '{part}'")
+    return int(part)

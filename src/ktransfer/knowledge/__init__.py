@@ -1,0 +1,37 @@
+"""Knowledge terms: one module per kind of knowledge a teacher offers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ktransfer.knowledge.base import KnowledgeTerm, StepView
+from ktransfer.knowledge.labels import LabelsTerm
+from ktransfer.knowledge.response import ResponseTerm
+from ktransfer.registry import ConfigError, Registry
+
+KNOWLEDGE: Registry[KnowledgeTerm] = Registry("knowledge term")
+KNOWLEDGE.register("response")(ResponseTerm)
+KNOWLEDGE.register("labels")(LabelsTerm)
+
+
+def build_terms(specs: list[dict[str, Any]], where: str = "knowledge") -> list[KnowledgeTerm]:
+    """Build knowledge terms from config dicts `{type: ..., **kwargs}`; names must be unique."""
+    terms: list[KnowledgeTerm] = []
+    for i, spec in enumerate(specs):
+        spec = dict(spec)
+        at = f"{where}[{i}]"
+        kind = spec.pop("type", None)
+        if kind is None:
+            raise ConfigError(f"{at}: missing 'type'; valid choices: {', '.join(KNOWLEDGE.names())}")
+        spec.setdefault("name", kind)
+        terms.append(KNOWLEDGE.build(kind, spec, at))
+    names = [t.name for t in terms]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"{where}: term names must be unique, '{duplicates[0]}' is used twice; give one a 'name'"
+        )
+    return terms
+
+
+__all__ = ["KNOWLEDGE", "KnowledgeTerm", "LabelsTerm", "ResponseTerm", "StepView", "build_terms"]

@@ -1,0 +1,39 @@
+"""Ground-truth labels as a knowledge term: cross-entropy on the student's logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ktransfer.knowledge.base import StepView
+from ktransfer.tasks import IGNORE_INDEX
+
+
+@dataclass
+class LabelsTerm:
+    """Cross-entropy between the student's logits and the labels, mean over labelled positions."""
+
+    weight: float = 1.0
+    label_smoothing: float = 0.0
+    name: str = "labels"
+    requires_teacher: bool = False
+    student_modules: tuple[str, ...] = ()
+    teacher_modules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def loss(self, view: StepView) -> Tensor:
+        out = view.student
+        if out.targets is None:
+            raise ValueError("the 'labels' knowledge term needs batches with a 'labels' key")
+        logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
+        return F.cross_entropy(
+            logits,
+            out.targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=self.label_smoothing,
+        )

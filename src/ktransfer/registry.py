@@ -1,0 +1,73 @@
+"""Named factories whose keyword arguments double as the config schema.
+
+Models, datasets, knowledge terms and selectors are each registered here under a name. The
+factory's signature is the list of valid config keys for that name, so a misspelt key is
+reported with the keys that would have been accepted, without a second schema to keep in sync.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A run configuration names an unknown key or holds an invalid value."""
+
+
+def suggest(name: str, valid: list[str]) -> str:
+    """A ' (did you mean ...?)' hint, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class Registry(Generic[T]):
+    """A name -> factory map; `build` checks the keyword arguments against the signature."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._factories: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def wrap(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._factories:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._factories[name] = factory
+            return factory
+
+        return wrap
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def get(self, name: str, where: str = "") -> Callable[..., T]:
+        if name not in self._factories:
+            at = f"{where}: " if where else ""
+            raise ConfigError(
+                f"{at}unknown {self.kind} '{name}'{suggest(name, self.names())}; "
+                f"valid choices: {', '.join(self.names())}"
+            )
+        return self._factories[name]
+
+    def keys(self, name: str) -> list[str]:
+        """The keyword arguments the factory `name` accepts."""
+        params = inspect.signature(self.get(name)).parameters.values()
+        return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    def check(self, name: str, kwargs: Mapping[str, Any], where: str) -> None:
+        """Raise ConfigError naming any key that the factory does not accept."""
+        valid = self.keys(name)
+        for key in kwargs:
+            if key not in valid:
+                raise ConfigError(
+                    f"{where}.{key}: unknown key{suggest(key, valid)}; valid keys for "
+                    f"{self.kind} '{name}': {', '.join(sorted(valid)) or '(none)'}"
+                )
+
+    def build(self, name: str, kwargs: Mapping[str, Any], where: str = "") -> T:
+        self.check(name, kwargs, where or self.kind)
+        return self.get(name, where)(**kwargs)

@@ -1,0 +1,168 @@
+"""From a `RunConfig` to a finished run directory, and back (resume, eval).
+
+A run directory holds: config.yaml (resolved), metrics.jsonl, checkpoints/step-N/,
+best/model.safetensors, final/model.safetensors, curves.png and summary.json.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ktransfer.checkpoint import load_weights, write_json_atomic, write_text_atomic
+from ktransfer.config import MODEL_META_KEYS, RunConfig
+from ktransfer.data import DATASETS, DataSplits
+from ktransfer.knowledge import build_terms
+from ktransfer.models import MODELS, count_parameters
+from ktransfer.selection import SELECTORS
+from ktransfer.tasks import Task
+from ktransfer.train import Distiller, TrainResult, make_evaluator
+
+
+@dataclass
+class RunResult:
+    """A finished (or interrupted) run: its directory, training result and model sizes."""
+
+    run_dir: Path
+    train: TrainResult
+    student_parameters: int
+    teacher_parameters: int | None
+
+
+def load_data(cfg: RunConfig) -> DataSplits:
+    data = dict(cfg.data)
+    return DATASETS.build(data.pop("name"), data, "data")
+
+
+def _architecture(spec: dict[str, Any]) -> dict[str, Any]:
+    """A model section without its initial weights: the weights of a run replace them."""
+    return {k: v for k, v in spec.items() if k != "weights"}
+
+
+def build_model(spec: dict[str, Any], info: dict[str, Any], where: str) -> nn.Module:
+    """Build a model section: `from_run` (that run's student and weights) or builder + optional weights."""
+    if "from_run" in spec:
+        run_dir = Path(spec["from_run"])
+        cfg_path = run_dir / "config.yaml"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{where}.from_run: no run found at {run_dir} (missing {cfg_path.name})")
+        source = RunConfig.from_yaml(cfg_path)
+        model = build_model(_architecture(source.student), info, f"{where}.from_run")
+        which = spec.get("which", "best")
+        return load_weights(model, run_dir / which / "model.safetensors")
+    builder = spec["builder"]
+    kwargs = {k: v for k, v in spec.items() if k not in MODEL_META_KEYS}
+    accepted = MODELS.keys(builder)
+    for key, info_key in (("in_features", "num_features"), ("num_classes", "num_classes")):
+        if key in accepted and key not in kwargs and info_key in info:
+            kwargs[key] = info[info_key]
+    model = MODELS.build(builder, kwargs, where)
+    if spec.get("weights"):
+        try:
+            load_weights(model, spec["weights"])
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{where}.weights: {e}") from e
+    return model
+
+
+def build_distiller(
+    cfg: RunConfig, run_dir: str | Path | None = None, *, data: DataSplits | None = None,
+    progress: bool = True, stop_after_steps: int | None = None,
+) -> tuple[Distiller, DataSplits]:
+    """Everything a run needs, built from its config: the Python API behind `ktransfer run`."""
+    data = data if data is not None else load_data(cfg)
+    torch.manual_seed(cfg.train.seed)  # model initialisation depends on the run's seed
+    teacher = build_model(cfg.teacher, data.info, "teacher") if cfg.teacher is not None else None
+    student = build_model(cfg.student, data.info, "student")
+    selector_spec = dict(cfg.selector)
+    selector = SELECTORS.build(selector_spec.pop("type"), selector_spec, "selector")
+    task = Task(cfg.task)
+    distiller = Distiller(
+        student, teacher, build_terms(cfg.knowledge), selector,
+        train_data=data.train, config=cfg.train, optim=cfg.optim, schedule=cfg.schedule, task=task,
+        evaluate=make_evaluator(data.val, task, cfg.train.eval_batch_size),
+        run_dir=run_dir, progress=progress, stop_after_steps=stop_after_steps,
+    )
+    return distiller, data
+
+
+def environment() -> dict[str, Any]:
+    """Machine and library versions, recorded with every run and benchmark."""
+    import accelerate
+    import transformers
+
+    return {
+        "python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
+        "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _finish(distiller: Distiller, cfg: RunConfig, run_dir: Path, result: TrainResult) -> RunResult:
+    out = RunResult(
+        run_dir=run_dir, train=result,
+        student_parameters=count_parameters(distiller.student),
+        teacher_parameters=count_parameters(distiller.teacher) if distiller.teacher is not None else None,
+    )
+    write_json_atomic(run_dir / "summary.json", {
+        "step": result.step, "max_steps": cfg.train.max_steps, "stopped_early": result.stopped_early,
+        "best_step": result.best_step, "best_val": result.best_metrics, "final_val": result.final_metrics,
+        "wall_time_s": round(result.wall_time_s, 3), "seed": cfg.train.seed,
+        "student_parameters": out.student_parameters, "teacher_parameters": out.teacher_parameters,
+        "environment": environment(), "finished": result.step >= cfg.train.max_steps or result.stopped_early,
+    })
+    return out
+
+
+def run(
+    cfg: RunConfig, run_dir: str | Path, *, progress: bool = True, stop_after_steps: int | None = None,
+    data: DataSplits | None = None,
+) -> RunResult:
+    """Train a student as `cfg` says, writing everything to `run_dir` (its config first)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+    distiller, _ = build_distiller(cfg, run_dir, data=data, progress=progress, stop_after_steps=stop_after_steps)
+    result = distiller.fit()
+    return _finish(distiller, cfg, run_dir, result)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"not a run directory (no config.yaml): {run_dir}")
+    return RunConfig.from_yaml(path)
+
+
+def resume(run_dir: str | Path, *, progress: bool = True, stop_after_steps: int | None = None) -> RunResult:
+    """Continue a killed run from its newest checkpoint; the result equals an uninterrupted run's."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    distiller, _ = build_distiller(cfg, run_dir, progress=progress, stop_after_steps=stop_after_steps)
+    result = distiller.fit(resume=True)
+    return _finish(distiller, cfg, run_dir, result)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") -> dict[str, Any]:
+    """Metrics of a run's student (`best` or `final` weights) on one data split; writes eval-<split>.json."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if which not in ("best", "final"):
+        raise ValueError(f"which must be 'best' or 'final', got '{which}'")
+    data = load_data(cfg)
+    model = build_model(_architecture(cfg.student), data.info, "student")
+    load_weights(model, run_dir / which / "model.safetensors")
+    evaluate = make_evaluator(data.get(split), Task(cfg.task), cfg.train.eval_batch_size)
+    metrics = evaluate(model)
+    report = {"split": split, "which": which, **metrics, "parameters": count_parameters(model),
+              "size": len(data.get(split))}  # type: ignore[arg-type]
+    write_json_atomic(run_dir / f"eval-{split}.json", report)
+    return report
+
