@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -53,21 +54,36 @@ class Registry(Generic[T]):
             )
         return self._factories[name]
 
-    def keys(self, name: str) -> list[str]:
+    def keys(self, name: str, where: str = "") -> list[str]:
         """The keyword arguments the factory `name` accepts."""
-        params = inspect.signature(self.get(name)).parameters.values()
+        params = inspect.signature(self.get(name, where)).parameters.values()
         return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
-    def check(self, name: str, kwargs: Mapping[str, Any], where: str) -> None:
-        """Raise ConfigError naming any key that the factory does not accept."""
-        valid = self.keys(name)
-        for key in kwargs:
+    def check(self, name: str, kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Raise ConfigError naming any unknown key or ill-typed value; return the values, typed."""
+        from ktransfer.schema import check_value
+
+        valid = self.keys(name, where)
+        factory = self.get(name, where)
+        try:
+            hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+        except (TypeError, NameError):
+            hints = {}
+        checked = {}
+        for key, value in kwargs.items():
             if key not in valid:
                 raise ConfigError(
                     f"{where}.{key}: unknown key{suggest(key, valid)}; valid keys for "
                     f"{self.kind} '{name}': {', '.join(sorted(valid)) or '(none)'}"
                 )
+            checked[key] = check_value(value, hints[key], f"{where}.{key}") if key in hints else value
+        return checked
 
     def build(self, name: str, kwargs: Mapping[str, Any], where: str = "") -> T:
-        self.check(name, kwargs, where or self.kind)
-        return self.get(name, where)(**kwargs)
+        checked = self.check(name, kwargs, where or self.kind)
+        try:
+            return self.get(name, where)(**checked)
+        except (ValueError, TypeError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{where or self.kind}: {e}") from e

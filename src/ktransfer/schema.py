@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-import typing
+from collections import abc
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -48,7 +48,7 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
         raise errors[0] if len(errors) == 1 else ConfigError(
             f"{where}: invalid value {value!r}; expected {' or '.join(_type_name(a) for a in get_args(tp))}"
         )
-    if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
+    if origin in (list, tuple, abc.Sequence) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         args = get_args(tp)
@@ -64,6 +64,12 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
             return value
         return from_dict(tp, value, where)
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "3e-4" (no dot) as a string; accept what Python reads as a number.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -335,8 +335,10 @@ class Distiller:
         scheduler = get_scheduler(self.schedule.name, optimizer, num_warmup_steps=self.schedule.warmup_steps,
                                   num_training_steps=cfg.max_steps)
         sampler = EpochShuffleSampler(len(self.train_data), cfg.seed)  # type: ignore[arg-type]
+        # A private generator: creating a DataLoader iterator must not draw from the global RNG
+        # (dropout), or a resumed run, which creates one more iterator, would drift.
         loader = DataLoader(self.train_data, batch_size=cfg.batch_size, sampler=sampler,
-                            collate_fn=self.collate_fn)
+                            collate_fn=self.collate_fn, generator=torch.Generator().manual_seed(cfg.seed))
         student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
         teacher = None
         if self.needs_teacher and self.teacher is not None:
