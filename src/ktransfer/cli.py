@@ -56,8 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_main_process() -> bool:
+    """False in the non-zero ranks of a torchrun / accelerate launch, which stay quiet."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
+    if _is_main_process():
+        print(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -67,8 +73,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig.from_yaml(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
     result = run(cfg, run_dir, progress=not args.no_progress, stop_after_steps=args.stop_after)
-    print(f"run directory: {run_dir}")
-    if args.stop_after is not None and result.train.step < cfg.train.max_steps and not result.train.stopped_early:
+    if _is_main_process():
+        print(f"run directory: {run_dir}")
+    if _is_main_process() and args.stop_after is not None and result.train.step < cfg.train.max_steps and not result.train.stopped_early:
         print(f"stopped after step {result.train.step} of {cfg.train.max_steps}; continue with: ktransfer resume {run_dir}")
     _print_json({"step": result.train.step, "best_step": result.train.best_step,
                  "best_val": result.train.best_metrics, "final_val": result.train.final_metrics})

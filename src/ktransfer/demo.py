@@ -28,7 +28,7 @@ TRAIN: dict[str, Any] = {"max_steps": 600, "batch_size": 64, "eval_every": 50, "
 OPTIM: dict[str, Any] = {"name": "adamw", "lr": 0.003}
 SCHEDULE: dict[str, Any] = {"name": "cosine"}
 KD_TERMS: list[dict[str, Any]] = [
-    {"type": "response", "divergence": "soft_target", "temperature": 4.0, "weight": 0.5},
+    {"type": "response", "divergence": "soft_target", "temperature": 8.0, "weight": 0.5},
     {"type": "labels", "weight": 0.5},
 ]
 ROLES = ("teacher", "student alone", "distilled student")

@@ -111,6 +111,8 @@ def _finish(distiller: Distiller, cfg: RunConfig, run_dir: Path, result: TrainRe
         student_parameters=count_parameters(distiller.student),
         teacher_parameters=count_parameters(distiller.teacher) if distiller.teacher is not None else None,
     )
+    if not distiller.accelerator.is_main_process:
+        return out
     write_json_atomic(run_dir / "summary.json", {
         "step": result.step, "max_steps": cfg.train.max_steps, "stopped_early": result.stopped_early,
         "best_step": result.best_step, "best_val": result.best_metrics, "final_val": result.final_metrics,

@@ -215,7 +215,11 @@ def _new_accelerator(cfg: TrainConfig) -> Any:
         raise ValueError("train.mixed_precision='fp16' needs a CUDA GPU; on the CPU use 'bf16' or 'no'")
     # Accelerate keeps one global state; a new run in the same process may use another precision.
     AcceleratorState._reset_state()
-    return Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps, mixed_precision=cfg.mixed_precision)
+    # Under torchrun / accelerate launch on a machine without a GPU, Accelerate only sets up
+    # multi-process CPU training (gloo) when told `cpu=True`.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps, mixed_precision=cfg.mixed_precision,
+                       cpu=multi_cpu)
 
 
 class Distiller:

@@ -1,0 +1,100 @@
+"""End-to-end tests of the `ktransfer` command line on tiny runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ktransfer.cli import main
+
+TEACHER = {
+    "data": {"name": "digits"},
+    "student": {"builder": "mlp", "hidden": [64]},
+    "knowledge": [{"type": "labels"}],
+    "train": {"max_steps": 40, "batch_size": 64, "eval_every": 20, "checkpoint_every": 10},
+}
+
+
+def write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_run_eval_check_and_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write(tmp_path / "teacher.yaml", TEACHER)
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "t"), "--no-progress", "--set", "train.max_steps=20"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["step"] == 20
+    assert (tmp_path / "t" / "curves.png").stat().st_size > 1000
+    assert yaml.safe_load((tmp_path / "t" / "config.yaml").read_text())["train"]["max_steps"] == 20
+
+    student = {**TEACHER, "teacher": {"from_run": str(tmp_path / "t")}, "student": {"builder": "mlp", "hidden": [8]},
+               "knowledge": [{"type": "response", "divergence": "backward_kl", "temperature": 2.0, "weight": 0.7},
+                             {"type": "labels", "weight": 0.3}]}
+    cfg = write(tmp_path / "student.yaml", student)
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "s"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "s"), "--split", "test"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "test" and report["size"] == 360 and 0 <= report["accuracy"] <= 1
+    assert (tmp_path / "s" / "eval-test.json").exists()
+
+    assert main(["check", str(cfg), "--set", "knowledge.0.divergence=jsd", "--set", "knowledge.0.params={beta: 0.2}"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["knowledge"][0] == {"type": "response", "divergence": "jsd", "temperature": 2.0, "weight": 0.7,
+                                        "params": {"beta": 0.2}}
+
+
+def test_stop_then_resume_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write(tmp_path / "c.yaml", TEACHER)
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "full"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress", "--stop-after", "15"]) == 0
+    assert "continue with: ktransfer resume" in capsys.readouterr().out
+    assert main(["resume", str(tmp_path / "r"), "--no-progress"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert resumed["step"] == 40 and resumed["final_val"] == full["final_val"]
+
+
+def test_config_errors_exit_2_with_the_valid_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write(tmp_path / "c.yaml", TEACHER)
+    assert main(["run", str(cfg), "--set", "train.batchsize=3"]) == 2
+    err = capsys.readouterr().err
+    assert "train.batchsize: unknown key (did you mean 'batch_size'?)" in err and "valid keys:" in err
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_nan_loss_exits_3_with_the_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write(tmp_path / "c.yaml", {**TEACHER, "optim": {"lr": 1e30, "max_grad_norm": None, "name": "sgd"}})
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 3
+    assert "at step" in capsys.readouterr().err
+
+
+def test_modules_lists_capturable_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write(tmp_path / "c.yaml", {**TEACHER, "student": {"builder": "cnn"}})
+    assert main(["modules", str(cfg), "--depth", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "features.0\tConv2d" in out and "head\tLinear" in out
+
+
+@pytest.mark.slow
+def test_console_script_demo_quick(tmp_path: Path) -> None:
+    exe = shutil.which("ktransfer") or str(Path(sys.executable).parent / "ktransfer")
+    proc = subprocess.run([exe, "demo", "--quick", "--seeds", "0", "--out", str(tmp_path / "demo")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert "distilled student" in proc.stdout and "student alone" in proc.stdout
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert {r["role"] for r in results["rows"]} == {"teacher", "student alone", "distilled student"}
+    assert (tmp_path / "demo" / "results.md").read_text().startswith("Command: `ktransfer demo")
