@@ -96,6 +96,10 @@ def test_knowledge_errors() -> None:
         build(knowledge=[{"type": "response", "temp": 2}])
     with pytest.raises(ValueError, match="unknown divergence 'reverse_kl'.*backward_kl.*forward_kl"):
         build(knowledge=[{"type": "response", "divergence": "reverse_kl"}])
+    with pytest.raises(ConfigError, match=r"params\.beta: divergence 'forward_kl' takes no params"):
+        build(knowledge=[{"type": "response", "params": {"beta": 0.5}}])
+    with pytest.raises(ConfigError, match=r"params\.alfa: divergence 'skew_forward_kl' takes alpha"):
+        build(knowledge=[{"type": "response", "divergence": "skew_forward_kl", "params": {"alfa": 0.5}}])
     with pytest.raises(ConfigError, match="missing 'type'"):
         build(knowledge=[{"weight": 1.0}])
     with pytest.raises(ConfigError, match="'labels' is used twice"):

@@ -22,7 +22,10 @@ from ktransfer.checkpoint import write_json_atomic, write_text_atomic
 from ktransfer.config import RunConfig, apply_overrides
 from ktransfer.runner import environment, evaluate_run, load_data, run
 
+# Chosen on validation by benchmarks/digits_kd/sweep.py (tests/test_demo.py keeps them in sync).
 TEACHER: dict[str, Any] = {"builder": "cnn", "channels": [32, 64], "dropout": 0.2}
+TEACHER_OPTIM: dict[str, Any] = {"name": "adamw", "lr": 0.003}
+TEACHER_STEPS = 1000
 STUDENT: dict[str, Any] = {"builder": "mlp", "hidden": [32]}
 TRAIN: dict[str, Any] = {"max_steps": 600, "batch_size": 64, "eval_every": 50, "log_every": 25}
 OPTIM: dict[str, Any] = {"name": "adamw", "lr": 0.003}
@@ -39,7 +42,7 @@ def demo_configs(seed: int, teacher_dir: str | Path, overrides: list[str] | None
     train = {**TRAIN, "seed": seed}
     teacher = RunConfig.from_dict({
         "data": {"name": "digits"}, "student": TEACHER, "knowledge": [{"type": "labels"}],
-        "optim": {"name": "adamw", "lr": 0.001}, "schedule": SCHEDULE, "train": train,
+        "optim": TEACHER_OPTIM, "schedule": SCHEDULE, "train": {**train, "max_steps": TEACHER_STEPS},
     })
     common = {"data": {"name": "digits"}, "student": STUDENT, "optim": OPTIM, "schedule": SCHEDULE, "train": train}
     alone = {**common, "knowledge": [{"type": "labels"}]}

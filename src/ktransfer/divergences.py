@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Literal, get_args
+from typing import Callable, Literal, TypedDict, get_args
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+from typing_extensions import Unpack
 
 __all__ = [
     "DIVERGENCES",
@@ -65,6 +66,16 @@ __all__ = [
 
 Reduction = Literal["none", "sum", "mean", "batchmean"]
 _REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+
+class DistillOptions(TypedDict, total=False):
+    """Keyword options shared by every distillation loss (see the module docstring)."""
+
+    mask: Tensor | None
+    labels: Tensor | None
+    ignore_index: int
+    chunk_size: int | None
+    vocab_size: int | None
+
 
 # A per-row formula: (log-probs of the first argument, log-probs of the second) -> (rows,).
 RowFn = Callable[[Tensor, Tensor], Tensor]
@@ -322,13 +333,13 @@ def _distill(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
-    mask: Tensor | None,
-    labels: Tensor | None,
-    ignore_index: int,
-    temperature: float,
-    reduction: Reduction,
-    chunk_size: int | None,
-    vocab_size: int | None,
+    mask: Tensor | None = None,
+    labels: Tensor | None = None,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    reduction: Reduction = "mean",
+    chunk_size: int | None = None,
+    vocab_size: int | None = None,
 ) -> Tensor:
     """Align vocabularies, then run ``row_fn(log Q_student, log P_teacher)`` per token."""
     student_logits, teacher_logits = align_vocab(student_logits, teacher_logits, vocab_size)
@@ -383,13 +394,9 @@ def forward_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
-    mask: Tensor | None = None,
-    labels: Tensor | None = None,
-    ignore_index: int = -100,
     temperature: float = 1.0,
     reduction: Reduction = "mean",
-    chunk_size: int | None = None,
-    vocab_size: int | None = None,
+    **options: Unpack[DistillOptions],
 ) -> Tensor:
     """Forward KL(P || Q) = sum_v P_v (log P_v - log Q_v), P = teacher, Q = student.
 
@@ -401,13 +408,9 @@ def forward_kl(
         _forward_kl_rows,
         student_logits,
         teacher_logits,
-        mask=mask,
-        labels=labels,
-        ignore_index=ignore_index,
         temperature=temperature,
         reduction=reduction,
-        chunk_size=chunk_size,
-        vocab_size=vocab_size,
+        **options,
     )
 
 
@@ -415,13 +418,9 @@ def backward_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
-    mask: Tensor | None = None,
-    labels: Tensor | None = None,
-    ignore_index: int = -100,
     temperature: float = 1.0,
     reduction: Reduction = "mean",
-    chunk_size: int | None = None,
-    vocab_size: int | None = None,
+    **options: Unpack[DistillOptions],
 ) -> Tensor:
     """Backward (reverse) KL(Q || P) = sum_v Q_v (log Q_v - log P_v), P = teacher, Q = student.
 
@@ -432,13 +431,9 @@ def backward_kl(
         _backward_kl_rows,
         student_logits,
         teacher_logits,
-        mask=mask,
-        labels=labels,
-        ignore_index=ignore_index,
         temperature=temperature,
         reduction=reduction,
-        chunk_size=chunk_size,
-        vocab_size=vocab_size,
+        **options,
     )
 
 
@@ -447,13 +442,9 @@ def jsd(
     teacher_logits: Tensor,
     *,
     beta: float = 0.5,
-    mask: Tensor | None = None,
-    labels: Tensor | None = None,
-    ignore_index: int = -100,
     temperature: float = 1.0,
     reduction: Reduction = "mean",
-    chunk_size: int | None = None,
-    vocab_size: int | None = None,
+    **options: Unpack[DistillOptions],
 ) -> Tensor:
     """Generalised Jensen-Shannon divergence, P = teacher, Q = student.
 
@@ -486,13 +477,9 @@ def jsd(
         rows,
         student_logits,
         teacher_logits,
-        mask=mask,
-        labels=labels,
-        ignore_index=ignore_index,
         temperature=temperature,
         reduction=reduction,
-        chunk_size=chunk_size,
-        vocab_size=vocab_size,
+        **options,
     )
 
 
@@ -512,13 +499,9 @@ def skew_forward_kl(
     teacher_logits: Tensor,
     *,
     alpha: float = 0.1,
-    mask: Tensor | None = None,
-    labels: Tensor | None = None,
-    ignore_index: int = -100,
     temperature: float = 1.0,
     reduction: Reduction = "mean",
-    chunk_size: int | None = None,
-    vocab_size: int | None = None,
+    **options: Unpack[DistillOptions],
 ) -> Tensor:
     """Skew forward KL (DistiLLM, Ko et al. 2024): KL(P || alpha * P + (1 - alpha) * Q).
 
@@ -536,13 +519,9 @@ def skew_forward_kl(
         rows,
         student_logits,
         teacher_logits,
-        mask=mask,
-        labels=labels,
-        ignore_index=ignore_index,
         temperature=temperature,
         reduction=reduction,
-        chunk_size=chunk_size,
-        vocab_size=vocab_size,
+        **options,
     )
 
 
@@ -551,13 +530,9 @@ def skew_backward_kl(
     teacher_logits: Tensor,
     *,
     alpha: float = 0.1,
-    mask: Tensor | None = None,
-    labels: Tensor | None = None,
-    ignore_index: int = -100,
     temperature: float = 1.0,
     reduction: Reduction = "mean",
-    chunk_size: int | None = None,
-    vocab_size: int | None = None,
+    **options: Unpack[DistillOptions],
 ) -> Tensor:
     """Skew backward KL (DistiLLM, Ko et al. 2024): KL(Q || alpha * Q + (1 - alpha) * P).
 
@@ -574,13 +549,9 @@ def skew_backward_kl(
         rows,
         student_logits,
         teacher_logits,
-        mask=mask,
-        labels=labels,
-        ignore_index=ignore_index,
         temperature=temperature,
         reduction=reduction,
-        chunk_size=chunk_size,
-        vocab_size=vocab_size,
+        **options,
     )
 
 
@@ -588,26 +559,18 @@ def tvd(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
-    mask: Tensor | None = None,
-    labels: Tensor | None = None,
-    ignore_index: int = -100,
     temperature: float = 1.0,
     reduction: Reduction = "mean",
-    chunk_size: int | None = None,
-    vocab_size: int | None = None,
+    **options: Unpack[DistillOptions],
 ) -> Tensor:
     """Total variation distance 0.5 * sum_v |P_v - Q_v|, P = teacher, Q = student; in [0, 1]."""
     return _distill(
         _tvd_rows,
         student_logits,
         teacher_logits,
-        mask=mask,
-        labels=labels,
-        ignore_index=ignore_index,
         temperature=temperature,
         reduction=reduction,
-        chunk_size=chunk_size,
-        vocab_size=vocab_size,
+        **options,
     )
 
 
@@ -615,13 +578,9 @@ def soft_target_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
-    mask: Tensor | None = None,
-    labels: Tensor | None = None,
-    ignore_index: int = -100,
     temperature: float = 4.0,
     reduction: Reduction = "batchmean",
-    chunk_size: int | None = None,
-    vocab_size: int | None = None,
+    **options: Unpack[DistillOptions],
 ) -> Tensor:
     """Hinton et al. (2015) soft-target loss: T^2 * KL(P_T || Q_T), P = teacher, Q = student.
 
@@ -631,13 +590,9 @@ def soft_target_loss(
     loss = forward_kl(
         student_logits,
         teacher_logits,
-        mask=mask,
-        labels=labels,
-        ignore_index=ignore_index,
         temperature=temperature,
         reduction=reduction,
-        chunk_size=chunk_size,
-        vocab_size=vocab_size,
+        **options,
     )
     return loss * temperature**2
 

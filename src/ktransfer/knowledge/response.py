@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
-from ktransfer.divergences import DIVERGENCES, get_divergence
+from ktransfer.divergences import DIVERGENCES, DistillOptions, get_divergence
 from ktransfer.knowledge.base import StepView
+
+
+# Keyword arguments every divergence takes; the others (beta, alpha) are its own parameters.
+_SHARED = {"temperature", "reduction", *DistillOptions.__annotations__}
+
+
+def divergence_params(name: str) -> list[str]:
+    """The parameters specific to divergence `name` (e.g. ['beta'] for jsd)."""
+    signature = inspect.signature(get_divergence(name))
+    return [p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY and p.name not in _SHARED]
 
 
 @dataclass
@@ -38,6 +49,13 @@ class ResponseTerm:
         self._fn = get_divergence(self.divergence)
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        valid = divergence_params(self.divergence)
+        for key in self.params:
+            if key not in valid:
+                raise ValueError(
+                    f"params.{key}: divergence '{self.divergence}' takes "
+                    f"{', '.join(valid) if valid else 'no params'}"
+                )
 
     def loss(self, view: StepView) -> Tensor:
         if view.teacher is None:
