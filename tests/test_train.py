@@ -295,3 +295,35 @@ def test_label_shape_mismatch_is_named() -> None:
                   progress=False)
     with pytest.raises(ValueError, match=r"labels of shape \(4, 2\) do not match logits of shape \(4, 3\)"):
         d.fit()
+
+
+@dataclass
+class HiddenMatch:
+    """A feature term written outside the library: MSE between captured hidden layers."""
+
+    name: str = "hidden"
+    weight: float = 1.0
+    requires_teacher: bool = True
+    student_modules: tuple[str, ...] = ("0",)
+    teacher_modules: tuple[str, ...] = ("0",)
+
+    def loss(self, view: StepView) -> Tensor:
+        return torch.nn.functional.mse_loss(view.student_captured["0:output"], view.teacher_captured["0:output"])
+
+
+def test_a_custom_term_reads_captured_features_and_trains_the_student() -> None:
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    student = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = blobs()
+    x = data.tensors["inputs"]
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float((student[0](x) - teacher[0](x)).pow(2).mean())
+
+    start = gap()
+    Distiller(student, teacher, [HiddenMatch(), LabelsTerm(weight=0.1)], train_data=data, optim=OptimConfig(lr=0.02),
+              config=TrainConfig(max_steps=60, batch_size=32), progress=False).fit()
+    assert gap() < 0.2 * start
+    assert not any(h for m in (*student.modules(), *teacher.modules()) for h in m._forward_hooks.values())

@@ -45,12 +45,17 @@ def measure(divergence: str, tokens: int, vocab: int, chunk: int | None, device:
     fn = get_divergence(divergence)
     kwargs: dict[str, Any] = {"chunk_size": chunk}
 
+    # Bytes of distinct storages autograd keeps for backward, not counting the inputs' own
+    # storage (chunks saved by checkpointing are views of the inputs and cost nothing).
+    seen = {student.untyped_storage().data_ptr(), teacher.untyped_storage().data_ptr()}
     saved = 0
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         nonlocal saved
-        if t.data_ptr() not in (student.data_ptr(), teacher.data_ptr()):
-            saved += t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            saved += storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

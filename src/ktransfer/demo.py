@@ -28,11 +28,11 @@ TEACHER_OPTIM: dict[str, Any] = {"name": "adamw", "lr": 0.003}
 TEACHER_STEPS = 1000
 STUDENT: dict[str, Any] = {"builder": "mlp", "hidden": [32]}
 TRAIN: dict[str, Any] = {"max_steps": 600, "batch_size": 64, "eval_every": 50, "log_every": 25}
-OPTIM: dict[str, Any] = {"name": "adamw", "lr": 0.003}
+OPTIM: dict[str, Any] = {"name": "adamw", "lr": 0.01}
 SCHEDULE: dict[str, Any] = {"name": "cosine"}
 KD_TERMS: list[dict[str, Any]] = [
-    {"type": "response", "divergence": "soft_target", "temperature": 8.0, "weight": 0.5},
-    {"type": "labels", "weight": 0.5},
+    {"type": "response", "divergence": "soft_target", "temperature": 8.0, "weight": 0.75},
+    {"type": "labels", "weight": 0.25},
 ]
 ROLES = ("teacher", "student alone", "distilled student")
 
@@ -74,6 +74,9 @@ def run_demo(out: str | Path, seeds: list[int] | tuple[int, ...] = (0, 1, 2), qu
         overrides = ["train.max_steps=20", "train.eval_every=10", *overrides]
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(seeds) * len(ROLES), desc="demo runs", unit="run", dynamic_ncols=True)
     for seed in seeds:
         teacher_dir = out / f"seed{seed}" / "teacher"
         configs = demo_configs(seed, teacher_dir, overrides)
@@ -83,13 +86,16 @@ def run_demo(out: str | Path, seeds: list[int] | tuple[int, ...] = (0, 1, 2), qu
         data = load_data(configs["teacher"])
         for role, cfg in configs.items():
             run_dir = out / f"seed{seed}" / role.replace(" ", "_")
+            bar.set_postfix_str(f"seed {seed}: {role}")
             result = run(cfg, run_dir, progress=False, data=data)
+            bar.update(1)
             test = evaluate_run(run_dir, split="test")
             rows.append({
                 "seed": seed, "role": role, "run_dir": str(run_dir), "parameters": result.student_parameters,
                 "val_accuracy": result.train.best_metrics.get("accuracy"), "test_accuracy": test["accuracy"],
                 "test_loss": test["loss"], "train_wall_time_s": round(result.train.wall_time_s, 3),
             })
+    bar.close()
     results = {
         "command": "ktransfer demo " + " ".join(
             [f"--seeds {' '.join(map(str, seeds))}", *(["--quick"] if quick else []), *(f"--set {o}" for o in overrides if not quick)]),
