@@ -64,6 +64,18 @@ def test_stop_then_resume_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFix
     assert resumed["step"] == 40 and resumed["final_val"] == full["final_val"]
 
 
+def test_a_second_run_into_the_same_directory_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write(tmp_path / "c.yaml", TEACHER)
+    args = ["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress"]
+    assert main([*args, "--set", "train.max_steps=30"]) == 0
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    # overwrite clears the old outputs: no checkpoint of the first run (step 30) survives
+    assert main([*args, "--overwrite", "--set", "train.max_steps=20"]) == 0
+    ckpts = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    assert ckpts == ["step-00000010", "step-00000020"]
+
+
 def test_config_errors_exit_2_with_the_valid_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write(tmp_path / "c.yaml", TEACHER)
     assert main(["run", str(cfg), "--set", "train.batchsize=3"]) == 2

@@ -55,7 +55,7 @@ def config(model: dict[str, Any], lr: float, steps: int, seed: int, teacher_dir:
 
 
 def val_accuracy(cfg: RunConfig, run_dir: Path, data: Any) -> float:
-    return run(cfg, run_dir, progress=False, data=data).train.best_metrics["accuracy"]
+    return run(cfg, run_dir, progress=False, data=data, overwrite=True).train.best_metrics["accuracy"]
 
 
 def table(title: str, scores: dict[str, list[float]], chosen: str) -> list[str]:

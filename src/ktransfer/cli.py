@@ -20,6 +20,9 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ktransfer", description="Knowledge transfer (distillation) for PyTorch.")
+    from ktransfer import __version__
+
+    parser.add_argument("--version", action="version", version=f"ktransfer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="teacher, student alone and distilled student on scikit-learn's digits")
@@ -34,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                    help="stop after this many steps as if killed (to try out resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run directory")
     _add_overrides(p)
 
     p = sub.add_parser("resume", help="continue a killed run from its newest checkpoint")
@@ -72,7 +76,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = RunConfig.from_yaml(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
-    result = run(cfg, run_dir, progress=not args.no_progress, stop_after_steps=args.stop_after)
+    result = run(cfg, run_dir, progress=not args.no_progress, stop_after_steps=args.stop_after,
+                 overwrite=args.overwrite)
     if _is_main_process():
         print(f"run directory: {run_dir}")
     if _is_main_process() and args.stop_after is not None and result.train.step < cfg.train.max_steps and not result.train.stopped_early:
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"ktransfer {args.command}: error: {e}", file=sys.stderr)
         return 3
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         if os.environ.get("KTRANSFER_DEBUG"):
             raise
         print(f"ktransfer {args.command}: error: {e}", file=sys.stderr)

@@ -87,7 +87,7 @@ def run_demo(out: str | Path, seeds: list[int] | tuple[int, ...] = (0, 1, 2), qu
         for role, cfg in configs.items():
             run_dir = out / f"seed{seed}" / role.replace(" ", "_")
             bar.set_postfix_str(f"seed {seed}: {role}")
-            result = run(cfg, run_dir, progress=False, data=data)
+            result = run(cfg, run_dir, progress=False, data=data, overwrite=True)
             bar.update(1)
             test = evaluate_run(run_dir, split="test")
             rows.append({

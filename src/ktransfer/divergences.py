@@ -405,12 +405,7 @@ def forward_kl(
     has mass (e.g. a -inf student logit).
     """
     return _distill(
-        _forward_kl_rows,
-        student_logits,
-        teacher_logits,
-        temperature=temperature,
-        reduction=reduction,
-        **options,
+        _forward_kl_rows, student_logits, teacher_logits, temperature=temperature, reduction=reduction, **options
     )
 
 
@@ -428,12 +423,7 @@ def backward_kl(
     rather than to cover everything.  +inf if the student has mass where P is exactly 0.
     """
     return _distill(
-        _backward_kl_rows,
-        student_logits,
-        teacher_logits,
-        temperature=temperature,
-        reduction=reduction,
-        **options,
+        _backward_kl_rows, student_logits, teacher_logits, temperature=temperature, reduction=reduction, **options
     )
 
 
@@ -474,12 +464,7 @@ def jsd(
     elif beta == 1.0:
         rows = _backward_kl_rows
     return _distill(
-        rows,
-        student_logits,
-        teacher_logits,
-        temperature=temperature,
-        reduction=reduction,
-        **options,
+        rows, student_logits, teacher_logits, temperature=temperature, reduction=reduction, **options
     )
 
 
@@ -516,12 +501,7 @@ def skew_forward_kl(
         return _kl_rows(log_p, log_mix)
 
     return _distill(
-        rows,
-        student_logits,
-        teacher_logits,
-        temperature=temperature,
-        reduction=reduction,
-        **options,
+        rows, student_logits, teacher_logits, temperature=temperature, reduction=reduction, **options
     )
 
 
@@ -546,12 +526,7 @@ def skew_backward_kl(
         return _kl_rows(log_q, log_mix)
 
     return _distill(
-        rows,
-        student_logits,
-        teacher_logits,
-        temperature=temperature,
-        reduction=reduction,
-        **options,
+        rows, student_logits, teacher_logits, temperature=temperature, reduction=reduction, **options
     )
 
 
@@ -565,12 +540,7 @@ def tvd(
 ) -> Tensor:
     """Total variation distance 0.5 * sum_v |P_v - Q_v|, P = teacher, Q = student; in [0, 1]."""
     return _distill(
-        _tvd_rows,
-        student_logits,
-        teacher_logits,
-        temperature=temperature,
-        reduction=reduction,
-        **options,
+        _tvd_rows, student_logits, teacher_logits, temperature=temperature, reduction=reduction, **options
     )
 
 

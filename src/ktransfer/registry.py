@@ -26,6 +26,12 @@ def suggest(name: str, valid: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def unknown_key(where: str, key: str, valid: list[str], scope: str = "") -> ConfigError:
+    """The error for a key that is not among `valid`, with a suggestion and the valid keys."""
+    listed = ", ".join(sorted(valid)) or "(none)"
+    return ConfigError(f"{where}.{key}: unknown key{suggest(key, valid)}; valid keys{scope}: {listed}")
+
+
 class Registry(Generic[T]):
     """A name -> factory map; `build` checks the keyword arguments against the signature."""
 
@@ -72,10 +78,7 @@ class Registry(Generic[T]):
         checked = {}
         for key, value in kwargs.items():
             if key not in valid:
-                raise ConfigError(
-                    f"{where}.{key}: unknown key{suggest(key, valid)}; valid keys for "
-                    f"{self.kind} '{name}': {', '.join(sorted(valid)) or '(none)'}"
-                )
+                raise unknown_key(where, key, valid, f" for {self.kind} '{name}'")
             checked[key] = check_value(value, hints[key], f"{where}.{key}") if key in hints else value
         return checked
 

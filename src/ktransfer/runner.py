@@ -6,7 +6,9 @@ best/model.safetensors, final/model.safetensors, curves.png and summary.json.
 
 from __future__ import annotations
 
+import os
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,13 +125,44 @@ def _finish(distiller: Distiller, cfg: RunConfig, run_dir: Path, result: TrainRe
     return out
 
 
+# What a run writes into its directory; `overwrite` removes exactly these.
+RUN_OUTPUTS = ("checkpoints", "best", "final", "metrics.jsonl", "summary.json", "curves.png")
+
+
+class RunExistsError(FileExistsError):
+    """The run directory already holds a run: resume it, or overwrite it explicitly."""
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to train over an earlier run unless `overwrite`, which clears that run's outputs.
+
+    Stale checkpoints must never survive into a new run: `resume` would pick them up.
+    """
+    existing = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise RunExistsError(
+            f"{run_dir} already holds a run ({', '.join(existing)}): continue it with "
+            f"`ktransfer resume {run_dir}`, or start again with --overwrite (run(..., overwrite=True))"
+        )
+    if existing and int(os.environ.get("RANK", "0")) == 0:
+        for name in existing:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in run_dir.glob("eval-*.json"):
+            path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
 def run(
     cfg: RunConfig, run_dir: str | Path, *, progress: bool = True, stop_after_steps: int | None = None,
-    data: DataSplits | None = None,
+    data: DataSplits | None = None, overwrite: bool = False,
 ) -> RunResult:
-    """Train a student as `cfg` says, writing everything to `run_dir` (its config first)."""
+    """Train a student as `cfg` says, writing everything to `run_dir` (its config first).
+
+    An existing run in `run_dir` is an error unless `overwrite=True` (use `resume` to continue it).
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run_dir, overwrite)
     write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     distiller, _ = build_distiller(cfg, run_dir, data=data, progress=progress, stop_after_steps=stop_after_steps)
     result = distiller.fit()

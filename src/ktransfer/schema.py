@@ -12,7 +12,7 @@ from collections import abc
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from ktransfer.registry import ConfigError, suggest
+from ktransfer.registry import ConfigError, suggest, unknown_key
 
 D = TypeVar("D")
 
@@ -99,10 +99,7 @@ def from_dict(cls: type[D], data: Any, where: str) -> D:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(
-                f"{where}.{key}: unknown key{suggest(str(key), list(fields))}; "
-                f"valid keys: {', '.join(sorted(fields))}"
-            )
+            raise unknown_key(where, str(key), list(fields))
         kwargs[key] = check_value(value, hints[key], f"{where}.{key}")
     try:
         return cls(**kwargs)
