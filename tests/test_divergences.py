@@ -7,7 +7,8 @@ probability vectors (numpy), which does not reuse any helper of the module under
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Literal, TypedDict, get_args
+from collections.abc import Callable
+from typing import Literal, TypedDict, get_args
 
 import torch
 from torch import Tensor

@@ -11,7 +11,6 @@ from torch import Tensor
 from ktransfer.divergences import DIVERGENCES, DistillOptions, get_divergence
 from ktransfer.knowledge.base import StepView
 
-
 # Keyword arguments every divergence takes; the others (beta, alpha) are its own parameters.
 _SHARED = {"temperature", "reduction", *DistillOptions.__annotations__}
 

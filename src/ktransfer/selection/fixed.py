@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ktransfer.knowledge.base import KnowledgeTerm
 from ktransfer.selection.base import SelectionState
