@@ -80,3 +80,16 @@ def test_hf_config_builder_makes_a_tiny_random_model_offline() -> None:
 def test_hf_pretrained_missing_directory() -> None:
     with pytest.raises(FileNotFoundError, match="model directory not found"):
         MODELS.build("hf_pretrained", {"path": "/nonexistent/model"})
+
+
+def test_hf_pretrained_loads_a_local_directory(tmp_path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    original = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=30, n_positions=16))
+    original.save_pretrained(tmp_path / "tiny")
+    loaded = MODELS.build("hf_pretrained", {"path": str(tmp_path / "tiny")})
+    ids = torch.randint(0, 30, (2, 5))
+    original.eval()
+    loaded.eval()
+    torch.testing.assert_close(loaded(input_ids=ids).logits, original(input_ids=ids).logits)

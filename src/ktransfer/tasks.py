@@ -7,6 +7,7 @@ Knowledge terms never see task details: they get logits of shape (..., V) and ta
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -98,7 +99,7 @@ class Task:
 def evaluate_logits(
     model: nn.Module, batches: Any, task: Task
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy (nats) over all targeted positions of `batches`."""
+    """Accuracy, mean cross-entropy (nats) and perplexity over all targeted positions of `batches`."""
     was_training = model.training
     model.eval()
     correct = 0
@@ -119,4 +120,4 @@ def evaluate_logits(
         model.train(was_training)
     if total == 0:
         raise ValueError("evaluation data has no labelled positions")
-    return {"accuracy": correct / total, "loss": nll / total}
+    return {"accuracy": correct / total, "loss": nll / total, "perplexity": math.exp(min(nll / total, 700.0))}

@@ -322,48 +322,14 @@ class Distiller:
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
         """Train until `max_steps` or early stopping; `resume` = True (newest checkpoint) or a path."""
         from accelerate.utils import set_seed
-        from transformers import get_scheduler
 
         cfg = self.config
-        accelerator = _new_accelerator(cfg)
-        self.accelerator = accelerator
+        self.accelerator = accelerator = _new_accelerator(cfg)
         set_seed(cfg.seed)
         self.state = TrainState()
-
-        student = self.student
-        student.train()
-        params = [p for p in student.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the student has no trainable parameters")
-        optimizer = _build_optimizer(params, self.optim)
-        scheduler = get_scheduler(self.schedule.name, optimizer, num_warmup_steps=self.schedule.warmup_steps,
-                                  num_training_steps=cfg.max_steps)
-        sampler = EpochShuffleSampler(len(self.train_data), cfg.seed)  # type: ignore[arg-type]
-        # A private generator: creating a DataLoader iterator must not draw from the global RNG
-        # (dropout), or a resumed run, which creates one more iterator, would drift.
-        loader = DataLoader(self.train_data, batch_size=cfg.batch_size, sampler=sampler,
-                            collate_fn=self.collate_fn, generator=torch.Generator().manual_seed(cfg.seed))
-        student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
-        teacher = None
-        if self.needs_teacher and self.teacher is not None:
-            self.teacher.eval()
-            self.teacher.requires_grad_(False)
-            # Placed, not prepared: a prepared model would be saved in every checkpoint.
-            teacher = self.teacher.to(accelerator.device)
-        # The scheduler is stepped by hand once per optimizer step (an Accelerate-prepared
-        # scheduler steps once per process), and checkpointed as a registered object.
-        accelerator.register_for_checkpointing(scheduler, self.state, self.selector)
-
+        student, teacher, optimizer, scheduler, loader = self._prepare(accelerator)
         ckpt_root = self.run_dir / "checkpoints" if self.run_dir else None
-        if resume:
-            path = Path(resume) if not isinstance(resume, bool) else (latest_checkpoint(ckpt_root) if ckpt_root else None)
-            if path is None or not Path(path).is_dir():
-                raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_root if ckpt_root else resume}")
-            accelerator.load_state(str(path))
-            if self.log and accelerator.is_main_process:
-                self.log.truncate_after(self.state.step)
-        elif self.log and accelerator.is_main_process and self.log.path.exists():
-            self.log.path.unlink()
+        self._restore(accelerator, resume, ckpt_root)
 
         state = self.state
         start_step = state.step
@@ -377,30 +343,9 @@ class Distiller:
         killed = False
         try:
             while state.step < cfg.max_steps and not state.stopped_early and not killed:
-                loader.set_epoch(state.epoch)
-                epoch_loader = (accelerator.skip_first_batches(loader, state.batches_in_epoch)
-                                if state.batches_in_epoch else loader)
-                epoch_loader.set_epoch(state.epoch)
-                for batch in epoch_loader:
-                    with accelerator.accumulate(student):
-                        weights = self.selector.weights(self.terms, self._selection_state())
-                        total, parts = self._losses(batch, student, teacher, weights)
-                        total_value = float(total.detach())
-                        if not math.isfinite(total_value):
-                            raise NonFiniteLossError(state.step + 1, total_value,
-                                                     {k: float(v.detach()) for k, v in parts.items()})
-                        accelerator.backward(total)
-                        if accelerator.sync_gradients and self.optim.max_grad_norm is not None:
-                            accelerator.clip_grad_norm_(student.parameters(), self.optim.max_grad_norm)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    state.batches_in_epoch += 1
-                    self._accumulate_log(total_value, parts, weights)
-                    if not accelerator.sync_gradients:
-                        continue
-                    scheduler.step()
-                    state.step += 1
-                    self._observe(parts)
+                for batch in self._epoch_batches(accelerator, loader):
+                    if not self._micro_step(batch, student, teacher, optimizer, scheduler):
+                        continue  # accumulating gradients: no optimizer step yet
                     if bar is not None:
                         bar.update(1)
                     last = state.step >= cfg.max_steps
@@ -411,8 +356,7 @@ class Distiller:
                     if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not last:
                         state.elapsed_s = time.perf_counter() - t0
                         self._checkpoint(accelerator, ckpt_root)
-                    if self.stop_after_steps is not None and state.step - start_step >= self.stop_after_steps:
-                        killed = True
+                    killed = self.stop_after_steps is not None and state.step - start_step >= self.stop_after_steps
                     if last or state.stopped_early or killed:
                         break
                 else:
@@ -422,11 +366,91 @@ class Distiller:
             if bar is not None:
                 bar.close()
         state.elapsed_s = time.perf_counter() - t0
-        if killed:
-            return TrainResult(state.step, False, state.best_step, dict(state.best_metrics), final_metrics,
-                               state.elapsed_s, self.run_dir)
-        if self.evaluate is not None and not final_metrics:
-            final_metrics = self._evaluate(student)
+        if not killed:
+            if self.evaluate is not None and not final_metrics:
+                final_metrics = self._evaluate(student)
+            self._finish(accelerator, student, ckpt_root)
+        return TrainResult(
+            step=state.step, stopped_early=state.stopped_early, best_step=state.best_step,
+            best_metrics=dict(state.best_metrics), final_metrics=final_metrics,
+            wall_time_s=state.elapsed_s, run_dir=self.run_dir,
+        )
+
+    def _prepare(self, accelerator: Any) -> tuple[nn.Module, nn.Module | None, Any, Any, Any]:
+        """Optimizer, schedule and data loader for the student; the teacher frozen on the device."""
+        from transformers import get_scheduler
+
+        cfg = self.config
+        self.student.train()
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the student has no trainable parameters")
+        optimizer = _build_optimizer(params, self.optim)
+        scheduler = get_scheduler(self.schedule.name, optimizer, num_warmup_steps=self.schedule.warmup_steps,
+                                  num_training_steps=cfg.max_steps)
+        sampler = EpochShuffleSampler(len(self.train_data), cfg.seed)  # type: ignore[arg-type]
+        # A private generator: creating a DataLoader iterator must not draw from the global RNG
+        # (dropout), or a resumed run, which creates one more iterator, would drift.
+        loader = DataLoader(self.train_data, batch_size=cfg.batch_size, sampler=sampler,
+                            collate_fn=self.collate_fn, generator=torch.Generator().manual_seed(cfg.seed))
+        student, optimizer, loader = accelerator.prepare(self.student, optimizer, loader)
+        teacher = None
+        if self.needs_teacher and self.teacher is not None:
+            self.teacher.eval()
+            self.teacher.requires_grad_(False)
+            # Placed, not prepared: a prepared model would be saved in every checkpoint.
+            teacher = self.teacher.to(accelerator.device)
+        # The scheduler is stepped by hand once per optimizer step (an Accelerate-prepared
+        # scheduler steps once per process), and checkpointed as a registered object.
+        accelerator.register_for_checkpointing(scheduler, self.state, self.selector)
+        return student, teacher, optimizer, scheduler, loader
+
+    def _restore(self, accelerator: Any, resume: bool | str | Path, ckpt_root: Path | None) -> None:
+        """Load the checkpoint to resume from (and drop later log lines), or start a fresh log."""
+        if resume:
+            path = Path(resume) if not isinstance(resume, bool) else (latest_checkpoint(ckpt_root) if ckpt_root else None)
+            if path is None or not Path(path).is_dir():
+                raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_root if ckpt_root else resume}")
+            accelerator.load_state(str(path))
+            if self.log and accelerator.is_main_process:
+                self.log.truncate_after(self.state.step)
+        elif self.log and accelerator.is_main_process and self.log.path.exists():
+            self.log.path.unlink()
+
+    def _epoch_batches(self, accelerator: Any, loader: Any) -> Any:
+        """The current epoch's batches, skipping those a resumed run has already seen."""
+        epoch, seen = self.state.epoch, self.state.batches_in_epoch
+        batches = accelerator.skip_first_batches(loader, seen) if seen else loader
+        batches.set_epoch(epoch)  # the order depends only on (seed, epoch)
+        return batches
+
+    def _micro_step(self, batch: dict[str, Any], student: nn.Module, teacher: nn.Module | None,
+                    optimizer: Any, scheduler: Any) -> bool:
+        """Forward and backward on one batch; True when it completed an optimizer step (then counted)."""
+        accelerator = self.accelerator
+        with accelerator.accumulate(student):
+            weights = self.selector.weights(self.terms, self._selection_state())
+            total, parts = self._losses(batch, student, teacher, weights)
+            total_value = float(total.detach())
+            if not math.isfinite(total_value):
+                raise NonFiniteLossError(self.state.step + 1, total_value,
+                                         {k: float(v.detach()) for k, v in parts.items()})
+            accelerator.backward(total)
+            if accelerator.sync_gradients and self.optim.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(student.parameters(), self.optim.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        self.state.batches_in_epoch += 1
+        self._accumulate_log(total_value, parts, weights)
+        if not accelerator.sync_gradients:
+            return False
+        scheduler.step()
+        self.state.step += 1
+        self._observe(parts)
+        return True
+
+    def _finish(self, accelerator: Any, student: nn.Module, ckpt_root: Path | None) -> None:
+        """Final checkpoint, final (and, without an evaluator, best) weights, learning curves."""
         self._checkpoint(accelerator, ckpt_root)
         unwrapped = accelerator.unwrap_model(student)
         if self.run_dir and accelerator.is_main_process:
@@ -436,11 +460,6 @@ class Distiller:
             if self.log:
                 plot_curves(self.log.read(), self.run_dir / "curves.png", title=self.run_dir.name)
         accelerator.wait_for_everyone()
-        return TrainResult(
-            step=state.step, stopped_early=state.stopped_early, best_step=state.best_step,
-            best_metrics=dict(state.best_metrics), final_metrics=final_metrics,
-            wall_time_s=state.elapsed_s, run_dir=self.run_dir,
-        )
 
     # ----------------------------------------------------------------------------- helpers
     def _accumulate_log(self, total: float, parts: dict[str, Tensor], weights: dict[str, float]) -> None:
