@@ -2,9 +2,9 @@
 
 For each case a fresh subprocess builds student/teacher logits of shape (tokens, V), then runs
 loss + backward; we record the median wall time of `--repeats` runs, the bytes autograd keeps
-for the backward pass (saved tensors, measured with saved_tensors_hooks) and, on Linux, the
-peak resident memory above the inputs (VmHWM after resetting it through /proc/self/clear_refs).
-On a GPU it also records torch.cuda.max_memory_allocated above the inputs.
+for the backward pass (saved tensors still alive once the loss exists, via saved_tensors_hooks) and the peak memory
+held by tensors during one forward + backward above the inputs (the profiler's memory timeline
+on the CPU, torch.cuda.max_memory_allocated on a GPU).
 
     python benchmarks/divergences/bench.py                  # CPU defaults: 2048 tokens x 32000
     python benchmarks/divergences/bench.py --tokens 8192 --vocab 128256 --device cuda
@@ -13,88 +13,121 @@ On a GPU it also records torch.cuda.max_memory_allocated above the inputs.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import weakref
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 HERE = Path(__file__).parent
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return -1
+def peak_tensor_memory_mb(work: Callable[[], None], device: str) -> float:
+    """Peak memory held by PyTorch tensors while `work` runs, inputs included (MB).
+
+    On the CPU the resident-set size says little (the C allocator keeps freed memory), so the
+    profiler's memory timeline is used; on a GPU, torch.cuda.max_memory_allocated.
+    """
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        work()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        work()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return max(sum(per_category) for per_category in sizes) / 2**20
 
 
 def measure(divergence: str, tokens: int, vocab: int, chunk: int | None, device: str, dtype: str,
-            repeats: int) -> dict[str, Any]:
-    """One case, in this process (called in a fresh subprocess by `main`)."""
+            repeats: int, hidden: int | None = None) -> dict[str, Any]:
+    """One case, in this process (called in a fresh subprocess by `main`).
+
+    With `hidden`, the student is given as hidden states (tokens, hidden) plus an output layer
+    (vocab, hidden): "chunk none" then computes the logits with one matmul before the loss (the
+    usual way), a chunk size fuses the matmul into the chunked loss (`student_head`).
+    """
     import torch
 
     from ktransfer.divergences import get_divergence
 
+    base_fn = get_divergence(divergence)
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
-    student = torch.randn(tokens, vocab, device=device, dtype=dt, requires_grad=True)
     teacher = torch.randn(tokens, vocab, device=device, dtype=dt)
-    fn = get_divergence(divergence)
     kwargs: dict[str, Any] = {"chunk_size": chunk}
+    if hidden is None:
+        student = torch.randn(tokens, vocab, device=device, dtype=dt, requires_grad=True)
+        fn = base_fn
+    else:
+        student = torch.randn(tokens, hidden, device=device, dtype=dt, requires_grad=True)
+        head = torch.randn(vocab, hidden, device=device, dtype=dt, requires_grad=True)
+        if chunk is None:
+            def fn(s: torch.Tensor, t: torch.Tensor, **kw: Any) -> torch.Tensor:
+                return base_fn(torch.nn.functional.linear(s, head), t, **kw)
+        else:
+            kwargs["student_head"] = (head, None)
+            fn = base_fn
 
     # Bytes of distinct storages autograd keeps for backward, not counting the inputs' own
     # storage (chunks saved by checkpointing are views of the inputs and cost nothing).
-    seen = {student.untyped_storage().data_ptr(), teacher.untyped_storage().data_ptr()}
-    saved = 0
+    inputs = [student, teacher] + ([head] if hidden is not None else [])
+    input_bytes = sum(t.numel() * t.element_size() for t in inputs)
+    seen = {t.untyped_storage().data_ptr() for t in inputs}
+    packed: list[weakref.ref[torch.Tensor]] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            saved += storage.nbytes()
+        packed.append(weakref.ref(t))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = fn(student, teacher, **kwargs)
+    # count what is still held once the loss exists (work inside the forward pass may save
+    # tensors for a moment), each storage once
+    gc.collect()
+    saved = 0
+    for ref in packed:
+        t = ref()
+        if t is not None and t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            saved += t.untyped_storage().nbytes()
     loss.backward()
-    student.grad = None
+    for t in inputs:
+        t.grad = None
+    peak_mb = peak_tensor_memory_mb(lambda: fn(student, teacher, **kwargs).backward(), device) - input_bytes / 2**20
+    for t in inputs:
+        t.grad = None
 
     times = []
-    peak_kib = -1
-    cuda_peak = None
-    for i in range(repeats):
-        if i == repeats - 1:
-            try:
-                Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-                base_kib = _status_kib("VmRSS")
-            except OSError:
-                base_kib = -1
-            if device == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                cuda_base = torch.cuda.memory_allocated()
+    for _ in range(repeats):
         t0 = time.perf_counter()
         loss = fn(student, teacher, **kwargs)
         loss.backward()
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        if i == repeats - 1:
-            if base_kib >= 0:
-                peak_kib = _status_kib("VmHWM") - base_kib
-            if device == "cuda":
-                cuda_peak = torch.cuda.max_memory_allocated() - cuda_base
-        student.grad = None
+        for t in inputs:
+            t.grad = None
     return {
         "divergence": divergence, "tokens": tokens, "vocab": vocab, "chunk_size": chunk, "device": device,
         "dtype": dtype, "median_s": statistics.median(times), "times_s": times,
-        "saved_for_backward_mb": saved / 2**20, "peak_rss_above_inputs_mb": peak_kib / 1024 if peak_kib >= 0 else None,
-        "cuda_peak_above_inputs_mb": cuda_peak / 2**20 if cuda_peak is not None else None,
-        "input_mb": 2 * tokens * vocab * student.element_size() / 2**20, "loss": float(loss),
+        "saved_for_backward_mb": saved / 2**20, "peak_above_inputs_mb": peak_mb,
+        "hidden": hidden, "input_mb": (teacher.numel() + student.numel() + (vocab * hidden if hidden else 0))
+        * teacher.element_size() / 2**20, "loss": float(loss),
     }
 
 
@@ -107,6 +140,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=None,
+                        help="give the student as hidden states of this size plus an output layer (fused head)")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = parser.parse_args()
@@ -122,28 +157,31 @@ def main() -> None:
     for div in args.divergences:
         for chunk in args.chunks:
             case = {"divergence": div, "tokens": args.tokens, "vocab": args.vocab, "chunk": chunk or None,
-                    "device": args.device, "dtype": args.dtype, "repeats": args.repeats}
+                    "device": args.device, "dtype": args.dtype, "repeats": args.repeats, "hidden": args.hidden}
             proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(case)], capture_output=True,
                                   text=True, check=True)
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"{div:12s} chunk={str(chunk or 'none'):>5s} {r['median_s']:.3f} s  saved {r['saved_for_backward_mb']:.0f} MB"
-                  f"  peak {r['peak_rss_above_inputs_mb']} MB", flush=True)
+                  f"  peak {r['peak_above_inputs_mb']:.0f} MB", flush=True)
     env = environment()
     command = "python benchmarks/divergences/bench.py " + " ".join(sys.argv[1:])
     results = {"command": command.strip(), "rows": rows, "environment": env,
                "wall_time_s": round(time.perf_counter() - started, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.device}-{args.tokens}x{args.vocab}-{args.dtype}"
+    tag = f"{args.device}-{args.tokens}x{args.vocab}-{args.dtype}" + (f"-head{args.hidden}" if args.hidden else "")
     (out / f"{tag}.json").write_text(json.dumps(results, indent=2) + "\n")
+    inputs = (f"student hidden states ({args.hidden}) + output layer + teacher logits, {args.dtype}; chunk none = "
+              "logits by one matmul, then the loss; a chunk size = matmul fused into the chunked loss"
+              if args.hidden else f"student + teacher logits, {args.dtype}")
     lines = [f"Command: `{results['command']}`; {env['machine']}, {env['cpu_count']} CPUs, torch {env['torch']}, "
              f"device {args.device}{' (' + env['cuda'] + ')' if env['cuda'] else ''}; inputs {rows[0]['input_mb']:.0f} MB "
-             f"(student + teacher logits, {args.dtype}).", "",
+             f"({inputs}).", "",
              "| divergence | chunk | forward+backward (median s) | saved for backward (MB) | peak memory above inputs (MB) |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:
-        peak = r["cuda_peak_above_inputs_mb"] if args.device == "cuda" else r["peak_rss_above_inputs_mb"]
+        peak = r["peak_above_inputs_mb"]
         lines.append(f"| {r['divergence']} | {r['chunk_size'] or 'none'} | {r['median_s']:.3f} | "
                      f"{r['saved_for_backward_mb']:.0f} | {peak:.0f} |" if peak is not None else
                      f"| {r['divergence']} | {r['chunk_size'] or 'none'} | {r['median_s']:.3f} | "

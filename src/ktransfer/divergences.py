@@ -18,6 +18,10 @@ teacher_logits)`` in this order):
 * ``chunk_size``: number of flattened rows processed at a time (None = all at once).
 * ``vocab_size``: real vocabulary size when one embedding matrix is padded, see
   :func:`align_vocab`.
+* ``student_head``: ``(weight, bias)`` of the student's output layer. Then the first argument
+  is the student's *hidden states* (..., H), not its logits, and the logits are computed
+  chunk by chunk (with ``chunk_size``), so the student's (tokens x V) logits never exist at
+  once, not even in the input dtype. Gradients flow to the hidden states, weight and bias.
 
 All divergences share one implementation of the mechanics (validation, masking, upcasting,
 chunking, reductions) in :func:`_divergence`; each divergence only supplies a per-row formula
@@ -43,10 +47,11 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Literal, TypedDict, get_args
+from typing import Any, Literal, TypedDict, get_args
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 from typing_extensions import Unpack
 
@@ -76,6 +81,7 @@ class DistillOptions(TypedDict, total=False):
     ignore_index: int
     chunk_size: int | None
     vocab_size: int | None
+    student_head: tuple[Tensor, Tensor | None] | None
 
 
 # A per-row formula: (log-probs of the first argument, log-probs of the second) -> (rows,).
@@ -213,21 +219,90 @@ def _chunk_values(
     first: Tensor,
     second: Tensor,
     rows: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
     *,
     row_fn: RowFn,
     temperature: float,
     dtype: torch.dtype,
 ) -> Tensor:
-    """Per-row divergence for one chunk: select rows, upcast, scale, log_softmax, formula."""
+    """Per-row divergence for one chunk: select rows, (apply the head), upcast, scale, formula."""
     if rows is not None:
         first = first.index_select(0, rows)
         second = second.index_select(0, rows)
+    if weight is not None:
+        first = torch.nn.functional.linear(first, weight, bias)  # hidden states -> logits, this chunk only
     first = first.to(dtype)
     second = second.to(dtype)
     if temperature != 1.0:
         first = first / temperature
         second = second / temperature
     return row_fn(torch.log_softmax(first, dim=-1), torch.log_softmax(second, dim=-1))
+
+
+class _GradInForward(torch.autograd.Function):
+    """A chunked scalar loss whose gradients are taken chunk by chunk in the forward pass.
+
+    Autograd through row slices would, in the backward pass, build a zero gradient of the full
+    (tokens x V) size for every chunk; here only one gradient buffer the size of each input and
+    one chunk's intermediates exist at a time. Used for scalar reductions when gradients are
+    needed and `chunk_size` is set; the per-token reduction ("none") uses checkpointing instead.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        first: Tensor,
+        second: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        flat_mask: Tensor | None,
+        compute: Callable[..., Tensor],
+        step: int,
+        divisor: float,
+    ) -> Tensor:
+        inputs = (first, second, weight, bias)
+        needs = [t is not None and t.requires_grad for t in inputs]
+        # Row gradients: each row belongs to one chunk, so the input dtype loses nothing; the
+        # output layer's gradient sums over chunks and is accumulated in float32 or better.
+        grads: list[Tensor | None] = [
+            None if not need else torch.zeros_like(t) if i < 2 else torch.zeros_like(t, dtype=torch.promote_types(t.dtype, torch.float32))
+            for i, (t, need) in enumerate(zip(inputs, needs, strict=True))
+        ]
+        total = torch.zeros((), dtype=torch.promote_types(first.dtype, torch.float32), device=first.device)
+        for start in range(0, first.shape[0], step):
+            stop = min(start + step, first.shape[0])
+            rows = None
+            if flat_mask is not None:
+                rows = flat_mask[start:stop].nonzero().squeeze(-1)
+                if rows.numel() == 0:
+                    continue
+            with torch.enable_grad():
+                leaves = [
+                    None if t is None else (t[start:stop] if i < 2 else t).detach().requires_grad_(need)
+                    for i, (t, need) in enumerate(zip(inputs, needs, strict=True))
+                ]
+                chunk_total = compute(leaves[0], leaves[1], rows, leaves[2], leaves[3]).sum()
+                wanted = [leaf for leaf, need in zip(leaves, needs, strict=True) if need]
+                chunk_grads = iter(torch.autograd.grad(chunk_total, wanted)) if wanted else iter(())
+            total = total + chunk_total.detach().to(total.dtype)
+            for i, need in enumerate(needs):
+                if need:
+                    target = grads[i][start:stop] if i < 2 else grads[i]  # type: ignore[index]
+                    target.add_(next(chunk_grads).to(target.dtype))
+        ctx.divisor = divisor
+        ctx.dtypes = [None if t is None else t.dtype for t in inputs]
+        ctx.save_for_backward(*grads)
+        return total / divisor
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        scale = grad_output / ctx.divisor
+        out = tuple(
+            None if g is None else (g * scale).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True)
+        )
+        return (*out, None, None, None, None)
 
 
 def _divergence(
@@ -242,16 +317,21 @@ def _divergence(
     temperature: float,
     reduction: Reduction,
     chunk_size: int | None,
+    head: tuple[Tensor, Tensor | None] | None = None,
 ) -> Tensor:
     """Apply ``row_fn`` to every unmasked token of two logit tensors and reduce.
 
     This is the single place that implements validation, masking, dtype handling,
-    chunking with checkpointing and the reductions shared by every divergence.
+    chunking with checkpointing and the reductions shared by every divergence. With
+    ``head = (weight, bias)``, ``first`` holds hidden states and each chunk's logits are
+    ``first @ weight.T + bias``, computed (and, with chunking, recomputed in backward) per chunk.
     """
     _check_pair(first, second, names)
-    if first.shape[-1] != second.shape[-1]:
+    weight, bias = head if head is not None else (None, None)
+    first_vocab = weight.shape[0] if weight is not None else first.shape[-1]
+    if first_vocab != second.shape[-1]:
         raise ValueError(
-            f"{names[0]} has vocabulary {first.shape[-1]}, {names[1]} {second.shape[-1]}: "
+            f"{names[0]} has vocabulary {first_vocab}, {names[1]} {second.shape[-1]}: "
             "both distributions must be over the same vocabulary"
         )
     valid_temperature = isinstance(temperature, (int, float)) and math.isfinite(temperature)
@@ -270,23 +350,35 @@ def _divergence(
     token_mask = _build_mask(lead_shape, first.device, mask, labels, ignore_index)
     dtype = torch.promote_types(torch.promote_types(first.dtype, second.dtype), torch.float32)
 
-    vocab = first.shape[-1]
-    first_rows = first.reshape(-1, vocab)  # a view for contiguous input
-    second_rows = second.reshape(-1, vocab)
+    first_rows = first.reshape(-1, first.shape[-1])  # a view for contiguous input
+    second_rows = second.reshape(-1, second.shape[-1])
     num_rows = first_rows.shape[0]
     flat_mask = None if token_mask is None else token_mask.reshape(-1)
 
     # An exact zero that is connected to both inputs, so the loss always has a grad_fn
     # (e.g. mean over zero tokens) without touching possibly-NaN masked values.
     anchor = (first_rows[:0].sum() + second_rows[:0].sum()).to(dtype)
+    for param in (weight, bias):
+        if param is not None:
+            anchor = anchor + param.reshape(-1)[:0].sum().to(dtype)
 
     step = chunk_size if chunk_size is not None else max(num_rows, 1)
     compute = functools.partial(_chunk_values, row_fn=row_fn, temperature=temperature, dtype=dtype)
     use_checkpoint = (
         chunk_size is not None
         and torch.is_grad_enabled()
-        and (first.requires_grad or second.requires_grad)
+        and any(t is not None and t.requires_grad for t in (first, second, weight, bias))
     )
+
+    if use_checkpoint and reduction != "none":
+        if reduction == "sum":
+            divisor = 1.0
+        elif reduction == "mean":
+            divisor = float(max(num_rows if flat_mask is None else int(flat_mask.sum()), 1))
+        else:
+            divisor = float(max(first.shape[0] if first.dim() > 1 else 1, 1))
+        total = _GradInForward.apply(first_rows, second_rows, weight, bias, flat_mask, compute, step, divisor)
+        return total + anchor
 
     values: list[Tensor] = []
     positions: list[Tensor] = []
@@ -299,9 +391,9 @@ def _divergence(
                 continue
         first_chunk, second_chunk = first_rows[start:stop], second_rows[start:stop]
         if use_checkpoint:
-            chunk_values = checkpoint(compute, first_chunk, second_chunk, rows, use_reentrant=False)
+            chunk_values = checkpoint(compute, first_chunk, second_chunk, rows, weight, bias, use_reentrant=False)
         else:
-            chunk_values = compute(first_chunk, second_chunk, rows)
+            chunk_values = compute(first_chunk, second_chunk, rows, weight, bias)
         values.append(chunk_values)
         if reduction == "none":
             if rows is None:
@@ -341,9 +433,13 @@ def _distill(
     reduction: Reduction = "mean",
     chunk_size: int | None = None,
     vocab_size: int | None = None,
+    student_head: tuple[Tensor, Tensor | None] | None = None,
 ) -> Tensor:
     """Align vocabularies, then run ``row_fn(log Q_student, log P_teacher)`` per token."""
-    student_logits, teacher_logits = align_vocab(student_logits, teacher_logits, vocab_size)
+    if student_head is None:
+        student_logits, teacher_logits = align_vocab(student_logits, teacher_logits, vocab_size)
+    else:
+        student_head, teacher_logits = _align_head(student_logits, student_head, teacher_logits, vocab_size)
     return _divergence(
         row_fn,
         student_logits,
@@ -355,7 +451,42 @@ def _distill(
         temperature=temperature,
         reduction=reduction,
         chunk_size=chunk_size,
+        head=student_head,
     )
+
+
+def _align_head(
+    student_hidden: Tensor,
+    head: tuple[Tensor, Tensor | None],
+    teacher_logits: Tensor,
+    vocab_size: int | None,
+) -> tuple[tuple[Tensor, Tensor | None], Tensor]:
+    """Check the student's output layer against its hidden states and the teacher's vocabulary."""
+    if not (isinstance(head, (tuple, list)) and len(head) == 2):
+        raise TypeError("student_head must be a (weight, bias) pair; bias may be None")
+    weight, bias = head
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        raise ValueError(f"student_head weight must be a (vocabulary, hidden) matrix, got {getattr(weight, 'shape', weight)}")
+    if weight.shape[1] != student_hidden.shape[-1]:
+        raise ValueError(
+            f"student_head weight has shape {tuple(weight.shape)} but the student hidden states have "
+            f"size {student_hidden.shape[-1]} in their last dimension (expected weight of shape (V, {student_hidden.shape[-1]}))"
+        )
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"student_head bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+    if weight.device != student_hidden.device:
+        raise ValueError(f"student_head weight is on {weight.device} but the hidden states on {student_hidden.device}")
+    v_s, v_t = weight.shape[0], teacher_logits.shape[-1]
+    if vocab_size is None:
+        if v_s != v_t:
+            raise ValueError(
+                f"student has vocabulary {v_s}, teacher {v_t}: if they share a tokenizer and one embedding "
+                "matrix is padded, pass vocab_size=<real vocabulary size> to drop the padded rows"
+            )
+        return (weight, bias), teacher_logits
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 0 < vocab_size <= min(v_s, v_t):
+        raise ValueError(f"vocab_size must be an int in [1, {min(v_s, v_t)}], got {vocab_size!r}")
+    return (weight[:vocab_size], None if bias is None else bias[:vocab_size]), teacher_logits[..., :vocab_size]
 
 
 # --------------------------------------------------------------------------------------
