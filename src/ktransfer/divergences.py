@@ -37,9 +37,11 @@ on log-probabilities.  Notes that hold for all of them:
   guards against non-finite losses.
 * Masked tokens are dropped (rows are selected, not multiplied by the mask), so their logits
   may contain garbage, even NaN, without affecting the value or the gradient.
-* With ``chunk_size`` set, rows are processed ``chunk_size`` at a time and, when gradients are
-  needed, each chunk is recomputed in the backward pass (activation checkpointing), which keeps
-  peak memory at ``O(chunk_size * V)`` for forward and backward.
+* With ``chunk_size`` set, rows are processed ``chunk_size`` at a time, so float32
+  intermediates exist for one chunk only. When gradients are needed, scalar reductions take
+  each chunk's gradient during the forward pass into one buffer per input (which is all that is
+  kept for backward; the returned loss supports one backward, not double backward); the
+  per-token reduction "none" recomputes each chunk in the backward pass (checkpointing).
 """
 
 from __future__ import annotations
