@@ -164,7 +164,7 @@ def print_table(results: dict[str, Any]) -> None:
 
     s = results["summary"]
     table = Table(title=f"ktransfer demo: digits, seeds {results['seeds']}" + (" (quick: pipeline check only)" if results["quick"] else ""))
-    for col in ("model", "parameters", "test accuracy (mean ± 95% CI)", "val accuracy", "train time (s)"):
+    for col in ("model", "params", "test acc. ± 95% CI", "val acc.", "train s"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for role in ROLES:
         if role in s:
