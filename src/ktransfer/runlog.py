@@ -63,7 +63,9 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
     ax_loss.grid(alpha=0.3)
     if val:
         steps = [r["step"] for r in val]
-        metric_names = sorted({k for r in val for k, v in r.items() if isinstance(v, (int, float))} - {"step"})
+        # perplexity is exp(loss): plotted on the same axis it would flatten everything else
+        metric_names = sorted({k for r in val for k, v in r.items() if isinstance(v, (int, float))}
+                              - {"step", "perplexity"})
         for name in metric_names:
             ax_val.plot(steps, [r.get(name, math.nan) for r in val], marker="o", ms=3, label=name)
         ax_val.legend()
