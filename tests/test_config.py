@@ -92,7 +92,9 @@ def test_unknown_dataset_and_dataset_key() -> None:
 def test_knowledge_errors() -> None:
     with pytest.raises(ConfigError, match=r"knowledge\[0\]: unknown knowledge term 'respone' \(did you mean 'response'\?\)"):
         build(knowledge=[{"type": "respone"}])
-    with pytest.raises(ConfigError, match=r"knowledge\[0\]\.temp: unknown key.*temperature"):
+    with pytest.raises(ConfigError, match=r"knowledge\[0\]\.temp: unknown key \(did you mean 'temperature'\?\); "
+                                          r"valid keys for knowledge term 'response': chunk_size, divergence, name, "
+                                          r"params, temperature, vocab_size, weight$"):
         build(knowledge=[{"type": "response", "temp": 2}])
     with pytest.raises(ValueError, match="unknown divergence 'reverse_kl'.*backward_kl.*forward_kl"):
         build(knowledge=[{"type": "response", "divergence": "reverse_kl"}])

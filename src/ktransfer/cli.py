@@ -71,6 +71,7 @@ def _print_json(data: Any) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from ktransfer.checkpoint import latest_checkpoint
     from ktransfer.config import RunConfig
     from ktransfer.runner import run
 
@@ -80,8 +81,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  overwrite=args.overwrite)
     if _is_main_process():
         print(f"run directory: {run_dir}")
-    if _is_main_process() and args.stop_after is not None and result.train.step < cfg.train.max_steps and not result.train.stopped_early:
-        print(f"stopped after step {result.train.step} of {cfg.train.max_steps}; continue with: ktransfer resume {run_dir}")
+        stopped = result.train.step < cfg.train.max_steps and not result.train.stopped_early
+        if args.stop_after is not None and stopped:
+            checkpoint = latest_checkpoint(run_dir / "checkpoints")
+            if checkpoint is None:
+                print(f"stopped after step {result.train.step} of {cfg.train.max_steps}, before the first checkpoint "
+                      f"(train.checkpoint_every={cfg.train.checkpoint_every}): there is nothing to resume from")
+            else:
+                print(f"stopped after step {result.train.step} of {cfg.train.max_steps}; the newest checkpoint is "
+                      f"{checkpoint.name}; continue with: ktransfer resume {run_dir}")
     _print_json({"step": result.train.step, "best_step": result.train.best_step,
                  "best_val": result.train.best_metrics, "final_val": result.train.final_metrics})
     return 0

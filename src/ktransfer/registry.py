@@ -23,6 +23,8 @@ class ConfigError(ValueError):
 def suggest(name: str, valid: list[str]) -> str:
     """A ' (did you mean ...?)' hint, or '' when nothing is close."""
     close = difflib.get_close_matches(name, valid, n=1)
+    if not close and len(name) >= 3:  # an abbreviation: 'temp' for 'temperature'
+        close = [v for v in sorted(valid) if v.startswith(name)][:1]
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

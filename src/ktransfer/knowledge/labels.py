@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,9 +18,10 @@ class LabelsTerm:
     weight: float = 1.0
     label_smoothing: float = 0.0
     name: str = "labels"
-    requires_teacher: bool = False
-    student_modules: tuple[str, ...] = ()
-    teacher_modules: tuple[str, ...] = ()
+    # what the engine reads; fixed for this term, so not configurable
+    requires_teacher: bool = field(default=False, init=False)
+    student_modules: tuple[str, ...] = field(default=(), init=False)
+    teacher_modules: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:

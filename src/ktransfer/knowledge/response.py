@@ -40,9 +40,10 @@ class ResponseTerm:
     chunk_size: int | None = None
     vocab_size: int | None = None
     name: str = "response"
-    requires_teacher: bool = True
-    student_modules: tuple[str, ...] = ()
-    teacher_modules: tuple[str, ...] = ()
+    # what the engine reads; fixed for this term, so not configurable
+    requires_teacher: bool = field(default=True, init=False)
+    student_modules: tuple[str, ...] = field(default=(), init=False)
+    teacher_modules: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
         self._fn = get_divergence(self.divergence)
