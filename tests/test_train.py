@@ -212,7 +212,7 @@ def test_unknown_metric_is_named() -> None:
 def test_bf16_mixed_precision_runs_on_cpu() -> None:
     data = blobs()
     teacher = nn.Linear(6, 3)
-    d = Distiller(nn.Linear(6, 3), teacher, [ResponseTerm("backward_kl"), LabelsTerm()], train_data=data,
+    d = Distiller(nn.Linear(6, 3), teacher, [ResponseTerm("backward_kl", chunk_size=8), LabelsTerm()], train_data=data,
                   evaluate=make_evaluator(data), config=TrainConfig(max_steps=4, batch_size=16, mixed_precision="bf16"),
                   progress=False)
     result = d.fit()
