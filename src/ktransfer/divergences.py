@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypedDict, get_args
 
 import torch
@@ -242,6 +242,18 @@ def _chunk_values(
     return row_fn(torch.log_softmax(first, dim=-1), torch.log_softmax(second, dim=-1))
 
 
+def _chunks(num_rows: int, step: int, flat_mask: Tensor | None) -> Iterator[tuple[int, int, Tensor | None]]:
+    """(start, stop, rows) of each chunk that has counted rows; rows index into the chunk (None = all)."""
+    for start in range(0, num_rows, step):
+        stop = min(start + step, num_rows)
+        rows = None
+        if flat_mask is not None:
+            rows = flat_mask[start:stop].nonzero().squeeze(-1)
+            if rows.numel() == 0:
+                continue
+        yield start, stop, rows
+
+
 class _GradInForward(torch.autograd.Function):
     """A chunked scalar loss whose gradients are taken chunk by chunk in the forward pass.
 
@@ -272,13 +284,7 @@ class _GradInForward(torch.autograd.Function):
             for i, (t, need) in enumerate(zip(inputs, needs, strict=True))
         ]
         total = torch.zeros((), dtype=torch.promote_types(first.dtype, torch.float32), device=first.device)
-        for start in range(0, first.shape[0], step):
-            stop = min(start + step, first.shape[0])
-            rows = None
-            if flat_mask is not None:
-                rows = flat_mask[start:stop].nonzero().squeeze(-1)
-                if rows.numel() == 0:
-                    continue
+        for start, stop, rows in _chunks(first.shape[0], step, flat_mask):
             with torch.enable_grad():
                 leaves = [
                     None if t is None else (t[start:stop] if i < 2 else t).detach().requires_grad_(need)
@@ -372,25 +378,20 @@ def _divergence(
         and any(t is not None and t.requires_grad for t in (first, second, weight, bias))
     )
 
+    # What the sum over tokens is divided by: 1 (sum), the counted tokens (mean; 0 tokens -> 0,
+    # not NaN) or the first dimension (batchmean; 1-D logits are one token).
+    divisor = 1.0
+    if reduction == "mean":
+        divisor = float(max(num_rows if flat_mask is None else int(flat_mask.sum()), 1))
+    elif reduction == "batchmean":
+        divisor = float(max(first.shape[0] if first.dim() > 1 else 1, 1))
     if use_checkpoint and reduction != "none":
-        if reduction == "sum":
-            divisor = 1.0
-        elif reduction == "mean":
-            divisor = float(max(num_rows if flat_mask is None else int(flat_mask.sum()), 1))
-        else:
-            divisor = float(max(first.shape[0] if first.dim() > 1 else 1, 1))
         total = _GradInForward.apply(first_rows, second_rows, weight, bias, flat_mask, compute, step, divisor)
         return total + anchor
 
     values: list[Tensor] = []
     positions: list[Tensor] = []
-    for start in range(0, num_rows, step):
-        stop = min(start + step, num_rows)
-        rows: Tensor | None = None
-        if flat_mask is not None:
-            rows = flat_mask[start:stop].nonzero().squeeze(-1)
-            if rows.numel() == 0:
-                continue
+    for start, stop, rows in _chunks(num_rows, step, flat_mask):
         first_chunk, second_chunk = first_rows[start:stop], second_rows[start:stop]
         if use_checkpoint:
             chunk_values = checkpoint(compute, first_chunk, second_chunk, rows, weight, bias, use_reentrant=False)
@@ -412,15 +413,7 @@ def _divergence(
     total = anchor
     for chunk_values in values:
         total = total + chunk_values.sum()
-    if reduction == "sum":
-        return total
-    if reduction == "mean":
-        if flat_mask is None:
-            return total / max(num_rows, 1)
-        return total / flat_mask.sum().clamp_min(1)  # 0 tokens -> 0, not NaN
-    # batchmean: divide by the size of the first dimension; 1-D logits are one token.
-    batch = first.shape[0] if first.dim() > 1 else 1
-    return total / max(batch, 1)
+    return total / divisor
 
 
 def _distill(
