@@ -1,4 +1,8 @@
-"""Atomic writes: a file or a whole checkpoint directory appears complete or not at all."""
+"""Atomic writes (a file appears complete or not at all), safetensors weights, checkpoint lookup.
+
+Whole checkpoint directories are written by the trainer, which renames them into place once
+every process has written its part.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,20 +34,13 @@ def _fsync_dir(path: Path) -> None:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it onto `path` (file or directory)."""
+    """Yield a temporary file path beside `path`; on success rename it onto `path` in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / path.name
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
@@ -81,13 +78,6 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
             f"unexpected keys {result.unexpected_keys[:5]}"
         )
     return model
-
-
-def save_directory(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Let `write` fill a temporary directory, then move it onto `path` in one rename."""
-    with atomic_path(path) as tmp:
-        tmp.mkdir()
-        write(tmp)
 
 
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
