@@ -66,7 +66,6 @@ class RunConfig:
         if "name" not in data:
             raise ConfigError(f"data.name: missing; valid choices: {', '.join(DATASETS.names())}")
         DATASETS.check(str(data.pop("name")), data, "data")
-        DATASETS.get(str(self.data["name"]), "data.name")
         check_model_spec(self.student, "student")
         if self.teacher is not None:
             check_model_spec(self.teacher, "teacher")
