@@ -431,22 +431,23 @@ class Distiller:
         with accelerator.accumulate(student):
             weights = self.selector.weights(self.terms, self._selection_state())
             total, parts = self._losses(batch, student, teacher, weights)
+            # one host read of the loss and its parts per batch, shared by the guard and the logs
             total_value = float(total.detach())
+            losses = {k: float(v.detach()) for k, v in parts.items()}
             if not math.isfinite(total_value):
-                raise NonFiniteLossError(self.state.step + 1, total_value,
-                                         {k: float(v.detach()) for k, v in parts.items()})
+                raise NonFiniteLossError(self.state.step + 1, total_value, losses)
             accelerator.backward(total)
             if accelerator.sync_gradients and self.optim.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(student.parameters(), self.optim.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         self.state.batches_in_epoch += 1
-        self._accumulate_log(total_value, parts, weights)
+        self._accumulate_log(total_value, losses, weights)
         if not accelerator.sync_gradients:
             return False
         scheduler.step()
         self.state.step += 1
-        self._observe(parts)
+        self._observe(losses)
         return True
 
     def _finish(self, accelerator: Any, student: nn.Module, ckpt_root: Path | None) -> None:
@@ -462,11 +463,11 @@ class Distiller:
         accelerator.wait_for_everyone()
 
     # ----------------------------------------------------------------------------- helpers
-    def _accumulate_log(self, total: float, parts: dict[str, Tensor], weights: dict[str, float]) -> None:
+    def _accumulate_log(self, total: float, losses: dict[str, float], weights: dict[str, float]) -> None:
         s = self.state.log_sums
         s["loss"] = s.get("loss", 0.0) + total
-        for name, value in parts.items():
-            s[f"terms/{name}"] = s.get(f"terms/{name}", 0.0) + float(value.detach())
+        for name, value in losses.items():
+            s[f"terms/{name}"] = s.get(f"terms/{name}", 0.0) + value
         for name, w in weights.items():
             s[f"weights/{name}"] = s.get(f"weights/{name}", 0.0) + w
         self.state.log_count += 1
@@ -487,8 +488,7 @@ class Distiller:
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.4f}")
 
-    def _observe(self, parts: dict[str, Tensor]) -> None:
-        losses = {k: float(v.detach()) for k, v in parts.items()}
+    def _observe(self, losses: dict[str, float]) -> None:
         for k, v in losses.items():
             window = self.state.recent_losses.setdefault(k, [])
             window.append(v)
