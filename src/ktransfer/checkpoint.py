@@ -1,11 +1,14 @@
-"""Atomic writes (a file appears complete or not at all), safetensors weights, checkpoint lookup.
+"""Atomic writes (a file appears complete or not at all), self-verifying weights, manifests.
 
-Whole checkpoint directories are written by the trainer, which renames them into place once
-every process has written its part.
+Whole checkpoint directories are written by the trainer into a temporary directory, given a
+manifest (every file's size and checksum) last, and swapped into place by `replace_dir`;
+readers verify the manifest and fall back to the newest intact checkpoint. Weights files carry
+a checksum of their tensors in the safetensors header, so a damaged file is refused by name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,8 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 
 def _fsync_dir(path: Path) -> None:
@@ -58,19 +63,56 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+class CorruptFileError(ValueError):
+    """A checkpoint, weights file or cache entry is incomplete or damaged (and must not be read)."""
+
+
+WEIGHTS_DIGEST_KEY = "ktransfer.sha256"
+
+
+def tensors_digest(state: dict[str, Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of tensors (independent of file layout)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Save a model's state dict as safetensors, atomically (shared tensors are cloned apart)."""
+    """Save a model's state dict as safetensors, atomically, with a checksum of its tensors.
+
+    Shared tensors are cloned apart; the checksum lets `load_weights` refuse a damaged file.
+    """
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
+        save_file(state, str(tmp), metadata={WEIGHTS_DIGEST_KEY: tensors_digest(state)})
 
 
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
-    """Load safetensors weights into `model`; a missing file or mismatched keys is a clear error."""
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file, verified against its checksum when it carries one.
+
+    A missing file is FileNotFoundError; a truncated or damaged one CorruptFileError.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            expected = (f.metadata() or {}).get(WEIGHTS_DIGEST_KEY)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CorruptFileError(f"weights file {path} is damaged or incomplete ({e}); "
+                               "it cannot be read, retrain or restore it from a checkpoint") from e
+    if expected is not None and tensors_digest(state) != expected:
+        raise CorruptFileError(f"weights file {path} does not match its checksum (damaged on disk)")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+    """Load verified safetensors weights into `model`; a missing, damaged or mismatched file is a clear error."""
+    state = read_weights(path)
     result = model.load_state_dict(state, strict=False)
     if strict and (result.missing_keys or result.unexpected_keys):
         raise ValueError(
@@ -80,14 +122,106 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
     return model
 
 
-def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
-    """The checkpoint directory with the highest step, or None."""
+# ---------------------------------------------------------------------------------------- manifests
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(directory: str | Path, **extra: Any) -> None:
+    """Record every file of `directory` (size, SHA-256) in its manifest; call it after all other writes.
+
+    A directory whose manifest is missing or disagrees with its files was cut short or damaged.
+    """
+    directory = Path(directory)
+    files = {
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": file_digest(p)}
+        for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
+    write_json_atomic(directory / MANIFEST, {"version": MANIFEST_VERSION, "files": files, **extra})
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of `directory`; CorruptFileError when it is missing or unreadable."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise CorruptFileError(f"{directory}: no {MANIFEST} (the write was cut short, or an older version wrote it)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"{path}: unreadable manifest ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise CorruptFileError(f"{path}: not a ktransfer manifest")
+    return data
+
+
+def verify_manifest(directory: str | Path, checksums: bool = True) -> str | None:
+    """None when every file of the manifest is present with its size (and checksum); else the reason."""
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory)
+    except CorruptFileError as e:
+        return str(e).removeprefix(f"{directory}: ")
+    for name, meta in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != meta.get("size"):
+            return f"{name} has {size} bytes, the manifest says {meta.get('size')}"
+        if checksums and file_digest(path) != meta.get("sha256"):
+            return f"{name} does not match its checksum"
+    return None
+
+
+def replace_dir(tmp: str | Path, final: str | Path) -> None:
+    """Put the complete directory `tmp` at `final`, replacing what is there, with no window of loss.
+
+    The old directory is first renamed aside (a hidden name readers ignore), the new one renamed
+    into place, then the old one deleted: a kill at any moment leaves either the old or the new
+    directory at `final` (or, between the two renames, none, and readers fall back to an older
+    checkpoint), never a partial one.
+    """
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(f".old-{final.name}")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoints_newest_first(checkpoint_dir: str | Path) -> list[Path]:
+    """The `step-N` directories under `checkpoint_dir`, highest step first (unverified)."""
     root = Path(checkpoint_dir)
     if not root.is_dir():
-        return None
-    steps = []
-    for p in root.iterdir():
-        if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit():
-            steps.append((int(p.name[5:]), p))
-    return max(steps)[1] if steps else None
+        return []
+    steps = [(int(p.name[5:]), p) for p in root.iterdir()
+             if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    return [p for _, p in sorted(steps, reverse=True)]
 
+
+def find_intact_checkpoint(checkpoint_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint whose manifest verifies, and the newer ones skipped with the reason."""
+    skipped: list[tuple[Path, str]] = []
+    for path in checkpoints_newest_first(checkpoint_dir):
+        reason = verify_manifest(path)
+        if reason is None:
+            return path, skipped
+        skipped.append((path, reason))
+    return None, skipped
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The newest intact checkpoint directory (manifest verified), or None."""
+    return find_intact_checkpoint(checkpoint_dir)[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ktransfer.registry import ConfigError
-from ktransfer.train import NonFiniteLossError
+from ktransfer.train import NonFiniteError, WorldSizeError
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -40,9 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run directory")
     _add_overrides(p)
 
-    p = sub.add_parser("resume", help="continue a killed run from its newest checkpoint")
+    p = sub.add_parser("resume", help="continue a killed run from its newest intact checkpoint")
     p.add_argument("run_dir")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="train a finished run further, to this larger train.max_steps")
+    p.add_argument("--force-world-size", action="store_true",
+                   help="resume with another number of processes than wrote the checkpoint (the result will differ)")
 
     p = sub.add_parser("eval", help="evaluate a run's student on a data split")
     p.add_argument("run_dir")
@@ -98,9 +102,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from ktransfer.runner import resume
 
-    result = resume(args.run_dir, progress=not args.no_progress)
+    result = resume(args.run_dir, progress=not args.no_progress, max_steps=args.max_steps,
+                    force_world_size=args.force_world_size)
     _print_json({"step": result.train.step, "best_step": result.train.best_step,
-                 "best_val": result.train.best_metrics, "final_val": result.train.final_metrics})
+                 "best_val": result.train.best_metrics, "final_val": result.train.final_metrics,
+                 "already_finished": result.train.already_finished})
     return 0
 
 
@@ -151,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except NonFiniteLossError as e:
+    except NonFiniteError as e:
         print(f"ktransfer {args.command}: error: {e}", file=sys.stderr)
         return 3
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, WorldSizeError) as e:
         if os.environ.get("KTRANSFER_DEBUG"):
             raise
         print(f"ktransfer {args.command}: error: {e}", file=sys.stderr)

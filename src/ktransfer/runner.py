@@ -89,8 +89,23 @@ def build_distiller(
         train_data=data.train, config=cfg.train, optim=cfg.optim, schedule=cfg.schedule, task=task,
         evaluate=make_evaluator(data.val, task, cfg.train.eval_batch_size),
         run_dir=run_dir, progress=progress, stop_after_steps=stop_after_steps,
+        chance_accuracy=majority_rate(data.val) if cfg.task == "classification" else None,
     )
     return distiller, data
+
+
+def majority_rate(data: Any) -> float | None:
+    """The share of the most frequent label in a dataset of dict rows: the accuracy of guessing."""
+    labels = getattr(data, "tensors", {}).get("labels") if hasattr(data, "tensors") else None
+    if labels is None:
+        try:
+            labels = torch.stack([torch.as_tensor(data[i]["labels"]) for i in range(len(data))])
+        except (KeyError, TypeError, IndexError):
+            return None
+    labels = labels[labels != -100]
+    if labels.numel() == 0 or labels.dim() != 1:
+        return None
+    return float(torch.bincount(labels).max()) / labels.numel()
 
 
 def environment() -> dict[str, Any]:
@@ -115,12 +130,18 @@ def _finish(distiller: Distiller, cfg: RunConfig, run_dir: Path, result: TrainRe
     )
     if not distiller.accelerator.is_main_process:
         return out
+    if result.already_finished and (run_dir / "summary.json").is_file():
+        return out  # a finished run is left exactly as it was
+    cfg_train = cfg.train
     write_json_atomic(run_dir / "summary.json", {
         "step": result.step, "max_steps": cfg.train.max_steps, "stopped_early": result.stopped_early,
         "best_step": result.best_step, "best_val": result.best_metrics, "final_val": result.final_metrics,
         "wall_time_s": round(result.wall_time_s, 3), "seed": cfg.train.seed,
         "student_parameters": out.student_parameters, "teacher_parameters": out.teacher_parameters,
         "environment": environment(), "finished": result.step >= cfg.train.max_steps or result.stopped_early,
+        "world_size": result.world_size, "batch_size": cfg_train.batch_size,
+        "per_process_batch_size": cfg_train.batch_size // max(1, result.world_size),
+        "grad_accum_steps": cfg_train.grad_accum_steps, "warnings": result.warnings,
     })
     return out
 
@@ -176,12 +197,27 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.from_yaml(path)
 
 
-def resume(run_dir: str | Path, *, progress: bool = True, stop_after_steps: int | None = None) -> RunResult:
-    """Continue a killed run from its newest checkpoint; the result equals an uninterrupted run's."""
+def resume(
+    run_dir: str | Path, *, progress: bool = True, stop_after_steps: int | None = None,
+    max_steps: int | None = None, force_world_size: bool = False,
+) -> RunResult:
+    """Continue a killed run from its newest intact checkpoint; the result equals an uninterrupted run's.
+
+    A finished run is left unchanged, unless `max_steps` is larger than its own, which trains it
+    further (and records the new length in its config.yaml). A checkpoint written by another
+    number of processes is refused unless `force_world_size`.
+    """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
+    if max_steps is not None and max_steps != cfg.train.max_steps:
+        if max_steps < cfg.train.max_steps:
+            raise ValueError(f"train.max_steps={max_steps} is shorter than the run's own {cfg.train.max_steps}; "
+                             "a run can only be continued to a larger max_steps")
+        cfg.train.max_steps = max_steps
+        if int(os.environ.get("RANK", "0")) == 0:
+            write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     distiller, _ = build_distiller(cfg, run_dir, progress=progress, stop_after_steps=stop_after_steps)
-    result = distiller.fit(resume=True)
+    result = distiller.fit(resume=True, force_world_size=force_world_size)
     return _finish(distiller, cfg, run_dir, result)
 
 

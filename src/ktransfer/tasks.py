@@ -94,12 +94,35 @@ class Task:
             )
         return ForwardResult(logits=logits, targets=targets, raw=raw)
 
+    def count_targets(self, batch: dict[str, Any]) -> int:
+        """Positions of `batch` that a loss averages over: its targets, aligned as in `forward`.
+
+        Without labels every position counts (rows for classification, tokens for sequences),
+        which is what the knowledge terms average over then. The engine divides a step's loss
+        by this count summed over the step's micro-batches and processes.
+        """
+        labels = batch.get("labels")
+        if isinstance(labels, Tensor):
+            if self.kind == "causal_lm":
+                labels = labels[..., 1:]
+            return int((labels != IGNORE_INDEX).sum())
+        first = batch.get("inputs", batch.get("input_ids"))
+        if not isinstance(first, Tensor):
+            first = next((v for v in batch.values() if isinstance(v, Tensor)), None)
+        if first is None:
+            raise ValueError(f"cannot count the examples of a batch with keys {sorted(batch)}")
+        if self.kind == "classification" or first.dim() < 2:
+            return int(first.shape[0])
+        positions = first.shape[-1] - (1 if self.kind == "causal_lm" else 0)
+        return int(first.shape[0] * positions)
+
 
 @torch.no_grad()
-def evaluate_logits(
-    model: nn.Module, batches: Any, task: Task
-) -> dict[str, float]:
-    """Accuracy, mean cross-entropy (nats) and perplexity over all targeted positions of `batches`."""
+def evaluate_sums(model: nn.Module, batches: Any, task: Task) -> tuple[float, float, float]:
+    """(correct predictions, summed cross-entropy in nats, labelled positions) over `batches`.
+
+    Sums rather than means, so that shards evaluated by several processes add up exactly.
+    """
     was_training = model.training
     model.eval()
     correct = 0
@@ -118,6 +141,18 @@ def evaluate_logits(
             total += int(targets.numel())
     finally:
         model.train(was_training)
+    return float(correct), nll, float(total)
+
+
+def metrics_from_sums(correct: float, nll: float, total: float) -> dict[str, float]:
+    """Accuracy, mean cross-entropy (nats) and perplexity from `evaluate_sums`' totals."""
     if total == 0:
         raise ValueError("evaluation data has no labelled positions")
-    return {"accuracy": correct / total, "loss": nll / total, "perplexity": math.exp(min(nll / total, 700.0))}
+    loss = nll / total
+    perplexity = math.exp(min(loss, 700.0)) if math.isfinite(loss) else loss
+    return {"accuracy": correct / total, "loss": loss, "perplexity": perplexity}
+
+
+def evaluate_logits(model: nn.Module, batches: Any, task: Task) -> dict[str, float]:
+    """Accuracy, mean cross-entropy (nats) and perplexity over all targeted positions of `batches`."""
+    return metrics_from_sums(*evaluate_sums(model, batches, task))

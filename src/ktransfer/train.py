@@ -11,18 +11,29 @@ import contextlib
 import math
 import os
 import shutil
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ktransfer.capture import Capture
-from ktransfer.checkpoint import latest_checkpoint, save_weights
+from ktransfer.checkpoint import (
+    CorruptFileError,
+    checkpoints_newest_first,
+    find_intact_checkpoint,
+    read_manifest,
+    read_weights,
+    replace_dir,
+    save_weights,
+    verify_manifest,
+    write_manifest,
+)
 from ktransfer.data.base import collate_dicts
 from ktransfer.knowledge.base import KnowledgeTerm, StepView
 from ktransfer.runlog import MetricsLog, plot_curves
@@ -32,18 +43,42 @@ from ktransfer.tasks import Task, TaskKind
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
 TEACHER_PREFIX = "teacher_"
+# Trackers of Accelerate that write locally (nothing here may need the network).
+TRACKERS = ("tensorboard", "aim", "mlflow", "clearml", "dvclive")
 
 
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite; the run stops rather than train on garbage."""
+class NonFiniteError(RuntimeError):
+    """A loss or a validation metric became NaN or infinite; the run stops rather than go on with garbage."""
 
-    def __init__(self, step: int, total: float, parts: dict[str, float]) -> None:
+    step: int
+
+
+class NonFiniteLossError(NonFiniteError):
+    """A training loss became NaN or infinite (on any process) at an optimizer step."""
+
+    def __init__(self, step: int, total: float, parts: dict[str, float], mixed_precision: str = "no") -> None:
         self.step = step
         detail = ", ".join(f"{k}={v:.6g}" for k, v in parts.items())
+        hint = "Lower the learning rate or check the data for NaN/inf"
+        if mixed_precision != "no":
+            hint += f", or use mixed_precision='no' to see whether {mixed_precision} overflows"
+        super().__init__(f"loss is {total} at step {step} ({detail}); stopping. {hint}.")
+
+
+class NonFiniteMetricError(NonFiniteError):
+    """A validation metric became NaN or infinite: no checkpoint can be judged best by it."""
+
+    def __init__(self, step: int, metrics: dict[str, float]) -> None:
+        self.step = step
+        bad = ", ".join(f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
         super().__init__(
-            f"loss is {total} at step {step} ({detail}); stopping. Lower the learning rate, check the "
-            "data for NaN/inf, or use mixed_precision='no' to see whether reduced precision overflows."
+            f"validation metrics are not finite at step {step} ({bad}); stopping. The model's outputs "
+            "overflowed (lower the learning rate) or the validation data holds NaN/inf."
         )
+
+
+class WorldSizeError(RuntimeError):
+    """A checkpoint written by N processes is resumed by M != N processes."""
 
 
 @dataclass
@@ -80,12 +115,17 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    """Length, batching, precision, evaluation, early stopping and checkpointing of a run.
+    """Length, batching, precision, evaluation, early stopping, checkpointing and tracking of a run.
 
-    `max_steps` counts optimizer steps; one step consumes `grad_accum_steps` batches of
-    `batch_size` per process. `metric` (from the evaluator) picks the best model; with
-    `patience` set, training stops after that many evaluations without improvement.
-    `checkpoint_every` = 0 writes a checkpoint only at the end.
+    `max_steps` counts optimizer steps. `batch_size` is global: one micro-batch of `batch_size`
+    examples is split across all processes (each takes batch_size / world_size), and one
+    optimizer step consumes `grad_accum_steps` micro-batches, so a step sees
+    batch_size x grad_accum_steps examples whatever the number of processes. Token-level losses
+    are normalised by the target count of the whole step (all micro-batches, all processes).
+    `metric` (from the evaluator) picks the best model; with `patience` set, training stops
+    after that many evaluations without improvement. `checkpoint_every` = 0 writes a checkpoint
+    only at the end. `report_to` sends metrics to trackers Accelerate supports (e.g.
+    ["tensorboard"]), written under the run directory's `tracking/`.
     """
 
     max_steps: int = 500
@@ -101,9 +141,13 @@ class TrainConfig:
     metric: str = "accuracy"
     mode: Literal["max", "min"] = "max"
     patience: int | None = None
+    report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         validate(self, "train")
+        unknown = sorted(set(self.report_to) - set(TRACKERS))
+        if unknown:
+            raise ValueError(f"train.report_to: unknown tracker '{unknown[0]}'; valid choices: {', '.join(TRACKERS)}")
         for key in ("max_steps", "batch_size", "eval_batch_size", "grad_accum_steps", "eval_every", "log_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
@@ -129,6 +173,10 @@ class TrainState:
     log_sums: dict[str, float] = field(default_factory=dict)
     log_count: int = 0
     recent_losses: dict[str, list[float]] = field(default_factory=dict)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    world_size: int = 1
+    first_loss: float | None = None
+    last_loss: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,6 +197,9 @@ class TrainResult:
     final_metrics: dict[str, float]
     wall_time_s: float
     run_dir: Path | None
+    already_finished: bool = False
+    warnings: list[str] = field(default_factory=list)
+    world_size: int = 1
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -185,17 +236,31 @@ def make_evaluator(
     data: Dataset, task: Task | TaskKind = "classification", batch_size: int = 512,
     collate_fn: Callable[[list[Any]], dict[str, Any]] = collate_dicts,
 ) -> Evaluator:
-    """An evaluator computing accuracy and cross-entropy of a model on `data`."""
-    from ktransfer.tasks import evaluate_logits
+    """An evaluator computing accuracy, cross-entropy and perplexity of a model on `data`.
+
+    Under several processes each evaluates its own shard (every world_size-th example) and the
+    sums are added up across processes, so the work is split and the metrics cover all of `data`.
+    """
+    from ktransfer.tasks import evaluate_sums, metrics_from_sums
 
     task = task if isinstance(task, Task) else Task(task)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
+        shard: Dataset = data
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        world = torch.distributed.get_world_size() if distributed else 1
+        if world > 1:
+            shard = Subset(data, range(torch.distributed.get_rank(), len(data), world))  # type: ignore[arg-type]
+        loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
         batches = ({k: v.to(device) if isinstance(v, Tensor) else v for k, v in split_batch(b)[0].items()}
                    for b in loader)
-        return evaluate_logits(model, batches, task)
+        sums = evaluate_sums(model, batches, task)
+        if world > 1:
+            reduced = torch.tensor(sums, dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(reduced)
+            sums = tuple(float(v) for v in reduced.tolist())  # type: ignore[assignment]
+        return metrics_from_sums(*sums)
 
     return evaluate
 
@@ -207,19 +272,29 @@ def _build_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> torch.
     return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def _new_accelerator(cfg: TrainConfig) -> Any:
+def _new_accelerator(cfg: TrainConfig, run_dir: Path | None) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
 
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("train.mixed_precision='fp16' needs a CUDA GPU; on the CPU use 'bf16' or 'no'")
+    if cfg.report_to and run_dir is None:
+        raise ValueError("train.report_to needs a run directory: the trackers write under RUN_DIR/tracking")
     # Accelerate keeps one global state; a new run in the same process may use another precision.
     AcceleratorState._reset_state()
     # Under torchrun / accelerate launch on a machine without a GPU, Accelerate only sets up
     # multi-process CPU training (gloo) when told `cpu=True`.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps, mixed_precision=cfg.mixed_precision,
-                       cpu=multi_cpu)
+    # Accumulation is done by the engine (it must know a whole step's target count before the
+    # first backward), so Accelerate sees one micro-batch per step and never rescales the loss.
+    # split_batches: the loader's batch is the global batch, each process takes its slice.
+    return Accelerator(
+        gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision, cpu=multi_cpu,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        log_with=list(cfg.report_to) or None,
+        project_dir=str(run_dir / "tracking") if cfg.report_to and run_dir is not None else None,
+    )
 
 
 class Distiller:
@@ -228,7 +303,8 @@ class Distiller:
     The teacher is frozen: eval mode, no gradients, no optimizer state; it runs only if some
     term needs it. `teacher` may be None for plain supervised training (a `labels` term alone).
     With `run_dir`, the run writes metrics.jsonl, checkpoints/, best/ and final/ weights and
-    curves.png there, and `fit(resume=True)` continues from the newest checkpoint.
+    curves.png there, and `fit(resume=True)` continues from the newest intact checkpoint.
+    `chance_accuracy` (e.g. the majority-class rate) lets the run warn when it ends no better.
     """
 
     def __init__(
@@ -248,6 +324,7 @@ class Distiller:
         collate_fn: Callable[[list[Any]], dict[str, Any]] = collate_dicts,
         progress: bool = True,
         stop_after_steps: int | None = None,
+        chance_accuracy: float | None = None,
     ) -> None:
         if not terms:
             raise ValueError("Distiller needs at least one knowledge term")
@@ -276,10 +353,13 @@ class Distiller:
         # For tests and the CLI's --stop-after: end the process's work after this many steps
         # as if killed (no final evaluation or checkpoint beyond the regular ones).
         self.stop_after_steps = stop_after_steps
+        self.chance_accuracy = chance_accuracy
         self.state = TrainState()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir else None
+        self.skipped_checkpoints: list[tuple[Path, str]] = []
         self._student_specs = sorted({s for t in self.terms for s in t.student_modules})
         self._teacher_specs = sorted({s for t in self.terms for s in t.teacher_modules})
+        self._checkpointed_step: int | None = None
 
     # ----------------------------------------------------------------------------- one step
     def _losses(self, batch: dict[str, Any], student: nn.Module, teacher: nn.Module | None,
@@ -319,19 +399,34 @@ class Distiller:
                               recent_losses=self.state.recent_losses)
 
     # ----------------------------------------------------------------------------- fit
-    def fit(self, resume: bool | str | Path = False) -> TrainResult:
-        """Train until `max_steps` or early stopping; `resume` = True (newest checkpoint) or a path."""
+    def fit(self, resume: bool | str | Path = False, *, force_world_size: bool = False) -> TrainResult:
+        """Train until `max_steps` or early stopping; `resume` = True (newest intact checkpoint) or a path.
+
+        Resuming a finished run changes nothing and returns its result (`already_finished`).
+        A checkpoint written by another number of processes is refused unless `force_world_size`.
+        """
         from accelerate.utils import set_seed
 
         cfg = self.config
-        self.accelerator = accelerator = _new_accelerator(cfg)
+        self.accelerator = accelerator = _new_accelerator(cfg, self.run_dir)
         set_seed(cfg.seed)
-        self.state = TrainState()
+        self.state = TrainState(world_size=accelerator.num_processes)
+        self._checkpointed_step = None
         student, teacher, optimizer, scheduler, loader = self._prepare(accelerator)
         ckpt_root = self.run_dir / "checkpoints" if self.run_dir else None
-        self._restore(accelerator, resume, ckpt_root)
+        self._restore(accelerator, resume, ckpt_root, force_world_size)
 
         state = self.state
+        if resume and (state.step >= cfg.max_steps or state.stopped_early):
+            return self._already_finished(accelerator, student)
+        setup = self._run_record(accelerator)
+        _say(accelerator, f"{setup['world_size']} process(es) on {setup['device']}; {setup['examples_per_step']} "
+             f"examples per step = batch {setup['batch_size']} ({setup['per_process_batch_size']} per process) "
+             f"x {setup['grad_accum_steps']} accumulated")
+        if self.log and accelerator.is_main_process and (not resume or state.world_size != accelerator.num_processes):
+            self.log.append(setup)
+        state.world_size = accelerator.num_processes
+        self._start_trackers(accelerator)
         start_step = state.step
         t0 = time.perf_counter() - state.elapsed_s
         bar = None
@@ -343,9 +438,8 @@ class Distiller:
         killed = False
         try:
             while state.step < cfg.max_steps and not state.stopped_early and not killed:
-                for batch in self._epoch_batches(accelerator, loader):
-                    if not self._micro_step(batch, student, teacher, optimizer, scheduler):
-                        continue  # accumulating gradients: no optimizer step yet
+                for group in self._step_groups(accelerator, loader):
+                    self._optimizer_step(group, student, teacher, optimizer, scheduler)
                     if bar is not None:
                         bar.update(1)
                     last = state.step >= cfg.max_steps
@@ -366,21 +460,52 @@ class Distiller:
             if bar is not None:
                 bar.close()
         state.elapsed_s = time.perf_counter() - t0
+        warnings: list[str] = []
         if not killed:
             if self.evaluate is not None and not final_metrics:
                 final_metrics = self._evaluate(student)
-            self._finish(accelerator, student, ckpt_root)
+            warnings = self._health_warnings(final_metrics)
+            self._finish(accelerator, student, ckpt_root, warnings)
+        if cfg.report_to:
+            accelerator.end_training()
         return TrainResult(
             step=state.step, stopped_early=state.stopped_early, best_step=state.best_step,
             best_metrics=dict(state.best_metrics), final_metrics=final_metrics,
-            wall_time_s=state.elapsed_s, run_dir=self.run_dir,
+            wall_time_s=state.elapsed_s, run_dir=self.run_dir, warnings=warnings, world_size=state.world_size,
         )
+
+    def _run_record(self, accelerator: Any) -> dict[str, Any]:
+        """What the log records about the run's set-up: processes and batching."""
+        cfg = self.config
+        world = accelerator.num_processes
+        return {"split": "setup", "step": self.state.step, "world_size": world, "batch_size": cfg.batch_size,
+                "per_process_batch_size": cfg.batch_size // world, "grad_accum_steps": cfg.grad_accum_steps,
+                "examples_per_step": cfg.batch_size * cfg.grad_accum_steps, "mixed_precision": cfg.mixed_precision,
+                "device": str(accelerator.device)}
+
+    def _start_trackers(self, accelerator: Any) -> None:
+        if not self.config.report_to:
+            return
+        from ktransfer.schema import to_dict
+
+        flat: dict[str, Any] = {}
+        for section, obj in (("train", self.config), ("optim", self.optim), ("schedule", self.schedule)):
+            for key, value in to_dict(obj).items():
+                flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        name = self.run_dir.name if self.run_dir else "ktransfer"
+        accelerator.init_trackers(name, config=flat)
 
     def _prepare(self, accelerator: Any) -> tuple[nn.Module, nn.Module | None, Any, Any, Any]:
         """Optimizer, schedule and data loader for the student; the teacher frozen on the device."""
         from transformers import get_scheduler
 
         cfg = self.config
+        world = accelerator.num_processes
+        if cfg.batch_size % world:
+            raise ValueError(
+                f"train.batch_size={cfg.batch_size} is the global batch and must split evenly across "
+                f"{world} processes (use a multiple of {world})"
+            )
         self.student.train()
         params = [p for p in self.student.parameters() if p.requires_grad]
         if not params:
@@ -405,62 +530,165 @@ class Distiller:
         accelerator.register_for_checkpointing(scheduler, self.state, self.selector)
         return student, teacher, optimizer, scheduler, loader
 
-    def _restore(self, accelerator: Any, resume: bool | str | Path, ckpt_root: Path | None) -> None:
-        """Load the checkpoint to resume from (and drop later log lines), or start a fresh log."""
-        if resume:
-            path = Path(resume) if not isinstance(resume, bool) else (latest_checkpoint(ckpt_root) if ckpt_root else None)
-            if path is None or not Path(path).is_dir():
-                raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_root if ckpt_root else resume}")
+    def _restore(self, accelerator: Any, resume: bool | str | Path, ckpt_root: Path | None,
+                 force_world_size: bool) -> None:
+        """Load the newest intact checkpoint (and drop later log lines), or start a fresh log."""
+        if not resume:
+            if self.log and accelerator.is_main_process and self.log.path.exists():
+                self.log.path.unlink()
+            return
+        if isinstance(resume, bool):
+            if ckpt_root is None:
+                raise FileNotFoundError("resume=True needs a run directory (or pass a checkpoint path)")
+            path, self.skipped_checkpoints = find_intact_checkpoint(ckpt_root)
+            for skipped, why in self.skipped_checkpoints:
+                _say(accelerator, f"skipping checkpoint {skipped.name}: {why}")
+            if path is None:
+                tried = "; ".join(f"{p.name}: {why}" for p, why in self.skipped_checkpoints)
+                raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_root}" + (f" (damaged: {tried})" if tried else ""))
+            if self.skipped_checkpoints:
+                _say(accelerator, f"resuming from {path.name}, the newest intact checkpoint")
+        else:
+            path = Path(resume)
+            if not path.is_dir():
+                raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+            reason = verify_manifest(path)
+            if reason is not None:
+                raise CorruptFileError(f"checkpoint {path} cannot be resumed: {reason}")
+        saved_world = int(read_manifest(path).get("world_size", 1))
+        if saved_world != accelerator.num_processes and not force_world_size:
+            raise WorldSizeError(
+                f"checkpoint {path.name} was written by {saved_world} process(es) and this run has "
+                f"{accelerator.num_processes}: the data order, batch split and RNG streams would differ from "
+                f"the original run. Resume with {saved_world} process(es), or force it (--force-world-size; "
+                "fit(resume=..., force_world_size=True)) to continue with a different result."
+            )
+        try:
             accelerator.load_state(str(path))
-            if self.log and accelerator.is_main_process:
-                self.log.truncate_after(self.state.step)
-        elif self.log and accelerator.is_main_process and self.log.path.exists():
-            self.log.path.unlink()
+        except Exception as e:  # a file that verified but still cannot be read: name it
+            raise CorruptFileError(f"checkpoint {path} cannot be loaded: {e}") from e
+        if self.log and accelerator.is_main_process:
+            self.log.truncate_after(self.state.step)
 
-    def _epoch_batches(self, accelerator: Any, loader: Any) -> Any:
-        """The current epoch's batches, skipping those a resumed run has already seen."""
+    def _already_finished(self, accelerator: Any, student: nn.Module) -> TrainResult:
+        """The result of a run that had finished; only outputs a kill prevented are completed."""
+        state = self.state
+        _say(accelerator, f"the run is finished (step {state.step} of {self.config.max_steps}"
+             + (", stopped early" if state.stopped_early else "") + "); nothing to do. "
+             "To train further, give a larger train.max_steps.")
+        if self.run_dir and accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(student)
+            for which in ("final", "best"):
+                path = self.run_dir / which / "model.safetensors"
+                if which == "best" and self.evaluate is not None:
+                    continue  # best weights come from evaluations; never rewritten from the final state
+                if not _weights_ok(path):
+                    save_weights(unwrapped, path)
+        return TrainResult(
+            step=state.step, stopped_early=state.stopped_early, best_step=state.best_step,
+            best_metrics=dict(state.best_metrics), final_metrics=dict(state.last_metrics),
+            wall_time_s=state.elapsed_s, run_dir=self.run_dir, already_finished=True, world_size=state.world_size,
+        )
+
+    def _step_groups(self, accelerator: Any, loader: Any) -> Iterator[list[dict[str, Any]]]:
+        """The current epoch's micro-batches in groups of one optimizer step each.
+
+        Batches a resumed run has already seen are skipped; the last group of an epoch may be
+        shorter than `grad_accum_steps`.
+        """
         epoch, seen = self.state.epoch, self.state.batches_in_epoch
         batches = accelerator.skip_first_batches(loader, seen) if seen else loader
         batches.set_epoch(epoch)  # the order depends only on (seed, epoch)
-        return batches
+        group: list[dict[str, Any]] = []
+        for batch in batches:
+            group.append(batch)
+            if len(group) == self.config.grad_accum_steps:
+                yield group
+                group = []
+        if group:
+            yield group
 
-    def _micro_step(self, batch: dict[str, Any], student: nn.Module, teacher: nn.Module | None,
-                    optimizer: Any, scheduler: Any) -> bool:
-        """Forward and backward on one batch; True when it completed an optimizer step (then counted)."""
+    def _optimizer_step(self, group: list[dict[str, Any]], student: nn.Module, teacher: nn.Module | None,
+                        optimizer: Any, scheduler: Any) -> None:
+        """Forward and backward on each micro-batch of one step, then one optimizer update.
+
+        Each micro-batch's loss (a mean over its own targets) is scaled by its share of the
+        step's targets counted over all micro-batches and processes, so the update equals that
+        of one large batch whatever the padding, accumulation or number of processes. Losses
+        are checked for NaN/inf on every process before the last (synchronising) backward.
+        """
         accelerator = self.accelerator
-        with accelerator.accumulate(student):
-            weights = self.selector.weights(self.terms, self._selection_state())
-            total, parts = self._losses(batch, student, teacher, weights)
-            # one host read of the loss and its parts per batch, shared by the guard and the logs
-            total_value = float(total.detach())
-            losses = {k: float(v.detach()) for k, v in parts.items()}
-            if not math.isfinite(total_value):
-                raise NonFiniteLossError(self.state.step + 1, total_value, losses)
-            accelerator.backward(total)
-            if accelerator.sync_gradients and self.optim.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(student.parameters(), self.optim.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        self.state.batches_in_epoch += 1
-        self._accumulate_log(total_value, losses, weights)
-        if not accelerator.sync_gradients:
-            return False
+        world = accelerator.num_processes
+        weights = self.selector.weights(self.terms, self._selection_state())
+        names = [t.name for t in self.terms if weights[t.name] != 0.0]
+        counts = [self.task.count_targets(b) for b in group]
+        step_count = float(sum(counts))
+        if world > 1:
+            step_count = float(accelerator.reduce(
+                torch.tensor(step_count, dtype=torch.float64, device=accelerator.device), "sum"))
+        # per micro-batch: [total, parts..., 1 if non-finite]; summed over micro-batches (and processes)
+        sums = torch.zeros(len(names) + 2, dtype=torch.float64)
+        for i, (batch, count) in enumerate(zip(group, counts, strict=True)):
+            last = i == len(group) - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(student):
+                if count == 0:  # nothing to learn here; a zero loss still joins the gradient sync
+                    scaled = sum(p.sum() for p in student.parameters() if p.requires_grad) * 0.0
+                    values = torch.zeros(len(names) + 1, dtype=torch.float64)
+                else:
+                    total, parts = self._losses(batch, student, teacher, weights)
+                    share = count * world / step_count
+                    scaled = total * share
+                    # one host read per micro-batch, shared by the NaN guard and the logs
+                    values = torch.stack([total.detach(), *(parts[n].detach() for n in names)]).double().cpu() * share
+                finite = bool(torch.isfinite(values).all())
+                sums[:-1] += values
+                sums[-1] += 0.0 if finite else 1.0
+                if world == 1 and not finite:
+                    self._raise_nonfinite(sums, names)
+                if last and world > 1:
+                    sums = accelerator.reduce(sums.to(accelerator.device), "sum").cpu() / torch.tensor(
+                        [world] * (len(names) + 1) + [1], dtype=torch.float64)
+                    if sums[-1] > 0:
+                        self._raise_nonfinite(sums, names)
+                if finite:
+                    accelerator.backward(scaled)
+        if self.optim.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(student.parameters(), self.optim.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+        self.state.batches_in_epoch += len(group)
         self.state.step += 1
+        values = sums.tolist()
+        losses = dict(zip(names, values[1:-1], strict=True))
+        self._accumulate_log(values[0], losses, weights)
         self._observe(losses)
-        return True
 
-    def _finish(self, accelerator: Any, student: nn.Module, ckpt_root: Path | None) -> None:
-        """Final checkpoint, final (and, without an evaluator, best) weights, learning curves."""
-        self._checkpoint(accelerator, ckpt_root)
+    def _raise_nonfinite(self, sums: Tensor, names: list[str]) -> None:
+        values = sums.tolist()
+        raise NonFiniteLossError(self.state.step + 1, values[0], dict(zip(names, values[1:-1], strict=True)),
+                                 self.config.mixed_precision)
+
+    def _finish(self, accelerator: Any, student: nn.Module, ckpt_root: Path | None, warnings: list[str]) -> None:
+        """Final checkpoint, final (and, without an evaluator, best) weights, learning curves, warnings."""
+        if self._checkpointed_step != self.state.step:
+            self._checkpoint(accelerator, ckpt_root)
         unwrapped = accelerator.unwrap_model(student)
+        for message in warnings:
+            _say(accelerator, f"warning: {message}")
         if self.run_dir and accelerator.is_main_process:
             save_weights(unwrapped, self.run_dir / "final" / "model.safetensors")
             if self.evaluate is None or not (self.run_dir / "best" / "model.safetensors").exists():
                 save_weights(unwrapped, self.run_dir / "best" / "model.safetensors")
             if self.log:
+                for message in warnings:
+                    self.log.append({"split": "warning", "step": self.state.step, "message": message})
                 plot_curves(self.log.read(), self.run_dir / "curves.png", title=self.run_dir.name)
         accelerator.wait_for_everyone()
+
+    def _health_warnings(self, final_metrics: dict[str, float]) -> list[str]:
+        """Signs that the run went wrong although nothing was NaN: a rising loss, chance-level accuracy."""
+        return run_health_warnings(self.state.first_loss, self.state.last_loss, final_metrics, self.chance_accuracy)
 
     # ----------------------------------------------------------------------------- helpers
     def _accumulate_log(self, total: float, losses: dict[str, float], weights: dict[str, float]) -> None:
@@ -471,6 +699,8 @@ class Distiller:
         for name, w in weights.items():
             s[f"weights/{name}"] = s.get(f"weights/{name}", 0.0) + w
         self.state.log_count += 1
+        if self.state.first_loss is None:
+            self.state.first_loss = total
 
     def _flush_log(self, lr: float, t0: float, bar: Any) -> None:
         n = max(1, self.state.log_count)
@@ -483,8 +713,14 @@ class Distiller:
         }
         self.state.log_sums = {}
         self.state.log_count = 0
+        self.state.last_loss = record["loss"]
         if self.log and self.accelerator.is_main_process:
             self.log.append(record)
+        if self.config.report_to:
+            self.accelerator.log({"train/loss": record["loss"], "train/lr": lr,
+                                  **{f"train/terms/{k}": v for k, v in record["terms"].items()},
+                                  **{f"train/weights/{k}": v for k, v in record["weights"].items()}},
+                                 step=self.state.step)
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.4f}")
 
@@ -502,8 +738,11 @@ class Distiller:
         metrics = {k: float(v) for k, v in self.evaluate(unwrapped).items()}
         if cfg.metric not in metrics:
             raise KeyError(f"train.metric '{cfg.metric}' is not among the evaluator's metrics: {sorted(metrics)}")
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise NonFiniteMetricError(self.state.step, metrics)
         value = metrics[cfg.metric]
         state = self.state
+        state.last_metrics = dict(metrics)
         better = state.best_metric is None or (value > state.best_metric if cfg.mode == "max" else value < state.best_metric)
         if better:
             state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
@@ -516,25 +755,68 @@ class Distiller:
                 state.stopped_early = True
         if self.log and self.accelerator.is_main_process:
             self.log.append({"split": "val", "step": state.step, **metrics})
+        if cfg.report_to:
+            self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.step)
         return metrics
 
     def _checkpoint(self, accelerator: Any, root: Path | None) -> None:
-        """Save the whole training state to root/step-N via a temporary directory and one rename."""
+        """Save the whole training state to root/step-N: written aside, manifest last, swapped in."""
         if root is None:
             return
         final = root / f"step-{self.state.step:08d}"
         tmp = root / f".tmp-step-{self.state.step:08d}"
         if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
             root.mkdir(parents=True, exist_ok=True)
+            for leftover in root.glob(".tmp-step-*"):  # from a write that a kill cut short
+                shutil.rmtree(leftover, ignore_errors=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            kept = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
-            for old in kept[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            write_manifest(tmp, step=self.state.step, world_size=accelerator.num_processes)
+            replace_dir(tmp, final)
+            kept = checkpoints_newest_first(root)
+            for old in kept[self.config.keep_checkpoints:]:
+                # renamed before deletion, so a kill mid-delete never leaves a partial step-N behind
+                doomed = old.with_name(f".old-{old.name}")
+                os.replace(old, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+        self._checkpointed_step = self.state.step
         accelerator.wait_for_everyone()
+
+
+def _say(accelerator: Any, message: str) -> None:
+    """A message for the user, on the main process only (stderr: stdout may carry JSON)."""
+    if accelerator.is_main_process:
+        print(f"ktransfer: {message}", file=sys.stderr, flush=True)
+
+
+def _weights_ok(path: Path) -> bool:
+    try:
+        read_weights(path)
+    except (FileNotFoundError, CorruptFileError):
+        return False
+    return True
+
+
+def run_health_warnings(first_loss: float | None, last_loss: float | None, final_metrics: dict[str, float],
+                        chance_accuracy: float | None) -> list[str]:
+    """Warnings for a run that finished without error but probably failed.
+
+    A training loss that ends well above where it started (factor 1.5 and by more than 0.1)
+    means divergence; a final validation accuracy within 1 point of chance means nothing was learnt.
+    """
+    warnings = []
+    if first_loss is not None and last_loss is not None and math.isfinite(first_loss):
+        if last_loss > 1.5 * first_loss and last_loss - first_loss > 0.1:
+            warnings.append(
+                f"the training loss ended at {last_loss:.4g}, above where it started ({first_loss:.4g}): "
+                "training diverged (is the learning rate too high?)"
+            )
+    accuracy = final_metrics.get("accuracy")
+    if chance_accuracy is not None and accuracy is not None and accuracy <= chance_accuracy + 0.01:
+        warnings.append(
+            f"the final validation accuracy {accuracy:.4f} is at chance level ({chance_accuracy:.4f}, the "
+            "majority class's share): the student learnt nothing useful"
+        )
+    return warnings
