@@ -21,13 +21,17 @@ CONFIG = {
 }
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+def launch(launcher: list[str], *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([exe, "--nproc_per_node", "2", "-m", "ktransfer.cli", *args, "--no-progress"],
+    proc = subprocess.run([*launcher, "-m", "ktransfer.cli", *args, "--no-progress"],
                           capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == expect, proc.stderr[-3000:]
     return proc
+
+
+def torchrun(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    return launch([exe, "--nproc_per_node", "2"], *args, expect=expect)
 
 
 @pytest.mark.slow
@@ -38,9 +42,29 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path: Path) -> None:
     assert full.stdout.count('"best_step"') == 1  # only rank 0 prints
     ckpt = tmp_path / "full" / "checkpoints" / "step-00000010"
     assert (ckpt / "random_states_0.pkl").exists() and (ckpt / "random_states_1.pkl").exists()
-    torchrun("run", str(cfg), "--run-dir", str(tmp_path / "killed"), "--stop-after", "5")
+    killed = torchrun("run", str(cfg), "--run-dir", str(tmp_path / "killed"), "--stop-after", "5")
+    assert "2 process(es) on cpu" in killed.stderr and "10 examples" not in killed.stderr
+    # found: a 2-process checkpoint resumed in 1 process ran silently to another result
+    single = launch([sys.executable], "resume", str(tmp_path / "killed"), expect=2)
+    assert "written by 2 process(es) and this run has 1" in single.stderr
     torchrun("resume", str(tmp_path / "killed"))
     a = json.loads((tmp_path / "full" / "summary.json").read_text())
     b = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert a["step"] == b["step"] == 10
     assert a["final_val"] == b["final_val"]
+    assert a["world_size"] == 2 and a["batch_size"] == 16 and a["per_process_batch_size"] == 8
+
+
+@pytest.mark.slow
+def test_accelerate_launch_command_of_the_readme_runs_two_processes(tmp_path: Path) -> None:
+    """Found: `accelerate launch --num_processes 2` on a CPU machine silently ran one process."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(CONFIG))
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    command = "accelerate launch --multi_gpu --num_processes 2 -m ktransfer.cli run CONFIG.yaml"
+    assert command in readme
+    exe = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    proc = launch([exe, "launch", "--multi_gpu", "--num_processes", "2"], "run", str(cfg), "--run-dir",
+                  str(tmp_path / "r"))
+    assert "2 process(es)" in proc.stderr
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["world_size"] == 2

@@ -37,8 +37,12 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop records logged after `step` (used when resuming from a checkpoint at `step`)."""
-        kept = [r for r in self.read() if r.get("step", 0) <= step]
-        write_text_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        records = self.read()
+        kept = [r for r in records if r.get("step", 0) <= step]
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+        if len(kept) == len(records) and self.path.exists() and self.path.read_text(encoding="utf-8") == text:
+            return  # nothing to drop: leave the file untouched
+        write_text_atomic(self.path, text)
 
 
 def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:

@@ -43,6 +43,8 @@ from ktransfer.tasks import Task, TaskKind
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
 TEACHER_PREFIX = "teacher_"
+# The divergence warning compares the first step's loss with the last logged one, in runs this long.
+HEALTH_MIN_STEPS = 20
 # Trackers of Accelerate that write locally (nothing here may need the network).
 TRACKERS = ("tensorboard", "aim", "mlflow", "clearml", "dvclive")
 
@@ -360,6 +362,7 @@ class Distiller:
         self._student_specs = sorted({s for t in self.terms for s in t.student_modules})
         self._teacher_specs = sorted({s for t in self.terms for s in t.teacher_modules})
         self._checkpointed_step: int | None = None
+        self._saved_world = 1
 
     # ----------------------------------------------------------------------------- one step
     def _losses(self, batch: dict[str, Any], student: nn.Module, teacher: nn.Module | None,
@@ -423,7 +426,7 @@ class Distiller:
         _say(accelerator, f"{setup['world_size']} process(es) on {setup['device']}; {setup['examples_per_step']} "
              f"examples per step = batch {setup['batch_size']} ({setup['per_process_batch_size']} per process) "
              f"x {setup['grad_accum_steps']} accumulated")
-        if self.log and accelerator.is_main_process and (not resume or state.world_size != accelerator.num_processes):
+        if self.log and accelerator.is_main_process and (not resume or self._saved_world != accelerator.num_processes):
             self.log.append(setup)
         state.world_size = accelerator.num_processes
         self._start_trackers(accelerator)
@@ -555,7 +558,7 @@ class Distiller:
             reason = verify_manifest(path)
             if reason is not None:
                 raise CorruptFileError(f"checkpoint {path} cannot be resumed: {reason}")
-        saved_world = int(read_manifest(path).get("world_size", 1))
+        saved_world = self._saved_world = int(read_manifest(path).get("world_size", 1))
         if saved_world != accelerator.num_processes and not force_world_size:
             raise WorldSizeError(
                 f"checkpoint {path.name} was written by {saved_world} process(es) and this run has "
@@ -688,7 +691,9 @@ class Distiller:
 
     def _health_warnings(self, final_metrics: dict[str, float]) -> list[str]:
         """Signs that the run went wrong although nothing was NaN: a rising loss, chance-level accuracy."""
-        return run_health_warnings(self.state.first_loss, self.state.last_loss, final_metrics, self.chance_accuracy)
+        long_enough = self.state.step >= HEALTH_MIN_STEPS  # a few noisy steps say nothing about divergence
+        return run_health_warnings(self.state.first_loss if long_enough else None, self.state.last_loss,
+                                   final_metrics, self.chance_accuracy)
 
     # ----------------------------------------------------------------------------- helpers
     def _accumulate_log(self, total: float, losses: dict[str, float], weights: dict[str, float]) -> None:
@@ -699,7 +704,7 @@ class Distiller:
         for name, w in weights.items():
             s[f"weights/{name}"] = s.get(f"weights/{name}", 0.0) + w
         self.state.log_count += 1
-        if self.state.first_loss is None:
+        if self.state.first_loss is None:  # the untrained model's loss, for the divergence warning
             self.state.first_loss = total
 
     def _flush_log(self, lr: float, t0: float, bar: Any) -> None:
@@ -803,7 +808,7 @@ def run_health_warnings(first_loss: float | None, last_loss: float | None, final
                         chance_accuracy: float | None) -> list[str]:
     """Warnings for a run that finished without error but probably failed.
 
-    A training loss that ends well above where it started (factor 1.5 and by more than 0.1)
+    A training loss that ends well above the first step's (factor 1.5 and by more than 0.1)
     means divergence; a final validation accuracy within 1 point of chance means nothing was learnt.
     """
     warnings = []
