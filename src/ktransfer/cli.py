@@ -1,4 +1,8 @@
-"""`ktransfer` command line: demo, run, resume, eval, check, modules."""
+"""`ktransfer` command line: demo, run, resume, eval, check, modules, list.
+
+Only the standard library is imported at start-up; each command imports what it needs, so
+`ktransfer --version` and `--help` answer without loading torch.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,6 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
-
-from ktransfer.registry import ConfigError
-from ktransfer.train import NonFiniteLossError
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -148,7 +149,10 @@ COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "resume": _cmd_resume, "eval": _
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # --version / --help exit here, before any heavy import
+    from ktransfer.registry import ConfigError
+    from ktransfer.train import NonFiniteLossError
+
     try:
         return COMMANDS[args.command](args)
     except NonFiniteLossError as e:
