@@ -3,8 +3,11 @@ permissions of weights, and the one-seed demo table."""
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +42,24 @@ def test_the_public_api_still_imports_from_the_package() -> None:
         assert getattr(ktransfer, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'Distiler'"):
         ktransfer.Distiler  # noqa: B018
+
+
+def test_weights_and_text_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import torch
+
+    from ktransfer.checkpoint import save_weights, write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        save_weights(torch.nn.Linear(2, 2), tmp_path / "w" / "model.safetensors")
+        write_json_atomic(tmp_path / "summary.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "w" / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o644
+    old = os.umask(0o077)
+    try:
+        save_weights(torch.nn.Linear(2, 2), tmp_path / "private.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "private.safetensors").stat().st_mode) == 0o600
