@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,3 +64,29 @@ def test_weights_and_text_files_get_the_usual_permissions(tmp_path: Path) -> Non
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "private.safetensors").stat().st_mode) == 0o600
+
+
+def demo_results(seeds: list[int]) -> dict[str, Any]:
+    from ktransfer.demo import summarize
+
+    rows = [{"seed": seed, "role": role, "test_accuracy": acc + seed / 100, "val_accuracy": acc, "parameters": 10,
+             "train_wall_time_s": 1.0}
+            for seed in seeds for role, acc in (("teacher", 0.9), ("student alone", 0.8), ("distilled student", 0.85))]
+    return {"command": "ktransfer demo", "seeds": seeds, "quick": False, "summary": summarize(rows),
+            "total_wall_time_s": 1.0, "environment": {"machine": "x86_64", "cpu_count": 2, "torch": "2"}}
+
+
+def test_a_one_seed_demo_shows_no_confidence_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    from ktransfer.demo import markdown_table, print_table
+
+    one = demo_results([0])
+    assert one["summary"]["teacher"]["test_accuracy_ci95"] is None
+    table = markdown_table(one)
+    assert "±" not in table and "| teacher | 10 | 90.00 % |" in table and "one seed, no CI" in table
+    assert "Distilled minus alone (paired by seed): +5.00 points" in table
+    print_table(one)
+    out = capsys.readouterr().out
+    assert "±" not in out and "90.00 %" in out and "no confidence interval" in out
+    # with two seeds the interval is back
+    two = markdown_table(demo_results([0, 1]))
+    assert "| teacher | 10 | 90.50 ± 6.35 % |" in two and "mean ± 95% CI" in two
