@@ -76,9 +76,11 @@ def demo_results(seeds: list[int]) -> dict[str, Any]:
             "total_wall_time_s": 1.0, "environment": {"machine": "x86_64", "cpu_count": 2, "torch": "2"}}
 
 
-def test_a_one_seed_demo_shows_no_confidence_interval(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_one_seed_demo_shows_no_confidence_interval(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from ktransfer.demo import markdown_table, print_table
 
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps cells on a narrow terminal
     one = demo_results([0])
     assert one["summary"]["teacher"]["test_accuracy_ci95"] is None
     table = markdown_table(one)
