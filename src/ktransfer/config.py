@@ -32,7 +32,7 @@ from ktransfer.models import MODELS
 from ktransfer.registry import ConfigError, suggest
 from ktransfer.schema import from_dict, to_dict
 from ktransfer.selection import SELECTORS
-from ktransfer.tasks import TASK_KINDS, TaskKind
+from ktransfer.tasks import TASK_KINDS, TASK_SPECS, TaskKind
 from ktransfer.train import OptimConfig, ScheduleConfig, TrainConfig
 
 # Keys of a model section that are not arguments of the builder.
@@ -80,6 +80,12 @@ class RunConfig:
         if kind is None:
             raise ConfigError(f"selector.type: missing; valid choices: {', '.join(SELECTORS.names())}")
         SELECTORS.check(kind, selector, "selector")
+        metrics = list(TASK_SPECS[self.task].metrics)
+        if self.train.metric not in metrics:
+            raise ConfigError(
+                f"train.metric: unknown metric '{self.train.metric}'{suggest(self.train.metric, metrics)}; "
+                f"the evaluation of task '{self.task}' reports: {', '.join(metrics)}"
+            )
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod

@@ -18,6 +18,39 @@ IGNORE_INDEX = -100
 TaskKind = Literal["classification", "causal_lm", "seq2seq"]
 TASK_KINDS: tuple[str, ...] = ("classification", "causal_lm", "seq2seq")
 
+# What `evaluate_logits` reports, for every task. A task that gets an evaluator of its own
+# (BLEU for seq2seq, say) lists the extra names in its spec below, and configs may then use them.
+LOGIT_METRICS: tuple[str, ...] = ("accuracy", "loss", "perplexity")
+# Metrics where lower is better; so is any metric whose name contains "loss".
+MINIMISED_METRICS: tuple[str, ...] = ("loss", "perplexity")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task needs from a dataset and what its evaluation reports, known without running it.
+
+    `data_kinds` are the dataset kinds (`info["kind"]`: tabular, image, tokens) it can train on;
+    `input_keys`, when set, are batch keys it needs besides `labels`; `metrics` are the names a
+    run config may pick as `train.metric`.
+    """
+
+    data_kinds: tuple[str, ...]
+    metrics: tuple[str, ...] = LOGIT_METRICS
+    input_keys: tuple[str, ...] = ()
+
+
+TASK_SPECS: dict[str, TaskSpec] = {
+    "classification": TaskSpec(data_kinds=("tabular", "image", "tokens")),
+    "causal_lm": TaskSpec(data_kinds=("tokens",), input_keys=("input_ids",)),
+    "seq2seq": TaskSpec(data_kinds=("tokens",), input_keys=("input_ids",)),
+}
+
+
+def metric_mode(metric: str) -> Literal["min", "max"]:
+    """Whether a lower ("min": losses, perplexity) or a higher ("max": accuracy, BLEU) value is better."""
+    name = metric.lower()
+    return "min" if name in MINIMISED_METRICS or "loss" in name else "max"
+
 # Batch keys that hold targets, never model inputs.
 TARGET_KEYS = ("labels",)
 
@@ -77,6 +110,11 @@ class Task:
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"unknown task '{self.kind}'; valid choices: {', '.join(TASK_KINDS)}")
+
+    @property
+    def spec(self) -> TaskSpec:
+        """What this task needs from the data and which metrics its evaluation reports."""
+        return TASK_SPECS[self.kind]
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> ForwardResult:
         raw = call_model(model, batch, self.kind)

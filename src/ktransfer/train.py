@@ -25,10 +25,11 @@ from ktransfer.capture import Capture
 from ktransfer.checkpoint import latest_checkpoint, save_weights
 from ktransfer.data.base import collate_dicts
 from ktransfer.knowledge.base import KnowledgeTerm, StepView
+from ktransfer.registry import ConfigError, suggest
 from ktransfer.runlog import MetricsLog, plot_curves
 from ktransfer.schema import validate
 from ktransfer.selection import FixedWeights, SelectionState, Selector
-from ktransfer.tasks import Task, TaskKind
+from ktransfer.tasks import Task, TaskKind, metric_mode
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
 TEACHER_PREFIX = "teacher_"
@@ -83,7 +84,9 @@ class TrainConfig:
     """Length, batching, precision, evaluation, early stopping and checkpointing of a run.
 
     `max_steps` counts optimizer steps; one step consumes `grad_accum_steps` batches of
-    `batch_size` per process. `metric` (from the evaluator) picks the best model; with
+    `batch_size` per process. `metric` (from the evaluator) picks the best model: `mode` "max"
+    keeps the highest value, "min" the lowest; null (the default) takes it from the metric
+    (min for loss, perplexity and any name containing "loss"; max otherwise). With
     `patience` set, training stops after that many evaluations without improvement.
     `checkpoint_every` = 0 writes a checkpoint only at the end.
     """
@@ -99,7 +102,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     metric: str = "accuracy"
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] | None = None
     patience: int | None = None
 
     def __post_init__(self) -> None:
@@ -111,6 +114,11 @@ class TrainConfig:
             raise ValueError("train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"train.patience must be >= 1 or null, got {self.patience}")
+
+    @property
+    def resolved_mode(self) -> Literal["max", "min"]:
+        """`mode` as given, or else the direction in which `metric` improves."""
+        return self.mode if self.mode is not None else metric_mode(self.metric)
 
 
 @dataclass
@@ -501,10 +509,15 @@ class Distiller:
         unwrapped = self.accelerator.unwrap_model(student)
         metrics = {k: float(v) for k, v in self.evaluate(unwrapped).items()}
         if cfg.metric not in metrics:
-            raise KeyError(f"train.metric '{cfg.metric}' is not among the evaluator's metrics: {sorted(metrics)}")
+            # a run config's metric is checked before training; a custom evaluator's names are known only now
+            raise ConfigError(
+                f"train.metric: the evaluator returned no '{cfg.metric}'{suggest(cfg.metric, list(metrics))}; "
+                f"it returned: {', '.join(sorted(metrics)) or '(nothing)'}; set train.metric to one of these"
+            )
         value = metrics[cfg.metric]
         state = self.state
-        better = state.best_metric is None or (value > state.best_metric if cfg.mode == "max" else value < state.best_metric)
+        maximise = cfg.resolved_mode == "max"
+        better = state.best_metric is None or (value > state.best_metric if maximise else value < state.best_metric)
         if better:
             state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
             state.best_metrics = dict(metrics)
