@@ -74,3 +74,56 @@ def test_mode_resolution() -> None:
     assert TrainConfig(metric="val_loss").resolved_mode == "min"
     assert TrainConfig(metric="bleu").resolved_mode == "max"
     assert TrainConfig(metric="loss", mode="max").resolved_mode == "max"
+
+
+# ---------------------------------------------------------------------------------- relative paths
+def test_relative_paths_follow_the_config_file_and_resume_works_from_anywhere(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from ktransfer.checkpoint import save_weights
+    from ktransfer.models import MLP
+
+    project = tmp_path / "project"
+    teacher_cfg = write(project / "configs" / "teacher.yaml", {**BASE, "train": {**BASE["train"], "max_steps": 10}})
+    assert main(["run", str(teacher_cfg), "--run-dir", str(project / "runs" / "teacher"), "--no-progress"]) == 0
+    torch.manual_seed(0)
+    save_weights(MLP(64, 10, hidden=(16,)), project / "init" / "student.safetensors")
+    student = {**BASE, "teacher": {"from_run": "../runs/teacher"},
+               "student": {"builder": "mlp", "hidden": [16], "weights": "../init/student.safetensors"},
+               "knowledge": [{"type": "response", "weight": 0.5}, {"type": "labels", "weight": 0.5}],
+               "train": {**BASE["train"], "checkpoint_every": 5}}
+    student_cfg = write(project / "configs" / "student.yaml", student)
+    capsys.readouterr()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", "../project/configs/student.yaml", "--run-dir", "out", "--no-progress", "--stop-after", "12"]) == 0
+    capsys.readouterr()
+    stored = yaml.safe_load((elsewhere / "out" / "config.yaml").read_text())
+    assert stored["teacher"]["from_run"] == str(project / "runs" / "teacher")
+    assert stored["student"]["weights"] == str(project / "init" / "student.safetensors")
+
+    third = tmp_path / "third"
+    third.mkdir()
+    monkeypatch.chdir(third)
+    assert main(["resume", str(elsewhere / "out"), "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 20
+
+    # a path given on the command line is relative to the current directory, not to the file
+    monkeypatch.chdir(project)
+    assert main(["check", str(student_cfg), "--set", "teacher.from_run=runs/teacher"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["teacher"]["from_run"] == str(project / "runs" / "teacher")
+
+
+def test_paths_of_builders_and_python_configs_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ktransfer.config import RunConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig.from_dict({**BASE, "teacher": {"builder": "hf_pretrained", "path": "models/t"},
+                               "knowledge": [{"type": "response"}]})
+    assert cfg.teacher == {"builder": "hf_pretrained", "path": str(tmp_path / "models" / "t")}
+    write(tmp_path / "sub" / "c.yaml", {**BASE, "teacher": {"builder": "hf_pretrained", "path": "~/m"},
+                                        "knowledge": [{"type": "response"}]})
+    assert RunConfig.from_yaml("sub/c.yaml").teacher["path"] == os.path.expanduser("~/m")

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from ktransfer.models.small import MLP, SmallCNN
-from ktransfer.registry import Registry
+from ktransfer.registry import LocalPath, Registry
 
 MODELS: Registry[nn.Module] = Registry("model builder")
 
@@ -55,7 +55,7 @@ def build_hf_config(
 
 @MODELS.register("hf_pretrained")
 def build_hf_pretrained(
-    path: str, auto_class: str = "AutoModelForCausalLM", attn_implementation: str = "eager",
+    path: LocalPath, auto_class: str = "AutoModelForCausalLM", attn_implementation: str = "eager",
     kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """A Hugging Face model from a local directory (never the hub: we run offline)."""
