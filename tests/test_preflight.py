@@ -27,16 +27,23 @@ def write(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+def error_line(err: str) -> str:
+    """The CLI's one error line in stderr (libraries may log warnings around it)."""
+    lines = [line for line in err.splitlines() if line.startswith("ktransfer ") and ": error: " in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def refused(tmp_path: Path, config: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> str:
     """Assert that `check` and `run` both exit 2 with the same message and that nothing trained; return it."""
     cfg = write(tmp_path / "c.yaml", config)
     assert main(["check", str(cfg)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "Traceback" not in captured.err
-    message = captured.err
+    message = error_line(captured.err)
     run_dir = tmp_path / "r"
     assert main(["run", str(cfg), "--run-dir", str(run_dir), "--no-progress"]) == 2
-    assert capsys.readouterr().err == message.replace("ktransfer check", "ktransfer run")
+    assert error_line(capsys.readouterr().err) == message.replace("ktransfer check", "ktransfer run")
     assert not run_dir.exists()  # refused before the run directory was touched
     return message
 
@@ -127,3 +134,88 @@ def test_paths_of_builders_and_python_configs_are_absolute(tmp_path: Path, monke
     write(tmp_path / "sub" / "c.yaml", {**BASE, "teacher": {"builder": "hf_pretrained", "path": "~/m"},
                                         "knowledge": [{"type": "response"}]})
     assert RunConfig.from_yaml("sub/c.yaml").teacher["path"] == os.path.expanduser("~/m")
+
+
+# ---------------------------------------------------------------------------------- sources, data and task, models
+def test_a_teacher_run_that_does_not_exist_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = {**BASE, "teacher": {"from_run": str(tmp_path / "no_such_run")},
+              "knowledge": [{"type": "response", "weight": 0.5}, {"type": "labels", "weight": 0.5}]}
+    err = refused(tmp_path, config, capsys)
+    assert f"teacher.from_run: no run found at {tmp_path / 'no_such_run'} (missing config.yaml)" in err
+
+
+def test_a_teacher_run_without_its_weights_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    teacher_cfg = write(tmp_path / "t.yaml", {**BASE, "train": {**BASE["train"], "checkpoint_every": 5}})
+    assert main(["run", str(teacher_cfg), "--run-dir", str(tmp_path / "t"), "--no-progress", "--stop-after", "5"]) == 0
+    capsys.readouterr()
+    config = {**BASE, "teacher": {"from_run": str(tmp_path / "t"), "which": "final"},
+              "knowledge": [{"type": "response", "weight": 0.5}, {"type": "labels", "weight": 0.5}]}
+    err = refused(tmp_path, config, capsys)
+    assert "teacher.from_run: the run at" in err and "has no 'final' weights yet" in err
+    assert f"ktransfer resume {tmp_path / 't'}" in err
+
+
+GPT2 = {"builder": "hf_config", "model_type": "gpt2",
+        "config": {"n_layer": 1, "n_embd": 8, "n_head": 2, "vocab_size": 30, "n_positions": 80, "bos_token_id": 0,
+                   "eos_token_id": 0}}
+
+
+def test_a_task_that_does_not_fit_the_data_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = {**BASE, "task": "causal_lm", "teacher": GPT2, "student": GPT2,
+              "knowledge": [{"type": "response", "weight": 0.5}, {"type": "labels", "weight": 0.5}]}
+    err = refused(tmp_path, config, capsys)
+    assert ("task: 'causal_lm' trains on tokens data, but dataset 'digits' holds image data (batch keys: inputs); "
+            "tasks for image data: classification") in err
+
+
+def test_a_model_that_cannot_read_the_data_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(tmp_path, {**BASE, "student": GPT2}, capsys)
+    assert ("student: does not run on dataset 'digits' (image data; batch keys: inputs) for task 'classification': "
+            "one forward pass on 2 examples failed with") in err
+
+
+def test_labels_beyond_the_students_classes_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(tmp_path, {**BASE, "student": {"builder": "mlp", "hidden": [16], "num_classes": 5}}, capsys)
+    assert ("student: predicts 5 classes, but dataset 'digits' (image data; batch keys: inputs) has 10 (labels 0 to 9); "
+            "set student.num_classes: 10, or leave it out to take the dataset's") in err
+
+
+def test_teacher_and_student_with_other_class_counts_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = {**BASE, "teacher": {"builder": "mlp", "hidden": [16], "num_classes": 12},
+              "knowledge": [{"type": "response", "weight": 0.5}, {"type": "labels", "weight": 0.5}]}
+    err = refused(tmp_path, config, capsys)
+    assert ("teacher predicts 12 classes and the student 10: knowledge[0] (response) compares their outputs, so both "
+            "must predict the same classes") in err
+    assert "tokenizer" not in err and "vocabulary" not in err
+
+
+def test_check_reports_what_it_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = {**BASE, "teacher": {"builder": "cnn"}, "knowledge": [{"type": "response"}]}
+    assert main(["check", str(write(tmp_path / "c.yaml", config))]) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out)["teacher"] == {"builder": "cnn"}
+    assert "# ok: data: dataset 'digits' (image data; batch keys: inputs) fits task 'classification'" in out
+    assert "# ok: teacher: " in out and "10 classes" in out
+
+
+# ---------------------------------------------------------------------------------- the Python engine, no config
+def test_the_engine_speaks_of_classes_for_classifiers() -> None:
+    import torch
+    from torch import nn
+
+    from ktransfer.data import TensorDictDataset
+    from ktransfer.knowledge import LabelsTerm, ResponseTerm
+    from ktransfer.train import Distiller, TrainConfig, make_evaluator
+
+    data = TensorDictDataset(inputs=torch.randn(16, 4), labels=torch.arange(16) % 6)
+    config = TrainConfig(max_steps=1, batch_size=16)
+    with pytest.raises(ValueError, match=r"labels must be class indices from 0 to 4: the student predicts 5 classes, "
+                                         r"but the data has labels 5"):
+        Distiller(nn.Linear(4, 5), None, [LabelsTerm()], train_data=data, config=config, progress=False).fit()
+    with pytest.raises(ValueError, match=r"labels must be class indices from 0 to 4: the model predicts 5 classes"):
+        make_evaluator(data)(nn.Linear(4, 5))
+    with pytest.raises(ValueError, match=r"the teacher predicts 7 classes and the student 6; a classifier's teacher and "
+                                         r"student must predict the same classes") as caught:
+        Distiller(nn.Linear(4, 6), nn.Linear(4, 7), [ResponseTerm()], train_data=data, config=config,
+                  progress=False).fit()
+    assert "tokenizer" not in str(caught.value)

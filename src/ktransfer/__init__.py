@@ -23,7 +23,8 @@ _EXPORTS: dict[str, str] = {
         "skew_forward_kl", "soft_target_loss", "tvd")},
     **{name: "ktransfer.knowledge" for name in ("KnowledgeTerm", "LabelsTerm", "ResponseTerm", "StepView")},
     "ConfigError": "ktransfer.registry",
-    **{name: "ktransfer.runner" for name in ("RunResult", "build_distiller", "evaluate_run", "resume", "run")},
+    **{name: "ktransfer.runner" for name in ("RunResult", "build_distiller", "evaluate_run", "preflight",
+                                              "resume", "run")},
     **{name: "ktransfer.selection" for name in ("FixedWeights", "SelectionState", "Selector")},
     "Task": "ktransfer.tasks",
     **{name: "ktransfer.train" for name in (
@@ -65,7 +66,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     )
     from ktransfer.knowledge import KnowledgeTerm, LabelsTerm, ResponseTerm, StepView
     from ktransfer.registry import ConfigError
-    from ktransfer.runner import RunResult, build_distiller, evaluate_run, resume, run
+    from ktransfer.runner import RunResult, build_distiller, evaluate_run, preflight, resume, run
     from ktransfer.selection import FixedWeights, SelectionState, Selector
     from ktransfer.tasks import Task
     from ktransfer.train import (

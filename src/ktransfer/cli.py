@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--which", default="best", choices=["best", "final"])
 
-    p = sub.add_parser("check", help="validate a config and print it resolved, without training")
+    p = sub.add_parser("check", help="validate a config, its data and models (one forward pass, no training) "
+                                     "and print it resolved")
     p.add_argument("config")
     _add_overrides(p)
 
@@ -74,12 +75,13 @@ def _print_json(data: Any) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ktransfer.checkpoint import latest_checkpoint
     from ktransfer.config import RunConfig
-    from ktransfer.runner import run
+    from ktransfer.runner import preflight, run
 
     cfg = RunConfig.from_yaml(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+    data = preflight(cfg).data  # before the run directory is touched
     result = run(cfg, run_dir, progress=not args.no_progress, stop_after_steps=args.stop_after,
-                 overwrite=args.overwrite)
+                 overwrite=args.overwrite, data=data)
     if _is_main_process():
         print(f"run directory: {run_dir}")
         stopped = result.train.step < cfg.train.max_steps and not result.train.stopped_early
@@ -114,8 +116,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from ktransfer.config import RunConfig
+    from ktransfer.runner import preflight
 
-    print(RunConfig.from_yaml(args.config, args.overrides).to_yaml(), end="")
+    cfg = RunConfig.from_yaml(args.config, args.overrides)
+    report = preflight(cfg)
+    print(cfg.to_yaml(), end="")
+    print("".join(f"# ok: {line}\n" for line in report.checked), end="")  # YAML comments: the output stays loadable
     return 0
 
 

@@ -62,6 +62,7 @@ class ForwardResult:
     logits: Tensor
     targets: Tensor | None
     raw: Any
+    task: TaskKind = "classification"
 
     @property
     def mask(self) -> Tensor | None:
@@ -130,7 +131,22 @@ class Task:
                 f"{tuple(logits.shape)} for task '{self.kind}' (expected labels of shape "
                 f"{tuple(logits.shape[:-1])})"
             )
-        return ForwardResult(logits=logits, targets=targets, raw=raw)
+        return ForwardResult(logits=logits, targets=targets, raw=raw, task=self.kind)
+
+
+def label_range_error(logits: Tensor, targets: Tensor, who: str = "the model") -> ValueError:
+    """The error for labels outside the classes of a model, built once cross-entropy has refused them.
+
+    Classes are the last dimension of `logits`; `IGNORE_INDEX` marks positions without a target.
+    """
+    num = logits.shape[-1]
+    bad = targets[(targets != IGNORE_INDEX) & ((targets < 0) | (targets >= num))]
+    found = sorted({int(v) for v in bad.flatten().tolist()})
+    return ValueError(
+        f"labels must be class indices from 0 to {num - 1}: {who} predicts {num} classes, but the data has labels "
+        f"{', '.join(map(str, found[:5]))}{' ...' if len(found) > 5 else ''}; give the model as many outputs as "
+        f"the data has classes (label {IGNORE_INDEX} marks a position without a target)"
+    )
 
 
 @torch.no_grad()
@@ -152,7 +168,10 @@ def evaluate_logits(
             logits = out.logits[mask].float()
             targets = out.targets[mask]
             correct += int((logits.argmax(-1) == targets).sum())
-            nll += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            try:
+                nll += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            except IndexError as e:  # a label beyond the model's classes (the CPU kernel says "Target N is out of bounds")
+                raise label_range_error(logits, targets) from e
             total += int(targets.numel())
     finally:
         model.train(was_training)
