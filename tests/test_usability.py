@@ -3,6 +3,7 @@ permissions of weights, and the one-seed demo table."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -92,3 +93,55 @@ def test_a_one_seed_demo_shows_no_confidence_interval(capsys: pytest.CaptureFixt
     # with two seeds the interval is back
     two = markdown_table(demo_results([0, 1]))
     assert "| teacher | 10 | 90.50 ± 6.35 % |" in two and "mean ± 95% CI" in two
+
+
+# ---------------------------------------------------------------------------------- ktransfer list
+def registries() -> dict[str, dict[str, list[str]]]:
+    """category -> component name -> the keys a config may give it, straight from the code."""
+    from ktransfer.data import DATASETS
+    from ktransfer.divergences import DIVERGENCES
+    from ktransfer.knowledge import KNOWLEDGE
+    from ktransfer.knowledge.response import divergence_params
+    from ktransfer.models import MODELS
+    from ktransfer.selection import SELECTORS
+
+    out = {name: {n: reg.keys(n) for n in reg.names()}
+           for name, reg in (("knowledge", KNOWLEDGE), ("selectors", SELECTORS), ("builders", MODELS),
+                             ("datasets", DATASETS))}
+    out["divergences"] = {n: divergence_params(n) for n in DIVERGENCES}
+    return out
+
+
+@pytest.mark.parametrize("category", ["divergences", "knowledge", "selectors", "builders", "datasets"])
+def test_list_shows_every_component_with_its_parameters(category: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from ktransfer.cli import main
+
+    assert main(["list", category]) == 0
+    text = capsys.readouterr().out
+    expected = registries()[category]
+    listed = [line.split(":")[0].strip() for line in text.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == sorted(expected)
+    assert main(["list", category, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)[category]
+    assert {c["name"]: [p["name"] for p in c["params"]] for c in data} == expected
+    assert all(c["summary"] for c in data)  # every component says what it is
+
+
+def test_list_shows_types_defaults_and_summaries(capsys: pytest.CaptureFixture[str]) -> None:
+    from ktransfer.cli import main
+
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    for heading in ("divergences  (knowledge: [{type: response, divergence: NAME", "knowledge  (knowledge: [{type: NAME",
+                    "selectors  (selector: {type: NAME", "builders  (student / teacher: {builder: NAME",
+                    "datasets  (data: {name: NAME"):
+        assert heading in text
+    assert "  jsd: Generalised Jensen-Shannon divergence, P = teacher, Q = student.\n      beta: float = 0.5\n" in text
+    assert "      hidden: Sequence[int] = (64,)\n" in text
+    assert "      num_classes: int = (the dataset's num_classes)\n" in text
+    assert "      model_type: str (required)\n" in text and "      path: path (required)\n" in text
+    assert "      params: dict[str, Any] = {}\n" in text
+    assert "  wine: scikit-learn's bundled wine recognition data: 178 samples, 13 features, 3 classes.\n" in text
+    with pytest.raises(SystemExit):
+        main(["list", "optimizers"])
+    assert "invalid choice: 'optimizers'" in capsys.readouterr().err

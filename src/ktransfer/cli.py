@@ -22,6 +22,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ktransfer", description="Knowledge transfer (distillation) for PyTorch.")
     from ktransfer import __version__
+    from ktransfer.catalog import CATEGORIES  # names only: the registries are imported when listed
 
     parser.add_argument("--version", action="version", version=f"ktransfer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
                                      "and print it resolved")
     p.add_argument("config")
     _add_overrides(p)
+
+    p = sub.add_parser("list", help="the registered components a config can name, with their parameters")
+    p.add_argument("category", nargs="?", choices=list(CATEGORIES),
+                   help="only this category (default: all)")
+    p.add_argument("--json", action="store_true", help="as JSON, for tools")
 
     p = sub.add_parser("modules", help="list the named submodules of a config's student and teacher (for capture)")
     p.add_argument("config")
@@ -141,6 +147,19 @@ def _cmd_modules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_list(args: argparse.Namespace) -> int:
+    from ktransfer.catalog import CATEGORIES
+
+    chosen = [CATEGORIES[args.category]] if args.category else list(CATEGORIES.values())
+    if args.json:
+        _print_json({c.name: [m.to_dict() for m in c.members()] for c in chosen})
+    else:
+        from ktransfer.catalog import format_category
+
+        print("\n".join(format_category(c) for c in chosen), end="")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ktransfer.demo import print_table, run_demo
 
@@ -151,7 +170,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "resume": _cmd_resume, "eval": _cmd_eval,
-            "check": _cmd_check, "modules": _cmd_modules}
+            "check": _cmd_check, "modules": _cmd_modules, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

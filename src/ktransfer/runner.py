@@ -20,7 +20,7 @@ from ktransfer.checkpoint import load_weights, write_json_atomic, write_text_ato
 from ktransfer.config import MODEL_META_KEYS, RunConfig
 from ktransfer.data import DATASETS, DataSplits, collate_dicts
 from ktransfer.knowledge import ResponseTerm, build_terms
-from ktransfer.models import MODELS, count_parameters
+from ktransfer.models import DATASET_DEFAULTS, MODELS, count_parameters
 from ktransfer.registry import ConfigError
 from ktransfer.selection import SELECTORS
 from ktransfer.tasks import TASK_SPECS, ForwardResult, Task
@@ -212,7 +212,7 @@ def build_model(spec: dict[str, Any], info: dict[str, Any], where: str) -> nn.Mo
     builder = spec["builder"]
     kwargs = {k: v for k, v in spec.items() if k not in MODEL_META_KEYS}
     accepted = MODELS.keys(builder)
-    for key, info_key in (("in_features", "num_features"), ("num_classes", "num_classes")):
+    for key, info_key in DATASET_DEFAULTS:
         if key in accepted and key not in kwargs and info_key in info:
             kwargs[key] = info[info_key]
     model = MODELS.build(builder, kwargs, where)

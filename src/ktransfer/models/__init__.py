@@ -13,6 +13,9 @@ from ktransfer.registry import LocalPath, Registry
 
 MODELS: Registry[nn.Module] = Registry("model builder")
 
+# Builder arguments that a run fills from the dataset's `info` when the config leaves them out.
+DATASET_DEFAULTS: tuple[tuple[str, str], ...] = (("in_features", "num_features"), ("num_classes", "num_classes"))
+
 
 @MODELS.register("mlp")
 def build_mlp(
@@ -71,4 +74,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-__all__ = ["MODELS", "MLP", "SmallCNN", "count_parameters"]
+__all__ = ["DATASET_DEFAULTS", "MODELS", "MLP", "SmallCNN", "count_parameters"]
