@@ -219,3 +219,18 @@ def test_the_engine_speaks_of_classes_for_classifiers() -> None:
         Distiller(nn.Linear(4, 6), nn.Linear(4, 7), [ResponseTerm()], train_data=data, config=config,
                   progress=False).fit()
     assert "tokenizer" not in str(caught.value)
+
+
+def test_preflight_from_python_returns_the_data_and_leaves_the_rng_alone() -> None:
+    import torch
+
+    from ktransfer import RunConfig, preflight
+
+    cfg = RunConfig.from_dict({**BASE, "teacher": {"builder": "cnn"}, "knowledge": [{"type": "response"}]})
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    report = preflight(cfg)
+    assert torch.equal(torch.rand(3), expected)
+    assert report.data.info["num_classes"] == 10 and len(report.data.train) > 0
+    assert [line.split(":")[0] for line in report.checked] == ["data", "student", "teacher"]

@@ -62,13 +62,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.check()
-        # after check(): the path values are known to be where they belong
-        resolved = resolve_paths(self.to_sections(), Path.cwd())
+        # after check(), which has validated the sections; paths still relative are the current directory's
+        resolved = resolve_paths({"data": self.data, "teacher": self.teacher, "student": self.student}, Path.cwd())
         self.data, self.teacher, self.student = resolved["data"], resolved["teacher"], resolved["student"]
-
-    def to_sections(self) -> dict[str, Any]:
-        """The sections that may hold paths, as a mapping (for `resolve_paths`)."""
-        return {"data": self.data, "teacher": self.teacher, "student": self.student}
 
     # ------------------------------------------------------------------ validation
     def check(self) -> None:

@@ -75,7 +75,7 @@ def check_sources(cfg: RunConfig) -> None:
 
 
 def _describe_data(cfg: RunConfig, info: dict[str, Any]) -> str:
-    """e.g. "dataset 'digits' (image data, batch keys: inputs)" for messages."""
+    """e.g. "dataset 'digits' (image data; batch keys: inputs)", for messages."""
     facts = [f"{info['kind']} data"] if "kind" in info else []
     if "input_keys" in info:
         facts.append(f"batch keys: {', '.join(info['input_keys'])}")
@@ -185,11 +185,11 @@ def preflight(cfg: RunConfig, data: DataSplits | None = None) -> Preflight:
     check_sources(cfg)
     data = data if data is not None else load_data(cfg)
     check_data_fits_task(cfg, data.info)
-    torch.manual_seed(cfg.train.seed)
-    teacher = build_model(cfg.teacher, data.info, "teacher") if cfg.teacher is not None else None
-    student = build_model(cfg.student, data.info, "student")
-    checked = [f"data: {_describe_data(cfg, data.info)} fits task '{cfg.task}'",
-               *check_models(cfg, data, student, teacher)]
+    with torch.random.fork_rng(devices=[]):  # building models draws random numbers: leave the caller's RNG as it was
+        teacher = build_model(cfg.teacher, data.info, "teacher") if cfg.teacher is not None else None
+        student = build_model(cfg.student, data.info, "student")
+        checked = [f"data: {_describe_data(cfg, data.info)} fits task '{cfg.task}'",
+                   *check_models(cfg, data, student, teacher)]
     return Preflight(data=data, checked=checked)
 
 
