@@ -144,6 +144,12 @@ def test_a_teacher_run_that_does_not_exist_is_refused(tmp_path: Path, capsys: py
     assert f"teacher.from_run: no run found at {tmp_path / 'no_such_run'} (missing config.yaml)" in err
 
 
+def test_a_missing_model_directory_is_named_by_its_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = {**BASE, "teacher": {"builder": "hf_pretrained", "path": "models/teacher"}, "knowledge": [{"type": "response"}]}
+    err = refused(tmp_path, config, capsys)  # the config file is in tmp_path: the path is relative to it
+    assert f"teacher.path: not found: {tmp_path / 'models' / 'teacher'}" in err
+
+
 def test_a_teacher_run_without_its_weights_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     teacher_cfg = write(tmp_path / "t.yaml", {**BASE, "train": {**BASE["train"], "checkpoint_every": 5}})
     assert main(["run", str(teacher_cfg), "--run-dir", str(tmp_path / "t"), "--no-progress", "--stop-after", "5"]) == 0

@@ -53,10 +53,17 @@ class Preflight:
 
 
 def check_sources(cfg: RunConfig) -> None:
-    """The runs and weights files a config reads from exist (a teacher run must have its `which` weights)."""
+    """The runs, weights and other files a config reads from exist (a teacher run must have its `which` weights)."""
+    data = dict(cfg.data)
+    for key in DATASETS.path_keys(str(data.get("name"))):
+        if data.get(key) and not Path(data[key]).exists():
+            raise FileNotFoundError(f"data.{key}: not found: {data[key]}")
     for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
         if spec is None:
             continue
+        for key in MODELS.path_keys(str(spec.get("builder"))):
+            if spec.get(key) and not Path(spec[key]).exists():
+                raise FileNotFoundError(f"{role}.{key}: not found: {spec[key]}")
         if "from_run" in spec:
             run_dir = Path(spec["from_run"])
             which = spec.get("which", "best")
