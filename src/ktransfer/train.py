@@ -84,9 +84,7 @@ class TrainConfig:
     """Length, batching, precision, evaluation, early stopping and checkpointing of a run.
 
     `max_steps` counts optimizer steps; one step consumes `grad_accum_steps` batches of
-    `batch_size` per process. `metric` (from the evaluator) picks the best model: `mode` "max"
-    keeps the highest value, "min" the lowest; null (the default) takes it from the metric
-    (min for loss, perplexity and any name containing "loss"; max otherwise). With
+    `batch_size` per process. `metric` (from the evaluator) picks the best model; with
     `patience` set, training stops after that many evaluations without improvement.
     `checkpoint_every` = 0 writes a checkpoint only at the end.
     """
@@ -102,6 +100,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     metric: str = "accuracy"
+    # "max" keeps the checkpoint with the highest metric, "min" the lowest; null (the default)
+    # takes it from the metric: min for loss, perplexity and names containing "loss", else max
     mode: Literal["max", "min"] | None = None
     patience: int | None = None
 
