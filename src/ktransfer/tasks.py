@@ -51,6 +51,22 @@ def metric_mode(metric: str) -> Literal["min", "max"]:
     name = metric.lower()
     return "min" if name in MINIMISED_METRICS or "loss" in name else "max"
 
+
+def label_range_error(logits: Tensor, targets: Tensor, who: str = "the model") -> ValueError:
+    """The error for labels outside the classes of a model, built once cross-entropy has refused them.
+
+    Classes are the last dimension of `logits`; `IGNORE_INDEX` marks positions without a target.
+    """
+    num = logits.shape[-1]
+    bad = targets[(targets != IGNORE_INDEX) & ((targets < 0) | (targets >= num))]
+    found = sorted({int(v) for v in bad.flatten().tolist()})
+    return ValueError(
+        f"labels must be class indices from 0 to {num - 1}: {who} predicts {num} classes, but the data has labels "
+        f"{', '.join(map(str, found[:5]))}{' ...' if len(found) > 5 else ''}; give the model as many outputs as "
+        f"the data has classes (label {IGNORE_INDEX} marks a position without a target)"
+    )
+
+
 # Batch keys that hold targets, never model inputs.
 TARGET_KEYS = ("labels",)
 
@@ -132,21 +148,6 @@ class Task:
                 f"{tuple(logits.shape[:-1])})"
             )
         return ForwardResult(logits=logits, targets=targets, raw=raw, task=self.kind)
-
-
-def label_range_error(logits: Tensor, targets: Tensor, who: str = "the model") -> ValueError:
-    """The error for labels outside the classes of a model, built once cross-entropy has refused them.
-
-    Classes are the last dimension of `logits`; `IGNORE_INDEX` marks positions without a target.
-    """
-    num = logits.shape[-1]
-    bad = targets[(targets != IGNORE_INDEX) & ((targets < 0) | (targets >= num))]
-    found = sorted({int(v) for v in bad.flatten().tolist()})
-    return ValueError(
-        f"labels must be class indices from 0 to {num - 1}: {who} predicts {num} classes, but the data has labels "
-        f"{', '.join(map(str, found[:5]))}{' ...' if len(found) > 5 else ''}; give the model as many outputs as "
-        f"the data has classes (label {IGNORE_INDEX} marks a position without a target)"
-    )
 
 
 @torch.no_grad()
