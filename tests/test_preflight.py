@@ -161,6 +161,25 @@ def test_a_teacher_run_without_its_weights_is_refused(tmp_path: Path, capsys: py
     assert f"ktransfer resume {tmp_path / 't'}" in err
 
 
+def test_a_teacher_run_trained_on_other_data_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    iris = write(tmp_path / "iris.yaml", {**BASE, "data": {"name": "iris"}, "train": {**BASE["train"], "max_steps": 5}})
+    assert main(["run", str(iris), "--run-dir", str(tmp_path / "iris"), "--no-progress"]) == 0
+    capsys.readouterr()
+    config = {**BASE, "teacher": {"from_run": str(tmp_path / "iris")}, "knowledge": [{"type": "response"}]}
+    err = refused(tmp_path, config, capsys)
+    assert (f"teacher.from_run: the weights of the run at {tmp_path / 'iris'} (trained on dataset 'iris') do not fit "
+            "a model built for dataset 'digits': size mismatch for 0.weight") in err
+
+
+def test_a_weights_file_for_another_model_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ktransfer.checkpoint import save_weights
+    from ktransfer.models import MLP
+
+    save_weights(MLP(64, 10, hidden=(32,)), tmp_path / "w.safetensors")
+    err = refused(tmp_path, {**BASE, "student": {"builder": "mlp", "hidden": [16], "weights": "w.safetensors"}}, capsys)
+    assert f"student.weights: {tmp_path / 'w.safetensors'} does not fit the model this section builds: size mismatch" in err
+
+
 GPT2 = {"builder": "hf_config", "model_type": "gpt2",
         "config": {"n_layer": 1, "n_embd": 8, "n_head": 2, "vocab_size": 30, "n_positions": 80, "bos_token_id": 0,
                    "eos_token_id": 0}}

@@ -215,7 +215,14 @@ def build_model(spec: dict[str, Any], info: dict[str, Any], where: str) -> nn.Mo
         source = RunConfig.from_yaml(cfg_path)
         model = build_model(_architecture(source.student), info, f"{where}.from_run")
         which = spec.get("which", "best")
-        return load_weights(model, run_dir / which / "model.safetensors")
+        try:
+            return load_weights(model, run_dir / which / "model.safetensors")
+        except RuntimeError as e:  # tensor shapes differ: that run was sized for other data
+            raise ConfigError(
+                f"{where}.from_run: the weights of the run at {run_dir} (trained on dataset "
+                f"'{source.data.get('name')}') do not fit a model built for dataset '{info.get('name', '?')}': "
+                f"{_shape_mismatches(e)}; use a run trained on data of the same shape"
+            ) from e
     builder = spec["builder"]
     kwargs = {k: v for k, v in spec.items() if k not in MODEL_META_KEYS}
     accepted = MODELS.keys(builder)
@@ -228,7 +235,19 @@ def build_model(spec: dict[str, Any], info: dict[str, Any], where: str) -> nn.Mo
             load_weights(model, spec["weights"])
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{where}.weights: {e}") from e
+        except RuntimeError as e:  # tensor shapes differ from the model this section builds
+            raise ConfigError(f"{where}.weights: {spec['weights']} does not fit the model this section builds: "
+                              f"{_shape_mismatches(e)}") from e
     return model
+
+
+def _shape_mismatches(error: RuntimeError, limit: int = 2) -> str:
+    """The first 'size mismatch' lines of a `load_state_dict` error, on one line."""
+    lines = [line.strip().rstrip(".") for line in str(error).splitlines() if "size mismatch" in line]
+    if not lines:
+        return str(error).strip().splitlines()[0]
+    more = f" (and {len(lines) - limit} more)" if len(lines) > limit else ""
+    return "; ".join(lines[:limit]) + more
 
 
 def build_distiller(
