@@ -209,6 +209,15 @@ def test_kill_while_replacing_a_damaged_checkpoint_then_resume(
     assert_same_weights(final_weights(d), final_weights(full_run))
 
 
+def test_checkpoint_files_get_the_usual_permissions(full_run: Path) -> None:
+    """Accelerate writes some checkpoint files 0600; under umask 022 (the test's) they must be 0644."""
+    import stat
+
+    mask = ck.current_umask()
+    files = [p for p in (full_run / "checkpoints").rglob("*") if p.is_file()]
+    assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~mask}
+
+
 def test_no_intact_checkpoint_is_a_clear_error(full_run: Path, tmp_path: Path) -> None:
     d = killed_copy(full_run, tmp_path)
     for ckpt in (d / "checkpoints").iterdir():

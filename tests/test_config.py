@@ -167,3 +167,11 @@ def test_shipped_configs_are_valid() -> None:
     assert configs, "configs/ should ship example runs"
     for path in configs:
         RunConfig.from_yaml(path)
+
+
+def test_a_bad_value_for_an_optional_field_is_a_config_error() -> None:
+    # `float | None` and `Literal[...] | None` fields: the one failed alternative is the message
+    with pytest.raises(ConfigError, match=r"optim\.max_grad_norm: expected a number, got 'x'"):
+        build(optim={"max_grad_norm": "x"})
+    with pytest.raises(ConfigError, match=r"train\.mode: invalid value 'maximum' \(did you mean 'max'\?\); valid choices: max, min"):
+        build(train={"mode": "maximum"})

@@ -29,7 +29,7 @@ def test_mean_ci_matches_the_t_interval() -> None:
     mean, half = demo.mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0
     assert half == pytest.approx(4.302652729911275 * 1.0 / 3**0.5)  # t(0.975, 2) * s / sqrt(n), s = 1
-    assert demo.mean_ci([0.5]) == (0.5, 0.0)
+    assert demo.mean_ci([0.5]) == (0.5, None)
 
 
 def test_summary_pairs_by_seed() -> None:

@@ -1,4 +1,8 @@
-"""`ktransfer` command line: demo, run, resume, eval, check, modules."""
+"""`ktransfer` command line: demo, run, resume, eval, check, modules, list.
+
+Only the standard library is imported at start-up; each command imports what it needs, so
+`ktransfer --version` and `--help` answer without loading torch.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ktransfer.registry import ConfigError
-from ktransfer.train import NonFiniteError, WorldSizeError
-
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -21,6 +22,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ktransfer", description="Knowledge transfer (distillation) for PyTorch.")
     from ktransfer import __version__
+    from ktransfer.catalog import CATEGORIES  # names only: the registries are imported when listed
 
     parser.add_argument("--version", action="version", version=f"ktransfer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,9 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--which", default="best", choices=["best", "final"])
 
-    p = sub.add_parser("check", help="validate a config and print it resolved, without training")
+    p = sub.add_parser("check", help="validate a config, its data and models (one forward pass, no training) "
+                                     "and print it resolved")
     p.add_argument("config")
     _add_overrides(p)
+
+    p = sub.add_parser("list", help="the registered components a config can name, with their parameters")
+    p.add_argument("category", nargs="?", choices=list(CATEGORIES),
+                   help="only this category (default: all)")
+    p.add_argument("--json", action="store_true", help="as JSON, for tools")
 
     p = sub.add_parser("modules", help="list the named submodules of a config's student and teacher (for capture)")
     p.add_argument("config")
@@ -119,8 +127,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from ktransfer.config import RunConfig
+    from ktransfer.runner import preflight
 
-    print(RunConfig.from_yaml(args.config, args.overrides).to_yaml(), end="")
+    cfg = RunConfig.from_yaml(args.config, args.overrides)
+    report = preflight(cfg)
+    print(cfg.to_yaml(), end="")
+    print("".join(f"# ok: {line}\n" for line in report.checked), end="")  # YAML comments: the output stays loadable
     return 0
 
 
@@ -140,6 +152,19 @@ def _cmd_modules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_list(args: argparse.Namespace) -> int:
+    from ktransfer.catalog import CATEGORIES
+
+    chosen = [CATEGORIES[args.category]] if args.category else list(CATEGORIES.values())
+    if args.json:
+        _print_json({c.name: [m.to_dict() for m in c.members()] for c in chosen})
+    else:
+        from ktransfer.catalog import format_category
+
+        print("\n".join(format_category(c) for c in chosen), end="")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ktransfer.demo import print_table, run_demo
 
@@ -150,11 +175,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "resume": _cmd_resume, "eval": _cmd_eval,
-            "check": _cmd_check, "modules": _cmd_modules}
+            "check": _cmd_check, "modules": _cmd_modules, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # --version / --help exit here, before any heavy import
+    from ktransfer.registry import ConfigError
+    from ktransfer.train import NonFiniteError, WorldSizeError
+
     try:
         return COMMANDS[args.command](args)
     except NonFiniteError as e:

@@ -15,11 +15,17 @@ optim: {name: adamw, lr: 0.001}               # OptimConfig
 schedule: {name: cosine, warmup_steps: 0}     # ScheduleConfig
 train: {max_steps: 500, batch_size: 64, seed: 0}   # TrainConfig
 ```
+
+Paths (`from_run`, `weights`, and builder or dataset arguments typed `LocalPath`) are stored
+absolute: a relative path in a config file is relative to that file's directory, and one given
+any other way (a `--set` override, `RunConfig.from_dict`) to the current directory. So a run's
+config.yaml names the same files whichever directory `ktransfer resume` is started from.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,7 @@ from ktransfer.models import MODELS
 from ktransfer.registry import ConfigError, suggest
 from ktransfer.schema import from_dict, to_dict
 from ktransfer.selection import SELECTORS
-from ktransfer.tasks import TASK_KINDS, TaskKind
+from ktransfer.tasks import TASK_KINDS, TASK_SPECS, TaskKind
 from ktransfer.train import OptimConfig, ScheduleConfig, TrainConfig
 
 # Keys of a model section that are not arguments of the builder.
@@ -56,6 +62,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.check()
+        # after check(), which has validated the sections; paths still relative are the current directory's
+        resolved = resolve_paths({"data": self.data, "teacher": self.teacher, "student": self.student}, Path.cwd())
+        self.data, self.teacher, self.student = resolved["data"], resolved["teacher"], resolved["student"]
 
     # ------------------------------------------------------------------ validation
     def check(self) -> None:
@@ -80,6 +89,12 @@ class RunConfig:
         if kind is None:
             raise ConfigError(f"selector.type: missing; valid choices: {', '.join(SELECTORS.names())}")
         SELECTORS.check(kind, selector, "selector")
+        metrics = list(TASK_SPECS[self.task].metrics)
+        if self.train.metric not in metrics:
+            raise ConfigError(
+                f"train.metric: unknown metric '{self.train.metric}'{suggest(self.train.metric, metrics)}; "
+                f"the evaluation of task '{self.task}' reports: {', '.join(metrics)}"
+            )
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
@@ -105,6 +120,8 @@ class RunConfig:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if isinstance(data, dict):  # the file's own relative paths, before overrides add others
+            data = resolve_paths(data, Path(os.path.abspath(path.parent)))
         return cls.from_dict(data, overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +150,34 @@ def check_model_spec(spec: Any, where: str) -> None:
         )
     kwargs = {k: v for k, v in spec.items() if k not in MODEL_META_KEYS}
     MODELS.check(str(spec["builder"]), kwargs, where)
+
+
+def _absolute(value: Any, base: Path) -> Any:
+    """`value` made absolute against `base` if it is a relative path string; anything else unchanged."""
+    if not isinstance(value, str) or not value:
+        return value
+    return os.path.abspath(base / os.path.expanduser(value))
+
+
+def _path_keys(spec: dict[str, Any], section: str) -> list[str]:
+    """The keys of a data or model section whose values are paths."""
+    if section == "data":
+        return DATASETS.path_keys(str(spec.get("name")))
+    keys = ["from_run", "weights"]
+    return keys + MODELS.path_keys(str(spec["builder"])) if "builder" in spec else keys
+
+
+def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of a config mapping whose relative paths (model and data sections) are absolute against `base`.
+
+    Works on unvalidated input: sections or values of the wrong type are left for validation to report.
+    """
+    out = dict(data)
+    for section in ("data", "teacher", "student"):
+        spec = out.get(section)
+        if isinstance(spec, dict):
+            out[section] = {k: _absolute(v, base) if k in _path_keys(spec, section) else v for k, v in spec.items()}
+    return out
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -54,13 +54,13 @@ def demo_configs(seed: int, teacher_dir: str | Path, overrides: list[str] | None
     }
 
 
-def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of a Student-t confidence interval (0 for a single value)."""
+def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float | None]:
+    """Mean and half-width of a Student-t confidence interval (None for a single value: no spread known)."""
     from scipy import stats
 
     mean = statistics.fmean(values)
     if len(values) < 2:
-        return mean, 0.0
+        return mean, None
     sem = statistics.stdev(values) / math.sqrt(len(values))
     return mean, float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * sem)
 
@@ -131,6 +131,16 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def _points(value: float, ci: float | None, sign: bool = False) -> str:
+    """A fraction in percent (points), with ' ± CI' only where an interval exists (two seeds or more)."""
+    text = f"{100 * value:+.2f}" if sign else f"{100 * value:.2f}"
+    return text if ci is None else f"{text} ± {100 * ci:.2f}"
+
+
+def _accuracy_heading(seeds: list[int]) -> str:
+    return "one seed, no CI" if len(seeds) < 2 else "mean ± 95% CI"
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     s = results["summary"]
     env = results["environment"]
@@ -139,20 +149,21 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"Seeds: {results['seeds']}; machine: {env['machine']}, {env['cpu_count']} CPUs, torch {env['torch']}; "
         f"total wall time {results['total_wall_time_s']} s",
         "",
-        "| model | parameters | test accuracy (mean ± 95% CI) | val accuracy (mean) | train wall time (s, mean) |",
+        f"| model | parameters | test accuracy ({_accuracy_heading(results['seeds'])}) | val accuracy (mean) "
+        "| train wall time (s, mean) |",
         "|---|---:|---:|---:|---:|",
     ]
     for role in ROLES:
         if role in s:
             r = s[role]
             lines.append(
-                f"| {role} | {r['parameters']:,} | {100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_ci95']:.2f} % "
+                f"| {role} | {r['parameters']:,} | {_points(r['test_accuracy_mean'], r['test_accuracy_ci95'])} % "
                 f"| {100 * r['val_accuracy_mean']:.2f} % | {r['train_wall_time_s_mean']:.1f} |"
             )
     if "distilled minus alone" in s:
         d = s["distilled minus alone"]
         per_seed = ", ".join(f"{100 * x:+.2f}" for x in d["per_seed"])
-        lines += ["", f"Distilled minus alone (paired by seed): {100 * d['mean']:+.2f} ± {100 * d['ci95']:.2f} "
+        lines += ["", f"Distilled minus alone (paired by seed): {_points(d['mean'], d['ci95'], sign=True)} "
                       f"points (per seed: {per_seed})"]
     return "\n".join(lines) + "\n"
 
@@ -164,17 +175,19 @@ def print_table(results: dict[str, Any]) -> None:
 
     s = results["summary"]
     table = Table(title=f"ktransfer demo: digits, seeds {results['seeds']}" + (" (quick: pipeline check only)" if results["quick"] else ""))
-    for col in ("model", "params", "test acc. ± 95% CI", "val acc.", "train s"):
+    one_seed = len(results["seeds"]) < 2
+    for col in ("model", "params", "test acc." if one_seed else "test acc. ± 95% CI", "val acc.", "train s"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for role in ROLES:
         if role in s:
             r = s[role]
-            table.add_row(role, f"{r['parameters']:,}",
-                          f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_ci95']:.2f} %",
+            table.add_row(role, f"{r['parameters']:,}", f"{_points(r['test_accuracy_mean'], r['test_accuracy_ci95'])} %",
                           f"{100 * r['val_accuracy_mean']:.2f} %", f"{r['train_wall_time_s_mean']:.1f}")
     console = Console()
     console.print(table)
+    if one_seed:
+        console.print("one seed: no confidence interval (give --seeds 0 1 2 for one)")
     if "distilled minus alone" in s:
         d = s["distilled minus alone"]
-        console.print(f"distilled minus alone, paired by seed: {100 * d['mean']:+.2f} ± {100 * d['ci95']:.2f} points")
+        console.print(f"distilled minus alone, paired by seed: {_points(d['mean'], d['ci95'], sign=True)} points")
     console.print(f"total wall time: {results['total_wall_time_s']} s")

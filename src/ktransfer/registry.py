@@ -11,9 +11,18 @@ import difflib
 import inspect
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
 
 T = TypeVar("T")
+
+
+class _PathMarker:
+    """Metadata of `LocalPath`: the argument names a file or directory on this machine."""
+
+
+# Annotate a factory argument with `LocalPath` and a relative value given in a config file is
+# taken relative to that file's directory and stored as an absolute path (see RunConfig).
+LocalPath = Annotated[str, _PathMarker()]
 
 
 class ConfigError(ValueError):
@@ -66,6 +75,19 @@ class Registry(Generic[T]):
         """The keyword arguments the factory `name` accepts."""
         params = inspect.signature(self.get(name, where)).parameters.values()
         return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    def path_keys(self, name: str) -> list[str]:
+        """The arguments of factory `name` annotated `LocalPath` (none for an unknown name)."""
+        factory = self._factories.get(name)
+        if factory is None:
+            return []
+        try:
+            hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory,
+                                          include_extras=True)
+        except (TypeError, NameError):
+            return []
+        return [key for key, tp in hints.items()
+                if get_origin(tp) is Annotated and any(isinstance(m, _PathMarker) for m in get_args(tp)[1:])]
 
     def check(self, name: str, kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
         """Raise ConfigError naming any unknown key or ill-typed value; return the values, typed."""

@@ -18,12 +18,13 @@ from torch import nn
 
 from ktransfer.checkpoint import load_weights, write_json_atomic, write_text_atomic
 from ktransfer.config import MODEL_META_KEYS, RunConfig
-from ktransfer.data import DATASETS, DataSplits
-from ktransfer.knowledge import build_terms
-from ktransfer.models import MODELS, count_parameters
+from ktransfer.data import DATASETS, DataSplits, collate_dicts
+from ktransfer.knowledge import ResponseTerm, build_terms
+from ktransfer.models import DATASET_DEFAULTS, MODELS, count_parameters
+from ktransfer.registry import ConfigError
 from ktransfer.selection import SELECTORS
-from ktransfer.tasks import Task
-from ktransfer.train import Distiller, TrainResult, make_evaluator
+from ktransfer.tasks import TASK_SPECS, ForwardResult, Task
+from ktransfer.train import Distiller, TrainResult, make_evaluator, split_batch
 
 
 @dataclass
@@ -37,8 +38,166 @@ class RunResult:
 
 
 def load_data(cfg: RunConfig) -> DataSplits:
+    """The dataset of a run config, split into train/val/test."""
     data = dict(cfg.data)
     return DATASETS.build(data.pop("name"), data, "data")
+
+
+# ---------------------------------------------------------------------------------- checks before training
+@dataclass
+class Preflight:
+    """What `preflight` found: the loaded data (reusable by the run) and one line per check passed."""
+
+    data: DataSplits
+    checked: list[str]
+
+
+def check_sources(cfg: RunConfig) -> None:
+    """The runs, weights and other files a config reads from exist (a teacher run must have its `which` weights)."""
+    data = dict(cfg.data)
+    for key in DATASETS.path_keys(str(data.get("name"))):
+        if data.get(key) and not Path(data[key]).exists():
+            raise FileNotFoundError(f"data.{key}: not found: {data[key]}")
+    for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
+        if spec is None:
+            continue
+        for key in MODELS.path_keys(str(spec.get("builder"))):
+            if spec.get(key) and not Path(spec[key]).exists():
+                raise FileNotFoundError(f"{role}.{key}: not found: {spec[key]}")
+        if "from_run" in spec:
+            run_dir = Path(spec["from_run"])
+            which = spec.get("which", "best")
+            if not (run_dir / "config.yaml").is_file():
+                raise FileNotFoundError(
+                    f"{role}.from_run: no run found at {run_dir} (missing config.yaml); train it first "
+                    f"(ktransfer run CONFIG --run-dir {run_dir}) or correct the path"
+                )
+            if not (run_dir / which / "model.safetensors").is_file():
+                raise FileNotFoundError(
+                    f"{role}.from_run: the run at {run_dir} has no '{which}' weights yet (missing "
+                    f"{which}/model.safetensors): finish it with `ktransfer resume {run_dir}`"
+                )
+        elif spec.get("weights") and not Path(spec["weights"]).is_file():
+            raise FileNotFoundError(f"{role}.weights: weights file not found: {spec['weights']}")
+
+
+def _describe_data(cfg: RunConfig, info: dict[str, Any]) -> str:
+    """e.g. "dataset 'digits' (image data; batch keys: inputs)", for messages."""
+    facts = [f"{info['kind']} data"] if "kind" in info else []
+    if "input_keys" in info:
+        facts.append(f"batch keys: {', '.join(info['input_keys'])}")
+    return f"dataset '{info.get('name', cfg.data['name'])}'" + (f" ({'; '.join(facts)})" if facts else "")
+
+
+def check_data_fits_task(cfg: RunConfig, info: dict[str, Any]) -> None:
+    """The dataset provides what the task needs (`TaskSpec` against the dataset's `info`); unknown facts pass."""
+    spec = TASK_SPECS[cfg.task]
+    kind = info.get("kind")
+    if kind is not None and kind not in spec.data_kinds:
+        fitting = [name for name, other in TASK_SPECS.items() if kind in other.data_kinds]
+        keys = f" (batch keys: {', '.join(info['input_keys'])})" if "input_keys" in info else ""
+        raise ConfigError(
+            f"task: '{cfg.task}' trains on {' or '.join(spec.data_kinds)} data, but dataset "
+            f"'{info.get('name', cfg.data['name'])}' holds {kind} data{keys}; tasks for {kind} data: "
+            f"{', '.join(fitting) or '(none)'}"
+        )
+    keys = info.get("input_keys")
+    missing = [key for key in spec.input_keys if keys is not None and key not in keys]
+    if missing:
+        raise ConfigError(f"task: '{cfg.task}' needs the batch key {missing[0]}, which {_describe_data(cfg, info)} lacks")
+
+
+def _probe_batch(data: DataSplits, size: int = 2) -> dict[str, Any]:
+    """A couple of validation examples (training ones if there is no validation data) as one batch."""
+    source = data.val if len(data.val) else data.train  # type: ignore[arg-type]
+    n = min(size, len(source))  # type: ignore[arg-type]
+    if n == 0:
+        raise ConfigError("data: the dataset has no examples")
+    return collate_dicts([source[i] for i in range(n)])
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, batch: dict[str, Any], task: Task, role: str, describe: str) -> ForwardResult:
+    """One forward pass in eval mode; a failure becomes a message naming the model and the data."""
+    was_training = model.training
+    model.eval()
+    try:
+        return task.forward(model, batch)
+    except Exception as e:  # whatever the model raises: report it with what was fed to it
+        raise ConfigError(
+            f"{role}: does not run on {describe} for task '{task.kind}': one forward pass on "
+            f"{len(next(iter(batch.values())))} examples failed with {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        model.train(was_training)
+
+
+def _classes_hint(spec: dict[str, Any], role: str, num_classes: int) -> str:
+    if "from_run" in spec:
+        return f"use a {role} run trained on this dataset"
+    if "num_classes" in MODELS.keys(str(spec["builder"])):
+        return f"set {role}.num_classes: {num_classes}, or leave it out to take the dataset's"
+    return f"give the {role} {num_classes} outputs"
+
+
+def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: nn.Module | None) -> list[str]:
+    """The built models run on a few examples and their outputs fit the labels and each other; nothing trains.
+
+    Returns one line per model saying what was checked.
+    """
+    task, info = Task(cfg.task), data.info
+    describe = _describe_data(cfg, info)
+    student_batch, teacher_batch = split_batch(_probe_batch(data))
+    outputs = {"student": _probe(student, student_batch, task, "student", describe)}
+    if teacher is not None and cfg.teacher is not None:
+        outputs["teacher"] = _probe(teacher, teacher_batch, task, "teacher", describe)
+    sizes = {role: out.logits.shape[-1] for role, out in outputs.items()}
+    num_classes = info.get("num_classes")
+    if task.kind == "classification" and isinstance(num_classes, int):
+        for role, size in sizes.items():
+            spec = cfg.student if role == "student" else cfg.teacher
+            assert spec is not None
+            if size < num_classes:
+                raise ConfigError(
+                    f"{role}: predicts {size} classes, but {describe} has {num_classes} (labels 0 to "
+                    f"{num_classes - 1}); {_classes_hint(spec, role, num_classes)}"
+                )
+    if "teacher" in outputs and sizes["teacher"] != sizes["student"]:
+        compared = [(i, term) for i, term in enumerate(build_terms(cfg.knowledge))
+                    if isinstance(term, ResponseTerm) and term.vocab_size is None]
+        if compared and task.kind == "classification":
+            raise ConfigError(
+                f"teacher predicts {sizes['teacher']} classes and the student {sizes['student']}: knowledge"
+                f"[{compared[0][0]}] ({compared[0][1].name}) compares their outputs, so both must predict the same "
+                "classes; build them for the same dataset"
+            )
+        if compared:
+            raise ConfigError(
+                f"teacher has vocabulary {sizes['teacher']} and the student {sizes['student']}: if they share a "
+                f"tokenizer and one embedding matrix is padded, set knowledge[{compared[0][0]}].vocab_size to the "
+                "real vocabulary size"
+            )
+    unit = "classes" if task.kind == "classification" else "vocabulary"
+    return [f"{role}: {count_parameters(model):,} parameters, {sizes[role]} {unit}, ran on {describe}"
+            for role, model in (("student", student), ("teacher", teacher)) if role in sizes and model is not None]
+
+
+def preflight(cfg: RunConfig, data: DataSplits | None = None) -> Preflight:
+    """Every check that needs no training: sources exist, the data fits the task, and the models
+    are built and run once on a few examples, with outputs that fit the labels and each other.
+
+    `ktransfer check` and `ktransfer run` call it first, so a config that would fail after some
+    steps fails at once with a ConfigError (or FileNotFoundError) naming the problem.
+    """
+    check_sources(cfg)
+    data = data if data is not None else load_data(cfg)
+    check_data_fits_task(cfg, data.info)
+    with torch.random.fork_rng(devices=[]):  # building models draws random numbers: leave the caller's RNG as it was
+        teacher = build_model(cfg.teacher, data.info, "teacher") if cfg.teacher is not None else None
+        student = build_model(cfg.student, data.info, "student")
+        checked = [f"data: {_describe_data(cfg, data.info)} fits task '{cfg.task}'",
+                   *check_models(cfg, data, student, teacher)]
+    return Preflight(data=data, checked=checked)
 
 
 def _architecture(spec: dict[str, Any]) -> dict[str, Any]:
@@ -56,11 +215,18 @@ def build_model(spec: dict[str, Any], info: dict[str, Any], where: str) -> nn.Mo
         source = RunConfig.from_yaml(cfg_path)
         model = build_model(_architecture(source.student), info, f"{where}.from_run")
         which = spec.get("which", "best")
-        return load_weights(model, run_dir / which / "model.safetensors")
+        try:
+            return load_weights(model, run_dir / which / "model.safetensors")
+        except RuntimeError as e:  # tensor shapes differ: that run was sized for other data
+            raise ConfigError(
+                f"{where}.from_run: the weights of the run at {run_dir} (trained on dataset "
+                f"'{source.data.get('name')}') do not fit a model built for dataset '{info.get('name', '?')}': "
+                f"{_shape_mismatches(e)}; use a run trained on data of the same shape"
+            ) from e
     builder = spec["builder"]
     kwargs = {k: v for k, v in spec.items() if k not in MODEL_META_KEYS}
     accepted = MODELS.keys(builder)
-    for key, info_key in (("in_features", "num_features"), ("num_classes", "num_classes")):
+    for key, info_key in DATASET_DEFAULTS:
         if key in accepted and key not in kwargs and info_key in info:
             kwargs[key] = info[info_key]
     model = MODELS.build(builder, kwargs, where)
@@ -69,7 +235,19 @@ def build_model(spec: dict[str, Any], info: dict[str, Any], where: str) -> nn.Mo
             load_weights(model, spec["weights"])
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{where}.weights: {e}") from e
+        except RuntimeError as e:  # tensor shapes differ from the model this section builds
+            raise ConfigError(f"{where}.weights: {spec['weights']} does not fit the model this section builds: "
+                              f"{_shape_mismatches(e)}") from e
     return model
+
+
+def _shape_mismatches(error: RuntimeError, limit: int = 2) -> str:
+    """The first 'size mismatch' lines of a `load_state_dict` error, on one line."""
+    lines = [line.strip().rstrip(".") for line in str(error).splitlines() if "size mismatch" in line]
+    if not lines:
+        return str(error).strip().splitlines()[0]
+    more = f" (and {len(lines) - limit} more)" if len(lines) > limit else ""
+    return "; ".join(lines[:limit]) + more
 
 
 def build_distiller(
@@ -77,10 +255,13 @@ def build_distiller(
     progress: bool = True, stop_after_steps: int | None = None,
 ) -> tuple[Distiller, DataSplits]:
     """Everything a run needs, built from its config: the Python API behind `ktransfer run`."""
+    check_sources(cfg)
     data = data if data is not None else load_data(cfg)
+    check_data_fits_task(cfg, data.info)
     torch.manual_seed(cfg.train.seed)  # model initialisation depends on the run's seed
     teacher = build_model(cfg.teacher, data.info, "teacher") if cfg.teacher is not None else None
     student = build_model(cfg.student, data.info, "student")
+    check_models(cfg, data, student, teacher)  # in eval mode, without gradients: the models stay as built
     selector_spec = dict(cfg.selector)
     selector = SELECTORS.build(selector_spec.pop("type"), selector_spec, "selector")
     task = Task(cfg.task)
@@ -181,8 +362,10 @@ def run(
     """Train a student as `cfg` says, writing everything to `run_dir` (its config first).
 
     An existing run in `run_dir` is an error unless `overwrite=True` (use `resume` to continue it).
+    Every check that needs no training (`preflight`) runs before the run directory is touched.
     """
     run_dir = Path(run_dir)
+    data = preflight(cfg, data).data
     prepare_run_dir(run_dir, overwrite)
     write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     distiller, _ = build_distiller(cfg, run_dir, data=data, progress=progress, stop_after_steps=stop_after_steps)

@@ -35,7 +35,7 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
             )
         return value
     if origin in (Union, types.UnionType):
-        errors = []
+        errors: list[ConfigError] = []
         for arg in get_args(tp):
             if arg is type(None):
                 if value is None:
@@ -44,7 +44,7 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
             try:
                 return check_value(value, arg, where)
             except ConfigError as e:
-                errors.append(str(e))
+                errors.append(e)
         raise errors[0] if len(errors) == 1 else ConfigError(
             f"{where}: invalid value {value!r}; expected {' or '.join(_type_name(a) for a in get_args(tp))}"
         )

@@ -18,6 +18,55 @@ IGNORE_INDEX = -100
 TaskKind = Literal["classification", "causal_lm", "seq2seq"]
 TASK_KINDS: tuple[str, ...] = ("classification", "causal_lm", "seq2seq")
 
+# What `evaluate_logits` reports, for every task. A task that gets an evaluator of its own
+# (BLEU for seq2seq, say) lists the extra names in its spec below, and configs may then use them.
+LOGIT_METRICS: tuple[str, ...] = ("accuracy", "loss", "perplexity")
+# Metrics where lower is better; so is any metric whose name contains "loss".
+MINIMISED_METRICS: tuple[str, ...] = ("loss", "perplexity")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task needs from a dataset and what its evaluation reports, known without running it.
+
+    `data_kinds` are the dataset kinds (`info["kind"]`: tabular, image, tokens) it can train on;
+    `input_keys`, when set, are batch keys it needs besides `labels`; `metrics` are the names a
+    run config may pick as `train.metric`.
+    """
+
+    data_kinds: tuple[str, ...]
+    metrics: tuple[str, ...] = LOGIT_METRICS
+    input_keys: tuple[str, ...] = ()
+
+
+TASK_SPECS: dict[str, TaskSpec] = {
+    "classification": TaskSpec(data_kinds=("tabular", "image", "tokens")),
+    "causal_lm": TaskSpec(data_kinds=("tokens",), input_keys=("input_ids",)),
+    "seq2seq": TaskSpec(data_kinds=("tokens",), input_keys=("input_ids",)),
+}
+
+
+def metric_mode(metric: str) -> Literal["min", "max"]:
+    """Whether a lower ("min": losses, perplexity) or a higher ("max": accuracy, BLEU) value is better."""
+    name = metric.lower()
+    return "min" if name in MINIMISED_METRICS or "loss" in name else "max"
+
+
+def label_range_error(logits: Tensor, targets: Tensor, who: str = "the model") -> ValueError:
+    """The error for labels outside the classes of a model, built once cross-entropy has refused them.
+
+    Classes are the last dimension of `logits`; `IGNORE_INDEX` marks positions without a target.
+    """
+    num = logits.shape[-1]
+    bad = targets[(targets != IGNORE_INDEX) & ((targets < 0) | (targets >= num))]
+    found = sorted({int(v) for v in bad.flatten().tolist()})
+    return ValueError(
+        f"labels must be class indices from 0 to {num - 1}: {who} predicts {num} classes, but the data has labels "
+        f"{', '.join(map(str, found[:5]))}{' ...' if len(found) > 5 else ''}; give the model as many outputs as "
+        f"the data has classes (label {IGNORE_INDEX} marks a position without a target)"
+    )
+
+
 # Batch keys that hold targets, never model inputs.
 TARGET_KEYS = ("labels",)
 
@@ -29,6 +78,7 @@ class ForwardResult:
     logits: Tensor
     targets: Tensor | None
     raw: Any
+    task: TaskKind = "classification"
 
     @property
     def mask(self) -> Tensor | None:
@@ -78,6 +128,11 @@ class Task:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"unknown task '{self.kind}'; valid choices: {', '.join(TASK_KINDS)}")
 
+    @property
+    def spec(self) -> TaskSpec:
+        """What this task needs from the data and which metrics its evaluation reports."""
+        return TASK_SPECS[self.kind]
+
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> ForwardResult:
         raw = call_model(model, batch, self.kind)
         logits = extract_logits(raw)
@@ -92,7 +147,7 @@ class Task:
                 f"{tuple(logits.shape)} for task '{self.kind}' (expected labels of shape "
                 f"{tuple(logits.shape[:-1])})"
             )
-        return ForwardResult(logits=logits, targets=targets, raw=raw)
+        return ForwardResult(logits=logits, targets=targets, raw=raw, task=self.kind)
 
     def count_targets(self, batch: dict[str, Any]) -> int:
         """Positions of `batch` that a loss averages over: its targets, aligned as in `forward`.
@@ -137,7 +192,10 @@ def evaluate_sums(model: nn.Module, batches: Any, task: Task) -> tuple[float, fl
             logits = out.logits[mask].float()
             targets = out.targets[mask]
             correct += int((logits.argmax(-1) == targets).sum())
-            nll += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            try:
+                nll += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            except IndexError as e:  # a label beyond the model's classes (the CPU kernel says "Target N is out of bounds")
+                raise label_range_error(logits, targets) from e
             total += int(targets.numel())
     finally:
         model.train(was_training)

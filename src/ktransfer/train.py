@@ -26,6 +26,7 @@ from ktransfer.capture import Capture
 from ktransfer.checkpoint import (
     CorruptFileError,
     checkpoints_newest_first,
+    current_umask,
     find_intact_checkpoint,
     read_manifest,
     read_weights,
@@ -36,10 +37,11 @@ from ktransfer.checkpoint import (
 )
 from ktransfer.data.base import collate_dicts
 from ktransfer.knowledge.base import KnowledgeTerm, StepView
+from ktransfer.registry import ConfigError, suggest
 from ktransfer.runlog import MetricsLog, plot_curves
 from ktransfer.schema import validate
 from ktransfer.selection import FixedWeights, SelectionState, Selector
-from ktransfer.tasks import Task, TaskKind
+from ktransfer.tasks import Task, TaskKind, metric_mode
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
 TEACHER_PREFIX = "teacher_"
@@ -141,7 +143,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     metric: str = "accuracy"
-    mode: Literal["max", "min"] = "max"
+    # "max" keeps the checkpoint with the highest metric, "min" the lowest; null (the default)
+    # takes it from the metric: min for loss, perplexity and names containing "loss", else max
+    mode: Literal["max", "min"] | None = None
     patience: int | None = None
     report_to: list[str] = field(default_factory=list)
 
@@ -157,6 +161,11 @@ class TrainConfig:
             raise ValueError("train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"train.patience must be >= 1 or null, got {self.patience}")
+
+    @property
+    def resolved_mode(self) -> Literal["max", "min"]:
+        """`mode` as given, or else the direction in which `metric` improves."""
+        return self.mode if self.mode is not None else metric_mode(self.metric)
 
 
 @dataclass
@@ -742,13 +751,18 @@ class Distiller:
         unwrapped = self.accelerator.unwrap_model(student)
         metrics = {k: float(v) for k, v in self.evaluate(unwrapped).items()}
         if cfg.metric not in metrics:
-            raise KeyError(f"train.metric '{cfg.metric}' is not among the evaluator's metrics: {sorted(metrics)}")
+            # a run config's metric is checked before training; a custom evaluator's names are known only now
+            raise ConfigError(
+                f"train.metric: the evaluator returned no '{cfg.metric}'{suggest(cfg.metric, list(metrics))}; "
+                f"it returned: {', '.join(sorted(metrics)) or '(nothing)'}; set train.metric to one of these"
+            )
         if not all(math.isfinite(v) for v in metrics.values()):
             raise NonFiniteMetricError(self.state.step, metrics)
         value = metrics[cfg.metric]
         state = self.state
         state.last_metrics = dict(metrics)
-        better = state.best_metric is None or (value > state.best_metric if cfg.mode == "max" else value < state.best_metric)
+        maximise = cfg.resolved_mode == "max"
+        better = state.best_metric is None or (value > state.best_metric if maximise else value < state.best_metric)
         if better:
             state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
             state.best_metrics = dict(metrics)
@@ -778,6 +792,9 @@ class Distiller:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            for path in tmp.rglob("*"):  # Accelerate writes some files 0600; give them the usual permissions
+                if path.is_file():
+                    os.chmod(path, 0o666 & ~current_umask())
             write_manifest(tmp, step=self.state.step, world_size=accelerator.num_processes)
             replace_dir(tmp, final)
             kept = checkpoints_newest_first(root)

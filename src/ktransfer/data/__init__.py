@@ -17,7 +17,14 @@ def digits(val_fraction: float = 0.15, test_fraction: float = 0.2, split_seed: i
     return sklearn_splits("digits", val_fraction, test_fraction, split_seed)
 
 
-for _name in ("wine", "breast_cancer", "iris"):
-    DATASETS.register(_name)(partial(sklearn_splits, _name))
+_SKLEARN = {
+    "wine": "scikit-learn's bundled wine recognition data: 178 samples, 13 features, 3 classes.",
+    "breast_cancer": "scikit-learn's bundled breast cancer data: 569 samples, 30 features, 2 classes.",
+    "iris": "scikit-learn's bundled iris flowers: 150 samples, 4 features, 3 classes.",
+}
+for _name, _summary in _SKLEARN.items():
+    _factory = partial(sklearn_splits, _name)
+    _factory.__doc__ = _summary  # what `ktransfer list datasets` shows
+    DATASETS.register(_name)(_factory)
 
 __all__ = ["DATASETS", "DataSplits", "TensorDictDataset", "collate_dicts", "sklearn_splits"]

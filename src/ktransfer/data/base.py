@@ -31,7 +31,12 @@ class TensorDictDataset(Dataset):
 
 @dataclass
 class DataSplits:
-    """Train / validation / test datasets plus facts models are sized by (`num_features`, ...)."""
+    """Train / validation / test datasets plus facts about them in `info`.
+
+    Models are sized by `num_features` and `num_classes`; `kind` ("tabular", "image" or
+    "tokens") and `input_keys` (the batch keys models read) say which tasks the data fits,
+    checked before a run trains. A dataset may leave out what does not apply to it.
+    """
 
     train: Dataset
     val: Dataset

@@ -52,5 +52,6 @@ def sklearn_splits(
         val=ds(x_val, y_val),
         test=ds(x_test, y_test),
         info={"num_features": x.shape[1], "num_classes": int(y.max()) + 1, "name": name,
+              "kind": "image" if name == "digits" else "tabular", "input_keys": ["inputs"],
               "sizes": {"train": len(y_train), "val": len(y_val), "test": len(y_test)}},
     )

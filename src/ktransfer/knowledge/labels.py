@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ktransfer.knowledge.base import StepView
-from ktransfer.tasks import IGNORE_INDEX
+from ktransfer.tasks import IGNORE_INDEX, label_range_error
 
 
 @dataclass
@@ -32,9 +32,8 @@ class LabelsTerm:
         if out.targets is None:
             raise ValueError("the 'labels' knowledge term needs batches with a 'labels' key")
         logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
-        return F.cross_entropy(
-            logits,
-            out.targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            label_smoothing=self.label_smoothing,
-        )
+        targets = out.targets.reshape(-1)
+        try:
+            return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing)
+        except IndexError as e:  # a label beyond the student's classes (the CPU kernel says "Target N is out of bounds")
+            raise label_range_error(logits, targets, "the student") from e

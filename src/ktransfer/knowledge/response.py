@@ -60,6 +60,14 @@ class ResponseTerm:
     def loss(self, view: StepView) -> Tensor:
         if view.teacher is None:
             raise ValueError(f"knowledge term '{self.name}' needs the teacher's outputs")
+        n_student, n_teacher = view.student.logits.shape[-1], view.teacher.logits.shape[-1]
+        if view.student.task == "classification" and n_student != n_teacher and self.vocab_size is None:
+            # the divergence's own message speaks of vocabularies and tokenizers; here they are classes
+            raise ValueError(
+                f"knowledge term '{self.name}': the teacher predicts {n_teacher} classes and the student "
+                f"{n_student}; a classifier's teacher and student must predict the same classes (give both "
+                "as many outputs as the data has classes)"
+            )
         return self._fn(
             view.student.logits,
             view.teacher.logits,

@@ -9,9 +9,12 @@ from typing import Any
 from torch import nn
 
 from ktransfer.models.small import MLP, SmallCNN
-from ktransfer.registry import Registry
+from ktransfer.registry import LocalPath, Registry
 
 MODELS: Registry[nn.Module] = Registry("model builder")
+
+# Builder arguments that a run fills from the dataset's `info` when the config leaves them out.
+DATASET_DEFAULTS: tuple[tuple[str, str], ...] = (("in_features", "num_features"), ("num_classes", "num_classes"))
 
 
 @MODELS.register("mlp")
@@ -55,7 +58,7 @@ def build_hf_config(
 
 @MODELS.register("hf_pretrained")
 def build_hf_pretrained(
-    path: str, auto_class: str = "AutoModelForCausalLM", attn_implementation: str = "eager",
+    path: LocalPath, auto_class: str = "AutoModelForCausalLM", attn_implementation: str = "eager",
     kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """A Hugging Face model from a local directory (never the hub: we run offline)."""
@@ -71,4 +74,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-__all__ = ["MODELS", "MLP", "SmallCNN", "count_parameters"]
+__all__ = ["DATASET_DEFAULTS", "MODELS", "MLP", "SmallCNN", "count_parameters"]
