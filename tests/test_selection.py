@@ -281,3 +281,26 @@ def test_selectors_are_configured_from_yaml() -> None:
         RunConfig.from_dict({**base, "selector": {"type": "actor_critic", "phase": 3}})
     with pytest.raises(ConfigError, match="unknown selector 'actorcritic'.*valid choices: actor_critic, fixed, random, schedule"):
         RunConfig.from_dict({**base, "selector": {"type": "actorcritic"}})
+
+
+def test_a_yaml_run_with_learned_selection_writes_weights_policy_and_projections(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ktransfer.cli import main
+
+    root = Path(__file__).parent.parent
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", str(root / "configs" / "digits_select.yaml")]) == 0
+    assert main(["run", str(root / "configs" / "digits_teacher.yaml"), "--run-dir", "runs/digits_teacher",
+                 "--no-progress", "--set", "train.max_steps=6", "--set", "train.eval_every=6"]) == 0
+    assert main(["run", str(root / "configs" / "digits_select.yaml"), "--run-dir", "runs/select", "--no-progress",
+                 "--set", "train.max_steps=20", "--set", "train.eval_every=10", "--set", "selector.phase_steps=5"]) == 0
+    run_dir = tmp_path / "runs" / "select"
+    for name in ("weights.png", "final/policy.pt", "final/terms.safetensors", "best/terms.safetensors"):
+        assert (run_dir / name).is_file(), name
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert set(train[-1]["weights"]) == {"response", "feature", "labels"}
+    assert train[-1]["selector"]["updates"] == 3
+    assert main(["run", str(root / "configs" / "digits_select.yaml"), "--run-dir", "runs/reuse", "--no-progress",
+                 "--set", "train.max_steps=5", "--set", "selector.frozen=true",
+                 "--set", f"selector.policy_path={run_dir / 'final' / 'policy.pt'}"]) == 0

@@ -267,7 +267,7 @@ def make_evaluator(
     return evaluate
 
 
-def _build_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+def _build_optimizer(params: Sequence[nn.Parameter] | Sequence[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
@@ -518,6 +518,7 @@ class Distiller:
         params = [p for p in self.student.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the student has no trainable parameters")
+        self._prepare_terms(accelerator)  # on the device before the optimizer takes their parameters
         optimizer = _build_optimizer(self._param_groups(params), self.optim)
         scheduler = get_scheduler(self.schedule.name, optimizer, num_warmup_steps=self.schedule.warmup_steps,
                                   num_training_steps=cfg.max_steps)
@@ -537,7 +538,6 @@ class Distiller:
         # The scheduler is stepped by hand once per optimizer step (an Accelerate-prepared
         # scheduler steps once per process), and checkpointed as a registered object.
         accelerator.register_for_checkpointing(scheduler, self.state, self.selector)
-        self._prepare_terms(accelerator)
         return student, teacher, optimizer, scheduler, loader
 
     def _restore(self, accelerator: Any, resume: bool | str | Path, ckpt_root: Path | None,
@@ -594,6 +594,7 @@ class Distiller:
                     continue  # best weights come from evaluations; never rewritten from the final state
                 if not _weights_ok(path):
                     save_weights(unwrapped, path)
+                    self._save_term_weights(which)
         return TrainResult(
             step=state.step, stopped_early=state.stopped_early, best_step=state.best_step,
             best_metrics=dict(state.best_metrics), final_metrics=dict(state.last_metrics),

@@ -212,8 +212,12 @@ class ActorCriticSelector:
             return torch.full((k,), self.initial_weight if self.mode == "soft" else 1.0)
         with torch.no_grad():
             a = self.actor(self._obs.unsqueeze(0))[0]
+        raw = a
         if not self.frozen and self.noise > 0:
-            a = (a + self.noise * torch.randn(k, generator=self._gen)).clamp(0.0, 1.0)
+            raw = a + self.noise * torch.randn(k, generator=self._gen)
+            a = raw.clamp(0.0, 1.0)
+        if self.mode == "soft" and not bool((a > 0).any()):  # a step needs some loss: keep the best term barely on
+            a[int(raw.argmax())] = 1e-3
         if self.mode == "hard":
             on = a > self.threshold
             if not bool(on.any()):
