@@ -304,3 +304,42 @@ def test_a_yaml_run_with_learned_selection_writes_weights_policy_and_projections
     assert main(["run", str(root / "configs" / "digits_select.yaml"), "--run-dir", "runs/reuse", "--no-progress",
                  "--set", "train.max_steps=5", "--set", "selector.frozen=true",
                  "--set", f"selector.policy_path={run_dir / 'final' / 'policy.pt'}"]) == 0
+
+
+def test_bert_student_with_feature_attention_relation_terms_and_pooled_representations(tmp_path: Path) -> None:
+    """Hugging Face encoders of other depths, widths and head counts through the one engine, the actor-critic
+    observing the pooler outputs it names (captured by the engine like a term's modules)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from ktransfer.knowledge import AttentionTerm, RelationTerm
+
+    def bert(layers: int, heads: int, hidden: int) -> nn.Module:
+        return BertForSequenceClassification(BertConfig(
+            vocab_size=30, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=2 * hidden, max_position_embeddings=12, num_labels=2, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, attn_implementation="eager"))
+
+    torch.manual_seed(0)
+    teacher, student = bert(4, 4, 16), bert(2, 2, 8)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 30, (48, 8), generator=g)
+    mask = torch.ones_like(ids)
+    mask[::3, 6:] = 0
+    data = TensorDictDataset(input_ids=ids, attention_mask=mask, labels=(ids[:, 0] > 15).long())
+    selector = ActorCriticSelector(heldout_examples=8, phase_steps=2, student_representation="bert.pooler",
+                                   teacher_representation="bert.pooler")
+    terms = [FeatureTerm(), AttentionTerm(), RelationTerm(variant="token", path="attention.self.value"), LabelsTerm()]
+    d = Distiller(student, teacher, terms, selector, train_data=data,
+                  config=TrainConfig(max_steps=6, batch_size=8, log_every=2, seed=0), run_dir=tmp_path / "r",
+                  progress=False)
+    assert "bert.pooler" in d._student_specs and "bert.pooler" in d._teacher_specs
+    d.fit()
+    assert selector._dims == (16, 8, 5, 4)  # teacher width, student width, progress + 4 terms, 4 actions
+    assert selector.counts["updates"] == 2
+    saved = load_file(str(tmp_path / "r" / "final" / "terms.safetensors"))
+    assert tuple(saved["feature.projections.0.weight"].shape) == (16, 8)
+
+    lonely = ActorCriticSelector(heldout_examples=8, teacher_representation="bert.pooler")
+    with pytest.raises(ValueError, match="teacher_representation 'bert.pooler' was not captured"):
+        Distiller(bert(1, 2, 8), teacher, [LabelsTerm()], lonely, train_data=data,
+                  config=TrainConfig(max_steps=2, batch_size=8), progress=False).fit()

@@ -362,6 +362,7 @@ class Distiller:
         self._setup_terms()
         self._student_specs = sorted({s for t in self.terms for s in t.student_modules})
         self._teacher_specs = sorted({s for t in self.terms for s in t.teacher_modules})
+        self._add_selector_specs()
         self._checkpointed_step: int | None = None
         self._saved_world = 1
         self._last_view: StepView | None = None
@@ -760,6 +761,11 @@ class Distiller:
             setup = getattr(term, "setup", None)
             if callable(setup):
                 setup(self.student, self.teacher)
+
+    def _add_selector_specs(self) -> None:
+        """A selector may read captured internals too (`student_modules` / `teacher_modules`, like a term's)."""
+        self._student_specs = sorted({*self._student_specs, *getattr(self.selector, "student_modules", ())})
+        self._teacher_specs = sorted({*self._teacher_specs, *getattr(self.selector, "teacher_modules", ())})
 
     def _term_modules(self) -> dict[str, nn.Module]:
         """Terms that are modules with parameters (e.g. feature projections), by name."""

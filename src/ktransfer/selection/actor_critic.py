@@ -4,9 +4,12 @@ DDPG-style (deterministic policy gradient), one decision per phase of `phase_ste
 steps (1: every step; M > 1: the multi-phase variant, M times fewer held-out evaluations and
 updates):
 
-* state s: the teacher's and the student's output distributions pooled over the step's last
-  micro-batch (each through its own small encoder), training progress, and each term's recent
-  unweighted loss (log1p of the mean of the last `recent` values);
+* state s: the teacher's and the student's final representations pooled over the step's last
+  micro-batch, each through its own small encoder: by default the output distributions
+  (softmax of the logits, any model), or the outputs of the modules named by
+  `student_representation` / `teacher_representation` (e.g. "bert.pooler"), captured by the
+  engine; plus training progress and each term's recent unweighted loss (log1p of the mean of
+  the last `recent` values);
 * action a in [0, 1]^K: `soft` uses a as the weights; `hard` switches term k on when
   a_k > `threshold` (at least one stays on). Each weight is multiplied by the term's own `weight`;
 * reward r: the decrease of the student's task loss on a held-out batch carved from the
@@ -33,12 +36,24 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ktransfer.capture import first_tensor, parse_spec
 from ktransfer.checkpoint import atomic_path
 from ktransfer.knowledge.base import KnowledgeTerm, StepView
 from ktransfer.selection.base import SelectionState, SelectorContext
 from ktransfer.tasks import ForwardResult
 
 POLICY_FORMAT = "ktransfer-actor-critic/1"
+
+
+def pooled_representation(value: Any, batch: dict[str, Any]) -> Tensor:
+    """Mean over examples (and unpadded positions) of a captured (batch, [tokens,] width) representation."""
+    h = first_tensor(value).detach().float()
+    if h.dim() == 3:
+        mask = batch.get("attention_mask")
+        if isinstance(mask, Tensor) and mask.shape == h.shape[:2] and bool(mask.any()):
+            return h[mask.bool()].mean(0).cpu()
+        return h.reshape(-1, h.shape[-1]).mean(0).cpu()
+    return h.reshape(h.shape[0], -1).mean(0).cpu()
 
 
 def pooled_distribution(out: ForwardResult | None) -> Tensor | None:
@@ -97,6 +112,8 @@ class ActorCriticSelector:
         replay_batch: int = 32,
         updates_per_phase: int = 1,
         initial_weight: float = 1.0,
+        student_representation: str | None = None,
+        teacher_representation: str | None = None,
         seed: int | None = None,
         policy_path: str | None = None,
         frozen: bool = False,
@@ -122,6 +139,8 @@ class ActorCriticSelector:
         self.hidden, self.repr_dim, self.recent = hidden, repr_dim, recent
         self.replay_size, self.replay_batch, self.updates_per_phase = replay_size, replay_batch, updates_per_phase
         self.initial_weight = initial_weight
+        self.student_representation = student_representation
+        self.teacher_representation = teacher_representation
         self.seed = seed
         self.policy_path = policy_path
         self.frozen = frozen
@@ -135,6 +154,15 @@ class ActorCriticSelector:
             self._policy = load_policy(policy_path)
 
     # ------------------------------------------------------------------ engine hooks
+    @property
+    def student_modules(self) -> tuple[str, ...]:
+        """Capture specs the engine hooks for this selector (the student's representation, if named)."""
+        return (self.student_representation,) if self.student_representation else ()
+
+    @property
+    def teacher_modules(self) -> tuple[str, ...]:
+        return (self.teacher_representation,) if self.teacher_representation else ()
+
     @property
     def heldout_examples(self) -> int:
         """How many training examples the engine sets aside for the reward (none when frozen)."""
@@ -250,10 +278,10 @@ class ActorCriticSelector:
     def _observation(self, state: SelectionState) -> Tensor:
         """[teacher summary, student summary, progress, log1p(recent loss) per term] as one vector."""
         view: StepView | None = state.view
-        student = pooled_distribution(view.student) if view is not None else None
-        teacher = pooled_distribution(view.teacher) if view is not None else None
-        if student is None:
+        if view is None:
             raise ValueError("the actor-critic selector observes the step's outputs, but the engine gave no view")
+        student = self._summary(view, "student")
+        teacher = self._summary(view, "teacher")
         names = self._term_names or sorted(state.recent_losses)
         recent = []
         for name in names:
@@ -270,6 +298,18 @@ class ActorCriticSelector:
                              f"outputs, progress+terms, terms) but this run gives {dims}: a policy only transfers "
                              "between runs with the same output sizes and terms")
         return obs
+
+    def _summary(self, view: StepView, side: str) -> Tensor | None:
+        """A named module's pooled output when a representation is named, else the pooled output distribution."""
+        spec = self.student_representation if side == "student" else self.teacher_representation
+        if spec is None:
+            return pooled_distribution(view.student if side == "student" else view.teacher)
+        captured = view.student_captured if side == "student" else view.teacher_captured
+        key = parse_spec(spec).key
+        if key not in captured:
+            raise ValueError(f"{side}_representation '{spec}' was not captured (captured: {sorted(captured)}); "
+                             + ("the teacher runs only when a knowledge term needs it" if side == "teacher" else ""))
+        return pooled_representation(captured[key], view.batch)
 
     def _update(self) -> None:
         """One critic TD step and one actor step (deterministic policy gradient), then target averaging."""
