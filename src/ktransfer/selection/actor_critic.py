@@ -206,6 +206,7 @@ class ActorCriticSelector:
         self._weights: dict[str, float] = {}
         self.counts = {"decisions": 0, "heldout_evals": 0, "updates": 0}
         self.seconds = 0.0
+        self._dims: tuple[int, int, int, int] | None = None
 
     def _build(self, teacher_dim: int, student_dim: int, extra_dim: int, actions: int) -> None:
         """Actor, critic and their targets, initialised from the selector's own seed (not the global RNG)."""
@@ -218,7 +219,7 @@ class ActorCriticSelector:
         self.critic_target = _copy(self.critic)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.critic_lr)
-        self._dims = (teacher_dim, student_dim, extra_dim, actions)
+        self._dims = (teacher_dim, student_dim, extra_dim, actions)  # what a policy file must match
 
     # ------------------------------------------------------------------ acting
     def weights(self, terms: Sequence[KnowledgeTerm], state: SelectionState) -> dict[str, float]:
@@ -348,7 +349,7 @@ class ActorCriticSelector:
             nets = {key: getattr(self, key).state_dict() for key in
                     ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt")}
         return {
-            "dims": getattr(self, "_dims", None) if self.actor is not None else None, "nets": nets,
+            "dims": self._dims, "nets": nets,
             "generator": self._gen.get_state(), "init_seed": self._init_seed,
             "replay": [(o.clone(), a.clone(), r, n.clone()) for o, a, r, n in self.replay],
             "obs": self._obs, "phase_obs": self._phase_obs, "phase_action": self._phase_action,
@@ -374,7 +375,7 @@ class ActorCriticSelector:
         """Write the actor, critic and targets (and the sizes and terms they fit) to `path`, atomically."""
         if self.actor is None:
             raise ValueError("the actor-critic has not observed a step yet: there is no policy to save")
-        payload = {"format": POLICY_FORMAT, "dims": list(self._dims), "term_names": list(self._term_names or []),
+        payload = {"format": POLICY_FORMAT, "dims": list(self._dims or ()), "term_names": list(self._term_names or []),
                    "mode": self.mode, "hidden": self.hidden, "repr_dim": self.repr_dim,
                    **{key: getattr(self, key).state_dict() for key in ("actor", "critic", "actor_target", "critic_target")}}
         with atomic_path(path) as tmp:
