@@ -68,3 +68,38 @@ def test_accelerate_launch_command_of_the_readme_runs_two_processes(tmp_path: Pa
                   str(tmp_path / "r"))
     assert "2 process(es)" in proc.stderr
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_two_processes_train_feature_projections_and_the_actor_critic_as_one(tmp_path: Path) -> None:
+    """Term parameters (not part of the DDP-wrapped student) get gradients averaged over processes, and the
+    actor-critic observes the mean over processes, so 2 processes learn what 1 process does on the same global batch."""
+    config = {
+        "data": {"name": "digits"},
+        "teacher": {"builder": "mlp", "hidden": [32]},
+        "student": {"builder": "mlp", "hidden": [16]},
+        "knowledge": [{"type": "feature", "student_layers": ["0"], "teacher_layers": ["0"]},
+                      {"type": "response", "temperature": 2.0}, {"type": "labels"}],
+        "selector": {"type": "actor_critic", "phase_steps": 2, "heldout_examples": 32},
+        "optim": {"name": "sgd", "lr": 0.05},
+        "train": {"max_steps": 6, "batch_size": 16, "eval_every": 6, "log_every": 1},
+    }
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    torchrun("run", str(cfg), "--run-dir", str(tmp_path / "two"))
+    from safetensors.torch import load_file
+
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import run
+
+    run(RunConfig.from_dict(config), tmp_path / "one", progress=False)  # one process, here
+
+    for name in ("model.safetensors", "terms.safetensors"):
+        a, b = load_file(str(tmp_path / "one" / "final" / name)), load_file(str(tmp_path / "two" / "final" / name))
+        for key in a:
+            assert (a[key] - b[key]).abs().max() < 1e-4, (name, key)
+    logs = [[json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("one", "two")]
+    weights = [[r["weights"] for r in log if r["split"] == "train"] for log in logs]
+    assert len(weights[0]) == 6
+    for wa, wb in zip(*weights, strict=True):
+        assert wa.keys() == wb.keys() and all(abs(wa[k] - wb[k]) < 1e-4 for k in wa)

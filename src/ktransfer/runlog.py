@@ -86,3 +86,32 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def plot_weights(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Each knowledge term's weight (as logged: the mean over each log window) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("split") == "train" and r.get("weights")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in train]
+    for name in sorted({k for r in train for k in r["weights"]}):
+        ax.plot(steps, [r["weights"].get(name, math.nan) for r in train], label=name, lw=1.5)
+    if train:
+        ax.legend()
+    ax.set_xlabel("step")
+    ax.set_ylabel("knowledge weight")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -38,9 +38,9 @@ from ktransfer.checkpoint import (
 from ktransfer.data.base import collate_dicts
 from ktransfer.knowledge.base import KnowledgeTerm, StepView
 from ktransfer.registry import ConfigError, suggest
-from ktransfer.runlog import MetricsLog, plot_curves
+from ktransfer.runlog import MetricsLog, plot_curves, plot_weights
 from ktransfer.schema import validate
-from ktransfer.selection import FixedWeights, SelectionState, Selector
+from ktransfer.selection import FixedWeights, SelectionState, Selector, SelectorContext
 from ktransfer.tasks import Task, TaskKind, metric_mode
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
@@ -276,7 +276,7 @@ def make_evaluator(
     return evaluate
 
 
-def _build_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+def _build_optimizer(params: Sequence[nn.Parameter] | Sequence[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
@@ -368,10 +368,14 @@ class Distiller:
         self.state = TrainState()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir else None
         self.skipped_checkpoints: list[tuple[Path, str]] = []
+        self._setup_terms()
         self._student_specs = sorted({s for t in self.terms for s in t.student_modules})
         self._teacher_specs = sorted({s for t in self.terms for s in t.teacher_modules})
+        self._add_selector_specs()
         self._checkpointed_step: int | None = None
         self._saved_world = 1
+        self._last_view: StepView | None = None
+        self._heldout: Dataset | None = None
 
     # ----------------------------------------------------------------------------- one step
     def _losses(self, batch: dict[str, Any], student: nn.Module, teacher: nn.Module | None,
@@ -393,6 +397,7 @@ class Distiller:
             student_captured=dict(sc.outputs) if sc is not None else {},
             teacher_captured=t_captured, step=self.state.step,
         )
+        self._last_view = view
         parts: dict[str, Tensor] = {}
         total: Tensor | None = None
         for term in self.terms:
@@ -425,6 +430,7 @@ class Distiller:
         self.state = TrainState(world_size=accelerator.num_processes)
         self._checkpointed_step = None
         student, teacher, optimizer, scheduler, loader = self._prepare(accelerator)
+        self._bind_selector(accelerator, student)
         ckpt_root = self.run_dir / "checkpoints" if self.run_dir else None
         self._restore(accelerator, resume, ckpt_root, force_world_size)
 
@@ -522,13 +528,15 @@ class Distiller:
         params = [p for p in self.student.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the student has no trainable parameters")
-        optimizer = _build_optimizer(params, self.optim)
+        self._prepare_terms(accelerator)  # on the device before the optimizer takes their parameters
+        optimizer = _build_optimizer(self._param_groups(params), self.optim)
         scheduler = get_scheduler(self.schedule.name, optimizer, num_warmup_steps=self.schedule.warmup_steps,
                                   num_training_steps=cfg.max_steps)
-        sampler = EpochShuffleSampler(len(self.train_data), cfg.seed)  # type: ignore[arg-type]
+        train_data = self._training_data()
+        sampler = EpochShuffleSampler(len(train_data), cfg.seed)  # type: ignore[arg-type]
         # A private generator: creating a DataLoader iterator must not draw from the global RNG
         # (dropout), or a resumed run, which creates one more iterator, would drift.
-        loader = DataLoader(self.train_data, batch_size=cfg.batch_size, sampler=sampler,
+        loader = DataLoader(train_data, batch_size=cfg.batch_size, sampler=sampler,
                             collate_fn=self.collate_fn, generator=torch.Generator().manual_seed(cfg.seed))
         student, optimizer, loader = accelerator.prepare(self.student, optimizer, loader)
         teacher = None
@@ -596,6 +604,7 @@ class Distiller:
                     continue  # best weights come from evaluations; never rewritten from the final state
                 if not _weights_ok(path):
                     save_weights(unwrapped, path)
+                    self._save_term_weights(which)
         return TrainResult(
             step=state.step, stopped_early=state.stopped_early, best_step=state.best_step,
             best_metrics=dict(state.best_metrics), final_metrics=dict(state.last_metrics),
@@ -664,8 +673,9 @@ class Distiller:
                         self._raise_nonfinite(sums, names)
                 if finite:
                     accelerator.backward(scaled)
+        self._sync_term_grads(accelerator)
         if self.optim.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(student.parameters(), self.optim.max_grad_norm)
+            accelerator.clip_grad_norm_([*student.parameters(), *self._term_params()], self.optim.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
@@ -690,12 +700,16 @@ class Distiller:
             _say(accelerator, f"warning: {message}")
         if self.run_dir and accelerator.is_main_process:
             save_weights(unwrapped, self.run_dir / "final" / "model.safetensors")
+            self._save_term_weights("final")
             if self.evaluate is None or not (self.run_dir / "best" / "model.safetensors").exists():
                 save_weights(unwrapped, self.run_dir / "best" / "model.safetensors")
+                self._save_term_weights("best")
+            self._save_selector_outputs()
             if self.log:
                 for message in warnings:
                     self.log.append({"split": "warning", "step": self.state.step, "message": message})
                 plot_curves(self.log.read(), self.run_dir / "curves.png", title=self.run_dir.name)
+                plot_weights(self.log.read(), self.run_dir / "weights.png", title=self.run_dir.name)
         accelerator.wait_for_everyone()
 
     def _health_warnings(self, final_metrics: dict[str, float]) -> list[str]:
@@ -725,6 +739,8 @@ class Distiller:
             "terms": {k[6:]: v for k, v in avg.items() if k.startswith("terms/")},
             "weights": {k[8:]: v for k, v in avg.items() if k.startswith("weights/")},
         }
+        if hasattr(self.selector, "metrics"):
+            record["selector"] = dict(self.selector.metrics())
         self.state.log_sums = {}
         self.state.log_count = 0
         self.state.last_loss = record["loss"]
@@ -743,7 +759,109 @@ class Distiller:
             window = self.state.recent_losses.setdefault(k, [])
             window.append(v)
             del window[:-50]
-        self.selector.observe(losses, self._selection_state())
+        state = self._selection_state()
+        state.view, self._last_view = self._last_view, None
+        self.selector.observe(losses, state)
+
+    # ------------------------------------------------------- terms with models and parameters; selector context
+    def _setup_terms(self) -> None:
+        """Terms with a `setup(student, teacher)` resolve layer names and build projections against the models."""
+        for term in self.terms:
+            setup = getattr(term, "setup", None)
+            if callable(setup):
+                setup(self.student, self.teacher)
+
+    def _add_selector_specs(self) -> None:
+        """A selector may read captured internals too (`student_modules` / `teacher_modules`, like a term's)."""
+        self._student_specs = sorted({*self._student_specs, *getattr(self.selector, "student_modules", ())})
+        self._teacher_specs = sorted({*self._teacher_specs, *getattr(self.selector, "teacher_modules", ())})
+
+    def _term_modules(self) -> dict[str, nn.Module]:
+        """Terms that are modules with parameters (e.g. feature projections), by name."""
+        return {t.name: t for t in self.terms if isinstance(t, nn.Module) and any(True for _ in t.parameters())}
+
+    def _term_params(self) -> list[nn.Parameter]:
+        return [p for m in self._term_modules().values() for p in m.parameters() if p.requires_grad]
+
+    def _param_groups(self, params: list[nn.Parameter]) -> list[dict[str, Any]]:
+        """The student's parameters, plus one group for the terms' own parameters when there are any."""
+        groups: list[dict[str, Any]] = [{"params": params}]
+        extra = self._term_params()
+        if extra:
+            groups.append({"params": extra})
+        return groups
+
+    def _prepare_terms(self, accelerator: Any) -> None:
+        """Place the terms' parameters on the device and put their state into every checkpoint."""
+        modules = self._term_modules()
+        for module in modules.values():
+            module.to(accelerator.device)
+        if modules:
+            accelerator.register_for_checkpointing(_TermStates(modules))
+
+    def _sync_term_grads(self, accelerator: Any) -> None:
+        """Average the terms' gradients over processes (DDP does this for the student's only)."""
+        if accelerator.num_processes == 1:
+            return
+        for p in self._term_params():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad = accelerator.reduce(p.grad, "mean")
+
+    def _save_term_weights(self, which: str) -> None:
+        """The terms' parameters next to the student's weights: `<which>/terms.safetensors`."""
+        modules = self._term_modules()
+        if self.run_dir is not None and modules:
+            save_weights(nn.ModuleDict({k.replace(".", "_"): m for k, m in modules.items()}),
+                         self.run_dir / which / "terms.safetensors")
+
+    def _training_data(self) -> Dataset:
+        """`train_data` minus the held-out examples a selector asked for (`heldout_examples`)."""
+        n = int(getattr(self.selector, "heldout_examples", 0) or 0)
+        if n <= 0:
+            self._heldout = None
+            return self.train_data
+        size = len(self.train_data)  # type: ignore[arg-type]
+        if n >= size:
+            raise ValueError(f"the selector asks for {n} held-out examples, but train_data has only {size}")
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(self.config.seed + 7919)).tolist()
+        self._heldout = Subset(self.train_data, sorted(order[:n]))
+        return Subset(self.train_data, sorted(order[n:]))
+
+    def _bind_selector(self, accelerator: Any, student: nn.Module) -> None:
+        """Give a selector with `bind(context)` what it may need beyond the losses (held-out loss, seed)."""
+        bind = getattr(self.selector, "bind", None)
+        if not callable(bind):
+            return
+        from ktransfer.tasks import evaluate_sums
+
+        heldout = self._heldout
+        batch: dict[str, Any] | None = None
+        if heldout is not None:
+            rows = [heldout[i] for i in range(len(heldout))]  # type: ignore[arg-type]
+            batch = {k: v.to(accelerator.device) if isinstance(v, Tensor) else v
+                     for k, v in split_batch(self.collate_fn(rows))[0].items()}
+
+        def heldout_loss(model: nn.Module | None = None) -> float:
+            if batch is None:
+                raise RuntimeError("this selector has no held-out batch: set its heldout_examples > 0")
+            _, nll, total = evaluate_sums(accelerator.unwrap_model(model or student), [batch], self.task)
+            return nll / max(total, 1.0)
+
+        def all_mean(t: Tensor) -> Tensor:
+            if accelerator.num_processes == 1:
+                return t
+            return accelerator.reduce(t.to(accelerator.device), "mean").cpu()
+
+        bind(SelectorContext(heldout_loss=heldout_loss if batch is not None else None, seed=self.config.seed,
+                             max_steps=self.config.max_steps, term_names=[t.name for t in self.terms],
+                             all_mean=all_mean))
+
+    def _save_selector_outputs(self) -> None:
+        """A selector that learns a policy saves it as final/policy.pt, for reuse by another run."""
+        save_policy = getattr(self.selector, "save_policy", None)
+        if self.run_dir is not None and callable(save_policy):
+            save_policy(self.run_dir / "final" / "policy.pt")
 
     def _evaluate(self, student: nn.Module) -> dict[str, float]:
         assert self.evaluate is not None
@@ -768,6 +886,7 @@ class Distiller:
             state.best_metrics = dict(metrics)
             if self.run_dir and self.accelerator.is_main_process:
                 save_weights(unwrapped, self.run_dir / "best" / "model.safetensors")
+                self._save_term_weights("best")
         else:
             state.bad_evals += 1
             if cfg.patience is not None and state.bad_evals >= cfg.patience:
@@ -805,6 +924,20 @@ class Distiller:
                 shutil.rmtree(doomed, ignore_errors=True)
         self._checkpointed_step = self.state.step
         accelerator.wait_for_everyone()
+
+
+class _TermStates:
+    """The state of the terms' own modules, as one object Accelerate checkpoints."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: module.state_dict() for name, module in self.modules.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, module in self.modules.items():
+            module.load_state_dict(state[name])
 
 
 def _say(accelerator: Any, message: str) -> None:

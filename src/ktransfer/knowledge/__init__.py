@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from ktransfer.knowledge.attention import AttentionTerm
 from ktransfer.knowledge.base import KnowledgeTerm, StepView
+from ktransfer.knowledge.feature import FeatureTerm
 from ktransfer.knowledge.labels import LabelsTerm
+from ktransfer.knowledge.layer_map import LayerMapError
+from ktransfer.knowledge.relation import RelationTerm
 from ktransfer.knowledge.response import ResponseTerm
 from ktransfer.registry import ConfigError, Registry
 
 KNOWLEDGE: Registry[KnowledgeTerm] = Registry("knowledge term")
 KNOWLEDGE.register("response")(ResponseTerm)
 KNOWLEDGE.register("labels")(LabelsTerm)
+KNOWLEDGE.register("feature")(FeatureTerm)
+KNOWLEDGE.register("relation")(RelationTerm)
+KNOWLEDGE.register("attention")(AttentionTerm)
 
 
 def build_terms(specs: list[dict[str, Any]], where: str = "knowledge") -> list[KnowledgeTerm]:
@@ -34,4 +41,5 @@ def build_terms(specs: list[dict[str, Any]], where: str = "knowledge") -> list[K
     return terms
 
 
-__all__ = ["KNOWLEDGE", "KnowledgeTerm", "LabelsTerm", "ResponseTerm", "StepView", "build_terms"]
+__all__ = ["KNOWLEDGE", "AttentionTerm", "FeatureTerm", "KnowledgeTerm", "LabelsTerm", "LayerMapError", "RelationTerm",
+           "ResponseTerm", "StepView", "build_terms"]
