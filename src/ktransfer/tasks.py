@@ -18,8 +18,8 @@ IGNORE_INDEX = -100
 TaskKind = Literal["classification", "causal_lm", "seq2seq"]
 TASK_KINDS: tuple[str, ...] = ("classification", "causal_lm", "seq2seq")
 
-# Batch keys that hold targets, never model inputs.
-TARGET_KEYS = ("labels",)
+# Batch keys that hold targets or per-example loss weights, never model inputs.
+TARGET_KEYS = ("labels", "sample_weight")
 
 
 @dataclass
