@@ -131,6 +131,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from ktransfer.config import RunConfig
+    from ktransfer.hops.config import ChainConfig, is_chain_file
+
+    if is_chain_file(args.config):
+        print(ChainConfig.from_yaml(args.config, args.overrides).to_yaml(), end="")
+        return 0
 
     print(RunConfig.from_yaml(args.config, args.overrides).to_yaml(), end="")
     return 0

@@ -319,17 +319,22 @@ class ChainReport:
 
 
 def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: ChainData | None = None,
-              stop_after_hops: int | None = None) -> ChainReport:
+              stop_after_hops: int | None = None, write_report: bool = True,
+              simple_cache: dict[str, Any] | None = None) -> ChainReport:
     """Plan and run the chain `cfg` describes; with `run_dir`, save every hop and the report there.
 
-    Rerunning with the same `run_dir` resumes: finished hops are loaded, not retrained.
+    Rerunning with the same `run_dir` resumes: finished hops are loaded, not retrained. Chains
+    that share data, teacher and seed may share one `run_dir` (and `simple_cache`): their common
+    hops are then trained once.
     """
     root = Path(run_dir) if run_dir is not None else None
-    if root is not None:
+    if root is not None and write_report:
         root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(root / "config.yaml", cfg.to_yaml())
     data = data if data is not None else load_chain_data(cfg)
     runner = ChainRunner(cfg, data, root, stop_after_hops)
+    if simple_cache is not None:
+        runner.ctx.simple_cache = simple_cache
     base_method = cfg.methods_for(1)[0] if cfg.hop_methods is None else None
     if cfg.plan.strategy == "fixed":
         intermediates = [dict(s) for s in cfg.plan.intermediates]
@@ -356,7 +361,7 @@ def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: Chai
         "confidence_split": cfg.confidence_split, "teacher_points": int(len(data.teacher_idx)),
         "student_points": int(len(data.student_idx)), "folds": cfg.folds,
         "teacher_fraction": cfg.teacher_fraction if cfg.confidence_split == "holdout" else None})
-    if root is not None:
+    if root is not None and write_report:
         from ktransfer.runner import environment
 
         write_json_atomic(root / "report.json", {**report.as_dict(), "environment": environment()})

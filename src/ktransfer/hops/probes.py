@@ -31,7 +31,7 @@ class Probe:
         return out
 
 
-def fit_probe(rep: np.ndarray, y: np.ndarray, num_classes: int, seed: int, max_iter: int = 200) -> Probe:
+def fit_probe(rep: np.ndarray, y: np.ndarray, num_classes: int, seed: int, max_iter: int = 100) -> Probe:
     """A logistic-regression probe on `rep` (rows = points) for labels `y`."""
     from sklearn.linear_model import LogisticRegression
 
