@@ -77,9 +77,10 @@ def names(*ws: float) -> list[Any]:
 
 # ------------------------------------------------------------------ each selector through the interface
 def test_every_registered_selector_satisfies_the_interface() -> None:
+    library = ["actor_critic", "fixed", "random", "schedule"]  # other tests may register their own
+    assert set(library) <= set(SELECTORS.names())
     built = {name: SELECTORS.build(name, {"policy_path": None} if name == "actor_critic" else {}, "selector")
-             for name in SELECTORS.names()}
-    assert sorted(built) == ["actor_critic", "fixed", "random", "schedule"]
+             for name in library}
     terms = names(1.0, 0.5)
     for name, selector in built.items():
         assert isinstance(selector, Selector), name

@@ -1,4 +1,4 @@
-"""`ktransfer` command line: demo, run, resume, eval, check, modules, list.
+"""`ktransfer` command line: demo, run, resume, eval, check, modules, list, data, hops.
 
 Only the standard library is imported at start-up; each command imports what it needs, so
 `ktransfer --version` and `--help` answer without loading torch.
@@ -55,6 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--which", default="best", choices=["best", "final"])
 
+    p = sub.add_parser("data", help="obtain a dataset once into the cache (offline afterwards)")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("prepare", help="prepare a dataset, e.g. fashion-mnist (from its Debian package)")
+    q.add_argument("name", help="dataset to prepare: fashion-mnist")
+    q.add_argument("--source", default=None, help="a folder already holding the files (or the .deb)")
+
+    p = sub.add_parser("hops", help="plan and run a multi-hop transfer chain from a YAML config")
+    p.add_argument("config", help="chain config (YAML)")
+    p.add_argument("--run-dir", help="output directory (default: runs/<config file name>)")
+    p.add_argument("--stop-after-hops", type=int, default=None, metavar="N",
+                   help="stop after training this many hops, as if killed (to try out resume)")
+    _add_overrides(p)
+
     p = sub.add_parser("check", help="validate a config, its data and models (one forward pass, no training) "
                                      "and print it resolved")
     p.add_argument("config")
@@ -85,7 +98,12 @@ def _print_json(data: Any) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ktransfer.checkpoint import latest_checkpoint
     from ktransfer.config import RunConfig
+    from ktransfer.hops.config import is_chain_file
     from ktransfer.runner import run
+
+    if is_chain_file(args.config):  # a chain config (plan / method keys): the same as `ktransfer hops`
+        args.stop_after_hops = None
+        return _cmd_hops(args)
 
     cfg = RunConfig.from_yaml(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
@@ -127,7 +145,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from ktransfer.config import RunConfig
+    from ktransfer.hops.config import ChainConfig, is_chain_file
     from ktransfer.runner import preflight
+
+    if is_chain_file(args.config):
+        print(ChainConfig.from_yaml(args.config, args.overrides).to_yaml(), end="")
+        return 0
 
     cfg = RunConfig.from_yaml(args.config, args.overrides)
     report = preflight(cfg)
@@ -174,8 +197,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from ktransfer.data import PREPARERS
+
+    if args.name not in PREPARERS:
+        raise ValueError(f"unknown dataset to prepare '{args.name}'; valid choices: {', '.join(sorted(PREPARERS))}")
+    try:
+        path = PREPARERS[args.name](args.source)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from e
+    print(f"{args.name}: ready at {path}")
+    return 0
+
+
+def _cmd_hops(args: argparse.Namespace) -> int:
+    from ktransfer.hops.chain import ChainInterrupted, run_chain_config
+    from ktransfer.hops.config import ChainConfig
+
+    cfg = ChainConfig.from_yaml(args.config, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+    try:
+        report = run_chain_config(cfg, run_dir, stop_after_hops=args.stop_after_hops)
+    except ChainInterrupted as e:
+        print(f"{e}; finished hops are saved in {run_dir}; continue with: ktransfer hops {args.config} "
+              f"--run-dir {run_dir}")
+        return 0
+    print(f"run directory: {run_dir}")
+    print(report.table())
+    return 0
+
+
 COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "resume": _cmd_resume, "eval": _cmd_eval,
-            "check": _cmd_check, "modules": _cmd_modules, "list": _cmd_list}
+            "check": _cmd_check, "modules": _cmd_modules, "list": _cmd_list, "data": _cmd_data, "hops": _cmd_hops}
 
 
 def main(argv: list[str] | None = None) -> int:

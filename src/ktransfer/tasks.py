@@ -67,8 +67,8 @@ def label_range_error(logits: Tensor, targets: Tensor, who: str = "the model") -
     )
 
 
-# Batch keys that hold targets, never model inputs.
-TARGET_KEYS = ("labels",)
+# Batch keys that hold targets or per-example loss weights, never model inputs.
+TARGET_KEYS = ("labels", "sample_weight")
 
 
 @dataclass
@@ -149,18 +149,24 @@ class Task:
             )
         return ForwardResult(logits=logits, targets=targets, raw=raw, task=self.kind)
 
-    def count_targets(self, batch: dict[str, Any]) -> int:
+    def count_targets(self, batch: dict[str, Any]) -> float:
         """Positions of `batch` that a loss averages over: its targets, aligned as in `forward`.
 
         Without labels every position counts (rows for classification, tokens for sequences),
-        which is what the knowledge terms average over then. The engine divides a step's loss
+        which is what the knowledge terms average over then; with a `sample_weight` per example,
+        each position counts its example's weight, as the weighted terms divide by that sum. The engine divides a step's loss
         by this count summed over the step's micro-batches and processes.
         """
         labels = batch.get("labels")
         if isinstance(labels, Tensor):
             if self.kind == "causal_lm":
                 labels = labels[..., 1:]
-            return int((labels != IGNORE_INDEX).sum())
+            counted = labels != IGNORE_INDEX
+            weights = batch.get("sample_weight")
+            if isinstance(weights, Tensor):  # weighted terms divide by the summed weights of their positions
+                per_example = counted.reshape(counted.shape[0], -1).sum(-1).to(weights.dtype)
+                return float((weights.reshape(-1) * per_example).sum())
+            return int(counted.sum())
         first = batch.get("inputs", batch.get("input_ids"))
         if not isinstance(first, Tensor):
             first = next((v for v in batch.values() if isinstance(v, Tensor)), None)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from functools import partial
 
 from ktransfer.data.base import DataSplits, TensorDictDataset, collate_dicts
-from ktransfer.data.tabular import sklearn_splits
+from ktransfer.data.images import fashion_mnist, prepare_fashion_mnist
+from ktransfer.data.tabular import csv_splits, sklearn_splits
 from ktransfer.registry import Registry
 
 DATASETS: Registry[DataSplits] = Registry("dataset")
@@ -27,4 +28,10 @@ for _name, _summary in _SKLEARN.items():
     _factory.__doc__ = _summary  # what `ktransfer list datasets` shows
     DATASETS.register(_name)(_factory)
 
-__all__ = ["DATASETS", "DataSplits", "TensorDictDataset", "collate_dicts", "sklearn_splits"]
+DATASETS.register("fashion_mnist")(fashion_mnist)
+DATASETS.register("csv")(csv_splits)
+
+# Datasets that `ktransfer data prepare NAME` obtains once into the cache.
+PREPARERS = {"fashion-mnist": prepare_fashion_mnist}
+
+__all__ = ["DATASETS", "DataSplits", "TensorDictDataset", "collate_dicts", "sklearn_splits", "csv_splits", "fashion_mnist", "prepare_fashion_mnist", "PREPARERS"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
@@ -24,14 +28,22 @@ def sklearn_splits(
 
     if name not in _LOADERS:
         raise ValueError(f"unknown scikit-learn dataset '{name}'; valid choices: {', '.join(_LOADERS)}")
+    bunch = getattr(skd, f"load_{name}")()
+    x = np.asarray(bunch.data, dtype=np.float32)
+    y = np.asarray(bunch.target, dtype=np.int64)
+    return split_arrays(x, y, name, val_fraction, test_fraction, split_seed, standardize)
+
+
+def split_arrays(
+    x: np.ndarray, y: np.ndarray, name: str, val_fraction: float = 0.15, test_fraction: float = 0.2,
+    split_seed: int = 0, standardize: bool = True, extra_info: dict[str, Any] | None = None,
+) -> DataSplits:
+    """Stratified train/val/test split of feature rows `x` and integer labels `y` in [0, C)."""
     for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < frac < 1.0:
             raise ValueError(f"{key} must be in (0, 1), got {frac}")
     if val_fraction + test_fraction >= 1.0:
         raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
-    bunch = getattr(skd, f"load_{name}")()
-    x = np.asarray(bunch.data, dtype=np.float32)
-    y = np.asarray(bunch.target, dtype=np.int64)
     x_rest, x_test, y_rest, y_test = train_test_split(
         x, y, test_size=test_fraction, random_state=split_seed, stratify=y
     )
@@ -53,5 +65,57 @@ def sklearn_splits(
         test=ds(x_test, y_test),
         info={"num_features": x.shape[1], "num_classes": int(y.max()) + 1, "name": name,
               "kind": "image" if name == "digits" else "tabular", "input_keys": ["inputs"],
-              "sizes": {"train": len(y_train), "val": len(y_val), "test": len(y_test)}},
+              "sizes": {"train": len(y_train), "val": len(y_val), "test": len(y_test)}, **(extra_info or {})},
     )
+
+
+def csv_splits(
+    path: str, label: str, features: Sequence[str] | None = None, val_fraction: float = 0.15,
+    test_fraction: float = 0.2, split_seed: int = 0, standardize: bool = True,
+) -> DataSplits:
+    """A user's tabular CSV (header row): numeric `features` columns (default: all but `label`).
+
+    Label values of any kind are mapped to classes 0..C-1 in sorted order (kept in
+    `info["classes"]`). A missing column or a non-numeric feature value is a clear error.
+    """
+    import csv
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"csv: file not found: {file}")
+    with open(file, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    if label not in columns:
+        raise ValueError(f"csv: label column '{label}' not found in {file}; columns are: {', '.join(columns)}")
+    names = list(features) if features is not None else [c for c in columns if c != label]
+    missing = [c for c in names if c not in columns]
+    if missing:
+        raise ValueError(f"csv: feature column '{missing[0]}' not found in {file}; columns are: {', '.join(columns)}")
+    if label in names:
+        raise ValueError(f"csv: the label column '{label}' is also listed as a feature")
+    if not names or not rows:
+        raise ValueError(f"csv: {file} has no feature columns or no rows")
+    x = np.empty((len(rows), len(names)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for j, c in enumerate(names):
+            try:
+                x[i, j] = float(row[c])
+            except (TypeError, ValueError):
+                raise ValueError(f"csv: {file} line {i + 2}, column '{c}': not a number: {row[c]!r}") from None
+    raw = [row[label] for row in rows]
+    classes = sorted(set(raw), key=lambda v: (_as_number(v) is None, _as_number(v) or 0.0, v))
+    if len(classes) < 2:
+        raise ValueError(f"csv: label column '{label}' has fewer than two classes")
+    index = {c: k for k, c in enumerate(classes)}
+    y = np.asarray([index[v] for v in raw], dtype=np.int64)
+    return split_arrays(x, y, file.stem, val_fraction, test_fraction, split_seed, standardize,
+                        {"classes": classes, "features": names})
+
+
+def _as_number(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 from ktransfer.tasks import ForwardResult
@@ -47,3 +48,35 @@ class KnowledgeTerm(Protocol):
     def loss(self, view: StepView) -> Tensor:
         """A scalar loss for this step."""
         ...
+
+
+SAMPLE_WEIGHT_KEY = "sample_weight"
+
+
+def weighted_mean(values: Tensor, mask: Tensor | None, batch: dict[str, Any]) -> Tensor:
+    """Mean of per-position losses `values` over `mask`, weighted by the batch's `sample_weight`.
+
+    `sample_weight` (shape (B,), one weight per example, as sample-reweighting transfer methods
+    produce) multiplies every position of its example; the result is sum(w * v) / sum(w) over
+    the counted positions, so uniform weights give the plain mean. Without the key: plain mean.
+    A batch whose weights are all zero gives a zero loss (with a gradient), not NaN.
+    """
+    values = values.float()
+    keep = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.reshape(values.shape)
+    weights = batch.get(SAMPLE_WEIGHT_KEY)
+    if weights is None:
+        w = keep.to(values.dtype)
+    else:
+        weights = torch.as_tensor(weights, device=values.device, dtype=values.dtype)
+        if weights.dim() != 1 or weights.shape[0] != values.shape[0]:
+            raise ValueError(
+                f"batch['{SAMPLE_WEIGHT_KEY}'] must have shape ({values.shape[0]},) (one weight per example), "
+                f"got {tuple(weights.shape)}"
+            )
+        if bool((weights < 0).any()) or not bool(torch.isfinite(weights).all()):
+            raise ValueError(f"batch['{SAMPLE_WEIGHT_KEY}'] must be finite and >= 0")
+        w = weights.reshape(-1, *([1] * (values.dim() - 1))).expand_as(values) * keep.to(values.dtype)
+    total = w.sum()
+    # masked positions may hold garbage: select rather than multiply by zero
+    numerator = torch.where(w > 0, values * w, torch.zeros_like(values)).sum()
+    return numerator / total.clamp_min(torch.finfo(values.dtype).tiny) if bool(total > 0) else numerator * 0.0

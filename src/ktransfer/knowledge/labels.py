@@ -7,13 +7,16 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor
 
-from ktransfer.knowledge.base import StepView
+from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView, weighted_mean
 from ktransfer.tasks import IGNORE_INDEX, label_range_error
 
 
 @dataclass
 class LabelsTerm:
-    """Cross-entropy between the student's logits and the labels, mean over labelled positions."""
+    """Cross-entropy between the student's logits and the labels, mean over labelled positions.
+
+    A batch with a `sample_weight` key (one weight per example) gives the weighted mean instead.
+    """
 
     weight: float = 1.0
     label_smoothing: float = 0.0
@@ -34,6 +37,11 @@ class LabelsTerm:
         logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
         targets = out.targets.reshape(-1)
         try:
+            if SAMPLE_WEIGHT_KEY in view.batch:
+                per_position = F.cross_entropy(
+                    logits, targets, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing, reduction="none",
+                ).reshape(out.targets.shape)
+                return weighted_mean(per_position, out.mask, view.batch)
             return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing)
         except IndexError as e:  # a label beyond the student's classes (the CPU kernel says "Target N is out of bounds")
             raise label_range_error(logits, targets, "the student") from e

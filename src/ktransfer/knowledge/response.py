@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from ktransfer.divergences import DIVERGENCES, DistillOptions, get_divergence
-from ktransfer.knowledge.base import StepView
+from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView, weighted_mean
 
 # Keyword arguments every divergence takes; the others (beta, alpha) are its own parameters.
 _SHARED = {"temperature", "reduction", *DistillOptions.__annotations__}
@@ -28,7 +28,8 @@ class ResponseTerm:
     `divergence` names the direction explicitly: "forward_kl" is KL(teacher || student),
     "backward_kl" is KL(student || teacher); "jsd" takes `beta`, the skew KLs take `alpha`
     (pass them in `params`). Positions without a target (padding) are masked out; the loss is
-    the mean over the remaining positions (for classification: over the batch).
+    the mean over the remaining positions (for classification: over the batch), weighted by the
+    batch's `sample_weight` (one weight per example) when it has one.
     `vocab_size` drops padded vocabulary rows when teacher and student share a tokenizer but
     one embedding matrix is padded.
     """
@@ -68,6 +69,12 @@ class ResponseTerm:
                 f"{n_student}; a classifier's teacher and student must predict the same classes (give both "
                 "as many outputs as the data has classes)"
             )
+        if SAMPLE_WEIGHT_KEY in view.batch:
+            per_position = self._fn(
+                view.student.logits, view.teacher.logits, mask=view.student.mask, temperature=self.temperature,
+                reduction="none", chunk_size=self.chunk_size, vocab_size=self.vocab_size, **self.params,
+            )
+            return weighted_mean(per_position, view.student.mask, view.batch)
         return self._fn(
             view.student.logits,
             view.teacher.logits,

@@ -1,0 +1,8 @@
+"""Multi-hop transfer: transfer methods (kd, confidence, ProfWeight, SRatio), ladders, the chain planner."""
+
+from __future__ import annotations
+
+from ktransfer.hops.methods import TRANSFER_METHODS, HopContext, Member, TransferMethod, build_method
+from ktransfer.hops.models import SKLEARN_MODELS, complexity
+
+__all__ = ["SKLEARN_MODELS", "TRANSFER_METHODS", "HopContext", "Member", "TransferMethod", "build_method", "complexity"]

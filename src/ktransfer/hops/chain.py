@@ -1,0 +1,378 @@
+"""Running a chain teacher -> intermediates -> student, hop by hop, resumable, with a report.
+
+Each finished hop writes its model (and its sample weights) and then, last, a record JSON
+holding the model file's SHA-256, all atomically. A rerun of the same config skips every hop
+whose record matches its key and whose model verifies, so a killed chain continues from its
+last finished hop. Hops are keyed by everything they depend on (data, teacher, the prefix of
+the chain, the methods), so planner trials that share a prefix share hops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ktransfer.checkpoint import atomic_path, write_json_atomic, write_text_atomic
+from ktransfer.data import DATASETS
+from ktransfer.hops.config import ChainConfig
+from ktransfer.hops.fitting import ChainData, Recipe, TorchFitConfig, accuracy, fit
+from ktransfer.hops.ladder import candidates, check_chain
+from ktransfer.hops.methods import Distill, HopContext, HopOutcome, Member, TransferMethod
+from ktransfer.hops.models import (
+    HopModel, TorchHopModel, complexity, load_hop_model, spec_key, spec_label, stable_seed,
+)
+from ktransfer.hops.planner import Trial, plan
+from ktransfer.schema import to_dict
+
+Spec = dict[str, Any]
+
+
+class ChainInterrupted(RuntimeError):
+    """The chain stopped after `stop_after_hops` newly trained hops, as if killed (for resume tests)."""
+
+
+def load_chain_data(cfg: ChainConfig) -> ChainData:
+    """The dataset as arrays, the training pool split into the teacher's and the students' parts."""
+    spec = dict(cfg.data)
+    splits = DATASETS.build(spec.pop("name"), spec, "data")
+
+    def arrays(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+        t = ds.tensors
+        return t["inputs"].numpy().astype(np.float32), t["labels"].numpy().astype(np.int64)
+
+    x, y = arrays(splits.train)
+    x_val, y_val = arrays(splits.val)
+    x_test, y_test = arrays(splits.test)
+    every = np.arange(len(y))
+    if cfg.confidence_split == "holdout":
+        from sklearn.model_selection import train_test_split
+
+        stratify = y if np.bincount(y).min() >= 2 else None
+        t_idx, s_idx = train_test_split(every, train_size=cfg.teacher_fraction, stratify=stratify,
+                                        random_state=stable_seed(cfg.seed, "pool-split"))
+        t_idx, s_idx = np.sort(t_idx), np.sort(s_idx)
+    else:
+        t_idx, s_idx = every, every
+    return ChainData(x, y, x_val, y_val, x_test, y_test, t_idx, s_idx, dict(splits.info),
+                     split=cfg.confidence_split, folds=cfg.folds)
+
+
+@dataclass
+class HopRecord:
+    """One trained model of a chain and its scores."""
+
+    index: int
+    spec: Spec
+    complexity: int
+    method: str
+    teachers: list[str]
+    val: float
+    test: float
+    details: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+    path: str = ""
+    wall_time_s: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return spec_label(self.spec)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "model": self.label, "spec": self.spec, "complexity": self.complexity,
+                "method": self.method, "teachers": self.teachers, "val": self.val, "test": self.test,
+                "details": self.details, "key": self.key, "path": self.path, "wall_time_s": self.wall_time_s}
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _method_name(method: TransferMethod) -> str:
+    from ktransfer.hops.methods import TRANSFER_METHODS
+
+    for name in TRANSFER_METHODS.names():
+        if type(method) is TRANSFER_METHODS.get(name):
+            return name
+    return type(method).__name__
+
+
+class HopStore:
+    """Finished hops on disk: `hops/<index>-<model>-<key>/` with the model, weights.npy and record.json."""
+
+    def __init__(self, root: Path | None, info: dict[str, Any]) -> None:
+        self.root = root
+        self.info = info
+
+    def _dir(self, index: int, spec: Spec, key: str) -> Path:
+        assert self.root is not None
+        name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec_label(spec))[:40]
+        return self.root / "hops" / f"{index:02d}-{name}-{key[:12]}"
+
+    def load(self, index: int, spec: Spec, key: str) -> tuple[HopModel, np.ndarray | None, dict[str, Any]] | None:
+        """The finished hop with this key, if its record is complete and its model file verifies."""
+        if self.root is None:
+            return None
+        d = self._dir(index, spec, key)
+        try:
+            record = json.loads((d / "record.json").read_text(encoding="utf-8"))
+            if record.get("key") != key or _sha256(d / record["model_file"]) != record["sha256"]:
+                return None
+            weights = np.load(d / "weights.npy") if record.get("has_weights") else None
+            return load_hop_model(spec, d, self.info), weights, record
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def save(self, index: int, spec: Spec, key: str, model: HopModel, weights: np.ndarray | None,
+             record: dict[str, Any]) -> str:
+        if self.root is None:
+            return ""
+        d = self._dir(index, spec, key)
+        d.mkdir(parents=True, exist_ok=True)
+        model_file = model.save(d)
+        if weights is not None:
+            with atomic_path(d / "weights.npy") as tmp:
+                np.save(tmp, weights)
+        write_json_atomic(d / "record.json", {**record, "key": key, "model_file": model_file.name,
+                                              "sha256": _sha256(model_file), "has_weights": weights is not None})
+        return str(d)
+
+
+class ChainRunner:
+    """Trains the teacher once, then any chain of intermediates to the student, caching hops by key."""
+
+    def __init__(self, cfg: ChainConfig, data: ChainData, run_dir: Path | None = None,
+                 stop_after_hops: int | None = None) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.ctx = HopContext(data, cfg.train, cfg.seed)
+        self.store = HopStore(run_dir, data.info)
+        self.stop_after_hops = stop_after_hops
+        self.trained = 0
+        self._memo: dict[str, tuple[Member, HopRecord]] = {}
+        self.last_members: list[Member] = []  # the models of the chain `run` trained last, teacher first
+        self.base_key = _hash({k: to_dict(getattr(cfg, k)) for k in (
+            "data", "teacher", "seed", "confidence_split", "teacher_fraction", "folds", "train")})
+        self.teacher, self.teacher_record = self._teacher()
+
+    def _scores(self, model: HopModel) -> tuple[float, float]:
+        return (accuracy(model, self.data.x_val, self.data.y_val), accuracy(model, self.data.x_test, self.data.y_test))
+
+    def _count(self) -> None:
+        self.trained += 1
+        if self.stop_after_hops is not None and self.trained >= self.stop_after_hops:
+            raise ChainInterrupted(f"stopped after {self.trained} newly trained hops, as asked")
+
+    def _teacher(self) -> tuple[Member, HopRecord]:
+        spec = dict(self.cfg.teacher)
+        key = _hash([self.base_key, "teacher"])
+        trained_on = self.data.mask(self.data.teacher_idx)
+        recipe = Recipe(spec, self.ctx.recipe_seed(spec))
+        t0 = time.perf_counter()
+        loaded = self.store.load(0, spec, key)
+        fresh = loaded is None
+        model = fit(recipe, self.data.teacher_idx, self.data, self.cfg.train) if fresh else loaded[0]
+        val, test = self._scores(model)
+        record = HopRecord(0, spec, complexity(spec, self.data.info), "labels", [], val, test,
+                           {"trained_on": self.cfg.confidence_split, "points": int(len(self.data.teacher_idx))},
+                           key, "", time.perf_counter() - t0)
+        if fresh:
+            record.path = self.store.save(0, spec, key, model, None, record.as_dict())
+            self._count()
+        member = Member(model, trained_on, recipe, name=f"teacher:{spec_label(spec)}")
+        return member, record
+
+    def _recipe_from_disk(self, method: TransferMethod, teachers: list[Member], spec: Spec,
+                          weights: np.ndarray | None) -> Recipe:
+        if isinstance(method, Distill):
+            return method.recipe(teachers, spec, self.ctx)
+        return self.ctx.new_recipe(spec, weights=weights)
+
+    def run(self, intermediates: list[Spec], methods: list[TransferMethod]) -> list[HopRecord]:
+        """Train (or load) every hop of teacher -> intermediates -> student; the records, teacher first."""
+        specs = [dict(s) for s in intermediates] + [dict(self.cfg.student)]
+        check_chain([self.cfg.teacher, *specs], self.data.info)
+        if len(methods) != len(specs):
+            raise ValueError(f"{len(methods)} methods for {len(specs)} hops")
+        members, records = [self.teacher], [self.teacher_record]
+        prefix: list[Any] = [self.base_key, self.cfg.plan.dense]
+        for i, (spec, method) in enumerate(zip(specs, methods), start=1):
+            prefix = [*prefix, spec_key(spec), _method_name(method), to_dict(method)]
+            key = _hash(prefix)
+            teachers = list(members) if self.cfg.plan.dense else [members[-1]]
+            if key in self._memo:
+                member, record = self._memo[key]
+            else:
+                member, record = self._hop(i, spec, method, teachers, key)
+                self._memo[key] = (member, record)
+            members.append(member)
+            records.append(record)
+        self.last_members = members
+        return records
+
+    def _hop(self, index: int, spec: Spec, method: TransferMethod, teachers: list[Member],
+             key: str) -> tuple[Member, HopRecord]:
+        last = teachers[-1].model
+        self.ctx.init_from = last.module if isinstance(last, TorchHopModel) else None
+        name = _method_name(method)
+        t0 = time.perf_counter()
+        loaded = self.store.load(index, spec, key)
+        if loaded is not None:
+            model, weights, saved = loaded
+            recipe = self._recipe_from_disk(method, teachers, spec, weights)
+            details = saved.get("details", {})
+        else:
+            outcome: HopOutcome = method.transfer(teachers, spec, self.ctx)
+            model, recipe, details = outcome.model, outcome.recipe, outcome.details
+        val, test = self._scores(model)
+        record = HopRecord(index, spec, complexity(spec, self.data.info), name, [t.name for t in teachers],
+                           val, test, details, key, "", time.perf_counter() - t0)
+        if loaded is None:
+            record.path = self.store.save(index, spec, key, model, recipe.weights, record.as_dict())
+        else:
+            record.path = str(self.store._dir(index, spec, key)) if self.store.root else ""
+        member = Member(model, self.data.mask(self.data.student_idx), recipe, name=f"hop{index}:{spec_label(spec)}")
+        if loaded is None:
+            self._count()
+        return member, record
+
+
+def one_hop(runner: ChainRunner, method: TransferMethod) -> HopOutcome:
+    """The 1-hop transfer teacher -> student by `method`, straight through the method (no chain)."""
+    runner.ctx.init_from = None
+    return method.transfer([runner.teacher], dict(runner.cfg.student), runner.ctx)
+
+
+@dataclass
+class ChainReport:
+    """The chosen chain's records, the reference rows (simple model alone, 1-hop) and the planner's trials."""
+
+    chain: list[HopRecord]
+    simple: HopRecord
+    one_hop: HopRecord | None
+    trials: list[Trial]
+    config: dict[str, Any]
+    split: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"chain": [r.as_dict() for r in self.chain], "simple": self.simple.as_dict(),
+                "one_hop": self.one_hop.as_dict() if self.one_hop else None,
+                "trials": [t.as_dict() for t in self.trials], "config": self.config, "split": self.split}
+
+    def table(self) -> str:
+        """The report as a markdown table."""
+        lines = ["| hop | model | complexity | method | val acc | test acc |", "|---|---|---:|---|---:|---:|"]
+        for r in self.chain:
+            lines.append(f"| {'teacher' if r.index == 0 else r.index} | {r.label} | {r.complexity} | {r.method} | "
+                         f"{r.val:.4f} | {r.test:.4f} |")
+        lines.append(f"| simple alone | {self.simple.label} | {self.simple.complexity} | labels | "
+                     f"{self.simple.val:.4f} | {self.simple.test:.4f} |")
+        if self.one_hop is not None:
+            lines.append(f"| 1-hop | {self.one_hop.label} | {self.one_hop.complexity} | {self.one_hop.method} | "
+                         f"{self.one_hop.val:.4f} | {self.one_hop.test:.4f} |")
+        s = self.split
+        lines.append("")
+        lines.append(f"Confidences: {s['confidence_split']} (teacher on {s['teacher_points']} points, students on "
+                     f"{s['student_points']}; intermediates out-of-fold over {s['folds']} folds). "
+                     f"Planner: {self.config['plan']['strategy']}, {len(self.trials)} chains scored on validation.")
+        return "\n".join(lines)
+
+    def plot(self, path: Path) -> None:
+        """Accuracy against complexity along the chain, with the simple model and 1-hop marked."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        xs = [r.complexity for r in self.chain]
+        for split, marker in (("val", "o"), ("test", "s")):
+            ax.plot(xs, [getattr(r, split) for r in self.chain], marker=marker, label=f"chain ({split})")
+        ax.scatter([self.simple.complexity], [self.simple.test], marker="x", s=80, color="k", label="simple alone (test)")
+        if self.one_hop is not None:
+            ax.scatter([self.one_hop.complexity], [self.one_hop.test], marker="^", s=80, color="r", label="1-hop (test)")
+        for r in self.chain:
+            ax.annotate(r.label, (r.complexity, r.test), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("complexity (parameters / tree nodes)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"chain on {self.config['data'].get('name')}, method {self.chain[-1].method}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+        plt.close(fig)
+
+
+def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: ChainData | None = None,
+              stop_after_hops: int | None = None, write_report: bool = True,
+              simple_cache: dict[str, Any] | None = None) -> ChainReport:
+    """Plan and run the chain `cfg` describes; with `run_dir`, save every hop and the report there.
+
+    Rerunning with the same `run_dir` resumes: finished hops are loaded, not retrained. Chains
+    that share data, teacher and seed may share one `run_dir` (and `simple_cache`): their common
+    hops are then trained once.
+    """
+    root = Path(run_dir) if run_dir is not None else None
+    if root is not None and write_report:
+        root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(root / "config.yaml", cfg.to_yaml())
+    data = data if data is not None else load_chain_data(cfg)
+    runner = ChainRunner(cfg, data, root, stop_after_hops)
+    if simple_cache is not None:
+        runner.ctx.simple_cache = simple_cache
+    base_method = cfg.methods_for(1)[0] if cfg.hop_methods is None else None
+    if cfg.plan.strategy == "fixed":
+        intermediates = [dict(s) for s in cfg.plan.intermediates]
+        check_chain([cfg.teacher, *intermediates, cfg.student], data.info)
+        trials: list[Trial] = []
+    else:
+        assert base_method is not None
+        pool = candidates(cfg.teacher, cfg.student, cfg.plan.ladder, data.info, cfg.plan.construct)
+
+        def score(chain: list[Spec]) -> float:
+            return runner.run(chain, [base_method] * (len(chain) + 1))[-1].val
+
+        intermediates, trials = plan(cfg.plan, pool, score)
+    methods = cfg.methods_for(len(intermediates) + 1)
+    records = runner.run(intermediates, methods)
+    simple_model, _ = runner.ctx.simple(dict(cfg.student))
+    sval, stest = runner._scores(simple_model)
+    student = dict(cfg.student)
+    simple = HopRecord(1, student, complexity(student, data.info), "labels", [], sval, stest)
+    one = None
+    if cfg.compare_one_hop:
+        one = runner.run([], [methods[-1]])[-1] if intermediates else records[-1]
+    report = ChainReport(records, simple, one, trials, cfg.to_dict(), {
+        "confidence_split": cfg.confidence_split, "teacher_points": int(len(data.teacher_idx)),
+        "student_points": int(len(data.student_idx)), "folds": cfg.folds,
+        "teacher_fraction": cfg.teacher_fraction if cfg.confidence_split == "holdout" else None})
+    if root is not None and write_report:
+        from ktransfer.runner import environment
+
+        write_json_atomic(root / "report.json", {**report.as_dict(), "environment": environment()})
+        write_text_atomic(root / "report.md", report.table() + "\n")
+        report.plot(root / "chain.png")
+    return report
+
+
+def run_chain_config(cfg: ChainConfig, run_dir: str | Path, stop_after_hops: int | None = None) -> ChainReport:
+    """`ktransfer hops`: run (or resume) the chain in `run_dir`."""
+    return run_chain(cfg, run_dir, stop_after_hops=stop_after_hops)
+
+
+__all__ = ["ChainInterrupted", "ChainReport", "ChainRunner", "HopRecord", "load_chain_data", "one_hop", "run_chain"]

@@ -1,0 +1,110 @@
+"""Data for chains: the cache folder, Fashion-MNIST from its Debian package, the CLI for hops."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ktransfer.cache import cache_root, cached_entry
+from ktransfer.cli import main
+from ktransfer.data import fashion_mnist, prepare_fashion_mnist
+from ktransfer.data.images import fashion_mnist_path, read_idx
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_package(folder: Path, n_train: int = 300, n_test: int = 100) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (n_train, 28, 28)))
+    _write_idx(folder / "train-labels-idx1-ubyte.gz", np.arange(n_train) % 10)
+    _write_idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n_test, 28, 28)))
+    _write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(n_test) % 10)
+
+
+def test_cache_root_follows_the_environment_and_entries_appear_whole(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+
+    def broken(out: Path) -> None:
+        (out / "half.txt").write_text("half")
+        raise RuntimeError("killed while building")
+
+    with pytest.raises(RuntimeError):
+        cached_entry("thing", broken)
+    assert not (tmp_path / "c" / "thing").exists() and list((tmp_path / "c").iterdir()) == []
+    calls = []
+    for _ in range(2):
+        entry = cached_entry("thing", lambda out: (calls.append(1), (out / "ok.txt").write_text("ok")))
+    assert (entry / "ok.txt").read_text() == "ok" and len(calls) == 1
+    with pytest.raises(ValueError, match="plain folder name"):
+        cached_entry("../escape", lambda out: None)
+
+
+def test_fashion_mnist_prepared_from_idx_files_then_loaded_offline(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="ktransfer data prepare fashion-mnist"):
+        fashion_mnist()
+    _fake_package(tmp_path / "pkg" / "usr" / "share" / "fashion-mnist")
+    path = prepare_fashion_mnist(tmp_path / "pkg")
+    assert path == fashion_mnist_path() and path.is_file()
+    data = fashion_mnist(train_size=120, val_size=50, test_size=40, split_seed=1)
+    assert data.info["sizes"] == {"train": 120, "val": 50, "test": 40}
+    x = data.train.tensors["inputs"]
+    assert x.shape == (120, 784) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert read_idx(tmp_path / "pkg" / "usr" / "share" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").tolist()[:3] == [0, 1, 2]
+    bad = tmp_path / "bad.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x00\x00\x08\x01\x00\x00\x00\x05\x01")
+    with pytest.raises(ValueError, match="expected 5 values"):
+        read_idx(bad)
+
+
+def test_real_fashion_mnist_when_prepared() -> None:
+    if not fashion_mnist_path().is_file():
+        pytest.skip(f"Fashion-MNIST not prepared at {fashion_mnist_path()}: run `ktransfer data prepare fashion-mnist` "
+                    "(CI does, in .ci/run)")
+    data = fashion_mnist(train_size=500, val_size=100, test_size=100)
+    y = data.train.tensors["labels"].numpy()
+    assert set(np.unique(y)) == set(range(10)) and data.info["num_features"] == 784
+
+
+def test_cli_data_prepare_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "prepare", "cifar"]) == 2
+    assert "valid choices: fashion-mnist" in capsys.readouterr().err
+
+
+def test_cli_hops_runs_resumes_and_run_dispatches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "chain.yaml"
+    cfg.write_text(
+        "data: {name: wine}\nteacher: {kind: mlp, hidden: [32]}\nstudent: {kind: tree, max_depth: 1}\n"
+        "method: {name: confidence}\nplan: {strategy: fixed, intermediates: [{kind: tree, max_depth: 3}]}\n"
+        "folds: 2\ntrain: {max_steps: 30}\n"
+    )
+    run_dir = tmp_path / "run"
+    assert main(["hops", str(cfg), "--run-dir", str(run_dir), "--stop-after-hops", "1"]) == 0
+    assert "continue with: ktransfer hops" in capsys.readouterr().out
+    assert len(list((run_dir / "hops").glob("*/record.json"))) == 1
+    assert main(["hops", str(cfg), "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "| 2 | tree(d=1) |" in out and "simple alone" in out
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [h["model"] for h in report["chain"]] == ["mlp[32]", "tree(d=3)", "tree(d=1)"]
+    assert main(["check", str(cfg)]) == 0 and "confidence_split: holdout" in capsys.readouterr().out
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "via-run")]) == 0
+    assert json.loads((tmp_path / "via-run" / "report.json").read_text())["chain"][-1]["test"] == report["chain"][-1]["test"]
+    cfg.write_text("data: {name: wine}\nteacher: {kind: mlp, hidden: [32]}\nstudent: {kind: tree, max_depth: 1}\n"
+                   "method: {name: confidence, margin: 0.1}\n")
+    assert main(["hops", str(cfg), "--run-dir", str(tmp_path / "bad")]) == 2
+    assert "method.margin: unknown key" in capsys.readouterr().err
