@@ -165,8 +165,8 @@ def _fmt_diff(ci: tuple[float, float]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['torch']}, scikit-learn {meta['sklearn']}, "
-             f"Python {meta['python']}; {meta['n_seeds']} seeds (each its own data split); wall time "
-             f"{meta['wall_time_min']:.1f} min (this invocation). Test accuracy in %, mean ± 95% t-interval; "
+             f"Python {meta['python']}; {meta['n_seeds']} seeds (each its own data split); "
+             f"{meta['unit_time_total_min']:.0f} min of unit time in all. Test accuracy in %, mean ± 95% t-interval; "
              "differences are paired by seed (* = interval excludes 0). Multi-hop = greedy planner over a "
              "2-rung ladder, at most one intermediate, chosen on validation.", "",
              "| setting | student | method | teacher | simple alone | 1-hop | multi-hop | multi − 1-hop | "
