@@ -211,8 +211,10 @@ def test_greedy_and_dense_chains_run(tmp_path: Path) -> None:
                      "epsilon": 0.0, "max_hops": 2, "dense": True})
     report = run_chain(cfg, tmp_path)
     assert len(report.trials) == 3 and report.trials[0].intermediates == []
-    best = max(t.val for t in report.trials)
-    assert report.chain[-1].val == best or report.chain[-1].val - report.trials[0].val <= 0.0
+    # epsilon 0, one intermediate at most: the planner keeps the best chain it scored
+    assert report.chain[-1].val == max(t.val for t in report.trials)
+    assert [r.spec for r in report.chain[1:-1]] == next(t.intermediates for t in report.trials
+                                                         if t.val == report.chain[-1].val)
     if len(report.chain) == 3:
         assert len(report.chain[-1].teachers) == 2  # dense: teacher and intermediate both teach
 
@@ -294,3 +296,21 @@ def test_torch_representations_are_the_relu_outputs() -> None:
     model = TorchHopModel({"kind": "mlp", "hidden": [5, 3]}, MLP(4, 2, hidden=(5, 3)), 2)
     reps = model.representations(np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32))
     assert [r.shape for r in reps] == [(7, 5), (7, 3)] and all((r >= 0).all() for r in reps)
+
+
+def test_truncated_teacher_starts_from_the_teachers_first_layers() -> None:
+    from ktransfer.hops.fitting import _copy_prefix
+    from ktransfer.models import MLP
+
+    torch.manual_seed(0)
+    teacher, student = MLP(64, 10, hidden=(16, 8)), MLP(64, 10, hidden=(16,))
+    _copy_prefix(student, teacher)
+    assert torch.equal(student[0].weight, teacher[0].weight) and torch.equal(student[0].bias, teacher[0].bias)
+    assert student[2].weight.shape == (10, 16)  # the new output layer keeps its own initialisation
+    truncated = truncations({"kind": "mlp", "hidden": [32, 16]})[0]
+    cfg = _cfg(teacher={"kind": "mlp", "hidden": [32, 16]}, student={"kind": "mlp", "hidden": [2]},
+               method={"name": "confidence"}, compare_one_hop=False,
+               plan={"strategy": "fixed", "intermediates": [truncated]})
+    report = run_chain(cfg)
+    assert report.chain[1].spec == {"kind": "mlp", "hidden": [32], "init_from_teacher": True}
+    assert report.chain[1].val > 0.5

@@ -108,3 +108,13 @@ def test_cli_hops_runs_resumes_and_run_dispatches(tmp_path: Path, capsys: pytest
                    "method: {name: confidence, margin: 0.1}\n")
     assert main(["hops", str(cfg), "--run-dir", str(tmp_path / "bad")]) == 2
     assert "method.margin: unknown key" in capsys.readouterr().err
+
+
+def test_shipped_chain_configs_validate() -> None:
+    from ktransfer.hops.config import ChainConfig, is_chain_file
+
+    paths = sorted((Path(__file__).parent.parent / "configs").glob("hops/*.yaml"))
+    assert len(paths) >= 2
+    for path in paths:
+        assert is_chain_file(path)
+        ChainConfig.from_yaml(path)

@@ -35,6 +35,8 @@ METHOD_SPECS: dict[str, dict[str, Any]] = {
     "confidence": {"name": "confidence"},
     "profweight": {"name": "profweight", "margin": 0.0},
     "sratio": {"name": "sratio", "quantiles": [0.8, 1.0]},
+    # the temperature regime: `--settings digits --methods kd_T1` adds distillation at T = 1
+    "kd_T1": {"name": "kd", "temperature": 1.0, "alpha": 0.5},
 }
 
 
@@ -165,8 +167,8 @@ def _fmt_diff(ci: tuple[float, float]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['torch']}, scikit-learn {meta['sklearn']}, "
-             f"Python {meta['python']}; {meta['n_seeds']} seeds (each its own data split); wall time "
-             f"{meta['wall_time_min']:.1f} min (this invocation). Test accuracy in %, mean ± 95% t-interval; "
+             f"Python {meta['python']}; {meta['n_seeds']} seeds (each its own data split); "
+             f"{meta['unit_time_total_min']:.0f} min of unit time in all. Test accuracy in %, mean ± 95% t-interval; "
              "differences are paired by seed (* = interval excludes 0). Multi-hop = greedy planner over a "
              "2-rung ladder, at most one intermediate, chosen on validation.", "",
              "| setting | student | method | teacher | simple alone | 1-hop | multi-hop | multi − 1-hop | "
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small steps and Fashion-MNIST subsample (< 30 min, 2 CPUs)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--settings", nargs="+", default=None, help="subset of: digits wine breast_cancer fashion_mnist")
-    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=list(METHOD_SPECS))
     p.add_argument("--students", nargs="+", default=["mlp", "tree"])
     p.add_argument("--out", default=str(HERE / "runs"), help="unit results and hop stores (resumable)")
     p.add_argument("--epsilon", type=float, default=0.0, help="planner: minimum validation gain to add a hop")
@@ -260,17 +262,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"multi {unit['multi_test']:.3f} via {unit['intermediates']} ({unit['wall_time_s']:.1f}s, "
                   f"total {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
     units = [json.loads(q.read_text()) for q in sorted(units_dir.glob("*.json"))]
-    units = [u for u in units if u["setting"] in names and u["method"] in args.methods and u["student"] in args.students
-             and u["seed"] < args.seeds]
+    # every finished unit counts (whichever invocation made it), up to --seeds seeds
+    units = [u for u in units if u["seed"] < args.seeds]
     if not units:
         print("no finished units to aggregate")
         return 1
-    meta = {"command": "python benchmarks/multihop/bench.py" + (" --quick" if args.quick else ""),
+    flag = " --quick" if args.quick else ""
+    meta = {"command": f"python benchmarks/multihop/bench.py{flag}, then python benchmarks/multihop/bench.py{flag} "
+                       "--settings digits --methods kd_T1 (the temperature regime)",
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "torch": torch.__version__,
             "sklearn": sklearn.__version__, "python": platform.python_version(), "n_seeds": args.seeds,
             "seeds": list(range(args.seeds)), "wall_time_min": (time.perf_counter() - t0) / 60,
             "unit_time_total_min": sum(u["wall_time_s"] for u in units) / 60, "steps": args.steps,
-            "settings": {n: {k: v for k, v in all_settings[n].items()} for n in names}, "methods": METHOD_SPECS,
+            "settings": all_settings, "methods": METHOD_SPECS,
             "epsilon": args.epsilon, "confidence_split": "holdout (teacher_fraction 0.5), intermediates out-of-fold (2 folds)"}
     result = aggregate(units, meta)
     suffix = "" if args.quick else "-full"

@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="chain config (YAML)")
     p.add_argument("--run-dir", help="output directory (default: runs/<config file name>)")
     p.add_argument("--stop-after-hops", type=int, default=None, metavar="N",
-                   help="stop after training this many hops, as if killed (to try out resume)")
+                   help="stop after training this many models (the teacher counts as one), as if killed "
+                        "(to try out resume)")
     _add_overrides(p)
 
     p = sub.add_parser("check", help="validate a config, its data and models (one forward pass, no training) "

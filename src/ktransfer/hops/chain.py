@@ -22,11 +22,17 @@ import numpy as np
 from ktransfer.checkpoint import atomic_path, write_json_atomic, write_text_atomic
 from ktransfer.data import DATASETS
 from ktransfer.hops.config import ChainConfig
-from ktransfer.hops.fitting import ChainData, Recipe, TorchFitConfig, accuracy, fit
+from ktransfer.hops.fitting import ChainData, Recipe, accuracy, fit
 from ktransfer.hops.ladder import candidates, check_chain
 from ktransfer.hops.methods import Distill, HopContext, HopOutcome, Member, TransferMethod
 from ktransfer.hops.models import (
-    HopModel, TorchHopModel, complexity, load_hop_model, spec_key, spec_label, stable_seed,
+    HopModel,
+    TorchHopModel,
+    complexity,
+    load_hop_model,
+    spec_key,
+    spec_label,
+    stable_seed,
 )
 from ktransfer.hops.planner import Trial, plan
 from ktransfer.schema import to_dict

@@ -19,7 +19,13 @@ from torch import nn
 
 from ktransfer.data import TensorDictDataset
 from ktransfer.hops.models import (
-    SKLEARN_MODELS, HopModel, SklearnHopModel, TorchHopModel, build_torch_module, builder_kwargs, is_torch,
+    SKLEARN_MODELS,
+    HopModel,
+    SklearnHopModel,
+    TorchHopModel,
+    build_torch_module,
+    builder_kwargs,
+    is_torch,
 )
 from ktransfer.hops.probes import normalise_weights
 from ktransfer.knowledge import build_terms

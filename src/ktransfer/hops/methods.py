@@ -24,7 +24,11 @@ from torch import nn
 from ktransfer.hops.fitting import ChainData, Recipe, TorchFitConfig, accepts_sample_weight, accuracy, fit
 from ktransfer.hops.models import HopModel, ProbaTeacher, TorchHopModel, is_torch, spec_key, stable_seed
 from ktransfer.hops.probes import (
-    fit_probe, keep_probes, profweight_weights, sratio_weights, true_label_probs,
+    fit_probe,
+    keep_probes,
+    profweight_weights,
+    sratio_weights,
+    true_label_probs,
 )
 from ktransfer.registry import ConfigError, Registry
 

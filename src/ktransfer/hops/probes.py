@@ -32,7 +32,14 @@ class Probe:
 
 
 def fit_probe(rep: np.ndarray, y: np.ndarray, num_classes: int, seed: int, max_iter: int = 100) -> Probe:
-    """A logistic-regression probe on `rep` (rows = points) for labels `y`."""
+    """A logistic-regression probe on `rep` (rows = points) for labels `y`.
+
+    Iterations are capped for speed (probes only rank layers and give probabilities); the
+    resulting convergence warnings are silenced.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     mean, scale = rep.mean(0), rep.std(0)
@@ -40,7 +47,9 @@ def fit_probe(rep: np.ndarray, y: np.ndarray, num_classes: int, seed: int, max_i
     clf = LogisticRegression(max_iter=max_iter, random_state=seed)
     if len(np.unique(y)) < 2:
         raise ValueError("a probe needs at least two classes in its training data")
-    clf.fit((rep - mean) / scale, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit((rep - mean) / scale, y)
     return Probe(mean, scale, clf, num_classes)
 
 
