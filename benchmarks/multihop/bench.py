@@ -7,8 +7,8 @@ greedy planner picked on validation accuracy. Each finished unit is written at o
 JSON file and skipped when present, so a killed run continues where it stopped; finished hops
 are shared between units through one hop store per (setting, seed).
 
-    python benchmarks/multihop/bench.py --quick        # the README table (10 seeds, < 30 min on 2 CPUs)
-    # or on both cores: --worker 0/2 and --worker 1/2 in parallel, then --quick --aggregate-only
+    python benchmarks/multihop/bench.py --quick --jobs 2   # the README table (10 seeds, < 30 min on 2 CPUs)
+    # --jobs N starts N worker processes (--worker i/N, each owning whole seeds), then aggregates
 
 Writes benchmarks/results/multihop.json, benchmarks/multihop/results/multihop.md and .png.
 """
@@ -220,6 +220,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def strip_jobs(argv: list[str]) -> list[str]:
+    """The command line without `--jobs N` (and `--jobs=N`), for the worker processes."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--jobs":
+            skip = True
+        elif not a.startswith("--jobs="):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small steps and Fashion-MNIST subsample (< 30 min, 2 CPUs)")
@@ -232,7 +245,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aggregate-only", action="store_true", help="only aggregate the finished units")
     p.add_argument("--worker", default="0/1", metavar="I/N",
                    help="run the seeds s with s %% N == I (start N processes to use N cores; then --aggregate-only)")
+    p.add_argument("--jobs", type=int, default=1, help="start this many worker processes, then aggregate")
+    p.add_argument("--report-dir", default=None,
+                   help="write the JSON, table and plot here instead of benchmarks/results and benchmarks/multihop/results")
     args = p.parse_args(argv)
+    t_start = time.perf_counter()
+    if args.jobs > 1 and not args.aggregate_only:
+        import subprocess
+
+        base = [sys.executable, str(Path(__file__).resolve()), *strip_jobs(argv if argv is not None else sys.argv[1:])]
+        procs = [subprocess.Popen([*base, "--worker", f"{i}/{args.jobs}"]) for i in range(args.jobs)]
+        codes = [proc.wait() for proc in procs]
+        if any(codes):
+            print(f"a worker failed (exit codes {codes}); rerun the same command to continue")
+            return 1
+        args.aggregate_only = True
     args.steps = 120 if args.quick else 400
     worker, workers = (int(v) for v in args.worker.split("/"))
     torch.set_num_threads(1)
@@ -272,15 +299,17 @@ def main(argv: list[str] | None = None) -> int:
                        "--settings digits --methods kd_T1 (the temperature regime)",
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "torch": torch.__version__,
             "sklearn": sklearn.__version__, "python": platform.python_version(), "n_seeds": args.seeds,
-            "seeds": list(range(args.seeds)), "wall_time_min": (time.perf_counter() - t0) / 60,
+            "seeds": list(range(args.seeds)), "wall_time_min": (time.perf_counter() - t_start) / 60,
             "unit_time_total_min": sum(u["wall_time_s"] for u in units) / 60, "steps": args.steps,
             "settings": all_settings, "methods": METHOD_SPECS,
             "epsilon": args.epsilon, "confidence_split": "holdout (teacher_fraction 0.5), intermediates out-of-fold (2 folds)"}
     result = aggregate(units, meta)
     suffix = "" if args.quick else "-full"
-    write_json_atomic(ROOT / "benchmarks" / "results" / f"multihop{suffix}.json", result)
-    write_text_atomic(HERE / "results" / f"multihop{suffix}.md", markdown(result))
-    plot(result, HERE / "results" / f"multihop{suffix}.png")
+    json_dir = Path(args.report_dir) if args.report_dir else ROOT / "benchmarks" / "results"
+    table_dir = Path(args.report_dir) if args.report_dir else HERE / "results"
+    write_json_atomic(json_dir / f"multihop{suffix}.json", result)
+    write_text_atomic(table_dir / f"multihop{suffix}.md", markdown(result))
+    plot(result, table_dir / f"multihop{suffix}.png")
     print(markdown(result))
     return 0
 
