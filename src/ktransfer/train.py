@@ -438,9 +438,10 @@ class Distiller:
         if resume and (state.step >= cfg.max_steps or state.stopped_early):
             return self._already_finished(accelerator, student)
         setup = self._run_record(accelerator)
-        _say(accelerator, f"{setup['world_size']} process(es) on {setup['device']}; {setup['examples_per_step']} "
-             f"examples per step = batch {setup['batch_size']} ({setup['per_process_batch_size']} per process) "
-             f"x {setup['grad_accum_steps']} accumulated")
+        if self.progress or accelerator.num_processes > 1:  # library calls with progress=False stay quiet
+            _say(accelerator, f"{setup['world_size']} process(es) on {setup['device']}; {setup['examples_per_step']} "
+                 f"examples per step = batch {setup['batch_size']} ({setup['per_process_batch_size']} per process) "
+                 f"x {setup['grad_accum_steps']} accumulated")
         if self.log and accelerator.is_main_process and (not resume or self._saved_world != accelerator.num_processes):
             self.log.append(setup)
         state.world_size = accelerator.num_processes

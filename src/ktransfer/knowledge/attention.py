@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ktransfer.knowledge.base import StepView
 from ktransfer.knowledge.feature import position_mask, upcast
-from ktransfer.knowledge.layer_map import LayerMapError, LayerTaps
+from ktransfer.knowledge.layer_map import LayerMapError, LayerTaps, TappedTerm
 
 EPS = 1e-12
 
@@ -56,7 +56,7 @@ def attention_distance(student: Tensor, teacher: Tensor, loss: str, query_mask: 
     return rows[query_mask].mean()
 
 
-class AttentionTerm(nn.Module):
+class AttentionTerm(TappedTerm):
     """Match attention maps of mapped layers: mean over layer pairs of KL(teacher || student) or MSE.
 
     Head counts may differ: then each side's maps are averaged over its heads first
@@ -90,19 +90,9 @@ class AttentionTerm(nn.Module):
                               layer_map if isinstance(layer_map, str) else [list(p) for p in layer_map],
                               path, teacher_path)
 
-    @property
-    def student_modules(self) -> tuple[str, ...]:
-        return self.taps.student_specs
-
-    @property
-    def teacher_modules(self) -> tuple[str, ...]:
-        return self.taps.teacher_specs
-
     def setup(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Resolve the layer map against the models."""
-        if teacher is None:
-            raise ValueError(f"knowledge term '{self.name}' needs a teacher")
-        self.taps.setup(student, teacher, self.name)
+        self._setup_taps(student, teacher)
 
     def loss(self, view: StepView) -> Tensor:
         if not self.taps.pairs:

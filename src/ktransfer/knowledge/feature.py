@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ktransfer.capture import CaptureError, first_tensor
 from ktransfer.knowledge.base import StepView
-from ktransfer.knowledge.layer_map import LayerMapError, LayerMapSpec, LayerSpec, LayerTaps, _suffixed, infer_width
+from ktransfer.knowledge.layer_map import LayerMapError, LayerMapSpec, LayerSpec, LayerTaps, TappedTerm, _suffixed, infer_width
 
 
 def hidden_tensor(value: Any, where: str) -> Tensor:
@@ -61,7 +61,7 @@ def feature_distance(student: Tensor, teacher: Tensor, loss: str, mask: Tensor |
     return masked_mean(1.0 - F.cosine_similarity(student, teacher, dim=-1), mask)
 
 
-class FeatureTerm(nn.Module):
+class FeatureTerm(TappedTerm):
     """Match the hidden states of mapped layers: mean over pairs of MSE or (1 - cosine).
 
     With widths d_s != d_t (or `projection: always`), the student's states go through a learned
@@ -101,19 +101,9 @@ class FeatureTerm(nn.Module):
         self.projections = nn.ModuleList()
         self._uses_projection = False
 
-    @property
-    def student_modules(self) -> tuple[str, ...]:
-        return self.taps.student_specs
-
-    @property
-    def teacher_modules(self) -> tuple[str, ...]:
-        return self.taps.teacher_specs
-
     def setup(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Resolve the layer map against the models and create the projections widths require."""
-        if teacher is None:
-            raise ValueError(f"knowledge term '{self.name}' needs a teacher")
-        pairs = self.taps.setup(student, teacher, self.name)
+        pairs = self._setup_taps(student, teacher)
         s_width = self.student_width or _width(student, _suffixed(pairs[0].student, self.taps.path), "student", self.name)
         t_width = self.teacher_width or _width(teacher, _suffixed(pairs[0].teacher, self.taps.teacher_path), "teacher",
                                                self.name)

@@ -215,3 +215,28 @@ class LayerTaps:
                 f"captured: {sorted(captured)}"
             )
         return captured[key]
+
+
+class TappedTerm(nn.Module):
+    """Plumbing shared by the terms that read layers through a `LayerTaps` (feature, relation, attention).
+
+    Subclasses set `self.name` and `self.taps`; the engine reads the capture specs from here and
+    calls `setup` with the models before training.
+    """
+
+    name: str
+    taps: LayerTaps
+
+    @property
+    def student_modules(self) -> tuple[str, ...]:
+        return self.taps.student_specs
+
+    @property
+    def teacher_modules(self) -> tuple[str, ...]:
+        return self.taps.teacher_specs
+
+    def _setup_taps(self, student: nn.Module, teacher: nn.Module | None) -> list[LayerPair]:
+        """Resolve the layer map against the models (every tapped term needs a teacher)."""
+        if teacher is None:
+            raise ValueError(f"knowledge term '{self.name}' needs a teacher")
+        return self.taps.setup(student, teacher, self.name)

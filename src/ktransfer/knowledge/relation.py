@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ktransfer.knowledge.attention import attention_distance
 from ktransfer.knowledge.base import StepView
 from ktransfer.knowledge.feature import hidden_tensor, position_mask, upcast
-from ktransfer.knowledge.layer_map import LayerTaps
+from ktransfer.knowledge.layer_map import LayerTaps, TappedTerm
 
 VARIANTS = ("fsp", "sample", "token")
 
@@ -73,7 +73,7 @@ def token_relation(h: Tensor, heads: int, mask: Tensor | None = None) -> Tensor:
     return scores.softmax(-1)
 
 
-class RelationTerm(nn.Module):
+class RelationTerm(TappedTerm):
     """Match relations between layers (fsp), examples (sample) or tokens (token); see the module docstring."""
 
     def __init__(
@@ -102,19 +102,9 @@ class RelationTerm(nn.Module):
                               layer_map if isinstance(layer_map, str) else [list(p) for p in layer_map],
                               path, teacher_path)
 
-    @property
-    def student_modules(self) -> tuple[str, ...]:
-        return self.taps.student_specs
-
-    @property
-    def teacher_modules(self) -> tuple[str, ...]:
-        return self.taps.teacher_specs
-
     def setup(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Resolve the layer map against the models; fsp needs two mapped layers at least."""
-        if teacher is None:
-            raise ValueError(f"knowledge term '{self.name}' needs a teacher")
-        pairs = self.taps.setup(student, teacher, self.name)
+        pairs = self._setup_taps(student, teacher)
         if self.variant == "fsp" and len(pairs) < 2:
             raise ValueError(f"knowledge term '{self.name}': the fsp relation needs at least two mapped layers, "
                              f"got {len(pairs)} (layer_map: uniform or an explicit list)")
