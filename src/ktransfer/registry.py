@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
@@ -23,6 +24,13 @@ class _PathMarker:
 # Annotate a factory argument with `LocalPath` and a relative value given in a config file is
 # taken relative to that file's directory and stored as an absolute path (see RunConfig).
 LocalPath = Annotated[str, _PathMarker()]
+
+
+def _is_path(tp: Any) -> bool:
+    """Whether a type hint is `LocalPath`, alone or in a union (`LocalPath | None`)."""
+    if get_origin(tp) is Annotated:
+        return any(isinstance(m, _PathMarker) for m in get_args(tp)[1:])
+    return get_origin(tp) in (typing.Union, types.UnionType) and any(_is_path(a) for a in get_args(tp))
 
 
 class ConfigError(ValueError):
@@ -86,8 +94,7 @@ class Registry(Generic[T]):
                                           include_extras=True)
         except (TypeError, NameError):
             return []
-        return [key for key, tp in hints.items()
-                if get_origin(tp) is Annotated and any(isinstance(m, _PathMarker) for m in get_args(tp)[1:])]
+        return [key for key, tp in hints.items() if _is_path(tp)]
 
     def check(self, name: str, kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
         """Raise ConfigError naming any unknown key or ill-typed value; return the values, typed."""

@@ -18,7 +18,7 @@ from torch import nn
 
 from ktransfer.checkpoint import load_weights, write_json_atomic, write_text_atomic
 from ktransfer.config import MODEL_META_KEYS, RunConfig
-from ktransfer.data import DATASETS, DataSplits, collate_dicts
+from ktransfer.data import DATASETS, DataSplits
 from ktransfer.knowledge import ResponseTerm, build_terms
 from ktransfer.models import DATASET_DEFAULTS, MODELS, count_parameters
 from ktransfer.registry import ConfigError
@@ -113,7 +113,7 @@ def _probe_batch(data: DataSplits, size: int = 2) -> dict[str, Any]:
     n = min(size, len(source))  # type: ignore[arg-type]
     if n == 0:
         raise ConfigError("data: the dataset has no examples")
-    return collate_dicts([source[i] for i in range(n)])
+    return data.collate_fn([source[i] for i in range(n)])
 
 
 @torch.no_grad()
@@ -268,8 +268,8 @@ def build_distiller(
     distiller = Distiller(
         student, teacher, build_terms(cfg.knowledge), selector,
         train_data=data.train, config=cfg.train, optim=cfg.optim, schedule=cfg.schedule, task=task,
-        evaluate=make_evaluator(data.val, task, cfg.train.eval_batch_size),
-        run_dir=run_dir, progress=progress, stop_after_steps=stop_after_steps,
+        evaluate=make_evaluator(data.val, task, cfg.train.eval_batch_size, collate_fn=data.collate_fn),
+        run_dir=run_dir, collate_fn=data.collate_fn, progress=progress, stop_after_steps=stop_after_steps,
         chance_accuracy=majority_rate(data.val) if cfg.task == "classification" else None,
     )
     return distiller, data
@@ -413,7 +413,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") 
     data = load_data(cfg)
     model = build_model(_architecture(cfg.student), data.info, "student")
     load_weights(model, run_dir / which / "model.safetensors")
-    evaluate = make_evaluator(data.get(split), Task(cfg.task), cfg.train.eval_batch_size)
+    evaluate = make_evaluator(data.get(split), Task(cfg.task), cfg.train.eval_batch_size, collate_fn=data.collate_fn)
     metrics = evaluate(model)
     report = {"split": split, "which": which, **metrics, "parameters": count_parameters(model),
               "size": len(data.get(split))}  # type: ignore[arg-type]

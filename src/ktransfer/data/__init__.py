@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 from ktransfer.data.base import DataSplits, TensorDictDataset, collate_dicts
 from ktransfer.data.images import fashion_mnist, prepare_fashion_mnist
 from ktransfer.data.tabular import csv_splits, sklearn_splits
+from ktransfer.data.text import (
+    PadCollator, TokenizedDataset, bbc_news, bible_paraphrase, prepare_bbc_news, prepare_bible, prepare_minilm,
+    prepare_tweets, text_csv, text_jsonl, tweets,
+)
 from ktransfer.registry import Registry
 
 DATASETS: Registry[DataSplits] = Registry("dataset")
@@ -30,8 +37,27 @@ for _name, _summary in _SKLEARN.items():
 
 DATASETS.register("fashion_mnist")(fashion_mnist)
 DATASETS.register("csv")(csv_splits)
+DATASETS.register("bbc_news")(bbc_news)
+DATASETS.register("tweets")(tweets)
+DATASETS.register("bible_paraphrase")(bible_paraphrase)
+DATASETS.register("text_csv")(text_csv)
+DATASETS.register("text_jsonl")(text_jsonl)
 
-# Datasets that `ktransfer data prepare NAME` obtains once into the cache.
-PREPARERS = {"fashion-mnist": prepare_fashion_mnist}
 
-__all__ = ["DATASETS", "DataSplits", "TensorDictDataset", "collate_dicts", "sklearn_splits", "csv_splits", "fashion_mnist", "prepare_fashion_mnist", "PREPARERS"]
+def prepare_teacher(config: str | Path | None) -> Path:
+    """Train the teacher run `config` describes into the cache once (see ktransfer.teachers)."""
+    from ktransfer.teachers import prepare_teacher as train_once
+
+    if config is None:
+        raise ValueError("teacher: name the teacher's run config: ktransfer data prepare teacher --config FILE")
+    return train_once(config, progress=True)
+
+
+# Data and models that `ktransfer data prepare NAME` obtains once into the cache.
+PREPARERS: dict[str, Callable[[Any], Path]] = {
+    "fashion-mnist": prepare_fashion_mnist, "bbc-news": prepare_bbc_news, "tweets": prepare_tweets,
+    "bible-paraphrase": prepare_bible, "minilm": prepare_minilm, "teacher": prepare_teacher,
+}
+
+__all__ = ["DATASETS", "DataSplits", "TensorDictDataset", "collate_dicts", "sklearn_splits", "csv_splits", "fashion_mnist", "prepare_fashion_mnist", "PREPARERS",
+           "PadCollator", "TokenizedDataset"]

