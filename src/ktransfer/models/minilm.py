@@ -46,7 +46,8 @@ def load_encoder(num_classes: int, path: str | None = None) -> nn.Module:
     level = _quiet_transformers()
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            str(folder), num_labels=num_classes, attn_implementation="eager", local_files_only=True)
+            str(folder), num_labels=num_classes, attn_implementation="eager", local_files_only=True,
+            ignore_mismatched_sizes=True)  # a folder with a classifier of another size: the head is new anyway
     finally:
         logging.set_verbosity(level)
         logging.enable_progress_bar()

