@@ -278,7 +278,8 @@ def test_teacher_trained_once_per_config_then_distilled_from(
     (tmp_path / "distil.yaml").write_text(
         data + "teacher: {builder: cached_teacher, config: teacher.yaml}\n"
         + f"student: {{builder: minilm_student, num_layers: 2, path: {tiny_dir}}}\n"
-        + "knowledge: [{type: response, temperature: 2.0, weight: 0.5}, {type: labels, weight: 0.5}]\n" + train)
+        + "knowledge: [{type: response, temperature: 2.0, weight: 0.4}, {type: feature, weight: 0.2},\n"
+        + "  {type: attention, path: attention.self, weight: 0.1}, {type: labels, weight: 0.3}]\n" + train)
     cfg = RunConfig.from_yaml(tmp_path / "distil.yaml")
     with pytest.raises(FileNotFoundError, match=r"ktransfer data prepare teacher --config .*teacher\.yaml"):
         preflight(cfg)
@@ -324,3 +325,14 @@ def test_real_text_datasets_and_minilm_load() -> None:
     with torch.no_grad():
         out = model.eval()(**{k: v for k, v in batch.items() if k != "labels"}, output_attentions=True)
     assert out.logits.shape == (2, 5) and len(out.attentions) == 2 and out.attentions[0].shape[1] == 12
+
+
+def test_shipped_text_configs_validate_and_name_existing_teacher_configs() -> None:
+    from ktransfer.config import RunConfig
+
+    paths = sorted((Path(__file__).parent.parent / "configs" / "text").glob("*.yaml"))
+    assert len(paths) >= 4
+    for path in paths:
+        cfg = RunConfig.from_yaml(path)
+        if cfg.teacher is not None and cfg.teacher.get("builder") == "cached_teacher":
+            assert Path(cfg.teacher["config"]).is_file()
