@@ -293,6 +293,10 @@ def test_teacher_trained_once_per_config_then_distilled_from(
     result = run(cfg, tmp_path / "run", progress=False)
     assert result.train.step == 3 and result.teacher_parameters is not None
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    from ktransfer.runner import evaluate_run
+
+    report = evaluate_run(tmp_path / "run", split="test")  # evaluation pads its batches too
+    assert report["size"] == len(DATASETS.build("text_csv", {"path": str(file), "tokenizer": str(tiny_dir)}).test)
     (tmp_path / "teacher.yaml").write_text(data + f"student: {{builder: minilm, path: {tiny_dir}}}\n"
                                            + train.replace("max_steps: 3", "max_steps: 4"))
     assert teacher_key(tmp_path / "teacher.yaml") != entry.name  # other training settings: another teacher
@@ -320,6 +324,8 @@ def test_real_text_datasets_and_minilm_load() -> None:
     assert news.info["num_classes"] == 5 and news.info["duplicates_removed"] > 0
     tweets = DATASETS.build("tweets", {"train_size": 20, "val_size": 20, "test_size": 20}, "data")
     assert tweets.info["classes"] == ["negative", "neutral", "positive"]
+    rows = [_token_rows(tweets.get(split)) for split in ("train", "val", "test")]
+    assert len(rows[0] | rows[1] | rows[2]) == 60  # no tweet in two splits
     model = MODELS.build("minilm_student", {"num_classes": 5, "num_layers": 2})
     batch = news.collate_fn([news.val[i] for i in range(2)])
     with torch.no_grad():

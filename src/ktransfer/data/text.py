@@ -235,6 +235,11 @@ def _cap(index: np.ndarray, size: int | None, seed: int, key: str) -> np.ndarray
     return np.sort(np.random.default_rng(seed).permutation(index)[:size])
 
 
+def _groups_per_split(groups: np.ndarray, splits: Sequence[np.ndarray]) -> dict[str, list[Any]]:
+    """The groups (e.g. Bible books) each split holds, for `info` and for checks of leakage."""
+    return {name: sorted({groups[i].item() for i in idx}) for name, idx in zip(("train", "val", "test"), splits)}
+
+
 def text_splits(
     name: str, texts: Sequence[str], labels: Sequence[Any], *, pairs: Sequence[str] | None = None,
     groups: Sequence[Any] | None = None, classes: Sequence[Any] | None = None, tokenizer: str | None = None,
@@ -291,8 +296,7 @@ def text_splits(
               "classes": [str(c) for c in found], "max_length": max_length, "vocab_size": len(tok),
               "sizes": {"train": len(train), "val": len(val), "test": len(test)},
               "duplicates_removed": len(texts) - len(keep),
-              **({"groups": {split: sorted({g[i].item() for i in idx}) for split, idx in zip(("train", "val", "test"), splits)}}
-                 if g is not None else {}),
+              **({"groups": _groups_per_split(g, splits)} if g is not None else {}),
               **(extra_info or {})},
     )
 
