@@ -212,10 +212,10 @@ def test_user_csv_and_jsonl_for_classification_and_sentence_pairs(tmp_path: Path
         writer = csv.writer(f)
         writer.writerow(["review", "other", "stars"])
         writer.writerows([[f"{word} review {i}", f"the {word} {i}", stars] for i in range(10)
-                          for word, stars in (("great", "5"), ("awful", "1"))])
+                          for word, stars in (("great", "10"), ("awful", "2"))])
     data = DATASETS.build("text_csv", {"path": str(file), "text": "review", "label": "stars",
                                        "tokenizer": str(tiny_dir)}, "data")
-    assert data.info["classes"] == ["1", "5"] and sum(data.info["sizes"].values()) == 20
+    assert data.info["classes"] == ["2", "10"] and sum(data.info["sizes"].values()) == 20  # numeric order
     assert data.info["kind"] == "tokens" and data.info["name"] == "mine"
     pairs = DATASETS.build("text_csv", {"path": str(file), "text": "review", "text_pair": "other", "label": "stars",
                                         "tokenizer": str(tiny_dir)}, "data")
@@ -224,6 +224,10 @@ def test_user_csv_and_jsonl_for_classification_and_sentence_pairs(tmp_path: Path
         DATASETS.build("text_csv", {"path": str(file), "text": "review", "tokenizer": str(tiny_dir)}, "data")
     with pytest.raises(ConfigError, match="text column 'text' not found"):
         DATASETS.build("text_csv", {"path": str(file), "label": "stars", "tokenizer": str(tiny_dir)}, "data")
+    rare = tmp_path / "rare.csv"
+    rare.write_text("text,label\n" + "".join(f"good {i},a\n" for i in range(9)) + "bad,b\n")
+    split = DATASETS.build("text_csv", {"path": str(rare), "tokenizer": str(tiny_dir)}, "data")
+    assert sum(split.info["sizes"].values()) == 10  # one example of a class: split without stratifying
     lines = tmp_path / "mine.jsonl"
     lines.write_text("\n".join(json.dumps({"q": f"good {i}", "a": f"great {i}", "y": i % 2}) for i in range(20)) + "\n")
     jl = DATASETS.build("text_jsonl", {"path": str(lines), "text": "q", "text_pair": "a", "label": "y",

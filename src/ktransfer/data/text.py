@@ -186,6 +186,14 @@ class PadCollator:
         return out
 
 
+def _label_order(label: Any) -> tuple[bool, float, str]:
+    """Numbers in numeric order (2 before 10), then other labels alphabetically."""
+    try:
+        return (False, float(label), str(label))
+    except (TypeError, ValueError):
+        return (True, 0.0, str(label))
+
+
 def _normalised(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -203,11 +211,13 @@ def _split_indices(
         raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
     index = np.arange(len(labels))
     if groups is None:
-        counts = np.bincount(labels)
-        stratify = labels if counts[counts > 0].min() >= 3 else None
-        rest, test = train_test_split(index, test_size=test_fraction, random_state=seed, stratify=stratify)
-        train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction), random_state=seed,
-                                      stratify=labels[rest] if stratify is not None else None)
+        try:  # stratified by label; data too small for that (a class with a single example) is split plainly
+            rest, test = train_test_split(index, test_size=test_fraction, random_state=seed, stratify=labels)
+            train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction), random_state=seed,
+                                          stratify=labels[rest])
+        except ValueError:
+            rest, test = train_test_split(index, test_size=test_fraction, random_state=seed)
+            train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction), random_state=seed)
         return np.sort(train), np.sort(val), np.sort(test)
     names = np.unique(groups)
     if len(names) < 3:
@@ -267,7 +277,7 @@ def text_splits(
             if key not in seen:
                 seen.add(key)
                 keep.append(i)
-    found = sorted({labels[i] for i in keep}, key=str) if classes is None else list(classes)
+    found = sorted({labels[i] for i in keep}, key=_label_order) if classes is None else list(classes)
     if len(found) < 2:
         raise ValueError(f"{name}: labels have fewer than two classes ({found})")
     class_index = {c: k for k, c in enumerate(found)}
