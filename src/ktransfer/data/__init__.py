@@ -59,5 +59,5 @@ PREPARERS: dict[str, Callable[[Any], Path]] = {
     "bible-paraphrase": prepare_bible, "minilm": prepare_minilm, "teacher": prepare_teacher,
 }
 
-__all__ = ["DATASETS", "DataSplits", "TensorDictDataset", "collate_dicts", "sklearn_splits", "csv_splits", "fashion_mnist", "prepare_fashion_mnist", "PREPARERS",
-           "PadCollator", "TokenizedDataset"]
+__all__ = ["DATASETS", "DataSplits", "TensorDictDataset", "collate_dicts", "sklearn_splits", "csv_splits",
+           "fashion_mnist", "prepare_fashion_mnist", "PREPARERS", "PadCollator", "TokenizedDataset"]
