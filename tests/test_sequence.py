@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -367,3 +368,25 @@ def test_terms_are_registered_and_validate_their_options() -> None:
         OnPolicyTerm(sources=["teachr"])
     with pytest.raises(ValueError, match="teacher_mix samples from a mixed policy"):
         TargetsStage(generation={"teacher_mix": 0.2, "num_beams": 2, "do_sample": False})
+
+
+def test_targets_are_chosen_in_the_run_config() -> None:
+    from ktransfer.config import RunConfig
+    from ktransfer.registry import ConfigError
+    from ktransfer.runner import _stages
+
+    base = {"task": "causal_lm", "data": {"name": "digits"}, "student": {"builder": "mlp"},
+            "teacher": {"builder": "mlp"}, "knowledge": [{"type": "on_policy"}, {"type": "reinforce"}],
+            "train": {"seed": 4}}
+    cfg = RunConfig.from_dict({**base, "targets": {"sources": {"dataset": 0.5, "student": 0.5},
+                                                   "generation": {"max_new_tokens": 8, "top_k": 4}}})
+    (stage,) = _stages(cfg)
+    assert isinstance(stage, TargetsStage) and stage.seed == 4 and stage.config.top_k == 4
+    assert RunConfig.from_dict(yaml.safe_load(cfg.to_yaml())).targets == cfg.targets  # kept in a run's config.yaml
+    with pytest.raises(ConfigError, match=r"targets.generation.max_tokens: unknown key \(did you mean 'max_new_tokens'"):
+        RunConfig.from_dict({**base, "targets": {"generation": {"max_tokens": 8}}})
+    with pytest.raises(ConfigError, match="targets: generated targets need task causal_lm or seq2seq"):
+        RunConfig.from_dict({**base, "task": "classification", "targets": {}})
+    with pytest.raises(ConfigError, match="targets: the teacher generates targets"):
+        RunConfig.from_dict({**base, "teacher": None, "knowledge": [{"type": "labels"}],
+                             "targets": {"sources": {"teacher": 1.0}}})

@@ -24,7 +24,7 @@ a resumed run draws exactly the samples of the uninterrupted one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -336,6 +336,32 @@ class TargetsStage:
             log_p = torch.log_softmax(t_logits[:, :vocab].float(), -1).gather(-1, cont.unsqueeze(-1))
             rewards[i] = (log_p - log_q).sum()
         return rewards
+
+
+# The keys of a run config's `targets` section (tokenizers are Python objects: API only).
+CONFIG_KEYS: tuple[str, ...] = ("sources", "generation", "seed", "greedy_baseline")
+
+
+def targets_stage_from_config(spec: dict[str, Any], task: str, where: str = "targets") -> TargetsStage:
+    """The `TargetsStage` a run config's `targets` section describes; a bad key or value is a ConfigError."""
+    from ktransfer.registry import ConfigError, unknown_key
+
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(CONFIG_KEYS)}, got {spec!r}")
+    if task not in ("causal_lm", "seq2seq"):
+        raise ConfigError(f"{where}: generated targets need task causal_lm or seq2seq, not '{task}'")
+    for key in spec:
+        if key not in CONFIG_KEYS:
+            raise unknown_key(where, key, list(CONFIG_KEYS))
+    generation = spec.get("generation") or {}
+    valid = [f.name for f in fields(GenerationConfig)]
+    for key in generation:
+        if key not in valid:
+            raise unknown_key(f"{where}.generation", key, valid)
+    try:
+        return TargetsStage(**spec)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def _left_padded_prompts(ids: Tensor, attention: Tensor, starts: Tensor,
