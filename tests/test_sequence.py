@@ -272,8 +272,10 @@ def test_sampling_and_beam_search_through_the_engine(family: str, decoding: str)
             assert bool((batch["sample_logprobs"][generated] < 0).any())
 
 
-def _on_policy_run(run_dir: Path, stop_after: int | None, resume: bool) -> None:
-    stage = TargetsStage(sources={"dataset": 0.3, "student": 0.7}, generation={"max_new_tokens": 4}, seed=11)
+def _on_policy_run(run_dir: Path, stop_after: int | None, resume: bool, cache: bool) -> None:
+    sources = {"dataset": 0.2, "teacher": 0.3, "student": 0.5} if cache else {"dataset": 0.3, "student": 0.7}
+    stage = TargetsStage(sources=sources, generation={"max_new_tokens": 4}, seed=11, cache=cache,
+                         cache_dir=str(run_dir.parent / f"cache-{run_dir.name}"))
     d = Distiller(gpt2(seed=1, dropout=0.1), gpt2(seed=2, layers=2),
                   [OnPolicyTerm("jsd", params={"beta": 0.5}, sources=None), ReinforceTerm(baseline="moving_average")],
                   train_data=prompts("causal_lm", n=16), task="causal_lm",
@@ -282,11 +284,12 @@ def _on_policy_run(run_dir: Path, stop_after: int | None, resume: bool) -> None:
     d.fit(resume=resume)
 
 
-def test_resume_of_an_on_policy_run_equals_the_uninterrupted_run(tmp_path: Path) -> None:
-    _on_policy_run(tmp_path / "full", None, False)
-    _on_policy_run(tmp_path / "killed", 5, False)  # killed after step 5; the newest checkpoint is step 4
+@pytest.mark.parametrize("cache", [False, True], ids=["student-samples", "with-cached-teacher-generations"])
+def test_resume_of_an_on_policy_run_equals_the_uninterrupted_run(tmp_path: Path, cache: bool) -> None:
+    _on_policy_run(tmp_path / "full", None, False, cache)
+    _on_policy_run(tmp_path / "killed", 5, False, cache)  # killed after step 5; the newest checkpoint is step 4
     assert not (tmp_path / "killed" / "final").exists()
-    _on_policy_run(tmp_path / "killed", None, True)
+    _on_policy_run(tmp_path / "killed", None, True, cache)  # step 5's teacher generations now come from the cache
     a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "final" / "model.safetensors"))
     for key in a:
@@ -390,3 +393,42 @@ def test_targets_are_chosen_in_the_run_config() -> None:
     with pytest.raises(ConfigError, match="targets: the teacher generates targets"):
         RunConfig.from_dict({**base, "teacher": None, "knowledge": [{"type": "labels"}],
                              "targets": {"sources": {"teacher": 1.0}}})
+
+
+# ------------------------------------------------------------------------------ teacher generations cached
+def test_teacher_generations_are_cached_once_per_prompt_and_keyed_by_teacher_and_decoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ktransfer.sequence.cache import GenerationCache
+
+    student, teacher = gpt2(seed=1), gpt2(seed=2)
+    calls: list[int] = []
+    original = teacher.generate
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(int(kwargs["input_ids"].shape[0]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(teacher, "generate", counting)
+    ctx = StageContext(student, teacher, Task("causal_lm"), 0, torch.device("cpu"))
+    batch = batch_of(prompts("causal_lm"))
+
+    def stage(seed: int, **generation: Any) -> TargetsStage:
+        return TargetsStage(sources={"teacher": 1.0}, generation={"max_new_tokens": 4, **generation}, seed=seed,
+                            cache=True, cache_dir=str(tmp_path))
+
+    first = stage(0)(batch, ctx)
+    assert calls == [8]
+    second = stage(99)(batch, ctx)  # another seed, same prompts: every generation comes from the cache
+    assert calls == [8]
+    assert torch.equal(first["labels"], second["labels"]) and torch.equal(first["sample_logprobs"], second["sample_logprobs"])
+    (entry,) = list(tmp_path.iterdir())
+    (shard,) = list(entry.glob("shard-*.safetensors"))
+    stage(0, temperature=0.5)(batch, ctx)  # other decoding: another entry
+    assert calls == [8, 8] and len(list(tmp_path.iterdir())) == 2
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(1.01)  # other teacher weights: another entry
+    assert GenerationCache(teacher, stage(0).config, "causal_lm", root=tmp_path).key != entry.name
+    # a damaged shard is skipped (and regenerated), never read
+    shard.write_bytes(shard.read_bytes()[:-7])
+    cache = GenerationCache(gpt2(seed=2), stage(0).config, "causal_lm", root=tmp_path)
+    assert cache.dir == entry and cache.skipped == [shard] and not cache.entries
