@@ -254,10 +254,12 @@ def test_sampling_and_beam_search_through_the_engine(family: str, decoding: str)
     task, build = FAMILIES[family]
     generation: dict[str, Any] = ({"do_sample": True, "top_k": 5, "top_p": 0.9, "temperature": 0.8}
                                   if decoding == "sample" else {"do_sample": False, "num_beams": 3})
+    sampling = decoding == "sample"
     stage = TargetsStage(sources={"dataset": 0.2, "teacher": 0.4, "student": 0.4},
-                         generation={"max_new_tokens": 4, **generation}, seed=0)
+                         generation={"max_new_tokens": 4, **generation}, seed=0, greedy_baseline=sampling)
     recorder = Recorder()
-    terms = [OnPolicyTerm(sources=["student", "teacher"]), ReinforceTerm(weight=0.5),
+    terms = [OnPolicyTerm(sources=["student", "teacher"]),
+             ReinforceTerm(weight=0.5, baseline="self_critic" if sampling else "moving_average"),
              LabelsTerm(weight=0.1)]
     d = Distiller(build(seed=1), build(seed=2), terms, train_data=prompts(task), task=task,
                   config=TrainConfig(max_steps=2, batch_size=8), optim=OptimConfig(lr=1e-3), progress=False,
@@ -268,8 +270,10 @@ def test_sampling_and_beam_search_through_the_engine(family: str, decoding: str)
         generated = batch["target_source"] != 0
         labelled = (batch["labels"] != -100).sum(-1)
         assert bool((labelled[generated] <= 4).all()) and bool((labelled[generated] >= 1).all())
-        if decoding == "sample":
+        if sampling:
             assert bool((batch["sample_logprobs"][generated] < 0).any())
+            sampled = batch["target_source"] == 2
+            assert bool((batch["greedy_reward"][sampled] != 0).all()) and bool((batch["greedy_reward"][~sampled] == 0).all())
 
 
 def _on_policy_run(run_dir: Path, stop_after: int | None, resume: bool, cache: bool) -> None:

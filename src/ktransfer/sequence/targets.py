@@ -24,6 +24,7 @@ a resumed run draws exactly the samples of the uninterrupted one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -99,7 +100,7 @@ class _MixWithTeacher:
             out = self.teacher(input_ids=input_ids, attention_mask=mask, position_ids=positions)
         log_p = torch.log_softmax(out.logits[:, -1, :self.vocab].float(), -1)
         log_q = torch.log_softmax(scores[:, :self.vocab].float(), -1)
-        mixed = torch.logaddexp(log_p + torch.log(torch.tensor(self.alpha)), log_q + torch.log1p(torch.tensor(-self.alpha)))
+        mixed = torch.logaddexp(log_p + math.log(self.alpha), log_q + math.log1p(-self.alpha))
         full = torch.full_like(scores, -torch.inf)
         full[:, :self.vocab] = mixed.to(scores.dtype)
         return full
