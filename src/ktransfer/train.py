@@ -790,7 +790,8 @@ class Distiller:
         if not self.stages:
             return group
         ctx = StageContext(student=self.accelerator.unwrap_model(student), teacher=teacher, task=self.task,
-                           step=self.state.step, device=self.accelerator.device)
+                           step=self.state.step, device=self.accelerator.device,
+                           process_index=self.accelerator.process_index, num_processes=self.accelerator.num_processes)
         out = []
         for batch in group:
             for stage in self.stages:

@@ -21,13 +21,20 @@ from ktransfer.tasks import Task
 @dataclass
 class StageContext:
     """What a stage may use: the unwrapped student (training) and teacher (frozen), the task,
-    the optimizer step about to be taken (0-based count of finished steps) and the device."""
+    the optimizer step about to be taken (0-based count of finished steps), the device, and
+    this process's index among `num_processes` (each process sees its own slice of the batch).
+
+    Accelerate checkpoints a stage's state from the main process only, so a stage's RNG must
+    advance identically on every process (draw for all processes, use this process's share).
+    """
 
     student: nn.Module
     teacher: nn.Module | None
     task: Task
     step: int
     device: torch.device
+    process_index: int = 0
+    num_processes: int = 1
 
 
 @runtime_checkable

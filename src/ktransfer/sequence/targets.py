@@ -179,9 +179,12 @@ class TargetsStage:
             raise ValueError(f"a {ctx.task.kind} batch without {what}: the targets stage needs them to "
                              "know " + ("what the dataset's targets are" if ctx.task.kind == "seq2seq"
                                         else "where each prompt ends"))
-        n = labels.shape[0]
-        choice = torch.multinomial(self.fractions.expand(n, -1), 1, replacement=True, generator=self.generator)[:, 0]
-        self._seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        # drawn for every process alike (the generator stays in step everywhere); this process takes its share
+        n, rank, world = labels.shape[0], ctx.process_index, ctx.num_processes
+        drawn = torch.multinomial(self.fractions.expand(n * world, -1), 1, replacement=True, generator=self.generator)
+        choice = drawn[rank * n:(rank + 1) * n, 0]
+        seeds = torch.randint(0, 2**62, (world,), generator=self.generator)
+        self._seed = int(seeds[rank])
         devices = [ctx.device] if ctx.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             if ctx.task.kind == "causal_lm":
