@@ -129,6 +129,11 @@ def test_reinforce_gradient_equals_exact_backward_kl_gradient_by_enumeration(len
         for a, b in zip(estimate, exact, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     assert sum(float(g.abs().sum()) for g in exact) > 1e-3  # the comparison is not between zeros
+    # length normalisation: with every sequence of `length` tokens, the gradient of the KL per token
+    normalised = reinforce_surrogate(log_q, log_p, mask, baseline=0.2, length_normalise=True)
+    per_token = torch.autograd.grad((prob * normalised).sum(), params, retain_graph=True)
+    for a, b in zip(per_token, exact, strict=True):
+        torch.testing.assert_close(a, b / length, rtol=1e-9, atol=1e-12)
     # a baseline that depends on the sample itself does change the expected gradient (the test can fail)
     biased = reinforce_surrogate(log_q, log_p, mask, baseline=seq_q.detach())
     wrong = torch.autograd.grad((prob * biased).sum(), params, retain_graph=True)
