@@ -295,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no finished units to aggregate")
         return 1
     flag = " --quick" if args.quick else ""
-    meta = {"command": f"python benchmarks/multihop/bench.py{flag}, then python benchmarks/multihop/bench.py{flag} "
-                       "--settings digits --methods kd_T1 (the temperature regime)",
+    meta = {"command": f"python benchmarks/multihop/bench.py{flag} --jobs 2, then python benchmarks/multihop/bench.py"
+                       f"{flag} --jobs 2 --settings digits --methods kd_T1 (the temperature regime)",
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "torch": torch.__version__,
             "sklearn": sklearn.__version__, "python": platform.python_version(), "n_seeds": args.seeds,
             "seeds": list(range(args.seeds)), "wall_time_min": (time.perf_counter() - t_start) / 60,
