@@ -1,4 +1,4 @@
-"""`ktransfer` command line: demo, run, resume, eval, check, modules, list, data, hops.
+"""`ktransfer` command line: demo, run, resume, eval, check, analyze, modules, list, data, hops.
 
 Only the standard library is imported at start-up; each command imports what it needs, so
 `ktransfer --version` and `--help` answer without loading torch.
@@ -76,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
                                      "and print it resolved")
     p.add_argument("config")
     _add_overrides(p)
+
+    p = sub.add_parser("analyze", help="gradients of forward vs backward KL for a run's (or config's) student and "
+                                       "teacher: norms, cosines, entropies per position, a plot and a reading")
+    p.add_argument("target", help="a run directory (its student's weights) or a run config (models as built)")
+    p.add_argument("--out", default=None, help="folder for gradient_analysis.json/.png (default: the run directory, "
+                                               "or runs/<config name>)")
+    p.add_argument("--batches", type=int, default=4, help="batches to analyse (default: 4)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per batch (default: 32)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--which", default="best", choices=["best", "final"], help="a run's weights to analyse")
 
     p = sub.add_parser("list", help="the registered components a config can name, with their parameters")
     p.add_argument("category", nargs="?", choices=list(CATEGORIES),
@@ -179,6 +189,16 @@ def _cmd_modules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from ktransfer.analysis import analyze_target
+
+    report, folder = analyze_target(args.target, args.out, batches=args.batches, batch_size=args.batch_size,
+                                    split=args.split, which=args.which)
+    print(report.reading)
+    print(f"written: {folder / 'gradient_analysis.json'}, {folder / 'gradient_analysis.png'}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from ktransfer.catalog import CATEGORIES
 
@@ -232,7 +252,7 @@ def _cmd_hops(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "resume": _cmd_resume, "eval": _cmd_eval,
-            "check": _cmd_check, "modules": _cmd_modules, "list": _cmd_list, "data": _cmd_data, "hops": _cmd_hops}
+            "check": _cmd_check, "analyze": _cmd_analyze, "modules": _cmd_modules, "list": _cmd_list, "data": _cmd_data, "hops": _cmd_hops}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ student: {builder: mlp, hidden: [32]}         # MODELS registry name + its keywo
 knowledge:                                    # KNOWLEDGE registry: type + keyword arguments
   - {type: response, divergence: forward_kl, temperature: 4.0, weight: 0.5}
   - {type: labels, weight: 0.5}
+targets: null                                 # or {sources: {dataset: 0.5, student: 0.5}, generation: {...}}
 selector: {type: fixed}                       # SELECTORS registry
 optim: {name: adamw, lr: 0.001}               # OptimConfig
 schedule: {name: cosine, warmup_steps: 0}     # ScheduleConfig
@@ -43,7 +44,7 @@ from ktransfer.train import OptimConfig, ScheduleConfig, TrainConfig
 
 # Keys of a model section that are not arguments of the builder.
 MODEL_META_KEYS = ("builder", "weights", "from_run", "which")
-SECTIONS = ("task", "data", "teacher", "student", "knowledge", "selector", "optim", "schedule", "train")
+SECTIONS = ("task", "data", "teacher", "student", "knowledge", "targets", "selector", "optim", "schedule", "train")
 
 
 @dataclass
@@ -55,6 +56,8 @@ class RunConfig:
     data: dict[str, Any] = field(default_factory=lambda: {"name": "digits"})
     teacher: dict[str, Any] | None = None
     knowledge: list[dict[str, Any]] = field(default_factory=lambda: [{"type": "labels"}])
+    # where each step's targets come from (ktransfer.sequence.TargetsStage); null = the dataset's
+    targets: dict[str, Any] | None = None
     selector: dict[str, Any] = field(default_factory=lambda: {"type": "fixed"})
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -84,6 +87,13 @@ class RunConfig:
         needing = [t.name for t in terms if t.requires_teacher]
         if needing and self.teacher is None:
             raise ConfigError(f"knowledge: terms {needing} need a teacher, but 'teacher' is not set")
+        if self.targets is not None:
+            from ktransfer.sequence.targets import targets_stage_from_config
+
+            stage = targets_stage_from_config(self.targets, self.task)
+            if stage.requires_teacher and self.teacher is None:
+                raise ConfigError("targets: the teacher generates targets (teacher source, teacher_mix or "
+                                  "greedy_baseline), but 'teacher' is not set")
         selector = dict(self.selector)
         kind = selector.pop("type", None)
         if kind is None:

@@ -270,9 +270,19 @@ def build_distiller(
         train_data=data.train, config=cfg.train, optim=cfg.optim, schedule=cfg.schedule, task=task,
         evaluate=make_evaluator(data.val, task, cfg.train.eval_batch_size, collate_fn=data.collate_fn),
         run_dir=run_dir, collate_fn=data.collate_fn, progress=progress, stop_after_steps=stop_after_steps,
+        stages=_stages(cfg),
         chance_accuracy=majority_rate(data.val) if cfg.task == "classification" else None,
     )
     return distiller, data
+
+
+def _stages(cfg: RunConfig) -> list[Any]:
+    """The batch stages a config asks for: a targets stage when it has a `targets` section (seed: the run's)."""
+    if cfg.targets is None:
+        return []
+    from ktransfer.sequence.targets import targets_stage_from_config
+
+    return [targets_stage_from_config({"seed": cfg.train.seed, **cfg.targets}, cfg.task)]
 
 
 def majority_rate(data: Any) -> float | None:

@@ -41,6 +41,7 @@ from ktransfer.registry import ConfigError, suggest
 from ktransfer.runlog import MetricsLog, plot_curves, plot_weights
 from ktransfer.schema import validate
 from ktransfer.selection import FixedWeights, SelectionState, Selector, SelectorContext
+from ktransfer.sequence.stage import BatchStage, StageContext, StageStates
 from ktransfer.tasks import Task, TaskKind, metric_mode
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
@@ -336,6 +337,7 @@ class Distiller:
         progress: bool = True,
         stop_after_steps: int | None = None,
         chance_accuracy: float | None = None,
+        stages: Sequence[BatchStage] = (),
     ) -> None:
         if not terms:
             raise ValueError("Distiller needs at least one knowledge term")
@@ -346,6 +348,9 @@ class Distiller:
         if self.needs_teacher and teacher is None:
             needing = [t.name for t in terms if t.requires_teacher]
             raise ValueError(f"knowledge terms {needing} need a teacher, but teacher is None")
+        self.stages = list(stages)
+        if teacher is None and any(getattr(s, "requires_teacher", False) for s in self.stages):
+            raise ValueError("a batch stage generates with the teacher, but teacher is None")
         if len(train_data) == 0:  # type: ignore[arg-type]
             raise ValueError("train_data is empty")
         self.student = student
@@ -541,7 +546,7 @@ class Distiller:
                             collate_fn=self.collate_fn, generator=torch.Generator().manual_seed(cfg.seed))
         student, optimizer, loader = accelerator.prepare(self.student, optimizer, loader)
         teacher = None
-        if self.needs_teacher and self.teacher is not None:
+        if self._places_teacher() and self.teacher is not None:
             self.teacher.eval()
             self.teacher.requires_grad_(False)
             # Placed, not prepared: a prepared model would be saved in every checkpoint.
@@ -549,6 +554,7 @@ class Distiller:
         # The scheduler is stepped by hand once per optimizer step (an Accelerate-prepared
         # scheduler steps once per process), and checkpointed as a registered object.
         accelerator.register_for_checkpointing(scheduler, self.state, self.selector)
+        self._register_stages(accelerator)
         return student, teacher, optimizer, scheduler, loader
 
     def _restore(self, accelerator: Any, resume: bool | str | Path, ckpt_root: Path | None,
@@ -643,6 +649,7 @@ class Distiller:
         world = accelerator.num_processes
         weights = self.selector.weights(self.terms, self._selection_state())
         names = [t.name for t in self.terms if weights[t.name] != 0.0]
+        group = self._apply_stages(group, student, teacher)  # rewritten targets must be counted
         counts = [self.task.count_targets(b) for b in group]
         step_count = float(sum(counts))
         if world > 1:
@@ -763,6 +770,34 @@ class Distiller:
         state = self._selection_state()
         state.view, self._last_view = self._last_view, None
         self.selector.observe(losses, state)
+
+    # ------------------------------------------------------------------------ batch stages
+    def _places_teacher(self) -> bool:
+        """The teacher goes on the device when a term reads its outputs or a stage generates with it."""
+        return self.needs_teacher or any(getattr(s, "requires_teacher", False) for s in self.stages)
+
+    def _register_stages(self, accelerator: Any) -> None:
+        """Put the stages' states (their sampling RNGs) and stateful non-module terms into every checkpoint."""
+        if self.stages:
+            accelerator.register_for_checkpointing(StageStates(self.stages))
+        stateful = {t.name: t for t in self.terms if not isinstance(t, nn.Module) and callable(getattr(t, "state_dict", None))}
+        if stateful:
+            accelerator.register_for_checkpointing(_TermStates(stateful))
+
+    def _apply_stages(self, group: list[dict[str, Any]], student: nn.Module,
+                      teacher: nn.Module | None) -> list[dict[str, Any]]:
+        """Every micro-batch of a step passed through the stages in order (before targets are counted)."""
+        if not self.stages:
+            return group
+        ctx = StageContext(student=self.accelerator.unwrap_model(student), teacher=teacher, task=self.task,
+                           step=self.state.step, device=self.accelerator.device,
+                           process_index=self.accelerator.process_index, num_processes=self.accelerator.num_processes)
+        out = []
+        for batch in group:
+            for stage in self.stages:
+                batch = stage(batch, ctx)
+            out.append(batch)
+        return out
 
     # ------------------------------------------------------- terms with models and parameters; selector context
     def _setup_terms(self) -> None:
@@ -928,10 +963,10 @@ class Distiller:
 
 
 class _TermStates:
-    """The state of the terms' own modules, as one object Accelerate checkpoints."""
+    """The state of the terms' own modules (or other stateful terms), as one object Accelerate checkpoints."""
 
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
-        self.modules = modules
+    def __init__(self, modules: dict[str, Any]) -> None:
+        self.modules = modules  # nn.Modules, or terms with state_dict / load_state_dict
 
     def state_dict(self) -> dict[str, Any]:
         return {name: module.state_dict() for name, module in self.modules.items()}

@@ -12,6 +12,7 @@ from ktransfer.knowledge.layer_map import LayerMapError
 from ktransfer.knowledge.relation import RelationTerm
 from ktransfer.knowledge.response import ResponseTerm
 from ktransfer.registry import ConfigError, Registry
+from ktransfer.sequence.estimators import OnPolicyTerm, ReinforceTerm
 
 KNOWLEDGE: Registry[KnowledgeTerm] = Registry("knowledge term")
 KNOWLEDGE.register("response")(ResponseTerm)
@@ -19,6 +20,8 @@ KNOWLEDGE.register("labels")(LabelsTerm)
 KNOWLEDGE.register("feature")(FeatureTerm)
 KNOWLEDGE.register("relation")(RelationTerm)
 KNOWLEDGE.register("attention")(AttentionTerm)
+KNOWLEDGE.register("on_policy")(OnPolicyTerm)
+KNOWLEDGE.register("reinforce")(ReinforceTerm)
 
 
 def build_terms(specs: list[dict[str, Any]], where: str = "knowledge") -> list[KnowledgeTerm]:
@@ -41,5 +44,6 @@ def build_terms(specs: list[dict[str, Any]], where: str = "knowledge") -> list[K
     return terms
 
 
-__all__ = ["KNOWLEDGE", "AttentionTerm", "FeatureTerm", "KnowledgeTerm", "LabelsTerm", "LayerMapError", "RelationTerm",
+__all__ = ["KNOWLEDGE", "AttentionTerm", "FeatureTerm", "KnowledgeTerm", "LabelsTerm", "LayerMapError", "OnPolicyTerm",
+           "ReinforceTerm", "RelationTerm",
            "ResponseTerm", "StepView", "build_terms"]
