@@ -49,6 +49,13 @@ def test_cache_root_follows_the_environment_and_entries_appear_whole(tmp_path: P
     assert (entry / "ok.txt").read_text() == "ok" and len(calls) == 1
     with pytest.raises(ValueError, match="plain folder name"):
         cached_entry("../escape", lambda out: None)
+    # an entry damaged on disk (or one without a manifest) is rebuilt, never read
+    (entry / "ok.txt").write_text("ko")
+    entry = cached_entry("thing", lambda out: (calls.append(1), (out / "ok.txt").write_text("ok")))
+    assert (entry / "ok.txt").read_text() == "ok" and len(calls) == 2
+    (entry / "manifest.json").unlink()
+    cached_entry("thing", lambda out: (calls.append(1), (out / "ok.txt").write_text("ok")))
+    assert len(calls) == 3 and not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(".")]
 
 
 def test_fashion_mnist_prepared_from_idx_files_then_loaded_offline(tmp_path: Path,
