@@ -124,12 +124,7 @@ class RunConfig:
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
         """Load a YAML run file; `overrides` are `a.b=c` strings as given to `--set`."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        data = read_yaml_file(path)
         if isinstance(data, dict):  # the file's own relative paths, before overrides add others
             data = resolve_paths(data, Path(os.path.abspath(path.parent)))
         return cls.from_dict(data, overrides)
@@ -139,6 +134,16 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def read_yaml_file(path: Path) -> Any:
+    """The YAML content of a config file ({} when empty); a missing file or bad YAML is a clear error."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
 
 
 def check_model_spec(spec: Any, where: str) -> None:

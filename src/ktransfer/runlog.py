@@ -78,14 +78,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
     ax_val.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_weights(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -107,6 +100,13 @@ def plot_weights(records: list[dict[str, Any]], path: str | Path, title: str = "
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a figure as PNG atomically (drawn aside, renamed into place) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -675,8 +675,8 @@ class Distiller:
                 if world == 1 and not finite:
                     self._raise_nonfinite(sums, names)
                 if last and world > 1:
-                    sums = accelerator.reduce(sums.to(accelerator.device), "sum").cpu() / torch.tensor(
-                        [world] * (len(names) + 1) + [1], dtype=torch.float64)
+                    sums = accelerator.reduce(sums.to(accelerator.device), "sum").cpu()
+                    sums[:-1] /= world  # each process's values were scaled by world (its share); the flag is a count
                     if sums[-1] > 0:
                         self._raise_nonfinite(sums, names)
                 if finite:

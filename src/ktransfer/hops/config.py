@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ktransfer.config import apply_overrides
+from ktransfer.config import apply_overrides, read_yaml_file
 from ktransfer.data import DATASETS
 from ktransfer.hops.fitting import TorchFitConfig, accepts_sample_weight
 from ktransfer.hops.methods import build_method
@@ -111,14 +111,7 @@ class ChainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> ChainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        return cls.from_dict(data, overrides)
+        return cls.from_dict(read_yaml_file(Path(path)), overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
