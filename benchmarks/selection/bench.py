@@ -121,7 +121,7 @@ def run_one(task: str, student: str, variant: str, seed: int, quick: bool, scrat
     from ktransfer.runner import build_model, load_data, run
     from ktransfer.scores import classification_scores, predict_classes
     from ktransfer.tasks import Task
-    from ktransfer.train import load_weights
+    from ktransfer.checkpoint import load_weights
 
     cfg = RunConfig.from_dict(run_config(task, student, variant, seed, quick))
     run_dir = scratch / task / student / variant / f"seed-{seed}"
