@@ -105,6 +105,9 @@ class RunConfig:
                 f"train.metric: unknown metric '{self.train.metric}'{suggest(self.train.metric, metrics)}; "
                 f"the evaluation of task '{self.task}' reports: {', '.join(metrics)}"
             )
+        if self.train.metric == "teacher_kl" and self.teacher is None:
+            raise ConfigError("train.metric: teacher_kl is the student's divergence from the teacher on the "
+                              "validation data, but 'teacher' is not set")
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod

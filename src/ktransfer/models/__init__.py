@@ -14,7 +14,12 @@ from ktransfer.registry import LocalPath, Registry
 MODELS: Registry[nn.Module] = Registry("model builder")
 
 # Builder arguments that a run fills from the dataset's `info` when the config leaves them out.
-DATASET_DEFAULTS: tuple[tuple[str, str], ...] = (("in_features", "num_features"), ("num_classes", "num_classes"))
+DATASET_DEFAULTS: tuple[tuple[str, str], ...] = (
+    ("in_features", "num_features"), ("num_classes", "num_classes"),
+    # a causal LM student reads the dataset's tokens: its vocabulary and special ids are the tokenizer's
+    ("vocab_size", "vocab_size"), ("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+    ("pad_token_id", "pad_token_id"),
+)
 
 
 @MODELS.register("mlp")
@@ -61,12 +66,18 @@ def build_hf_pretrained(
     path: LocalPath, auto_class: str = "AutoModelForCausalLM", attn_implementation: str = "eager",
     kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """A Hugging Face model from a local directory (never the hub: we run offline)."""
+    """A Hugging Face model from a local directory (never the hub: we run offline); a tokenizer saved there
+    must be the dataset's for sequence tasks (checked before training)."""
     if not Path(path).exists():
         raise FileNotFoundError(f"hf_pretrained: model directory not found: {path}")
-    return _auto_class(auto_class).from_pretrained(
+    model = _auto_class(auto_class).from_pretrained(
         path, local_files_only=True, attn_implementation=attn_implementation, **(kwargs or {})
     )
+    if any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        from ktransfer.models.causal import TOKENIZER_ATTR
+
+        setattr(model, TOKENIZER_ATTR, str(path))  # compared with the dataset's tokenizer before a sequence run
+    return model
 
 
 @MODELS.register("minilm")
@@ -101,6 +112,31 @@ def build_cached_teacher(
     from ktransfer.teachers import load_cached_teacher
 
     return load_cached_teacher(config, num_classes, which)
+
+
+@MODELS.register("smollm2")
+def build_smollm2(attn_implementation: str = "sdpa") -> nn.Module:
+    """The pretrained SmolLM2-135M-Instruct causal LM (Llama, 30 layers, 49,152 tokens) in float32, from
+    the cache that `ktransfer data prepare smollm2` fills; refuses with that command when absent."""
+    from ktransfer.models.causal import load_smollm2
+
+    return load_smollm2(attn_implementation)
+
+
+@MODELS.register("llama_student")
+def build_llama_student(
+    vocab_size: int, hidden_size: int = 256, num_layers: int = 4, num_heads: int = 4, num_kv_heads: int | None = None,
+    intermediate_size: int | None = None, max_position_embeddings: int = 2048, tie_word_embeddings: bool = True,
+    bos_token_id: int | None = None, eos_token_id: int | None = None, pad_token_id: int | None = None,
+    attn_implementation: str = "sdpa",
+) -> nn.Module:
+    """A randomly initialised Llama causal LM; vocabulary and special token ids default to the dataset's
+    tokenizer (a larger vocab_size pads the embedding rows); intermediate_size defaults to 4 x hidden."""
+    from ktransfer.models.causal import build_llama_student as build
+
+    return build(vocab_size, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
+                 max_position_embeddings, tie_word_embeddings, bos_token_id, eos_token_id, pad_token_id,
+                 attn_implementation=attn_implementation)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -75,3 +75,26 @@ def check_vocabularies(student: nn.Module, teacher: nn.Module | None, vocab_size
             raise VocabularyError(
                 f"student and teacher disagree on {key} ({s_id} vs {t_id}): they were built with different "
                 "tokenizers (or special tokens); token-level distillation needs one tokenizer for both")
+
+
+def model_tokenizer(model: nn.Module | None) -> str | None:
+    """The tokenizer folder a builder recorded on `model` (e.g. the SmolLM2 teacher's), if any."""
+    from ktransfer.models.causal import TOKENIZER_ATTR
+
+    return getattr(model, TOKENIZER_ATTR, None) if model is not None else None
+
+
+def check_data_tokenizer(info: dict[str, Any], teacher: nn.Module | None) -> None:
+    """The dataset's tokens are the teacher's tokens: when both the dataset (`info["tokenizer"]`) and the
+    teacher (`model_tokenizer`) name their tokenizer, the two must map the same strings to the same ids."""
+    data_path, teacher_path = info.get("tokenizer"), model_tokenizer(teacher)
+    if not isinstance(data_path, str) or teacher_path is None or data_path == teacher_path:
+        return
+    from ktransfer.data.corpus import load_tokenizer
+
+    data_tok, teacher_tok = load_tokenizer(data_path), load_tokenizer(teacher_path)
+    try:
+        check_same_tokenizer(data_tok, teacher_tok)
+    except VocabularyError as e:
+        raise VocabularyError(f"the dataset's tokens (the student's tokenizer, from {data_path}) are not the "
+                              f"teacher's (tokenizer from {teacher_path}): {e}") from None
