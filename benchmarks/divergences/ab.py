@@ -65,19 +65,21 @@ def main() -> None:
     revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.before], capture_output=True,
                               text=True, check=True).stdout.strip()
     rows = []
+    env = environment()
+    command = "python benchmarks/divergences/ab.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         sides = {"before": extract(args.before, Path(tmp)), "after": ROOT / "src"}
-        for div in args.divergences:
-            for chunk in args.chunks:
+        for chunk in args.chunks:
+            for div in args.divergences:
                 case = {"divergence": div, "tokens": args.tokens, "vocab": args.vocab, "chunk": chunk,
-                        "device": "cpu", "dtype": "float32"}
+                        "device": "cpu", "dtype": "float32", "repeats": args.timed, "profile": False, "threads": 1}
                 got: dict[str, dict[str, list[float]]] = {s: {"rss": [], "time": []} for s in sides}
                 for r in range(args.repeats):
                     order = list(sides) if r % 2 == 0 else list(reversed(sides))
                     for side in order:
-                        got[side]["rss"].append(run(sides[side], "--rss", case)["peak_rss_mb"])
-                        timed = run(sides[side], "--one", {**case, "repeats": args.timed, "profile": False})
-                        got[side]["time"].append(timed["median_s"])
+                        timed = run(sides[side], "--one", case)
+                        got[side]["rss"].append(timed["first_step_peak_rss_mb"])
+                        got[side]["time"].append(timed["median_cpu_s"])
                 row = {**case, **{f"{s}_{k}": v for s in sides for k, v in got[s].items()}}
                 for s in sides:
                     row[f"{s}_peak_rss_mb"] = statistics.median(got[s]["rss"])
@@ -86,8 +88,12 @@ def main() -> None:
                 print(f"{div:16s} chunk={chunk:>4d}  peak RSS {row['before_peak_rss_mb']:.0f} -> "
                       f"{row['after_peak_rss_mb']:.0f} MB  time {row['before_median_s']:.3f} -> "
                       f"{row['after_median_s']:.3f} s", flush=True)
-    env = environment()
-    command = "python benchmarks/divergences/ab.py " + " ".join(sys.argv[1:])
+                write(args, revision, command, rows, env, started)
+
+
+def write(args: argparse.Namespace, revision: str, command: str, rows: list[dict[str, Any]], env: dict[str, Any],
+          started: float) -> None:
+    """The results so far: JSON and a markdown table under `--out` (rewritten after every case)."""
     results = {"command": command.strip(), "before": revision, "rows": rows, "environment": env,
                "wall_time_s": round(time.perf_counter() - started, 1)}
     out = Path(args.out)
@@ -96,16 +102,16 @@ def main() -> None:
     (out / f"{tag}.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"Command: `{results['command']}` (before = {revision}); {env['machine']}, {env['cpu_count']} CPUs "
              f"shared with other jobs, torch {env['torch']}; student + teacher logits {args.tokens} x {args.vocab} "
-             "float32, forward + backward; peak RSS of the whole process (torch included), each run in a fresh "
-             f"process, median of {args.repeats} interleaved runs; time = median over runs of each run's median "
-             f"of {args.timed} forward + backward.", "",
-             "| divergence | chunk | peak RSS before (MB) | peak RSS after (MB) | time before (s) | time after (s) |",
+             "float32, forward + backward; peak RSS of the whole process (torch included) over building the inputs and "
+             f"the first forward + backward, each run in a fresh process, median of {args.repeats} interleaved runs; "
+             f"time = CPU time of this process with 1 thread (not wall time: the 2 CPUs were shared with other jobs at a load of "
+             f"about 8), median over runs of each run's median of {args.timed} further forward + backward.", "",
+             "| divergence | chunk | peak RSS before (MB) | peak RSS after (MB) | CPU time before (s) | CPU time after (s) |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['divergence']} | {r['chunk']} | {r['before_peak_rss_mb']:.0f} | {r['after_peak_rss_mb']:.0f} "
                      f"| {r['before_median_s']:.3f} | {r['after_median_s']:.3f} |")
     (out / f"{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

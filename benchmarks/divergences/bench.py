@@ -86,18 +86,22 @@ def peak_rss(divergence: str, tokens: int, vocab: int, chunk: int | None, device
 
 
 def measure(divergence: str, tokens: int, vocab: int, chunk: int | None, device: str, dtype: str,
-            repeats: int, hidden: int | None = None, profile: bool = True) -> dict[str, Any]:
+            repeats: int, hidden: int | None = None, profile: bool = True, threads: int | None = None) -> dict[str, Any]:
     """One case, in this process (called in a fresh subprocess by `main`).
 
     With `hidden`, the student is given as hidden states (tokens, hidden) plus an output layer
     (vocab, hidden): "chunk none" then computes the logits with one matmul before the loss (the
     usual way), a chunk size fuses the matmul into the chunked loss (`student_head`).
     """
+    import resource
+
     import torch
 
     from ktransfer.divergences import get_divergence
 
     base_fn = get_divergence(divergence)
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
     teacher = torch.randn(tokens, vocab, device=device, dtype=dt)
@@ -138,6 +142,8 @@ def measure(divergence: str, tokens: int, vocab: int, chunk: int | None, device:
             seen.add(t.untyped_storage().data_ptr())
             saved += t.untyped_storage().nbytes()
     loss.backward()
+    # the process's peak so far: building the inputs plus this first forward + backward
+    first_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for t in inputs:
         t.grad = None
     peak_mb = None
@@ -146,22 +152,24 @@ def measure(divergence: str, tokens: int, vocab: int, chunk: int | None, device:
         for t in inputs:
             t.grad = None
 
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = fn(student, teacher, **kwargs)
         loss.backward()
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         for t in inputs:
             t.grad = None
     return {
         "divergence": divergence, "tokens": tokens, "vocab": vocab, "chunk_size": chunk, "device": device,
         "dtype": dtype, "median_s": statistics.median(times), "times_s": times,
-        "saved_for_backward_mb": saved / 2**20, "peak_above_inputs_mb": peak_mb,
+        "median_cpu_s": statistics.median(cpu_times), "cpu_times_s": cpu_times,
+        "saved_for_backward_mb": saved / 2**20, "peak_above_inputs_mb": peak_mb, "first_step_peak_rss_mb": first_rss_mb,
         "hidden": hidden, "input_mb": (teacher.numel() + student.numel() + (vocab * hidden if hidden else 0))
-        * teacher.element_size() / 2**20, "loss": float(loss),
+        * teacher.element_size() / 2**20, "loss": float(loss.detach()),
     }
 
 

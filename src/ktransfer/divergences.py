@@ -255,6 +255,8 @@ def _chunks(num_rows: int, step: int, flat_mask: Tensor | None) -> Iterator[tupl
             rows = flat_mask[start:stop].nonzero().squeeze(-1)
             if rows.numel() == 0:
                 continue
+            if rows.numel() == stop - start:  # every row counts: no need to copy the selected rows
+                rows = None
         yield start, stop, rows
 
 
