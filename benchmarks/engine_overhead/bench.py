@@ -24,6 +24,7 @@ median over rounds of engine / hand-written. `torch.set_num_threads(1)`. Writes
 
     python benchmarks/engine_overhead/bench.py                 # about 15 minutes on a quiet 2-core CPU
     python benchmarks/engine_overhead/bench.py --repeats 2 --steps 5 --variants causal:default
+    python benchmarks/engine_overhead/bench.py --memory --variants causal:default causal:chunked causal:fused
 """
 
 from __future__ import annotations
@@ -172,6 +173,42 @@ def per_step(starts: list[tuple[float, float]], warmup: int) -> tuple[float, flo
     return (statistics.median(b[0] - a[0] for a, b in pairs), statistics.median(b[1] - a[1] for a, b in pairs))
 
 
+def peak_rss_of_engine_steps(variant: str, steps: int = 2) -> float:
+    """Peak RSS (MB) of this process after building the models and running `steps` engine steps of `variant`."""
+    import resource
+
+    kind, loss = variant.split(":")
+    student, teacher = build_models(kind)
+    engine_run(kind, loss, student, teacher, build_data(kind), steps)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory(variants: list[str], out: Path) -> None:
+    """Peak RSS of a fresh process per variant (models, data, 2 engine steps): what the loss variant costs."""
+    import subprocess
+
+    from ktransfer.runner import environment
+
+    rows = []
+    for variant in variants:
+        proc = subprocess.run([sys.executable, __file__, "--rss-variant", variant], capture_output=True, text=True,
+                              check=True)
+        rows.append({"variant": variant, "peak_rss_mb": float(proc.stdout.strip().splitlines()[-1])})
+        print(f"{variant:16s} peak RSS {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
+    env = environment()
+    command = "python benchmarks/engine_overhead/bench.py " + " ".join(sys.argv[1:])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "engine_memory.json").write_text(json.dumps({"command": command, "rows": rows, "environment": env},
+                                                       indent=2) + "\n")
+    lines = [f"Command: `{command}`; {env['machine']}, torch {env['torch']}, transformers {env['transformers']}; peak "
+             "RSS of a fresh process that builds the models and data and runs 2 engine steps (batch 8 x 128, "
+             "vocabulary 8,000).", "", "| model | loss | peak RSS (MB) |", "|---|---|---:|"]
+    for row in rows:
+        kind, loss = row["variant"].split(":")
+        lines.append(f"| {kind} | {loss} | {row['peak_rss_mb']:.0f} |")
+    (out / "engine_memory.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=4,
@@ -181,8 +218,17 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--tag", default="engine_overhead")
+    parser.add_argument("--memory", action="store_true",
+                        help="instead of timing: peak RSS of a fresh process per variant (engine_memory.json/.md)")
+    parser.add_argument("--rss-variant", help=argparse.SUPPRESS)  # internal: one variant's peak RSS
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.rss_variant:
+        print(peak_rss_of_engine_steps(args.rss_variant))
+        return
+    if args.memory:
+        memory(args.variants, Path(args.out))
+        return
 
     from ktransfer.runner import environment
 
