@@ -214,8 +214,8 @@ def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['torch']}, transformers "
              f"{meta['transformers']}, Python {meta['python']}; seeds {meta['seeds']}; {meta['steps']} steps of "
-             f"batch {meta['batch_size']}; benchmark wall time {meta['wall_time_min']:.0f} min (teacher included "
-             f"when it was trained by this invocation). Test scores in %, mean ± 95% t-interval over seeds, with the "
+             f"batch {meta['batch_size']}; benchmark wall time {meta['wall_time_min']:.0f} min over {len(meta.get('sittings', []))} sitting(s) (teacher "
+             f"included when the benchmark trained it). Test scores in %, mean ± 95% t-interval over seeds, with the "
              "checkpoint best on validation; differences are paired by seed against vanilla KD (* = the interval "
              "excludes 0); cost = training wall time / vanilla KD's.", ""]
     for task, info in result["teachers"].items():
@@ -235,6 +235,17 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['task']} | {r['student']} | {r['variant']} | {_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | "
                      f"{_fmt(r['mcc'])} | {diff('accuracy')} | {diff('macro_f1')} | {diff('mcc')} | {cost} | "
                      f"{weights} |")
+    learned = [r for r in result["rows"] if r.get("selector_stats")]
+    if learned:
+        lines += ["", "The actor-critic's own cost (mean per run): held-out evaluations, policy updates and the seconds "
+                  "they took (measured inside the selector, so other jobs on the machine inflate it less than wall time).",
+                  "", "| task | student | variant | decisions | held-out evaluations | updates | selector seconds | "
+                  "share of training time |", "|---|---|---|---:|---:|---:|---:|---:|"]
+        for r in learned:
+            st = r["selector_stats"]
+            lines.append(f"| {r['task']} | {r['student']} | {r['variant']} | {st['decisions']:.0f} | "
+                         f"{st['heldout_evals']:.0f} | {st['updates']:.0f} | {st['seconds']:.1f} | "
+                         f"{st['seconds'] / r['train_wall_s'][0] * 100:.0f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -346,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) / size
     units_dir = out / "units"
     units_dir.mkdir(parents=True, exist_ok=True)
+    ran_runs = False
     teachers = {task: prepare_teacher(task, out) for task in tasks}  # before any worker starts: trained once
     if args.jobs > 1 and not args.aggregate_only:
         base = [sys.executable, str(Path(__file__).resolve()), *strip_jobs(argv if argv is not None else sys.argv[1:])]
@@ -356,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"a worker failed (exit codes {codes}); rerun the same command to continue")
             return 1
         args.aggregate_only = True
+        ran_runs = True
     import torch
     import transformers
 
@@ -365,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(args.scratch) if args.scratch else out / "scratch"
     todo = [(t, st, v, s) for s in range(args.seeds) for t in tasks for st in students for v in args.variants]
     if not args.aggregate_only:
+        ran_runs = True
         t0 = time.perf_counter()
         for i, (task, student, variant, seed) in enumerate(todo):
             if i % workers != worker:
@@ -377,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i + 1}/{len(todo)}] {path.stem}: test acc {unit['test']['accuracy']:.3f} macro-F1 "
                   f"{unit['test']['macro_f1']:.3f} MCC {unit['test']['mcc']:.3f} ({unit['train_wall_s']:.0f}s; "
                   f"{(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
+    sittings_file = out / "sittings.jsonl"  # one line per invocation that trained runs: the benchmark's wall time
+    if worker == 0 and workers == 1 and ran_runs:
+        with sittings_file.open("a") as f:
+            f.write(json.dumps({"ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                "wall_time_min": (time.perf_counter() - t_start) / 60}) + "\n")
+    sittings = [json.loads(line) for line in sittings_file.read_text().splitlines()] if sittings_file.exists() else []
     wanted = {(t, st, v, s) for t, st, v, s in todo}
     units = [json.loads(q.read_text()) for q in sorted(units_dir.glob("*.json"))]
     units = [u for u in units if (u["task"], u["student"], u["variant"], u["seed"]) in wanted]
@@ -390,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                        + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "seeds": list(range(args.seeds)), "steps": s["max_steps"], "batch_size": s["batch_size"],
-            "wall_time_min": (time.perf_counter() - t_start) / 60,
+            "wall_time_min": sum(x["wall_time_min"] for x in sittings), "sittings": sittings,
             "run_time_total_min": sum(u["train_wall_s"] for u in units) / 60,
             "variants": {k: {"terms": v[0], "selector": v[1]} for k, v in VARIANTS.items()}, "terms": TERMS,
             "tasks": {t: TASKS[t] for t in tasks}, "students": {st: STUDENTS[st] for st in students},
