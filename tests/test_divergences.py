@@ -372,6 +372,59 @@ def test_chunked_equals_plain(case: Case, masked: bool) -> None:
                 torch.testing.assert_close(got_part, want_part, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("case", MAIN_CASES, ids=case_id)
+def test_chunks_split_by_working_set_match_float64_autograd(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradients taken in the forward pass in sub-chunks of a few rows equal plain autograd (float64).
+
+    The working set is set to one row of this vocabulary (and to a row and a half: uneven
+    sub-chunks inside a chunk), with masked rows and a temperature.
+    """
+    name, params = case
+    s, t = logits(4, 5, 11, seed=60), logits(4, 5, 11, seed=61)
+    mask = random_mask(4, 5, seed=62)
+    kw: dict[str, Any] = {"mask": mask, "temperature": 1.5, **params}
+    want = value_and_grads(lambda a, b: call(name, a, b, **kw), s, t)
+    for rows in (1.0, 1.5):
+        monkeypatch.setattr(D, "_WORKING_SET_BYTES", int(rows * 11 * 8))
+        got = value_and_grads(lambda a, b: call(name, a, b, chunk_size=7, **kw), s, t)
+        for got_part, want_part in zip(got, want, strict=True):
+            torch.testing.assert_close(got_part, want_part, rtol=1e-12, atol=1e-14)
+
+
+def test_chunked_gradient_is_handed_over_without_a_copy() -> None:
+    """Backward scales the gradient buffer in place and autograd takes it as .grad (no second copy)."""
+    s = logits(64, 50, seed=63).requires_grad_(True)
+    t = logits(64, 50, seed=64)
+    loss = D.forward_kl(s, t, chunk_size=16) * 3.0
+    pending = [loss.grad_fn]
+    buffers: list[Tensor] = []
+    while pending:  # find the buffer the chunked loss computed in its forward pass
+        node = pending.pop()
+        if node is None:
+            continue
+        buffers += [g for g in getattr(node, "grads", None) or () if g is not None]
+        pending += [n for n, _ in node.next_functions]
+    assert len(buffers) == 1
+    pointer = buffers[0].data_ptr()
+    loss.backward()
+    assert s.grad is not None and s.grad.data_ptr() == pointer
+    want = torch.autograd.grad(D.forward_kl(s, t) * 3.0, s)[0]
+    torch.testing.assert_close(s.grad, want, rtol=1e-12, atol=1e-14)
+
+
+def test_chunked_loss_with_retained_graph_backpropagates_twice() -> None:
+    """retain_graph keeps the buffers (scaled copies are returned), so a second backward gives the same gradient."""
+    s = logits(8, 10, seed=65).requires_grad_(True)
+    t = logits(8, 10, seed=66)
+    loss = D.jsd(s, t, chunk_size=3)
+    first = torch.autograd.grad(loss, s, retain_graph=True)[0]
+    second = torch.autograd.grad(loss * 2.0, s)[0]
+    torch.testing.assert_close(second, 2 * first)
+    torch.testing.assert_close(first, torch.autograd.grad(D.jsd(s, t), s)[0], rtol=1e-12, atol=1e-14)
+    with pytest.raises(RuntimeError, match="already back-propagated"):
+        loss.backward()
+
+
 def test_chunked_without_grad() -> None:
     s, t = logits(4, 6, 10, seed=27), logits(4, 6, 10, seed=28)
     with torch.no_grad():

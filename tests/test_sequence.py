@@ -441,3 +441,28 @@ def test_teacher_generations_are_cached_once_per_prompt_and_keyed_by_teacher_and
     shard.write_bytes(shard.read_bytes()[:-7])
     cache = GenerationCache(gpt2(seed=2), stage(0).config, "causal_lm", root=tmp_path)
     assert cache.dir == entry and cache.skipped == [shard] and not cache.entries
+
+
+def test_sampling_without_the_kv_cache_draws_the_same_targets() -> None:
+    """generation.use_cache reaches generate: without the cache (float64) the same samples come out, and
+    generate is really called with use_cache=False."""
+    from ktransfer.sequence import StageContext
+
+    model = gpt2(seed=3).double()
+    calls: list[bool] = []
+    generate = model.generate
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["use_cache"])
+        return generate(*args, **kwargs)
+
+    model.generate = spy  # type: ignore[method-assign]
+    ctx = StageContext(student=model, teacher=None, task=Task("causal_lm"), step=0, device=torch.device("cpu"))
+    outs = []
+    for use_cache in (True, False):
+        stage = TargetsStage(sources={"student": 1.0}, generation={"max_new_tokens": 5, "use_cache": use_cache}, seed=3)
+        outs.append(stage(batch_of(prompts("causal_lm")), ctx))
+    assert calls == [True, False]
+    for key in ("labels", "input_ids"):
+        assert torch.equal(outs[0][key], outs[1][key])
+    torch.testing.assert_close(outs[0]["sample_logprobs"], outs[1]["sample_logprobs"])

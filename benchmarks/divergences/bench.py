@@ -53,19 +53,55 @@ def peak_tensor_memory_mb(work: Callable[[], None], device: str) -> float:
     return max(sum(per_category) for per_category in sizes) / 2**20
 
 
+def peak_rss(divergence: str, tokens: int, vocab: int, chunk: int | None, device: str, dtype: str,
+             hidden: int | None = None) -> dict[str, Any]:
+    """Peak resident-set size of this whole process (torch included) over one forward + backward.
+
+    Run alone in a fresh subprocess, so that nothing else this script does counts: the peak is
+    that of building the inputs, the loss and its gradients (what the process needs at the most).
+    """
+    import resource
+
+    import torch
+
+    from ktransfer.divergences import get_divergence
+
+    fn = get_divergence(divergence)
+    torch.manual_seed(0)
+    dt = getattr(torch, dtype)
+    teacher = torch.randn(tokens, vocab, device=device, dtype=dt)
+    kwargs: dict[str, Any] = {"chunk_size": chunk}
+    if hidden is None:
+        student = torch.randn(tokens, vocab, device=device, dtype=dt, requires_grad=True)
+        fn(student, teacher, **kwargs).backward()
+    else:
+        student = torch.randn(tokens, hidden, device=device, dtype=dt, requires_grad=True)
+        head = torch.randn(vocab, hidden, device=device, dtype=dt, requires_grad=True)
+        if chunk is None:
+            fn(torch.nn.functional.linear(student, head), teacher, **kwargs).backward()
+        else:
+            fn(student, teacher, student_head=(head, None), **kwargs).backward()
+    assert student.grad is not None
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def measure(divergence: str, tokens: int, vocab: int, chunk: int | None, device: str, dtype: str,
-            repeats: int, hidden: int | None = None) -> dict[str, Any]:
+            repeats: int, hidden: int | None = None, profile: bool = True, threads: int | None = None) -> dict[str, Any]:
     """One case, in this process (called in a fresh subprocess by `main`).
 
     With `hidden`, the student is given as hidden states (tokens, hidden) plus an output layer
     (vocab, hidden): "chunk none" then computes the logits with one matmul before the loss (the
     usual way), a chunk size fuses the matmul into the chunked loss (`student_head`).
     """
+    import resource
+
     import torch
 
     from ktransfer.divergences import get_divergence
 
     base_fn = get_divergence(divergence)
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
     teacher = torch.randn(tokens, vocab, device=device, dtype=dt)
@@ -106,28 +142,34 @@ def measure(divergence: str, tokens: int, vocab: int, chunk: int | None, device:
             seen.add(t.untyped_storage().data_ptr())
             saved += t.untyped_storage().nbytes()
     loss.backward()
+    # the process's peak so far: building the inputs plus this first forward + backward
+    first_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for t in inputs:
         t.grad = None
-    peak_mb = peak_tensor_memory_mb(lambda: fn(student, teacher, **kwargs).backward(), device) - input_bytes / 2**20
-    for t in inputs:
-        t.grad = None
+    peak_mb = None
+    if profile:  # the profiler's timeline takes minutes at 4096 x 32000 on a CPU
+        peak_mb = peak_tensor_memory_mb(lambda: fn(student, teacher, **kwargs).backward(), device) - input_bytes / 2**20
+        for t in inputs:
+            t.grad = None
 
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = fn(student, teacher, **kwargs)
         loss.backward()
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         for t in inputs:
             t.grad = None
     return {
         "divergence": divergence, "tokens": tokens, "vocab": vocab, "chunk_size": chunk, "device": device,
         "dtype": dtype, "median_s": statistics.median(times), "times_s": times,
-        "saved_for_backward_mb": saved / 2**20, "peak_above_inputs_mb": peak_mb,
+        "median_cpu_s": statistics.median(cpu_times), "cpu_times_s": cpu_times,
+        "saved_for_backward_mb": saved / 2**20, "peak_above_inputs_mb": peak_mb, "first_step_peak_rss_mb": first_rss_mb,
         "hidden": hidden, "input_mb": (teacher.numel() + student.numel() + (vocab * hidden if hidden else 0))
-        * teacher.element_size() / 2**20, "loss": float(loss),
+        * teacher.element_size() / 2**20, "loss": float(loss.detach()),
     }
 
 
@@ -142,12 +184,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=None,
                         help="give the student as hidden states of this size plus an output layer (fused head)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the profiler's memory timeline (slow on large inputs); peak RSS is still measured")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    parser.add_argument("--rss", help=argparse.SUPPRESS)  # internal: peak RSS of one case, print JSON
     args = parser.parse_args()
     if args.one:
         case = json.loads(args.one)
         print(json.dumps(measure(**case)))
+        return
+    if args.rss:
+        case = json.loads(args.rss)
+        print(json.dumps(peak_rss(**case)))
         return
 
     from ktransfer.runner import environment
@@ -157,13 +206,18 @@ def main() -> None:
     for div in args.divergences:
         for chunk in args.chunks:
             case = {"divergence": div, "tokens": args.tokens, "vocab": args.vocab, "chunk": chunk or None,
-                    "device": args.device, "dtype": args.dtype, "repeats": args.repeats, "hidden": args.hidden}
+                    "device": args.device, "dtype": args.dtype, "repeats": args.repeats, "hidden": args.hidden,
+                    "profile": not args.no_profile}
             proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(case)], capture_output=True,
                                   text=True, check=True)
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            rss_case = {k: v for k, v in case.items() if k not in ("repeats", "profile")}
+            proc = subprocess.run([sys.executable, __file__, "--rss", json.dumps(rss_case)], capture_output=True,
+                                  text=True, check=True)
+            rows[-1].update(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"{div:12s} chunk={str(chunk or 'none'):>5s} {r['median_s']:.3f} s  saved {r['saved_for_backward_mb']:.0f} MB"
-                  f"  peak {r['peak_above_inputs_mb']:.0f} MB", flush=True)
+                  f"  peak {r['peak_above_inputs_mb'] or float('nan'):.0f} MB  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     env = environment()
     command = "python benchmarks/divergences/bench.py " + " ".join(sys.argv[1:])
     results = {"command": command.strip(), "rows": rows, "environment": env,
@@ -178,14 +232,14 @@ def main() -> None:
     lines = [f"Command: `{results['command']}`; {env['machine']}, {env['cpu_count']} CPUs, torch {env['torch']}, "
              f"device {args.device}{' (' + env['cuda'] + ')' if env['cuda'] else ''}; inputs {rows[0]['input_mb']:.0f} MB "
              f"({inputs}).", "",
-             "| divergence | chunk | forward+backward (median s) | saved for backward (MB) | peak memory above inputs (MB) |",
-             "|---|---:|---:|---:|---:|"]
+             "| divergence | chunk | forward+backward (median s) | saved for backward (MB) | peak memory above inputs (MB) "
+             "| peak RSS of the process (MB) |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         peak = r["peak_above_inputs_mb"]
         lines.append(f"| {r['divergence']} | {r['chunk_size'] or 'none'} | {r['median_s']:.3f} | "
-                     f"{r['saved_for_backward_mb']:.0f} | {peak:.0f} |" if peak is not None else
-                     f"| {r['divergence']} | {r['chunk_size'] or 'none'} | {r['median_s']:.3f} | "
-                     f"{r['saved_for_backward_mb']:.0f} | n/a |")
+                     f"{r['saved_for_backward_mb']:.0f} | {'n/a' if peak is None else f'{peak:.0f}'} | "
+                     f"{r['peak_rss_mb']:.0f} |")
     (out / f"{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -40,8 +40,12 @@ on log-probabilities.  Notes that hold for all of them:
 * With ``chunk_size`` set, rows are processed ``chunk_size`` at a time, so float32
   intermediates exist for one chunk only. When gradients are needed, scalar reductions take
   each chunk's gradient during the forward pass into one buffer per input (which is all that is
-  kept for backward; the returned loss supports one backward, not double backward); the
-  per-token reduction "none" recomputes each chunk in the backward pass (checkpointing).
+  kept for backward; the returned loss supports one backward, not double backward). Backward
+  scales that buffer in place and hands it over as the gradient (no copy), unless the graph is
+  retained. Given logits (no ``student_head``), these chunks hold at most 2 MiB of rows per
+  intermediate (16 rows at V = 32,000 in float32; ``chunk_size`` is the upper bound), so the
+  peak memory stays close to inputs + gradient. The per-token reduction "none" recomputes each
+  chunk in the backward pass (checkpointing).
 """
 
 from __future__ import annotations
@@ -251,7 +255,22 @@ def _chunks(num_rows: int, step: int, flat_mask: Tensor | None) -> Iterator[tupl
             rows = flat_mask[start:stop].nonzero().squeeze(-1)
             if rows.numel() == 0:
                 continue
+            if rows.numel() == stop - start:  # every row counts: no need to copy the selected rows
+                rows = None
         yield start, stop, rows
+
+
+# Bytes of one (rows x V) intermediate when gradients are taken chunk by chunk in the forward pass
+# (without an output layer): 2 MiB is 16 rows of a 32,000-token vocabulary in float32. A dozen such
+# intermediates then stay far below the size of the gradient itself, and small chunks are faster
+# on a CPU than large ones (they stay in cache); `chunk_size` remains the upper bound.
+_WORKING_SET_BYTES = 2 * 2**20
+
+
+def _keep_graph() -> bool:
+    """Whether the running backward pass keeps the graph (retain_graph=True); True if unknown."""
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep is None else bool(keep())
 
 
 class _GradInForward(torch.autograd.Function):
@@ -284,6 +303,9 @@ class _GradInForward(torch.autograd.Function):
             for i, (t, need) in enumerate(zip(inputs, needs, strict=True))
         ]
         total = torch.zeros((), dtype=torch.promote_types(first.dtype, torch.float32), device=first.device)
+        if weight is None:  # rows of logits: a few rows at a time keep the intermediates small (and in cache)
+            itemsize = total.element_size()
+            step = min(step, max(1, _WORKING_SET_BYTES // max(1, second.shape[-1] * itemsize)))
         for start, stop, rows in _chunks(first.shape[0], step, flat_mask):
             with torch.enable_grad():
                 leaves = [
@@ -300,16 +322,32 @@ class _GradInForward(torch.autograd.Function):
                     target.add_(next(chunk_grads).to(target.dtype))
         ctx.divisor = divisor
         ctx.dtypes = [None if t is None else t.dtype for t in inputs]
-        ctx.save_for_backward(*grads)
+        # Kept as a plain attribute, not with save_for_backward: backward hands the buffers over
+        # (scaled in place), so no second gradient-sized tensor ever exists and autograd can take
+        # a buffer as the input's .grad without copying it.
+        ctx.grads = grads
         return total / divisor
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        grads = ctx.grads
+        if grads is None:
+            raise RuntimeError("this chunked divergence loss was already back-propagated without retain_graph")
+        # Without retain_graph (training) the buffers are scaled in place and handed over; with it
+        # (gradcheck, double use) they must survive this call, so scaled copies are returned.
+        hand_over = not _keep_graph()
+        if hand_over:
+            ctx.grads = None
         scale = grad_output / ctx.divisor
-        out = tuple(
-            None if g is None else (g * scale).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True)
-        )
+        out: list[Tensor | None] = []
+        for g, dtype in zip(grads, ctx.dtypes, strict=True):
+            if g is None:
+                out.append(None)
+            elif hand_over and g.dtype == dtype:
+                out.append(g.mul_(scale.to(g.dtype)))  # in place: no second gradient-sized tensor
+            else:
+                out.append((g * scale).to(dtype))
         return (*out, None, None, None, None)
 
 
@@ -363,13 +401,6 @@ def _divergence(
     num_rows = first_rows.shape[0]
     flat_mask = None if token_mask is None else token_mask.reshape(-1)
 
-    # An exact zero that is connected to both inputs, so the loss always has a grad_fn
-    # (e.g. mean over zero tokens) without touching possibly-NaN masked values.
-    anchor = (first_rows[:0].sum() + second_rows[:0].sum()).to(dtype)
-    for param in (weight, bias):
-        if param is not None:
-            anchor = anchor + param.reshape(-1)[:0].sum().to(dtype)
-
     step = chunk_size if chunk_size is not None else max(num_rows, 1)
     compute = functools.partial(_chunk_values, row_fn=row_fn, temperature=temperature, dtype=dtype)
     use_checkpoint = (
@@ -385,9 +416,8 @@ def _divergence(
         divisor = float(max(num_rows if flat_mask is None else int(flat_mask.sum()), 1))
     elif reduction == "batchmean":
         divisor = float(max(first.shape[0] if first.dim() > 1 else 1, 1))
-    if use_checkpoint and reduction != "none":
-        total = _GradInForward.apply(first_rows, second_rows, weight, bias, flat_mask, compute, step, divisor)
-        return total + anchor
+    if use_checkpoint and reduction != "none":  # connected to every input that needs a gradient
+        return _GradInForward.apply(first_rows, second_rows, weight, bias, flat_mask, compute, step, divisor)
 
     values: list[Tensor] = []
     positions: list[Tensor] = []
@@ -404,14 +434,26 @@ def _divergence(
             else:
                 positions.append(rows + start)
 
-    if reduction == "none":
-        out = torch.zeros(num_rows, dtype=dtype, device=first.device) + anchor
-        if values:
-            out = out.index_copy(0, torch.cat(positions), torch.cat(values))
-        return out.reshape(lead_shape)
+    # With no counted token at all, an exact zero connected to every input keeps the loss
+    # differentiable (it always has a grad_fn) without touching possibly-NaN masked values. Only
+    # then: its gradient is a full-size zero tensor per input, which costs memory and time.
+    anchor = None
+    if not values:
+        anchor = (first_rows[:0].sum() + second_rows[:0].sum()).to(dtype)
+        for param in (weight, bias):
+            if param is not None:
+                anchor = anchor + param.reshape(-1)[:0].sum().to(dtype)
 
-    total = anchor
-    for chunk_values in values:
+    if reduction == "none":
+        out = torch.zeros(num_rows, dtype=dtype, device=first.device)
+        if values:
+            return out.index_copy(0, torch.cat(positions), torch.cat(values)).reshape(lead_shape)
+        return (out + anchor).reshape(lead_shape)
+
+    if anchor is not None:
+        return anchor / divisor
+    total = values[0].sum()
+    for chunk_values in values[1:]:
         total = total + chunk_values.sum()
     return total / divisor
 

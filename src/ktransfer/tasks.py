@@ -78,14 +78,38 @@ SEQUENCE_KEYS = ("target_source", "sample_logprobs", "greedy_reward")
 TARGET_KEYS = ("labels", "sample_weight", *SEQUENCE_KEYS)
 
 
-@dataclass
 class ForwardResult:
-    """A model's output on one batch: aligned logits and targets, plus the raw output."""
+    """A model's output on one batch: aligned logits and targets, plus the raw output.
 
-    logits: Tensor
-    targets: Tensor | None
-    raw: Any
-    task: TaskKind = "classification"
+    With a fused output layer (`hidden` and `head` given, `logits` None), `hidden` holds the
+    hidden states aligned with the targets and `head` the (weight, bias) that turns them into
+    logits; a loss that takes `student_head` uses them without ever building the logits, and
+    reading `logits` computes them (all at once) on first access.
+    """
+
+    def __init__(self, logits: Tensor | None, targets: Tensor | None, raw: Any, task: TaskKind = "classification",
+                 *, hidden: Tensor | None = None, head: tuple[Tensor, Tensor | None] | None = None) -> None:
+        if logits is None and (hidden is None or head is None):
+            raise ValueError("a ForwardResult needs logits, or hidden states and the head that projects them")
+        self._logits = logits
+        self.targets = targets
+        self.raw = raw
+        self.task = task
+        self.hidden = hidden
+        self.head = head
+
+    @property
+    def logits(self) -> Tensor:
+        """The logits (..., V); for a fused head computed from the hidden states on first access."""
+        if self._logits is None:
+            assert self.hidden is not None and self.head is not None
+            self._logits = nn.functional.linear(self.hidden, *self.head)
+        return self._logits
+
+    @property
+    def fused(self) -> bool:
+        """Whether the logits were left to the loss (hidden states + output layer) and not built yet."""
+        return self._logits is None
 
     @property
     def mask(self) -> Tensor | None:
@@ -108,6 +132,19 @@ def extract_logits(output: Any) -> Tensor:
     )
 
 
+def model_kwargs(batch: dict[str, Any], task: TaskKind) -> dict[str, Any]:
+    """The keyword arguments a batch dict gives a (Hugging Face style) model: every non-target key.
+
+    Seq2seq models also get `labels`, from which Hugging Face builds the decoder inputs.
+    """
+    kwargs = {k: v for k, v in batch.items() if k not in TARGET_KEYS}
+    if task == "seq2seq" and "labels" in batch and "decoder_input_ids" not in batch:
+        kwargs["labels"] = batch["labels"]
+    if not kwargs:
+        raise ValueError(f"batch has no model inputs: keys are {sorted(batch)}")
+    return kwargs
+
+
 def call_model(model: nn.Module, batch: dict[str, Any], task: TaskKind) -> Any:
     """Call `model` on a batch dict.
 
@@ -117,12 +154,7 @@ def call_model(model: nn.Module, batch: dict[str, Any], task: TaskKind) -> Any:
     """
     if "inputs" in batch:
         return model(batch["inputs"])
-    kwargs = {k: v for k, v in batch.items() if k not in TARGET_KEYS}
-    if task == "seq2seq" and "labels" in batch and "decoder_input_ids" not in batch:
-        kwargs["labels"] = batch["labels"]
-    if not kwargs:
-        raise ValueError(f"batch has no model inputs: keys are {sorted(batch)}")
-    return model(**kwargs)
+    return model(**model_kwargs(batch, task))
 
 
 @dataclass(frozen=True)
@@ -140,21 +172,42 @@ class Task:
         """What this task needs from the data and which metrics its evaluation reports."""
         return TASK_SPECS[self.kind]
 
-    def forward(self, model: nn.Module, batch: dict[str, Any]) -> ForwardResult:
-        raw = call_model(model, batch, self.kind)
-        logits = extract_logits(raw)
+    def forward(self, model: nn.Module, batch: dict[str, Any], *, fused_head: bool = False,
+                check_head: bool = False) -> ForwardResult:
+        """Call `model` and align its logits with the targets.
+
+        With `fused_head` (sequence tasks, Hugging Face models; see `ktransfer.fused_head`) the
+        model computes no logits for the positions: the result holds its hidden states and output
+        layer instead, and `check_head` verifies once that they give the model's own logits.
+        """
+        hidden = head = None
+        if fused_head:
+            from ktransfer.fused_head import FusedHeadError, fused_forward
+
+            if self.kind == "classification" or "inputs" in batch:
+                raise FusedHeadError(f"fused_head needs a sequence task (causal_lm, seq2seq) and a Hugging Face "
+                                     f"model called with keywords; this is task '{self.kind}'")
+            raw, hidden, head = fused_forward(model, model_kwargs(batch, self.kind), check=check_head)
+            logits = None
+            aligned = hidden
+        else:
+            raw = call_model(model, batch, self.kind)
+            logits = aligned = extract_logits(raw)
         targets = batch.get("labels")
         if self.kind == "causal_lm":
             # position t predicts token t+1
-            logits = logits[..., :-1, :]
+            aligned = aligned[..., :-1, :]
             targets = None if targets is None else targets[..., 1:]
-        if targets is not None and targets.shape != logits.shape[:-1]:
+        if targets is not None and targets.shape != aligned.shape[:-1]:
+            what = "hidden states" if fused_head else "logits"
             raise ValueError(
-                f"labels of shape {tuple(targets.shape)} do not match logits of shape "
-                f"{tuple(logits.shape)} for task '{self.kind}' (expected labels of shape "
-                f"{tuple(logits.shape[:-1])})"
+                f"labels of shape {tuple(targets.shape)} do not match {what} of shape "
+                f"{tuple(aligned.shape)} for task '{self.kind}' (expected labels of shape "
+                f"{tuple(aligned.shape[:-1])})"
             )
-        return ForwardResult(logits=logits, targets=targets, raw=raw, task=self.kind)
+        if fused_head:
+            return ForwardResult(None, targets, raw, self.kind, hidden=aligned, head=head)
+        return ForwardResult(logits=aligned, targets=targets, raw=raw, task=self.kind)
 
     def count_targets(self, batch: dict[str, Any]) -> float:
         """Positions of `batch` that a loss averages over: its targets, aligned as in `forward`.

@@ -373,6 +373,14 @@ class Distiller:
         self.state = TrainState()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir else None
         self.skipped_checkpoints: list[tuple[Path, str]] = []
+        # A term that fuses the student's output layer into its loss: the student then runs without
+        # computing its (tokens x V) logits (`ktransfer.fused_head`), checked on the first step.
+        self._fused_head = any(getattr(t, "fused_head", False) for t in terms)
+        if self._fused_head and self.task.kind == "classification":
+            fused = [t.name for t in terms if getattr(t, "fused_head", False)]
+            raise ValueError(f"knowledge terms {fused} use fused_head, which needs task causal_lm or seq2seq "
+                             f"(a Hugging Face sequence model), not '{self.task.kind}'")
+        self._head_checked = False
         self._setup_terms()
         self._student_specs = sorted({s for t in self.terms for s in t.student_modules})
         self._teacher_specs = sorted({s for t in self.terms for s in t.teacher_modules})
@@ -388,7 +396,9 @@ class Distiller:
         student_batch, teacher_batch = split_batch(batch)
         s_capture = Capture(student, self._student_specs) if self._student_specs else contextlib.nullcontext()
         with s_capture as sc:
-            s_out = self.task.forward(student, student_batch)
+            s_out = self.task.forward(student, student_batch, fused_head=self._fused_head,
+                                      check_head=self._fused_head and not self._head_checked)
+        self._head_checked = True
         t_out = None
         t_captured: dict[str, Any] = {}
         if self.needs_teacher and teacher is not None:

@@ -32,6 +32,11 @@ class ResponseTerm:
     batch's `sample_weight` (one weight per example) when it has one.
     `vocab_size` drops padded vocabulary rows when teacher and student share a tokenizer but
     one embedding matrix is padded.
+    `fused_head` (sequence models from Hugging Face, with `chunk_size`): the engine runs the student
+    without its output layer on the positions (see `ktransfer.fused_head`) and this term computes
+    the student's logits chunk by chunk inside the divergence (`student_head`), so its
+    (tokens x V) logits are never materialised. Another term reading the student's logits would
+    build them all at once, losing the saving.
     """
 
     divergence: str = "forward_kl"
@@ -40,6 +45,7 @@ class ResponseTerm:
     params: dict[str, Any] = field(default_factory=dict)
     chunk_size: int | None = None
     vocab_size: int | None = None
+    fused_head: bool = False
     name: str = "response"
     # what the engine reads; fixed for this term, so not configurable
     requires_teacher: bool = field(default=True, init=False)
@@ -50,6 +56,11 @@ class ResponseTerm:
         self._fn = get_divergence(self.divergence)
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.fused_head and self.chunk_size is None:
+            raise ValueError(
+                "fused_head computes the student's logits inside the loss chunk by chunk: give chunk_size too "
+                "(rows of logits at a time, e.g. 1024); without it all logits would be built at once"
+            )
         valid = divergence_params(self.divergence)
         for key in self.params:
             if key not in valid:
@@ -61,28 +72,34 @@ class ResponseTerm:
     def loss(self, view: StepView) -> Tensor:
         if view.teacher is None:
             raise ValueError(f"knowledge term '{self.name}' needs the teacher's outputs")
-        n_student, n_teacher = view.student.logits.shape[-1], view.teacher.logits.shape[-1]
-        if view.student.task == "classification" and n_student != n_teacher and self.vocab_size is None:
+        n_teacher = view.teacher.logits.shape[-1]
+        if view.student.task == "classification" and view.student.logits.shape[-1] != n_teacher and self.vocab_size is None:
             # the divergence's own message speaks of vocabularies and tokenizers; here they are classes
             raise ValueError(
                 f"knowledge term '{self.name}': the teacher predicts {n_teacher} classes and the student "
-                f"{n_student}; a classifier's teacher and student must predict the same classes (give both "
+                f"{view.student.logits.shape[-1]}; a classifier's teacher and student must predict the same classes (give both "
                 "as many outputs as the data has classes)"
             )
+        options: dict[str, Any] = {}
+        if self.fused_head and view.student.fused:  # the logits are computed chunk by chunk inside the loss
+            student, options["student_head"] = view.student.hidden, view.student.head
+        else:
+            student = view.student.logits
         if SAMPLE_WEIGHT_KEY in view.batch:
             per_position = self._fn(
-                view.student.logits, view.teacher.logits, mask=view.student.mask, temperature=self.temperature,
-                reduction="none", chunk_size=self.chunk_size, vocab_size=self.vocab_size, **self.params,
+                student, view.teacher.logits, mask=view.student.mask, temperature=self.temperature,
+                reduction="none", chunk_size=self.chunk_size, vocab_size=self.vocab_size, **options, **self.params,
             )
             return weighted_mean(per_position, view.student.mask, view.batch)
         return self._fn(
-            view.student.logits,
+            student,
             view.teacher.logits,
             mask=view.student.mask,
             temperature=self.temperature,
             reduction="mean",
             chunk_size=self.chunk_size,
             vocab_size=self.vocab_size,
+            **options,
             **self.params,
         )
 

@@ -47,7 +47,9 @@ class GenerationConfig:
     `do_sample` False with `num_beams` > 1 is beam search; `teacher_mix` in [0, 1) samples the
     student's targets from alpha * p_T + (1 - alpha) * q_S token by token (MiniLLM), which
     needs `do_sample` and one beam. `vocab_size` restricts generation to the first ids when
-    an embedding matrix is padded beyond the tokenizer's vocabulary.
+    an embedding matrix is padded beyond the tokenizer's vocabulary. `use_cache` keeps the
+    models' key/value cache between generated tokens (Hugging Face's default; false recomputes
+    the whole prefix at every token, for comparison: benchmarks/sampling).
     """
 
     max_new_tokens: int = 16
@@ -60,6 +62,7 @@ class GenerationConfig:
     vocab_size: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    use_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -211,7 +214,8 @@ class TargetsStage:
                                               vocab or _vocab_size(model)))
         kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample and not greedy,
                                   "num_beams": 1 if greedy else cfg.num_beams, "output_scores": True,
-                                  "return_dict_in_generate": True, "logits_processor": LogitsProcessorList(processors)}
+                                  "return_dict_in_generate": True, "logits_processor": LogitsProcessorList(processors),
+                                  "use_cache": cfg.use_cache}
         if kwargs["do_sample"]:
             kwargs.update(temperature=cfg.temperature, top_k=cfg.top_k or 0, top_p=cfg.top_p or 1.0)
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else _config_id(model, "eos_token_id")
