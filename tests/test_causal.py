@@ -375,3 +375,32 @@ def test_the_prepared_smollm2_loads_with_its_tokenizer_and_continues_english() -
     ids = tok("The capital of France is", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_fused_head_from_yaml_on_a_text_corpus_trains_like_the_unfused_term(corpus: dict[str, Path],
+                                                                          tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fused_head: true` through `ktransfer run`'s path: same weights as the chunked term that builds logits."""
+    import ktransfer.fused_head as fh
+    from ktransfer.checkpoint import read_weights
+    from ktransfer.runner import run
+
+    calls = []
+    real = fh.fused_forward
+    monkeypatch.setattr(fh, "fused_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    teacher = {"builder": "llama_student", "hidden_size": 32, "num_layers": 2, "num_heads": 2}
+    finals = {}
+    for fused in (False, True):
+        cfg = run_config(corpus, teacher, targets=None, knowledge=[
+            {"type": "response", "divergence": "forward_kl", "chunk_size": 8, "fused_head": fused}])
+        cfg["train"].update(metric="loss", eval_every=4)
+        path = tmp_path / f"fused-{fused}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        run(RunConfig.from_yaml(path), tmp_path / f"run-{fused}", progress=False)
+        finals[fused] = read_weights(tmp_path / f"run-{fused}" / "final" / "model.safetensors")
+        assert bool(calls) == fused  # the fused path really ran (4 training steps), and only when asked
+    assert len(calls) == 4
+    assert finals[True].keys() == finals[False].keys()
+    for name, value in finals[False].items():
+        torch.testing.assert_close(finals[True][name], value, rtol=1e-4, atol=1e-5)
