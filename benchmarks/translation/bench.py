@@ -463,8 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             node = node[part]
         node[last] = json.loads(value)
     is_worker = args.worker != "0/1"
-    if size["threads"]:  # a worker process per core; the teacher (trained alone) uses both
-        torch.set_num_threads(size["threads"] if is_worker else 2)
+    if size["threads"]:  # one thread per process: small matrices gain little from two, and they suffer most
+        torch.set_num_threads(size["threads"])  # when other processes compete for the cores
     runs = Path(args.out) / size_name
     results_root = Path(args.results)
     results = results_root / "translation" / size_name

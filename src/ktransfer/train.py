@@ -256,7 +256,7 @@ def make_evaluator(
     """
     from ktransfer.tasks import evaluate_sums, metrics_from_sums
 
-    from ktransfer.sequence.bleu import has_references
+    from ktransfer.bleu import has_references
 
     task = task if isinstance(task, Task) else Task(task)
     scores_translations = task.kind == "seq2seq" and has_references(data)
@@ -278,7 +278,7 @@ def make_evaluator(
             sums = tuple(float(v) for v in reduced.tolist())  # type: ignore[assignment]
         metrics = metrics_from_sums(*sums)
         if scores_translations:  # every process decodes the same bounded subset: the scores agree everywhere
-            from ktransfer.sequence.bleu import generation_metrics
+            from ktransfer.bleu import generation_metrics
 
             metrics.update(generation_metrics(model, data, collate_fn))
         return metrics

@@ -8,7 +8,7 @@ verses share phrasing, so a split by verse would leak), drawn by `split_seed`. A
 tokenizer is trained on the training split only (`ktransfer.data.subword`), or the user's own
 is loaded. Source and target share one vocabulary (so embeddings can be tied); each example is
 {input_ids, attention_mask, labels} with labels = target ids + end-of-sequence, and the raw
-reference text is kept on the dataset for BLEU / chrF (`ktransfer.sequence.bleu`).
+reference text is kept on the dataset for BLEU / chrF (`ktransfer.bleu`).
 """
 
 from __future__ import annotations
