@@ -99,7 +99,7 @@ def test_unknown_translation_code_lists_the_valid_ones(wheels: Path) -> None:
 
 def test_unprepared_pair_names_the_command(wheels: Path) -> None:
     with pytest.raises(FileNotFoundError, match="ktransfer data prepare bible-j-4"):
-        DATASETS.build("bible_translation", {"source": "j", "target": "4"})
+        DATASETS.build("bible_translation", {"source": "j", "target": 4})  # a number, as YAML reads `target: 4`
 
 
 def test_split_by_book_and_tokenizer_trained_on_train_only(wheels: Path) -> None:

@@ -101,7 +101,7 @@ def train(cfg: Any, run_dir: Path) -> Any:
 
     if (run_dir / "summary.json").is_file() or (run_dir / "checkpoints").is_dir():
         return resume(run_dir, progress=False)
-    return run(cfg, run_dir, progress=False, overwrite=True)
+    return run(cfg, run_dir, progress=False, overwrite=True, data=data_for(cfg))
 
 
 _DATA: dict[str, Any] = {}

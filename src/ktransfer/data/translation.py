@@ -279,7 +279,7 @@ def _settings(vocab_size: int, tokenizer_model: str, tokenizer: str | None, max_
 
 
 def bible_translation(
-    source: str = "e", target: str = "4", max_length: int = 64, vocab_size: int = 8000,
+    source: str | int = "e", target: str | int = "4", max_length: int = 64, vocab_size: int = 8000,
     tokenizer_model: Literal["bpe", "unigram"] = "bpe", tokenizer: LocalPath | None = None,
     val_fraction: float = 0.05, test_fraction: float = 0.05, split_seed: int = 0, train_size: int | None = None,
     val_size: int | None = 1000, test_size: int | None = 1000, eval_examples: int | None = 200,
@@ -290,8 +290,9 @@ def bible_translation(
 
     `eval_*`: BLEU / chrF on the first `eval_examples` examples of a split, greedy (or beam) decoding.
     `bleu_tokenize`: sacrebleu's tokenizer; auto picks 13a, or zh / char for scripts without spaces.
+    A numeric code may be given as a number (target: 4).
     """
-    src, tgt = resolve_code(source), resolve_code(target)
+    src, tgt = resolve_code(str(source)), resolve_code(str(target))
     for code, role in ((src, "source"), (tgt, "target")):
         if code not in BIBLE_LANGUAGES:
             raise _unknown(code, role, BIBLE_LANGUAGES)
