@@ -44,6 +44,7 @@ def test_run_eval_check_and_overrides(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["eval", str(tmp_path / "s"), "--split", "test"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == "test" and report["size"] == 360 and 0 <= report["accuracy"] <= 1
+    assert 0 <= report["macro_f1"] <= 1 and -1 <= report["mcc"] <= 1  # classification: every prediction scored
     assert (tmp_path / "s" / "eval-test.json").exists()
 
     assert main(["check", str(cfg), "--set", "knowledge.0.divergence=jsd", "--set", "knowledge.0.params={beta: 0.2}"]) == 0

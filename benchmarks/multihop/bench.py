@@ -119,13 +119,11 @@ def run_unit(setting: dict[str, Any], name: str, student: str, method: str, seed
 
 
 def _ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval."""
-    from scipy import stats
+    """Mean and half-width of the 95% t-interval (nan half-width for a single value)."""
+    from ktransfer.demo import mean_ci
 
-    a = np.asarray(values, dtype=float)
-    if len(a) < 2:
-        return float(a.mean()), float("nan")
-    return float(a.mean()), float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
+    mean, half = mean_ci([float(v) for v in values])
+    return mean, float("nan") if half is None else half
 
 
 def aggregate(units: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:

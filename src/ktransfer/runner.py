@@ -425,6 +425,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") 
     load_weights(model, run_dir / which / "model.safetensors")
     evaluate = make_evaluator(data.get(split), Task(cfg.task), cfg.train.eval_batch_size, collate_fn=data.collate_fn)
     metrics = evaluate(model)
+    if cfg.task == "classification":  # macro-F1 and MCC need every prediction, not sums
+        from ktransfer.scores import classification_scores, predict_classes
+
+        predicted, true = predict_classes(model, data.get(split), Task(cfg.task), cfg.train.eval_batch_size,
+                                          data.collate_fn)
+        metrics.update(classification_scores(predicted, true, data.info.get("num_classes")))
     report = {"split": split, "which": which, **metrics, "parameters": count_parameters(model),
               "size": len(data.get(split))}  # type: ignore[arg-type]
     write_json_atomic(run_dir / f"eval-{split}.json", report)

@@ -1,0 +1,410 @@
+"""Knowledge-selection benchmark: which kinds of teacher knowledge to transfer, fixed, random or learned.
+
+Per task and student, a MiniLM teacher fine-tuned once on the task (cached, see
+`ktransfer data prepare teacher`) is distilled into a smaller MiniLM student in these ways:
+labels only; vanilla KD (response + labels); response + features (PKD-style); all five kinds
+(response, features, relations, attention, labels) with fixed equal weights; random hard and
+soft weights; the actor-critic selector, soft and hard, deciding every step (single-phase) or
+once per phase of 10 steps (multi-phase). Every variant of a seed starts from the same student
+initialisation and sees the same batches. The test split is scored once per run, with the
+checkpoint that was best on validation (the only tuning signal).
+
+Each finished run writes its own JSON at once and is skipped when the benchmark starts again,
+so a killed benchmark continues where it stopped.
+
+    python benchmarks/selection/bench.py --quick            # README table: tweets, 2-layer student, 3 seeds
+    python benchmarks/selection/bench.py                    # every task x student (GPU, or several CPU sittings)
+
+Writes benchmarks/results/selection.json, benchmarks/selection/results/selection.md and weights.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CONFIGS = ROOT / "configs" / "text"
+
+# The kinds of knowledge, each a knowledge term of the library. Base weights put the terms on
+# comparable scales at the start of training; selectors multiply them by their choice in [0, 1].
+TERMS: dict[str, dict[str, Any]] = {
+    "response": {"type": "response", "divergence": "forward_kl", "temperature": 2.0, "weight": 1.0},
+    "feature": {"type": "feature", "layer_map": "uniform", "loss": "mse", "weight": 1.0},
+    "relation": {"type": "relation", "variant": "token", "path": "attention.self.value", "relation_heads": 12,
+                 "layer_map": "last", "weight": 1.0},
+    "attention": {"type": "attention", "layer_map": "uniform", "path": "attention.self", "weight": 1.0},
+    "labels": {"type": "labels", "weight": 1.0},
+}
+ALL = ["response", "feature", "relation", "attention", "labels"]
+AC = {"type": "actor_critic", "heldout_examples": 64, "student_representation": "bert.pooler",
+      "teacher_representation": "bert.pooler"}
+VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
+    "labels_only": (["labels"], {"type": "fixed"}),
+    "vanilla_kd": (["response", "labels"], {"type": "fixed"}),
+    "response_features": (["response", "feature", "labels"], {"type": "fixed"}),
+    "all_equal": (ALL, {"type": "fixed"}),
+    "random_hard": (ALL, {"type": "random", "mode": "hard"}),
+    "random_soft": (ALL, {"type": "random", "mode": "soft"}),
+    "ac_soft": (ALL, {**AC, "mode": "soft", "phase_steps": 1}),
+    "ac_hard": (ALL, {**AC, "mode": "hard", "phase_steps": 1}),
+    "ac_soft_multi": (ALL, {**AC, "mode": "soft", "phase_steps": 10}),
+    "ac_hard_multi": (ALL, {**AC, "mode": "hard", "phase_steps": 10}),
+}
+BASELINE = "vanilla_kd"
+TASKS = {
+    "tweets": {"data": {"name": "tweets", "max_length": 64, "split_seed": 0}, "score": "macro_f1"},
+    "bbc_news": {"data": {"name": "bbc_news", "max_length": 256, "val_fraction": 0.1, "test_fraction": 0.2,
+                          "split_seed": 0}, "score": "macro_f1"},
+    "bible_paraphrase": {"data": {"name": "bible_paraphrase", "max_length": 128, "split_seed": 0}, "score": "mcc"},
+}
+STUDENTS = {
+    "minilm-2L": {"builder": "minilm_student", "num_layers": 2, "init": "teacher_layers"},
+    "minilm-3L": {"builder": "minilm_student", "num_layers": 3, "init": "teacher_layers"},
+}
+
+
+def sizes(quick: bool) -> dict[str, Any]:
+    """Steps and batch sizes of the student runs (the quick size fits 60 minutes on 2 CPU cores)."""
+    if quick:
+        return {"max_steps": 150, "batch_size": 32, "eval_every": 50, "lr": 1e-4, "warmup": 15}
+    return {"max_steps": 600, "batch_size": 32, "eval_every": 100, "lr": 1e-4, "warmup": 50}
+
+
+def run_config(task: str, student: str, variant: str, seed: int, quick: bool) -> dict[str, Any]:
+    """The whole run as a config dict (the same a YAML file would hold)."""
+    names, selector = VARIANTS[variant]
+    s = sizes(quick)
+    return {
+        "task": "classification",
+        "data": dict(TASKS[task]["data"]),
+        "teacher": {"builder": "cached_teacher", "config": str(CONFIGS / f"{task}_teacher.yaml")},
+        "student": dict(STUDENTS[student]),
+        "knowledge": [{**TERMS[n], "name": n} for n in names],
+        "selector": dict(selector),
+        "optim": {"name": "adamw", "lr": s["lr"], "weight_decay": 0.01},
+        "schedule": {"name": "linear", "warmup_steps": s["warmup"]},
+        "train": {"max_steps": s["max_steps"], "batch_size": s["batch_size"], "eval_batch_size": 128,
+                  "eval_every": s["eval_every"], "log_every": 5, "checkpoint_every": s["max_steps"], "seed": seed},
+    }
+
+
+def weights_trace(metrics_file: Path) -> dict[str, list[float]]:
+    """Per logged training step, the weight each term got (from the run's metrics.jsonl)."""
+    trace: dict[str, list[float]] = {"step": []}
+    for line in metrics_file.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("split") == "train" and "weights" in rec:
+            trace["step"].append(rec["step"])
+            for k, v in rec["weights"].items():
+                trace.setdefault(k, []).append(float(v))
+    return trace
+
+
+def run_one(task: str, student: str, variant: str, seed: int, quick: bool, scratch: Path) -> dict[str, Any]:
+    """Train one student, score it on test with its best-on-validation weights, keep only the small files."""
+    import torch
+
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import build_model, load_data, run
+    from ktransfer.scores import classification_scores, predict_classes
+    from ktransfer.tasks import Task
+    from ktransfer.checkpoint import load_weights
+
+    cfg = RunConfig.from_dict(run_config(task, student, variant, seed, quick))
+    run_dir = scratch / task / student / variant / f"seed-{seed}"
+    t0 = time.perf_counter()
+    result = run(cfg, run_dir, progress=False, overwrite=True)
+    train_s = time.perf_counter() - t0
+    data = load_data(cfg)
+    model = build_model({k: v for k, v in cfg.student.items()}, data.info, "student")
+    load_weights(model, run_dir / "best" / "model.safetensors")
+    scores = {}
+    for split in ("val", "test"):
+        pred, true = predict_classes(model, data.get(split), Task("classification"), 128, data.collate_fn)
+        scores[split] = classification_scores(pred, true, data.info["num_classes"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    selector_stats = None
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("split") == "train" and "selector" in rec:
+            selector_stats = rec["selector"]
+    unit = {
+        "task": task, "student": student, "variant": variant, "seed": seed, "config": cfg.to_dict(),
+        "val": scores["val"], "test": scores["test"], "best_step": result.train.best_step,
+        "train_wall_s": round(summary["wall_time_s"], 2), "total_wall_s": round(train_s, 2),
+        "steps": summary["step"], "student_parameters": summary["student_parameters"],
+        "teacher_parameters": summary["teacher_parameters"], "weights": weights_trace(run_dir / "metrics.jsonl"),
+        "selector_stats": selector_stats, "torch_threads": torch.get_num_threads(),
+    }
+    keep = scratch.parent / "kept" / task / student / variant / f"seed-{seed}"
+    keep.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.jsonl", "summary.json", "config.yaml", "weights.png"):
+        if (run_dir / name).exists():
+            shutil.copy2(run_dir / name, keep / name)
+    if (run_dir / "final" / "policy.pt").exists():
+        shutil.copy2(run_dir / "final" / "policy.pt", keep / "policy.pt")
+    shutil.rmtree(run_dir)  # weights and checkpoints: 60+ MB a run
+    return unit
+
+
+def _ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval (nan half-width for a single value)."""
+    from ktransfer.demo import mean_ci
+
+    mean, half = mean_ci([float(v) for v in values])
+    return mean, float("nan") if half is None else half
+
+
+def aggregate(units: list[dict[str, Any]], teachers: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """Per (task, student, variant): mean and CI of the scores, paired differences and cost against vanilla KD."""
+    cells: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = {}
+    for u in units:
+        cells.setdefault((u["task"], u["student"]), {}).setdefault(u["variant"], {})[u["seed"]] = u
+    rows = []
+    for (task, student), by_variant in sorted(cells.items()):
+        base = by_variant.get(BASELINE, {})
+        for variant in [v for v in VARIANTS if v in by_variant]:
+            runs = by_variant[variant]
+            seeds = sorted(runs)
+            row: dict[str, Any] = {"task": task, "student": student, "variant": variant, "n": len(seeds),
+                                   "seeds": seeds}
+            for key in ("accuracy", "macro_f1", "mcc"):
+                row[key] = _ci([runs[s]["test"][key] for s in seeds])
+                paired = [runs[s]["test"][key] - base[s]["test"][key] for s in seeds if s in base]
+                row[f"{key}_minus_kd"] = _ci(paired) if paired else (float("nan"), float("nan"))
+            row["train_wall_s"] = _ci([runs[s]["train_wall_s"] for s in seeds])
+            ratios = [runs[s]["train_wall_s"] / base[s]["train_wall_s"] for s in seeds if s in base]
+            row["cost_vs_kd"] = _ci(ratios) if ratios else (float("nan"), float("nan"))
+            row["mean_weights"] = {k: float(np.mean([np.mean(runs[s]["weights"][k]) for s in seeds]))
+                                   for k in runs[seeds[0]]["weights"] if k != "step"}
+            stats = [runs[s]["selector_stats"] for s in seeds if runs[s].get("selector_stats")]
+            if stats:
+                row["selector_stats"] = {k: float(np.mean([st[k] for st in stats])) for k in stats[0]}
+            rows.append(row)
+    return {"meta": meta, "teachers": teachers, "rows": rows, "units": units}
+
+
+def _fmt(ci: tuple[float, float]) -> str:
+    m, h = ci
+    return f"{m * 100:.1f} ± {h * 100:.1f}" if not math.isnan(h) else f"{m * 100:.1f}"
+
+
+def _fmt_diff(ci: tuple[float, float]) -> str:
+    m, h = ci
+    if math.isnan(m):
+        return "—"
+    mark = "" if math.isnan(h) or abs(m) <= h else " *"
+    return f"{m * 100:+.1f} ± {h * 100:.1f}{mark}" if not math.isnan(h) else f"{m * 100:+.1f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    lines = [f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['torch']}, transformers "
+             f"{meta['transformers']}, Python {meta['python']}; seeds {meta['seeds']}; {meta['steps']} steps of "
+             f"batch {meta['batch_size']}; benchmark wall time {meta['wall_time_min']:.0f} min (teacher included "
+             f"when it was trained by this invocation). Test scores in %, mean ± 95% t-interval over seeds, with the "
+             "checkpoint best on validation; differences are paired by seed against vanilla KD (* = the interval "
+             "excludes 0); cost = training wall time / vanilla KD's.", ""]
+    for task, info in result["teachers"].items():
+        lines.append(f"Teacher ({task}): MiniLM-L6 fine-tuned, {info['parameters'] / 1e6:.1f}M parameters, test "
+                     f"accuracy {info['test']['accuracy'] * 100:.1f}, macro-F1 {info['test']['macro_f1'] * 100:.1f}, "
+                     f"MCC {info['test']['mcc'] * 100:.1f}; trained in {info['train_wall_s'] / 60:.1f} min "
+                     f"({'this invocation' if info['trained_now'] else 'cached'}).")
+    lines += ["", "| task | student | variant | accuracy | macro-F1 | MCC | Δ acc vs KD | Δ macro-F1 vs KD | "
+              "Δ MCC vs KD | cost vs KD | mean weight (resp/feat/rel/att/lab) |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        w = r["mean_weights"]
+        weights = "/".join(f"{w[k]:.2f}" if k in w else "–" for k in ALL)
+        cost = "1.00" if r["variant"] == BASELINE else (f"{r['cost_vs_kd'][0]:.2f}" if not math.isnan(r["cost_vs_kd"][0])
+                                                         else "—")
+        diff = (lambda k: "—" if r["variant"] == BASELINE else _fmt_diff(r[f"{k}_minus_kd"]))
+        lines.append(f"| {r['task']} | {r['student']} | {r['variant']} | {_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | "
+                     f"{_fmt(r['mcc'])} | {diff('accuracy')} | {diff('macro_f1')} | {diff('mcc')} | {cost} | "
+                     f"{weights} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_weights(result: dict[str, Any], path: Path) -> None:
+    """Each learned (and random soft) variant: the weight of every knowledge kind over training, mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ["ac_soft", "ac_hard", "ac_soft_multi", "ac_hard_multi", "random_soft"]
+    groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
+    for u in result["units"]:
+        if u["variant"] in shown:
+            groups.setdefault((u["task"], u["student"]), {}).setdefault(u["variant"], []).append(u)
+    if not groups:
+        return
+    fig, axes = plt.subplots(len(groups), len(shown), figsize=(3.2 * len(shown), 2.6 * len(groups)), squeeze=False,
+                             sharey=True)
+    for i, ((task, student), by_variant) in enumerate(sorted(groups.items())):
+        for j, variant in enumerate(shown):
+            ax = axes[i][j]
+            units = by_variant.get(variant, [])
+            if units:
+                steps = np.asarray(units[0]["weights"]["step"])
+                for k in ALL:
+                    if k in units[0]["weights"]:
+                        ax.plot(steps, np.mean([u["weights"][k] for u in units], axis=0), label=k)
+            ax.set_title(f"{task} {student}\n{variant} ({len(units)} seeds)", fontsize=8)
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_xlabel("step", fontsize=8)
+    axes[0][0].set_ylabel("weight chosen")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def prepare_teacher(task: str, out: Path) -> dict[str, Any]:
+    """The cached teacher of `task` (trained now if absent) and its test scores; recorded once in `out`."""
+    from ktransfer.checkpoint import write_json_atomic
+
+    record = out / f"teacher-{task}.json"
+    if record.exists():
+        return json.loads(record.read_text())
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import load_data
+    from ktransfer.scores import classification_scores, predict_classes
+    from ktransfer.tasks import Task
+    from ktransfer.teachers import cached_teacher_dir, load_cached_teacher, teacher_key
+    from ktransfer.teachers import prepare_teacher as train_teacher
+
+    config = CONFIGS / f"{task}_teacher.yaml"
+    try:
+        cached_teacher_dir(config)
+        trained_now = False
+    except FileNotFoundError:
+        trained_now = True
+    t0 = time.perf_counter()
+    run_dir = train_teacher(config)
+    elapsed = time.perf_counter() - t0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cfg = RunConfig.from_yaml(config)
+    data = load_data(cfg)
+    model = load_cached_teacher(config, data.info["num_classes"])
+    pred, true = predict_classes(model, data.test, Task("classification"), 128, data.collate_fn)
+    info = {"task": task, "key": teacher_key(config), "config": str(config.relative_to(ROOT)),
+            "test": classification_scores(pred, true, data.info["num_classes"]), "best_val": summary["best_val"],
+            "train_wall_s": summary["wall_time_s"], "prepare_wall_s": round(elapsed, 2), "trained_now": trained_now,
+            "parameters": summary["student_parameters"], "sizes": data.info["sizes"]}
+    write_json_atomic(record, info)
+    return info
+
+
+def strip_jobs(argv: list[str]) -> list[str]:
+    """The command line without `--jobs N`, for the worker processes."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--jobs":
+            skip = True
+        elif not a.startswith("--jobs="):
+            out.append(a)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tweets, 2-layer student, 150 steps (< 60 min on 2 CPUs)")
+    p.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS))
+    p.add_argument("--students", nargs="+", default=None, choices=list(STUDENTS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default=str(HERE / "runs"), help="per-run JSONs (resumable) and the kept small files")
+    p.add_argument("--scratch", default=None, help="run directories while training (default: OUT/scratch)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (each takes every N-th run), then aggregate")
+    p.add_argument("--worker", default="0/1", metavar="I/N")
+    p.add_argument("--aggregate-only", action="store_true")
+    p.add_argument("--report-dir", default=None, help="write the JSON, table and plot here instead")
+    args = p.parse_args(argv)
+    t_start = time.perf_counter()
+    size = "quick" if args.quick else "full"
+    tasks = args.tasks or (["tweets"] if args.quick else list(TASKS))
+    students = args.students or (["minilm-2L"] if args.quick else list(STUDENTS))
+    out = Path(args.out) / size
+    units_dir = out / "units"
+    units_dir.mkdir(parents=True, exist_ok=True)
+    teachers = {task: prepare_teacher(task, out) for task in tasks}  # before any worker starts: trained once
+    if args.jobs > 1 and not args.aggregate_only:
+        base = [sys.executable, str(Path(__file__).resolve()), *strip_jobs(argv if argv is not None else sys.argv[1:])]
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+        procs = [subprocess.Popen([*base, "--worker", f"{i}/{args.jobs}"], env=env) for i in range(args.jobs)]
+        codes = [proc.wait() for proc in procs]
+        if any(codes):
+            print(f"a worker failed (exit codes {codes}); rerun the same command to continue")
+            return 1
+        args.aggregate_only = True
+    import torch
+    import transformers
+
+    from ktransfer.checkpoint import write_json_atomic, write_text_atomic
+
+    worker, workers = (int(v) for v in args.worker.split("/"))
+    scratch = Path(args.scratch) if args.scratch else out / "scratch"
+    todo = [(t, st, v, s) for s in range(args.seeds) for t in tasks for st in students for v in args.variants]
+    if not args.aggregate_only:
+        t0 = time.perf_counter()
+        for i, (task, student, variant, seed) in enumerate(todo):
+            if i % workers != worker:
+                continue
+            path = units_dir / f"{task}-{student}-{variant}-s{seed}.json"
+            if path.exists():
+                continue
+            unit = run_one(task, student, variant, seed, args.quick, scratch)
+            write_json_atomic(path, unit)
+            print(f"[{i + 1}/{len(todo)}] {path.stem}: test acc {unit['test']['accuracy']:.3f} macro-F1 "
+                  f"{unit['test']['macro_f1']:.3f} MCC {unit['test']['mcc']:.3f} ({unit['train_wall_s']:.0f}s; "
+                  f"{(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
+    wanted = {(t, st, v, s) for t, st, v, s in todo}
+    units = [json.loads(q.read_text()) for q in sorted(units_dir.glob("*.json"))]
+    units = [u for u in units if (u["task"], u["student"], u["variant"], u["seed"]) in wanted]
+    if not units:
+        print("no finished runs to aggregate")
+        return 1
+    s = sizes(args.quick)
+    flag = " --quick" if args.quick else ""
+    meta = {"command": f"python benchmarks/selection/bench.py{flag}" + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
+                       + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "seeds": list(range(args.seeds)), "steps": s["max_steps"], "batch_size": s["batch_size"],
+            "wall_time_min": (time.perf_counter() - t_start) / 60,
+            "run_time_total_min": sum(u["train_wall_s"] for u in units) / 60,
+            "variants": {k: {"terms": v[0], "selector": v[1]} for k, v in VARIANTS.items()}, "terms": TERMS,
+            "tasks": {t: TASKS[t] for t in tasks}, "students": {st: STUDENTS[st] for st in students},
+            "complete": len(units) == len(todo)}
+    result = aggregate(units, teachers, meta)
+    suffix = "" if args.quick else "-full"
+    json_dir = Path(args.report_dir) if args.report_dir else ROOT / "benchmarks" / "results"
+    table_dir = Path(args.report_dir) if args.report_dir else HERE / "results"
+    write_json_atomic(json_dir / f"selection{suffix}.json", result)
+    write_text_atomic(table_dir / f"selection{suffix}.md", markdown(result))
+    plot_weights(result, table_dir / f"weights{suffix}.png")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
