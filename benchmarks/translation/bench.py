@@ -293,16 +293,11 @@ def analyse(size: dict[str, Any], runs: Path, results: Path, who: str) -> dict[s
 
 
 # ------------------------------------------------------------------------------------------- report
-def _ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval (nan with fewer than 2 values)."""
-    from scipy import stats
+def _ci(values: list[float]) -> tuple[float, float | None]:
+    """Mean and half-width of the 95% t-interval (the project's one: ktransfer.demo.mean_ci; None for one value)."""
+    from ktransfer.demo import mean_ci
 
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+    return mean_ci(values)
 
 
 def aggregate(units: list[dict[str, Any]], meta: dict[str, Any], teacher: dict[str, Any],
@@ -318,7 +313,8 @@ def aggregate(units: list[dict[str, Any]], meta: dict[str, Any], teacher: dict[s
                                "warm_start": method in ON_POLICY}
         for key in ("bleu", "chrf"):
             row[f"test_{key}"] = _ci([us[s]["test"][key] for s in seeds])
-            row[f"dev_{key}"] = _ci([us[s]["best_val"].get(key, float("nan")) for s in seeds])
+            dev = [us[s]["best_val"][key] for s in seeds if key in us[s]["best_val"]]
+            row[f"dev_{key}"] = _ci(dev) if dev else None
             base = by.get(BASELINE, {})
             paired = [s for s in seeds if s in base]
             row[f"diff_{key}_vs_{BASELINE}"] = (_ci([us[s]["test"][key] - base[s]["test"][key] for s in paired])
@@ -331,12 +327,12 @@ def aggregate(units: list[dict[str, Any]], meta: dict[str, Any], teacher: dict[s
     return {"meta": meta, "teacher": teacher, "rows": rows, "gradient_analysis": analyses, "units": units}
 
 
-def _fmt(ci: tuple[float, float] | None, signed: bool = False) -> str:
+def _fmt(ci: tuple[float, float | None] | None, signed: bool = False) -> str:
     if ci is None:
         return "—"
     m, h = ci
     text = f"{m:+.2f}" if signed else f"{m:.2f}"
-    if math.isnan(h):
+    if h is None or math.isnan(h):
         return text
     mark = " *" if signed and abs(m) > h else ""
     return f"{text} ± {h:.2f}{mark}"
