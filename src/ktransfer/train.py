@@ -248,14 +248,18 @@ def make_evaluator(
     data: Dataset, task: Task | TaskKind = "classification", batch_size: int = 512,
     collate_fn: Callable[[list[Any]], dict[str, Any]] = collate_dicts,
 ) -> Evaluator:
-    """An evaluator computing accuracy, cross-entropy and perplexity of a model on `data`.
+    """An evaluator computing accuracy, cross-entropy and perplexity of a model on `data`, and for a
+    seq2seq split that keeps its references (translation data) BLEU and chrF of generated output.
 
     Under several processes each evaluates its own shard (every world_size-th example) and the
     sums are added up across processes, so the work is split and the metrics cover all of `data`.
     """
     from ktransfer.tasks import evaluate_sums, metrics_from_sums
 
+    from ktransfer.bleu import has_references
+
     task = task if isinstance(task, Task) else Task(task)
+    scores_translations = task.kind == "seq2seq" and has_references(data)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
@@ -272,7 +276,12 @@ def make_evaluator(
             reduced = torch.tensor(sums, dtype=torch.float64, device=device)
             torch.distributed.all_reduce(reduced)
             sums = tuple(float(v) for v in reduced.tolist())  # type: ignore[assignment]
-        return metrics_from_sums(*sums)
+        metrics = metrics_from_sums(*sums)
+        if scores_translations:  # every process decodes the same bounded subset: the scores agree everywhere
+            from ktransfer.bleu import generation_metrics
+
+            metrics.update(generation_metrics(model, data, collate_fn))
+        return metrics
 
     return evaluate
 

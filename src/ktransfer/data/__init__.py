@@ -15,6 +15,7 @@ from ktransfer.data.text import (
     PadCollator, TokenizedDataset, bbc_news, bible_paraphrase, prepare_bbc_news, prepare_bible, prepare_minilm,
     prepare_tweets, text_csv, text_jsonl, tweets,
 )
+from ktransfer.data.translation import bible_translation, parallel_jsonl, parallel_tsv, prepare_bible_translation
 from ktransfer.registry import Registry
 
 DATASETS: Registry[DataSplits] = Registry("dataset")
@@ -43,6 +44,9 @@ DATASETS.register("tweets")(tweets)
 DATASETS.register("bible_paraphrase")(bible_paraphrase)
 DATASETS.register("text_csv")(text_csv)
 DATASETS.register("text_jsonl")(text_jsonl)
+DATASETS.register("bible_translation")(bible_translation)
+DATASETS.register("parallel_tsv")(parallel_tsv)
+DATASETS.register("parallel_jsonl")(parallel_jsonl)
 DATASETS.register("text_corpus")(text_corpus)
 DATASETS.register("bbc_news_text")(bbc_news_text)
 
@@ -68,8 +72,19 @@ PREPARERS: dict[str, Callable[[Any], Path]] = {
     "fashion-mnist": prepare_fashion_mnist, "bbc-news": prepare_bbc_news, "tweets": prepare_tweets,
     "bible-paraphrase": prepare_bible, "minilm": prepare_minilm, "teacher": prepare_teacher,
     "smollm2": prepare_smollm2,
+    "bible-de-en": partial(prepare_bible_translation, "bible-de-en"),
 }
 
+
+def find_preparer(name: str) -> Callable[[Any], Path]:
+    """The preparer of `ktransfer data prepare NAME`; any `bible-SRC-TGT` translation pair is one too."""
+    if name in PREPARERS:
+        return PREPARERS[name]
+    if name.startswith("bible-") and name.count("-") == 2:
+        return partial(prepare_bible_translation, name)
+    raise ValueError(f"unknown dataset to prepare '{name}'; valid choices: {', '.join(sorted(PREPARERS))}, "
+                     "bible-SRC-TGT (two translation codes of the Bible corpus)")
+
 __all__ = ["DATASETS", "DataSplits", "TensorDictDataset", "collate_dicts", "sklearn_splits", "csv_splits",
-           "fashion_mnist", "prepare_fashion_mnist", "PREPARERS", "PadCollator", "TokenizedDataset",
+           "fashion_mnist", "prepare_fashion_mnist", "PREPARERS", "find_preparer", "PadCollator", "TokenizedDataset",
            "BlockCollator"]

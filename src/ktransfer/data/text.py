@@ -166,7 +166,8 @@ class TokenizedDataset(Dataset):
 
 
 class PadCollator:
-    """Pads a list of rows to the longest sequence of the batch (ids with `pad_id`, masks with 0)."""
+    """Pads a list of rows to the longest sequence of the batch: ids with `pad_id`, sequence labels with -100
+    (no target), masks and anything else with 0."""
 
     def __init__(self, pad_id: int = 0) -> None:
         self.pad_id = pad_id
@@ -178,7 +179,7 @@ class PadCollator:
             if values[0].dim() == 0:
                 out[key] = torch.stack(values)
                 continue
-            fill = self.pad_id if key == "input_ids" else 0
+            fill = self.pad_id if key == "input_ids" else IGNORED_LABEL if key == "labels" else 0
             batch = torch.full((len(values), max(len(v) for v in values)), fill, dtype=values[0].dtype)
             for i, v in enumerate(values):
                 batch[i, : len(v)] = v

@@ -16,9 +16,9 @@ MODELS: Registry[nn.Module] = Registry("model builder")
 # Builder arguments that a run fills from the dataset's `info` when the config leaves them out.
 DATASET_DEFAULTS: tuple[tuple[str, str], ...] = (
     ("in_features", "num_features"), ("num_classes", "num_classes"),
-    # a causal LM student reads the dataset's tokens: its vocabulary and special ids are the tokenizer's
+    # a sequence student reads the dataset's tokens: its vocabulary and special ids are the tokenizer's
     ("vocab_size", "vocab_size"), ("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
-    ("pad_token_id", "pad_token_id"),
+    ("pad_token_id", "pad_token_id"), ("decoder_start_token_id", "decoder_start_token_id"),
 )
 
 
@@ -59,6 +59,24 @@ def build_hf_config(
 
     cfg = transformers.AutoConfig.for_model(model_type, **(config or {}))
     return _auto_class(auto_class).from_config(cfg, attn_implementation=attn_implementation)
+
+
+@MODELS.register("seq2seq_transformer")
+def build_seq2seq_transformer(
+    vocab_size: int, pad_token_id: int, eos_token_id: int, decoder_start_token_id: int,
+    family: Literal["marian", "bart"] = "marian", d_model: int = 256, encoder_layers: int = 3, decoder_layers: int = 3,
+    attention_heads: int = 4, ffn_dim: int = 1024, dropout: float = 0.1, max_position_embeddings: int = 256,
+    attn_implementation: str = "sdpa",
+) -> nn.Module:
+    """A randomly initialised encoder-decoder Transformer (Hugging Face Marian or BART) with one shared,
+    tied embedding; vocabulary and special ids default to the dataset's tokenizer."""
+    from ktransfer.models.seq2seq import build_encoder_decoder
+
+    return build_encoder_decoder(
+        family, vocab_size=vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+        decoder_start_token_id=decoder_start_token_id, d_model=d_model, encoder_layers=encoder_layers,
+        decoder_layers=decoder_layers, attention_heads=attention_heads, ffn_dim=ffn_dim, dropout=dropout,
+        max_position_embeddings=max_position_embeddings, attn_implementation=attn_implementation)
 
 
 @MODELS.register("hf_pretrained")

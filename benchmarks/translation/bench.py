@@ -1,0 +1,514 @@
+"""Translation benchmark: a German -> English teacher distilled into a student 1/4 its size, six ways.
+
+The data is the Bible, Elberfelder (German) -> World English Bible (English), whole books held
+out for dev and test (`bible_translation`). A teacher Transformer is trained on the references;
+then, per seed, a student with about 1/4 of its parameters is trained from one initialisation
+(the same weights for every method of that seed; the seed also fixes data order and dropout) by:
+
+  labels       references only (cross-entropy), no teacher
+  word_kd      word-level forward KL(teacher || student) per token on the references
+  seq_kd       cross-entropy on the teacher's beam-search translations (generated once, cached)
+  backward_kl  on-policy: exact per-token KL(student || teacher) at the student's sampled prefixes
+  reinforce    on-policy: backward KL by REINFORCE (per-token returns, moving-average baseline)
+  jsd          on-policy: generalised JSD(0.5) at the student's sampled prefixes
+
+The on-policy methods start from a shared warm start, the references-only student after
+`warm_steps` steps (as practitioners do), and train for the remaining steps, so every method
+makes the same number of optimizer steps. Checkpoints are picked on dev BLEU (tuning on dev
+only); test BLEU / chrF (sacrebleu, greedy decoding, detokenised) are measured once at the end.
+
+    python benchmarks/translation/bench.py --quick --jobs 2   # 2 CPU cores, < 60 min (teacher included)
+    python benchmarks/translation/bench.py --gpu              # one H100-class GPU, < 10 min
+
+Each finished run writes its own JSON under benchmarks/results/translation/<size>/ at once and
+is skipped when the benchmark is started again (runs themselves resume from checkpoints).
+Writes benchmarks/results/translation.json and translation.md (translation-gpu.* for --gpu),
+and the gradient analysis of the teacher against the warm-start and word-KD students on dev
+batches (gradient_analysis-*.json / .png beside the per-run results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CONFIGS = ROOT / "configs" / "translation"
+METHODS = ["labels", "word_kd", "seq_kd", "backward_kl", "reinforce", "jsd"]
+ON_POLICY = ("backward_kl", "reinforce", "jsd")
+BASELINE = "word_kd"
+LABELS = {"labels": "references only", "word_kd": "word-level forward KL", "seq_kd": "sequence-level KD (beam 4)",
+          "backward_kl": "on-policy backward KL (exact per token)", "reinforce": "backward KL by REINFORCE",
+          "jsd": "on-policy JSD(0.5)"}
+
+# Everything the two sizes change; the rest comes from configs/translation/*.yaml.
+SIZES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "data": {"max_length": 32, "vocab_size": 4000, "train_size": 4000, "val_size": 300, "test_size": 500,
+                 "eval_examples": 150},
+        "teacher": {"d_model": 128, "encoder_layers": 3, "decoder_layers": 3, "attention_heads": 4, "ffn_dim": 512},
+        "student": {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "attention_heads": 4, "ffn_dim": 256},
+        "teacher_steps": 1500, "teacher_lr": 0.001, "steps": 500, "warm_steps": 250, "batch_size": 32,
+        "lr": 0.0015, "on_policy_lr": 0.0005, "eval_every": 125, "max_new_tokens": 32, "threads": 1,
+    },
+    "gpu": {
+        "data": {"max_length": 64, "vocab_size": 8000, "train_size": None, "val_size": 500, "test_size": 1000,
+                 "eval_examples": 300},
+        "teacher": {"d_model": 384, "encoder_layers": 4, "decoder_layers": 4, "attention_heads": 6, "ffn_dim": 1536},
+        "student": {"d_model": 192, "encoder_layers": 3, "decoder_layers": 3, "attention_heads": 4, "ffn_dim": 768},
+        "teacher_steps": 3000, "teacher_lr": 0.001, "steps": 1200, "warm_steps": 600, "batch_size": 128,
+        "lr": 0.001, "on_policy_lr": 0.0003, "eval_every": 300, "max_new_tokens": 64, "threads": None,
+    },
+}
+
+
+def _sets(prefix: str, values: dict[str, Any]) -> list[str]:
+    return [f"{prefix}.{k}={json.dumps(v)}" for k, v in values.items()]
+
+
+def config_overrides(size: dict[str, Any], *, role: str, seed: int, steps: int, lr: float) -> list[str]:
+    """`--set` overrides that turn a config of configs/translation into this size's run."""
+    model = size["teacher"] if role == "teacher" else size["student"]
+    out = _sets("data", size["data"]) + _sets("student", model)
+    out += [f"train.max_steps={steps}", f"train.batch_size={size['batch_size']}", f"train.seed={seed}",
+            f"train.eval_every={size['eval_every']}", f"optim.lr={lr}", "train.log_every=25",
+            f"train.checkpoint_every={size['eval_every']}",
+            f"schedule.warmup_steps={min(100, steps // 10) if role != 'on_policy' else 0}"]
+    return out
+
+
+def load_config(name: str, overrides: list[str]) -> Any:
+    from ktransfer.config import RunConfig
+
+    return RunConfig.from_yaml(CONFIGS / f"{name}.yaml", overrides)
+
+
+def train(cfg: Any, run_dir: Path) -> Any:
+    """Train (or resume, or leave a finished run as it is) and return the RunResult."""
+    from ktransfer.runner import resume, run
+
+    if (run_dir / "summary.json").is_file() or (run_dir / "checkpoints").is_dir():
+        return resume(run_dir, progress=False)
+    return run(cfg, run_dir, progress=False, overwrite=True, data=data_for(cfg))
+
+
+_DATA: dict[str, Any] = {}
+
+
+def data_for(cfg: Any) -> Any:
+    """The dataset of a config, loaded once per process (every run of a size shares it)."""
+    from ktransfer.runner import load_data
+
+    key = json.dumps(cfg.data, sort_keys=True)
+    if key not in _DATA:
+        _DATA[key] = load_data(cfg)
+    return _DATA[key]
+
+
+def test_scores(run_dir: Path, which: str = "best") -> dict[str, Any]:
+    """BLEU / chrF of a run's student on the whole test split (greedy), plus loss and accuracy."""
+    from dataclasses import replace
+
+    from ktransfer.checkpoint import load_weights
+    from ktransfer.runner import _architecture, build_model, load_run_config
+    from ktransfer.tasks import Task
+    from ktransfer.train import make_evaluator
+
+    cfg = load_run_config(run_dir)
+    data = data_for(cfg)
+    model = build_model(_architecture(cfg.student), data.info, "student")
+    load_weights(model, run_dir / which / "model.safetensors")
+    test = copy.copy(data.test)
+    test.evaluation = replace(test.evaluation, examples=None)
+    started = time.perf_counter()
+    metrics = make_evaluator(test, Task("seq2seq"), cfg.train.eval_batch_size, collate_fn=data.collate_fn)(model)
+    return {**metrics, "test_size": len(test), "test_eval_s": round(time.perf_counter() - started, 2)}
+
+
+def write_unit(path: Path, unit: dict[str, Any]) -> None:
+    from ktransfer.checkpoint import write_json_atomic
+
+    write_json_atomic(path, unit)
+
+
+# ------------------------------------------------------------------------------------------- stages
+def train_teacher(size_name: str, size: dict[str, Any], runs: Path, results: Path) -> dict[str, Any]:
+    path = results / "teacher.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    cfg = load_config("teacher", config_overrides(size, role="teacher", seed=0, steps=size["teacher_steps"],
+                                                  lr=size["teacher_lr"]))
+    started = time.perf_counter()
+    result = train(cfg, runs / "teacher")
+    unit = {"method": "teacher", "seed": 0, "size": size_name, "best_val": result.train.best_metrics,
+            "best_step": result.train.best_step, "steps": cfg.train.max_steps, "parameters": result.student_parameters,
+            "wall_time_s": round(result.train.wall_time_s, 2), "total_s": round(time.perf_counter() - started, 2),
+            "samples_per_s": cfg.train.max_steps * cfg.train.batch_size / max(result.train.wall_time_s, 1e-9),
+            "test": test_scores(runs / "teacher")}
+    write_unit(path, unit)
+    print(f"teacher: test BLEU {unit['test']['bleu']:.2f} chrF {unit['test']['chrf']:.2f} "
+          f"({unit['parameters']:,} parameters, {unit['wall_time_s'] / 60:.1f} min)", flush=True)
+    return unit
+
+
+def student_init(size: dict[str, Any], runs: Path, seed: int) -> Path:
+    """The student's initial weights for `seed`, shared by every method of that seed."""
+    from ktransfer.checkpoint import save_weights
+    from ktransfer.runner import build_model
+
+    path = runs / f"init-s{seed}.safetensors"
+    if not path.is_file():
+        cfg = load_config("student_labels", config_overrides(size, role="student", seed=seed, steps=1, lr=size["lr"]))
+        torch.manual_seed(10_000 + seed)
+        save_weights(build_model(cfg.student, data_for(cfg).info, "student"), path)
+    return path
+
+
+def pregenerate(size: dict[str, Any], runs: Path, results: Path) -> dict[str, Any]:
+    """The teacher's beam translations of the training split, into the cache seq_kd reads (timed once)."""
+    path = results / "seq_kd-generation.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from torch.utils.data import DataLoader
+
+    from ktransfer.runner import build_model
+    from ktransfer.sequence.stage import StageContext
+    from ktransfer.sequence.targets import targets_stage_from_config
+    from ktransfer.tasks import Task
+
+    cfg = seq_kd_config(size, runs, 0)
+    data = data_for(cfg)
+    teacher = build_model(cfg.teacher, data.info, "teacher").eval()
+    stage = targets_stage_from_config(cfg.targets, "seq2seq")
+    started = time.perf_counter()
+    loader = DataLoader(data.train, batch_size=size["batch_size"], shuffle=False, collate_fn=data.collate_fn)
+    for batch in loader:
+        stage(batch, StageContext(teacher, teacher, Task("seq2seq"), 0, torch.device("cpu")))
+    unit = {"examples": len(data.train), "seconds": round(time.perf_counter() - started, 2),
+            "generation": cfg.targets["generation"]}
+    write_unit(path, unit)
+    print(f"seq_kd: teacher beam translations of {unit['examples']} training pairs in {unit['seconds']:.0f}s", flush=True)
+    return unit
+
+
+def seq_kd_config(size: dict[str, Any], runs: Path, seed: int) -> Any:
+    over = config_overrides(size, role="student", seed=seed, steps=size["steps"], lr=size["lr"])
+    over += [f"teacher.from_run={runs / 'teacher'}", f"targets.cache_dir={runs / 'generations'}",
+             f"targets.generation.max_new_tokens={size['max_new_tokens']}"]
+    return load_config("student_seq_kd", over + [f"student.weights={student_init(size, runs, seed)}"])
+
+
+def method_config(method: str, size: dict[str, Any], runs: Path, seed: int) -> Any:
+    teacher = [f"teacher.from_run={runs / 'teacher'}"]
+    if method == "seq_kd":
+        return seq_kd_config(size, runs, seed)
+    if method in ON_POLICY:
+        steps = size["steps"] - size["warm_steps"]
+        over = config_overrides(size, role="on_policy", seed=seed, steps=steps, lr=size["on_policy_lr"])
+        over += teacher + [f"student.weights={runs / f'warm-s{seed}' / 'final' / 'model.safetensors'}",
+                           f"targets.generation.max_new_tokens={size['max_new_tokens']}",
+                           f"train.eval_every={max(1, min(size['eval_every'], steps))}"]
+        return load_config(f"student_{method}", over)
+    over = config_overrides(size, role="student", seed=seed, steps=size["steps"], lr=size["lr"])
+    over += [f"student.weights={student_init(size, runs, seed)}"] + (teacher if method == "word_kd" else [])
+    return load_config(f"student_{method}", over)
+
+
+def warm_start(size: dict[str, Any], runs: Path, results: Path, seed: int) -> dict[str, Any]:
+    path = results / f"warm-s{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    over = config_overrides(size, role="student", seed=seed, steps=size["warm_steps"], lr=size["lr"])
+    cfg = load_config("student_labels", over + [f"student.weights={student_init(size, runs, seed)}"])
+    result = train(cfg, runs / f"warm-s{seed}")
+    unit = {"method": "warm", "seed": seed, "steps": cfg.train.max_steps, "final_val": result.train.final_metrics,
+            "wall_time_s": round(result.train.wall_time_s, 2)}
+    write_unit(path, unit)
+    return unit
+
+
+def run_method(method: str, size: dict[str, Any], runs: Path, results: Path, seed: int) -> dict[str, Any]:
+    path = results / f"{method}-s{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    warm = warm_start(size, runs, results, seed) if method in ON_POLICY else None
+    cfg = method_config(method, size, runs, seed)
+    run_dir = runs / f"{method}-s{seed}"
+    result = train(cfg, run_dir)
+    wall = result.train.wall_time_s
+    unit = {
+        "method": method, "seed": seed, "steps": cfg.train.max_steps, "batch_size": cfg.train.batch_size,
+        "warm_start_steps": warm["steps"] if warm else 0, "warm_start_s": warm["wall_time_s"] if warm else 0.0,
+        "best_step": result.train.best_step, "best_val": result.train.best_metrics,
+        "wall_time_s": round(wall, 2), "samples_per_s": cfg.train.max_steps * cfg.train.batch_size / max(wall, 1e-9),
+        "parameters": result.student_parameters, "test": test_scores(run_dir), "config": cfg.to_dict(),
+    }
+    write_unit(path, unit)
+    print(f"{method} seed {seed}: test BLEU {unit['test']['bleu']:.2f} chrF {unit['test']['chrf']:.2f} "
+          f"(dev BLEU {unit['best_val'].get('bleu', float('nan')):.2f} at step {unit['best_step']}; "
+          f"{wall / 60:.1f} min, {unit['samples_per_s']:.1f} samples/s)", flush=True)
+    return unit
+
+
+def analyse(size: dict[str, Any], runs: Path, results: Path, who: str) -> dict[str, Any] | None:
+    """Gradient analysis of the teacher against a trained student (`who`: a run name) on 4 dev batches."""
+    out = results / f"gradient_analysis-{who}.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    if not (runs / who / "final" / "model.safetensors").is_file():
+        return None
+    from torch.utils.data import DataLoader
+
+    from ktransfer.analysis import gradient_analysis
+    from ktransfer.checkpoint import load_weights, write_json_atomic
+    from ktransfer.runner import _architecture, build_model, load_run_config
+    from ktransfer.tasks import Task
+    from ktransfer.train import split_batch
+
+    cfg = load_run_config(runs / who)
+    data = data_for(cfg)
+    torch.manual_seed(0)
+    teacher = build_model({"from_run": str(runs / "teacher")}, data.info, "teacher")
+    student = load_weights(build_model(_architecture(cfg.student), data.info, "student"),
+                           runs / who / "final" / "model.safetensors")
+    loader = DataLoader(data.val, batch_size=32, shuffle=False, collate_fn=data.collate_fn)
+    batches = [split_batch(b) for _, b in zip(range(4), loader, strict=False)]
+    report = gradient_analysis(student, teacher, batches, Task("seq2seq"),
+                               plot_path=results / f"gradient_analysis-{who}.png")
+    report.extra = {"student": who, "split": "val", "batches": len(batches), "weights": "final"}
+    write_json_atomic(out, report.to_dict())
+    return report.to_dict()
+
+
+# ------------------------------------------------------------------------------------------- report
+def _ci(values: list[float]) -> tuple[float, float | None]:
+    """Mean and half-width of the 95% t-interval (the project's one: ktransfer.demo.mean_ci; None for one value)."""
+    from ktransfer.demo import mean_ci
+
+    return mean_ci(values)
+
+
+def aggregate(units: list[dict[str, Any]], meta: dict[str, Any], teacher: dict[str, Any],
+              analyses: dict[str, Any]) -> dict[str, Any]:
+    by: dict[str, dict[int, dict[str, Any]]] = {}
+    for u in units:
+        by.setdefault(u["method"], {})[u["seed"]] = u
+    rows = []
+    for method in [m for m in METHODS if m in by]:
+        us = by[method]
+        seeds = sorted(us)
+        row: dict[str, Any] = {"method": method, "label": LABELS[method], "n": len(seeds), "seeds": seeds,
+                               "warm_start": method in ON_POLICY}
+        for key in ("bleu", "chrf"):
+            row[f"test_{key}"] = _ci([us[s]["test"][key] for s in seeds])
+            dev = [us[s]["best_val"][key] for s in seeds if key in us[s]["best_val"]]
+            row[f"dev_{key}"] = _ci(dev) if dev else None
+            base = by.get(BASELINE, {})
+            paired = [s for s in seeds if s in base]
+            row[f"diff_{key}_vs_{BASELINE}"] = (_ci([us[s]["test"][key] - base[s]["test"][key] for s in paired])
+                                                if paired and method != BASELINE else None)
+        row["wall_time_s"] = _ci([us[s]["wall_time_s"] for s in seeds])
+        row["warm_start_s"] = _ci([us[s]["warm_start_s"] for s in seeds])
+        row["samples_per_s"] = _ci([us[s]["samples_per_s"] for s in seeds])
+        row["parameters"] = us[seeds[0]]["parameters"]
+        rows.append(row)
+    return {"meta": meta, "teacher": teacher, "rows": rows, "gradient_analysis": analyses, "units": units}
+
+
+def _fmt(ci: tuple[float, float | None] | None, signed: bool = False) -> str:
+    if ci is None:
+        return "—"
+    m, h = ci
+    text = f"{m:+.2f}" if signed else f"{m:.2f}"
+    if h is None or math.isnan(h):
+        return text
+    mark = " *" if signed and abs(m) > h else ""
+    return f"{text} ± {h:.2f}{mark}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta, t = result["meta"], result["teacher"]
+    lines = [
+        f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['versions']['torch']}, transformers "
+        f"{meta['versions']['transformers']}, sacrebleu {meta['versions']['sacrebleu']}, Python "
+        f"{meta['versions']['python']}; commit {meta['commit']}; seeds {meta['seeds']}; "
+        f"{meta['wall_time_min']:.0f} min for this invocation.",
+        "",
+        f"Data: Bible, German (Elberfelder) -> English (World English Bible), whole books held out; "
+        f"{meta['data_sizes']['train']} training pairs, {meta['data_sizes']['val']} dev, {meta['data_sizes']['test']} test "
+        f"(pairs of at most {meta['size']['data']['max_length']} subword tokens; BPE vocabulary "
+        f"{meta['vocab_size']} trained on the training split). Test BLEU / chrF: sacrebleu "
+        f"(tokenize={meta['bleu_tokenize']}) on detokenised greedy output. Checkpoints chosen on dev BLEU.",
+        "",
+        f"Teacher: {t['parameters']:,} parameters, {t['steps']} steps, test BLEU {t['test']['bleu']:.2f}, chrF "
+        f"{t['test']['chrf']:.2f} ({t['wall_time_s'] / 60:.1f} min). Student: {result['rows'][0]['parameters']:,} "
+        f"parameters ({result['rows'][0]['parameters'] / t['parameters']:.2f} of the teacher), "
+        f"{meta['size']['steps']} steps of {meta['size']['batch_size']}; on-policy methods (marked †) start from the "
+        f"references-only student after {meta['size']['warm_steps']} steps (shared warm start) and train "
+        f"{meta['size']['steps'] - meta['size']['warm_steps']} steps more.",
+        "",
+        f"Mean ± 95% t-interval over seeds; Δ = paired difference against word-level forward KL (* = interval "
+        "excludes 0). Wall time and samples/s are the method's own training (warm start and seq-KD generation "
+        "listed separately), evaluation included.",
+        "",
+        "| method | test BLEU | test chrF | Δ BLEU vs word KD | Δ chrF vs word KD | dev BLEU | wall time (s) | samples/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        name = r["label"] + (" †" if r["warm_start"] else "")
+        lines.append(f"| {name} | {_fmt(r['test_bleu'])} | {_fmt(r['test_chrf'])} | "
+                     f"{_fmt(r[f'diff_bleu_vs_{BASELINE}'], True)} | {_fmt(r[f'diff_chrf_vs_{BASELINE}'], True)} | "
+                     f"{_fmt(r['dev_bleu'])} | {r['wall_time_s'][0]:.0f} | {r['samples_per_s'][0]:.1f} |")
+    warm = [r for r in result["rows"] if r["warm_start"]]
+    if warm:
+        lines += ["", f"† shared warm start: {warm[0]['warm_start_s'][0]:.0f} s per seed (not in the wall time above)."]
+    gen = meta.get("seq_kd_generation")
+    if gen:
+        lines += [f"Sequence-level KD: the teacher's beam translations of {gen['examples']} training pairs took "
+                  f"{gen['seconds']:.0f} s, once (cached; not in the wall time above)."]
+    for who, report in result["gradient_analysis"].items():
+        if report:
+            a = report["aggregate"]
+            lines += ["", f"Gradient analysis, teacher vs the student {who} on {report['tokens']} dev tokens "
+                          f"(gradient_analysis-{who}.json / .png): parameter-gradient cosine of forward and backward "
+                          f"KL {a['param_cosine']:.3f}; entropy teacher {a['entropy_teacher']:.2f} / student "
+                          f"{a['entropy_student']:.2f} nats; largest probability teacher {a['peak_teacher']:.2f}. "
+                          f"{report['reading']}"]
+    return "\n".join(lines) + "\n"
+
+
+def git_commit() -> str:
+    """The commit benchmarked: `git rev-parse` here, or a COMMIT file (a snapshot run outside the repository)."""
+    if (ROOT / "COMMIT").is_file():
+        return (ROOT / "COMMIT").read_text().strip()
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def meta_record(args: argparse.Namespace, size_name: str, size: dict[str, Any], started: float) -> dict[str, Any]:
+    import sacrebleu
+    import transformers
+
+    cfg = load_config("student_labels", config_overrides(size, role="student", seed=0, steps=1, lr=size["lr"]))
+    info = data_for(cfg).info
+    flag = "--quick" if size_name == "quick" else "--gpu"
+    return {
+        "command": f"python benchmarks/translation/bench.py {flag} --seeds {args.seeds}"
+                   + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
+                   + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "sacrebleu": sacrebleu.__version__},
+        "commit": git_commit(), "seeds": list(range(args.seeds)), "size_name": size_name, "size": size,
+        "data_sizes": info["sizes"], "vocab_size": info["vocab_size"], "bleu_tokenize": info["bleu_tokenize"],
+        "wall_time_min": (time.perf_counter() - started) / 60,
+    }
+
+
+def strip_jobs(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--jobs":
+            skip = True
+        elif not a.startswith("--jobs="):
+            out.append(a)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    size_arg = p.add_mutually_exclusive_group()
+    size_arg.add_argument("--quick", action="store_true", help="2 CPU cores, < 60 min (the default size)")
+    size_arg.add_argument("--gpu", action="store_true", help="one H100-class GPU, < 10 min")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--jobs", type=int, default=1, help="worker processes for the student runs (after the teacher)")
+    p.add_argument("--worker", default="0/1", metavar="I/N", help="run the student runs (seed s, method m) with "
+                                                                  "(s + m) %% N == I")
+    p.add_argument("--out", default=str(HERE / "runs"), help="run directories (resumable)")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="results folder")
+    p.add_argument("--aggregate-only", action="store_true")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a size setting, e.g. --set steps=20 (smoke tests; recorded in the results)")
+    args = p.parse_args(argv)
+    started = time.perf_counter()
+    size_name = "gpu" if args.gpu else "quick"
+    size = copy.deepcopy(SIZES[size_name])
+    for item in args.sets:
+        key, value = item.split("=", 1)
+        node = size
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = json.loads(value)
+    is_worker = args.worker != "0/1"
+    if size["threads"]:  # one thread per process: small matrices gain little from two, and they suffer most
+        torch.set_num_threads(size["threads"])  # when other processes compete for the cores
+    runs = Path(args.out) / size_name
+    results_root = Path(args.results)
+    results = results_root / "translation" / size_name
+    results.mkdir(parents=True, exist_ok=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    worker, workers = (int(v) for v in args.worker.split("/"))
+    if not args.aggregate_only:
+        if not is_worker:  # what every worker reads: the teacher, its beam translations, the warm starts
+            train_teacher(size_name, size, runs, results)
+            if "seq_kd" in args.methods:
+                pregenerate(size, runs, results)
+            if any(m in ON_POLICY for m in args.methods):
+                for seed in range(args.seeds):
+                    warm_start(size, runs, results, seed)
+        if args.jobs > 1:
+            base = [sys.executable, str(Path(__file__).resolve()), *strip_jobs(argv if argv is not None else sys.argv[1:])]
+            procs = [subprocess.Popen([*base, "--worker", f"{i}/{args.jobs}"]) for i in range(args.jobs)]
+            codes = [proc.wait() for proc in procs]
+            if any(codes):
+                print(f"a worker failed (exit codes {codes}); rerun the same command to continue")
+                return 1
+        else:
+            for seed in range(args.seeds):
+                for m, method in enumerate(args.methods):
+                    if (seed + m) % workers == worker:  # rotated by seed: each worker gets a mix of cheap and dear runs
+                        run_method(method, size, runs, results, seed)
+            if is_worker:
+                return 0
+    teacher_path = results / "teacher.json"
+    units = [json.loads(q.read_text()) for q in sorted(results.glob("*-s*.json"))
+             if not q.name.startswith(("warm-", "gradient_"))]
+    units = [u for u in units if u["seed"] < args.seeds and u["method"] in args.methods]
+    if not units or not teacher_path.is_file():
+        print("no finished runs to aggregate")
+        return 1
+    analyses = {"warm-s0": analyse(size, runs, results, "warm-s0"), "word_kd-s0": analyse(size, runs, results, "word_kd-s0")}
+    meta = meta_record(args, size_name, size, started)
+    gen = results / "seq_kd-generation.json"
+    meta["seq_kd_generation"] = json.loads(gen.read_text()) if gen.is_file() else None
+    result = aggregate(units, meta, json.loads(teacher_path.read_text()), analyses)
+    from ktransfer.checkpoint import write_json_atomic, write_text_atomic
+
+    suffix = "" if size_name == "quick" else "-gpu"
+    write_json_atomic(results_root / f"translation{suffix}.json", result)
+    write_text_atomic(results_root / f"translation{suffix}.md", markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

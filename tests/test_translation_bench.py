@@ -1,0 +1,62 @@
+"""The translation benchmark: every method's config validates at both sizes, students are about 1/4 of
+the teacher, and the aggregation pairs runs by seed against word-level forward KL."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("translation_bench", ROOT / "benchmarks" / "translation" / "bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("size_name", ["quick", "gpu"])
+def test_every_method_config_validates_and_the_student_is_a_quarter(size_name: str, tmp_path: Path) -> None:
+    from ktransfer.models import MODELS, count_parameters
+
+    bench = _bench()
+    size = bench.SIZES[size_name]
+    (tmp_path / "init-s0.safetensors").write_bytes(b"")  # method_config only names it
+    for method in bench.METHODS:
+        cfg = bench.method_config(method, size, tmp_path, seed=0)
+        assert cfg.task == "seq2seq" and cfg.train.metric == "bleu"
+        steps = size["steps"] - (size["warm_steps"] if method in bench.ON_POLICY else 0)
+        assert cfg.train.max_steps == steps and cfg.train.seed == 0
+        assert (cfg.teacher is None) == (method == "labels")
+    ids = {"vocab_size": size["data"]["vocab_size"], "pad_token_id": 0, "eos_token_id": 3, "decoder_start_token_id": 0}
+    teacher = count_parameters(MODELS.build("seq2seq_transformer", {**ids, **size["teacher"]}))
+    student = count_parameters(MODELS.build("seq2seq_transformer", {**ids, **size["student"]}))
+    assert 0.2 <= student / teacher <= 0.3
+
+
+def _unit(method: str, seed: int, bleu: float, chrf: float) -> dict[str, Any]:
+    return {"method": method, "seed": seed, "test": {"bleu": bleu, "chrf": chrf}, "best_val": {"bleu": bleu - 1},
+            "wall_time_s": 10.0, "warm_start_s": 0.0, "samples_per_s": 5.0, "parameters": 100}
+
+
+def test_aggregate_pairs_by_seed_against_word_kd() -> None:
+    bench = _bench()
+    units = [_unit("word_kd", s, b, 40 + s) for s, b in enumerate([10.0, 12.0, 14.0])]
+    units += [_unit("backward_kl", s, b, 41 + s) for s, b in enumerate([11.0, 12.5, 15.5])]
+    result = bench.aggregate(units, {}, {}, {})
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["word_kd"]["test_bleu"][0] == pytest.approx(12.0)
+    diff = rows["backward_kl"]["diff_bleu_vs_word_kd"]
+    assert diff[0] == pytest.approx((1.0 + 0.5 + 1.5) / 3)
+    from scipy import stats
+
+    sd = stats.tstd([1.0, 0.5, 1.5])
+    assert diff[1] == pytest.approx(stats.t.ppf(0.975, 2) * sd / 3 ** 0.5)
+    assert rows["backward_kl"]["diff_chrf_vs_word_kd"][0] == pytest.approx(1.0)
+    assert rows["backward_kl"]["diff_chrf_vs_word_kd"][1] == pytest.approx(0.0)
+    assert rows["word_kd"]["diff_bleu_vs_word_kd"] is None and rows["backward_kl"]["warm_start"]
