@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ def test_mean_ci_matches_the_t_interval() -> None:
     assert mean == 2.0
     assert half == pytest.approx(4.302652729911275 * 1.0 / 3**0.5)  # t(0.975, 2) * s / sqrt(n), s = 1
     assert demo.mean_ci([0.5]) == (0.5, None)
+    mean, half = demo.mean_ci([float("nan"), 1.0, 2.0])  # a failed run: nan propagates, no interval
+    assert math.isnan(mean) and half is None
 
 
 def test_summary_pairs_by_seed() -> None:

@@ -55,11 +55,11 @@ def demo_configs(seed: int, teacher_dir: str | Path, overrides: list[str] | None
 
 
 def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float | None]:
-    """Mean and half-width of a Student-t confidence interval (None for a single value: no spread known)."""
+    """Mean and half-width of a Student-t confidence interval (None for a single or a non-finite value)."""
     from scipy import stats
 
     mean = statistics.fmean(values)
-    if len(values) < 2:
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):  # a failed run (nan) has no spread to report
         return mean, None
     sem = statistics.stdev(values) / math.sqrt(len(values))
     return mean, float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * sem)
