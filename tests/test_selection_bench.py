@@ -54,3 +54,21 @@ def test_aggregate_pairs_by_seed_and_reports_cost() -> None:
                                                "python": "p", "seeds": [0, 1, 2], "steps": 1, "batch_size": 1,
                                                "wall_time_min": 1.0}})
     assert "| t | s | ac_soft | 62.0 ± " in table and "| +2.0 ± 2.5 |" in table  # the interval includes 0: no star
+
+
+def test_workers_get_the_command_line_without_jobs() -> None:
+    from ktransfer.workers import strip_jobs
+
+    assert strip_jobs(["--quick", "--jobs", "2", "--seeds", "3", "--jobs=4"]) == ["--quick", "--seeds", "3"]
+
+
+def test_run_workers_starts_one_process_per_job_and_reports_a_failure(tmp_path: Path) -> None:
+    from ktransfer.workers import run_workers
+
+    script = tmp_path / "w.py"
+    script.write_text("import sys, pathlib\nw = sys.argv[sys.argv.index('--worker') + 1]\n"
+                      f"pathlib.Path(r'{tmp_path}', w.replace('/', '-')).write_text(' '.join(sys.argv[1:]))\n"
+                      "sys.exit(1 if w == '1/2' and '--fail' in sys.argv else 0)\n")
+    assert run_workers(script, ["--quick", "--jobs", "2"], 2)
+    assert (tmp_path / "0-2").read_text() == "--quick --worker 0/2" and (tmp_path / "1-2").exists()
+    assert not run_workers(script, ["--fail", "--jobs", "2"], 2)

@@ -218,19 +218,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def strip_jobs(argv: list[str]) -> list[str]:
-    """The command line without `--jobs N` (and `--jobs=N`), for the worker processes."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--jobs":
-            skip = True
-        elif not a.startswith("--jobs="):
-            out.append(a)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small steps and Fashion-MNIST subsample (< 30 min, 2 CPUs)")
@@ -249,13 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     t_start = time.perf_counter()
     if args.jobs > 1 and not args.aggregate_only:
-        import subprocess
+        from ktransfer.workers import run_workers
 
-        base = [sys.executable, str(Path(__file__).resolve()), *strip_jobs(argv if argv is not None else sys.argv[1:])]
-        procs = [subprocess.Popen([*base, "--worker", f"{i}/{args.jobs}"]) for i in range(args.jobs)]
-        codes = [proc.wait() for proc in procs]
-        if any(codes):
-            print(f"a worker failed (exit codes {codes}); rerun the same command to continue")
+        if not run_workers(__file__, argv, args.jobs):
             return 1
         args.aggregate_only = True
     args.steps = 120 if args.quick else 400

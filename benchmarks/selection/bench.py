@@ -26,7 +26,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -323,19 +322,6 @@ def prepare_teacher(task: str, out: Path) -> dict[str, Any]:
     return info
 
 
-def strip_jobs(argv: list[str]) -> list[str]:
-    """The command line without `--jobs N`, for the worker processes."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--jobs":
-            skip = True
-        elif not a.startswith("--jobs="):
-            out.append(a)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tweets, 2-layer student, 150 steps (< 60 min on 2 CPUs)")
@@ -360,12 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     ran_runs = False
     teachers = {task: prepare_teacher(task, out) for task in tasks}  # before any worker starts: trained once
     if args.jobs > 1 and not args.aggregate_only:
-        base = [sys.executable, str(Path(__file__).resolve()), *strip_jobs(argv if argv is not None else sys.argv[1:])]
+        from ktransfer.workers import run_workers
+
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
-        procs = [subprocess.Popen([*base, "--worker", f"{i}/{args.jobs}"], env=env) for i in range(args.jobs)]
-        codes = [proc.wait() for proc in procs]
-        if any(codes):
-            print(f"a worker failed (exit codes {codes}); rerun the same command to continue")
+        if not run_workers(__file__, argv, args.jobs, env):
             return 1
         args.aggregate_only = True
         ran_runs = True

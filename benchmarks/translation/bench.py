@@ -420,18 +420,6 @@ def meta_record(args: argparse.Namespace, size_name: str, size: dict[str, Any], 
     }
 
 
-def strip_jobs(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--jobs":
-            skip = True
-        elif not a.startswith("--jobs="):
-            out.append(a)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     size_arg = p.add_mutually_exclusive_group()
@@ -476,11 +464,9 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in range(args.seeds):
                     warm_start(size, runs, results, seed)
         if args.jobs > 1:
-            base = [sys.executable, str(Path(__file__).resolve()), *strip_jobs(argv if argv is not None else sys.argv[1:])]
-            procs = [subprocess.Popen([*base, "--worker", f"{i}/{args.jobs}"]) for i in range(args.jobs)]
-            codes = [proc.wait() for proc in procs]
-            if any(codes):
-                print(f"a worker failed (exit codes {codes}); rerun the same command to continue")
+            from ktransfer.workers import run_workers
+
+            if not run_workers(__file__, argv, args.jobs):
                 return 1
         else:
             for seed in range(args.seeds):
