@@ -184,6 +184,21 @@ def test_user_tsv_and_jsonl_corpora_with_trained_or_own_tokenizer(tmp_path: Path
     assert (batch["input_ids"][batch["attention_mask"] == 0] == mine.info["pad_token_id"]).all()
 
 
+def test_user_corpus_group_keeps_each_document_in_one_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text("".join(json.dumps({"source": s, "target": t, "doc": f"d{i // 4}"}) + "\n"
+                             for i, (s, t) in enumerate(_pairs())), encoding="utf-8")
+    data = DATASETS.build("parallel_jsonl", {"path": str(jsonl), "group": "doc", "vocab_size": 120,
+                                             "val_fraction": 0.2, "test_fraction": 0.2})
+    docs = {split: set(data.info["groups"][split]) for split in ("train", "val", "test")}
+    assert docs["train"] and docs["val"] and docs["test"]
+    assert not (docs["train"] & docs["val"]) and not (docs["train"] & docs["test"]) and not (docs["val"] & docs["test"])
+    assert set.union(*docs.values()) == {f"d{k}" for k in range(10)}
+    with pytest.raises(ConfigError, match="group 'book' not found"):
+        DATASETS.build("parallel_jsonl", {"path": str(jsonl), "group": "book"})
+
+
 def test_user_corpus_missing_fields_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
     tsv = tmp_path / "corpus.tsv"

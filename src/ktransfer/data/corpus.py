@@ -25,7 +25,6 @@ blocks are scored on every token, so runs with and without prompts evaluate alik
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ktransfer.data.base import DataSplits
+from ktransfer.data.text import read_json_lines
 from ktransfer.registry import LocalPath
 from ktransfer.tasks import IGNORE_INDEX
 
@@ -61,25 +61,15 @@ def _read_txt(file: Path, separator: str) -> list[str]:
 
 def _read_jsonl(file: Path, text_field: str) -> list[str]:
     docs: list[str] = []
-    fields: dict[str, None] = {}
+    rows, fields = read_json_lines(file)
     missing = 0
-    with open(file, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{file.name} line {n}: not JSON: {e}") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{file.name} line {n}: expected an object, got {type(row).__name__}")
-            fields.update(dict.fromkeys(row))
-            value = row.get(text_field)
-            if value is None:
-                missing += 1
-                continue
-            if str(value).strip():
-                docs.append(str(value).strip())
+    for row in rows:
+        value = row.get(text_field)
+        if value is None:
+            missing += 1
+            continue
+        if str(value).strip():
+            docs.append(str(value).strip())
     if not docs and missing:
         raise ValueError(f"{file.name}: no field '{text_field}' (text_field); the fields found are: "
                          f"{', '.join(fields) or '(none)'}")

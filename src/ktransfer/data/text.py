@@ -388,6 +388,25 @@ def bible_paraphrase(
     return data
 
 
+def read_json_lines(file: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The objects of a JSON-lines file (blank lines skipped) and every key any of them has, in first-seen order.
+
+    A line that is not JSON, or not an object, is an error naming the file and line.
+    """
+    rows: list[dict[str, Any]] = []
+    with open(file, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{file.name} line {n}: not JSON: {e}") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{file.name} line {n}: expected an object, got {type(row).__name__}")
+                rows.append(row)
+    return rows, list(dict.fromkeys(k for r in rows for k in r))
+
+
 def _columns_error(file: Path, role: str, column: str, columns: Sequence[str]) -> ValueError:
     return ValueError(f"{file.name}: {role} column '{column}' not found; the file's columns are: "
                       f"{', '.join(columns) or '(none)'}")
@@ -435,17 +454,6 @@ def text_jsonl(
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"text_jsonl: file not found: {file}")
-    rows: list[dict[str, Any]] = []
-    with open(file, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{file.name} line {n}: not JSON: {e}") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{file.name} line {n}: expected an object, got {type(row).__name__}")
-                rows.append(row)
-    columns = list(dict.fromkeys(k for r in rows for k in r))
+    rows, columns = read_json_lines(file)
     return _user_text(file, rows, columns, text, label, text_pair, max_length=max_length, val_fraction=val_fraction,
                       test_fraction=test_fraction, split_seed=split_seed, tokenizer=tokenizer)

