@@ -244,6 +244,30 @@ def split_batch(batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return student, teacher
 
 
+def shard_batches(
+    data: Dataset, batch_size: int, collate_fn: Callable[[list[Any]], dict[str, Any]], device: torch.device,
+) -> tuple[Iterator[dict[str, Any]], int]:
+    """This process's shard of `data` (every world_size-th example) as student batches on `device`, and the world size."""
+    shard: Dataset = data
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if distributed else 1
+    if world > 1:
+        shard = Subset(data, range(torch.distributed.get_rank(), len(data), world))  # type: ignore[arg-type]
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+    batches = ({k: v.to(device) if isinstance(v, Tensor) else v for k, v in split_batch(b)[0].items()}
+               for b in loader)
+    return batches, world
+
+
+def sum_over_processes(values: Sequence[float], world: int, device: torch.device) -> tuple[float, ...]:
+    """`values` added up over all processes (as float64), or unchanged in a single process."""
+    if world <= 1:
+        return tuple(float(v) for v in values)
+    reduced = torch.tensor(list(values), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(reduced)
+    return tuple(float(v) for v in reduced.tolist())
+
+
 def make_evaluator(
     data: Dataset, task: Task | TaskKind = "classification", batch_size: int = 512,
     collate_fn: Callable[[list[Any]], dict[str, Any]] = collate_dicts,
@@ -254,29 +278,16 @@ def make_evaluator(
     Under several processes each evaluates its own shard (every world_size-th example) and the
     sums are added up across processes, so the work is split and the metrics cover all of `data`.
     """
-    from ktransfer.tasks import evaluate_sums, metrics_from_sums
-
     from ktransfer.bleu import has_references
+    from ktransfer.tasks import evaluate_sums, metrics_from_sums
 
     task = task if isinstance(task, Task) else Task(task)
     scores_translations = task.kind == "seq2seq" and has_references(data)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
-        shard: Dataset = data
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        world = torch.distributed.get_world_size() if distributed else 1
-        if world > 1:
-            shard = Subset(data, range(torch.distributed.get_rank(), len(data), world))  # type: ignore[arg-type]
-        loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
-        batches = ({k: v.to(device) if isinstance(v, Tensor) else v for k, v in split_batch(b)[0].items()}
-                   for b in loader)
-        sums = evaluate_sums(model, batches, task)
-        if world > 1:
-            reduced = torch.tensor(sums, dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(reduced)
-            sums = tuple(float(v) for v in reduced.tolist())  # type: ignore[assignment]
-        metrics = metrics_from_sums(*sums)
+        batches, world = shard_batches(data, batch_size, collate_fn, device)
+        metrics = metrics_from_sums(*sum_over_processes(evaluate_sums(model, batches, task), world, device))
         if scores_translations:  # every process decodes the same bounded subset: the scores agree everywhere
             from ktransfer.bleu import generation_metrics
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from ktransfer.divergences import forward_kl
 from ktransfer.tasks import Task
@@ -60,26 +60,15 @@ def with_teacher_kl(
     batch_size: int, collate_fn: Callable[[list[Any]], dict[str, Any]], vocab_size: int | None = None,
 ) -> Callable[[nn.Module], dict[str, float]]:
     """`evaluate` plus `teacher_kl` on `data` (under several processes, each its shard; sums are added up)."""
-    from ktransfer.train import split_batch
+    from ktransfer.train import shard_batches, sum_over_processes
 
     def evaluator(model: nn.Module) -> dict[str, float]:
         metrics = dict(evaluate(model))
         device = next(model.parameters()).device
         if next(teacher.parameters()).device != device:
             teacher.to(device)  # frozen: evaluation only moves it where the student is
-        shard: Dataset = data
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        world = torch.distributed.get_world_size() if distributed else 1
-        if world > 1:
-            shard = Subset(data, range(torch.distributed.get_rank(), len(data), world))  # type: ignore[arg-type]
-        loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
-        batches = ({k: v.to(device) if isinstance(v, Tensor) else v for k, v in split_batch(b)[0].items()}
-                   for b in loader)
-        total, count = teacher_kl_sums(model, teacher, batches, task, vocab_size)
-        if world > 1:
-            reduced = torch.tensor([total, count], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(reduced)
-            total, count = (float(v) for v in reduced.tolist())
+        batches, world = shard_batches(data, batch_size, collate_fn, device)
+        total, count = sum_over_processes(teacher_kl_sums(model, teacher, batches, task, vocab_size), world, device)
         if count == 0:
             raise ValueError(f"{TEACHER_KL}: evaluation data has no labelled positions")
         metrics[TEACHER_KL] = total / count
