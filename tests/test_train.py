@@ -46,9 +46,10 @@ def weights(run_dir: Path, which: str = "final") -> dict[str, Tensor]:
     return load_file(str(run_dir / which / "model.safetensors"))
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tmp_path: Path, grad_accum: int) -> None:
-    cfg = tiny_config(grad_accum_steps=grad_accum)
+@pytest.mark.parametrize("grad_accum,group_by_length", [(1, False), (2, False), (2, True)])
+def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tmp_path: Path, grad_accum: int,
+                                                                 group_by_length: bool) -> None:
+    cfg = tiny_config(grad_accum_steps=grad_accum, group_by_length=group_by_length)
     full = run(cfg, tmp_path / "full", progress=False)
     # "kill" after 20 steps (two checkpoints written), then a third step range that is lost
     part = run(cfg, tmp_path / "killed", progress=False, stop_after_steps=25)

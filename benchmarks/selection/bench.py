@@ -96,7 +96,8 @@ def run_config(task: str, student: str, variant: str, seed: int, quick: bool) ->
         "optim": {"name": "adamw", "lr": s["lr"], "weight_decay": 0.01},
         "schedule": {"name": "linear", "warmup_steps": s["warmup"]},
         "train": {"max_steps": s["max_steps"], "batch_size": s["batch_size"], "eval_batch_size": 128,
-                  "eval_every": s["eval_every"], "log_every": 5, "checkpoint_every": s["max_steps"], "seed": seed},
+                  "eval_every": s["eval_every"], "log_every": 5, "checkpoint_every": s["max_steps"], "seed": seed,
+                  "group_by_length": True},
     }
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from ktransfer.batching import example_lengths, length_grouped_order, length_sorted
 from ktransfer.capture import Capture
 from ktransfer.checkpoint import (
     CorruptFileError,
@@ -149,6 +150,9 @@ class TrainConfig:
     mode: Literal["max", "min"] | None = None
     patience: int | None = None
     report_to: list[str] = field(default_factory=list)
+    # Batch examples of similar length together (within windows of 50 batches, batch order
+    # shuffled), so that padded batches waste little compute; the epoch still sees every example.
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         validate(self, "train")
@@ -215,12 +219,18 @@ class TrainResult:
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A permutation per epoch that depends only on (seed, epoch), so a resumed run sees the same order."""
+    """A permutation per epoch that depends only on (seed, epoch), so a resumed run sees the same order.
 
-    def __init__(self, n: int, seed: int) -> None:
+    Given per-example `lengths`, consecutive `batch_size` examples of the permutation are grouped
+    by similar length (`ktransfer.batching.length_grouped_order`), so batches carry little padding.
+    """
+
+    def __init__(self, n: int, seed: int, lengths: Sequence[int] | None = None, batch_size: int = 1) -> None:
         self.n = n
         self.seed = seed
         self.epoch = 0
+        self.lengths = lengths
+        self.batch_size = batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -230,7 +240,10 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __iter__(self):  # type: ignore[override]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g)
+        if self.lengths is None:
+            return iter(order.tolist())
+        return iter(length_grouped_order(order, self.lengths, self.batch_size, g))
 
 
 def split_batch(batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -284,9 +297,11 @@ def make_evaluator(
     task = task if isinstance(task, Task) else Task(task)
     scores_translations = task.kind == "seq2seq" and has_references(data)
 
+    by_length = length_sorted(data)  # order does not change the sums; less padding makes them cheaper
+
     def evaluate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
-        batches, world = shard_batches(data, batch_size, collate_fn, device)
+        batches, world = shard_batches(by_length, batch_size, collate_fn, device)
         metrics = metrics_from_sums(*sum_over_processes(evaluate_sums(model, batches, task), world, device))
         if scores_translations:  # every process decodes the same bounded subset: the scores agree everywhere
             from ktransfer.bleu import generation_metrics
@@ -569,7 +584,8 @@ class Distiller:
         scheduler = get_scheduler(self.schedule.name, optimizer, num_warmup_steps=self.schedule.warmup_steps,
                                   num_training_steps=cfg.max_steps)
         train_data = self._training_data()
-        sampler = EpochShuffleSampler(len(train_data), cfg.seed)  # type: ignore[arg-type]
+        lengths = example_lengths(train_data) if cfg.group_by_length else None
+        sampler = EpochShuffleSampler(len(train_data), cfg.seed, lengths, cfg.batch_size)  # type: ignore[arg-type]
         # A private generator: creating a DataLoader iterator must not draw from the global RNG
         # (dropout), or a resumed run, which creates one more iterator, would drift.
         loader = DataLoader(train_data, batch_size=cfg.batch_size, sampler=sampler,

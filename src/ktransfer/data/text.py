@@ -161,6 +161,11 @@ class TokenizedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per example (for length-grouped batching)."""
+        return [len(row) for row in self.encodings["input_ids"]]
+
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         return {**{k: v[i] for k, v in self.encodings.items()}, "labels": self.labels[i]}
 

@@ -180,6 +180,11 @@ class ParallelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source_ids)
 
+    @property
+    def lengths(self) -> list[int]:
+        """Source plus target tokens per pair (for length-grouped batching)."""
+        return [len(s) + len(t) for s, t in zip(self.source_ids, self.target_ids)]
+
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         ids = self.source_ids[i]
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": self.target_ids[i]}
