@@ -60,3 +60,19 @@ def test_aggregate_pairs_by_seed_against_word_kd() -> None:
     assert rows["backward_kl"]["diff_chrf_vs_word_kd"][0] == pytest.approx(1.0)
     assert rows["backward_kl"]["diff_chrf_vs_word_kd"][1] == pytest.approx(0.0)
     assert rows["word_kd"]["diff_bleu_vs_word_kd"] is None and rows["backward_kl"]["warm_start"]
+
+
+def test_work_units_start_with_the_teacher_and_wait_for_what_they_need(tmp_path: Path) -> None:
+    bench = _bench()
+    units = bench.work_units(bench.METHODS, 2, "quick", bench.SIZES["quick"], tmp_path, tmp_path)
+    names = [u.name for u in units]
+    assert names[0] == "teacher" and len(names) == len(set(names)) == 1 + 2 + 1 + 6 * 2
+    needs = {u.name: set(u.needs) for u in units}
+    assert needs["labels-s1"] == set() and needs["warm-s0"] == set()
+    assert needs["word_kd-s0"] == {"teacher"} and needs["seq_kd-s1"] == {"seq_kd-generation"}
+    assert needs["seq_kd-generation"] == {"teacher"} and needs["reinforce-s1"] == {"teacher", "warm-s1"}
+    assert not any(u.done() for u in units)
+    (tmp_path / "warm-s1.json").write_text("{}")
+    assert [u.name for u in units if u.done()] == ["warm-s1"]
+    only = bench.work_units(["labels", "word_kd"], 1, "quick", bench.SIZES["quick"], tmp_path, tmp_path)
+    assert [u.name for u in only] == ["teacher", "labels-s0", "word_kd-s0"]

@@ -60,8 +60,8 @@ SIZES: dict[str, dict[str, Any]] = {
                  "eval_examples": 150},
         "teacher": {"d_model": 128, "encoder_layers": 3, "decoder_layers": 3, "attention_heads": 4, "ffn_dim": 512},
         "student": {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "attention_heads": 4, "ffn_dim": 256},
-        "teacher_steps": 1500, "teacher_lr": 0.001, "steps": 500, "warm_steps": 250, "batch_size": 32,
-        "lr": 0.0015, "on_policy_lr": 0.0005, "eval_every": 125, "max_new_tokens": 32, "threads": 1,
+        "teacher_steps": 1500, "teacher_lr": 0.001, "steps": 1200, "warm_steps": 600, "batch_size": 32,
+        "lr": 0.0015, "on_policy_lr": 0.0005, "eval_every": 300, "max_new_tokens": 32, "threads": 1,
     },
     "gpu": {
         "data": {"max_length": 64, "vocab_size": 8000, "train_size": None, "val_size": 500, "test_size": 1000,
@@ -183,6 +183,7 @@ def pregenerate(size: dict[str, Any], runs: Path, results: Path) -> dict[str, An
         return json.loads(path.read_text())
     from torch.utils.data import DataLoader
 
+    from ktransfer.batching import length_sorted
     from ktransfer.runner import build_model
     from ktransfer.sequence.stage import StageContext
     from ktransfer.sequence.targets import targets_stage_from_config
@@ -193,7 +194,9 @@ def pregenerate(size: dict[str, Any], runs: Path, results: Path) -> dict[str, An
     teacher = build_model(cfg.teacher, data.info, "teacher").eval()
     stage = targets_stage_from_config(cfg.targets, "seq2seq")
     started = time.perf_counter()
-    loader = DataLoader(data.train, batch_size=size["batch_size"], shuffle=False, collate_fn=data.collate_fn)
+    # longest first: batches of similar length pad little (the cache is keyed per prompt, not by order)
+    loader = DataLoader(length_sorted(data.train), batch_size=size["batch_size"], shuffle=False,
+                        collate_fn=data.collate_fn)
     for batch in loader:
         stage(batch, StageContext(teacher, teacher, Task("seq2seq"), 0, torch.device("cpu")))
     unit = {"examples": len(data.train), "seconds": round(time.perf_counter() - started, 2),
@@ -400,12 +403,38 @@ def git_commit() -> str:
         return "unknown"
 
 
+def work_units(methods: list[str], seeds: int, size_name: str, size: dict[str, Any], runs: Path,
+               results: Path) -> list[Any]:
+    """Every run of the benchmark with what it needs, in the order workers take them: the teacher first,
+    and alongside it what needs no teacher (warm starts, references-only students)."""
+    from ktransfer.workers import WorkUnit
+
+    def unit(name: str, run: Any, needs: tuple[str, ...] = ()) -> WorkUnit:
+        return WorkUnit(name, run, lambda: (results / f"{name}.json").is_file(), needs)
+
+    units = [unit("teacher", lambda: train_teacher(size_name, size, runs, results))]
+    on_policy = [m for m in methods if m in ON_POLICY]
+    units += [unit(f"warm-s{s}", lambda s=s: warm_start(size, runs, results, s)) for s in range(seeds) if on_policy]
+    units += [unit(f"labels-s{s}", lambda s=s: run_method("labels", size, runs, results, s))
+              for s in range(seeds) if "labels" in methods]
+    if "seq_kd" in methods:
+        units.append(unit("seq_kd-generation", lambda: pregenerate(size, runs, results), ("teacher",)))
+    for s in range(seeds):  # the dearest (on-policy) first, so that the last runs to finish are short
+        for m in on_policy + [m for m in ("word_kd", "seq_kd") if m in methods]:
+            needs = ("teacher", f"warm-s{s}") if m in ON_POLICY else ("seq_kd-generation",) if m == "seq_kd" \
+                else ("teacher",)
+            units.append(unit(f"{m}-s{s}", lambda m=m, s=s: run_method(m, size, runs, results, s), needs))
+    return units
+
+
 def meta_record(args: argparse.Namespace, size_name: str, size: dict[str, Any], started: float) -> dict[str, Any]:
     import sacrebleu
     import transformers
 
     cfg = load_config("student_labels", config_overrides(size, role="student", seed=0, steps=1, lr=size["lr"]))
     info = data_for(cfg).info
+    log = Path(args.results) / "translation" / size_name / "sittings.jsonl"
+    sittings = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     flag = "--quick" if size_name == "quick" else "--gpu"
     return {
         "command": f"python benchmarks/translation/bench.py {flag} --seeds {args.seeds}"
@@ -416,7 +445,8 @@ def meta_record(args: argparse.Namespace, size_name: str, size: dict[str, Any], 
                      "transformers": transformers.__version__, "sacrebleu": sacrebleu.__version__},
         "commit": git_commit(), "seeds": list(range(args.seeds)), "size_name": size_name, "size": size,
         "data_sizes": info["sizes"], "vocab_size": info["vocab_size"], "bleu_tokenize": info["bleu_tokenize"],
-        "wall_time_min": (time.perf_counter() - started) / 60,
+        "wall_time_min": sum(x["wall_time_min"] for x in sittings) if sittings else (time.perf_counter() - started) / 60,
+        "sittings": sittings,
     }
 
 
@@ -427,9 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     size_arg.add_argument("--gpu", action="store_true", help="one H100-class GPU, < 10 min")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    p.add_argument("--jobs", type=int, default=1, help="worker processes for the student runs (after the teacher)")
-    p.add_argument("--worker", default="0/1", metavar="I/N", help="run the student runs (seed s, method m) with "
-                                                                  "(s + m) %% N == I")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes; each takes the next run whose inputs "
+                                                       "(teacher, warm start, beam translations) are ready")
+    p.add_argument("--worker", default="0/1", metavar="I/N", help="(set by --jobs) run as worker I of N")
     p.add_argument("--out", default=str(HERE / "runs"), help="run directories (resumable)")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="results folder")
     p.add_argument("--aggregate-only", action="store_true")
@@ -454,27 +484,24 @@ def main(argv: list[str] | None = None) -> int:
     results = results_root / "translation" / size_name
     results.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
-    worker, workers = (int(v) for v in args.worker.split("/"))
     if not args.aggregate_only:
-        if not is_worker:  # what every worker reads: the teacher, its beam translations, the warm starts
-            train_teacher(size_name, size, runs, results)
-            if "seq_kd" in args.methods:
-                pregenerate(size, runs, results)
-            if any(m in ON_POLICY for m in args.methods):
-                for seed in range(args.seeds):
-                    warm_start(size, runs, results, seed)
-        if args.jobs > 1:
+        queue = work_units(args.methods, args.seeds, size_name, size, runs, results)
+        if args.jobs > 1 and not is_worker:
             from ktransfer.workers import run_workers
 
+            for stale in (results / "claims").glob("*.claim"):  # a new invocation: no worker of an old one lives
+                stale.unlink()
             if not run_workers(__file__, argv, args.jobs):
                 return 1
         else:
-            for seed in range(args.seeds):
-                for m, method in enumerate(args.methods):
-                    if (seed + m) % workers == worker:  # rotated by seed: each worker gets a mix of cheap and dear runs
-                        run_method(method, size, runs, results, seed)
+            from ktransfer.workers import work_queue
+
+            work_queue(queue, results / "claims")
             if is_worker:
                 return 0
+        with (results / "sittings.jsonl").open("a") as f:  # the benchmark's wall time, summed over invocations
+            f.write(json.dumps({"ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                "wall_time_min": (time.perf_counter() - started) / 60}) + "\n")
     teacher_path = results / "teacher.json"
     units = [json.loads(q.read_text()) for q in sorted(results.glob("*-s*.json"))
              if not q.name.startswith(("warm-", "gradient_"))]

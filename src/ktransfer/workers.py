@@ -1,16 +1,96 @@
 """Benchmarks that fan out: `--jobs N` re-runs the same command as N worker processes (`--worker i/N`).
 
-Each benchmark script owns which runs a worker takes; this module only starts the workers with the
-caller's own command line (minus `--jobs`) and waits for them, so a killed or failed worker leaves
-the finished runs in place and the same command continues.
+Each benchmark script owns which runs a worker takes: a fixed share (every N-th run), or, when runs
+depend on each other (students on a teacher), a shared queue (`work_queue`) from which every
+worker claims the next run whose inputs are ready. This module starts the workers with the caller's
+own command line (minus `--jobs`) and waits for them, so a killed or failed worker leaves the
+finished runs in place and the same command continues.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass
+class WorkUnit:
+    """One run of a benchmark: done when `done()` says so (its result file exists), ready when every
+    unit named in `needs` is done."""
+
+    name: str
+    run: Callable[[], object]
+    done: Callable[[], bool]
+    needs: Sequence[str] = field(default_factory=tuple)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(claims: Path, name: str) -> bool:
+    """Take `name` for this process, atomically; a claim left by a process that died is taken over."""
+    path = claims / f"{name}.claim"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text() or "0")
+            except (OSError, ValueError):
+                return False  # being written by its owner this instant
+            if owner and not _alive(owner):
+                path.unlink(missing_ok=True)
+                continue
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def work_queue(units: Sequence[WorkUnit], claims: str | Path, poll_s: float = 2.0) -> int:
+    """Run, in order of `units`, every unit not done whose needs are done and that no other live worker
+    has claimed; wait while the rest wait on other workers. Returns the number of units run here.
+
+    Several processes may call this on the same `claims` folder at once: each unit runs once. Claims
+    of finished units are removed; a unit that raises leaves its claim removed and re-raises.
+    """
+    claims = Path(claims)
+    claims.mkdir(parents=True, exist_ok=True)
+    by_name = {u.name: u for u in units}
+    unknown = sorted({n for u in units for n in u.needs} - set(by_name))
+    if unknown:
+        raise ValueError(f"units need unknown units: {unknown}")
+    ran = 0
+    while True:
+        pending = [u for u in units if not u.done()]
+        if not pending:
+            return ran
+        ready = [u for u in pending if all(by_name[n].done() for n in u.needs)]
+        taken = next((u for u in ready if _claim(claims, u.name)), None)
+        if taken is None:
+            time.sleep(poll_s)
+            continue
+        try:
+            if not taken.done():  # finished by another worker between the listing and the claim
+                taken.run()
+                ran += 1
+                if not taken.done():
+                    raise RuntimeError(f"unit {taken.name} ran but does not report itself done")
+        finally:
+            (claims / f"{taken.name}.claim").unlink(missing_ok=True)
 
 
 def strip_jobs(argv: Sequence[str]) -> list[str]:
