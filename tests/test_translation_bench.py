@@ -76,3 +76,15 @@ def test_work_units_start_with_the_teacher_and_wait_for_what_they_need(tmp_path:
     assert [u.name for u in units if u.done()] == ["warm-s1"]
     only = bench.work_units(["labels", "word_kd"], 1, "quick", bench.SIZES["quick"], tmp_path, tmp_path)
     assert [u.name for u in only] == ["teacher", "labels-s0", "word_kd-s0"]
+
+
+def test_results_of_another_size_setting_are_not_mixed_in(tmp_path: Path) -> None:
+    import copy
+
+    bench = _bench()
+    size = copy.deepcopy(bench.SIZES["quick"])
+    bench.check_same_setup(tmp_path, tmp_path / "runs", size)
+    bench.check_same_setup(tmp_path, tmp_path / "runs", size)  # the same setting continues
+    size["steps"] = 7
+    with pytest.raises(SystemExit, match="another size setting"):
+        bench.check_same_setup(tmp_path, tmp_path / "runs", size)

@@ -403,6 +403,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+def check_same_setup(results: Path, runs: Path, size: dict[str, Any]) -> None:
+    """Refuse to mix finished runs of another size setting or other configs into this benchmark's results."""
+    configs = {p.name: p.read_text() for p in sorted(CONFIGS.glob("*.yaml"))}
+    setup = {"size": size, "configs": configs}
+    record = results / "setup.json"
+    if record.is_file():
+        if json.loads(record.read_text()) != json.loads(json.dumps(setup)):
+            raise SystemExit(f"{results} holds runs of another size setting or other configs/translation files; "
+                             f"move it and {runs} away (or pass other --results / --out) to start afresh")
+        return
+    from ktransfer.checkpoint import write_json_atomic
+
+    write_json_atomic(record, setup)
+
+
 def work_units(methods: list[str], seeds: int, size_name: str, size: dict[str, Any], runs: Path,
                results: Path) -> list[Any]:
     """Every run of the benchmark with what it needs, in the order workers take them: the teacher first,
@@ -484,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     results = results_root / "translation" / size_name
     results.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
+    check_same_setup(results, runs, size)
     if not args.aggregate_only:
         queue = work_units(args.methods, args.seeds, size_name, size, runs, results)
         if args.jobs > 1 and not is_worker:
