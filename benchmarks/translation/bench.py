@@ -347,7 +347,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['versions']['torch']}, transformers "
         f"{meta['versions']['transformers']}, sacrebleu {meta['versions']['sacrebleu']}, Python "
         f"{meta['versions']['python']}; commit {meta['commit']}; seeds {meta['seeds']}; "
-        f"{meta['wall_time_min']:.0f} min for this invocation.",
+        f"benchmark wall time {meta['wall_time_min']:.0f} min over {max(1, len(meta.get('sittings', [])))} "
+        f"sitting(s), teacher included.",
         "",
         f"Data: Bible, German (Elberfelder) -> English (World English Bible), whole books held out; "
         f"{meta['data_sizes']['train']} training pairs, {meta['data_sizes']['val']} dev, {meta['data_sizes']['test']} test "
@@ -405,7 +406,9 @@ def git_commit() -> str:
 
 def check_same_setup(results: Path, runs: Path, size: dict[str, Any]) -> None:
     """Refuse to mix finished runs of another size setting or other configs into this benchmark's results."""
-    configs = {p.name: p.read_text() for p in sorted(CONFIGS.glob("*.yaml"))}
+    import yaml
+
+    configs = {p.name: yaml.safe_load(p.read_text()) for p in sorted(CONFIGS.glob("*.yaml"))}  # comments aside
     setup = {"size": size, "configs": configs}
     record = results / "setup.json"
     if record.is_file():
