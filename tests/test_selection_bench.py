@@ -42,8 +42,12 @@ def _unit(variant: str, seed: int, f1: float, wall: float) -> dict[str, Any]:
 def test_aggregate_pairs_by_seed_and_reports_cost() -> None:
     bench = _bench()
     units = [_unit("vanilla_kd", 0, 0.50, 10.0), _unit("vanilla_kd", 1, 0.60, 10.0), _unit("vanilla_kd", 2, 0.70, 10.0),
-             _unit("ac_soft", 0, 0.52, 20.0), _unit("ac_soft", 1, 0.61, 30.0), _unit("ac_soft", 2, 0.73, 10.0)]
+             _unit("ac_soft", 0, 0.52, 20.0), _unit("ac_soft", 1, 0.61, 30.0), _unit("ac_soft", 2, 0.73, 10.0),
+             _unit("all_equal", 0, 0.42, 10.0), _unit("all_equal", 1, 0.51, 10.0), _unit("all_equal", 2, 0.63, 10.0)]
     result = bench.aggregate(units, {}, {})
+    (versus,) = result["learned_vs_baselines"]
+    assert versus["variant"] == "ac_soft" and versus["all_equal"][0] == pytest.approx(0.1)
+    assert versus["all_equal"][1] == pytest.approx(0.0, abs=1e-12) and "random_soft" not in versus
     row = {r["variant"]: r for r in result["rows"]}["ac_soft"]
     mean, half = row["macro_f1_minus_kd"]
     assert mean == pytest.approx(0.02)  # paired differences 0.02, 0.01, 0.03
@@ -54,6 +58,7 @@ def test_aggregate_pairs_by_seed_and_reports_cost() -> None:
                                                "python": "p", "seeds": [0, 1, 2], "steps": 1, "batch_size": 1,
                                                "wall_time_min": 1.0}})
     assert "| t | s | ac_soft | 62.0 ± " in table and "| +2.0 ± 2.5 |" in table  # the interval includes 0: no star
+    assert "| t | s | ac_soft | +10.0 ± 0.0 * |" in table  # the learned selector against all-equal weights
 
 
 def test_workers_get_the_command_line_without_jobs() -> None:

@@ -194,7 +194,27 @@ def aggregate(units: list[dict[str, Any]], teachers: dict[str, Any], meta: dict[
             if stats:
                 row["selector_stats"] = {k: float(np.mean([st[k] for st in stats])) for k in stats[0]}
             rows.append(row)
-    return {"meta": meta, "teachers": teachers, "rows": rows, "units": units}
+    return {"meta": meta, "teachers": teachers, "rows": rows, "units": units,
+            "learned_vs_baselines": learned_vs_baselines(cells)}
+
+
+LEARNED = ["ac_soft", "ac_hard", "ac_soft_multi", "ac_hard_multi"]
+OTHER_BASELINES = ["all_equal", "random_soft", "random_hard", "labels_only"]
+
+
+def learned_vs_baselines(cells: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """Each actor-critic variant against the fixed and random baselines: paired differences of the task's score."""
+    out = []
+    for (task, student), by_variant in sorted(cells.items()):
+        score = TASKS.get(task, {}).get("score", "macro_f1")
+        for variant in [v for v in LEARNED if v in by_variant]:
+            row: dict[str, Any] = {"task": task, "student": student, "variant": variant, "score": score}
+            for other in [b for b in OTHER_BASELINES if b in by_variant]:
+                paired = [by_variant[variant][s]["test"][score] - by_variant[other][s]["test"][score]
+                          for s in sorted(by_variant[variant]) if s in by_variant[other]]
+                row[other] = _ci(paired) if paired else (float("nan"), float("nan"))
+            out.append(row)
+    return out
 
 
 def _fmt(ci: tuple[float, float]) -> str:
@@ -235,6 +255,16 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['task']} | {r['student']} | {r['variant']} | {_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | "
                      f"{_fmt(r['mcc'])} | {diff('accuracy')} | {diff('macro_f1')} | {diff('mcc')} | {cost} | "
                      f"{weights} |")
+    versus = result.get("learned_vs_baselines") or []
+    if versus:
+        others = [b for b in OTHER_BASELINES if any(b in r for r in versus)]
+        lines += ["", "The learned selector against the fixed and random baselines: paired difference of the task's "
+                  "score (macro-F1, or MCC for paraphrase) in points, learned minus baseline (* = the interval "
+                  "excludes 0).", "", "| task | student | variant | " + " | ".join(f"vs {b}" for b in others) + " |",
+                  "|---|---|---|" + "---:|" * len(others)]
+        for r in versus:
+            lines.append(f"| {r['task']} | {r['student']} | {r['variant']} | "
+                         + " | ".join(_fmt_diff(r[b]) if b in r else "—" for b in others) + " |")
     learned = [r for r in result["rows"] if r.get("selector_stats")]
     if learned:
         lines += ["", "The actor-critic's own cost (mean per run): held-out evaluations, policy updates and the seconds "
@@ -376,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i + 1}/{len(todo)}] {path.stem}: test acc {unit['test']['accuracy']:.3f} macro-F1 "
                   f"{unit['test']['macro_f1']:.3f} MCC {unit['test']['mcc']:.3f} ({unit['train_wall_s']:.0f}s; "
                   f"{(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
+    if workers > 1:
+        return 0  # the process that started the workers aggregates once they have all finished
     sittings_file = out / "sittings.jsonl"  # one line per invocation that trained runs: the benchmark's wall time
     if worker == 0 and workers == 1 and ran_runs:
         with sittings_file.open("a") as f:
