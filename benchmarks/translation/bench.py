@@ -60,8 +60,8 @@ SIZES: dict[str, dict[str, Any]] = {
                  "eval_examples": 150},
         "teacher": {"d_model": 128, "encoder_layers": 3, "decoder_layers": 3, "attention_heads": 4, "ffn_dim": 512},
         "student": {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "attention_heads": 4, "ffn_dim": 256},
-        "teacher_steps": 1500, "teacher_lr": 0.001, "steps": 1200, "warm_steps": 600, "batch_size": 32,
-        "lr": 0.0015, "on_policy_lr": 0.0005, "eval_every": 300, "max_new_tokens": 32, "threads": 1,
+        "teacher_steps": 1500, "teacher_lr": 0.001, "steps": 1500, "warm_steps": 1000, "batch_size": 32,
+        "lr": 0.0015, "on_policy_lr": 0.0005, "eval_every": 500, "max_new_tokens": 32, "threads": 1,
     },
     "gpu": {
         "data": {"max_length": 64, "vocab_size": 8000, "train_size": None, "val_size": 500, "test_size": 1000,
