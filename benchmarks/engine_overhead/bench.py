@@ -271,9 +271,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.tag}.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"Command: `{results['command']}`; {env['machine']}, {env['cpu_count']} CPUs shared with other jobs, "
+    lines = [f"Command: `{results['command']}`; {env['machine']}, {env['cpu_count']} CPUs, "
              f"1 thread, torch {env['torch']}, transformers {env.get('transformers', '?')}; per-step time = CPU time of "
-             f"the process (the machine was shared: wall times are in the JSON, and their ratio in the last column), "
+             f"the process (steadier than wall time when the machine is shared; wall-time ratios in the last column), "
              f"median over {args.steps} steps after {args.warmup} warm-up steps; {args.repeats} interleaved rounds, "
              "medians reported.", "",
              "| model | loss | engine (CPU ms/step) | hand-written (CPU ms/step) | engine / hand-written (CPU, median) "

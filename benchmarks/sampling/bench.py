@@ -123,7 +123,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sampling_kv_cache.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"Command: `{results['command']}`; {env['machine']}, {env['cpu_count']} CPUs shared with other jobs, "
+    lines = [f"Command: `{results['command']}`; {env['machine']}, {env['cpu_count']} CPUs, "
              f"1 thread, torch {env['torch']}, transformers {env['transformers']}; on-policy sampling by the student "
              f"through TargetsStage, batch 8, {NEW_TOKENS} new tokens; tokens per second "
              f"of CPU time of the process (median of {args.repeats} interleaved runs; wall-time speed-up in the last "
