@@ -348,3 +348,54 @@ def test_bert_student_with_feature_attention_relation_terms_and_pooled_represent
     with pytest.raises(ValueError, match="teacher_representation 'bert.pooler' was not captured"):
         Distiller(bert(1, 2, 8), teacher, [LabelsTerm()], lonely, train_data=data,
                   config=TrainConfig(max_steps=2, batch_size=8), progress=False).fit()
+
+
+class _Watcher(FixedWeights):
+    """Fixed weights that record whether `observe` was given the step's outputs."""
+
+    def __init__(self, observes: bool | None) -> None:
+        super().__init__()
+        if observes is not None:
+            self.observes_view = observes
+        self.seen: list[bool] = []
+
+    def observe(self, losses: dict[str, float], state: SelectionState) -> None:
+        self.seen.append(state.view is not None)
+
+
+@pytest.mark.parametrize("observes,expected", [(True, True), (None, False), (False, False)])
+def test_the_step_outputs_are_kept_for_a_selector_only_when_it_observes_them(observes: bool | None,
+                                                                           expected: bool) -> None:
+    torch.manual_seed(0)
+    data = TensorDictDataset(inputs=torch.randn(64, 4), labels=torch.randint(0, 2, (64,)))
+    selector = _Watcher(observes)
+    Distiller(nn.Linear(4, 2), None, [LabelsTerm()], selector, train_data=data, progress=False,
+              config=TrainConfig(max_steps=3, batch_size=16, eval_every=3, log_every=3)).fit()
+    assert selector.seen == [expected] * 3
+
+
+class _OwnSelector:
+    """A user's selector written before `observes_view` existed: it must still get the view."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def weights(self, terms: Any, state: SelectionState) -> dict[str, float]:
+        return {t.name: t.weight for t in terms}
+
+    def observe(self, losses: dict[str, float], state: SelectionState) -> None:
+        self.seen.append(state.view is not None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def test_a_selector_that_does_not_say_is_given_the_view() -> None:
+    data = TensorDictDataset(inputs=torch.randn(32, 4), labels=torch.randint(0, 2, (32,)))
+    selector = _OwnSelector()
+    Distiller(nn.Linear(4, 2), None, [LabelsTerm()], selector, train_data=data, progress=False,  # type: ignore[arg-type]
+              config=TrainConfig(max_steps=2, batch_size=16, eval_every=2, log_every=2)).fit()
+    assert selector.seen == [True, True]

@@ -447,7 +447,8 @@ class Distiller:
             student_captured=dict(sc.outputs) if sc is not None else {},
             teacher_captured=t_captured, step=self.state.step,
         )
-        self._last_view = view
+        if getattr(self.selector, "observes_view", True):  # else released now, before backward and the update
+            self._last_view = view
         parts: dict[str, Tensor] = {}
         total: Tensor | None = None
         for term in self.terms:

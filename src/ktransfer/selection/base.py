@@ -58,7 +58,10 @@ class Selector(Protocol):
     can update; `state_dict`/`load_state_dict` put the selector's state into checkpoints.
     Optional, called by the engine only where present: `bind(SelectorContext)` before training
     (with `heldout_examples: int` set to get a held-out batch), `metrics()` for the log,
-    `save_policy(path)` at the end (final/policy.pt).
+    `save_policy(path)` at the end (final/policy.pt). A selector that never reads
+    `state.view` says so with `observes_view = False`: the engine then releases each step's
+    outputs as soon as the losses are computed (with large logits, holding them through the
+    backward pass and the optimizer step measurably slows the step).
     """
 
     def weights(self, terms: Sequence[KnowledgeTerm], state: SelectionState) -> dict[str, float]: ...

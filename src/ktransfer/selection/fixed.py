@@ -12,6 +12,8 @@ from ktransfer.selection.base import SelectionState
 class FixedWeights:
     """Every term gets its own `weight` at every step; `overrides` replaces some by name."""
 
+    observes_view = False  # the engine need not keep the step's outputs for it
+
     def __init__(self, overrides: dict[str, float] | None = None) -> None:
         self.overrides = dict(overrides or {})
 

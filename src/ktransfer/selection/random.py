@@ -20,6 +20,8 @@ class RandomWeights:
     checkpoints, so a resumed run draws the same weights.
     """
 
+    observes_view = False  # the engine need not keep the step's outputs for it
+
     def __init__(self, mode: Literal["hard", "soft"] = "soft", p_on: float = 0.5, seed: int | None = None) -> None:
         if mode not in ("hard", "soft"):
             raise ValueError(f"mode: unknown value '{mode}'; valid choices: hard, soft")

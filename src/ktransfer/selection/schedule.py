@@ -19,6 +19,8 @@ class ScheduleWeights:
     Example: `{labels: {start: 0.0, end: 1.0}, response: {start: 1.0, end: 0.2}}`.
     """
 
+    observes_view = False  # the engine need not keep the step's outputs for it
+
     def __init__(self, ramps: dict[str, dict[str, float]] | None = None) -> None:
         self.ramps: dict[str, dict[str, float]] = {}
         for name, ramp in (ramps or {}).items():
