@@ -67,3 +67,14 @@ def test_a_dead_workers_claim_is_taken_over_and_a_failure_releases_its_claim(tmp
         work_queue([WorkUnit("z", lambda: None, lambda: False, ("nope",))], claims)
     with pytest.raises(RuntimeError, match="does not report itself done"):
         work_queue([WorkUnit("w", lambda: None, lambda: False)], claims, poll_s=0.01)
+
+
+def test_sittings_are_appended_and_read_back(tmp_path: Path) -> None:
+    from ktransfer.workers import read_sittings, record_sitting
+
+    log = tmp_path / "sittings.jsonl"
+    assert read_sittings(log) == []
+    record_sitting(log, 12.5)
+    record_sitting(log, 3.0)
+    assert [s["wall_time_min"] for s in read_sittings(log)] == [12.5, 3.0]
+    assert all("ended" in s for s in read_sittings(log))

@@ -408,12 +408,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
     if workers > 1:
         return 0  # the process that started the workers aggregates once they have all finished
+    from ktransfer.workers import read_sittings, record_sitting
+
     sittings_file = out / "sittings.jsonl"  # one line per invocation that trained runs: the benchmark's wall time
     if worker == 0 and workers == 1 and ran_runs:
-        with sittings_file.open("a") as f:
-            f.write(json.dumps({"ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                "wall_time_min": (time.perf_counter() - t_start) / 60}) + "\n")
-    sittings = [json.loads(line) for line in sittings_file.read_text().splitlines()] if sittings_file.exists() else []
+        record_sitting(sittings_file, (time.perf_counter() - t_start) / 60)
+    sittings = read_sittings(sittings_file)
     wanted = {(t, st, v, s) for t, st, v, s in todo}
     units = [json.loads(q.read_text()) for q in sorted(units_dir.glob("*.json"))]
     units = [u for u in units if (u["task"], u["student"], u["variant"], u["seed"]) in wanted]

@@ -445,14 +445,13 @@ def work_units(methods: list[str], seeds: int, size_name: str, size: dict[str, A
     return units
 
 
-def meta_record(args: argparse.Namespace, size_name: str, size: dict[str, Any], started: float) -> dict[str, Any]:
+def meta_record(args: argparse.Namespace, size_name: str, size: dict[str, Any], started: float,
+                sittings: list[dict[str, Any]]) -> dict[str, Any]:
     import sacrebleu
     import transformers
 
     cfg = load_config("student_labels", config_overrides(size, role="student", seed=0, steps=1, lr=size["lr"]))
     info = data_for(cfg).info
-    log = Path(args.results) / "translation" / size_name / "sittings.jsonl"
-    sittings = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     flag = "--quick" if size_name == "quick" else "--gpu"
     return {
         "command": f"python benchmarks/translation/bench.py {flag} --seeds {args.seeds}"
@@ -484,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="change a size setting, e.g. --set steps=20 (smoke tests; recorded in the results)")
     args = p.parse_args(argv)
+    from ktransfer.workers import read_sittings, record_sitting
+
     started = time.perf_counter()
     size_name = "gpu" if args.gpu else "quick"
     size = copy.deepcopy(SIZES[size_name])
@@ -518,9 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             work_queue(queue, results / "claims")
             if is_worker:
                 return 0
-        with (results / "sittings.jsonl").open("a") as f:  # the benchmark's wall time, summed over invocations
-            f.write(json.dumps({"ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                "wall_time_min": (time.perf_counter() - started) / 60}) + "\n")
+        record_sitting(results / "sittings.jsonl", (time.perf_counter() - started) / 60)  # summed over invocations
     teacher_path = results / "teacher.json"
     units = [json.loads(q.read_text()) for q in sorted(results.glob("*-s*.json"))
              if not q.name.startswith(("warm-", "gradient_"))]
@@ -529,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no finished runs to aggregate")
         return 1
     analyses = {"warm-s0": analyse(size, runs, results, "warm-s0"), "word_kd-s0": analyse(size, runs, results, "word_kd-s0")}
-    meta = meta_record(args, size_name, size, started)
+    meta = meta_record(args, size_name, size, started, read_sittings(results / "sittings.jsonl"))
     gen = results / "seq_kd-generation.json"
     meta["seq_kd_generation"] = json.loads(gen.read_text()) if gen.is_file() else None
     result = aggregate(units, meta, json.loads(teacher_path.read_text()), analyses)

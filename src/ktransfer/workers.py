@@ -9,6 +9,7 @@ finished runs in place and the same command continues.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -91,6 +92,18 @@ def work_queue(units: Sequence[WorkUnit], claims: str | Path, poll_s: float = 2.
                     raise RuntimeError(f"unit {taken.name} ran but does not report itself done")
         finally:
             (claims / f"{taken.name}.claim").unlink(missing_ok=True)
+
+
+def record_sitting(log: str | Path, minutes: float) -> None:
+    """Append one invocation's wall time to a benchmark's sittings log (one JSON line per sitting)."""
+    with Path(log).open("a") as f:
+        f.write(json.dumps({"ended": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_time_min": minutes}) + "\n")
+
+
+def read_sittings(log: str | Path) -> list[dict[str, object]]:
+    """Every sitting recorded in `log` (none when it does not exist); their minutes add up to the benchmark's time."""
+    log = Path(log)
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
 
 
 def strip_jobs(argv: Sequence[str]) -> list[str]:
