@@ -32,6 +32,31 @@ def test_version_and_help_do_not_import_torch(arg: str) -> None:
     assert "heavy: []" in proc.stdout, proc.stdout
 
 
+FRESH_IMPORTS = """
+import importlib, pkgutil, sys
+import ktransfer
+names = sorted(m.name for m in pkgutil.walk_packages(ktransfer.__path__, "ktransfer."))
+failed = []
+for name in names:
+    for loaded in [m for m in sys.modules if m == "ktransfer" or m.startswith("ktransfer.")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(name)
+    except Exception as err:
+        failed.append(f"{name}: {type(err).__name__}: {err}")
+print(len(names), "modules")
+print("\\n".join(failed) or "all imported")
+"""
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
+    """Import cycles show only when a module is the first of the package to be imported."""
+    proc = subprocess.run([sys.executable, "-c", FRESH_IMPORTS], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("all imported"), proc.stdout
+    assert int(proc.stdout.split()[0]) > 40, proc.stdout
+
+
 def test_the_public_api_still_imports_from_the_package() -> None:
     import ktransfer
     from ktransfer import ConfigError, Distiller, RunConfig, TrainConfig, forward_kl, run
