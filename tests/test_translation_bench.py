@@ -27,16 +27,44 @@ def test_every_method_config_validates_and_the_student_is_a_quarter(size_name: s
     bench = _bench()
     size = bench.SIZES[size_name]
     (tmp_path / "init-s0.safetensors").write_bytes(b"")  # method_config only names it
-    for method in bench.METHODS:
+    for method in bench.ALL_METHODS:
         cfg = bench.method_config(method, size, tmp_path, seed=0)
         assert cfg.task == "seq2seq" and cfg.train.metric == "bleu"
-        steps = size["steps"] - (size["warm_steps"] if method in bench.ON_POLICY else 0)
+        steps = size["steps"] - (size["warm_steps"] if method in bench.ON_POLICY + bench.FROM_KD else 0)
         assert cfg.train.max_steps == steps and cfg.train.seed == 0
         assert (cfg.teacher is None) == (method == "labels")
     ids = {"vocab_size": size["data"]["vocab_size"], "pad_token_id": 0, "eos_token_id": 3, "decoder_start_token_id": 0}
     teacher = count_parameters(MODELS.build("seq2seq_transformer", {**ids, **size["teacher"]}))
     student = count_parameters(MODELS.build("seq2seq_transformer", {**ids, **size["student"]}))
     assert 0.2 <= student / teacher <= 0.3
+
+
+@pytest.mark.parametrize("size_name", ["quick", "gpu"])
+def test_the_from_kd_variants_differ_from_word_kd_only_in_the_last_steps_loss(size_name: str, tmp_path: Path) -> None:
+    bench = _bench()
+    size = bench.SIZES[size_name]
+    (tmp_path / "init-s1.safetensors").write_bytes(b"")
+    warm = bench.method_config("warm_kd", size, tmp_path, seed=1).to_dict()
+    word = bench.method_config("word_kd", size, tmp_path, seed=1).to_dict()
+    assert warm["train"].pop("max_steps") == size["warm_steps"] and word["train"].pop("max_steps") == size["steps"]
+    assert warm["schedule"].pop("warmup_steps") == min(100, size["warm_steps"] // 10)
+    word["schedule"].pop("warmup_steps")
+    assert warm == word  # the warm start is word KD run for warm_steps (its own schedule, as the other warm start)
+    for method in bench.ON_POLICY:
+        plain = bench.method_config(method, size, tmp_path, seed=1).to_dict()
+        from_kd = bench.method_config(f"{method}_from_kd", size, tmp_path, seed=1).to_dict()
+        assert plain["student"].pop("weights").endswith("warm-s1/final/model.safetensors")
+        assert from_kd["student"].pop("weights").endswith("warm_kd-s1/final/model.safetensors")
+        assert plain == from_kd
+    units = bench.work_units(["word_kd", "jsd_from_kd"], 2, size_name, size, tmp_path, tmp_path)
+    needs = {u.name: set(u.needs) for u in units}
+    assert needs == {"teacher": set(), "warm_kd-s0": {"teacher"}, "warm_kd-s1": {"teacher"},
+                     "jsd_from_kd-s0": {"teacher", "warm_kd-s0"}, "jsd_from_kd-s1": {"teacher", "warm_kd-s1"},
+                     "word_kd-s0": {"teacher"}, "word_kd-s1": {"teacher"}}
+    result = bench.aggregate([_unit("word_kd", 0, 5.0, 20.0), _unit("jsd_from_kd", 0, 6.0, 21.0)], {}, {}, {})
+    row = {r["method"]: r for r in result["rows"]}["jsd_from_kd"]
+    assert row["warm_start"] == "warm_kd" and row["label"].endswith("from word KD")
+    assert row["diff_bleu_vs_word_kd"][0] == pytest.approx(1.0)
 
 
 def _unit(method: str, seed: int, bleu: float, chrf: float) -> dict[str, Any]:
@@ -88,3 +116,10 @@ def test_results_of_another_size_setting_are_not_mixed_in(tmp_path: Path) -> Non
     size["steps"] = 7
     with pytest.raises(SystemExit, match="another size setting"):
         bench.check_same_setup(tmp_path, tmp_path / "runs", size)
+
+
+def test_wall_time_is_counted_per_command() -> None:
+    bench = _bench()
+    sittings = [{"wall_time_min": 30.0}, {"wall_time_min": 21.0, "command": "A"}, {"wall_time_min": 9.5, "command": "B"}]
+    assert bench.wall_minutes(sittings, "A") == {"A": 51.0, "B": 9.5}
+    assert bench.wall_minutes([], "A") == {}

@@ -77,4 +77,6 @@ def test_sittings_are_appended_and_read_back(tmp_path: Path) -> None:
     record_sitting(log, 12.5)
     record_sitting(log, 3.0)
     assert [s["wall_time_min"] for s in read_sittings(log)] == [12.5, 3.0]
-    assert all("ended" in s for s in read_sittings(log))
+    assert all("ended" in s and "command" not in s for s in read_sittings(log))
+    record_sitting(log, 1.0, command="bench --quick --methods a")
+    assert read_sittings(log)[-1]["command"] == "bench --quick --methods a"

@@ -14,7 +14,10 @@ then, per seed, a student with about 1/4 of its parameters is trained from one i
 
 The on-policy methods start from a shared warm start, the references-only student after
 `warm_steps` steps (as practitioners do), and train for the remaining steps, so every method
-makes the same number of optimizer steps. Checkpoints are picked on dev BLEU (tuning on dev
+makes the same number of optimizer steps. On request (not in the default set), the same three
+start instead from a word-level KD student trained for `warm_steps` steps (`*_from_kd`; built as
+the references-only warm start is, with its own learning-rate schedule): the student then has the
+teacher's word-level knowledge before it samples, as on-policy distillation is used in practice. Checkpoints are picked on dev BLEU (tuning on dev
 only); test BLEU / chrF (sacrebleu, greedy decoding, detokenised) are measured once at the end.
 
     python benchmarks/translation/bench.py --quick --jobs 2   # 2 CPU cores, < 60 min (teacher included)
@@ -48,10 +51,14 @@ ROOT = HERE.parents[1]
 CONFIGS = ROOT / "configs" / "translation"
 METHODS = ["labels", "word_kd", "seq_kd", "backward_kl", "reinforce", "jsd"]
 ON_POLICY = ("backward_kl", "reinforce", "jsd")
+# the on-policy methods started from the word-KD student instead (opt-in: --methods ... backward_kl_from_kd)
+FROM_KD = tuple(f"{m}_from_kd" for m in ON_POLICY)
+ALL_METHODS = METHODS + list(FROM_KD)
 BASELINE = "word_kd"
+LABELS_ON_POLICY = {"backward_kl": "on-policy backward KL (exact per token)", "reinforce": "backward KL by REINFORCE",
+                    "jsd": "on-policy JSD(0.5)"}
 LABELS = {"labels": "references only", "word_kd": "word-level forward KL", "seq_kd": "sequence-level KD (beam 4)",
-          "backward_kl": "on-policy backward KL (exact per token)", "reinforce": "backward KL by REINFORCE",
-          "jsd": "on-policy JSD(0.5)"}
+          **LABELS_ON_POLICY, **{f"{m}_from_kd": f"{LABELS_ON_POLICY[m]}, from word KD" for m in ON_POLICY}}
 
 # Everything the two sizes change; the rest comes from configs/translation/*.yaml.
 SIZES: dict[str, dict[str, Any]] = {
@@ -217,26 +224,36 @@ def method_config(method: str, size: dict[str, Any], runs: Path, seed: int) -> A
     teacher = [f"teacher.from_run={runs / 'teacher'}"]
     if method == "seq_kd":
         return seq_kd_config(size, runs, seed)
-    if method in ON_POLICY:
+    if method in ON_POLICY or method in FROM_KD:
         steps = size["steps"] - size["warm_steps"]
         over = config_overrides(size, role="on_policy", seed=seed, steps=steps, lr=size["on_policy_lr"])
-        over += teacher + [f"student.weights={runs / f'warm-s{seed}' / 'final' / 'model.safetensors'}",
+        over += teacher + [f"student.weights={runs / warm_run(method, seed) / 'final' / 'model.safetensors'}",
                            f"targets.generation.max_new_tokens={size['max_new_tokens']}",
                            f"train.eval_every={max(1, min(size['eval_every'], steps))}"]
-        return load_config(f"student_{method}", over)
-    over = config_overrides(size, role="student", seed=seed, steps=size["steps"], lr=size["lr"])
-    over += [f"student.weights={student_init(size, runs, seed)}"] + (teacher if method == "word_kd" else [])
-    return load_config(f"student_{method}", over)
+        return load_config(f"student_{method.removesuffix('_from_kd')}", over)
+    over = config_overrides(size, role="student", seed=seed, steps=size["warm_steps"] if method == "warm_kd"
+                            else size["steps"], lr=size["lr"])
+    over += [f"student.weights={student_init(size, runs, seed)}"] + (teacher if method in ("word_kd", "warm_kd") else [])
+    return load_config("student_word_kd" if method == "warm_kd" else f"student_{method}", over)
 
 
-def warm_start(size: dict[str, Any], runs: Path, results: Path, seed: int) -> dict[str, Any]:
-    path = results / f"warm-s{seed}.json"
+def warm_run(method: str, seed: int) -> str:
+    """The run an on-policy method starts from: the references-only or the word-KD student after warm_steps."""
+    return f"warm_kd-s{seed}" if method in FROM_KD else f"warm-s{seed}"
+
+
+def warm_start(size: dict[str, Any], runs: Path, results: Path, seed: int, kind: str = "warm") -> dict[str, Any]:
+    """The shared warm start of the on-policy methods: `warm` (references only) or `warm_kd` (word KD)."""
+    path = results / f"{kind}-s{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    over = config_overrides(size, role="student", seed=seed, steps=size["warm_steps"], lr=size["lr"])
-    cfg = load_config("student_labels", over + [f"student.weights={student_init(size, runs, seed)}"])
-    result = train(cfg, runs / f"warm-s{seed}")
-    unit = {"method": "warm", "seed": seed, "steps": cfg.train.max_steps, "final_val": result.train.final_metrics,
+    if kind == "warm_kd":
+        cfg = method_config("warm_kd", size, runs, seed)
+    else:
+        over = config_overrides(size, role="student", seed=seed, steps=size["warm_steps"], lr=size["lr"])
+        cfg = load_config("student_labels", over + [f"student.weights={student_init(size, runs, seed)}"])
+    result = train(cfg, runs / f"{kind}-s{seed}")
+    unit = {"method": kind, "seed": seed, "steps": cfg.train.max_steps, "final_val": result.train.final_metrics,
             "wall_time_s": round(result.train.wall_time_s, 2)}
     write_unit(path, unit)
     return unit
@@ -246,7 +263,8 @@ def run_method(method: str, size: dict[str, Any], runs: Path, results: Path, see
     path = results / f"{method}-s{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    warm = warm_start(size, runs, results, seed) if method in ON_POLICY else None
+    warm = (warm_start(size, runs, results, seed, warm_run(method, seed).split("-")[0])
+            if method in ON_POLICY or method in FROM_KD else None)
     cfg = method_config(method, size, runs, seed)
     run_dir = runs / f"{method}-s{seed}"
     result = train(cfg, run_dir)
@@ -309,11 +327,11 @@ def aggregate(units: list[dict[str, Any]], meta: dict[str, Any], teacher: dict[s
     for u in units:
         by.setdefault(u["method"], {})[u["seed"]] = u
     rows = []
-    for method in [m for m in METHODS if m in by]:
+    for method in [m for m in ALL_METHODS if m in by]:
         us = by[method]
         seeds = sorted(us)
         row: dict[str, Any] = {"method": method, "label": LABELS[method], "n": len(seeds), "seeds": seeds,
-                               "warm_start": method in ON_POLICY}
+                               "warm_start": "warm_kd" if method in FROM_KD else "warm" if method in ON_POLICY else None}
         for key in ("bleu", "chrf"):
             row[f"test_{key}"] = _ci([us[s]["test"][key] for s in seeds])
             dev = [us[s]["best_val"][key] for s in seeds if key in us[s]["best_val"]]
@@ -347,8 +365,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['versions']['torch']}, transformers "
         f"{meta['versions']['transformers']}, sacrebleu {meta['versions']['sacrebleu']}, Python "
         f"{meta['versions']['python']}; commit {meta['commit']}; seeds {meta['seeds']}; "
-        f"benchmark wall time {meta['wall_time_min']:.0f} min over {max(1, len(meta.get('sittings', [])))} "
-        f"sitting(s), teacher included.",
+        f"benchmark wall time {meta['wall_time_min']:.0f} min over "
+        f"{max(1, sum(s.get('command', meta['command']) == meta['command'] for s in meta.get('sittings', [])))} "
+        f"sitting(s), teacher included."
+        + "".join(f" Then `{command}`: {minutes:.0f} min." for command, minutes
+                  in wall_minutes(meta.get("sittings", []), meta["command"]).items() if command != meta["command"]),
         "",
         f"Data: Bible, German (Elberfelder) -> English (World English Bible), whole books held out; "
         f"{meta['data_sizes']['train']} training pairs, {meta['data_sizes']['val']} dev, {meta['data_sizes']['test']} test "
@@ -371,13 +392,19 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
-        name = r["label"] + (" †" if r["warm_start"] else "")
+        name = r["label"] + {"warm": " †", "warm_kd": " ‡"}.get(r["warm_start"] or "", "")
         lines.append(f"| {name} | {_fmt(r['test_bleu'])} | {_fmt(r['test_chrf'])} | "
                      f"{_fmt(r[f'diff_bleu_vs_{BASELINE}'], True)} | {_fmt(r[f'diff_chrf_vs_{BASELINE}'], True)} | "
                      f"{_fmt(r['dev_bleu'])} | {r['wall_time_s'][0]:.0f} | {r['samples_per_s'][0]:.1f} |")
-    warm = [r for r in result["rows"] if r["warm_start"]]
+    warm = [r for r in result["rows"] if r["warm_start"] == "warm"]
     if warm:
         lines += ["", f"† shared warm start: {warm[0]['warm_start_s'][0]:.0f} s per seed (not in the wall time above)."]
+    from_kd = [r for r in result["rows"] if r["warm_start"] == "warm_kd"]
+    if from_kd:
+        lines += [f"‡ started instead from a word-level KD student trained for {meta['size']['warm_steps']} steps "
+                  f"({from_kd[0]['warm_start_s'][0]:.0f} s per seed, not in the wall time above; built as the "
+                  f"references-only warm start is), and trained {meta['size']['steps'] - meta['size']['warm_steps']} "
+                  "steps more: the same number of optimizer steps as word KD, the last ones on-policy."]
     gen = meta.get("seq_kd_generation")
     if gen:
         lines += [f"Sequence-level KD: the teacher's beam translations of {gen['examples']} training pairs took "
@@ -433,16 +460,36 @@ def work_units(methods: list[str], seeds: int, size_name: str, size: dict[str, A
     units = [unit("teacher", lambda: train_teacher(size_name, size, runs, results))]
     on_policy = [m for m in methods if m in ON_POLICY]
     units += [unit(f"warm-s{s}", lambda s=s: warm_start(size, runs, results, s)) for s in range(seeds) if on_policy]
+    from_kd = [m for m in methods if m in FROM_KD]
+    units += [unit(f"warm_kd-s{s}", lambda s=s: warm_start(size, runs, results, s, "warm_kd"), ("teacher",))
+              for s in range(seeds) if from_kd]
     units += [unit(f"labels-s{s}", lambda s=s: run_method("labels", size, runs, results, s))
               for s in range(seeds) if "labels" in methods]
     if "seq_kd" in methods:
         units.append(unit("seq_kd-generation", lambda: pregenerate(size, runs, results), ("teacher",)))
     for s in range(seeds):  # the dearest (on-policy) first, so that the last runs to finish are short
-        for m in on_policy + [m for m in ("word_kd", "seq_kd") if m in methods]:
-            needs = ("teacher", f"warm-s{s}") if m in ON_POLICY else ("seq_kd-generation",) if m == "seq_kd" \
-                else ("teacher",)
+        for m in on_policy + from_kd + [m for m in ("word_kd", "seq_kd") if m in methods]:
+            needs = (("teacher", warm_run(m, s)) if m in ON_POLICY or m in FROM_KD
+                     else ("seq_kd-generation",) if m == "seq_kd" else ("teacher",))
             units.append(unit(f"{m}-s{s}", lambda m=m, s=s: run_method(m, size, runs, results, s), needs))
     return units
+
+
+def invocation(args: argparse.Namespace, size_name: str, default_methods: bool = False) -> str:
+    """The benchmark's command line as recorded in the results (`default_methods`: as if --methods were not given)."""
+    flag = "--quick" if size_name == "quick" else "--gpu"
+    methods = "" if default_methods or args.methods == METHODS else " --methods " + " ".join(args.methods)
+    return (f"python benchmarks/translation/bench.py {flag} --seeds {args.seeds}{methods}"
+            + (f" --jobs {args.jobs}" if args.jobs > 1 else ""))
+
+
+def wall_minutes(sittings: list[dict[str, Any]], default_command: str) -> dict[str, float]:
+    """Minutes per command over the sittings (a sitting recorded without its command ran the default one)."""
+    out: dict[str, float] = {}
+    for sitting in sittings:
+        command = str(sitting.get("command", default_command))
+        out[command] = out.get(command, 0.0) + float(sitting["wall_time_min"])
+    return out
 
 
 def meta_record(args: argparse.Namespace, size_name: str, size: dict[str, Any], started: float,
@@ -452,17 +499,16 @@ def meta_record(args: argparse.Namespace, size_name: str, size: dict[str, Any], 
 
     cfg = load_config("student_labels", config_overrides(size, role="student", seed=0, steps=1, lr=size["lr"]))
     info = data_for(cfg).info
-    flag = "--quick" if size_name == "quick" else "--gpu"
     return {
-        "command": f"python benchmarks/translation/bench.py {flag} --seeds {args.seeds}"
-                   + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
+        "command": invocation(args, size_name, default_methods=True),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
                    + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "sacrebleu": sacrebleu.__version__},
         "commit": git_commit(), "seeds": list(range(args.seeds)), "size_name": size_name, "size": size,
         "data_sizes": info["sizes"], "vocab_size": info["vocab_size"], "bleu_tokenize": info["bleu_tokenize"],
-        "wall_time_min": sum(x["wall_time_min"] for x in sittings) if sittings else (time.perf_counter() - started) / 60,
+        "wall_time_min": wall_minutes(sittings, invocation(args, size_name, default_methods=True)).get(
+            invocation(args, size_name, default_methods=True), (time.perf_counter() - started) / 60),
         "sittings": sittings,
     }
 
@@ -473,7 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     size_arg.add_argument("--quick", action="store_true", help="2 CPU cores, < 60 min (the default size)")
     size_arg.add_argument("--gpu", action="store_true", help="one H100-class GPU, < 10 min")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=ALL_METHODS,
+                   help="methods to run (the table shows every finished run of the results folder); "
+                        "the *_from_kd variants are not in the default set")
     p.add_argument("--jobs", type=int, default=1, help="worker processes; each takes the next run whose inputs "
                                                        "(teacher, warm start, beam translations) are ready")
     p.add_argument("--worker", default="0/1", metavar="I/N", help="(set by --jobs) run as worker I of N")
@@ -519,11 +567,12 @@ def main(argv: list[str] | None = None) -> int:
             work_queue(queue, results / "claims")
             if is_worker:
                 return 0
-        record_sitting(results / "sittings.jsonl", (time.perf_counter() - started) / 60)  # summed over invocations
+        record_sitting(results / "sittings.jsonl", (time.perf_counter() - started) / 60,  # summed per command
+                       invocation(args, size_name))
     teacher_path = results / "teacher.json"
     units = [json.loads(q.read_text()) for q in sorted(results.glob("*-s*.json"))
-             if not q.name.startswith(("warm-", "gradient_"))]
-    units = [u for u in units if u["seed"] < args.seeds and u["method"] in args.methods]
+             if not q.name.startswith(("warm-", "warm_kd-", "gradient_"))]
+    units = [u for u in units if u["seed"] < args.seeds and u["method"] in ALL_METHODS]
     if not units or not teacher_path.is_file():
         print("no finished runs to aggregate")
         return 1

@@ -94,10 +94,14 @@ def work_queue(units: Sequence[WorkUnit], claims: str | Path, poll_s: float = 2.
             (claims / f"{taken.name}.claim").unlink(missing_ok=True)
 
 
-def record_sitting(log: str | Path, minutes: float) -> None:
-    """Append one invocation's wall time to a benchmark's sittings log (one JSON line per sitting)."""
+def record_sitting(log: str | Path, minutes: float, command: str | None = None) -> None:
+    """Append one invocation's wall time (and, if given, its command) to a benchmark's sittings log
+    (one JSON line per sitting)."""
+    entry: dict[str, object] = {"ended": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_time_min": minutes}
+    if command is not None:
+        entry["command"] = command
     with Path(log).open("a") as f:
-        f.write(json.dumps({"ended": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_time_min": minutes}) + "\n")
+        f.write(json.dumps(entry) + "\n")
 
 
 def read_sittings(log: str | Path) -> list[dict[str, object]]:
