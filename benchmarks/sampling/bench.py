@@ -6,10 +6,11 @@ sources {student: 1}, i.e. Hugging Face `generate` with do_sample, as an on-poli
 generates all 64), with `generation.use_cache` true or false. Models are randomly initialised
 from configs (no download):
 
-* `causal`: a small Llama (hidden 256, 4 layers, vocabulary 8,000), batch 8;
-* `seq2seq`: a translation-sized Marian (d_model 256, 3 + 3 layers, vocabulary 8,000), batch 8;
+* `causal`: a small Llama (hidden 256, 4 layers, vocabulary 8,000);
+* `seq2seq`: a translation-sized Marian (d_model 256, 3 + 3 layers, vocabulary 8,000);
 
-each with prompts (sources) of `--prompts` tokens (32 and 128 by default).
+each with prompts (sources) of `--prompts` tokens (32 and 128 by default), in batches of
+`--batches` rows (8, and 32 = the on-policy batch of the translation benchmark, by default).
 
 Cached and uncached runs are interleaved over `--repeats` rounds, one thread, timed in CPU time
 of the process (the machine is shared; wall time is in the JSON too). Writes
@@ -52,17 +53,18 @@ def build(kind: str) -> nn.Module:
     return transformers.MarianMTModel(cfg).eval()
 
 
-def batch_of(kind: str, prompt: int) -> dict[str, torch.Tensor]:
+def batch_of(kind: str, prompt: int, rows: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(2, VOCAB, (8, prompt), generator=g)
+    ids = torch.randint(2, VOCAB, (rows, prompt), generator=g)
     if kind == "causal":
-        labels = torch.cat([torch.full_like(ids, -100), torch.randint(2, VOCAB, (8, 4), generator=g)], 1)
+        labels = torch.cat([torch.full_like(ids, -100), torch.randint(2, VOCAB, (rows, 4), generator=g)], 1)
         ids = torch.cat([ids, labels[:, prompt:]], 1)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(2, VOCAB, (8, 4), generator=g)}
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "labels": torch.randint(2, VOCAB, (rows, 4), generator=g)}
 
 
-def sample(kind: str, model: nn.Module, use_cache: bool, prompt: int) -> tuple[float, float, int]:
+def sample(kind: str, model: nn.Module, use_cache: bool, prompt: int, rows: int) -> tuple[float, float, int]:
     """(wall s, CPU s, generated tokens) of one on-policy sampling of the batch by the student."""
     from ktransfer.sequence import StageContext, TargetsStage
     from ktransfer.tasks import Task
@@ -72,7 +74,7 @@ def sample(kind: str, model: nn.Module, use_cache: bool, prompt: int) -> tuple[f
                                      "eos_token_id": VOCAB + 1})
     task = Task("causal_lm" if kind == "causal" else "seq2seq")
     ctx = StageContext(student=model, teacher=None, task=task, step=0, device=torch.device("cpu"))
-    batch = batch_of(kind, prompt)
+    batch = batch_of(kind, prompt, rows)
     w0, c0 = time.perf_counter(), time.process_time()
     out = stage(batch, ctx)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
@@ -86,6 +88,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["causal", "seq2seq"], choices=["causal", "seq2seq"])
     parser.add_argument("--prompts", type=int, nargs="+", default=[32, 128],
                         help="prompt (causal) or source (seq2seq) lengths in tokens")
+    parser.add_argument("--batches", type=int, nargs="+", default=[8, 32], help="rows sampled at once")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -95,21 +98,22 @@ def main() -> None:
     started = time.perf_counter()
     models = {kind: build(kind) for kind in args.kinds}
     for kind in args.kinds:  # warm-up (first-call costs of generate)
-        sample(kind, models[kind], True, args.prompts[0])
-    cases = [(kind, prompt) for kind in args.kinds for prompt in args.prompts]
-    got: dict[tuple[str, int], dict[bool, list[tuple[float, float, int]]]] = {c: {True: [], False: []} for c in cases}
+        sample(kind, models[kind], True, args.prompts[0], args.batches[0])
+    cases = [(kind, batch, prompt) for kind in args.kinds for batch in args.batches for prompt in args.prompts]
+    got: dict[tuple[str, int, int], dict[bool, list[tuple[float, float, int]]]] = {
+        c: {True: [], False: []} for c in cases}
     for r in range(args.repeats):
-        for i, (kind, prompt) in enumerate(cases):
+        for i, (kind, batch, prompt) in enumerate(cases):
             for use_cache in ((True, False) if (r + i) % 2 == 0 else (False, True)):
-                got[kind, prompt][use_cache].append(sample(kind, models[kind], use_cache, prompt))
-                wall, cpu, n = got[kind, prompt][use_cache][-1]
-                print(f"round {r + 1} {kind:8s} prompt {prompt:4d} use_cache={use_cache!s:5s} {n} tokens  CPU {cpu:.2f} s "
-                      f"({n / cpu:.0f} tokens/s)  wall {wall:.2f} s", flush=True)
+                got[kind, batch, prompt][use_cache].append(sample(kind, models[kind], use_cache, prompt, batch))
+                wall, cpu, n = got[kind, batch, prompt][use_cache][-1]
+                print(f"round {r + 1} {kind:8s} batch {batch:3d} prompt {prompt:4d} use_cache={use_cache!s:5s} {n} "
+                      f"tokens  CPU {cpu:.2f} s ({n / cpu:.0f} tokens/s)  wall {wall:.2f} s", flush=True)
     rows = []
-    for kind, prompt in cases:
-        row: dict[str, Any] = {"kind": kind, "new_tokens": NEW_TOKENS, "batch": 8, "prompt": prompt}
+    for kind, batch, prompt in cases:
+        row: dict[str, Any] = {"kind": kind, "new_tokens": NEW_TOKENS, "batch": batch, "prompt": prompt}
         for use_cache, name in ((True, "cache"), (False, "no_cache")):
-            runs = got[kind, prompt][use_cache]
+            runs = got[kind, batch, prompt][use_cache]
             row[f"{name}_runs"] = [{"wall_s": w, "cpu_s": c, "tokens": n} for w, c, n in runs]
             row[f"{name}_tokens_per_cpu_s"] = statistics.median(n / c for _, c, n in runs)
             row[f"{name}_tokens_per_wall_s"] = statistics.median(n / w for w, _, n in runs)
@@ -125,15 +129,15 @@ def main() -> None:
     (out / "sampling_kv_cache.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"Command: `{results['command']}`; {env['machine']}, {env['cpu_count']} CPUs, "
              f"1 thread, torch {env['torch']}, transformers {env['transformers']}; on-policy sampling by the student "
-             f"through TargetsStage, batch 8, {NEW_TOKENS} new tokens; tokens per second "
+             f"through TargetsStage, {NEW_TOKENS} new tokens per row; tokens per second "
              f"of CPU time of the process (median of {args.repeats} interleaved runs; wall-time speed-up in the last "
              "column).", "",
-             "| model | prompt / source (tokens) | with KV cache (tokens/s) | without (tokens/s) | speed-up (CPU) "
-             "| speed-up (wall) |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| model | batch | prompt / source (tokens) | with KV cache (tokens/s) | without (tokens/s) "
+             "| speed-up (CPU) | speed-up (wall) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     names = {"causal": "Llama, hidden 256, 4 layers", "seq2seq": "Marian, d_model 256, 3 + 3 layers"}
     for row in rows:
-        lines.append(f"| {names[row['kind']]} | {row['prompt']} | {row['cache_tokens_per_cpu_s']:.0f} | "
+        lines.append(f"| {names[row['kind']]} | {row['batch']} | {row['prompt']} | {row['cache_tokens_per_cpu_s']:.0f} | "
                      f"{row['no_cache_tokens_per_cpu_s']:.0f} | {row['speedup_cpu']:.1f}x | {row['speedup_wall']:.1f}x |")
     (out / "sampling_kv_cache.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
