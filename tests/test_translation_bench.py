@@ -50,6 +50,11 @@ def test_the_from_kd_variants_differ_from_word_kd_only_in_the_last_steps_loss(si
     assert warm["schedule"].pop("warmup_steps") == min(100, size["warm_steps"] // 10)
     word["schedule"].pop("warmup_steps")
     assert warm == word  # the warm start is word KD run for warm_steps (its own schedule, as the other warm start)
+    control = bench.method_config("word_kd_from_kd", size, tmp_path, seed=1).to_dict()
+    onpolicy = bench.method_config("backward_kl_from_kd", size, tmp_path, seed=1).to_dict()
+    for key in ("optim", "schedule", "train", "student", "teacher", "data"):
+        assert control[key] == onpolicy[key], key  # only the targets and the loss differ
+    assert control["knowledge"] == word["knowledge"] and not control.get("targets")
     for method in bench.ON_POLICY:
         plain = bench.method_config(method, size, tmp_path, seed=1).to_dict()
         from_kd = bench.method_config(f"{method}_from_kd", size, tmp_path, seed=1).to_dict()
@@ -61,10 +66,16 @@ def test_the_from_kd_variants_differ_from_word_kd_only_in_the_last_steps_loss(si
     assert needs == {"teacher": set(), "warm_kd-s0": {"teacher"}, "warm_kd-s1": {"teacher"},
                      "jsd_from_kd-s0": {"teacher", "warm_kd-s0"}, "jsd_from_kd-s1": {"teacher", "warm_kd-s1"},
                      "word_kd-s0": {"teacher"}, "word_kd-s1": {"teacher"}}
-    result = bench.aggregate([_unit("word_kd", 0, 5.0, 20.0), _unit("jsd_from_kd", 0, 6.0, 21.0)], {}, {}, {})
-    row = {r["method"]: r for r in result["rows"]}["jsd_from_kd"]
+    result = bench.aggregate([_unit("word_kd", 0, 5.0, 20.0), _unit("jsd_from_kd", 0, 6.0, 21.0),
+                              _unit("word_kd_from_kd", 0, 5.5, 22.0)], {}, {}, {})
+    rows = {r["method"]: r for r in result["rows"]}
+    row = rows["jsd_from_kd"]
     assert row["warm_start"] == "warm_kd" and row["label"].endswith("from word KD")
     assert row["diff_bleu_vs_word_kd"][0] == pytest.approx(1.0)
+    assert row["diff_bleu_vs_word_kd_from_kd"][0] == pytest.approx(0.5)
+    assert row["diff_chrf_vs_word_kd_from_kd"][0] == pytest.approx(-1.0)
+    assert rows["word_kd_from_kd"]["diff_bleu_vs_word_kd_from_kd"] is None
+    assert rows["word_kd"]["diff_bleu_vs_word_kd_from_kd"] is None
 
 
 def _unit(method: str, seed: int, bleu: float, chrf: float) -> dict[str, Any]:

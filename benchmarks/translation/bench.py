@@ -17,7 +17,9 @@ The on-policy methods start from a shared warm start, the references-only studen
 makes the same number of optimizer steps. On request (not in the default set), the same three
 start instead from a word-level KD student trained for `warm_steps` steps (`*_from_kd`; built as
 the references-only warm start is, with its own learning-rate schedule): the student then has the
-teacher's word-level knowledge before it samples, as on-policy distillation is used in practice. Checkpoints are picked on dev BLEU (tuning on dev
+teacher's word-level knowledge before it samples, as on-policy distillation is used in practice.
+Their control, `word_kd_from_kd`, continues word KD from that start with the on-policy runs'
+learning rate and schedule, so that against it only the last steps' targets and divergence differ. Checkpoints are picked on dev BLEU (tuning on dev
 only); test BLEU / chrF (sacrebleu, greedy decoding, detokenised) are measured once at the end.
 
     python benchmarks/translation/bench.py --quick --jobs 2   # 2 CPU cores, < 60 min (teacher included)
@@ -51,14 +53,17 @@ ROOT = HERE.parents[1]
 CONFIGS = ROOT / "configs" / "translation"
 METHODS = ["labels", "word_kd", "seq_kd", "backward_kl", "reinforce", "jsd"]
 ON_POLICY = ("backward_kl", "reinforce", "jsd")
-# the on-policy methods started from the word-KD student instead (opt-in: --methods ... backward_kl_from_kd)
-FROM_KD = tuple(f"{m}_from_kd" for m in ON_POLICY)
+# the on-policy methods started from the word-KD student instead (opt-in: --methods ... backward_kl_from_kd), and
+# their control: word KD continued from that start with the on-policy runs' learning rate and schedule
+FROM_KD = tuple(f"{m}_from_kd" for m in ON_POLICY) + ("word_kd_from_kd",)
+CONTROL = "word_kd_from_kd"
 ALL_METHODS = METHODS + list(FROM_KD)
 BASELINE = "word_kd"
 LABELS_ON_POLICY = {"backward_kl": "on-policy backward KL (exact per token)", "reinforce": "backward KL by REINFORCE",
                     "jsd": "on-policy JSD(0.5)"}
 LABELS = {"labels": "references only", "word_kd": "word-level forward KL", "seq_kd": "sequence-level KD (beam 4)",
-          **LABELS_ON_POLICY, **{f"{m}_from_kd": f"{LABELS_ON_POLICY[m]}, from word KD" for m in ON_POLICY}}
+          **LABELS_ON_POLICY, **{f"{m}_from_kd": f"{LABELS_ON_POLICY[m]}, from word KD" for m in ON_POLICY},
+          CONTROL: "word-level forward KL, continued from word KD"}
 
 # Everything the two sizes change; the rest comes from configs/translation/*.yaml.
 SIZES: dict[str, dict[str, Any]] = {
@@ -228,8 +233,10 @@ def method_config(method: str, size: dict[str, Any], runs: Path, seed: int) -> A
         steps = size["steps"] - size["warm_steps"]
         over = config_overrides(size, role="on_policy", seed=seed, steps=steps, lr=size["on_policy_lr"])
         over += teacher + [f"student.weights={runs / warm_run(method, seed) / 'final' / 'model.safetensors'}",
-                           f"targets.generation.max_new_tokens={size['max_new_tokens']}",
                            f"train.eval_every={max(1, min(size['eval_every'], steps))}"]
+        if method == CONTROL:  # the on-policy runs' optimiser settings, the references' targets and word-level loss
+            return load_config("student_word_kd", over + ["schedule.name=constant"])
+        over.append(f"targets.generation.max_new_tokens={size['max_new_tokens']}")
         return load_config(f"student_{method.removesuffix('_from_kd')}", over)
     over = config_overrides(size, role="student", seed=seed, steps=size["warm_steps"] if method == "warm_kd"
                             else size["steps"], lr=size["lr"])
@@ -340,6 +347,11 @@ def aggregate(units: list[dict[str, Any]], meta: dict[str, Any], teacher: dict[s
             paired = [s for s in seeds if s in base]
             row[f"diff_{key}_vs_{BASELINE}"] = (_ci([us[s]["test"][key] - base[s]["test"][key] for s in paired])
                                                 if paired and method != BASELINE else None)
+        control = by.get(CONTROL, {})
+        for key in ("bleu", "chrf"):
+            paired = [s for s in seeds if s in control]
+            row[f"diff_{key}_vs_{CONTROL}"] = (_ci([us[s]["test"][key] - control[s]["test"][key] for s in paired])
+                                               if method in FROM_KD and method != CONTROL and paired else None)
         row["wall_time_s"] = _ci([us[s]["wall_time_s"] for s in seeds])
         row["warm_start_s"] = _ci([us[s]["warm_start_s"] for s in seeds])
         row["samples_per_s"] = _ci([us[s]["samples_per_s"] for s in seeds])
@@ -405,6 +417,14 @@ def markdown(result: dict[str, Any]) -> str:
                   f"({from_kd[0]['warm_start_s'][0]:.0f} s per seed, not in the wall time above; built as the "
                   f"references-only warm start is), and trained {meta['size']['steps'] - meta['size']['warm_steps']} "
                   "steps more: the same number of optimizer steps as word KD, the last ones on-policy."]
+    controlled = [r for r in result["rows"] if r.get(f"diff_bleu_vs_{CONTROL}")]
+    if controlled:
+        lines += ["", "From the same word-KD start, the last steps' loss alone: paired difference against word-level "
+                      "forward KL continued with the on-policy runs' learning rate and schedule (the same start, "
+                      "steps and optimiser; only the targets and the divergence differ).", "",
+                  "| method | Δ test BLEU vs continued word KD | Δ test chrF vs continued word KD |", "|---|---:|---:|"]
+        lines += [f"| {r['label']} | {_fmt(r[f'diff_bleu_vs_{CONTROL}'], True)} | {_fmt(r[f'diff_chrf_vs_{CONTROL}'], True)} |"
+                  for r in controlled]
     gen = meta.get("seq_kd_generation")
     if gen:
         lines += [f"Sequence-level KD: the teacher's beam translations of {gen['examples']} training pairs took "
