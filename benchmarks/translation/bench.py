@@ -19,11 +19,12 @@ start instead from a word-level KD student trained for `warm_steps` steps (`*_fr
 the references-only warm start is, with its own learning-rate schedule): the student then has the
 teacher's word-level knowledge before it samples, as on-policy distillation is used in practice.
 Their control, `word_kd_from_kd`, continues word KD from that start with the on-policy runs'
-learning rate and schedule, so that against it only the last steps' targets and divergence differ. Checkpoints are picked on dev BLEU (tuning on dev
-only); test BLEU / chrF (sacrebleu, greedy decoding, detokenised) are measured once at the end.
+learning rate and schedule, so that against it only the last steps' targets and divergence differ.
+Checkpoints are picked on dev BLEU (tuning on dev only); test BLEU / chrF (sacrebleu, greedy decoding, detokenised) are measured once at the end.
 
     python benchmarks/translation/bench.py --quick --jobs 2   # 2 CPU cores, < 60 min (teacher included)
-    python benchmarks/translation/bench.py --gpu              # one H100-class GPU, < 10 min
+    python benchmarks/translation/bench.py --gpu --jobs 4     # one H100-class GPU, sized for < 10 min (not yet run;
+                                                              # gpu_budget.py: sampling alone >= 13 min in one process)
 
 Each finished run writes its own JSON under benchmarks/results/translation/<size>/ at once and
 is skipped when the benchmark is started again (runs themselves resume from checkpoints).
@@ -425,6 +426,7 @@ def markdown(result: dict[str, Any]) -> str:
                   "| method | Δ test BLEU vs continued word KD | Δ test chrF vs continued word KD |", "|---|---:|---:|"]
         lines += [f"| {r['label']} | {_fmt(r[f'diff_bleu_vs_{CONTROL}'], True)} | {_fmt(r[f'diff_chrf_vs_{CONTROL}'], True)} |"
                   for r in controlled]
+        lines.append("")
     gen = meta.get("seq_kd_generation")
     if gen:
         lines += [f"Sequence-level KD: the teacher's beam translations of {gen['examples']} training pairs took "
