@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ktransfer.data import DATASETS, PadCollator, find_preparer
+from ktransfer.data import DATASETS, find_preparer
 from ktransfer.data.translation import (
     BIBLE_LANGUAGES, UnknownTranslationError, choose_bleu_tokenize, prepare_bible_pair, prepare_bible_translation,
 )

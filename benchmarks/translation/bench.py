@@ -397,7 +397,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"references-only student after {meta['size']['warm_steps']} steps (shared warm start) and train "
         f"{meta['size']['steps'] - meta['size']['warm_steps']} steps more.",
         "",
-        f"Mean ± 95% t-interval over seeds; Δ = paired difference against word-level forward KL (* = interval "
+        "Mean ± 95% t-interval over seeds; Δ = paired difference against word-level forward KL (* = interval "
         "excludes 0). Wall time and samples/s are the method's own training (warm start and seq-KD generation "
         "listed separately), evaluation included.",
         "",

@@ -21,7 +21,6 @@ Writes benchmarks/results/translation/gpu_budget.json and prints a summary.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import statistics
 import sys

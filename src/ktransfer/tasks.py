@@ -194,11 +194,10 @@ class Task:
                 raise FusedHeadError(f"fused_head needs a sequence task (causal_lm, seq2seq) and a Hugging Face "
                                      f"model called with keywords; this is task '{self.kind}'")
             raw, hidden, head = fused_forward(model, model_kwargs(batch, self.kind), check=check_head)
-            logits = None
             aligned = hidden
         else:
             raw = call_model(model, batch, self.kind)
-            logits = aligned = extract_logits(raw)
+            aligned = extract_logits(raw)
         targets = batch.get("labels")
         if self.kind == "causal_lm":
             # position t predicts token t+1
