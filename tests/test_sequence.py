@@ -279,6 +279,24 @@ def test_sampling_and_beam_search_through_the_engine(family: str, decoding: str)
             assert bool((batch["sample_logprobs"][generated] < 0).any())
             sampled = batch["target_source"] == 2
             assert bool((batch["greedy_reward"][sampled] != 0).all()) and bool((batch["greedy_reward"][~sampled] == 0).all())
+            lengths = batch["greedy_length"]
+            assert bool(((lengths[sampled] >= 1) & (lengths[sampled] <= 4)).all()) and bool((lengths[~sampled] == 0).all())
+
+
+def test_a_length_normalised_self_critic_baseline_is_the_greedy_cost_per_token() -> None:
+    """Found: the greedy output's whole-sequence cost was subtracted from returns divided by the length,
+    a baseline many times their scale; the student then reinforced its own samples and collapsed."""
+    from types import SimpleNamespace
+
+    batch = {"greedy_reward": torch.tensor([-6.0, -2.0]), "greedy_length": torch.tensor([3.0, 4.0])}
+    view = SimpleNamespace(batch=batch)
+    summed = ReinforceTerm(baseline="self_critic")._baseline(view)  # type: ignore[arg-type]
+    assert torch.equal(summed, torch.tensor([6.0, 2.0]))
+    per_token = ReinforceTerm(baseline="self_critic", length_normalise=True)._baseline(view)  # type: ignore[arg-type]
+    assert torch.allclose(per_token, torch.tensor([2.0, 0.5]))
+    with pytest.raises(ValueError, match="greedy_length"):
+        ReinforceTerm(baseline="self_critic", length_normalise=True)._baseline(
+            SimpleNamespace(batch={"greedy_reward": batch["greedy_reward"]}))  # type: ignore[arg-type]
 
 
 def _on_policy_run(run_dir: Path, stop_after: int | None, resume: bool, cache: bool) -> None:

@@ -166,7 +166,8 @@ class ReinforceTerm:
 
     `baseline`: "none", "moving_average" (an exponential average, decay `baseline_decay`, of past
     mean returns; checkpointed) or "self_critic" (the reward of the student's greedy output,
-    `greedy_reward` from a targets stage with `greedy_baseline: true`). `importance_weights`
+    `greedy_reward` from a targets stage with `greedy_baseline: true`; per token of the greedy
+    output when `length_normalise`, the scale of the normalised returns). `importance_weights`
     uses the stage's `sample_logprobs` (needed when the targets were sampled teacher-mixed or
     at another temperature). The loss's value is the sampled estimate of the backward KL per
     token, -mean(r_t); its gradient is the policy-gradient estimate, summed over tokens and
@@ -241,7 +242,14 @@ class ReinforceTerm:
             if greedy is None:
                 raise ValueError(f"knowledge term '{self.name}': baseline 'self_critic' needs the batch's 'greedy_reward': "
                                  "set greedy_baseline: true in the targets stage")
-            return -greedy  # the greedy output's cost sum_t (log q - log p)
+            cost = -greedy  # the greedy output's cost sum_t (log q - log p)
+            if self.length_normalise:  # on the scale of the returns: the greedy output's cost per token
+                length = view.batch.get("greedy_length")
+                if length is None:
+                    raise ValueError(f"knowledge term '{self.name}': a length-normalised self-critic baseline needs the "
+                                     "batch's 'greedy_length' (a targets stage with greedy_baseline: true writes it)")
+                cost = cost / torch.as_tensor(length, dtype=cost.dtype, device=cost.device).clamp_min(1)
+            return cost
         return self._average
 
     def _update_average(self, rewards: Tensor, mask: Tensor) -> None:

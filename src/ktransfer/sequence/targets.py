@@ -15,7 +15,8 @@ adds `target_source` (B,) with 0 = dataset, 1 = teacher, 2 = student, and `sampl
 the log-probability of each sampled token under the (processed) distribution it was drawn
 from, aligned with `labels` (0 elsewhere); importance weights need them. With
 `greedy_baseline`, it also decodes each student-sourced prompt greedily and stores the greedy
-output's sequence reward sum_t (log p_T - log q_S) as `greedy_reward` (a self-critic baseline).
+output's sequence reward sum_t (log p_T - log q_S) as `greedy_reward` (a self-critic baseline),
+and its length in tokens as `greedy_length`.
 
 Sampling is driven by the stage's own `torch.Generator`, checkpointed with the run: each call
 seeds a forked global RNG from it, so generation never disturbs the training RNG (dropout) and
@@ -273,7 +274,7 @@ class TargetsStage:
         out.update(input_ids=new_ids, attention_mask=new_mask, labels=new_labels, target_source=choice.to(ids.device),
                    sample_logprobs=new_logprobs)
         if self.greedy_baseline:
-            out["greedy_reward"] = self._greedy_rewards(ctx, choice, starts, ids, attention)
+            out["greedy_reward"], out["greedy_length"] = self._greedy_rewards(ctx, choice, starts, ids, attention)
         return out
 
     def _generate_rows(self, ctx: StageContext, choice: Tensor, starts: Tensor, ids: Tensor,
@@ -340,17 +341,20 @@ class TargetsStage:
         out = {k: v for k, v in batch.items() if k not in ("labels", "decoder_input_ids", "decoder_attention_mask")}
         out.update(labels=new_labels, target_source=choice.to(ids.device), sample_logprobs=new_logprobs)
         if self.greedy_baseline:
-            out["greedy_reward"] = self._greedy_rewards(ctx, choice, torch.zeros_like(choice), ids, attention)
+            out["greedy_reward"], out["greedy_length"] = self._greedy_rewards(ctx, choice, torch.zeros_like(choice), ids,
+                                                                              attention)
         return out
 
     def _greedy_rewards(self, ctx: StageContext, choice: Tensor, starts: Tensor, ids: Tensor,
-                        attention: Tensor) -> Tensor:
-        """sum_t log p_T(y_t) - log q_S(y_t) of the student's greedy output, per example (0 where not sampled)."""
+                        attention: Tensor) -> tuple[Tensor, Tensor]:
+        """sum_t log p_T(y_t) - log q_S(y_t) of the student's greedy output, and its length in tokens,
+        per example (0 where not sampled)."""
         assert ctx.teacher is not None
         rewards = torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device)
+        lengths = torch.zeros_like(rewards)
         student_rows = choice == 2
         if not bool(student_rows.any()):
-            return rewards
+            return rewards, lengths
         greedy = self._generate_rows(ctx, torch.where(student_rows, 2, 0), starts, ids, attention, greedy=True)
         for i, (tokens, _) in greedy.items():
             valid = tokens != IGNORE_INDEX
@@ -376,7 +380,8 @@ class TargetsStage:
             log_q = torch.log_softmax(s_logits[:, :vocab].float(), -1).gather(-1, cont.unsqueeze(-1))
             log_p = torch.log_softmax(t_logits[:, :vocab].float(), -1).gather(-1, cont.unsqueeze(-1))
             rewards[i] = (log_p - log_q).sum()
-        return rewards
+            lengths[i] = cont.shape[0]
+        return rewards, lengths
 
 
 # The keys of a run config's `targets` section (tokenizers are Python objects: API only).
