@@ -3,21 +3,18 @@ paired aggregation over seeds against the student trained alone (no training her
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from _benchmarks import load_benchmark  # noqa: E402
 
 
 def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("causal_bench", ROOT / "benchmarks" / "causal" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("causal/run.py")
 
 
 def test_the_warm_started_run_is_the_student_alone_then_the_on_policy_config(tmp_path: Path) -> None:

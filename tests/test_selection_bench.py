@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +11,12 @@ import pytest
 
 from ktransfer.config import RunConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from _benchmarks import load_benchmark  # noqa: E402
 
 
 def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("selection_bench", ROOT / "benchmarks" / "selection" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("selection/bench.py")
 
 
 def test_every_variant_is_a_valid_run_config() -> None:

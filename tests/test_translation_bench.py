@@ -3,21 +3,18 @@ the teacher, and the aggregation pairs runs by seed against word-level forward K
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from _benchmarks import load_benchmark  # noqa: E402
 
 
 def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("translation_bench", ROOT / "benchmarks" / "translation" / "bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("translation/bench.py")
 
 
 @pytest.mark.parametrize("size_name", ["quick", "gpu"])
