@@ -20,7 +20,8 @@ the references-only warm start is, with its own learning-rate schedule): the stu
 teacher's word-level knowledge before it samples, as on-policy distillation is used in practice.
 Their control, `word_kd_from_kd`, continues word KD from that start with the on-policy runs'
 learning rate and schedule, so that against it only the last steps' targets and divergence differ.
-Checkpoints are picked on dev BLEU (tuning on dev only); test BLEU / chrF (sacrebleu, greedy decoding, detokenised) are measured once at the end.
+Checkpoints are picked on dev BLEU (tuning on dev only); test BLEU / chrF (sacrebleu, greedy
+decoding, detokenised) are measured once at the end.
 
     python benchmarks/translation/bench.py --quick --jobs 2   # 2 CPU cores, < 60 min (teacher included)
     python benchmarks/translation/bench.py --gpu --jobs 4     # one H100-class GPU, sized for < 10 min (not yet run;
@@ -230,10 +231,10 @@ def method_config(method: str, size: dict[str, Any], runs: Path, seed: int) -> A
     teacher = [f"teacher.from_run={runs / 'teacher'}"]
     if method == "seq_kd":
         return seq_kd_config(size, runs, seed)
-    if method in ON_POLICY or method in FROM_KD:
+    if warm_kind(method):  # on-policy, or the control that starts where the from-KD ones do
         steps = size["steps"] - size["warm_steps"]
         over = config_overrides(size, role="on_policy", seed=seed, steps=steps, lr=size["on_policy_lr"])
-        over += teacher + [f"student.weights={runs / warm_run(method, seed) / 'final' / 'model.safetensors'}",
+        over += teacher + [f"student.weights={runs / f'{warm_kind(method)}-s{seed}' / 'final' / 'model.safetensors'}",
                            f"train.eval_every={max(1, min(size['eval_every'], steps))}"]
         if method == CONTROL:  # the on-policy runs' optimiser settings, the references' targets and word-level loss
             return load_config("student_word_kd", over + ["schedule.name=constant"])
@@ -245,9 +246,9 @@ def method_config(method: str, size: dict[str, Any], runs: Path, seed: int) -> A
     return load_config("student_word_kd" if method == "warm_kd" else f"student_{method}", over)
 
 
-def warm_run(method: str, seed: int) -> str:
-    """The run an on-policy method starts from: the references-only or the word-KD student after warm_steps."""
-    return f"warm_kd-s{seed}" if method in FROM_KD else f"warm-s{seed}"
+def warm_kind(method: str) -> str | None:
+    """The warm start a method begins from: `warm` (references only), `warm_kd` (word KD) or none."""
+    return "warm_kd" if method in FROM_KD else "warm" if method in ON_POLICY else None
 
 
 def warm_start(size: dict[str, Any], runs: Path, results: Path, seed: int, kind: str = "warm") -> dict[str, Any]:
@@ -271,8 +272,8 @@ def run_method(method: str, size: dict[str, Any], runs: Path, results: Path, see
     path = results / f"{method}-s{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    warm = (warm_start(size, runs, results, seed, warm_run(method, seed).split("-")[0])
-            if method in ON_POLICY or method in FROM_KD else None)
+    kind = warm_kind(method)
+    warm = warm_start(size, runs, results, seed, kind) if kind else None
     cfg = method_config(method, size, runs, seed)
     run_dir = runs / f"{method}-s{seed}"
     result = train(cfg, run_dir)
@@ -339,20 +340,20 @@ def aggregate(units: list[dict[str, Any]], meta: dict[str, Any], teacher: dict[s
         us = by[method]
         seeds = sorted(us)
         row: dict[str, Any] = {"method": method, "label": LABELS[method], "n": len(seeds), "seeds": seeds,
-                               "warm_start": "warm_kd" if method in FROM_KD else "warm" if method in ON_POLICY else None}
+                               "warm_start": warm_kind(method)}
+
+        def versus(reference: str, key: str) -> tuple[float, float | None] | None:
+            """Paired difference of test `key` against `reference` over the seeds both ran."""
+            ref = by.get(reference, {})
+            paired = [s for s in seeds if s in ref]
+            return _ci([us[s]["test"][key] - ref[s]["test"][key] for s in paired]) if paired else None
+
         for key in ("bleu", "chrf"):
             row[f"test_{key}"] = _ci([us[s]["test"][key] for s in seeds])
             dev = [us[s]["best_val"][key] for s in seeds if key in us[s]["best_val"]]
             row[f"dev_{key}"] = _ci(dev) if dev else None
-            base = by.get(BASELINE, {})
-            paired = [s for s in seeds if s in base]
-            row[f"diff_{key}_vs_{BASELINE}"] = (_ci([us[s]["test"][key] - base[s]["test"][key] for s in paired])
-                                                if paired and method != BASELINE else None)
-        control = by.get(CONTROL, {})
-        for key in ("bleu", "chrf"):
-            paired = [s for s in seeds if s in control]
-            row[f"diff_{key}_vs_{CONTROL}"] = (_ci([us[s]["test"][key] - control[s]["test"][key] for s in paired])
-                                               if method in FROM_KD and method != CONTROL and paired else None)
+            row[f"diff_{key}_vs_{BASELINE}"] = versus(BASELINE, key) if method != BASELINE else None
+            row[f"diff_{key}_vs_{CONTROL}"] = versus(CONTROL, key) if method in FROM_KD and method != CONTROL else None
         row["wall_time_s"] = _ci([us[s]["wall_time_s"] for s in seeds])
         row["warm_start_s"] = _ci([us[s]["warm_start_s"] for s in seeds])
         row["samples_per_s"] = _ci([us[s]["samples_per_s"] for s in seeds])
@@ -491,7 +492,7 @@ def work_units(methods: list[str], seeds: int, size_name: str, size: dict[str, A
         units.append(unit("seq_kd-generation", lambda: pregenerate(size, runs, results), ("teacher",)))
     for s in range(seeds):  # the dearest (on-policy) first, so that the last runs to finish are short
         for m in on_policy + from_kd + [m for m in ("word_kd", "seq_kd") if m in methods]:
-            needs = (("teacher", warm_run(m, s)) if m in ON_POLICY or m in FROM_KD
+            needs = (("teacher", f"{warm_kind(m)}-s{s}") if warm_kind(m)
                      else ("seq_kd-generation",) if m == "seq_kd" else ("teacher",))
             units.append(unit(f"{m}-s{s}", lambda m=m, s=s: run_method(m, size, runs, results, s), needs))
     return units
@@ -521,16 +522,16 @@ def meta_record(args: argparse.Namespace, size_name: str, size: dict[str, Any], 
 
     cfg = load_config("student_labels", config_overrides(size, role="student", seed=0, steps=1, lr=size["lr"]))
     info = data_for(cfg).info
+    command = invocation(args, size_name, default_methods=True)
     return {
-        "command": invocation(args, size_name, default_methods=True),
+        "command": command,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
                    + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "sacrebleu": sacrebleu.__version__},
         "commit": git_commit(), "seeds": list(range(args.seeds)), "size_name": size_name, "size": size,
         "data_sizes": info["sizes"], "vocab_size": info["vocab_size"], "bleu_tokenize": info["bleu_tokenize"],
-        "wall_time_min": wall_minutes(sittings, invocation(args, size_name, default_methods=True)).get(
-            invocation(args, size_name, default_methods=True), (time.perf_counter() - started) / 60),
+        "wall_time_min": wall_minutes(sittings, command).get(command, (time.perf_counter() - started) / 60),
         "sittings": sittings,
     }
 

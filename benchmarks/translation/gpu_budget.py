@@ -20,26 +20,19 @@ Writes benchmarks/results/translation/gpu_budget.json and prints a summary.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
 
-
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("translation_bench", HERE / "bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import bench  # noqa: E402  (the benchmark module beside this file, as probe_lr.py takes it)
 
 
 def main() -> int:
@@ -50,7 +43,6 @@ def main() -> int:
     from ktransfer.sequence import StageContext, TargetsStage
     from ktransfer.tasks import Task
 
-    bench = _bench()
     size = bench.SIZES["gpu"]
     student = size["student"]
     batch, source, new = size["batch_size"], size["data"]["max_length"], size["max_new_tokens"]
