@@ -178,7 +178,8 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(
     err = capsys.readouterr().err
     if reason is not None:
         assert f"skipping checkpoint step-00000030: {reason}" in err
-        assert "resuming from step-00000020, the newest intact checkpoint" in err
+        assert f"resuming from checkpoint {d / 'checkpoints' / 'step-00000020'}, the newest intact checkpoint (step 20 of" \
+            in err
     assert result.train.step == 30 and not result.train.already_finished
     assert_same_weights(final_weights(d), final_weights(full_run))
     assert result.train.final_metrics == json.loads((full_run / "summary.json").read_text())["final_val"]

@@ -70,7 +70,7 @@ def test_a_second_run_into_the_same_directory_needs_overwrite(tmp_path: Path, ca
     args = ["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress"]
     assert main([*args, "--set", "train.max_steps=30"]) == 0
     assert main(args) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a finished run" in capsys.readouterr().err
     # overwrite clears the old outputs: no checkpoint of the first run (step 30) survives
     assert main([*args, "--overwrite", "--set", "train.max_steps=20"]) == 0
     ckpts = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())

@@ -314,3 +314,21 @@ def test_truncated_teacher_starts_from_the_teachers_first_layers() -> None:
     report = run_chain(cfg)
     assert report.chain[1].spec == {"kind": "mlp", "hidden": [32], "init_from_teacher": True}
     assert report.chain[1].val > 0.5
+
+
+def test_a_changed_data_file_at_the_same_path_trains_a_new_teacher(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    path = tmp_path / "data.csv"
+    rows = ["a,b,kind"] + [f"{x:.3f},{z:.3f},{'yes' if x + z > 0 else 'no'}" for x, z in rng.normal(size=(120, 2))]
+    path.write_text("\n".join(rows) + "\n")
+    kw = dict(data={"name": "csv", "path": str(path), "label": "kind"}, teacher={"kind": "mlp", "hidden": [8]},
+              student={"kind": "tree", "max_depth": 1}, method={"name": "labels"}, compare_one_hop=False)
+    cfg = _cfg(**kw)
+    first = ChainRunner(cfg, load_chain_data(cfg), tmp_path / "run")
+    assert first.trained == 1
+    same = ChainRunner(cfg, load_chain_data(cfg), tmp_path / "run")
+    assert same.trained == 0 and same.teacher_record.key == first.teacher_record.key
+    x, z, _ = rows[7].split(",")
+    path.write_text("\n".join([*rows[:7], f"{x},{z},{'no' if rows[7].endswith('yes') else 'yes'}", *rows[8:]]) + "\n")
+    changed = ChainRunner(cfg, load_chain_data(cfg), tmp_path / "run")  # one label edited in place
+    assert changed.trained == 1 and changed.teacher_record.key != first.teacher_record.key

@@ -304,6 +304,13 @@ def test_teacher_trained_once_per_config_then_distilled_from(
     (tmp_path / "teacher.yaml").write_text(data + f"student: {{builder: minilm, path: {tiny_dir}}}\n"
                                            + train.replace("max_steps: 3", "max_steps: 4"))
     assert teacher_key(tmp_path / "teacher.yaml") != entry.name  # other training settings: another teacher
+    (tmp_path / "teacher.yaml").write_text(data + f"student: {{builder: minilm, path: {tiny_dir}}}\n" + train)
+    assert teacher_key(tmp_path / "teacher.yaml") == entry.name
+    rows = file.read_text().splitlines()
+    file.write_text("\n".join([*rows[:5], "bad 5,good", *rows[6:]]) + "\n")  # one label changed, same path
+    assert teacher_key(tmp_path / "teacher.yaml") != entry.name  # other data: another teacher, never the old one
+    with pytest.raises(FileNotFoundError, match=r"ktransfer data prepare teacher --config .*teacher\.yaml"):
+        preflight(RunConfig.from_yaml(tmp_path / "distil.yaml"))
 
 
 # ------------------------------------------------------------------------------------------- real packages

@@ -330,3 +330,54 @@ def test_a_custom_term_reads_captured_features_and_trains_the_student() -> None:
               config=TrainConfig(max_steps=60, batch_size=32), progress=False).fit()
     assert gap() < 0.2 * start
     assert not any(h for m in (*student.modules(), *teacher.modules()) for h in m._forward_hooks.values())
+
+
+def test_checkpoints_by_wall_time_make_a_killed_run_resumable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import ktransfer.train as train_module
+
+    clock = [0.0]
+
+    def tick() -> float:  # each reading is four minutes after the last: a checkpoint is due every third step
+        clock[0] += 240.0
+        return clock[0]
+
+    monkeypatch.setattr(train_module, "_clock", tick)
+    cfg = tiny_config(checkpoint_every=0, checkpoint_minutes=10.0)
+    full = run(cfg, tmp_path / "full", progress=False)
+    run(cfg, tmp_path / "killed", progress=False, stop_after_steps=25)
+    steps = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert steps == ["step-00000021", "step-00000024"]  # by time alone: every third step, the newest two kept
+    capsys.readouterr()
+    resumed = resume(tmp_path / "killed", progress=False)
+    assert f"resuming from checkpoint {tmp_path / 'killed' / 'checkpoints' / 'step-00000024'} (step 24 of 30)" \
+        in capsys.readouterr().err
+    assert resumed.train.step == 30
+    for name, value in weights(tmp_path / "full").items():
+        torch.testing.assert_close(weights(tmp_path / "killed")[name], value, rtol=0, atol=0)
+    assert full.train.step == 30
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_says_how_to_start_again(tmp_path: Path) -> None:
+    cfg = tiny_config(checkpoint_every=0, checkpoint_minutes=0)
+    run(cfg, tmp_path / "r", progress=False, stop_after_steps=5)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint to resume from .*stopped before its first one.*"
+                                                r"ktransfer run .*config\.yaml --run-dir .* --overwrite"):
+        resume(tmp_path / "r", progress=False)
+    with pytest.raises(FileExistsError, match=r"cannot be resumed .*no intact checkpoint.*--overwrite"):
+        run(cfg, tmp_path / "r", progress=False)
+    run(cfg, tmp_path / "r", progress=False, overwrite=True)
+    with pytest.raises(FileExistsError, match=r"finished run: evaluate it .*--max-steps N.*--overwrite"):
+        run(cfg, tmp_path / "r", progress=False)
+
+
+def test_every_shipped_run_config_checkpoints_at_least_every_ten_minutes() -> None:
+    from ktransfer.hops.config import is_chain_file
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    configs = [p for p in sorted(root.rglob("*.yaml")) if not is_chain_file(p)]
+    assert len(configs) >= 15
+    for path in configs:
+        train = RunConfig.from_yaml(path).train
+        assert 0 < train.checkpoint_minutes <= 10, path

@@ -131,7 +131,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             checkpoint = latest_checkpoint(run_dir / "checkpoints")
             if checkpoint is None:
                 print(f"stopped after step {result.train.step} of {cfg.train.max_steps}, before the first checkpoint "
-                      f"(train.checkpoint_every={cfg.train.checkpoint_every}): there is nothing to resume from")
+                      f"(train.checkpoint_every={cfg.train.checkpoint_every}, train.checkpoint_minutes="
+                      f"{cfg.train.checkpoint_minutes}): there is nothing to resume from")
             else:
                 print(f"stopped after step {result.train.step} of {cfg.train.max_steps}; the newest checkpoint is "
                       f"{checkpoint.name}; continue with: ktransfer resume {run_dir}")

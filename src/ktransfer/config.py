@@ -132,6 +132,16 @@ class RunConfig:
             data = resolve_paths(data, Path(os.path.abspath(path.parent)))
         return cls.from_dict(data, overrides)
 
+    def input_paths(self) -> dict[str, str]:
+        """Every file or folder the run reads, by where it is named (`data.path`, `teacher.from_run`, ...)."""
+        found: dict[str, str] = {}
+        for section in ("data", "teacher", "student"):
+            spec = getattr(self, section)
+            if isinstance(spec, dict):
+                found.update({f"{section}.{k}": v for k, v in spec.items()
+                              if k in _path_keys(spec, section) and isinstance(v, str) and v})
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 

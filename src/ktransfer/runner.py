@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ktransfer.checkpoint import load_weights, write_json_atomic, write_text_atomic
+from ktransfer.checkpoint import find_intact_checkpoint, latest_checkpoint, load_weights, write_json_atomic, write_text_atomic
 from ktransfer.config import MODEL_META_KEYS, RunConfig
 from ktransfer.data import DATASETS, DataSplits
 from ktransfer.knowledge import ResponseTerm, build_terms
@@ -369,9 +369,18 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     """
     existing = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
     if existing and not overwrite:
+        again = "start it again with --overwrite (run(..., overwrite=True)), which deletes it"
+        if (run_dir / "final" / "model.safetensors").is_file():
+            raise RunExistsError(
+                f"{run_dir} already holds a finished run: evaluate it with `ktransfer eval {run_dir}`, train it "
+                f"further with `ktransfer resume {run_dir} --max-steps N`, or {again}")
+        if latest_checkpoint(run_dir / "checkpoints") is None:
+            raise RunExistsError(
+                f"{run_dir} already holds a run that cannot be resumed ({', '.join(existing)}; no intact checkpoint: "
+                f"it stopped before its first one): {again}")
         raise RunExistsError(
-            f"{run_dir} already holds a run ({', '.join(existing)}): continue it with "
-            f"`ktransfer resume {run_dir}`, or start again with --overwrite (run(..., overwrite=True))"
+            f"{run_dir} already holds an unfinished run ({', '.join(existing)}): continue it with "
+            f"`ktransfer resume {run_dir}`, or {again}"
         )
     if existing and int(os.environ.get("RANK", "0")) == 0:
         for name in existing:
@@ -419,6 +428,14 @@ def resume(
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
+    found, damaged = find_intact_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        why = (f"damaged: {'; '.join(f'{p.name}: {r}' for p, r in damaged)}" if damaged else
+               f"the run stopped before its first one; train.checkpoint_every={cfg.train.checkpoint_every}, "
+               f"train.checkpoint_minutes={cfg.train.checkpoint_minutes}")
+        raise FileNotFoundError(
+            f"no checkpoint to resume from in {run_dir / 'checkpoints'} ({why}). Start the run again with "
+            f"`ktransfer run {run_dir / 'config.yaml'} --run-dir {run_dir} --overwrite`")
     if max_steps is not None and max_steps != cfg.train.max_steps:
         if max_steps < cfg.train.max_steps:
             raise ValueError(f"train.max_steps={max_steps} is shorter than the run's own {cfg.train.max_steps}; "

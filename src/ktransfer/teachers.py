@@ -3,8 +3,9 @@
 A text teacher (say MiniLM fine-tuned on BBC News) costs far more than the students distilled
 from it, and every run on that task must use the same one. `prepare_teacher(config)` trains
 the run `config` describes into a cache entry named by a hash of the resolved config (data and
-its settings, model, training settings), the ktransfer version and the pretrained package's
-version; the run is trained in a temporary folder and renamed into place, so an entry is
+its settings, model, training settings), the content of every file or folder the config names
+(a user's CSV edited in place gives another teacher), the source code of the data package (which
+decides the splits), the ktransfer version and the pretrained package's version; the run is trained in a temporary folder and renamed into place, so an entry is
 complete or absent. The model builder `cached_teacher` loads it, and refuses with the command
 to run when it has not been trained: building a model never trains one.
 """
@@ -12,11 +13,15 @@ to run when it has not been trained: building a model never trains one.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import json
+import pkgutil
 from pathlib import Path
 
 from torch import nn
 
 from ktransfer.cache import cache_root, cached_entry
+from ktransfer.fingerprint import digests_of, source_digest
 
 
 def teacher_key(config: str | Path) -> str:
@@ -26,8 +31,18 @@ def teacher_key(config: str | Path) -> str:
     from ktransfer.data.text import MINILM
 
     cfg = RunConfig.from_yaml(config)
-    digest = hashlib.sha256("\n".join((cfg.to_yaml(), __version__, MINILM.key)).encode()).hexdigest()[:16]
+    described = {"config": cfg.to_yaml(), "inputs": digests_of(cfg.input_paths()), "version": __version__,
+                 "pretrained": MINILM.key, "data_code": _data_code_digest()}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     return f"teacher-{cfg.data['name']}-{digest}"
+
+
+def _data_code_digest() -> str:
+    """The source of every module of `ktransfer.data`: the code that reads and splits a teacher's data."""
+    import ktransfer.data as data_package
+
+    modules = [importlib.import_module(f"ktransfer.data.{m.name}") for m in pkgutil.iter_modules(data_package.__path__)]
+    return source_digest([data_package, *modules])
 
 
 def prepare_teacher(config: str | Path, progress: bool = False) -> Path:

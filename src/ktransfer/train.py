@@ -129,8 +129,10 @@ class TrainConfig:
     batch_size x grad_accum_steps examples whatever the number of processes. Token-level losses
     are normalised by the target count of the whole step (all micro-batches, all processes).
     `metric` (from the evaluator) picks the best model; with `patience` set, training stops
-    after that many evaluations without improvement. `checkpoint_every` = 0 writes a checkpoint
-    only at the end. `report_to` sends metrics to trackers Accelerate supports (e.g.
+    after that many evaluations without improvement. A checkpoint (the whole training state, for
+    `resume`) is written every `checkpoint_every` steps (0: not by steps), every
+    `checkpoint_minutes` of training wall time (0: not by time; by default every 10 minutes, so a
+    kill loses at most that much work whatever the step count), and at the end. `report_to` sends metrics to trackers Accelerate supports (e.g.
     ["tensorboard"]), written under the run directory's `tracking/`.
     """
 
@@ -143,6 +145,7 @@ class TrainConfig:
     eval_every: int = 100
     log_every: int = 10
     checkpoint_every: int = 0
+    checkpoint_minutes: float = 10.0
     keep_checkpoints: int = 2
     metric: str = "accuracy"
     # "max" keeps the checkpoint with the highest metric, "min" the lowest; null (the default)
@@ -164,6 +167,9 @@ class TrainConfig:
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise ValueError("train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1")
+        if not self.checkpoint_minutes >= 0:
+            raise ValueError(f"train.checkpoint_minutes must be >= 0 (0: no checkpoints by time), got "
+                             f"{self.checkpoint_minutes}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"train.patience must be >= 1 or null, got {self.patience}")
 
@@ -480,6 +486,7 @@ class Distiller:
         set_seed(cfg.seed)
         self.state = TrainState(world_size=accelerator.num_processes)
         self._checkpointed_step = None
+        self._checkpointed_at = _clock()
         student, teacher, optimizer, scheduler, loader = self._prepare(accelerator)
         self._bind_selector(accelerator, student)
         ckpt_root = self.run_dir / "checkpoints" if self.run_dir else None
@@ -517,7 +524,7 @@ class Distiller:
                         self._flush_log(scheduler.get_last_lr()[0], t0, bar)
                     if self.evaluate is not None and (state.step % cfg.eval_every == 0 or last):
                         final_metrics = self._evaluate(student)
-                    if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and not last:
+                    if not last and self._checkpoint_due(accelerator):
                         state.elapsed_s = time.perf_counter() - t0
                         self._checkpoint(accelerator, ckpt_root)
                     killed = self.stop_after_steps is not None and state.step - start_step >= self.stop_after_steps
@@ -620,8 +627,7 @@ class Distiller:
             if path is None:
                 tried = "; ".join(f"{p.name}: {why}" for p, why in self.skipped_checkpoints)
                 raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_root}" + (f" (damaged: {tried})" if tried else ""))
-            if self.skipped_checkpoints:
-                _say(accelerator, f"resuming from {path.name}, the newest intact checkpoint")
+            newest = ", the newest intact checkpoint" if self.skipped_checkpoints else ""
         else:
             path = Path(resume)
             if not path.is_dir():
@@ -629,6 +635,7 @@ class Distiller:
             reason = verify_manifest(path)
             if reason is not None:
                 raise CorruptFileError(f"checkpoint {path} cannot be resumed: {reason}")
+            newest = ""
         saved_world = self._saved_world = int(read_manifest(path).get("world_size", 1))
         if saved_world != accelerator.num_processes and not force_world_size:
             raise WorldSizeError(
@@ -641,6 +648,7 @@ class Distiller:
             accelerator.load_state(str(path))
         except Exception as e:  # a file that verified but still cannot be read: name it
             raise CorruptFileError(f"checkpoint {path} cannot be loaded: {e}") from e
+        _say(accelerator, f"resuming from checkpoint {path}{newest} (step {self.state.step} of {self.config.max_steps})")
         if self.log and accelerator.is_main_process:
             self.log.truncate_after(self.state.step)
 
@@ -980,6 +988,25 @@ class Distiller:
             self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.step)
         return metrics
 
+    def _checkpoint_due(self, accelerator: Any) -> bool:
+        """Whether this step ends with a checkpoint: by steps, or by wall time since the last one.
+
+        The wall-time decision is the main process's, shared with every process (one scalar per
+        step), so that all of them save the same step.
+        """
+        cfg = self.config
+        if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+            return True
+        if not cfg.checkpoint_minutes:
+            return False
+        due = _clock() - self._checkpointed_at >= 60.0 * cfg.checkpoint_minutes
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            flag = torch.tensor([1.0 if due else 0.0], device=accelerator.device)
+            due = bool(broadcast(flag, from_process=0).item())
+        return due
+
     def _checkpoint(self, accelerator: Any, root: Path | None) -> None:
         """Save the whole training state to root/step-N: written aside, manifest last, swapped in."""
         if root is None:
@@ -1006,6 +1033,7 @@ class Distiller:
                 os.replace(old, doomed)
                 shutil.rmtree(doomed, ignore_errors=True)
         self._checkpointed_step = self.state.step
+        self._checkpointed_at = _clock()
         accelerator.wait_for_everyone()
 
 
@@ -1021,6 +1049,11 @@ class _TermStates:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, module in self.modules.items():
             module.load_state_dict(state[name])
+
+
+def _clock() -> float:
+    """Seconds on a monotonic clock: what checkpoints by wall time are timed with."""
+    return time.monotonic()
 
 
 def _say(accelerator: Any, message: str) -> None:

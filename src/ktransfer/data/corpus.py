@@ -151,12 +151,14 @@ def train_bpe_tokenizer(docs: Sequence[str], vocab_size: int) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from ktransfer.cache import cached_entry
+    from ktransfer.fingerprint import source_digest
 
     if vocab_size < 260:
         raise ValueError(f"train_tokenizer: a byte-level BPE needs a vocabulary of at least 260, got {vocab_size}")
     digest = hashlib.sha256()
     for doc in docs:
         digest.update(doc.encode("utf-8") + b"\0")
+    digest.update(source_digest([train_bpe_tokenizer]).encode())  # the code that trains it
     key = f"tokenizer-bpe-{vocab_size}-{digest.hexdigest()[:24]}-tokenizers-{tokenizers.__version__}"
 
     def build(out: Path) -> None:

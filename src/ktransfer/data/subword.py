@@ -4,7 +4,7 @@ A trained tokenizer is a Hugging Face `tokenizers` BPE or Unigram model behind a
 pre-tokenizer: words are split at spaces with the space kept as a visible marker, so decoding
 restores the text, and a script written without spaces between words (Chinese, Japanese, Thai)
 is simply one long pre-token that the subword model cuts. It is cached under a key made of
-the training texts, the settings and the `tokenizers` version, so a change of data or settings
+the training texts, the settings, the `tokenizers` version and the code that trains it, so a change of data or settings
 trains another one and an unchanged one is never retrained.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ktransfer.cache import cached_entry
+from ktransfer.fingerprint import source_digest
 
 SubwordModel = Literal["bpe", "unigram"]
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")  # ids 0..3 in a trained tokenizer
@@ -60,7 +61,8 @@ def _key(texts: Sequence[str], settings: dict[str, Any]) -> str:
     for text in texts:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
-    digest.update(json.dumps({**settings, "tokenizers": tokenizers.__version__}, sort_keys=True).encode())
+    digest.update(json.dumps({**settings, "tokenizers": tokenizers.__version__, "code": source_digest([train_subword])},
+                             sort_keys=True).encode())
     return f"subword-{settings['model']}-{settings['vocab_size']}-{digest.hexdigest()[:16]}"
 
 

