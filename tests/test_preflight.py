@@ -259,3 +259,41 @@ def test_preflight_from_python_returns_the_data_and_leaves_the_rng_alone() -> No
     assert torch.equal(torch.rand(3), expected)
     assert report.data.info["num_classes"] == 10 and len(report.data.train) > 0
     assert [line.split(":")[0] for line in report.checked] == ["data", "student", "teacher"]
+
+
+def test_a_knowledge_term_naming_a_missing_layer_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    teacher = {"builder": "mlp", "hidden": [32, 32]}
+    feature = {"type": "feature", "student_layers": ["0"], "teacher_layers": ["net.9"], "weight": 0.5}
+    message = refused(tmp_path, {**BASE, "teacher": teacher, "knowledge": [feature, {"type": "labels"}]}, capsys)
+    assert "knowledge[0] (feature): teacher layer 'net.9' does not exist; MLP has modules: 0, 1, 2, 3, 4" in message
+    attention = {"type": "attention", "path": "nope", "weight": 0.1}
+    message = refused(tmp_path, {**BASE, "teacher": teacher, "knowledge": [{"type": "labels"}, attention]}, capsys)
+    assert "knowledge[1] (attention): the student does not expose hidden states" in message
+
+
+def test_check_names_the_layers_it_captures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    feature = {"type": "feature", "student_layers": ["0"], "teacher_layers": ["2"], "weight": 0.5}
+    cfg = write(tmp_path / "c.yaml", {**BASE, "teacher": {"builder": "mlp", "hidden": [32, 32]},
+                                      "knowledge": [feature, {"type": "labels"}]})
+    assert main(["check", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "# ok: knowledge: the student's 1 captured module(s) exist and run (0)" in out
+    assert "# ok: knowledge: the teacher's 1 captured module(s) exist and run (2)" in out
+
+
+def test_settings_that_cannot_take_effect_are_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = {**BASE, "schedule": {"name": "constant", "warmup_steps": 30},
+              "train": {"max_steps": 20, "batch_size": 32, "eval_every": 50, "patience": 2}}
+    cfg = write(tmp_path / "c.yaml", config)
+    assert main(["check", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "# warning: schedule.warmup_steps=30 >= train.max_steps=20" in out
+    assert "# warning: schedule.warmup_steps=30 has no effect with schedule.name=constant" in out
+    assert "# warning: train.eval_every=50 > train.max_steps=20: the student is evaluated only once" in out
+    assert "train.patience cannot stop early" in out
+    assert yaml.safe_load(out)["train"]["max_steps"] == 20  # the output stays loadable YAML
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert "ktransfer: warning: train.eval_every=50 > train.max_steps=20" in capsys.readouterr().err
+    write(tmp_path / "ok.yaml", BASE)
+    assert main(["check", str(tmp_path / "ok.yaml")]) == 0
+    assert "# warning" not in capsys.readouterr().out

@@ -132,6 +132,27 @@ class RunConfig:
             data = resolve_paths(data, Path(os.path.abspath(path.parent)))
         return cls.from_dict(data, overrides)
 
+    def warnings(self) -> list[str]:
+        """Settings that are valid but cannot take effect as written (the run still starts)."""
+        t, out = self.train, []
+        if self.schedule.warmup_steps >= t.max_steps:
+            out.append(f"schedule.warmup_steps={self.schedule.warmup_steps} >= train.max_steps={t.max_steps}: the "
+                       "learning rate never leaves its warm-up")
+        if self.schedule.warmup_steps and self.schedule.name == "constant":
+            out.append(f"schedule.warmup_steps={self.schedule.warmup_steps} has no effect with schedule.name=constant; "
+                       "use constant_with_warmup, linear or cosine")
+        if t.eval_every > t.max_steps:
+            out.append(f"train.eval_every={t.eval_every} > train.max_steps={t.max_steps}: the student is evaluated "
+                       "only once, at the end, so the best checkpoint is the last one"
+                       + (" and train.patience cannot stop early" if t.patience is not None else ""))
+        if t.checkpoint_every > t.max_steps:
+            out.append(f"train.checkpoint_every={t.checkpoint_every} > train.max_steps={t.max_steps}: no checkpoint by "
+                       "steps before the end (train.checkpoint_minutes still applies)")
+        if t.log_every > t.max_steps:
+            out.append(f"train.log_every={t.log_every} > train.max_steps={t.max_steps}: the training loss is logged "
+                       "only at the end")
+        return out
+
     def input_paths(self) -> dict[str, str]:
         """Every file or folder the run reads, by where it is named (`data.path`, `teacher.from_run`, ...)."""
         found: dict[str, str] = {}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ class Preflight:
 
     data: DataSplits
     checked: list[str]
+    warnings: list[str] = field(default_factory=list)
 
 
 def check_sources(cfg: RunConfig) -> None:
@@ -183,8 +185,54 @@ def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: 
                 "real vocabulary size"
             )
     unit = "classes" if task.kind == "classification" else "vocabulary"
-    return [f"{role}: {count_parameters(model):,} parameters, {sizes[role]} {unit}, ran on {describe}"
-            for role, model in (("student", student), ("teacher", teacher)) if role in sizes and model is not None]
+    lines = [f"{role}: {count_parameters(model):,} parameters, {sizes[role]} {unit}, ran on {describe}"
+             for role, model in (("student", student), ("teacher", teacher)) if role in sizes and model is not None]
+    return lines + check_term_layers(cfg, student, teacher, student_batch, teacher_batch, task)
+
+
+def check_term_layers(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None, student_batch: dict[str, Any],
+                      teacher_batch: dict[str, Any], task: Task) -> list[str]:
+    """The layers each knowledge term names exist in its model and run in one forward pass on a few examples.
+
+    Terms resolve their layer names (`setup`) exactly as the engine does, then the modules they
+    capture are hooked during one forward pass of each model; a name that is missing, or a module
+    that the forward pass never calls, is a ConfigError naming the term and the layer.
+    """
+    from ktransfer.capture import Capture
+
+    terms = build_terms(cfg.knowledge)
+    for i, term in enumerate(terms):
+        setup = getattr(term, "setup", None)
+        if callable(setup):
+            try:
+                setup(student, teacher)
+            except (ValueError, KeyError, AttributeError) as e:
+                raise ConfigError(f"knowledge[{i}] ({term.name}): {e}") from e
+    lines: list[str] = []
+    for role, model, batch in (("student", student, student_batch), ("teacher", teacher, teacher_batch)):
+        wanted = {spec: i for i, t in enumerate(terms) for spec in getattr(t, f"{role}_modules", ())}
+        if not wanted or model is None:
+            continue
+        for spec, i in wanted.items():
+            try:
+                Capture(model, [spec])
+            except ValueError as e:
+                raise ConfigError(f"knowledge[{i}] ({terms[i].name}): {role} layer '{spec}': {e}") from e
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), Capture(model, list(wanted), detach=True) as cap:
+                task.forward(model, batch)
+        finally:
+            model.train(was_training)
+        silent = [spec for spec in wanted if spec not in cap]
+        if silent:
+            i = wanted[silent[0]]
+            raise ConfigError(f"knowledge[{i}] ({terms[i].name}): the {role}'s module '{silent[0]}' exists but was "
+                              "not called in a forward pass, so it has nothing to capture")
+        lines.append(f"knowledge: the {role}'s {len(wanted)} captured module(s) exist and run "
+                     f"({', '.join(sorted(wanted))})")
+    return lines
 
 
 def preflight(cfg: RunConfig, data: DataSplits | None = None) -> Preflight:
@@ -202,7 +250,7 @@ def preflight(cfg: RunConfig, data: DataSplits | None = None) -> Preflight:
         student = build_model(cfg.student, data.info, "student")
         checked = [f"data: {_describe_data(cfg, data.info)} fits task '{cfg.task}'",
                    *check_models(cfg, data, student, teacher)]
-    return Preflight(data=data, checked=checked)
+    return Preflight(data=data, checked=checked, warnings=cfg.warnings())
 
 
 def _architecture(spec: dict[str, Any]) -> dict[str, Any]:
@@ -401,7 +449,11 @@ def run(
     Every check that needs no training (`preflight`) runs before the run directory is touched.
     """
     run_dir = Path(run_dir)
-    data = preflight(cfg, data).data
+    checked = preflight(cfg, data)
+    data = checked.data
+    if int(os.environ.get("RANK", "0")) == 0:
+        for message in checked.warnings:
+            print(f"ktransfer: warning: {message}", file=sys.stderr, flush=True)
     prepare_run_dir(run_dir, overwrite)
     write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     distiller, _ = build_distiller(cfg, run_dir, data=data, progress=progress, stop_after_steps=stop_after_steps)
