@@ -45,8 +45,12 @@ def aggregate_record(units: Sequence[Mapping[str, Any]], argv: Sequence[str] | N
 
 def code_line(prov: Mapping[str, Any] | None) -> str:
     """One line for a results table saying which code made it: the commits of its runs (short hashes; `unknown`
-    for runs recorded without one) and the commit that aggregated them, flagged when the tree was dirty."""
+    for runs recorded without one) and the commit that aggregated them, flagged when the tree was dirty (for an
+    aggregate recorded without one, the commit that holds it)."""
     prov = prov or {}
     runs = ", ".join((c or "unknown")[:7] for c in prov.get("commits", []))
-    own = (prov.get("commit") or "unknown")[:7] + (" with uncommitted changes" if prov.get("dirty") else "")
+    if prov.get("commit"):
+        own = prov["commit"][:7] + (" with uncommitted changes" if prov.get("dirty") else "")
+    else:
+        own = "unknown" + (f" (committed in {prov['committed_in'][:7]})" if prov.get("committed_in") else "")
     return f"runs from commit(s) {runs or 'unknown'}, aggregated at {own}"
