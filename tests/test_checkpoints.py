@@ -135,7 +135,7 @@ def test_weights_files_verify_themselves(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ end to end
 def damage_delete_window(ckpt: Path) -> None:
-    """Found: the old code deleted step-N file by file before renaming the new one in; a kill left 4 of 6 files."""
+    """A kill while step-N is deleted file by file before the new one is renamed in: 4 of its 6 files remain."""
     for name in ("model.safetensors", "optimizer.bin"):
         (ckpt / name).unlink()
 

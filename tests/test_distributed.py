@@ -57,7 +57,8 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_accelerate_launch_command_of_the_readme_runs_two_processes(tmp_path: Path) -> None:
-    """Found: `accelerate launch --num_processes 2` on a CPU machine silently ran one process."""
+    """`accelerate launch` as the README prints it starts two processes on a CPU machine (without `--multi_gpu`,
+    `--num_processes 2` would silently run one)."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
     readme = (Path(__file__).parent.parent / "README.md").read_text()

@@ -18,7 +18,7 @@ def blocks(language: str) -> list[str]:
 
 @pytest.mark.slow
 def test_readme_quickstart_runs_exactly_as_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Found: the first block needed the teacher run first and did not say so."""
+    """The first block trains the teacher the distilled student reads, then the student; both blocks run as printed."""
     python = blocks("python")
     assert len(python) >= 2
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
@@ -32,7 +32,7 @@ def test_readme_quickstart_runs_exactly_as_printed(tmp_path: Path, monkeypatch: 
 
 
 def test_readme_yaml_shown_as_a_config_file_equals_it() -> None:
-    """Found: the YAML shown as configs/digits_distill.yaml had other weights and another learning rate."""
+    """Each YAML block introduced as a config file is that file, comments aside."""
     shown = re.findall(r"From `(configs/[\w.]+\.yaml)`[^\n]*\n\n```yaml\n(.*?)```", README, flags=re.S)
     assert shown, "the README shows no config file"
     for name, text in shown:

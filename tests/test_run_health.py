@@ -42,7 +42,7 @@ def test_nan_in_validation_data_stops_the_run_with_the_step(tmp_path: Path) -> N
 
 def test_diverging_run_finishes_with_a_warning_in_log_and_summary(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """Found: AdamW at lr 1e6 ended at 10-17 % accuracy, exit 0, no word."""
+    """A diverging run (AdamW at lr 1e6 ends at 10-17 % accuracy) finishes with a warning in the log and summary."""
     cfg = {"data": {"name": "digits"}, "student": {"builder": "mlp", "hidden": [32]}, "knowledge": [{"type": "labels"}],
            "optim": {"name": "adamw", "lr": 1.0e6}, "train": {"max_steps": 60, "batch_size": 64, "eval_every": 30}}
     path = tmp_path / "c.yaml"

@@ -284,8 +284,8 @@ def test_sampling_and_beam_search_through_the_engine(family: str, decoding: str)
 
 
 def test_a_length_normalised_self_critic_baseline_is_the_greedy_cost_per_token() -> None:
-    """Found: the greedy output's whole-sequence cost was subtracted from returns divided by the length,
-    a baseline many times their scale; the student then reinforced its own samples and collapsed."""
+    """With length-normalised returns the baseline is the greedy output's cost per token, not its whole-sequence
+    cost (a baseline many times their scale, under which the student reinforces its own samples and collapses)."""
     from types import SimpleNamespace
 
     batch = {"greedy_reward": torch.tensor([-6.0, -2.0]), "greedy_length": torch.tensor([3.0, 4.0])}

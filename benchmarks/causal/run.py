@@ -35,6 +35,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
 CONFIGS = {"onpolicy": "configs/causal/smollm2_onpolicy.yaml",
            "student_alone": "configs/causal/smollm2_student_alone.yaml"}
 METHODS = {"student_alone": "student on the text alone (cross-entropy)",
@@ -79,7 +81,8 @@ def train_one(method: str, seed: int, runs_root: Path) -> dict[str, Any]:
             run(run_config(method, seed, runs_root), run_dir, progress=False)
         t_eval = time.perf_counter()
         evaluate_run(run_dir, "test", "best")
-        timing = {"train_and_val_s": round(t_eval - t0, 1), "test_eval_s": round(time.perf_counter() - t_eval, 1)}
+        timing = {"train_and_val_s": round(t_eval - t0, 1), "test_eval_s": round(time.perf_counter() - t_eval, 1),
+                  "provenance": provenance.record()}  # the run's own record: which code and command trained it
         (run_dir / "bench-timing.json").write_text(json.dumps(timing))
     return record(method, seed, run_dir)
 
@@ -147,7 +150,8 @@ def write_readme(rows: list[dict[str, Any]], units: list[dict[str, Any]], meta: 
     head, rest = text.split(TABLE_START, 1)
     _, tail = rest.split(TABLE_END, 1)
     env = units[0]["environment"]
-    body = (f"Command: `{meta['command']}`; {meta['wall_time_min']:.0f} min over {meta['sittings']} sitting(s) on "
+    body = (f"Command: `{meta['command']}`; {provenance.code_line(meta.get('provenance'))}; "
+            f"{meta['wall_time_min']:.0f} min over {meta['sittings']} sitting(s) on "
             f"{env['platform']}, {env['cpu_count']} CPUs, torch {env['torch']}, transformers {env['transformers']}, "
             f"{env['torch_threads']} thread(s) per run; student {units[0]['student_parameters']:,} parameters, teacher "
             f"{units[0]['teacher_parameters']:,}; test: {units[0]['test_blocks']} blocks of held-out articles. "
@@ -211,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sittings = read_sittings(runs_root / "sittings.jsonl")
     meta = {"command": command, "seeds": args.seeds, "sittings": len(sittings),
-            "wall_time_min": sum(float(s["wall_time_min"]) for s in sittings)}
+            "wall_time_min": sum(float(s["wall_time_min"]) for s in sittings),
+            "provenance": provenance.aggregate_record(units)}
     rows = aggregate(units)
     out = HERE / "results" / "causal.json"
     out.parent.mkdir(parents=True, exist_ok=True)

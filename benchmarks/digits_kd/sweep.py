@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ from ktransfer.config import RunConfig
 from ktransfer.runner import environment, load_data, run
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
 DATA = {"name": "digits"}
 STUDENT = {"builder": "mlp", "hidden": [32]}
 TEACHERS: dict[str, dict[str, Any]] = {
@@ -112,13 +115,14 @@ def main() -> None:
     chosen = {"teacher": teacher, "student": alone, "distillation": kd, "teacher_spec": TEACHERS[teacher],
               "student_lr": lr, "student_steps": steps,
               "temperature": float(kd.split()[0][2:]), "weight": float(kd.split()[1][2:])}
-    results = {"command": "python benchmarks/digits_kd/sweep.py", "seeds": seeds, "chosen": chosen,
+    made_by = provenance.record()
+    results = {"command": made_by["command"], "seeds": seeds, "chosen": chosen, "provenance": made_by,
                "val_accuracy": {"teacher": teacher_scores, "student alone": alone_scores, "distilled": kd_scores},
                "wall_time_s": round(time.perf_counter() - started, 1), "environment": environment()}
     out = Path(args.out)
     write_json_atomic(out / "sweep.json", results)
     env = results["environment"]
-    lines = [f"Validation accuracy, mean of seeds {seeds}. Command: `python benchmarks/digits_kd/sweep.py`; "
+    lines = [f"Validation accuracy, mean of seeds {seeds}. Command: `{results['command']}`; "
              f"{results['wall_time_s']} s on {env['machine']}, {env['cpu_count']} CPUs, torch {env['torch']}.", ""]
     lines += table("1. Teacher", teacher_scores, teacher)
     lines += table("2. Student alone (mlp [32])", alone_scores, alone)

@@ -25,6 +25,8 @@ from typing import Any
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
 BENCH = HERE / "bench.py"
 
 
@@ -66,7 +68,8 @@ def main() -> None:
                               text=True, check=True).stdout.strip()
     rows = []
     env = environment()
-    command = "python benchmarks/divergences/ab.py " + " ".join(sys.argv[1:])
+    made_by = provenance.record()
+    command = made_by["command"]
     with tempfile.TemporaryDirectory() as tmp:
         sides = {"before": extract(args.before, Path(tmp)), "after": ROOT / "src"}
         for chunk in args.chunks:
@@ -88,13 +91,13 @@ def main() -> None:
                 print(f"{div:16s} chunk={chunk:>4d}  peak RSS {row['before_peak_rss_mb']:.0f} -> "
                       f"{row['after_peak_rss_mb']:.0f} MB  time {row['before_median_s']:.3f} -> "
                       f"{row['after_median_s']:.3f} s", flush=True)
-                write(args, revision, command, rows, env, started)
+                write(args, revision, made_by, rows, env, started)
 
 
-def write(args: argparse.Namespace, revision: str, command: str, rows: list[dict[str, Any]], env: dict[str, Any],
-          started: float) -> None:
+def write(args: argparse.Namespace, revision: str, made_by: dict[str, Any], rows: list[dict[str, Any]],
+          env: dict[str, Any], started: float) -> None:
     """The results so far: JSON and a markdown table under `--out` (rewritten after every case)."""
-    results = {"command": command.strip(), "before": revision, "rows": rows, "environment": env,
+    results = {"command": made_by["command"], "provenance": made_by, "before": revision, "rows": rows, "environment": env,
                "wall_time_s": round(time.perf_counter() - started, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

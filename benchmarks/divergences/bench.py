@@ -26,6 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
 
 
 def peak_tensor_memory_mb(work: Callable[[], None], device: str) -> float:
@@ -219,8 +221,8 @@ def main() -> None:
             print(f"{div:12s} chunk={str(chunk or 'none'):>5s} {r['median_s']:.3f} s  saved {r['saved_for_backward_mb']:.0f} MB"
                   f"  peak {r['peak_above_inputs_mb'] or float('nan'):.0f} MB  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     env = environment()
-    command = "python benchmarks/divergences/bench.py " + " ".join(sys.argv[1:])
-    results = {"command": command.strip(), "rows": rows, "environment": env,
+    made_by = provenance.record()
+    results = {"command": made_by["command"], "provenance": made_by, "rows": rows, "environment": env,
                "wall_time_s": round(time.perf_counter() - started, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,8 @@ import torch
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
 VOCAB = 8000
 VARIANTS = ("causal:default", "causal:chunked", "causal:fused", "seq2seq:default", "seq2seq:chunked")
 CHUNK = 256
@@ -196,10 +198,11 @@ def memory(variants: list[str], out: Path) -> None:
         rows.append({"variant": variant, "peak_rss_mb": float(proc.stdout.strip().splitlines()[-1])})
         print(f"{variant:16s} peak RSS {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
     env = environment()
-    command = "python benchmarks/engine_overhead/bench.py " + " ".join(sys.argv[1:])
+    made_by = provenance.record()
+    command = made_by["command"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "engine_memory.json").write_text(json.dumps({"command": command, "rows": rows, "environment": env},
-                                                       indent=2) + "\n")
+    (out / "engine_memory.json").write_text(json.dumps({"command": command, "provenance": made_by, "rows": rows,
+                                                        "environment": env}, indent=2) + "\n")
     lines = [f"Command: `{command}`; {env['machine']}, torch {env['torch']}, transformers {env['transformers']}; peak "
              "RSS of a fresh process that builds the models and data and runs 2 engine steps (batch 8 x 128, "
              "vocabulary 8,000).", "", "| model | loss | peak RSS (MB) |", "|---|---|---:|"]
@@ -264,8 +267,8 @@ def main() -> None:
                      "median_wall_ratio": statistics.median(wall_ratios),
                      "geomean_ratio": statistics.geometric_mean(ratios)})
     env = environment()
-    command = "python benchmarks/engine_overhead/bench.py " + " ".join(sys.argv[1:])
-    results = {"command": command.strip(), "rows": rows, "environment": env, "threads": 1,
+    made_by = provenance.record()
+    results = {"command": made_by["command"], "provenance": made_by, "rows": rows, "environment": env, "threads": 1,
                "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
                "wall_time_s": round(time.perf_counter() - started, 1)}
     out = Path(args.out)

@@ -29,6 +29,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
 METHODS = ["kd", "confidence", "profweight", "sratio"]
 METHOD_SPECS: dict[str, dict[str, Any]] = {
     "kd": {"name": "kd", "temperature": 4.0, "alpha": 0.5},
@@ -165,7 +167,7 @@ def _fmt_diff(ci: tuple[float, float]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['torch']}, scikit-learn {meta['sklearn']}, "
-             f"Python {meta['python']}; {meta['n_seeds']} seeds (each its own data split); "
+             f"Python {meta['python']}; {provenance.code_line(meta.get('provenance'))}; {meta['n_seeds']} seeds (each its own data split); "
              f"{meta['unit_time_total_min']:.0f} min of unit time in all. Test accuracy in %, mean ± 95% t-interval; "
              "differences are paired by seed (* = interval excludes 0). Multi-hop = greedy planner over a "
              "2-rung ladder, at most one intermediate, chosen on validation.", "",
@@ -235,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="write the JSON, table and plot here instead of benchmarks/results and benchmarks/multihop/results")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
+    ran_units = not args.aggregate_only
     if args.jobs > 1 and not args.aggregate_only:
         from ktransfer.workers import run_workers
 
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             unit = run_unit(all_settings[name], name, student, method, seed,
                             argparse.Namespace(**{**vars(args), "out": str(Path(args.out) / ("quick" if args.quick else "full"))}),
                             data_cache)
-            write_json_atomic(path, unit)
+            write_json_atomic(path, {**unit, "provenance": provenance.record()})
             print(f"[{i}/{len(todo)}] {path.stem}: simple {unit['simple_test']:.3f} 1-hop {unit['one_hop_test']:.3f} "
                   f"multi {unit['multi_test']:.3f} via {unit['intermediates']} ({unit['wall_time_s']:.1f}s, "
                   f"total {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
@@ -275,12 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     if not units:
         print("no finished units to aggregate")
         return 1
-    flag = " --quick" if args.quick else ""
-    meta = {"command": f"python benchmarks/multihop/bench.py{flag} --jobs 2, then python benchmarks/multihop/bench.py"
-                       f"{flag} --jobs 2 --settings digits --methods kd_T1 (the temperature regime)",
+    from ktransfer.workers import read_sittings, record_sitting
+
+    sittings_file = units_dir.parent / "sittings.jsonl"  # one line per invocation that ran units: its wall time
+    if ran_units and args.worker == "0/1":
+        record_sitting(sittings_file, (time.perf_counter() - t_start) / 60, provenance.record()["command"])
+    made_by = provenance.aggregate_record(units)
+    meta = {"command": made_by["command"], "provenance": made_by,
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "torch": torch.__version__,
             "sklearn": sklearn.__version__, "python": platform.python_version(), "n_seeds": args.seeds,
             "seeds": list(range(args.seeds)), "wall_time_min": (time.perf_counter() - t_start) / 60,
+            "sittings": read_sittings(sittings_file),
             "unit_time_total_min": sum(u["wall_time_s"] for u in units) / 60, "steps": args.steps,
             "settings": all_settings, "methods": METHOD_SPECS,
             "epsilon": args.epsilon, "confidence_split": "holdout (teacher_fraction 0.5), intermediates out-of-fold (2 folds)"}

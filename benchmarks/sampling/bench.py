@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
 VOCAB = 8000
 NEW_TOKENS = 64
 
@@ -121,8 +123,8 @@ def main() -> None:
         row["speedup_wall"] = row["cache_tokens_per_wall_s"] / row["no_cache_tokens_per_wall_s"]
         rows.append(row)
     env = environment()
-    command = "python benchmarks/sampling/bench.py " + " ".join(sys.argv[1:])
-    results = {"command": command.strip(), "rows": rows, "environment": env, "threads": 1,
+    made_by = provenance.record()
+    results = {"command": made_by["command"], "provenance": made_by, "rows": rows, "environment": env, "threads": 1,
                "wall_time_s": round(time.perf_counter() - started, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -63,8 +63,9 @@ def main() -> int:
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(args.rows, bench.VOCAB, generator=g), -1)
     hidden, head = torch.randn(args.rows, 256, generator=g), torch.randn(bench.VOCAB, 256, generator=g)
+    made_by = bench.provenance.record()
     result = {
-        "command": "python benchmarks/sampling/profile_step.py" + (f" --rows {args.rows}" if args.rows != 8 else ""),
+        "command": made_by["command"], "provenance": made_by,
         "environment": environment(), "threads": 1, "rows": args.rows, "prompt": 32, "new_tokens": bench.NEW_TOKENS,
         "profiled_calls": args.calls,
         "share_multinomial": share("multinomial"),

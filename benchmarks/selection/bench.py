@@ -35,6 +35,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
 CONFIGS = ROOT / "configs" / "text"
 
 # The kinds of knowledge, each a knowledge term of the library. Base weights put the terms on
@@ -233,7 +235,7 @@ def _fmt_diff(ci: tuple[float, float]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['torch']}, transformers "
-             f"{meta['transformers']}, Python {meta['python']}; seeds {meta['seeds']}; {meta['steps']} steps of "
+             f"{meta['transformers']}, Python {meta['python']}; {provenance.code_line(meta.get('provenance'))}; seeds {meta['seeds']}; {meta['steps']} steps of "
              f"batch {meta['batch_size']}; benchmark wall time {meta['wall_time_min']:.0f} min over {len(meta.get('sittings', []))} sitting(s) (teacher "
              f"included when the benchmark trained it). Test scores in %, mean ± 95% t-interval over seeds, with the "
              "checkpoint best on validation; differences are paired by seed against vanilla KD (* = the interval "
@@ -349,6 +351,7 @@ def prepare_teacher(task: str, out: Path) -> dict[str, Any]:
             "test": classification_scores(pred, true, data.info["num_classes"]), "best_val": summary["best_val"],
             "train_wall_s": summary["wall_time_s"], "prepare_wall_s": round(elapsed, 2), "trained_now": trained_now,
             "parameters": summary["student_parameters"], "sizes": data.info["sizes"]}
+    info["provenance"] = provenance.record()
     write_json_atomic(record, info)
     return info
 
@@ -402,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             if path.exists():
                 continue
             unit = run_one(task, student, variant, seed, args.quick, scratch)
-            write_json_atomic(path, unit)
+            write_json_atomic(path, {**unit, "provenance": provenance.record()})
             print(f"[{i + 1}/{len(todo)}] {path.stem}: test acc {unit['test']['accuracy']:.3f} macro-F1 "
                   f"{unit['test']['macro_f1']:.3f} MCC {unit['test']['mcc']:.3f} ({unit['train_wall_s']:.0f}s; "
                   f"{(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
@@ -421,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no finished runs to aggregate")
         return 1
     s = sizes(args.quick)
-    flag = " --quick" if args.quick else ""
-    meta = {"command": f"python benchmarks/selection/bench.py{flag}" + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
+    made_by = provenance.aggregate_record([*units, *teachers.values()])
+    meta = {"command": made_by["command"],
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
                        + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
@@ -431,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             "run_time_total_min": sum(u["train_wall_s"] for u in units) / 60,
             "variants": {k: {"terms": v[0], "selector": v[1]} for k, v in VARIANTS.items()}, "terms": TERMS,
             "tasks": {t: TASKS[t] for t in tasks}, "students": {st: STUDENTS[st] for st in students},
-            "complete": len(units) == len(todo)}
+            "complete": len(units) == len(todo), "provenance": made_by}
     result = aggregate(units, teachers, meta)
     suffix = "" if args.quick else "-full"
     json_dir = Path(args.report_dir) if args.report_dir else ROOT / "benchmarks" / "results"

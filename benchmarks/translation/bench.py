@@ -42,7 +42,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,6 +52,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CONFIGS = ROOT / "configs" / "translation"
+sys.path.insert(0, str(HERE.parent))
+import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
+
 METHODS = ["labels", "word_kd", "seq_kd", "backward_kl", "reinforce", "jsd"]
 ON_POLICY = ("backward_kl", "reinforce", "jsd")
 # the on-policy methods started from the word-KD student instead (opt-in: --methods ... backward_kl_from_kd), and
@@ -152,9 +154,10 @@ def test_scores(run_dir: Path, which: str = "best") -> dict[str, Any]:
 
 
 def write_unit(path: Path, unit: dict[str, Any]) -> None:
+    """Write one finished run's record, with the commit, command and machine that made it."""
     from ktransfer.checkpoint import write_json_atomic
 
-    write_json_atomic(path, unit)
+    write_json_atomic(path, {**unit, "provenance": provenance.record()})
 
 
 # ------------------------------------------------------------------------------------------- stages
@@ -318,8 +321,9 @@ def analyse(size: dict[str, Any], runs: Path, results: Path, who: str) -> dict[s
     report = gradient_analysis(student, teacher, batches, Task("seq2seq"),
                                plot_path=results / f"gradient_analysis-{who}.png")
     report.extra = {"student": who, "split": "val", "batches": len(batches), "weights": "final"}
-    write_json_atomic(out, report.to_dict())
-    return report.to_dict()
+    record = {**report.to_dict(), "provenance": provenance.record()}
+    write_json_atomic(out, record)
+    return record
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -378,7 +382,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['versions']['torch']}, transformers "
         f"{meta['versions']['transformers']}, sacrebleu {meta['versions']['sacrebleu']}, Python "
-        f"{meta['versions']['python']}; commit {meta['commit']}; seeds {meta['seeds']}; "
+        f"{meta['versions']['python']}; {provenance.code_line(meta.get('provenance'))}; seeds {meta['seeds']}; "
         f"benchmark wall time {meta['wall_time_min']:.0f} min over "
         f"{max(1, sum(s.get('command', meta['command']) == meta['command'] for s in meta.get('sittings', [])))} "
         f"sitting(s), teacher included."
@@ -443,17 +447,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def git_commit() -> str:
-    """The commit benchmarked: `git rev-parse` here, or a COMMIT file (a snapshot run outside the repository)."""
-    if (ROOT / "COMMIT").is_file():
-        return (ROOT / "COMMIT").read_text().strip()
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def check_same_setup(results: Path, runs: Path, size: dict[str, Any]) -> None:
     """Refuse to mix finished runs of another size setting or other configs into this benchmark's results."""
     import yaml
@@ -462,13 +455,14 @@ def check_same_setup(results: Path, runs: Path, size: dict[str, Any]) -> None:
     setup = {"size": size, "configs": configs}
     record = results / "setup.json"
     if record.is_file():
-        if json.loads(record.read_text()) != json.loads(json.dumps(setup)):
+        recorded = json.loads(record.read_text())
+        if {k: recorded.get(k) for k in setup} != json.loads(json.dumps(setup)):
             raise SystemExit(f"{results} holds runs of another size setting or other configs/translation files; "
                              f"move it and {runs} away (or pass other --results / --out) to start afresh")
         return
     from ktransfer.checkpoint import write_json_atomic
 
-    write_json_atomic(record, setup)
+    write_json_atomic(record, {**setup, "provenance": provenance.record()})
 
 
 def work_units(methods: list[str], seeds: int, size_name: str, size: dict[str, Any], runs: Path,
@@ -516,7 +510,9 @@ def wall_minutes(sittings: list[dict[str, Any]], default_command: str) -> dict[s
 
 
 def meta_record(args: argparse.Namespace, size_name: str, size: dict[str, Any], started: float,
-                sittings: list[dict[str, Any]]) -> dict[str, Any]:
+                sittings: list[dict[str, Any]], units: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the aggregate was made of and by: command, machine, versions, sizes, sittings, and the provenance of
+    the aggregation with the commits of every run it mixes (`units`: the per-run records, teacher included)."""
     import sacrebleu
     import transformers
 
@@ -529,7 +525,7 @@ def meta_record(args: argparse.Namespace, size_name: str, size: dict[str, Any], 
                    + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "sacrebleu": sacrebleu.__version__},
-        "commit": git_commit(), "seeds": list(range(args.seeds)), "size_name": size_name, "size": size,
+        "provenance": provenance.aggregate_record(units), "seeds": list(range(args.seeds)), "size_name": size_name, "size": size,
         "data_sizes": info["sizes"], "vocab_size": info["vocab_size"], "bleu_tokenize": info["bleu_tokenize"],
         "wall_time_min": wall_minutes(sittings, command).get(command, (time.perf_counter() - started) / 60),
         "sittings": sittings,
@@ -600,10 +596,15 @@ def main(argv: list[str] | None = None) -> int:
         print("no finished runs to aggregate")
         return 1
     analyses = {"warm-s0": analyse(size, runs, results, "warm-s0"), "word_kd-s0": analyse(size, runs, results, "word_kd-s0")}
-    meta = meta_record(args, size_name, size, started, read_sittings(results / "sittings.jsonl"))
     gen = results / "seq_kd-generation.json"
-    meta["seq_kd_generation"] = json.loads(gen.read_text()) if gen.is_file() else None
-    result = aggregate(units, meta, json.loads(teacher_path.read_text()), analyses)
+    generation = json.loads(gen.read_text()) if gen.is_file() else None
+    teacher = json.loads(teacher_path.read_text())
+    warm = [w for w in (json.loads(q.read_text()) for q in sorted(results.glob("warm*-s*.json")))
+            if w["seed"] < args.seeds]
+    made_of = [teacher, *warm, *([generation] if generation else []), *units, *(a for a in analyses.values() if a)]
+    meta = meta_record(args, size_name, size, started, read_sittings(results / "sittings.jsonl"), made_of)
+    meta["seq_kd_generation"] = generation
+    result = aggregate(units, meta, teacher, analyses)
     from ktransfer.checkpoint import write_json_atomic, write_text_atomic
 
     suffix = "" if size_name == "quick" else "-gpu"

@@ -73,8 +73,9 @@ def main() -> int:
     on_policy_steps = (size["steps"] - size["warm_steps"]) * len(bench.ON_POLICY)
     seeds = 3
     floor_min = per_call * on_policy_steps * seeds / 60
+    made_by = bench.provenance.record()
     result = {
-        "command": "python benchmarks/translation/gpu_budget.py", "environment": environment(), "threads": 1,
+        "command": made_by["command"], "provenance": made_by, "environment": environment(), "threads": 1,
         "shape": {"rows": 1, "source_tokens": source, "new_tokens": new, "generated": generated,
                   "encoder_layers": student["encoder_layers"], "decoder_layers": student["decoder_layers"],
                   "d_model": 8, "vocab_size": vocab},

@@ -21,6 +21,7 @@ from typing import Any
 from ktransfer.checkpoint import write_json_atomic, write_text_atomic
 from ktransfer.config import RunConfig, apply_overrides
 from ktransfer.runner import environment, evaluate_run, load_data, run
+from ktransfer.workers import library_provenance
 
 # Chosen on validation by benchmarks/digits_kd/sweep.py (tests/test_demo.py keeps them in sync).
 TEACHER: dict[str, Any] = {"builder": "cnn", "channels": [32, 64], "dropout": 0.2}
@@ -96,9 +97,10 @@ def run_demo(out: str | Path, seeds: list[int] | tuple[int, ...] = (0, 1, 2), qu
                 "test_loss": test["loss"], "train_wall_time_s": round(result.train.wall_time_s, 3),
             })
     bar.close()
+    command = "ktransfer demo " + " ".join(
+        [f"--seeds {' '.join(map(str, seeds))}", *(["--quick"] if quick else []), *(f"--set {o}" for o in overrides if not quick)])
     results = {
-        "command": "ktransfer demo " + " ".join(
-            [f"--seeds {' '.join(map(str, seeds))}", *(["--quick"] if quick else []), *(f"--set {o}" for o in overrides if not quick)]),
+        "command": command, "provenance": library_provenance(command),
         "seeds": list(seeds), "quick": quick, "overrides": overrides, "rows": rows,
         "summary": summarize(rows), "total_wall_time_s": round(time.perf_counter() - started, 1),
         "environment": environment(),
@@ -144,8 +146,11 @@ def _accuracy_heading(seeds: list[int]) -> str:
 def markdown_table(results: dict[str, Any]) -> str:
     s = results["summary"]
     env = results["environment"]
+    prov = results.get("provenance") or {}
+    code = (f"; commit {prov['commit'][:7]}" + (" with uncommitted changes" if prov.get("dirty") else "")
+            if prov.get("commit") else "")
     lines = [
-        f"Command: `{results['command']}`  ",
+        f"Command: `{results['command']}`{code}  ",
         f"Seeds: {results['seeds']}; machine: {env['machine']}, {env['cpu_count']} CPUs, torch {env['torch']}; "
         f"total wall time {results['total_wall_time_s']} s",
         "",
