@@ -315,9 +315,9 @@ def test_csv_dataset_and_a_missing_label_column(tmp_path: Path) -> None:
     report = run_chain(cfg)
     assert report.chain[0].val > 0.8
     bad = _cfg(data={"name": "csv", "path": str(path), "label": "label"})
-    with pytest.raises(ValueError, match="label column 'label' not found.*columns are: a, b, kind"):
+    with pytest.raises(ConfigError, match=r"data.label: column 'label' not found in .*data.csv; columns are: a, b, kind"):
         run_chain(bad)
-    with pytest.raises(ValueError, match="feature column 'c' not found"):
+    with pytest.raises(ConfigError, match=r"data.features\[1\]: column 'c' not found in .*data.csv"):
         run_chain(_cfg(data={"name": "csv", "path": str(path), "label": "kind", "features": ["a", "c"]}))
 
 

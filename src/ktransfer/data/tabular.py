@@ -11,6 +11,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from ktransfer.data.base import DataSplits, TensorDictDataset
+from ktransfer.registry import LocalPath
 
 _LOADERS = ("digits", "wine", "breast_cancer", "iris")
 
@@ -70,7 +71,7 @@ def split_arrays(
 
 
 def csv_splits(
-    path: str, label: str, features: Sequence[str] | None = None, val_fraction: float = 0.15,
+    path: LocalPath, label: str, features: Sequence[str] | None = None, val_fraction: float = 0.15,
     test_fraction: float = 0.2, split_seed: int = 0, standardize: bool = True,
 ) -> DataSplits:
     """A user's tabular CSV (header row): numeric `features` columns (default: all but `label`).

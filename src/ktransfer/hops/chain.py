@@ -21,6 +21,7 @@ import numpy as np
 
 from ktransfer.checkpoint import atomic_path, write_json_atomic, write_text_atomic
 from ktransfer.data import DATASETS
+from ktransfer.hops import external
 from ktransfer.hops.config import ChainConfig
 from ktransfer.hops.fitting import ChainData, Recipe, accuracy, fit
 from ktransfer.hops.ladder import candidates, check_chain
@@ -171,8 +172,12 @@ class ChainRunner:
         self.trained = 0
         self._memo: dict[str, tuple[Member, HopRecord]] = {}
         self.last_members: list[Member] = []  # the models of the chain `run` trained last, teacher first
-        self.base_key = _hash({k: to_dict(getattr(cfg, k)) for k in (
-            "data", "teacher", "seed", "confidence_split", "teacher_fraction", "folds", "train")})
+        keyed = {k: to_dict(getattr(cfg, k)) for k in (
+            "data", "teacher", "seed", "confidence_split", "teacher_fraction", "folds", "train")}
+        contents = source_digests(cfg)
+        if contents:  # files the chain reads: their content, not their path, keys the hops
+            keyed["contents"] = contents
+        self.base_key = _hash(keyed)
         self.teacher, self.teacher_record = self._teacher()
 
     def _scores(self, model: HopModel) -> tuple[float, float]:
@@ -183,8 +188,28 @@ class ChainRunner:
         if self.stop_after_hops is not None and self.trained >= self.stop_after_hops:
             raise ChainInterrupted(f"stopped after {self.trained} newly trained hops, as asked")
 
+    def _loaded_teacher(self, spec: Spec) -> tuple[Member, HopRecord]:
+        """A teacher from the user's files: never trained, never refitted; where it learned is as declared."""
+        t0 = time.perf_counter()
+        model = external.load_teacher(spec, self.data.info, self.data.x_val[:4], "teacher")
+        if external.saw_train_split(spec):
+            trained_on = np.ones(len(self.data.y), dtype=bool)
+        else:  # it saw none of the split; its probes learn from the teacher's part (holdout)
+            trained_on = self.data.mask(self.data.teacher_idx) if self.cfg.confidence_split == "holdout" else \
+                np.zeros(len(self.data.y), dtype=bool)
+        val, test = self._scores(model)
+        source = external.source_key(spec)
+        assert source is not None
+        details = {"loaded_from": spec[source], "sha256": external.digest(spec),
+                   "saw_train_split": external.saw_train_split(spec)}
+        record = HopRecord(0, spec, complexity(spec, self.data.info), "loaded", [], val, test, details,
+                           _hash([self.base_key, "teacher"]), "", time.perf_counter() - t0)
+        return Member(model, trained_on, None, name=f"teacher:{spec_label(spec)}"), record
+
     def _teacher(self) -> tuple[Member, HopRecord]:
         spec = dict(self.cfg.teacher)
+        if external.is_external(spec):
+            return self._loaded_teacher(spec)
         key = _hash([self.base_key, "teacher"])
         trained_on = self.data.mask(self.data.teacher_idx)
         recipe = Recipe(spec, self.ctx.recipe_seed(spec))
@@ -324,6 +349,14 @@ class ChainReport:
         plt.close(fig)
 
 
+def source_digests(cfg: ChainConfig) -> list[str]:
+    """SHA-256 of every file a chain reads (dataset files, a loaded teacher's files)."""
+    data = dict(cfg.data)
+    files = [Path(data[k]) for k in DATASETS.path_keys(str(data.get("name"))) if data.get(k)]
+    found = [p for p in files if p.is_file()]
+    return [_sha256(p) for p in found] + external.digest(cfg.teacher)
+
+
 def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: ChainData | None = None,
               stop_after_hops: int | None = None, write_report: bool = True,
               simple_cache: dict[str, Any] | None = None) -> ChainReport:
@@ -333,22 +366,27 @@ def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: Chai
     that share data, teacher and seed may share one `run_dir` (and `simple_cache`): their common
     hops are then trained once.
     """
+    from ktransfer.hops.preflight import check_sources
+
+    check_sources(cfg)  # missing files and columns fail here, before anything trains
+    data = data if data is not None else load_chain_data(cfg)
+    if cfg.plan.strategy == "fixed":
+        check_chain([cfg.teacher, *cfg.plan.intermediates, cfg.student], data.info)
     root = Path(run_dir) if run_dir is not None else None
     if root is not None and write_report:
         root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(root / "config.yaml", cfg.to_yaml())
-    data = data if data is not None else load_chain_data(cfg)
     runner = ChainRunner(cfg, data, root, stop_after_hops)
     if simple_cache is not None:
         runner.ctx.simple_cache = simple_cache
     base_method = cfg.methods_for(1)[0] if cfg.hop_methods is None else None
     if cfg.plan.strategy == "fixed":
         intermediates = [dict(s) for s in cfg.plan.intermediates]
-        check_chain([cfg.teacher, *intermediates, cfg.student], data.info)
         trials: list[Trial] = []
     else:
         assert base_method is not None
-        pool = candidates(cfg.teacher, cfg.student, cfg.plan.ladder, data.info, cfg.plan.construct)
+        pool = candidates(external.architecture(cfg.teacher), cfg.student, cfg.plan.ladder, data.info,
+                          cfg.plan.construct)
 
         def score(chain: list[Spec]) -> float:
             return runner.run(chain, [base_method] * (len(chain) + 1))[-1].val
