@@ -163,8 +163,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from ktransfer.hops.config import ChainConfig, is_chain_file
     from ktransfer.runner import preflight
 
-    if is_chain_file(args.config):
-        print(ChainConfig.from_yaml(args.config, args.overrides).to_yaml(), end="")
+    if is_chain_file(args.config):  # files, columns, a loaded teacher, complexity order; nothing trains
+        from ktransfer.hops.preflight import preflight as chain_preflight
+
+        chain = ChainConfig.from_yaml(args.config, args.overrides)
+        checked = chain_preflight(chain)
+        print(chain.to_yaml(), end="")
+        print("".join(f"# ok: {line}\n" for line in checked), end="")
         return 0
 
     cfg = RunConfig.from_yaml(args.config, args.overrides)
