@@ -249,6 +249,14 @@ def test_greedy_and_dense_chains_run(tmp_path: Path) -> None:
                                                          if t.val == report.chain[-1].val)
     if len(report.chain) == 3:
         assert len(report.chain[-1].teachers) == 2  # dense: teacher and intermediate both teach
+    # report.md lists every chain the planner scored, the chosen one marked
+    md = (tmp_path / "report.md").read_text()
+    chosen = [r.label for r in report.chain[1:-1]]
+    for t in report.trials:
+        names = t.as_dict()["intermediates"]
+        mark = "chosen" if names == chosen else ""
+        assert f"| {', '.join(names) or '(none: 1 hop)'} | {t.val:.4f} | {mark} |" in md
+    assert md.count("| chosen |") == 1
 
 
 def test_a_killed_chain_resumes_from_its_last_finished_hop(tmp_path: Path) -> None:

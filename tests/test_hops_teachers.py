@@ -73,6 +73,9 @@ def test_teacher_from_a_joblib_estimator_with_paths_relative_to_the_chain_file(
     assert teacher.val == float(np.mean(estimator.predict(data.x_val) == classes[data.y_val]))
     assert teacher.test == float(np.mean(estimator.predict(data.x_test) == classes[data.y_test]))
     assert teacher.val > 0.8 and report.chain[-1].val > 0.4
+    md = (elsewhere / "run" / "report.md").read_text()
+    assert f"- teacher file:gbdt.joblib: loaded from {project / 'models' / 'gbdt.joblib'} (sha256 " in md
+    assert "trained on the chain's training split: yes" in md
     saved = yaml.safe_load((elsewhere / "run" / "config.yaml").read_text())
     assert saved["teacher"]["estimator"] == str(project / "models" / "gbdt.joblib")  # stored absolute
     assert ChainConfig.from_yaml(elsewhere / "run" / "config.yaml").teacher == cfg.teacher

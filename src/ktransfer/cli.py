@@ -252,7 +252,7 @@ def _cmd_hops(args: argparse.Namespace) -> int:
               f"--run-dir {run_dir}")
         return 0
     print(f"run directory: {run_dir}")
-    print(report.table())
+    print(report.markdown(), end="")
     return 0
 
 

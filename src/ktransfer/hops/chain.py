@@ -4,7 +4,8 @@ Each finished hop writes its model (and its sample weights) and then, last, a re
 holding the model file's SHA-256, all atomically. A rerun of the same config skips every hop
 whose record matches its key and whose model verifies, so a killed chain continues from its
 last finished hop. Hops are keyed by everything they depend on (data, teacher, the prefix of
-the chain, the methods), so planner trials that share a prefix share hops.
+the chain, the methods, and the content of the files it reads), so planner trials that share
+a prefix share hops. The report (`report.md`, `report.json`, `chain.png`) is `hops.report`'s.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from ktransfer.hops.models import (
     stable_seed,
 )
 from ktransfer.hops.planner import Trial, plan
+from ktransfer.hops.report import ChainReport, HopRecord
 from ktransfer.schema import to_dict
 
 Spec = dict[str, Any]
@@ -69,32 +70,6 @@ def load_chain_data(cfg: ChainConfig) -> ChainData:
         t_idx, s_idx = every, every
     return ChainData(x, y, x_val, y_val, x_test, y_test, t_idx, s_idx, dict(splits.info),
                      split=cfg.confidence_split, folds=cfg.folds)
-
-
-@dataclass
-class HopRecord:
-    """One trained model of a chain and its scores."""
-
-    index: int
-    spec: Spec
-    complexity: int
-    method: str
-    teachers: list[str]
-    val: float
-    test: float
-    details: dict[str, Any] = field(default_factory=dict)
-    key: str = ""
-    path: str = ""
-    wall_time_s: float = 0.0
-
-    @property
-    def label(self) -> str:
-        return spec_label(self.spec)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "model": self.label, "spec": self.spec, "complexity": self.complexity,
-                "method": self.method, "teachers": self.teachers, "val": self.val, "test": self.test,
-                "details": self.details, "key": self.key, "path": self.path, "wall_time_s": self.wall_time_s}
 
 
 def _hash(obj: Any) -> str:
@@ -288,67 +263,6 @@ def one_hop(runner: ChainRunner, method: TransferMethod) -> HopOutcome:
     return method.transfer([runner.teacher], dict(runner.cfg.student), runner.ctx)
 
 
-@dataclass
-class ChainReport:
-    """The chosen chain's records, the reference rows (simple model alone, 1-hop) and the planner's trials."""
-
-    chain: list[HopRecord]
-    simple: HopRecord
-    one_hop: HopRecord | None
-    trials: list[Trial]
-    config: dict[str, Any]
-    split: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"chain": [r.as_dict() for r in self.chain], "simple": self.simple.as_dict(),
-                "one_hop": self.one_hop.as_dict() if self.one_hop else None,
-                "trials": [t.as_dict() for t in self.trials], "config": self.config, "split": self.split}
-
-    def table(self) -> str:
-        """The report as a markdown table."""
-        lines = ["| hop | model | complexity | method | val acc | test acc |", "|---|---|---:|---|---:|---:|"]
-        for r in self.chain:
-            lines.append(f"| {'teacher' if r.index == 0 else r.index} | {r.label} | {r.complexity} | {r.method} | "
-                         f"{r.val:.4f} | {r.test:.4f} |")
-        lines.append(f"| simple alone | {self.simple.label} | {self.simple.complexity} | labels | "
-                     f"{self.simple.val:.4f} | {self.simple.test:.4f} |")
-        if self.one_hop is not None:
-            lines.append(f"| 1-hop | {self.one_hop.label} | {self.one_hop.complexity} | {self.one_hop.method} | "
-                         f"{self.one_hop.val:.4f} | {self.one_hop.test:.4f} |")
-        s = self.split
-        lines.append("")
-        lines.append(f"Confidences: {s['confidence_split']} (teacher on {s['teacher_points']} points, students on "
-                     f"{s['student_points']}; intermediates out-of-fold over {s['folds']} folds). "
-                     f"Planner: {self.config['plan']['strategy']}, {len(self.trials)} chains scored on validation.")
-        return "\n".join(lines)
-
-    def plot(self, path: Path) -> None:
-        """Accuracy against complexity along the chain, with the simple model and 1-hop marked."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        xs = [r.complexity for r in self.chain]
-        for split, marker in (("val", "o"), ("test", "s")):
-            ax.plot(xs, [getattr(r, split) for r in self.chain], marker=marker, label=f"chain ({split})")
-        ax.scatter([self.simple.complexity], [self.simple.test], marker="x", s=80, color="k", label="simple alone (test)")
-        if self.one_hop is not None:
-            ax.scatter([self.one_hop.complexity], [self.one_hop.test], marker="^", s=80, color="r", label="1-hop (test)")
-        for r in self.chain:
-            ax.annotate(r.label, (r.complexity, r.test), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel("complexity (parameters / tree nodes)")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"chain on {self.config['data'].get('name')}, method {self.chain[-1].method}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-        plt.close(fig)
-
-
 def source_digests(cfg: ChainConfig) -> list[str]:
     """SHA-256 of every file a chain reads (dataset files, a loaded teacher's files)."""
     data = dict(cfg.data)
@@ -409,7 +323,7 @@ def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: Chai
         from ktransfer.runner import environment
 
         write_json_atomic(root / "report.json", {**report.as_dict(), "environment": environment()})
-        write_text_atomic(root / "report.md", report.table() + "\n")
+        write_text_atomic(root / "report.md", report.markdown())
         report.plot(root / "chain.png")
     return report
 
