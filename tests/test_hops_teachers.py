@@ -113,6 +113,12 @@ def test_a_loaded_teacher_gives_confidences_only_when_declared_unseen(tmp_path: 
         ChainConfig.from_dict({**base, "teacher": {"estimator": "t.safetensors"}})
     with pytest.raises(ConfigError, match=r"teacher.hidden: unknown key.*valid keys with 'estimator'"):
         ChainConfig.from_dict({**base, "teacher": {"estimator": "t.joblib", "hidden": [3]}})
+    with pytest.raises(ConfigError, match="teacher: give one of from_run, estimator, weights, not from_run and"):
+        ChainConfig.from_dict({**base, "teacher": {"from_run": "runs/t", "estimator": "t.joblib"}})
+    with pytest.raises(ConfigError, match=r"teacher.saw_train_split: only for a teacher loaded with"):
+        ChainConfig.from_dict({**base, "teacher": {"kind": "mlp", "saw_train_split": False}})
+    with pytest.raises(ConfigError, match=r"teacher.which: invalid value 'last'; valid choices: best, final"):
+        ChainConfig.from_dict({**base, "teacher": {"from_run": "runs/t", "which": "last"}})
 
 
 def _trained_mlp(x: np.ndarray, y: np.ndarray, hidden: int, classes: int) -> torch.nn.Module:

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="chain config (YAML)")
     p.add_argument("--run-dir", help="output directory (default: runs/<config file name>)")
     p.add_argument("--stop-after-hops", type=int, default=None, metavar="N",
-                   help="stop after training this many models (the teacher counts as one), as if killed "
+                   help="stop after training this many models (a teacher the chain trains counts as one), as if killed "
                         "(to try out resume)")
     _add_overrides(p)
 

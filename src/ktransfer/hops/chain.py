@@ -317,6 +317,7 @@ def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: Chai
         one = runner.run([], [methods[-1]])[-1] if intermediates else records[-1]
     report = ChainReport(records, simple, one, trials, cfg.to_dict(), {
         "confidence_split": cfg.confidence_split, "teacher_points": int(len(data.teacher_idx)),
+        "teacher_loaded": external.is_external(cfg.teacher),
         "student_points": int(len(data.student_idx)), "folds": cfg.folds,
         "teacher_fraction": cfg.teacher_fraction if cfg.confidence_split == "holdout" else None})
     if root is not None and write_report:

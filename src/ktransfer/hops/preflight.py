@@ -60,10 +60,11 @@ def preflight(cfg: ChainConfig) -> list[str]:
     check_sources(cfg)
     data = load_chain_data(cfg)
     info = data.info
-    lines = [f"data: '{info.get('name')}', {len(data.y)} training rows ({len(data.teacher_idx)} for the teacher, "
+    teacher = dict(cfg.teacher)
+    part = "its probes" if external.is_external(teacher) else "the teacher"
+    lines = [f"data: '{info.get('name')}', {len(data.y)} training rows ({len(data.teacher_idx)} for {part}, "
              f"{len(data.student_idx)} for the students), {len(data.y_val)} validation, {len(data.y_test)} test; "
              f"{info['num_features']} features, {info['num_classes']} classes"]
-    teacher = dict(cfg.teacher)
     if external.is_external(teacher):
         external.load_teacher(teacher, info, data.x_val[:4], "teacher")
         lines.append(f"teacher: {spec_label(teacher)} loaded and ran on {min(4, len(data.y_val))} validation rows, "

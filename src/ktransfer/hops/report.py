@@ -131,7 +131,9 @@ class ChainReport:
                          f"{self.one_hop.val:.4f} | {self.one_hop.test:.4f} |")
         s = self.split
         lines.append("")
-        lines.append(f"Confidences: {s['confidence_split']} (teacher on {s['teacher_points']} points, students on "
+        teacher = (f"teacher loaded, its part {s['teacher_points']} points" if s.get("teacher_loaded")
+                   else f"teacher on {s['teacher_points']} points")
+        lines.append(f"Confidences: {s['confidence_split']} ({teacher}, students on "
                      f"{s['student_points']}; intermediates out-of-fold over {s['folds']} folds). "
                      f"Planner: {self.config['plan']['strategy']}, {len(self.trials)} chains scored on validation.")
         return "\n".join(lines)
