@@ -107,6 +107,12 @@ def test_a_loaded_teacher_gives_confidences_only_when_declared_unseen(tmp_path: 
     report = run_chain(ChainConfig.from_dict(unseen))
     assert report.chain[0].complexity == 500  # as stated: a linear model's size is its own business here
     assert report.chain[-1].details["confidences"] == "holdout" and report.chain[-1].details["kept"] > 0
+    # an estimator fitted on other labels than the dataset's: the file and both sets of classes named
+    joblib.dump(LogisticRegression().fit(x_other, np.arange(len(y_other)) % 4), tmp_path / "four.joblib")
+    four = {**base, "teacher": {"estimator": str(tmp_path / "four.joblib")}, "method": {"name": "kd"}}
+    with pytest.raises(ConfigError, match=r"teacher.estimator \(.*four.joblib\): the estimator's classes \[0, 1, 2, 3\] "
+                                          r"are not the dataset's classes \(the labels alpha, beta, gamma\)"):
+        run_chain(ChainConfig.from_dict(four))
     with pytest.raises(ConfigError, match=r"teacher.weights: .*kind: mlp or cnn"):
         ChainConfig.from_dict({**base, "teacher": {"kind": "tree", "weights": "t.safetensors"}})
     with pytest.raises(ConfigError, match=r"teacher.estimator: .* not a joblib file"):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from ktransfer.checkpoint import file_digest, load_weights
 from ktransfer.hops.models import (
@@ -174,14 +175,11 @@ def _class_index(estimator: Any, info: Mapping[str, Any], where: str) -> np.ndar
         lookup = {str(n): i for i, n in enumerate(names)}
         return np.asarray([lookup[str(c)] for c in classes], dtype=np.int64)
     num_classes = int(info["num_classes"])
-    try:
-        index = np.asarray(classes, dtype=np.int64)
-    except (TypeError, ValueError):
-        index = np.asarray([-1])
-    if (index < 0).any() or (index >= num_classes).any() or not np.array_equal(index, np.asarray(classes)):
-        valid = f"the labels {', '.join(map(str, names))}" if names is not None else f"0 to {num_classes - 1}"
-        raise ConfigError(f"{where}: the estimator's classes {classes} are not the dataset's classes ({valid})")
-    return index
+    if all(isinstance(c, (int, np.integer)) and 0 <= int(c) < num_classes for c in classes):
+        return np.asarray(classes, dtype=np.int64)
+    valid = f"the labels {', '.join(map(str, names))}" if names is not None else f"0 to {num_classes - 1}"
+    shown = ", ".join(str(c.item() if isinstance(c, np.generic) else c) for c in classes)
+    raise ConfigError(f"{where}: the estimator's classes [{shown}] are not the dataset's classes ({valid})")
 
 
 def _load_estimator(spec: Mapping[str, Any], info: Mapping[str, Any], where: str) -> LoadedEstimator:
@@ -209,7 +207,8 @@ def _load_estimator(spec: Mapping[str, Any], info: Mapping[str, Any], where: str
     return LoadedEstimator(dict(spec), estimator, int(info["num_classes"]), _class_index(estimator, info, at))
 
 
-def _build_from_run(spec: Mapping[str, Any], info: Mapping[str, Any], where: str) -> Any:
+def _build_from_run(spec: Mapping[str, Any], info: Mapping[str, Any], where: str) -> nn.Module:
+    """The student network of the run, with its `which` weights, sized for the chain's data."""
     from ktransfer.runner import build_model
 
     check_teacher_files(spec, where)
