@@ -181,9 +181,9 @@ def test_every_method_in_every_hop_with_tree_students_and_a_non_fixed_selector(t
     assert RampSelector.calls == 3 * FAST["max_steps"]
     for r in report.chain:
         assert 0.0 <= r.test <= 1.0 and r.val > 0.1, r.as_dict()
-    # the probes of an MLP intermediate (one ReLU layer + the output) were scored, out of fold
+    # the probe of an MLP intermediate (its one ReLU layer; not its output) was scored, out of fold
     prof = report.chain[3].details
-    assert len(prof["probe_val_accuracy"]) == 2 and prof["confidences"].startswith("out-of-fold")
+    assert len(prof["probe_val_accuracy"]) == 1 and prof["confidences"].startswith("out-of-fold")
     assert report.chain[4].details["thresholds_tried"]
     run_dir = tmp_path / "run"
     assert (run_dir / "report.md").read_text().count("|") > 20 and (run_dir / "chain.png").stat().st_size > 1000
@@ -201,8 +201,40 @@ def test_every_method_one_hop_from_a_boosted_teacher_with_stage_probes() -> None
         report = run_chain(cfg)
         assert report.chain[-1].val > 0.3
         if method["name"] == "profweight":
-            assert len(report.chain[-1].details["probe_val_accuracy"]) == 5  # 4 stages + output
+            assert len(report.chain[-1].details["probe_val_accuracy"]) == 4  # 4 stages, not the output
             assert report.chain[-1].details["confidences"].startswith("out-of-fold")
+
+
+def test_profweight_probes_the_layers_and_the_output_only_when_asked() -> None:
+    cfg = _cfg(data={"name": "wine"}, teacher={"kind": "gbdt", "n_estimators": 12, "max_depth": 2},
+               student={"kind": "tree", "max_depth": 1}, method={"name": "profweight"}, compare_one_hop=False)
+    runner = ChainRunner(cfg, load_chain_data(cfg))
+    idx = runner.data.student_idx
+    # the reference: every column (4 boosting stages, then the output) and its validation accuracy
+    probs, accs, _ = confidences(runner.teacher, idx, runner.ctx, probes=True)
+    assert probs.shape == (len(idx), 5)
+    _, simple_val = runner.ctx.simple(dict(cfg.student))
+    keep = np.asarray(accs, dtype=np.float64) > simple_val
+    assert keep[-1] and keep[:-1].any()  # the output is kept when offered, so the two weightings differ
+    for method, columns in ((build_method({"name": "profweight"}), slice(0, 4)),
+                            (build_method({"name": "profweight", "output_probe": True}), slice(0, 5))):
+        out = method.transfer([runner.teacher], dict(cfg.student), runner.ctx)
+        assert len(out.details["probe_val_accuracy"]) == columns.stop
+        assert out.details["output_probe"] is (columns.stop == 5)
+        assert out.details["probe_names"][-1].endswith("output" if columns.stop == 5 else "layer 4")
+        expected = probs[:, columns][:, keep[columns]].astype(np.float64).mean(axis=1)
+        assert out.recipe.weights is not None
+        np.testing.assert_allclose(out.recipe.weights[idx], expected, rtol=0, atol=1e-12)
+    # a teacher with no intermediate representations: nothing to probe unless the output is offered
+    tree_cfg = _cfg(data={"name": "wine"}, teacher={"kind": "tree", "max_depth": 6},
+                    student={"kind": "tree", "max_depth": 1}, method={"name": "profweight"})
+    tree_runner = ChainRunner(tree_cfg, load_chain_data(tree_cfg))
+    out = build_method({"name": "profweight"}).transfer([tree_runner.teacher], {"kind": "tree", "max_depth": 1},
+                                                        tree_runner.ctx)
+    assert "no intermediate representations" in out.details["fallback"] and out.recipe.weights is None
+    out = build_method({"name": "profweight", "output_probe": True}).transfer(
+        [tree_runner.teacher], {"kind": "tree", "max_depth": 1}, tree_runner.ctx)
+    assert out.details["probe_names"] == ["teacher:tree(d=6) output"]
 
 
 def test_greedy_and_dense_chains_run(tmp_path: Path) -> None:
@@ -217,6 +249,14 @@ def test_greedy_and_dense_chains_run(tmp_path: Path) -> None:
                                                          if t.val == report.chain[-1].val)
     if len(report.chain) == 3:
         assert len(report.chain[-1].teachers) == 2  # dense: teacher and intermediate both teach
+    # report.md lists every chain the planner scored, the chosen one marked
+    md = (tmp_path / "report.md").read_text()
+    chosen = [r.label for r in report.chain[1:-1]]
+    for t in report.trials:
+        names = t.as_dict()["intermediates"]
+        mark = "chosen" if names == chosen else ""
+        assert f"| {', '.join(names) or '(none: 1 hop)'} | {t.val:.4f} | {mark} |" in md
+    assert md.count("| chosen |") == 1
 
 
 def test_a_killed_chain_resumes_from_its_last_finished_hop(tmp_path: Path) -> None:
@@ -283,9 +323,9 @@ def test_csv_dataset_and_a_missing_label_column(tmp_path: Path) -> None:
     report = run_chain(cfg)
     assert report.chain[0].val > 0.8
     bad = _cfg(data={"name": "csv", "path": str(path), "label": "label"})
-    with pytest.raises(ValueError, match="label column 'label' not found.*columns are: a, b, kind"):
+    with pytest.raises(ConfigError, match=r"data.label: column 'label' not found in .*data.csv; columns are: a, b, kind"):
         run_chain(bad)
-    with pytest.raises(ValueError, match="feature column 'c' not found"):
+    with pytest.raises(ConfigError, match=r"data.features\[1\]: column 'c' not found in .*data.csv"):
         run_chain(_cfg(data={"name": "csv", "path": str(path), "label": "kind", "features": ["a", "c"]}))
 
 

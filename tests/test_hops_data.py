@@ -126,3 +126,44 @@ def test_shipped_chain_configs_validate() -> None:
     for path in paths:
         assert is_chain_file(path)
         ChainConfig.from_yaml(path)
+
+
+def test_cli_check_of_a_chain_reads_its_files_and_columns_before_anything_trains(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import ktransfer.hops.chain
+    import ktransfer.hops.methods
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ktransfer check trained a model")
+
+    monkeypatch.setattr(ktransfer.hops.chain, "fit", no_training)
+    monkeypatch.setattr(ktransfer.hops.methods, "fit", no_training)
+    rng = np.random.default_rng(0)
+    (tmp_path / "points.csv").write_text("a,b,kind\n" + "".join(
+        f"{x:.3f},{z:.3f},{'yes' if x + z > 0 else 'no'}\n" for x, z in rng.normal(size=(120, 2))))
+    cfg = tmp_path / "chain.yaml"
+
+    def check(data: str, teacher: str = "{kind: mlp, hidden: [16]}") -> tuple[int, str, str]:
+        cfg.write_text(f"data: {data}\nteacher: {teacher}\nstudent: {{kind: tree, max_depth: 1}}\n"
+                       "method: {name: kd}\nplan: {strategy: fixed, intermediates: [{kind: tree, max_depth: 3}]}\n")
+        code = main(["check", str(cfg)])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, out, err = check("{name: csv, path: points.csv, label: kind}")
+    assert code == 0, err
+    assert "# ok: data: 'points', " in out and "# ok: chain: mlp[16] (" in out and "> tree(d=1) (3)" in out
+    code, _, err = check("{name: csv, path: missing.csv, label: kind}")
+    assert code == 2 and f"data.path: file not found: {tmp_path / 'missing.csv'}" in err
+    code, _, err = check("{name: csv, path: points.csv, label: label}")
+    assert code == 2
+    assert f"data.label: column 'label' not found in {tmp_path / 'points.csv'}; columns are: a, b, kind" in err
+    code, _, err = check("{name: csv, path: points.csv, label: kind, features: [a, c]}")
+    assert code == 2 and "data.features[1]: column 'c' not found" in err
+    code, _, err = check("{name: csv, path: points.csv, label: kind}", "{estimator: models/teacher.joblib}")
+    assert code == 2 and f"teacher.estimator: file not found: {tmp_path / 'models' / 'teacher.joblib'}" in err
+    code, _, err = check("{name: wine}", "{from_run: runs/teacher}")
+    assert code == 2 and f"teacher.from_run: no run found at {tmp_path / 'runs' / 'teacher'}" in err
+    # a teacher that is no larger than the first intermediate: found by check, not after training it
+    code, _, err = check("{name: wine}", "{kind: tree, max_depth: 2}")
+    assert code == 2 and "intermediate 1 tree(d=3) (complexity 15) is not simpler than its teacher" in err

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="chain config (YAML)")
     p.add_argument("--run-dir", help="output directory (default: runs/<config file name>)")
     p.add_argument("--stop-after-hops", type=int, default=None, metavar="N",
-                   help="stop after training this many models (the teacher counts as one), as if killed "
+                   help="stop after training this many models (a teacher the chain trains counts as one), as if killed "
                         "(to try out resume)")
     _add_overrides(p)
 
@@ -164,8 +164,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from ktransfer.hops.config import ChainConfig, is_chain_file
     from ktransfer.runner import preflight
 
-    if is_chain_file(args.config):
-        print(ChainConfig.from_yaml(args.config, args.overrides).to_yaml(), end="")
+    if is_chain_file(args.config):  # files, columns, a loaded teacher, complexity order; nothing trains
+        from ktransfer.hops.preflight import preflight as chain_preflight
+
+        chain = ChainConfig.from_yaml(args.config, args.overrides)
+        checked = chain_preflight(chain)
+        print(chain.to_yaml(), end="")
+        print("".join(f"# ok: {line}\n" for line in checked), end="")
         return 0
 
     cfg = RunConfig.from_yaml(args.config, args.overrides)
@@ -249,7 +254,7 @@ def _cmd_hops(args: argparse.Namespace) -> int:
               f"--run-dir {run_dir}")
         return 0
     print(f"run directory: {run_dir}")
-    print(report.table())
+    print(report.markdown(), end="")
     return 0
 
 

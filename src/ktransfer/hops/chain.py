@@ -4,7 +4,8 @@ Each finished hop writes its model (and its sample weights) and then, last, a re
 holding the model file's SHA-256, all atomically. A rerun of the same config skips every hop
 whose record matches its key and whose model verifies, so a killed chain continues from its
 last finished hop. Hops are keyed by everything they depend on (data, teacher, the prefix of
-the chain, the methods), so planner trials that share a prefix share hops.
+the chain, the methods, and the content of the files it reads), so planner trials that share
+a prefix share hops. The report (`report.md`, `report.json`, `chain.png`) is `hops.report`'s.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ import numpy as np
 
 from ktransfer.checkpoint import atomic_path, write_json_atomic, write_text_atomic
 from ktransfer.data import DATASETS
-from ktransfer.fingerprint import digests_of
+from ktransfer.fingerprint import path_digest
+from ktransfer.hops import external
 from ktransfer.hops.config import ChainConfig
 from ktransfer.hops.fitting import ChainData, Recipe, accuracy, fit
 from ktransfer.hops.ladder import candidates, check_chain
@@ -36,6 +37,7 @@ from ktransfer.hops.models import (
     stable_seed,
 )
 from ktransfer.hops.planner import Trial, plan
+from ktransfer.hops.report import ChainReport, HopRecord
 from ktransfer.schema import to_dict
 
 Spec = dict[str, Any]
@@ -69,39 +71,6 @@ def load_chain_data(cfg: ChainConfig) -> ChainData:
         t_idx, s_idx = every, every
     return ChainData(x, y, x_val, y_val, x_test, y_test, t_idx, s_idx, dict(splits.info),
                      split=cfg.confidence_split, folds=cfg.folds)
-
-
-@dataclass
-class HopRecord:
-    """One trained model of a chain and its scores."""
-
-    index: int
-    spec: Spec
-    complexity: int
-    method: str
-    teachers: list[str]
-    val: float
-    test: float
-    details: dict[str, Any] = field(default_factory=dict)
-    key: str = ""
-    path: str = ""
-    wall_time_s: float = 0.0
-
-    @property
-    def label(self) -> str:
-        return spec_label(self.spec)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "model": self.label, "spec": self.spec, "complexity": self.complexity,
-                "method": self.method, "teachers": self.teachers, "val": self.val, "test": self.test,
-                "details": self.details, "key": self.key, "path": self.path, "wall_time_s": self.wall_time_s}
-
-
-def chain_input_paths(cfg: ChainConfig) -> dict[str, str]:
-    """The files and folders a chain's data section names (`data.path`, ...): their content keys its hops."""
-    spec = dict(cfg.data)
-    keys = DATASETS.path_keys(str(spec.get("name")))
-    return {f"data.{k}": v for k, v in spec.items() if k in keys and isinstance(v, str) and v}
 
 
 def _hash(obj: Any) -> str:
@@ -179,9 +148,12 @@ class ChainRunner:
         self.trained = 0
         self._memo: dict[str, tuple[Member, HopRecord]] = {}
         self.last_members: list[Member] = []  # the models of the chain `run` trained last, teacher first
-        self.base_key = _hash({**{k: to_dict(getattr(cfg, k)) for k in (
-            "data", "teacher", "seed", "confidence_split", "teacher_fraction", "folds", "train")},
-            "inputs": digests_of(chain_input_paths(cfg))})
+        keyed = {k: to_dict(getattr(cfg, k)) for k in (
+            "data", "teacher", "seed", "confidence_split", "teacher_fraction", "folds", "train")}
+        contents = source_digests(cfg)
+        if contents:  # files the chain reads: their content, not their path, keys the hops
+            keyed["contents"] = contents
+        self.base_key = _hash(keyed)
         self.teacher, self.teacher_record = self._teacher()
 
     def _scores(self, model: HopModel) -> tuple[float, float]:
@@ -192,8 +164,28 @@ class ChainRunner:
         if self.stop_after_hops is not None and self.trained >= self.stop_after_hops:
             raise ChainInterrupted(f"stopped after {self.trained} newly trained hops, as asked")
 
+    def _loaded_teacher(self, spec: Spec) -> tuple[Member, HopRecord]:
+        """A teacher from the user's files: never trained, never refitted; where it learned is as declared."""
+        t0 = time.perf_counter()
+        model = external.load_teacher(spec, self.data.info, self.data.x_val[:4], "teacher")
+        if external.saw_train_split(spec):
+            trained_on = np.ones(len(self.data.y), dtype=bool)
+        else:  # it saw none of the split; its probes learn from the teacher's part (holdout)
+            trained_on = self.data.mask(self.data.teacher_idx) if self.cfg.confidence_split == "holdout" else \
+                np.zeros(len(self.data.y), dtype=bool)
+        val, test = self._scores(model)
+        source = external.source_key(spec)
+        assert source is not None
+        details = {"loaded_from": spec[source], "sha256": external.digest(spec),
+                   "saw_train_split": external.saw_train_split(spec)}
+        record = HopRecord(0, spec, complexity(spec, self.data.info), "loaded", [], val, test, details,
+                           _hash([self.base_key, "teacher"]), "", time.perf_counter() - t0)
+        return Member(model, trained_on, None, name=f"teacher:{spec_label(spec)}"), record
+
     def _teacher(self) -> tuple[Member, HopRecord]:
         spec = dict(self.cfg.teacher)
+        if external.is_external(spec):
+            return self._loaded_teacher(spec)
         key = _hash([self.base_key, "teacher"])
         trained_on = self.data.mask(self.data.teacher_idx)
         recipe = Recipe(spec, self.ctx.recipe_seed(spec))
@@ -272,65 +264,12 @@ def one_hop(runner: ChainRunner, method: TransferMethod) -> HopOutcome:
     return method.transfer([runner.teacher], dict(runner.cfg.student), runner.ctx)
 
 
-@dataclass
-class ChainReport:
-    """The chosen chain's records, the reference rows (simple model alone, 1-hop) and the planner's trials."""
-
-    chain: list[HopRecord]
-    simple: HopRecord
-    one_hop: HopRecord | None
-    trials: list[Trial]
-    config: dict[str, Any]
-    split: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"chain": [r.as_dict() for r in self.chain], "simple": self.simple.as_dict(),
-                "one_hop": self.one_hop.as_dict() if self.one_hop else None,
-                "trials": [t.as_dict() for t in self.trials], "config": self.config, "split": self.split}
-
-    def table(self) -> str:
-        """The report as a markdown table."""
-        lines = ["| hop | model | complexity | method | val acc | test acc |", "|---|---|---:|---|---:|---:|"]
-        for r in self.chain:
-            lines.append(f"| {'teacher' if r.index == 0 else r.index} | {r.label} | {r.complexity} | {r.method} | "
-                         f"{r.val:.4f} | {r.test:.4f} |")
-        lines.append(f"| simple alone | {self.simple.label} | {self.simple.complexity} | labels | "
-                     f"{self.simple.val:.4f} | {self.simple.test:.4f} |")
-        if self.one_hop is not None:
-            lines.append(f"| 1-hop | {self.one_hop.label} | {self.one_hop.complexity} | {self.one_hop.method} | "
-                         f"{self.one_hop.val:.4f} | {self.one_hop.test:.4f} |")
-        s = self.split
-        lines.append("")
-        lines.append(f"Confidences: {s['confidence_split']} (teacher on {s['teacher_points']} points, students on "
-                     f"{s['student_points']}; intermediates out-of-fold over {s['folds']} folds). "
-                     f"Planner: {self.config['plan']['strategy']}, {len(self.trials)} chains scored on validation.")
-        return "\n".join(lines)
-
-    def plot(self, path: Path) -> None:
-        """Accuracy against complexity along the chain, with the simple model and 1-hop marked."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        xs = [r.complexity for r in self.chain]
-        for split, marker in (("val", "o"), ("test", "s")):
-            ax.plot(xs, [getattr(r, split) for r in self.chain], marker=marker, label=f"chain ({split})")
-        ax.scatter([self.simple.complexity], [self.simple.test], marker="x", s=80, color="k", label="simple alone (test)")
-        if self.one_hop is not None:
-            ax.scatter([self.one_hop.complexity], [self.one_hop.test], marker="^", s=80, color="r", label="1-hop (test)")
-        for r in self.chain:
-            ax.annotate(r.label, (r.complexity, r.test), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel("complexity (parameters / tree nodes)")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"chain on {self.config['data'].get('name')}, method {self.chain[-1].method}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-        plt.close(fig)
+def source_digests(cfg: ChainConfig) -> list[str]:
+    """SHA-256 of every file a chain reads (dataset files, a loaded teacher's files)."""
+    data = dict(cfg.data)
+    files = [Path(data[k]) for k in DATASETS.path_keys(str(data.get("name"))) if data.get(k)]
+    found = [p for p in files if p.exists()]
+    return [path_digest(p) for p in found] + external.digest(cfg.teacher)
 
 
 def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: ChainData | None = None,
@@ -342,22 +281,27 @@ def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: Chai
     that share data, teacher and seed may share one `run_dir` (and `simple_cache`): their common
     hops are then trained once.
     """
+    from ktransfer.hops.preflight import check_sources
+
+    check_sources(cfg)  # missing files and columns fail here, before anything trains
+    data = data if data is not None else load_chain_data(cfg)
+    if cfg.plan.strategy == "fixed":
+        check_chain([cfg.teacher, *cfg.plan.intermediates, cfg.student], data.info)
     root = Path(run_dir) if run_dir is not None else None
     if root is not None and write_report:
         root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(root / "config.yaml", cfg.to_yaml())
-    data = data if data is not None else load_chain_data(cfg)
     runner = ChainRunner(cfg, data, root, stop_after_hops)
     if simple_cache is not None:
         runner.ctx.simple_cache = simple_cache
     base_method = cfg.methods_for(1)[0] if cfg.hop_methods is None else None
     if cfg.plan.strategy == "fixed":
         intermediates = [dict(s) for s in cfg.plan.intermediates]
-        check_chain([cfg.teacher, *intermediates, cfg.student], data.info)
         trials: list[Trial] = []
     else:
         assert base_method is not None
-        pool = candidates(cfg.teacher, cfg.student, cfg.plan.ladder, data.info, cfg.plan.construct)
+        pool = candidates(external.architecture(cfg.teacher), cfg.student, cfg.plan.ladder, data.info,
+                          cfg.plan.construct)
 
         def score(chain: list[Spec]) -> float:
             return runner.run(chain, [base_method] * (len(chain) + 1))[-1].val
@@ -374,13 +318,14 @@ def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: Chai
         one = runner.run([], [methods[-1]])[-1] if intermediates else records[-1]
     report = ChainReport(records, simple, one, trials, cfg.to_dict(), {
         "confidence_split": cfg.confidence_split, "teacher_points": int(len(data.teacher_idx)),
+        "teacher_loaded": external.is_external(cfg.teacher),
         "student_points": int(len(data.student_idx)), "folds": cfg.folds,
         "teacher_fraction": cfg.teacher_fraction if cfg.confidence_split == "holdout" else None})
     if root is not None and write_report:
         from ktransfer.runner import environment
 
         write_json_atomic(root / "report.json", {**report.as_dict(), "environment": environment()})
-        write_text_atomic(root / "report.md", report.table() + "\n")
+        write_text_atomic(root / "report.md", report.markdown())
         report.plot(root / "chain.png")
     return report
 

@@ -13,10 +13,18 @@ folds: 3                                     # out-of-fold predictions (oof, and
 seed: 0
 train: {max_steps: 300, batch_size: 64, lr: 0.003}   # every torch model's engine run
 ```
+
+The teacher may instead be one a user already has: `{from_run: RUN_DIR, which: best}`,
+`{estimator: FILE.joblib}` or `{kind: mlp, hidden: [...], weights: FILE.safetensors}` (see
+`ktransfer.hops.external`). Paths (the teacher's files, dataset arguments typed `LocalPath`
+such as `data.path` of a CSV) are stored absolute: a relative path in a chain file is relative
+to that file's folder, and one given any other way (`--set`, `ChainConfig.from_dict`) to the
+current directory.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +33,7 @@ import yaml
 
 from ktransfer.config import apply_overrides, read_yaml_file
 from ktransfer.data import DATASETS
+from ktransfer.hops import external
 from ktransfer.hops.fitting import TorchFitConfig, accepts_sample_weight
 from ktransfer.hops.methods import build_method
 from ktransfer.hops.models import check_spec, is_torch, spec_label
@@ -55,6 +64,9 @@ class ChainConfig:
 
     def __post_init__(self) -> None:
         self.check()
+        # after check(), which has validated the sections; paths still relative are the current directory's
+        resolved = resolve_chain_paths({"data": self.data, "teacher": self.teacher}, Path.cwd())
+        self.data, self.teacher = resolved["data"], resolved["teacher"]
 
     def check(self) -> None:
         """Names and keys of every section, and combinations that cannot work (nothing is trained)."""
@@ -62,7 +74,7 @@ class ChainConfig:
         if "name" not in data:
             raise ConfigError(f"data.name: missing; valid choices: {', '.join(DATASETS.names())}")
         DATASETS.check(str(data.pop("name")), data, "data")
-        check_spec(self.teacher, "teacher")
+        external.check_teacher(self.teacher, "teacher")
         check_spec(self.student, "student")
         if self.confidence_split == "train":
             raise ConfigError(
@@ -78,6 +90,7 @@ class ChainConfig:
             build_method(self.method, "method")]
         if self.hop_methods is not None and self.plan.strategy != "fixed":
             raise ConfigError("hop_methods: only for plan.strategy fixed (a searched chain uses `method` for every hop)")
+        self._check_teacher_confidences(methods)
         students = [*self.plan.intermediates, *self.plan.ladder, self.student]
         for m in methods:
             if not m.reweights:
@@ -89,6 +102,32 @@ class ChainConfig:
                         f"which reweighting methods need; use an estimator that does (tree, logreg, gbdt, forest) "
                         "or method kd"
                     )
+
+    def _check_teacher_confidences(self, methods: list[Any]) -> None:
+        """A loaded teacher's confidences are read only on data it never saw, from the holdout split.
+
+        The methods that read the teacher: the first hop's, every hop's in a dense chain, and
+        the last hop's when it is also run as the 1-hop comparison.
+        """
+        if not external.is_external(self.teacher):
+            return
+        readers = [methods[0], *(methods if self.plan.dense else []), *(methods[-1:] if self.compare_one_hop else [])]
+        reweighting = [m for m in readers if m.reweights]
+        if not reweighting:
+            return
+        name = type(reweighting[0]).__name__
+        if external.saw_train_split(self.teacher):
+            raise ConfigError(
+                f"teacher.saw_train_split: {name} reweights by the teacher's confidences, which carry no signal on "
+                "data the teacher trained on, and a loaded teacher is taken to have trained on the chain's training "
+                "split; set teacher.saw_train_split: false if it never saw that data, or use method kd"
+            )
+        if self.confidence_split != "holdout":
+            raise ConfigError(
+                f"confidence_split: {name} with a loaded teacher needs holdout (the teacher's part of the training "
+                f"split is where its probes learn, the students' part where its confidences are read); a loaded "
+                f"teacher cannot be refitted for out-of-fold predictions, got {self.confidence_split}"
+            )
 
     def methods_for(self, hops: int) -> list[Any]:
         """One transfer method per hop: `hop_methods` when given (fixed chains), else `method` for all."""
@@ -111,13 +150,34 @@ class ChainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> ChainConfig:
-        return cls.from_dict(read_yaml_file(Path(path)), overrides)
+        """Load a chain file; its relative paths are taken against the file's folder."""
+        path = Path(path)
+        data = read_yaml_file(path)
+        if isinstance(data, dict):  # the file's own relative paths, before overrides add others
+            data = resolve_chain_paths(data, Path(os.path.abspath(path.parent)))
+        return cls.from_dict(data, overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def resolve_chain_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of a chain mapping whose relative paths (dataset arguments, the teacher's files) are absolute.
+
+    Works on unvalidated input: sections or values of the wrong type are left for validation to report.
+    """
+    out = dict(data)
+    spec = out.get("data")
+    if isinstance(spec, dict):
+        keys = DATASETS.path_keys(str(spec.get("name")))
+        out["data"] = {k: os.path.abspath(base / os.path.expanduser(v)) if k in keys and isinstance(v, str) and v
+                       else v for k, v in spec.items()}
+    if isinstance(out.get("teacher"), dict):
+        out["teacher"] = external.resolve(out["teacher"], base)
+    return out
 
 
 def is_chain_file(path: str | Path) -> bool:

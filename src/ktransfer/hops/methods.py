@@ -5,7 +5,9 @@ Registered in `TRANSFER_METHODS`; a method's factory signature is its config sch
 - `kd`: distillation. Torch students go through the engine with any knowledge terms and
   selector; scikit-learn students are fitted on the teacher's tempered soft labels.
 - `confidence`: sample weight = the teacher's true-label probability.
-- `profweight`: weight = mean true-label probability over the kept linear probes.
+- `profweight`: weight = mean true-label probability over the kept linear probes on the
+  teacher's intermediate representations (the teacher's own output joins them only with
+  `output_probe: true`).
 - `sratio`: weight = teacher's (or kept probes') true-label probability / the simple model's
   own; points above a threshold, tuned on validation, are dropped.
 Reweighting methods read teacher confidences only on data the teacher did not train on: a
@@ -290,21 +292,33 @@ class Confidence:
         return HopOutcome(model, recipe, {"confidences": parts[0][2], **_weight_stats(w)})
 
 
-def _kept_probe_probs(teachers: list[Member], ctx: HopContext, spec: dict[str, Any], margin: float
-                      ) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """Mean true-label probability over kept probes of all teachers (None when none is kept)."""
+def _kept_probe_probs(teachers: list[Member], ctx: HopContext, spec: dict[str, Any], margin: float,
+                      output_probe: bool) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Mean true-label probability over kept probes of all teachers (None when none is kept).
+
+    The probes are linear probes on each teacher's intermediate representations; with
+    `output_probe` each teacher's own output is one more probe.
+    """
     idx = _student_points(ctx)
     _, simple_val = ctx.simple(spec)
-    cols, accs, how = [], [], ""
+    cols, accs, names, how = [], [], [], ""
     for m in teachers:
         probs, acc, how = confidences(m, idx, ctx, probes=True)
-        cols.append(probs)
-        accs.append(acc)
+        layers = probs.shape[1] - 1  # the last column is the teacher's output
+        used = probs.shape[1] if output_probe else layers
+        cols.append(probs[:, :used])
+        accs.append(acc[:used])
+        names += [f"{m.name} layer {k + 1}" for k in range(layers)] + ([f"{m.name} output"] if output_probe else [])
     probs, acc = np.concatenate(cols, axis=1), np.concatenate(accs)
     keep = keep_probes(acc, simple_val, margin)
-    details = {"confidences": how, "probe_val_accuracy": [round(float(a), 4) for a in acc],
+    details = {"confidences": how, "output_probe": output_probe, "probe_names": names,
+               "probe_val_accuracy": [round(float(a), 4) for a in acc],
                "kept_probes": [int(i) for i in np.flatnonzero(keep)], "simple_val": simple_val, "margin": margin}
     if not keep.any():
+        if not names:
+            details["no_probes"] = ("the teacher has no intermediate representations to probe (a network's "
+                                    "activations, boosting stages or forest prefixes); output_probe: true adds "
+                                    "its output as a probe")
         return None, details
     return profweight_weights(probs, keep), details
 
@@ -312,19 +326,28 @@ def _kept_probe_probs(teachers: list[Member], ctx: HopContext, spec: dict[str, A
 @TRANSFER_METHODS.register("profweight")
 @dataclass
 class ProfWeight:
-    """Linear probes on the teacher's layers (stages for boosted trees and forests); a probe is kept
-    when its validation accuracy beats the simple model's by `margin`; weight = mean true-label
-    probability over the kept probes (the teacher's output counts as the last probe)."""
+    """ProfWeight (Dhurandhar et al., 2018): linear probes on the teacher's intermediate
+    representations (a network's ReLU outputs; stages of boosted trees, prefixes of forests); a
+    probe is kept when its validation accuracy beats the simple model's by `margin`; weight =
+    mean true-label probability over the kept probes.
+
+    `output_probe: true` adds the teacher's own output as one more probe. It is off by default,
+    as in the paper: the output is usually the most accurate probe, so with it the weights drift
+    towards plain confidence weighting (method `confidence`). When no probe is kept, the simple
+    model is kept and the hop's details say why (`fallback`).
+    """
 
     margin: float = 0.0
+    output_probe: bool = False
     reweights: bool = field(default=True, init=False)
 
     def transfer(self, teachers: list[Member], spec: dict[str, Any], ctx: HopContext) -> HopOutcome:
         _require_weights(spec, "profweight")
-        w, details = _kept_probe_probs(teachers, ctx, spec, self.margin)
+        w, details = _kept_probe_probs(teachers, ctx, spec, self.margin, self.output_probe)
         if w is None:
             model, val = ctx.simple(spec)
-            details["fallback"] = "no probe beat the simple model by the margin: the simple model is kept"
+            why = details.get("no_probes") or "no probe beat the simple model by the margin"
+            details["fallback"] = f"{why}: the simple model is kept"
             return HopOutcome(model, Recipe(dict(spec), ctx.recipe_seed(spec)), details)
         model, recipe = _reweighted(spec, ctx, w)
         return HopOutcome(model, recipe, {**details, **_weight_stats(w)})
@@ -335,11 +358,13 @@ class ProfWeight:
 class SRatio:
     """Weight = complex / simple true-label probability; points whose ratio exceeds a threshold are
     dropped. Thresholds are the ratio's `quantiles` (1.0 keeps all); the best on validation wins.
-    `source`: the teacher's output, or its kept probes (with `margin`) as in ProfWeight."""
+    `source`: the teacher's output, or its kept probes (with `margin`, and `output_probe`) as in
+    ProfWeight."""
 
     source: Literal["output", "probes"] = "output"
     quantiles: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.95, 1.0])
     margin: float = 0.0
+    output_probe: bool = False
     reweights: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
@@ -352,9 +377,10 @@ class SRatio:
         simple, _ = ctx.simple(spec)
         simple_probs = true_label_probs(simple.predict_proba(ctx.data.x[idx]), ctx.data.y[idx])
         if self.source == "probes":
-            complex_probs, details = _kept_probe_probs(teachers, ctx, spec, self.margin)
+            complex_probs, details = _kept_probe_probs(teachers, ctx, spec, self.margin, self.output_probe)
             if complex_probs is None:
-                details["fallback"] = "no probe kept: the teacher's output is used"
+                why = details.get("no_probes") or "no probe beat the simple model by the margin"
+                details["fallback"] = f"{why}: the teacher's output is used"
         else:
             complex_probs, details = None, {}
         if complex_probs is None:

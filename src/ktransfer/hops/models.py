@@ -29,6 +29,8 @@ SKLEARN_MODELS: Registry[Any] = Registry("scikit-learn model")
 TORCH_KINDS = ("mlp", "cnn")
 # Keys of a model spec that are not arguments of its builder.
 SPEC_META_KEYS = ("kind", "init_from_teacher")
+# Keys that make a teacher spec one loaded from a user's files (see `ktransfer.hops.external`).
+EXTERNAL_SOURCES = ("from_run", "estimator", "weights")
 
 
 @SKLEARN_MODELS.register("tree")
@@ -121,7 +123,13 @@ def spec_key(spec: Mapping[str, Any]) -> str:
 
 
 def spec_label(spec: Mapping[str, Any]) -> str:
-    """A short human name: `mlp[64,32]`, `tree(d=3)`."""
+    """A short human name: `mlp[64,32]`, `tree(d=3)`; a loaded teacher: `mlp[64]@t.safetensors`, `file:t.joblib`."""
+    if any(k in spec for k in EXTERNAL_SOURCES):
+        from ktransfer.hops.external import architecture, source_key, teacher_label
+
+        if source_key(spec) == "weights":
+            return f"{spec_label(architecture(spec))}@{Path(spec['weights']).name}"
+        return teacher_label(spec)
     kind = spec.get("kind")
     rest = {k: v for k, v in spec.items() if k != "kind"}
     if kind == "mlp":
@@ -154,8 +162,13 @@ def complexity(spec: Mapping[str, Any], info: Mapping[str, Any]) -> int:
 
     Torch models: parameter count. Trees: the most nodes the size bounds allow (2^(d+1) - 1,
     or 2 * leaves - 1). Boosted trees: stages x trees per stage x nodes; forests: trees x
-    nodes; logistic regression: (features + 1) x classes.
+    nodes; logistic regression: (features + 1) x classes. A teacher loaded from files: see
+    `ktransfer.hops.external.teacher_complexity` (fitted sizes).
     """
+    if any(k in spec for k in EXTERNAL_SOURCES):
+        from ktransfer.hops.external import teacher_complexity
+
+        return teacher_complexity(spec, info)
     kind = spec_kind(spec, "model")
     classes = int(info["num_classes"])
     if kind in TORCH_KINDS:
