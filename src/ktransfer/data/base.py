@@ -84,8 +84,8 @@ def example_warnings(info: dict[str, Any]) -> list[str]:
     dropped = counts.get("dropped", 0)
     if not total or dropped / total <= DROP_WARNING_FRACTION:
         return []
-    return [f"{dropped:,} of {total:,} training examples ({100 * dropped / total:.1f}%) are dropped: "
-            f"{info.get('examples_rule') or 'see info[examples]'}"]
+    rule = f". How the data counts: {info['examples_rule']}" if info.get("examples_rule") else ""
+    return [f"{dropped:,} of {total:,} training examples ({100 * dropped / total:.1f}%) are dropped{rule}"]
 
 
 @dataclass
