@@ -404,3 +404,26 @@ def test_fused_head_from_yaml_on_a_text_corpus_trains_like_the_unfused_term(corp
     assert finals[True].keys() == finals[False].keys()
     for name, value in finals[False].items():
         torch.testing.assert_close(finals[True][name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_blocks_kept_and_dropped_are_counted_and_bad_bytes_named(corpus: dict[str, Path], tmp_path: Path) -> None:
+    from ktransfer.data.corpus import make_blocks
+
+    data = corpus_data(corpus, packing="pad", max_length=5, prompt_length=3)
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(str(corpus["tokenizer"]))
+    for split in ("train", "val", "test"):
+        counts = data.info["examples"][split]
+        assert counts["kept"] == len(data.get(split)) and counts["truncated"] == 0 and counts["not_sampled"] == 0
+    # reference: each training document of 12 words + <eos> = 13 tokens cuts into 5 + 5 + 3; the 3-token block
+    # cannot hold a prompt of 3 and a token to predict, so one block per training document is dropped
+    docs = data.info["documents"]["train"]
+    assert data.info["examples"]["train"]["dropped"] == docs and data.info["examples"]["val"]["dropped"] == 0
+    assert len(make_blocks([[1] * 13], 5, "pad")) == 3 and tok.eos_token == "<eos>"
+    assert "prompt_length + 1 = 4" in data.info["examples_rule"]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"first document\nsecond \xc3\x28 document\n")
+    with pytest.raises(ValueError, match=r"bad.txt line 2, column 8: not valid UTF-8 \(bytes c3"):
+        read_documents(bad)
+    bad.write_bytes(b'{"text": "one"}\n{"text": "t\xffo"}\n')
+    with pytest.raises(ValueError, match=r"bad.txt line 2, column 12: not valid UTF-8"):
+        read_documents(bad, format="jsonl")

@@ -93,3 +93,20 @@ def test_hf_pretrained_loads_a_local_directory(tmp_path) -> None:
     original.eval()
     loaded.eval()
     torch.testing.assert_close(loaded(input_ids=ids).logits, original(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"a,b,y\n1,2,x\n3,nan,z\n", r"t.csv line 3, column 'b': 'nan' is not a finite number"),
+    (b"a,b,y\n1,2,x\n3,-inf,z\n", r"t.csv line 3, column 'b': '-inf' is not a finite number"),
+    (b"a,b,y\n1,2,x\n3,,z\n", r"t.csv line 3, column 'b': not a number: ''"),
+    (b"a,b,y\n1,2,x\n3,4,\n", r"t.csv line 3, column 'y' \(the label\): an empty cell"),
+    (b"a,b,y\n1,2,x\n3,4,NaN\n", r"t.csv line 3, column 'y' \(the label\): 'NaN', a missing-value marker"),
+    (b"a,b,y\n1,2,x\n3,4,\xe9\n", r"t.csv line 3, column 5: not valid UTF-8"),
+    (b"", r"t.csv: the file is empty"),
+    (b"a,b,y\n", r"t.csv: no rows after the header"),
+])
+def test_tabular_csv_names_the_line_and_column_of_bad_cells(tmp_path, content: bytes, message: str) -> None:
+    file = tmp_path / "t.csv"
+    file.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        DATASETS.build("csv", {"path": str(file), "label": "y"})

@@ -353,3 +353,73 @@ def test_shipped_text_configs_validate_and_name_existing_teacher_configs() -> No
         cfg = RunConfig.from_yaml(path)
         if cfg.teacher is not None and cfg.teacher.get("builder") == "cached_teacher":
             assert Path(cfg.teacher["config"]).is_file()
+
+
+# ------------------------------------------------------------------------------------------- users' files: sizes, counts, errors
+def test_user_text_files_take_split_sizes_and_count_truncated_texts(tmp_path: Path, tiny_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from ktransfer.data.base import describe_examples
+
+    texts = [f"{i % 40} " + ("good " if i < 40 else "bad ") * (1 + i % 20) for i in range(80)]  # 4 to 23 tokens
+    file = tmp_path / "sized.csv"
+    with open(file, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([[t, "pos" if i % 2 else "neg"] for i, t in enumerate(texts)])
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    longer = sum(len(ids) > 12 for ids in tok(texts)["input_ids"])  # the reference count
+    assert 0 < longer < len(texts)
+    whole = DATASETS.build("text_csv", {"path": str(file), "tokenizer": str(tiny_dir), "max_length": 12}, "data")
+    counts = whole.info["examples"]
+    assert whole.info["duplicates_removed"] == 0 and sum(c["truncated"] for c in counts.values()) == longer
+    assert all(c["dropped"] == 0 and c["not_sampled"] == 0 for c in counts.values())
+    for split, c in counts.items():
+        assert c["kept"] + c["truncated"] == whole.info["sizes"][split]
+    assert describe_examples(whole.info)[0] == (f"train: {counts['train']['kept']:,} kept, "
+                                                f"{counts['train']['truncated']:,} truncated of {whole.info['sizes']['train']}")
+    sized = DATASETS.build("text_csv", {"path": str(file), "tokenizer": str(tiny_dir), "max_length": 12,
+                                        "train_size": 30, "val_size": 5, "test_size": 7}, "data")
+    assert sized.info["sizes"] == {"train": 30, "val": 5, "test": 7}
+    for split in ("train", "val", "test"):
+        c = sized.info["examples"][split]
+        assert c["kept"] + c["truncated"] == sized.info["sizes"][split]
+        assert c["not_sampled"] == whole.info["sizes"][split] - sized.info["sizes"][split]
+    lines = tmp_path / "sized.jsonl"
+    lines.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(texts)))
+    jl = DATASETS.build("text_jsonl", {"path": str(lines), "tokenizer": str(tiny_dir), "train_size": 10,
+                                       "test_size": 3}, "data")
+    assert jl.info["sizes"]["train"] == 10 and jl.info["sizes"]["test"] == 3
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"text,label\ngood one,pos\nbad \xff\xfe two,neg\n", r"bad.csv line 3, column 5: not valid UTF-8 \(bytes ff"),
+    (b"text,label\ngood one,pos\nbad two,\n", r"bad.csv line 3, column 'label': an empty cell; every row needs a label"),
+    (b"text,label\ngood one,pos\nbad two,nan\n", r"bad.csv line 3, column 'label': 'nan', a missing-value marker"),
+    (b"text,label\n\"good\none\",pos\n,neg\n", r"bad.csv line 4, column 'text': no value"),
+    (b"", r"bad.csv: the file is empty; expected a header row"),
+    (b"text,label\n", r"bad.csv: no rows after the header"),
+    (b"text,label\ngood,pos,extra\n", r"bad.csv line 2: 3 cells but the header has 2 columns"),
+])
+def test_bad_bytes_and_odd_cells_of_a_text_csv_are_named(tmp_path: Path, tiny_dir: Path, content: bytes,
+                                                         message: str) -> None:
+    file = tmp_path / "bad.csv"
+    file.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        DATASETS.build("text_csv", {"path": str(file), "tokenizer": str(tiny_dir)}, "data")
+
+
+def test_bad_bytes_and_blank_labels_of_a_text_jsonl_are_named(tmp_path: Path, tiny_dir: Path) -> None:
+    file = tmp_path / "bad.jsonl"
+    file.write_bytes(b'{"text": "good", "label": "pos"}\n\n{"text": "caf\xe9", "label": "neg"}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl line 3, column 14: not valid UTF-8 \(bytes e9"):
+        DATASETS.build("text_jsonl", {"path": str(file), "tokenizer": str(tiny_dir)}, "data")
+    file.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": " "}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl line 2, column 'label': an empty cell"):
+        DATASETS.build("text_jsonl", {"path": str(file), "tokenizer": str(tiny_dir)}, "data")
+    file.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": NaN}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl line 2, column 'label': nan is not a finite number"):
+        DATASETS.build("text_jsonl", {"path": str(file), "tokenizer": str(tiny_dir)}, "data")
+    file.write_text("\n\n")
+    with pytest.raises(ConfigError, match=r"bad.jsonl: the file is empty \(no JSON object on any line\)"):
+        DATASETS.build("text_jsonl", {"path": str(file), "tokenizer": str(tiny_dir)}, "data")

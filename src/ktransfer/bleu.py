@@ -5,13 +5,28 @@ by decoding a fixed subset of it (`evaluation.examples`, evenly spaced over the 
 cost is bounded and the same examples are scored at every evaluation) greedily or with beams,
 turning ids back into text with the data's tokenizer, and scoring against the untokenised
 references. Scores are on sacrebleu's 0-100 scale; `evaluation.bleu_tokenize` is the tokenizer
-sacrebleu applies (13a; zh or char for scripts without spaces between words).
+sacrebleu applies (13a; zh, ja-mecab or char for scripts without spaces between words; the data
+chooses it from the target language).
+
+Hypotheses and references are compared under one normalisation: both are NFKC-normalised and
+their runs of whitespace made single spaces (`score_text`) before sacrebleu sees them. A trained
+tokenizer NFKC-normalises what it encodes, so its output writes full-width punctuation ("：")
+in the standard form (":"); scoring the raw reference would count every such character as an
+error, and a perfect translation would score far below 100. The normalisation is the same for
+every tokenizer, so scores of systems with different tokenizers stay comparable; a tokenizer
+that loses more (lower case, accents) is not excused by it.
+
+The raw reference is scored in full even where the split's token ids were cut to `max_length`
+(validation and test examples are truncated, never dropped): a translation of a cut source is
+scored against the whole reference, so long sentences cost what they cost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import unicodedata
 
 import numpy as np
 import torch
@@ -27,6 +42,14 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str], tokenize
     bleu = sacrebleu.corpus_bleu(list(hypotheses), [list(references)], tokenize=tokenize)
     chrf = sacrebleu.corpus_chrf(list(hypotheses), [list(references)])
     return {"bleu": float(bleu.score), "chrf": float(chrf.score)}
+
+
+SCORE_NORMALIZATION = "NFKC"  # applied to hypotheses and references alike (see the module docstring)
+
+
+def score_text(text: str) -> str:
+    """A text as it is scored: NFKC-normalised, runs of whitespace as one space, trimmed."""
+    return " ".join(unicodedata.normalize(SCORE_NORMALIZATION, text).split())
 
 
 def evaluation_indices(size: int, examples: int | None) -> list[int]:
@@ -73,7 +96,8 @@ def generation_metrics(model: nn.Module, data: Any, collate_fn: Callable[[list[A
         raise ValueError("the evaluation split is empty: no translations to score")
     hyps = translate(model, data, indices, collate_fn, max_new_tokens=ev.max_new_tokens, num_beams=ev.num_beams,
                      batch_size=ev.batch_size)
-    return corpus_scores(hyps, [data.references[i] for i in indices], ev.bleu_tokenize)
+    refs = [score_text(data.references[i]) for i in indices]
+    return corpus_scores([score_text(h) for h in hyps], refs, ev.bleu_tokenize)
 
 
 def has_references(data: Any) -> bool:

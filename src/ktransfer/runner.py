@@ -20,6 +20,7 @@ from torch import nn
 from ktransfer.checkpoint import find_intact_checkpoint, latest_checkpoint, load_weights, write_json_atomic, write_text_atomic
 from ktransfer.config import MODEL_META_KEYS, RunConfig
 from ktransfer.data import DATASETS, DataSplits
+from ktransfer.data.base import describe_examples, example_warnings
 from ktransfer.knowledge import ResponseTerm, build_terms
 from ktransfer.models import DATASET_DEFAULTS, MODELS, count_parameters
 from ktransfer.registry import ConfigError
@@ -47,7 +48,8 @@ def load_data(cfg: RunConfig) -> DataSplits:
 # ---------------------------------------------------------------------------------- checks before training
 @dataclass
 class Preflight:
-    """What `preflight` found: the loaded data (reusable by the run) and one line per check passed."""
+    """What `preflight` found: the loaded data (reusable by the run), one line per check passed, and
+    warnings that do not stop a run (e.g. much of the training data dropped)."""
 
     data: DataSplits
     checked: list[str]
@@ -249,8 +251,9 @@ def preflight(cfg: RunConfig, data: DataSplits | None = None) -> Preflight:
         teacher = build_model(cfg.teacher, data.info, "teacher") if cfg.teacher is not None else None
         student = build_model(cfg.student, data.info, "student")
         checked = [f"data: {_describe_data(cfg, data.info)} fits task '{cfg.task}'",
+                   *(f"data examples: {line}" for line in describe_examples(data.info)),
                    *check_models(cfg, data, student, teacher)]
-    return Preflight(data=data, checked=checked, warnings=cfg.warnings())
+    return Preflight(data=data, checked=checked, warnings=[*cfg.warnings(), *example_warnings(data.info)])
 
 
 def _architecture(spec: dict[str, Any]) -> dict[str, Any]:
@@ -378,7 +381,8 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _finish(distiller: Distiller, cfg: RunConfig, run_dir: Path, result: TrainResult) -> RunResult:
+def _finish(distiller: Distiller, cfg: RunConfig, run_dir: Path, result: TrainResult,
+            data_info: dict[str, Any] | None = None) -> RunResult:
     out = RunResult(
         run_dir=run_dir, train=result,
         student_parameters=count_parameters(distiller.student),
@@ -397,7 +401,9 @@ def _finish(distiller: Distiller, cfg: RunConfig, run_dir: Path, result: TrainRe
         "environment": environment(), "finished": result.step >= cfg.train.max_steps or result.stopped_early,
         "world_size": result.world_size, "batch_size": cfg_train.batch_size,
         "per_process_batch_size": cfg_train.batch_size // max(1, result.world_size),
-        "grad_accum_steps": cfg_train.grad_accum_steps, "warnings": result.warnings,
+        "grad_accum_steps": cfg_train.grad_accum_steps,
+        "warnings": example_warnings(data_info or {}) + result.warnings,
+        "examples": (data_info or {}).get("examples"), "examples_rule": (data_info or {}).get("examples_rule"),
     })
     return out
 
@@ -449,16 +455,27 @@ def run(
     Every check that needs no training (`preflight`) runs before the run directory is touched.
     """
     run_dir = Path(run_dir)
-    checked = preflight(cfg, data)
-    data = checked.data
+    report = preflight(cfg, data)
+    data = report.data
     if int(os.environ.get("RANK", "0")) == 0:
-        for message in checked.warnings:
+        for message in cfg.warnings():  # the data's own warnings follow with its counts (say_data)
             print(f"ktransfer: warning: {message}", file=sys.stderr, flush=True)
     prepare_run_dir(run_dir, overwrite)
     write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+    say_data(data.info)
     distiller, _ = build_distiller(cfg, run_dir, data=data, progress=progress, stop_after_steps=stop_after_steps)
     result = distiller.fit()
-    return _finish(distiller, cfg, run_dir, result)
+    return _finish(distiller, cfg, run_dir, result, data.info)
+
+
+def say_data(info: dict[str, Any]) -> None:
+    """How many examples of each split a run uses, kept, truncated and dropped, and any warning (stderr, rank 0)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for line in describe_examples(info):
+        print(f"ktransfer: data: {line}", file=sys.stderr, flush=True)
+    for message in example_warnings(info):
+        print(f"ktransfer: warning: {message}", file=sys.stderr, flush=True)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -495,9 +512,9 @@ def resume(
         cfg.train.max_steps = max_steps
         if int(os.environ.get("RANK", "0")) == 0:
             write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
-    distiller, _ = build_distiller(cfg, run_dir, progress=progress, stop_after_steps=stop_after_steps)
+    distiller, data = build_distiller(cfg, run_dir, progress=progress, stop_after_steps=stop_after_steps)
     result = distiller.fit(resume=True, force_world_size=force_world_size)
-    return _finish(distiller, cfg, run_dir, result)
+    return _finish(distiller, cfg, run_dir, result, data.info)
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") -> dict[str, Any]:

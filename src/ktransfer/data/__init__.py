@@ -15,7 +15,9 @@ from ktransfer.data.text import (
     PadCollator, TokenizedDataset, bbc_news, bible_paraphrase, prepare_bbc_news, prepare_bible, prepare_minilm,
     prepare_tweets, text_csv, text_jsonl, tweets,
 )
-from ktransfer.data.translation import bible_translation, parallel_jsonl, parallel_tsv, prepare_bible_translation
+from ktransfer.data.translation import (
+    bible_translation, parallel_jsonl, parallel_tsv, prepare_bible_all, prepare_bible_translation,
+)
 from ktransfer.registry import Registry
 
 DATASETS: Registry[DataSplits] = Registry("dataset")
@@ -72,7 +74,7 @@ PREPARERS: dict[str, Callable[[Any], Path]] = {
     "fashion-mnist": prepare_fashion_mnist, "bbc-news": prepare_bbc_news, "tweets": prepare_tweets,
     "bible-paraphrase": prepare_bible, "minilm": prepare_minilm, "teacher": prepare_teacher,
     "smollm2": prepare_smollm2,
-    "bible-de-en": partial(prepare_bible_translation, "bible-de-en"),
+    "bible-de-en": partial(prepare_bible_translation, "bible-de-en"), "bible-all": prepare_bible_all,
 }
 
 

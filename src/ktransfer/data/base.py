@@ -1,4 +1,11 @@
-"""Dataset containers shared by every data source: dict-of-tensors datasets and train/val/test splits."""
+"""Dataset containers shared by every data source: dict-of-tensors datasets and train/val/test splits.
+
+Every dataset that cuts or leaves out examples says so in one record, `info["examples"]`: per
+split, how many examples are whole (`kept`), cut to the length limit (`truncated`), left out as
+unusable (`dropped`, e.g. a training pair longer than `max_length`) and left out by a subsample
+(`not_sampled`, e.g. `train_size`), with `info["examples_rule"]` saying what each means there.
+Runs print it when they start and write it into summary.json; `ktransfer check` shows it.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +40,52 @@ class TensorDictDataset(Dataset):
 def collate_dicts(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Stack a list of dict rows into a dict of batched tensors."""
     return {k: torch.stack([torch.as_tensor(r[k]) for r in rows]) for k in rows[0]}
+
+
+SPLITS = ("train", "val", "test")
+EXAMPLE_KEYS = ("kept", "truncated", "dropped", "not_sampled")
+DROP_WARNING_FRACTION = 0.05  # more of the training split dropped than this is a warning
+
+
+def example_counts(kept: int = 0, truncated: int = 0, dropped: int = 0, not_sampled: int = 0) -> dict[str, int]:
+    """One split's entry of `info["examples"]` (see the module docstring)."""
+    counts = {"kept": kept, "truncated": truncated, "dropped": dropped, "not_sampled": not_sampled}
+    if any(int(v) < 0 for v in counts.values()):
+        raise ValueError(f"example counts must be >= 0, got {counts}")
+    return {k: int(v) for k, v in counts.items()}
+
+
+def describe_examples(info: dict[str, Any]) -> list[str]:
+    """One line per split of `info["examples"]` ("train: 950 kept, 10 truncated, 40 dropped (4.0%)"), and the rule."""
+    examples = info.get("examples")
+    if not examples:
+        return []
+    lines = []
+    for split in SPLITS:
+        if split not in examples:
+            continue
+        counts = examples[split]
+        total = sum(counts.get(k, 0) for k in EXAMPLE_KEYS)
+        parts = [f"{counts.get(k, 0):,} {k.replace('_', ' ')}" for k in EXAMPLE_KEYS if k in ("kept", "truncated")
+                 or counts.get(k, 0)]
+        share = f" ({100 * counts.get('dropped', 0) / total:.1f}% dropped)" if total and counts.get("dropped") else ""
+        lines.append(f"{split}: {', '.join(parts)} of {total:,}{share}")
+    if info.get("examples_rule"):
+        lines.append(str(info["examples_rule"]))
+    return lines
+
+
+def example_warnings(info: dict[str, Any]) -> list[str]:
+    """A warning when more than DROP_WARNING_FRACTION of the training examples are dropped."""
+    counts = (info.get("examples") or {}).get("train")
+    if not counts:
+        return []
+    total = sum(counts.get(k, 0) for k in EXAMPLE_KEYS)
+    dropped = counts.get("dropped", 0)
+    if not total or dropped / total <= DROP_WARNING_FRACTION:
+        return []
+    rule = f". How the data counts: {info['examples_rule']}" if info.get("examples_rule") else ""
+    return [f"{dropped:,} of {total:,} training examples ({100 * dropped / total:.1f}%) are dropped{rule}"]
 
 
 @dataclass

@@ -34,8 +34,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ktransfer.data.base import DataSplits
-from ktransfer.data.text import read_json_lines
+from ktransfer.data.base import DataSplits, example_counts
+from ktransfer.data.files import read_utf8
+from ktransfer.data.text import read_json_rows
 from ktransfer.registry import LocalPath
 from ktransfer.tasks import IGNORE_INDEX
 
@@ -44,7 +45,7 @@ CORPUS_SUFFIXES = (".txt", ".jsonl")
 
 # ------------------------------------------------------------------------------------------- documents
 def _read_txt(file: Path, separator: str) -> list[str]:
-    text = file.read_text(encoding="utf-8", errors="replace")
+    text = read_utf8(file)
     if separator == "line":
         return [line.strip() for line in text.splitlines() if line.strip()]
     docs, current = [], []
@@ -61,21 +62,18 @@ def _read_txt(file: Path, separator: str) -> list[str]:
 
 def _read_jsonl(file: Path, text_field: str) -> list[str]:
     docs: list[str] = []
-    rows, fields = read_json_lines(file)
-    missing = 0
-    for row in rows:
+    rows, fields = read_json_rows(file, allow_empty=True)  # like an empty .txt: no documents
+    missing = [line for line, row in rows if row.get(text_field) is None]
+    for _, row in rows:
         value = row.get(text_field)
-        if value is None:
-            missing += 1
-            continue
-        if str(value).strip():
+        if value is not None and str(value).strip():
             docs.append(str(value).strip())
     if not docs and missing:
         raise ValueError(f"{file.name}: no field '{text_field}' (text_field); the fields found are: "
                          f"{', '.join(fields) or '(none)'}")
     if missing:
-        raise ValueError(f"{file.name}: {missing} row(s) have no field '{text_field}' (text_field); the fields "
-                         f"found are: {', '.join(fields)}")
+        raise ValueError(f"{file.name}: {len(missing)} row(s) have no field '{text_field}' (text_field), the first "
+                         f"on line {missing[0]}; the fields found are: {', '.join(fields)}")
     return docs
 
 
@@ -277,16 +275,22 @@ def corpus_splits(
     eos = tok.eos_token_id if add_eos else None
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
-    def blocks(index: list[int], prompt: int, size: int | None, key: str) -> tuple[BlockDataset, int]:
+    examples: dict[str, dict[str, int]] = {}
+
+    def blocks(split: str, index: list[int], prompt: int, size: int | None) -> tuple[BlockDataset, int]:
         encoded = tok([docs[i] for i in index], add_special_tokens=False)["input_ids"]
         token_docs = [ids + [eos] if eos is not None else ids for ids in encoded]
         shortest = prompt + 1 if prompt else 2  # a block needs one target after its prompt (and the shift)
-        made = [b for b in make_blocks(token_docs, max_length, packing) if len(b) >= shortest]
-        return BlockDataset(_cap(made, size, split_seed, key), prompt), sum(len(d) for d in token_docs)
+        cut = make_blocks(token_docs, max_length, packing)
+        made = [b for b in cut if len(b) >= shortest]
+        chosen = _cap(made, size, split_seed, f"{split}_size")
+        examples[split] = example_counts(kept=len(chosen), dropped=len(cut) - len(made),
+                                         not_sampled=len(made) - len(chosen))
+        return BlockDataset(chosen, prompt), sum(len(d) for d in token_docs)
 
-    train, train_tokens = blocks(train_idx, prompt_length, train_size, "train_size")
-    val, val_tokens = blocks(val_idx, 0, val_size, "val_size")
-    test, test_tokens = blocks(test_idx, 0, test_size, "test_size")
+    train, train_tokens = blocks("train", train_idx, prompt_length, train_size)
+    val, val_tokens = blocks("val", val_idx, 0, val_size)
+    test, test_tokens = blocks("test", test_idx, 0, test_size)
     for split, data in (("train", train), ("val", val), ("test", test)):
         if len(data) == 0:
             raise ValueError(f"{name}: the {split} split has no block of at least "
@@ -298,6 +302,11 @@ def corpus_splits(
               "pad_token_id": int(pad), "tokenizer": tokenizer_path, "max_length": max_length, "packing": packing,
               "prompt_length": prompt_length,
               "sizes": {"train": len(train), "val": len(val), "test": len(test)},
+              "examples": examples,
+              "examples_rule": f"examples are blocks of at most max_length={max_length} tokens: documents are cut "
+                               "into blocks, never truncated; dropped: blocks with no token to predict (shorter than "
+                               f"2 tokens{f', or than prompt_length + 1 = {prompt_length + 1} in training' if prompt_length else ''}); "
+                               "not sampled: left out by train_size/val_size/test_size",
               "documents": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
               "tokens": {"train": train_tokens, "val": val_tokens, "test": test_tokens},
               "duplicates_removed": duplicates, **(extra_info or {})},

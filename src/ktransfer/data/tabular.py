@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from ktransfer.data.base import DataSplits, TensorDictDataset
+from ktransfer.data.files import cell_problem, read_csv_rows
 from ktransfer.registry import LocalPath
 
 _LOADERS = ("digits", "wine", "breast_cancer", "iris")
@@ -77,17 +79,14 @@ def csv_splits(
     """A user's tabular CSV (header row): numeric `features` columns (default: all but `label`).
 
     Label values of any kind are mapped to classes 0..C-1 in sorted order (kept in
-    `info["classes"]`). A missing column or a non-numeric feature value is a clear error.
+    `info["classes"]`). A missing column, a file that is not UTF-8 or is empty, a non-numeric or
+    non-finite feature (`nan`, `inf`) and an empty or `nan` label are errors naming the file, line and column.
     """
-    import csv
-
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"csv: file not found: {file}")
-    with open(file, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+    columns, numbered = read_csv_rows(file)
+    rows = [row for _, row in numbered]
     if label not in columns:
         raise ValueError(f"csv: label column '{label}' not found in {file}; columns are: {', '.join(columns)}")
     names = list(features) if features is not None else [c for c in columns if c != label]
@@ -96,15 +95,22 @@ def csv_splits(
         raise ValueError(f"csv: feature column '{missing[0]}' not found in {file}; columns are: {', '.join(columns)}")
     if label in names:
         raise ValueError(f"csv: the label column '{label}' is also listed as a feature")
-    if not names or not rows:
-        raise ValueError(f"csv: {file} has no feature columns or no rows")
+    if not names:
+        raise ValueError(f"csv: {file} has no feature columns (only the label column '{label}')")
     x = np.empty((len(rows), len(names)), dtype=np.float32)
-    for i, row in enumerate(rows):
+    for i, (line, row) in enumerate(numbered):
+        problem = cell_problem(row[label])
+        if problem:
+            raise ValueError(f"csv: {file} line {line}, column '{label}' (the label): {problem}; every row needs a label")
         for j, c in enumerate(names):
             try:
-                x[i, j] = float(row[c])
+                value = float(row[c])
             except (TypeError, ValueError):
-                raise ValueError(f"csv: {file} line {i + 2}, column '{c}': not a number: {row[c]!r}") from None
+                raise ValueError(f"csv: {file} line {line}, column '{c}': not a number: {row[c]!r}") from None
+            if not math.isfinite(value):
+                raise ValueError(f"csv: {file} line {line}, column '{c}': {row[c].strip()!r} is not a finite number "
+                                 "(features must be finite: fill or drop missing values first)")
+            x[i, j] = value
     raw = [row[label] for row in rows]
     classes = sorted(set(raw), key=lambda v: (_as_number(v) is None, _as_number(v) or 0.0, v))
     if len(classes) < 2:

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ktransfer.data.base import DataSplits
+from ktransfer.data.base import DataSplits, example_counts
+from ktransfer.data.files import cell_problem, read_csv_rows, read_utf8
 from ktransfer.data.packages import WheelSource, prepare_from_wheel, read_member
 from ktransfer.registry import LocalPath
 
@@ -292,25 +293,34 @@ def text_splits(
         raise ValueError(f"{name}: labels {', '.join(unknown[:5])} are not among the classes {found}")
     y = np.asarray([class_index[labels[i]] for i in keep], dtype=np.int64)
     g = np.asarray([groups[i] for i in keep]) if groups is not None else None
-    splits = _split_indices(y, val_fraction, test_fraction, split_seed, g)
+    pools = _split_indices(y, val_fraction, test_fraction, split_seed, g)
     splits = tuple(_cap(idx, size, split_seed, key) for idx, size, key in
-                   zip(splits, (train_size, val_size, test_size), ("train_size", "val_size", "test_size")))
+                   zip(pools, (train_size, val_size, test_size), ("train_size", "val_size", "test_size")))
     tok = load_tokenizer(tokenizer)
+    examples: dict[str, dict[str, int]] = {}
 
-    def encode(idx: np.ndarray) -> TokenizedDataset:
+    def encode(split: str, idx: np.ndarray, pool: np.ndarray) -> TokenizedDataset:
         rows = [keep[i] for i in idx]
-        enc = tok([texts[i] for i in rows], [pairs[i] for i in rows] if pairs is not None else None,
-                  truncation=True, max_length=max_length)
+        first, second = [texts[i] for i in rows], [pairs[i] for i in rows] if pairs is not None else None
+        enc = tok(first, second, truncation=True, max_length=max_length)
+        full = tok(first, second, truncation=False, verbose=False)["input_ids"]  # lengths before truncation
+        truncated = sum(len(ids) > max_length for ids in full)
+        examples[split] = example_counts(kept=len(idx) - truncated, truncated=truncated,
+                                         not_sampled=len(pool) - len(idx))
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
         return TokenizedDataset({k: enc[k] for k in keys}, y[idx].tolist())
 
-    train, val, test = (encode(idx) for idx in splits)
+    train, val, test = (encode(split, idx, pool) for split, idx, pool in zip(("train", "val", "test"), splits, pools))
     input_keys = list(train.encodings)
     return DataSplits(
         train=train, val=val, test=test, collate_fn=PadCollator(int(tok.pad_token_id or 0)),
         info={"name": name, "kind": "tokens", "input_keys": input_keys, "num_classes": len(found),
               "classes": [str(c) for c in found], "max_length": max_length, "vocab_size": len(tok),
               "sizes": {"train": len(train), "val": len(val), "test": len(test)},
+              "examples": examples,
+              "examples_rule": f"truncated: texts (with their pair) longer than max_length={max_length} tokens, cut "
+                               "to it; not sampled: left out by train_size/val_size/test_size; repeated texts are "
+                               "removed before splitting (duplicates_removed)",
               "duplicates_removed": len(texts) - len(keep),
               **({"groups": _groups_per_split(g, splits)} if g is not None else {}),
               **(extra_info or {})},
@@ -393,23 +403,31 @@ def bible_paraphrase(
     return data
 
 
-def read_json_lines(file: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """The objects of a JSON-lines file (blank lines skipped) and every key any of them has, in first-seen order.
+def read_json_rows(file: Path, allow_empty: bool = False) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """([(line, object), ...], every key any object has, in first-seen order) of a JSON-lines file.
 
-    A line that is not JSON, or not an object, is an error naming the file and line.
+    Blank lines are skipped; a file that is not UTF-8, a line that is not JSON or not an object, and
+    a file without any object (unless `allow_empty`) are errors naming the file and line.
     """
-    rows: list[dict[str, Any]] = []
-    with open(file, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{file.name} line {n}: not JSON: {e}") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{file.name} line {n}: expected an object, got {type(row).__name__}")
-                rows.append(row)
-    return rows, list(dict.fromkeys(k for r in rows for k in r))
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for n, line in enumerate(read_utf8(file).split("\n"), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{file} line {n}: not JSON: {e}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{file} line {n}: expected an object, got {type(row).__name__}")
+            rows.append((n, row))
+    if not rows and not allow_empty:
+        raise ValueError(f"{file}: the file is empty (no JSON object on any line); expected one object per line")
+    return rows, list(dict.fromkeys(k for _, r in rows for k in r))
+
+
+def read_json_lines(file: Path, allow_empty: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """The objects of a JSON-lines file and every key any of them has (see `read_json_rows`)."""
+    rows, keys = read_json_rows(file, allow_empty)
+    return [row for _, row in rows], keys
 
 
 def _columns_error(file: Path, role: str, column: str, columns: Sequence[str]) -> ValueError:
@@ -418,47 +436,56 @@ def _columns_error(file: Path, role: str, column: str, columns: Sequence[str]) -
 
 
 def _user_text(
-    file: Path, rows: list[dict[str, Any]], columns: Sequence[str], text: str, label: str, text_pair: str | None,
-    **kwargs: Any,
+    file: Path, rows: list[tuple[int, dict[str, Any]]], columns: Sequence[str], text: str, label: str,
+    text_pair: str | None, **kwargs: Any,
 ) -> DataSplits:
     for role, column in (("text", text), ("text_pair", text_pair), ("label", label)):
         if column is not None and column not in columns:
             raise _columns_error(file, role, column, columns)
-    if not rows:
-        raise ValueError(f"{file}: no rows")
-    for i, row in enumerate(rows):
+    for line, row in rows:
         for column in (text, text_pair, label):
-            if column is not None and (row.get(column) is None or str(row[column]).strip() == ""):
-                raise ValueError(f"{file.name}: row {i + 1} has no value in column '{column}'")
-    return text_splits(file.stem, [str(r[text]) for r in rows], [str(r[label]) for r in rows],
-                       pairs=[str(r[text_pair]) for r in rows] if text_pair else None,
+            if column is None:
+                continue
+            value = row.get(column)
+            problem = "no value" if value is None or not str(value).strip() else None
+            if column == label:
+                problem = cell_problem(value)
+            if problem:
+                raise ValueError(f"{file} line {line}, column '{column}': {problem}; every row needs a "
+                                 f"{'label' if column == label else 'text'}")
+    return text_splits(file.stem, [str(r[text]) for _, r in rows], [str(r[label]) for _, r in rows],
+                       pairs=[str(r[text_pair]) for _, r in rows] if text_pair else None,
                        extra_info={"source": str(file)}, **kwargs)
 
 
 def text_csv(
     path: LocalPath, text: str = "text", label: str = "label", text_pair: str | None = None, max_length: int = 128,
     val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0, tokenizer: LocalPath | None = None,
+    train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
 ) -> DataSplits:
-    """A user's text-classification (`text`) or sentence-pair (`text` + `text_pair`) CSV with a header row."""
+    """A user's text-classification (`text`) or sentence-pair (`text` + `text_pair`) CSV with a header row.
+
+    `*_size` keep that many examples of a split (a seeded subsample after splitting; null keeps all).
+    """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"text_csv: file not found: {file}")
-    with open(file, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+    columns, rows = read_csv_rows(file)
     return _user_text(file, rows, columns, text, label, text_pair, max_length=max_length, val_fraction=val_fraction,
-                      test_fraction=test_fraction, split_seed=split_seed, tokenizer=tokenizer)
+                      test_fraction=test_fraction, split_seed=split_seed, tokenizer=tokenizer, train_size=train_size,
+                      val_size=val_size, test_size=test_size)
 
 
 def text_jsonl(
     path: LocalPath, text: str = "text", label: str = "label", text_pair: str | None = None, max_length: int = 128,
     val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0, tokenizer: LocalPath | None = None,
+    train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
 ) -> DataSplits:
-    """A user's JSON-lines file (one object per line) with text, optional text_pair, and label keys."""
+    """A user's JSON-lines file (one object per line) with text, optional text_pair, and label keys (see text_csv)."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"text_jsonl: file not found: {file}")
-    rows, columns = read_json_lines(file)
+    rows, columns = read_json_rows(file)
     return _user_text(file, rows, columns, text, label, text_pair, max_length=max_length, val_fraction=val_fraction,
-                      test_fraction=test_fraction, split_seed=split_seed, tokenizer=tokenizer)
+                      test_fraction=test_fraction, split_seed=split_seed, tokenizer=tokenizer, train_size=train_size,
+                      val_size=val_size, test_size=test_size)

