@@ -73,8 +73,8 @@ def label_range_error(logits: Tensor, targets: Tensor, who: str = "the model") -
 
 # Keys a sequence stage (`ktransfer.sequence`) adds to a batch: where each example's targets came
 # from, the log-probability of each generated token under the policy that sampled it, and the
-# reward of the student's greedy output (a self-critic baseline). Never model inputs.
-SEQUENCE_KEYS = ("target_source", "sample_logprobs", "greedy_reward", "greedy_length")
+# reward of the student's greedy output (a self-critic baseline), the generation budget. Never model inputs.
+SEQUENCE_KEYS = ("target_source", "sample_logprobs", "greedy_reward", "greedy_length", "max_new_tokens")
 # Batch keys that hold targets or per-example loss weights, never model inputs.
 TARGET_KEYS = ("labels", "sample_weight", *SEQUENCE_KEYS)
 
