@@ -251,6 +251,21 @@ def _cmd_hops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reader_gone() -> int:
+    """Exit quietly when the reader of stdout closed it early (`ktransfer list | head`), as `cat` does.
+
+    Standard output is pointed at /dev/null so that the interpreter's own flush at exit does
+    not fail a second time; the status is 128 + SIGPIPE, that of a process the signal ended.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing left to flush
+        pass
+    return 128 + 13
+
+
 COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "resume": _cmd_resume, "eval": _cmd_eval,
             "check": _cmd_check, "analyze": _cmd_analyze, "modules": _cmd_modules, "list": _cmd_list, "data": _cmd_data, "hops": _cmd_hops}
 
@@ -261,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     from ktransfer.train import NonFiniteError, WorldSizeError
 
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except NonFiniteError as e:
         print(f"ktransfer {args.command}: error: {e}", file=sys.stderr)
         return 3
