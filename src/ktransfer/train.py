@@ -285,14 +285,15 @@ def make_evaluator(
     data: Dataset, task: Task | TaskKind = "classification", batch_size: int = 512,
     collate_fn: Callable[[list[Any]], dict[str, Any]] = collate_dicts,
 ) -> Evaluator:
-    """An evaluator computing accuracy, cross-entropy and perplexity of a model on `data`, and for a
-    seq2seq split that keeps its references (translation data) BLEU and chrF of generated output.
+    """An evaluator computing accuracy, cross-entropy and perplexity of a model on `data`, for
+    classification macro-F1 and MCC, and for a seq2seq split that keeps its references
+    (translation data) BLEU and chrF of generated output.
 
     Under several processes each evaluates its own shard (every world_size-th example) and the
     sums are added up across processes, so the work is split and the metrics cover all of `data`.
     """
     from ktransfer.bleu import has_references
-    from ktransfer.tasks import evaluate_sums, metrics_from_sums
+    from ktransfer.tasks import evaluation_sums, metrics_from_sums
 
     task = task if isinstance(task, Task) else Task(task)
     scores_translations = task.kind == "seq2seq" and has_references(data)
@@ -302,7 +303,7 @@ def make_evaluator(
     def evaluate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
         batches, world = shard_batches(by_length, batch_size, collate_fn, device)
-        metrics = metrics_from_sums(*sum_over_processes(evaluate_sums(model, batches, task), world, device))
+        metrics = metrics_from_sums(*sum_over_processes(evaluation_sums(model, batches, task), world, device))
         if scores_translations:  # every process decodes the same bounded subset: the scores agree everywhere
             from ktransfer.bleu import generation_metrics
 
