@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--which", default="best", choices=["best", "final"])
+    p.add_argument("--outputs", default=None, metavar="FILE",
+                   help="also write the model's outputs beside the references, one JSON line per example of the "
+                        "split: source, reference (or label) and output (translation, continuation, or predicted "
+                        "label with its probability)")
 
     p = sub.add_parser("data", help="obtain a dataset once into the cache (offline afterwards)")
     data_sub = p.add_subparsers(dest="data_command", required=True)
@@ -155,6 +159,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ktransfer.runner import evaluate_run
 
     _print_json(evaluate_run(args.run_dir, split=args.split, which=args.which))
+    if args.outputs is not None:
+        from ktransfer.outputs import write_run_outputs
+
+        count = write_run_outputs(args.run_dir, args.outputs, split=args.split, which=args.which)
+        print(f"outputs: {count} examples written to {args.outputs}", file=sys.stderr)
     return 0
 
 
