@@ -153,6 +153,9 @@ class TrainConfig:
     # Batch examples of similar length together (within windows of 50 batches, batch order
     # shuffled), so that padded batches waste little compute; the epoch still sees every example.
     group_by_length: bool = False
+    # Intra-op CPU threads of this process (torch.set_num_threads, process-wide, set when training
+    # starts); null leaves torch's default (one per core). Runs sharing a machine want fewer.
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         validate(self, "train")
@@ -166,6 +169,8 @@ class TrainConfig:
             raise ValueError("train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"train.patience must be >= 1 or null, got {self.patience}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
 
     @property
     def resolved_mode(self) -> Literal["max", "min"]:
@@ -477,6 +482,8 @@ class Distiller:
         from accelerate.utils import set_seed
 
         cfg = self.config
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
         self.accelerator = accelerator = _new_accelerator(cfg, self.run_dir)
         set_seed(cfg.seed)
         self.state = TrainState(world_size=accelerator.num_processes)
