@@ -1,10 +1,11 @@
 """Tied weights (one tensor under several names, e.g. a language model's input embedding and output
-layer) kept out of a model's state dict, so that every save holds each tensor once and says so.
+layer) listed once in a model's state dict, so that every save holds each tensor once.
 
 `tie_aware_state_dict(model)` makes `model.state_dict()` leave out the later names of a shared
-parameter (the first name in registration order stays, as `named_parameters` lists it) and makes `load_state_dict` accept a state without them: loading the first name fills the
-shared tensor, so the tie holds. Checkpoints written from such a state (Accelerate's
-`save_state`, `ktransfer.checkpoint.save_weights`) then have nothing to deduplicate.
+parameter (the first name in registration order stays, as `named_parameters` lists it) and
+makes `load_state_dict` accept a state without them: loading the first name fills the shared
+tensor, so the tie holds. Checkpoints written from such a state (Accelerate's `save_state`,
+`ktransfer.checkpoint.save_weights`) then have nothing to deduplicate.
 """
 
 from __future__ import annotations

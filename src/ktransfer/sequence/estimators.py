@@ -350,7 +350,7 @@ def _deprecated_length_normalise(flag: bool, normalise: str | float, who: str) -
         raise ValueError(f"give normalise or the deprecated length_normalise, not both (got normalise: {normalise!r} "
                          f"and length_normalise: {str(flag).lower()})")
     warnings.warn(f"knowledge term '{who}': length_normalise is deprecated; length_normalise: {str(flag).lower()} is "
-                  f"normalise: {mapped} (the same gradient as before). Write normalise: {mapped} to keep it, or drop "
+                  f"normalise: {mapped} (an identical gradient). Write normalise: {mapped} to keep it, or drop "
                   "the key for the default normalise: max_length, which divides by a constant and stays unbiased "
                   "when sample lengths vary (sample_length does not)", FutureWarning, stacklevel=3)
     return mapped
