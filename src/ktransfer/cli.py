@@ -39,7 +39,10 @@ def _apply_threads(args: argparse.Namespace) -> None:
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     if args.command in _THREADS_IN_CONFIG:
-        args.overrides.append(f"train.num_threads={threads}")
+        from ktransfer.hops.config import is_chain_file
+
+        if not (args.command == "run" and is_chain_file(args.config)):  # a chain's train section has no such key
+            args.overrides.append(f"train.num_threads={threads}")
     import torch
 
     torch.set_num_threads(threads)
