@@ -397,3 +397,9 @@ def test_the_threads_option_reaches_the_run_and_its_recorded_config(tmp_path: Pa
     torch.set_num_threads(1)
     assert main(["eval", str(tmp_path / "r"), "--threads", "2"]) == 0 and torch.get_num_threads() == 2
     assert main(["eval", str(tmp_path / "r"), "--threads", "0"]) == 2
+    from ktransfer.cli import _apply_threads, _parser
+
+    chain = Path(__file__).resolve().parents[1] / "configs" / "hops" / "fixed_tree.yaml"
+    args = _parser().parse_args(["run", str(chain), "--threads", "1"])
+    _apply_threads(args)  # a chain config has no train.num_threads: torch's threads only
+    assert args.overrides == [] and torch.get_num_threads() == 1
