@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from ktransfer.analysis import gradient_analysis, kl_logit_gradients
+from ktransfer.analysis import NEAR_UNIFORM, GradientReport, gradient_analysis, kl_logit_gradients, read
 from ktransfer.cli import main
 from ktransfer.divergences import backward_kl, forward_kl
 from ktransfer.tasks import Task
@@ -58,7 +59,48 @@ def test_parameter_gradients_match_autograd_of_the_divergences() -> None:
     cos = float(flat["forward"] @ flat["backward"] / (flat["forward"].norm() * flat["backward"].norm()))
     assert a["param_cosine"] == pytest.approx(cos, rel=1e-9)
     assert report.tokens == int(s_out.mask.sum()) and report.positions == list(range(2, 5))  # type: ignore[union-attr]
-    assert "favours" in report.reading or "economical" in report.reading
+    # randomly initialised, the teacher is near uniform: the reading names no order of KL
+    assert report.aggregate["entropy_teacher"] > 0.8 * report.aggregate["log_vocab"]
+    assert report.verdict == "inconclusive" and "favours" not in report.reading
+
+
+def _report(entropy_teacher: float, log_vocab: float | None = 8.29) -> GradientReport:
+    aggregate = {"entropy_teacher": entropy_teacher, "entropy_student": 6.1, "peak_teacher": 0.02, "cosine": 0.41,
+                 "param_cosine": 0.38, "norm_reward": 0.7, "norm_supervised": 1.0}
+    if log_vocab is not None:
+        aggregate["log_vocab"] = log_vocab
+    return GradientReport(positions=[0], per_position={}, aggregate=aggregate, tokens=640)
+
+
+def test_the_reading_is_inconclusive_for_a_near_uniform_teacher_and_says_what_it_is() -> None:
+    verdict, text = read(_report(7.65))  # 92% of log V = log 4000
+    assert verdict == "inconclusive" and "favours" not in text
+    assert "inconclusive: teacher near uniform (entropy 7.65 of log V = 8.29 nats; near uniform means above 80% " in text
+    assert text.startswith("Reading (a rule of thumb on the quantities measured here")
+    assert "does not measure which order trains the better student" in text
+    verdict, text = read(_report(NEAR_UNIFORM * 8.29 - 0.01))  # below the threshold: the rule applies
+    assert verdict == "backward" and "favours backward KL" in text and "inconclusive" not in text
+    assert read(_report(7.65, log_vocab=None))[0] == "backward"  # a report written without log V: the rule alone
+
+
+def test_gradient_analysis_of_a_uniform_and_a_peaked_teacher() -> None:
+    """A teacher with a zero output layer is exactly uniform (entropy log V); one with a large output
+    layer is peaked and gets a verdict."""
+    student, teacher = gpt2(seed=1).double(), gpt2(seed=2).double()
+    batch = dict(prompts("causal_lm").tensors)
+    task = Task("causal_lm")
+    with torch.no_grad():
+        teacher.lm_head.weight.zero_()  # tied with the input embedding: the hidden states still differ per token
+    uniform = gradient_analysis(student, teacher, [batch], task)
+    assert uniform.aggregate["entropy_teacher"] == pytest.approx(math.log(20), rel=1e-9)
+    assert uniform.aggregate["log_vocab"] == pytest.approx(math.log(20))
+    assert uniform.verdict == "inconclusive" and f"of log V = {math.log(20):.3g} nats" in uniform.reading
+    teacher = gpt2(seed=2).double()
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(400.0)
+    peaked = gradient_analysis(student, teacher, [batch], task)
+    assert peaked.aggregate["entropy_teacher"] < 0.5 * peaked.aggregate["log_vocab"]
+    assert peaked.verdict in ("forward", "backward", "either") and "inconclusive" not in peaked.reading
 
 
 def test_analyze_command_writes_json_plot_and_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,4 +115,5 @@ def test_analyze_command_writes_json_plot_and_reading(tmp_path: Path, capsys: py
     assert report["tokens"] == 32 and report["positions"] == [0]
     assert (tmp_path / "out" / "gradient_analysis.png").stat().st_size > 1000
     assert report["reading"] in capsys.readouterr().out
+    assert report["verdict"] in ("forward", "backward", "either", "inconclusive")
     assert main(["analyze", str(tmp_path / "missing-dir")]) == 2  # a clear error, not a traceback

@@ -287,3 +287,75 @@ def test_world_size_mismatch_on_resume_is_refused_unless_forced(full_run: Path, 
     assert main(["resume", str(d), "--no-progress", "--force-world-size"]) == 0
     records = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert [r["world_size"] for r in records if r["split"] == "setup"] == [1, 1]  # the change is on record
+
+
+# ------------------------------------------------------------------------------------ tied weights
+def tied_llama(seed: int = 0, tie: bool = True) -> nn.Module:
+    from ktransfer.models import MODELS
+
+    torch.manual_seed(seed)
+    return MODELS.build("llama_student", {"vocab_size": 20, "hidden_size": 16, "num_layers": 1, "num_heads": 2,
+                                          "tie_word_embeddings": tie}, "student")
+
+
+def is_tied(model: nn.Module) -> bool:
+    return model.get_output_embeddings().weight is model.get_input_embeddings().weight  # type: ignore[operator]
+
+
+def test_tied_weights_are_saved_once_and_reloaded_tied(tmp_path: Path, recwarn: pytest.WarningsRecorder,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    model = tied_llama(seed=1)
+    assert is_tied(model) and ck.tied_aliases(model) == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert "lm_head.weight" not in model.state_dict()  # one tensor, one name
+    path = tmp_path / "model.safetensors"
+    ck.save_weights(model, path)
+    assert "lm_head.weight" not in load_file(str(path))
+    fresh = tied_llama(seed=2)
+    ck.load_weights(fresh, path)
+    assert is_tied(fresh)
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    untied = tied_llama(seed=2, tie=False)  # a model that does not tie them gets equal copies
+    ck.load_weights(untied, path)
+    assert not is_tied(untied) and torch.equal(untied.lm_head.weight, model.lm_head.weight)
+    # a file written with both names (as older versions did) loads into the tied model too
+    both = {k: v.clone() for k, v in tied_llama(seed=3).state_dict(keep_vars=False).items()}
+    both["lm_head.weight"] = both["model.embed_tokens.weight"].clone()
+    from safetensors.torch import save_file
+
+    save_file(both, str(tmp_path / "old.safetensors"))
+    ck.load_weights(fresh, tmp_path / "old.safetensors")
+    assert is_tied(fresh) and torch.equal(fresh.lm_head.weight, both["lm_head.weight"])
+    assert not [w for w in recwarn.list if "shared" in str(w.message)] and "shared tensor" not in caplog.text
+
+
+def test_a_tied_language_model_checkpoints_and_resumes_without_the_shared_tensor_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A tied model's checkpoint holds the tied tensor once, under its first name: Accelerate has nothing to
+    deduplicate (no 'Removed shared tensor' warning), and the resumed run matches the uninterrupted one."""
+    import logging
+
+    from ktransfer.data import TensorDictDataset
+    from ktransfer.knowledge import LabelsTerm
+    from ktransfer.train import Distiller, TrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, 20, (16, 6), generator=g)
+    data = TensorDictDataset(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids.clone())
+
+    def fit(run_dir: Path, resume_run: bool, stop: int | None) -> nn.Module:
+        student = tied_llama()
+        Distiller(student, None, [LabelsTerm()], train_data=data, task="causal_lm",
+                  config=TrainConfig(max_steps=4, batch_size=4, checkpoint_every=2), run_dir=run_dir,
+                  progress=False, stop_after_steps=stop).fit(resume=resume_run)
+        return student
+
+    with caplog.at_level(logging.WARNING):
+        fit(tmp_path / "full", False, None)
+        fit(tmp_path / "cut", False, 2)
+        resumed = fit(tmp_path / "cut", True, None)
+    assert "Removed shared tensor" not in caplog.text
+    saved = load_file(str(tmp_path / "cut" / "checkpoints" / "step-00000002" / "model.safetensors"))
+    assert "lm_head.weight" not in saved and "model.embed_tokens.weight" in saved
+    assert is_tied(resumed)
+    assert_same_weights(final_weights(tmp_path / "cut"), final_weights(tmp_path / "full"))

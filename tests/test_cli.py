@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from ktransfer.cli import main
+from test_causal import corpus  # noqa: F401  (a fixture: a word-level text corpus and its tokenizer)
 
 TEACHER = {
     "data": {"name": "digits"},
@@ -99,6 +100,81 @@ def test_modules_lists_capturable_names(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["modules", str(cfg), "--depth", "2"]) == 0
     out = capsys.readouterr().out
     assert "features.0\tConv2d" in out and "head\tLinear" in out
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_eval_outputs_writes_predictions_beside_the_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write(tmp_path / "c.yaml", {**TEACHER, "train": {**TEACHER["train"], "max_steps": 10, "eval_every": 10}})
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "preds.jsonl"
+    assert main(["eval", str(tmp_path / "r"), "--split", "test", "--outputs", str(out)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # stdout stays the JSON report
+    assert f"outputs: 360 examples written to {out}" in captured.err
+    rows = _lines(out)
+    assert len(rows) == report["size"] == 360 and [r["index"] for r in rows] == list(range(360))
+    assert set(rows[0]) == {"index", "source", "label", "predicted", "probability", "correct"}
+    assert len(rows[0]["source"]) == 64  # a digits row's 64 features
+    assert all(0.1 <= r["probability"] <= 1 and r["correct"] == (r["predicted"] == r["label"]) for r in rows)
+    assert sum(r["correct"] for r in rows) / 360 == pytest.approx(report["accuracy"])
+
+
+def test_eval_outputs_writes_translations_beside_the_references(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    pairs = [(f"hallo welt {i % 7} nummer {i}", f"hello world {i % 7} number {i}") for i in range(40)]
+    tsv = tmp_path / "corpus.tsv"
+    tsv.write_text("de\ten\n" + "".join(f"{a}\t{b}\n" for a, b in pairs), encoding="utf-8")
+    cfg = write(tmp_path / "mt.yaml", {
+        "task": "seq2seq",
+        "data": {"name": "parallel_tsv", "path": str(tsv), "source": "de", "target": "en", "vocab_size": 376,
+                 "eval_max_new_tokens": 6},
+        "student": {"builder": "seq2seq_transformer", "d_model": 16, "encoder_layers": 1, "decoder_layers": 1,
+                    "attention_heads": 2, "ffn_dim": 32},
+        "knowledge": [{"type": "labels"}], "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2,
+                                                     "metric": "bleu"}})
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "translations.jsonl"
+    assert main(["eval", str(tmp_path / "r"), "--outputs", str(out)]) == 0
+    size = json.loads(capsys.readouterr().out)["size"]
+    rows = _lines(out)
+    assert len(rows) == size > 0 and set(rows[0]) == {"index", "source", "reference", "output"}
+    english = dict(pairs)
+    assert all(english[r["source"]] == r["reference"] and isinstance(r["output"], str) for r in rows)
+
+
+def test_eval_outputs_writes_continuations_beside_the_references(corpus: dict[str, Path], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write(tmp_path / "lm.yaml", {
+        "task": "causal_lm",
+        "data": {"name": "text_corpus", "path": str(corpus["lines"]), "tokenizer": str(corpus["tokenizer"]),
+                 "max_length": 10, "val_fraction": 0.2, "test_fraction": 0.2},
+        "student": {"builder": "llama_student", "hidden_size": 16, "num_layers": 1, "num_heads": 2},
+        "knowledge": [{"type": "labels"}], "train": {"max_steps": 2, "batch_size": 4, "eval_every": 2,
+                                                     "metric": "perplexity"}})
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 0
+    out = tmp_path / "continuations.jsonl"
+    assert main(["eval", str(tmp_path / "r"), "--outputs", str(out)]) == 0
+    rows = _lines(out)
+    from transformers import AutoTokenizer
+
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import load_data
+
+    test = load_data(RunConfig.from_yaml(tmp_path / "r" / "config.yaml")).test
+    tok = AutoTokenizer.from_pretrained(str(corpus["tokenizer"]))
+    assert len(rows) == len(test) > 0 and set(rows[0]) == {"index", "source", "reference", "output"}
+    for r in rows:  # the first half of each block (all of it targets) is the prompt, the rest the reference
+        ids = test[r["index"]]["input_ids"].tolist()
+        half = len(ids) // 2
+        assert r["source"] == tok.decode(ids[:half], skip_special_tokens=True)
+        assert r["reference"] == tok.decode(ids[half:], skip_special_tokens=True)
+        assert len(tok(r["output"])["input_ids"]) <= len(ids) - half  # at most the reference's length
 
 
 @pytest.mark.slow

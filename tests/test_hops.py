@@ -292,6 +292,7 @@ def test_student_more_complex_than_its_teacher_is_an_error() -> None:
 def test_estimator_without_sample_weight_for_a_reweighting_method_is_an_error() -> None:
     if "test_knn" not in SKLEARN_MODELS.names():
         def build_knn(n_neighbors: int = 5, random_state: int = 0) -> Any:
+            """k nearest neighbours (test kind: an estimator without sample_weight)."""
             from sklearn.neighbors import KNeighborsClassifier
 
             return KNeighborsClassifier(n_neighbors=n_neighbors)

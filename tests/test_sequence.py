@@ -175,12 +175,131 @@ def test_reinforce_term_loss_is_the_kl_estimate_and_its_gradient_the_policy_grad
     exact_kl = (seq_q.exp() * (seq_q - log_p.sum(-1))).sum()
     exact = torch.autograd.grad(exact_kl, params, retain_graph=True)
     weighted = {**batch, "sample_weight": seq_q.detach().exp()}  # each sequence weighted by its probability
-    term = ReinforceTerm(baseline="none", sources=None)
-    loss = term.loss(StepView(batch=weighted, student=s_out, teacher=t_out))
-    # value: the KL per token; gradient: the exact gradient per token (length tokens per sequence)
-    torch.testing.assert_close(loss, exact_kl.detach() / length)
-    for a, b in zip(torch.autograd.grad(loss, params), exact, strict=True):
-        torch.testing.assert_close(a, b / length, rtol=1e-9, atol=1e-12)
+    # every sequence has `length` tokens: per batch token and per token of the budget agree
+    budget = torch.full((seq_q.shape[0],), float(length))
+    for normalise, extra in (("batch_tokens", {}), ("max_length", {"max_new_tokens": budget}), (float(length), {})):
+        term = ReinforceTerm(baseline="none", sources=None, normalise=normalise)
+        loss = term.loss(StepView(batch={**weighted, **extra}, student=s_out, teacher=t_out))
+        # value: the KL per token; gradient: the exact gradient per token (length tokens per sequence)
+        torch.testing.assert_close(loss, exact_kl.detach() / length)
+        for a, b in zip(torch.autograd.grad(loss, params, retain_graph=True), exact, strict=True):
+            torch.testing.assert_close(a, b / length, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------- normalisation with unequal lengths
+def enumerate_stopping_sequences(vocab: int, max_length: int, eos: int) -> dict[str, Tensor]:
+    """Every continuation after prompt token 0 that ends at its first `eos` or at `max_length` tokens,
+    right-padded (labels -100 on the prompt and the padding): the support of a sampler that stops at eos."""
+    others = [v for v in range(vocab) if v != eos]
+    conts = [[*body, eos] for k in range(max_length - 1) for body in itertools.product(others, repeat=k)]
+    conts += [[*body, last] for body in itertools.product(others, repeat=max_length - 1) for last in range(vocab)]
+    ids = torch.zeros(len(conts), max_length + 1, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    for i, cont in enumerate(conts):
+        ids[i, 1:len(cont) + 1] = torch.tensor(cont)
+        labels[i, 1:len(cont) + 1] = torch.tensor(cont)
+    return {"input_ids": ids, "labels": labels}
+
+
+def _grads(value: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
+    return list(torch.autograd.grad(value, params, retain_graph=True))
+
+
+def _max_gap(a: list[Tensor], b: list[Tensor]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def _stopping_setup(max_length: int = 3) -> tuple[dict[str, Tensor], list[nn.Parameter], Tensor, Tensor, Tensor]:
+    vocab = 3
+    student, teacher = gpt2(vocab, seed=1).double(), gpt2(vocab, seed=2).double()
+    batch = enumerate_stopping_sequences(vocab, max_length, EOS)
+    params = [p for p in student.parameters() if p.requires_grad]
+    log_q, mask, _ = sequence_logprobs(student, batch)
+    with torch.no_grad():
+        log_p, _, _ = sequence_logprobs(teacher, batch)
+    torch.testing.assert_close(log_q.sum(-1).exp().sum(), torch.tensor(1.0, dtype=torch.float64))  # the whole support
+    assert len(set(mask.sum(-1).tolist())) == max_length  # lengths 1 .. max_length all occur
+    return batch, params, log_q, log_p, mask
+
+
+def test_a_constant_normalisation_is_exact_and_the_own_length_one_is_biased_with_unequal_lengths() -> None:
+    """Float64 enumeration of every sequence a stop-at-EOS sampler can draw (lengths 1 to 3): the
+    estimator's expectation (each sample's surrogate gradient weighted by its probability) against
+    autograd of the expected normalised objective."""
+    max_length = 3
+    _, params, log_q, log_p, mask = _stopping_setup(max_length)
+    seq_q = log_q.sum(-1)
+    prob = seq_q.detach().exp()
+    cost = seq_q - log_p.sum(-1)  # KL(y) = log q(y) - log p(y), with its dependence on the student
+    for constant in (1.0, float(max_length), 2.5):
+        exact = _grads((seq_q.exp() * cost).sum() / constant, params)
+        assert sum(float(g.abs().sum()) for g in exact) > 1e-3
+        for baseline in (None, 0.3):
+            surrogate = reinforce_surrogate(log_q, log_p, mask, baseline=baseline, normaliser=constant)
+            torch.testing.assert_close(_grads((prob * surrogate).sum(), params), exact, rtol=1e-9, atol=1e-12)
+    # dividing by each sample's own length: the expectation is not the gradient of E[KL(y) / |y|]
+    lengths = mask.sum(-1).double()
+    rate = _grads((seq_q.exp() * cost / lengths).sum(), params)
+    for own in (reinforce_surrogate(log_q, log_p, mask, length_normalise=True),
+                reinforce_surrogate(log_q, log_p, mask, normaliser=lengths)):
+        assert _max_gap(_grads((prob * own).sum(), params), rate) > 1e-4
+
+
+@pytest.mark.parametrize("normalise", ["max_length", "none", 2.0, "sample_length", "batch_tokens"])
+def test_the_reinforce_term_is_unbiased_exactly_for_constant_normalisations(normalise: str | float) -> None:
+    """The term's expected gradient over batches of one sampled sequence (the enumerated sequences' term
+    gradients weighted by their probabilities): for a constant N it equals grad E_q[KL(y)] / N; per
+    sample length or per batch token it is off the nearest fixed objectives."""
+    max_length = 3
+    batch, _, _, _, mask = _stopping_setup(max_length)
+    student, teacher = gpt2(3, seed=1).double(), gpt2(3, seed=2).double()
+    params = [p for p in student.parameters() if p.requires_grad]
+    task = Task("causal_lm")
+    term = ReinforceTerm(baseline="none", sources=None, normalise=normalise)
+    expected: Tensor = torch.zeros(())
+    for i in range(batch["input_ids"].shape[0]):
+        row = {k: v[i:i + 1] for k, v in batch.items()}
+        s_out = task.forward(student, row)
+        with torch.no_grad():
+            t_out = task.forward(teacher, row)
+        loss = term.loss(StepView(batch={**row, "max_new_tokens": torch.tensor([float(max_length)])},
+                                  student=s_out, teacher=t_out))
+        prob = token_logprobs(s_out.logits, s_out.targets).sum().detach().exp()  # type: ignore[arg-type]
+        expected = expected + prob * loss
+    got = _grads(expected, params)
+    log_q, _, _ = sequence_logprobs(student, batch)
+    with torch.no_grad():
+        log_p, _, _ = sequence_logprobs(teacher, batch)
+    seq_q = log_q.sum(-1)
+    cost = seq_q - log_p.sum(-1)
+    if term.exact:
+        n = {"max_length": float(max_length), "none": 1.0}.get(normalise, normalise)  # type: ignore[arg-type]
+        torch.testing.assert_close(got, _grads((seq_q.exp() * cost).sum() / n, params), rtol=1e-9, atol=1e-12)
+    else:
+        lengths = mask.sum(-1).double()
+        mean_length = float((seq_q.detach().exp() * lengths).sum())
+        for objective in ((seq_q.exp() * cost / lengths).sum(), (seq_q.exp() * cost).sum() / mean_length,
+                          (seq_q.exp() * cost).sum() / max_length):
+            assert _max_gap(got, _grads(objective, params)) > 1e-5
+
+
+def test_normalise_is_checked_and_the_old_length_normalise_flag_maps_to_it_with_a_warning() -> None:
+    from ktransfer.knowledge import build_terms
+    from ktransfer.registry import ConfigError
+
+    assert ReinforceTerm().normalise == "max_length" and ReinforceTerm().exact
+    assert build_terms([{"type": "reinforce", "normalise": 12}])[0].normalise == 12.0  # type: ignore[attr-defined]
+    for flag, mapped in ((True, "sample_length"), (False, "batch_tokens")):
+        with pytest.warns(FutureWarning, match=f"length_normalise: {str(flag).lower()} is normalise: {mapped}"):
+            term = build_terms([{"type": "reinforce", "length_normalise": flag}])[0]
+        assert term.normalise == mapped and not term.exact  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"knowledge\[0\]: normalise: invalid value 'max_len' \(did you mean "
+                                          r"'max_length'\?\); valid choices: max_length, none, sample_length"):
+        build_terms([{"type": "reinforce", "normalise": "max_len"}])
+    with pytest.raises(ConfigError, match="must be positive"):
+        build_terms([{"type": "reinforce", "normalise": 0}])
+    with pytest.raises(ConfigError, match="not both"):
+        build_terms([{"type": "reinforce", "normalise": "none", "length_normalise": True}])
 
 
 # ------------------------------------------------------------------------------ on-policy exact divergence
@@ -281,21 +400,28 @@ def test_sampling_and_beam_search_through_the_engine(family: str, decoding: str)
             assert bool((batch["greedy_reward"][sampled] != 0).all()) and bool((batch["greedy_reward"][~sampled] == 0).all())
             lengths = batch["greedy_length"]
             assert bool(((lengths[sampled] >= 1) & (lengths[sampled] <= 4)).all()) and bool((lengths[~sampled] == 0).all())
+        assert torch.equal(batch["max_new_tokens"], torch.full((8,), 4.0))  # the budget max_length divides by
 
 
-def test_a_length_normalised_self_critic_baseline_is_the_greedy_cost_per_token() -> None:
-    """With length-normalised returns the baseline is the greedy output's cost per token, not its whole-sequence
-    cost (a baseline many times their scale, under which the student reinforces its own samples and collapses)."""
+def test_a_self_critic_baseline_is_on_the_scale_of_the_normalised_returns() -> None:
+    """The greedy output's cost is divided as the returns are: by the constant N, or by the greedy
+    output's own length under sample_length; a whole-sequence cost against returns per token would
+    be a baseline many times their scale."""
     from types import SimpleNamespace
 
-    batch = {"greedy_reward": torch.tensor([-6.0, -2.0]), "greedy_length": torch.tensor([3.0, 4.0])}
+    batch = {"greedy_reward": torch.tensor([-6.0, -2.0]), "greedy_length": torch.tensor([3.0, 4.0]),
+             "max_new_tokens": torch.tensor([8.0, 8.0])}
     view = SimpleNamespace(batch=batch)
-    summed = ReinforceTerm(baseline="self_critic")._baseline(view)  # type: ignore[arg-type]
-    assert torch.equal(summed, torch.tensor([6.0, 2.0]))
-    per_token = ReinforceTerm(baseline="self_critic", length_normalise=True)._baseline(view)  # type: ignore[arg-type]
-    assert torch.allclose(per_token, torch.tensor([2.0, 0.5]))
+    expected = {"none": [6.0, 2.0], "batch_tokens": [6.0, 2.0], "sample_length": [2.0, 0.5],
+                "max_length": [0.75, 0.25], 4.0: [1.5, 0.5]}
+    for normalise, values in expected.items():
+        got = ReinforceTerm(baseline="self_critic", normalise=normalise)._baseline(view)  # type: ignore[arg-type]
+        assert torch.allclose(got, torch.tensor(values)), normalise
     with pytest.raises(ValueError, match="greedy_length"):
-        ReinforceTerm(baseline="self_critic", length_normalise=True)._baseline(
+        ReinforceTerm(baseline="self_critic", normalise="sample_length")._baseline(
+            SimpleNamespace(batch={"greedy_reward": batch["greedy_reward"]}))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'max_new_tokens' \\(a targets stage writes"):
+        ReinforceTerm(baseline="self_critic")._baseline(
             SimpleNamespace(batch={"greedy_reward": batch["greedy_reward"]}))  # type: ignore[arg-type]
 
 

@@ -381,3 +381,76 @@ def test_every_shipped_run_config_checkpoints_at_least_every_ten_minutes() -> No
     for path in configs:
         train = RunConfig.from_yaml(path).train
         assert 0 < train.checkpoint_minutes <= 10, path
+
+
+@dataclass
+class ThreadsProbe:
+    """A labels term that records torch's CPU thread count at every step it computes."""
+
+    name: str = "labels"
+    weight: float = 1.0
+    requires_teacher: bool = False
+    student_modules: tuple[str, ...] = ()
+    teacher_modules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.seen: list[int] = []
+
+    def loss(self, view: StepView) -> Tensor:
+        self.seen.append(torch.get_num_threads())
+        return LabelsTerm().loss(view)
+
+
+@pytest.fixture
+def restore_threads() -> object:
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_train_num_threads_sets_torch_threads_inside_the_run() -> None:
+    torch.set_num_threads(1)
+    probe = ThreadsProbe()
+    Distiller(nn.Linear(6, 3), None, [probe], train_data=blobs(), config=TrainConfig(max_steps=2, batch_size=32,
+              num_threads=2), progress=False).fit()
+    assert probe.seen == [2, 2]
+    probe = ThreadsProbe()  # unset: torch's setting as it was
+    Distiller(nn.Linear(6, 3), None, [probe], train_data=blobs(), config=TrainConfig(max_steps=1, batch_size=32),
+              progress=False).fit()
+    assert probe.seen == [2]
+    with pytest.raises(ValueError, match="train.num_threads must be >= 1 or null, got 0"):
+        TrainConfig(num_threads=0)
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_the_threads_option_reaches_the_run_and_its_recorded_config(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from ktransfer.cli import main
+
+    torch.set_num_threads(1)
+    seen: list[int] = []
+    step = Distiller._optimizer_step
+
+    def probe(self: Distiller, *args: object, **kwargs: object) -> None:
+        seen.append(torch.get_num_threads())
+        step(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Distiller, "_optimizer_step", probe)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"name": "digits"}, "student": {"builder": "mlp", "hidden": [8]},
+                                   "knowledge": [{"type": "labels"}], "train": {"max_steps": 2, "batch_size": 16}}))
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress", "--threads", "3"]) == 0
+    assert seen == [3, 3]
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["train"]["num_threads"] == 3
+    torch.set_num_threads(1)
+    assert main(["eval", str(tmp_path / "r"), "--threads", "2"]) == 0 and torch.get_num_threads() == 2
+    assert main(["eval", str(tmp_path / "r"), "--threads", "0"]) == 2
+    from ktransfer.cli import _apply_threads, _parser
+
+    chain = Path(__file__).resolve().parents[1] / "configs" / "hops" / "fixed_tree.yaml"
+    args = _parser().parse_args(["run", str(chain), "--threads", "1"])
+    _apply_threads(args)  # a chain config has no train.num_threads: torch's threads only
+    assert args.overrides == [] and torch.get_num_threads() == 1

@@ -1,5 +1,5 @@
-"""Small things a user notices: start-up time of --version/--help, `ktransfer list`, file
-permissions of weights, and the one-seed demo table."""
+"""Small things a user notices: start-up time of --version/--help, `ktransfer list` (and piping it into
+`head`), file permissions of weights, and the one-seed demo table."""
 
 from __future__ import annotations
 
@@ -134,10 +134,17 @@ def registries() -> dict[str, dict[str, list[str]]]:
            for name, reg in (("knowledge", KNOWLEDGE), ("selectors", SELECTORS), ("builders", MODELS),
                              ("datasets", DATASETS))}
     out["divergences"] = {n: divergence_params(n) for n in DIVERGENCES}
+    from ktransfer.hops.methods import TRANSFER_METHODS
+    from ktransfer.hops.models import SKLEARN_MODELS, TORCH_KINDS
+
+    out["methods"] = {n: TRANSFER_METHODS.keys(n) for n in TRANSFER_METHODS.names()}
+    out["model_kinds"] = {**{n: MODELS.keys(n) for n in TORCH_KINDS},
+                          **{n: [k for k in SKLEARN_MODELS.keys(n) if k != "random_state"] for n in SKLEARN_MODELS.names()}}
     return out
 
 
-@pytest.mark.parametrize("category", ["divergences", "knowledge", "selectors", "builders", "datasets"])
+@pytest.mark.parametrize("category", ["divergences", "knowledge", "selectors", "builders", "datasets", "methods",
+                                      "model_kinds"])
 def test_list_shows_every_component_with_its_parameters(category: str, capsys: pytest.CaptureFixture[str]) -> None:
     from ktransfer.cli import main
 
@@ -170,3 +177,29 @@ def test_list_shows_types_defaults_and_summaries(capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         main(["list", "optimizers"])
     assert "invalid choice: 'optimizers'" in capsys.readouterr().err
+
+
+def test_list_covers_chain_methods_and_model_kinds_with_whole_summaries(capsys: pytest.CaptureFixture[str]) -> None:
+    from ktransfer.cli import main
+
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    assert "methods  (chain config (ktransfer hops): method: {name: NAME, ...})\n" in text
+    assert "model_kinds  (chain config (ktransfer hops): teacher / student / plan.ladder: {kind: NAME, ...})\n" in text
+    assert ("  sratio: Weight = complex / simple true-label probability; points whose ratio exceeds a threshold are "
+            "dropped.") in text  # a summary runs to the end of its first sentence, across docstring lines
+    assert "      quantiles: list[float] = [0.5, 0.8, 0.95, 1.0]\n" in text
+    kinds = text[text.index("model_kinds  ("):]
+    assert "  gbdt: Gradient-boosted trees" in kinds and "random_state" not in kinds  # the chain's seed sets it
+    assert "      num_classes: int = (the dataset's num_classes)\n" in kinds
+
+
+def test_list_into_a_reader_that_closes_early_ends_quietly() -> None:
+    """`ktransfer list | head`: the reader has gone before the listing is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "ktransfer.cli", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the child has imported anything: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err  # 128 + SIGPIPE, as `cat` ends in the same place
+    assert err == ""

@@ -22,10 +22,17 @@ part of backward KL (it withdraws mass from tokens the teacher finds unlikely, l
 Parameter gradients are these logit gradients back-propagated through the student
 (vector-Jacobian products), reported as norms and cosines; per token position and in
 aggregate, with the entropies (nats) and peakedness (largest probability) of both models.
+
+The reading (`reading`) is a rule of thumb applied to these measured quantities, not a
+measurement of which order trains the better student: it looks at one point of training (the
+student's current weights) on a few batches. When the teacher is near uniform (mean entropy
+above NEAR_UNIFORM of log V) its distribution carries little to transfer and either gradient
+mostly pushes the student towards uniform, so the reading is "inconclusive" and names no order.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +42,10 @@ import torch
 from torch import Tensor, nn
 
 from ktransfer.tasks import Task
+
+# The fraction of the largest possible entropy, log V, above which a teacher counts as near
+# uniform (V = 4,000: entropy above 6.6 nats, as if choosing among more than ~760 tokens).
+NEAR_UNIFORM = 0.8
 
 # per-token statistics, in the order of the report's tables
 TOKEN_STATS = ("norm_forward", "norm_backward", "norm_supervised", "norm_reward", "cosine", "kl_forward",
@@ -70,13 +81,19 @@ def _cos(a: Tensor, b: Tensor) -> Tensor:
 
 @dataclass
 class GradientReport:
-    """What `gradient_analysis` found: per-position means, aggregates, and a reading of them."""
+    """What `gradient_analysis` found: per-position means, aggregates, and a reading of them.
+
+    `verdict` is the reading's conclusion: "forward", "backward", "either" (the gradients agree)
+    or "inconclusive" (a near-uniform teacher); `aggregate["log_vocab"]` is log V, the largest
+    entropy a distribution over the V outputs can have.
+    """
 
     positions: list[int]
     per_position: dict[str, list[float]]
     aggregate: dict[str, float]
     tokens: int
     reading: str = ""
+    verdict: str = ""
     plot: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -116,6 +133,7 @@ def gradient_analysis(
     param = {k: torch.zeros(sum(p.numel() for p in params), dtype=torch.float64)
              for k in ("forward", "backward", "reward")}
     tokens = 0
+    vocab = 0
     modes = (student.training, teacher.training)
     student.eval()
     teacher.eval()
@@ -131,6 +149,7 @@ def gradient_analysis(
             if s_logits.shape[-1] != t_logits.shape[-1]:
                 raise ValueError(f"student has vocabulary {s_logits.shape[-1]}, teacher {t_logits.shape[-1]}: pass "
                                  "vocab_size if one embedding matrix is padded")
+            vocab = s_logits.shape[-1]
             mask = s_out.mask if s_out.mask is not None else torch.ones(s_logits.shape[:-1], dtype=torch.bool)
             position = torch.arange(mask.shape[-1]).expand_as(mask) if mask.dim() > 1 else torch.zeros_like(mask, dtype=torch.long)
             z, t = s_logits[mask], t_logits[mask]
@@ -167,46 +186,63 @@ def gradient_analysis(
     aggregate.update(
         param_norm_forward=float(param["forward"].norm()), param_norm_backward=float(param["backward"].norm()),
         param_norm_supervised=float(param["forward"].norm()), param_norm_reward=float(param["reward"].norm()),
-        param_cosine=float(_cos(param["forward"], param["backward"])),
+        param_cosine=float(_cos(param["forward"], param["backward"])), log_vocab=math.log(vocab),
     )
     report = GradientReport(positions=positions, per_position=per_position, aggregate=aggregate, tokens=tokens)
-    report.reading = reading(report)
+    report.verdict, report.reading = read(report)
     if plot_path is not None:
         report.plot = str(plot_report(report, plot_path))
     return report
 
 
-def reading(report: GradientReport) -> str:
-    """One paragraph: which order of KL the numbers favour, and why.
+def read(report: GradientReport) -> tuple[str, str]:
+    """The reading's verdict ("forward", "backward", "either" or "inconclusive") and its paragraph.
 
-    Rule: where the gradients agree (parameter cosine >= 0.9) the choice hardly matters and
-    forward KL is the cheaper one (no sampling); otherwise a spread-out teacher (entropy above
-    the student's, or largest probability below 0.5) favours backward KL, which lets the
-    student settle on the teacher's modes instead of covering mass it cannot represent, and a
-    peaked teacher favours forward KL, whose gradient is then the larger and steadier signal.
+    Rule, on the aggregates: a teacher whose mean entropy exceeds NEAR_UNIFORM x log V is near
+    uniform, and the reading is inconclusive. Otherwise, where the gradients agree (parameter
+    cosine >= 0.9) the choice hardly matters and forward KL is the cheaper one (no sampling);
+    else a spread-out teacher (entropy above the student's, or largest probability below 0.5)
+    favours backward KL, which lets the student settle on the teacher's modes instead of
+    covering mass it cannot represent, and a peaked teacher favours forward KL, whose gradient
+    is then the larger and steadier signal.
     """
     a = report.aggregate
     h_t, h_s, peak_t = a["entropy_teacher"], a["entropy_student"], a["peak_teacher"]
     cos, share = a["param_cosine"], a["norm_reward"] / max(a["norm_supervised"], 1e-300)
+    log_v = a.get("log_vocab")
+    what = ("Reading (a rule of thumb on the quantities measured here, at the student's current weights on the "
+            "analysed batches; it does not measure which order trains the better student): ")
     facts = (f"Over {report.tokens} target tokens the teacher's entropy is {h_t:.3g} nats (largest probability "
              f"{peak_t:.2f}) and the student's {h_s:.3g} nats; the forward- and backward-KL gradients have cosine "
              f"{cos:.2f} in parameter space ({a['cosine']:.2f} per token in logit space), and the reward-weighted "
              f"part of the backward gradient is {share:.2f} times its supervised-target part.")
+    if log_v is not None and h_t > NEAR_UNIFORM * log_v:
+        return "inconclusive", (
+            f"{what}inconclusive: teacher near uniform (entropy {h_t:.3g} of log V = {log_v:.3g} nats; near uniform "
+            f"means above {NEAR_UNIFORM:.0%} of log V). {facts} A near-uniform teacher has little to transfer "
+            "and its gradients mostly pull the student towards uniform, so they say nothing about which order of KL "
+            "suits the pair; analyse a trained teacher.")
     if cos >= 0.9:
-        verdict = ("The two orders pull the student the same way here: it is already near the teacher, where the "
-                   "reward-weighted part vanishes to second order, so forward KL, which needs no sampling, is the "
-                   "economical choice.")
+        verdict = "either", ("The two orders pull the student the same way here: it is already near the teacher, "
+                             "where the reward-weighted part vanishes to second order, so forward KL, which needs no "
+                             "sampling, is the economical choice.")
     elif h_t > h_s or peak_t < 0.5:
-        verdict = ("The teacher spreads its mass over several tokens; forward KL would make the student cover all "
-                   "of it (mean-seeking, blurring), while backward KL, through its reward-weighted part, withdraws "
-                   "mass from tokens the teacher finds unlikely and settles on the teacher's modes: this pair "
-                   "favours backward KL (mode-seeking), the better fit for a small student that generates.")
+        verdict = "backward", ("The teacher spreads its mass over several tokens; forward KL would make the student "
+                               "cover all of it (mean-seeking, blurring), while backward KL, through its "
+                               "reward-weighted part, withdraws mass from tokens the teacher finds unlikely and settles "
+                               "on the teacher's modes: this pair favours backward KL (mode-seeking), the better fit "
+                               "for a small student that generates.")
     else:
-        verdict = ("The teacher is peaked; both orders aim at the same modes, but the backward gradient is scaled "
-                   "by the student's own probabilities and is weak where the student puts little mass on the "
-                   "teacher's choice, so forward KL gives the larger and steadier signal: this pair favours "
-                   "forward KL.")
-    return f"{facts} {verdict}"
+        verdict = "forward", ("The teacher is peaked; both orders aim at the same modes, but the backward gradient is "
+                              "scaled by the student's own probabilities and is weak where the student puts little "
+                              "mass on the teacher's choice, so forward KL gives the larger and steadier signal: this "
+                              "pair favours forward KL.")
+    return verdict[0], f"{what}{facts} {verdict[1]}"
+
+
+def reading(report: GradientReport) -> str:
+    """The reading's paragraph (see `read`)."""
+    return read(report)[1]
 
 
 def plot_report(report: GradientReport, path: str | Path) -> Path:
@@ -278,4 +314,5 @@ def analyze_target(target: str | Path, out: str | Path | None = None, *, batches
     return report, folder
 
 
-__all__ = ["GradientReport", "analyze_target", "gradient_analysis", "kl_logit_gradients", "plot_report", "reading"]
+__all__ = ["NEAR_UNIFORM", "GradientReport", "analyze_target", "gradient_analysis", "kl_logit_gradients", "plot_report",
+           "read", "reading"]

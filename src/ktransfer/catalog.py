@@ -1,8 +1,9 @@
-"""What a run config may name: every registered component with its parameters (`ktransfer list`).
+"""What a config may name: every registered component with its parameters (`ktransfer list`).
 
-Each category is a registry (builders, datasets, knowledge terms, selectors) or the divergence
-table; a component is described from its signature and docstring, so the listing cannot drift
-from the code.
+Each category is a registry (builders, datasets, knowledge terms, selectors; for chain configs
+the transfer methods and the model kinds: torch builders and scikit-learn estimators) or the
+divergence table; a component is described from its signature and docstring, so the listing
+cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -89,8 +90,20 @@ def describe(name: str, factory: Callable[..., Any], keep: Callable[[inspect.Par
         default = factories[p.name]() if p.name in factories else p.default
         params.append(Param(p.name, _type_text(p.annotation, hints.get(p.name)), default,
                             (from_dataset or {}).get(p.name)))
-    doc = inspect.getdoc(factory) or ""
-    return Component(name=name, summary=doc.strip().splitlines()[0] if doc.strip() else "", params=tuple(params))
+    return Component(name=name, summary=summary(inspect.getdoc(factory) or ""), params=tuple(params))
+
+
+def summary(doc: str) -> str:
+    """A docstring's first line, continued (on one line) up to the line that ends its first sentence, so
+    that a summary is never cut mid-sentence; stops at the first blank line."""
+    lines: list[str] = []
+    for line in doc.strip().splitlines():
+        if not line.strip():
+            break
+        lines.append(line.strip())
+        if line.rstrip().endswith("."):
+            break
+    return " ".join(lines)
 
 
 @dataclass(frozen=True)
@@ -152,6 +165,25 @@ def _model_defaults() -> dict[str, str]:
     return dict(DATASET_DEFAULTS)
 
 
+def _methods() -> Any:
+    from ktransfer.hops.methods import TRANSFER_METHODS
+
+    return TRANSFER_METHODS
+
+
+def _model_kinds() -> list[Component]:
+    """A chain's model kinds: the torch builders it accepts (sizes from the data) and the scikit-learn
+    estimators (their random_state comes from the chain's seed, so it is not listed)."""
+    from ktransfer.hops.models import SKLEARN_MODELS, TORCH_KINDS, model_kinds
+    from ktransfer.models import MODELS
+
+    filled = _model_defaults()
+    described = {kind: describe(kind, MODELS.get(kind), from_dataset=filled) for kind in TORCH_KINDS}
+    described.update({kind: describe(kind, SKLEARN_MODELS.get(kind), keep=lambda p: p.name != "random_state")
+                      for kind in SKLEARN_MODELS.names()})
+    return [described[kind] for kind in model_kinds()]
+
+
 CATEGORIES: dict[str, Category] = {
     "divergences": Category("divergences", "knowledge: [{type: response, divergence: NAME, params: {...}}]",
                             _divergences),
@@ -160,6 +192,10 @@ CATEGORIES: dict[str, Category] = {
     "builders": Category("builders", "student / teacher: {builder: NAME, ...}",
                          _registry_members(_builders, _model_defaults)),
     "datasets": Category("datasets", "data: {name: NAME, ...}", _registry_members(_datasets)),
+    "methods": Category("methods", "chain config (ktransfer hops): method: {name: NAME, ...}",
+                        _registry_members(_methods)),
+    "model_kinds": Category("model_kinds", "chain config (ktransfer hops): teacher / student / plan.ladder: "
+                                           "{kind: NAME, ...}", _model_kinds),
 }
 
 

@@ -99,14 +99,38 @@ def tensors_digest(state: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+WEIGHTS_TIED_KEY = "ktransfer.tied"
+
+
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """The later names of parameters that are one tensor under several names (tied weights), each
+    mapped to the first name in registration order (the one `named_parameters` lists)."""
+    aliases: dict[str, str] = {}
+    first: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
 def save_weights(model: nn.Module, path: str | Path) -> None:
     """Save a model's state dict as safetensors, atomically, with a checksum of its tensors.
 
-    Shared tensors are cloned apart; the checksum lets `load_weights` refuse a damaged file.
+    A tied tensor is saved once, under its first name; the file's metadata maps the other names
+    to it, and `load_weights` restores them. The checksum lets `load_weights` refuse a damaged file.
     """
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    aliases = tied_aliases(model)
+    full = model.state_dict()
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in full.items()
+             if not (k in aliases and aliases[k] in full)}
+    kept = {alias: first for alias, first in aliases.items() if first in state}
+    metadata = {WEIGHTS_DIGEST_KEY: tensors_digest(state)}
+    if kept:
+        metadata[WEIGHTS_TIED_KEY] = json.dumps(kept, sort_keys=True)
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={WEIGHTS_DIGEST_KEY: tensors_digest(state)})
+        save_file(state, str(tmp), metadata=metadata)
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
@@ -130,8 +154,15 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
-    """Load verified safetensors weights into `model`; a missing, damaged or mismatched file is a clear error."""
+    """Load verified safetensors weights into `model`; a missing, damaged or mismatched file is a clear error.
+
+    A tied tensor saved once fills each of its names: one tensor in a model that ties them (the
+    tie holds), equal copies in a model that does not.
+    """
     state = read_weights(path)
+    for alias, first in _tied_names(path).items():
+        if alias not in state and first in state:
+            state[alias] = state[first]
     result = model.load_state_dict(state, strict=False)
     if strict and (result.missing_keys or result.unexpected_keys):
         raise ValueError(
@@ -139,6 +170,19 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
             f"unexpected keys {result.unexpected_keys[:5]}"
         )
     return model
+
+
+def _tied_names(path: str | Path) -> dict[str, str]:
+    """The tied names a weights file records (name -> the name it was saved under); {} when none."""
+    with safe_open(str(path), framework="pt") as f:
+        text = (f.metadata() or {}).get(WEIGHTS_TIED_KEY)
+    if text is None:
+        return {}
+    try:
+        tied = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"weights file {path}: unreadable '{WEIGHTS_TIED_KEY}' metadata ({e})") from e
+    return {str(k): str(v) for k, v in tied.items()}
 
 
 # ---------------------------------------------------------------------------------------- manifests

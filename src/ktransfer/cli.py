@@ -19,6 +19,35 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set train.max_steps=200 (repeatable)")
 
 
+# Commands whose runs read `train.num_threads` from their config: --threads N is recorded there too.
+_THREADS_IN_CONFIG = ("run", "demo")
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch's operations (torch.set_num_threads). run and demo record it as "
+                        "train.num_threads (the same as --set train.num_threads=N); a resumed run trains with the "
+                        "train.num_threads it recorded, if any. Default: the config's train.num_threads, else "
+                        "torch's (one per core); with other processes on the machine, fewer is often faster")
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's CPU threads from --threads; for run and demo the config records them as train.num_threads."""
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    if args.command in _THREADS_IN_CONFIG:
+        from ktransfer.hops.config import is_chain_file
+
+        if not (args.command == "run" and is_chain_file(args.config)):  # a chain's train section has no such key
+            args.overrides.append(f"train.num_threads={threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ktransfer", description="Knowledge transfer (distillation) for PyTorch.")
     from ktransfer import __version__
@@ -32,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="directory for the runs and results (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a few steps only: checks the pipeline, not the result")
     _add_overrides(p)
+    _add_threads(p)
 
     p = sub.add_parser("run", help="train as a YAML config describes")
     p.add_argument("config", help="run config (YAML)")
@@ -41,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run directory")
     _add_overrides(p)
+    _add_threads(p)
 
     p = sub.add_parser("resume", help="continue a killed run from its newest intact checkpoint")
     p.add_argument("run_dir")
@@ -49,11 +80,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="train a finished run further, to this larger train.max_steps")
     p.add_argument("--force-world-size", action="store_true",
                    help="resume with another number of processes than wrote the checkpoint (the result will differ)")
+    _add_threads(p)
 
     p = sub.add_parser("eval", help="evaluate a run's student on a data split")
     p.add_argument("run_dir")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--which", default="best", choices=["best", "final"])
+    p.add_argument("--outputs", default=None, metavar="FILE",
+                   help="also write the model's outputs beside the references, one JSON line per example of the "
+                        "split: source, reference (or label) and output (translation, continuation, or predicted "
+                        "label with its probability)")
+    _add_threads(p)
 
     p = sub.add_parser("data", help="obtain a dataset once into the cache (offline afterwards)")
     data_sub = p.add_subparsers(dest="data_command", required=True)
@@ -72,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop after training this many models (a teacher the chain trains counts as one), as if killed "
                         "(to try out resume)")
     _add_overrides(p)
+    _add_threads(p)
 
     p = sub.add_parser("check", help="validate a config, its data and models (one forward pass, no training) "
                                      "and print it resolved")
@@ -87,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="examples per batch (default: 32)")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--which", default="best", choices=["best", "final"], help="a run's weights to analyse")
+    _add_threads(p)
 
     p = sub.add_parser("list", help="the registered components a config can name, with their parameters")
     p.add_argument("category", nargs="?", choices=list(CATEGORIES),
@@ -156,6 +195,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ktransfer.runner import evaluate_run
 
     _print_json(evaluate_run(args.run_dir, split=args.split, which=args.which))
+    if args.outputs is not None:
+        from ktransfer.outputs import write_run_outputs
+
+        count = write_run_outputs(args.run_dir, args.outputs, split=args.split, which=args.which)
+        print(f"outputs: {count} examples written to {args.outputs}", file=sys.stderr)
     return 0
 
 
@@ -258,6 +302,21 @@ def _cmd_hops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reader_gone() -> int:
+    """Exit quietly when the reader of stdout closed it early (`ktransfer list | head`), as `cat` does.
+
+    Standard output is pointed at /dev/null so that the interpreter's own flush at exit does
+    not fail a second time; the status is 128 + SIGPIPE, that of a process the signal ended.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing left to flush
+        pass
+    return 128 + 13
+
+
 COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "resume": _cmd_resume, "eval": _cmd_eval,
             "check": _cmd_check, "analyze": _cmd_analyze, "modules": _cmd_modules, "list": _cmd_list, "data": _cmd_data, "hops": _cmd_hops}
 
@@ -268,7 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     from ktransfer.train import NonFiniteError, WorldSizeError
 
     try:
-        return COMMANDS[args.command](args)
+        _apply_threads(args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except NonFiniteError as e:
         print(f"ktransfer {args.command}: error: {e}", file=sys.stderr)
         return 3

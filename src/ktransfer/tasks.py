@@ -42,8 +42,11 @@ class TaskSpec:
     input_keys: tuple[str, ...] = ()
 
 
+# Classification also reports macro-F1 and Matthews correlation, from the confusion matrix.
+CLASS_METRICS: tuple[str, ...] = (*LOGIT_METRICS, "macro_f1", "mcc")
+
 TASK_SPECS: dict[str, TaskSpec] = {
-    "classification": TaskSpec(data_kinds=("tabular", "image", "tokens")),
+    "classification": TaskSpec(data_kinds=("tabular", "image", "tokens"), metrics=CLASS_METRICS),
     "causal_lm": TaskSpec(data_kinds=("tokens",), metrics=SEQUENCE_METRICS, input_keys=("input_ids",)),
     # BLEU and chrF (sacrebleu, 0-100) when the evaluation data keeps raw references (translation datasets)
     "seq2seq": TaskSpec(data_kinds=("tokens",), metrics=(*SEQUENCE_METRICS, "bleu", "chrf"), input_keys=("input_ids",)),
@@ -73,8 +76,8 @@ def label_range_error(logits: Tensor, targets: Tensor, who: str = "the model") -
 
 # Keys a sequence stage (`ktransfer.sequence`) adds to a batch: where each example's targets came
 # from, the log-probability of each generated token under the policy that sampled it, and the
-# reward of the student's greedy output (a self-critic baseline). Never model inputs.
-SEQUENCE_KEYS = ("target_source", "sample_logprobs", "greedy_reward", "greedy_length")
+# reward of the student's greedy output (a self-critic baseline), the generation budget. Never model inputs.
+SEQUENCE_KEYS = ("target_source", "sample_logprobs", "greedy_reward", "greedy_length", "max_new_tokens")
 # Batch keys that hold targets or per-example loss weights, never model inputs.
 TARGET_KEYS = ("labels", "sample_weight", *SEQUENCE_KEYS)
 
@@ -243,17 +246,30 @@ class Task:
         return int(first.shape[0] * positions)
 
 
-@torch.no_grad()
 def evaluate_sums(model: nn.Module, batches: Any, task: Task) -> tuple[float, float, float]:
     """(correct predictions, summed cross-entropy in nats, labelled positions) over `batches`.
 
     Sums rather than means, so that shards evaluated by several processes add up exactly.
     """
+    correct, nll, total = _sums(model, batches, task, confusion=False)
+    return correct, nll, total
+
+
+def evaluation_sums(model: nn.Module, batches: Any, task: Task) -> tuple[float, ...]:
+    """`evaluate_sums`' totals, followed for classification by the confusion counts (true class x
+    predicted class, flattened: K x K for K outputs), in one pass: everything `metrics_from_sums`
+    needs, as sums that add up over the shards of several processes."""
+    return _sums(model, batches, task, confusion=task.kind == "classification")
+
+
+@torch.no_grad()
+def _sums(model: nn.Module, batches: Any, task: Task, confusion: bool) -> tuple[float, ...]:
     was_training = model.training
     model.eval()
     correct = 0
     total = 0
     nll = 0.0
+    counts: Tensor | None = None
     try:
         for batch in batches:
             out = task.forward(model, batch)
@@ -262,26 +278,55 @@ def evaluate_sums(model: nn.Module, batches: Any, task: Task) -> tuple[float, fl
             mask = out.mask
             logits = out.logits[mask].float()
             targets = out.targets[mask]
-            correct += int((logits.argmax(-1) == targets).sum())
+            predicted = logits.argmax(-1)
+            correct += int((predicted == targets).sum())
             try:
                 nll += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
             except IndexError as e:  # a label beyond the model's classes (the CPU kernel says "Target N is out of bounds")
                 raise label_range_error(logits, targets) from e
             total += int(targets.numel())
+            if confusion:
+                k = logits.shape[-1]
+                batch_counts = torch.bincount((targets * k + predicted).cpu(), minlength=k * k).double()
+                counts = batch_counts if counts is None else counts + batch_counts
     finally:
         model.train(was_training)
-    return float(correct), nll, float(total)
+    return (float(correct), nll, float(total), *(counts.tolist() if counts is not None else []))
 
 
-def metrics_from_sums(correct: float, nll: float, total: float) -> dict[str, float]:
-    """Accuracy, mean cross-entropy (nats) and perplexity from `evaluate_sums`' totals."""
+def metrics_from_sums(correct: float, nll: float, total: float, *confusion: float) -> dict[str, float]:
+    """Accuracy, mean cross-entropy (nats) and perplexity from `evaluate_sums`' totals; with the
+    flattened confusion counts of `evaluation_sums`, macro-F1 and MCC too."""
     if total == 0:
         raise ValueError("evaluation data has no labelled positions")
     loss = nll / total
     perplexity = math.exp(min(loss, 700.0)) if math.isfinite(loss) else loss
-    return {"accuracy": correct / total, "loss": loss, "perplexity": perplexity}
+    metrics = {"accuracy": correct / total, "loss": loss, "perplexity": perplexity}
+    if confusion:
+        k = math.isqrt(len(confusion))
+        metrics.update(classification_metrics(torch.tensor(confusion, dtype=torch.float64).reshape(k, k)))
+    return metrics
+
+
+def classification_metrics(confusion: Tensor) -> dict[str, float]:
+    """Macro-F1 and Matthews correlation from a confusion matrix (rows: true class, columns: predicted).
+
+    Macro-F1 averages the per-class F1 = 2 TP / (2 TP + FP + FN) over every class of the matrix, a
+    class neither present nor predicted scoring 0 (scikit-learn's zero_division=0). MCC is the
+    multi-class (Gorodkin) form (c s - sum_k p_k t_k) / sqrt((s^2 - sum_k p_k^2)(s^2 - sum_k t_k^2)),
+    c correct, s total, t_k / p_k true / predicted counts of class k; 0 when undefined.
+    """
+    m = confusion.double()
+    tp, t, p = m.diagonal(), m.sum(1), m.sum(0)
+    denominators = t + p  # 2 TP + FP + FN
+    f1 = torch.where(denominators > 0, 2 * tp / denominators.clamp_min(1e-300), torch.zeros_like(tp))
+    s, c = float(m.sum()), float(tp.sum())
+    cov = c * s - float((p * t).sum())
+    scale = (s * s - float((p * p).sum())) * (s * s - float((t * t).sum()))
+    return {"macro_f1": float(f1.mean()), "mcc": cov / math.sqrt(scale) if scale > 0 else 0.0}
 
 
 def evaluate_logits(model: nn.Module, batches: Any, task: Task) -> dict[str, float]:
-    """Accuracy, mean cross-entropy (nats) and perplexity over all targeted positions of `batches`."""
-    return metrics_from_sums(*evaluate_sums(model, batches, task))
+    """Accuracy, mean cross-entropy (nats), perplexity (and for classification macro-F1 and MCC) over all
+    targeted positions of `batches`."""
+    return metrics_from_sums(*evaluation_sums(model, batches, task))

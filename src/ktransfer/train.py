@@ -156,6 +156,9 @@ class TrainConfig:
     # Batch examples of similar length together (within windows of 50 batches, batch order
     # shuffled), so that padded batches waste little compute; the epoch still sees every example.
     group_by_length: bool = False
+    # Intra-op CPU threads of this process (torch.set_num_threads, process-wide, set when training
+    # starts); null leaves torch's default (one per core). Runs sharing a machine want fewer.
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         validate(self, "train")
@@ -172,6 +175,8 @@ class TrainConfig:
                              f"{self.checkpoint_minutes}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"train.patience must be >= 1 or null, got {self.patience}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
 
     @property
     def resolved_mode(self) -> Literal["max", "min"]:
@@ -291,14 +296,15 @@ def make_evaluator(
     data: Dataset, task: Task | TaskKind = "classification", batch_size: int = 512,
     collate_fn: Callable[[list[Any]], dict[str, Any]] = collate_dicts,
 ) -> Evaluator:
-    """An evaluator computing accuracy, cross-entropy and perplexity of a model on `data`, and for a
-    seq2seq split that keeps its references (translation data) BLEU and chrF of generated output.
+    """An evaluator computing accuracy, cross-entropy and perplexity of a model on `data`, for
+    classification macro-F1 and MCC, and for a seq2seq split that keeps its references
+    (translation data) BLEU and chrF of generated output.
 
     Under several processes each evaluates its own shard (every world_size-th example) and the
     sums are added up across processes, so the work is split and the metrics cover all of `data`.
     """
     from ktransfer.bleu import has_references
-    from ktransfer.tasks import evaluate_sums, metrics_from_sums
+    from ktransfer.tasks import evaluation_sums, metrics_from_sums
 
     task = task if isinstance(task, Task) else Task(task)
     scores_translations = task.kind == "seq2seq" and has_references(data)
@@ -308,7 +314,7 @@ def make_evaluator(
     def evaluate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
         batches, world = shard_batches(by_length, batch_size, collate_fn, device)
-        metrics = metrics_from_sums(*sum_over_processes(evaluate_sums(model, batches, task), world, device))
+        metrics = metrics_from_sums(*sum_over_processes(evaluation_sums(model, batches, task), world, device))
         if scores_translations:  # every process decodes the same bounded subset: the scores agree everywhere
             from ktransfer.bleu import generation_metrics
 
@@ -482,6 +488,8 @@ class Distiller:
         from accelerate.utils import set_seed
 
         cfg = self.config
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
         self.accelerator = accelerator = _new_accelerator(cfg, self.run_dir)
         set_seed(cfg.seed)
         self.state = TrainState(world_size=accelerator.num_processes)

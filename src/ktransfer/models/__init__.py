@@ -1,4 +1,8 @@
-"""Model builders, registered by name so a run config can describe teacher and student."""
+"""Model builders, registered by name so a run config can describe teacher and student.
+
+A Hugging Face model's tied weights (input embedding and output layer) appear once in its state
+dict (`ktransfer.models.ties`), so that its checkpoints hold each tensor once.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any, Literal
 from torch import nn
 
 from ktransfer.models.small import MLP, SmallCNN
+from ktransfer.models.ties import tie_aware_state_dict
 from ktransfer.registry import LocalPath, Registry
 
 MODELS: Registry[nn.Module] = Registry("model builder")
@@ -58,7 +63,7 @@ def build_hf_config(
     import transformers
 
     cfg = transformers.AutoConfig.for_model(model_type, **(config or {}))
-    return _auto_class(auto_class).from_config(cfg, attn_implementation=attn_implementation)
+    return tie_aware_state_dict(_auto_class(auto_class).from_config(cfg, attn_implementation=attn_implementation))
 
 
 @MODELS.register("seq2seq_transformer")
@@ -72,11 +77,11 @@ def build_seq2seq_transformer(
     tied embedding; vocabulary and special ids default to the dataset's tokenizer."""
     from ktransfer.models.seq2seq import build_encoder_decoder
 
-    return build_encoder_decoder(
+    return tie_aware_state_dict(build_encoder_decoder(
         family, vocab_size=vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
         decoder_start_token_id=decoder_start_token_id, d_model=d_model, encoder_layers=encoder_layers,
         decoder_layers=decoder_layers, attention_heads=attention_heads, ffn_dim=ffn_dim, dropout=dropout,
-        max_position_embeddings=max_position_embeddings, attn_implementation=attn_implementation)
+        max_position_embeddings=max_position_embeddings, attn_implementation=attn_implementation))
 
 
 @MODELS.register("hf_pretrained")
@@ -95,7 +100,7 @@ def build_hf_pretrained(
         from ktransfer.models.causal import TOKENIZER_ATTR
 
         setattr(model, TOKENIZER_ATTR, str(path))  # compared with the dataset's tokenizer before a sequence run
-    return model
+    return tie_aware_state_dict(model)
 
 
 @MODELS.register("minilm")
@@ -138,7 +143,7 @@ def build_smollm2(attn_implementation: str = "sdpa") -> nn.Module:
     the cache that `ktransfer data prepare smollm2` fills; refuses with that command when absent."""
     from ktransfer.models.causal import load_smollm2
 
-    return load_smollm2(attn_implementation)
+    return tie_aware_state_dict(load_smollm2(attn_implementation))
 
 
 @MODELS.register("llama_student")
@@ -152,9 +157,9 @@ def build_llama_student(
     tokenizer (a larger vocab_size pads the embedding rows); intermediate_size defaults to 4 x hidden."""
     from ktransfer.models.causal import build_llama_student as build
 
-    return build(vocab_size, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
-                 max_position_embeddings, tie_word_embeddings, bos_token_id, eos_token_id, pad_token_id,
-                 attn_implementation=attn_implementation)
+    return tie_aware_state_dict(build(vocab_size, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
+                                      max_position_embeddings, tie_word_embeddings, bos_token_id, eos_token_id,
+                                      pad_token_id, attn_implementation=attn_implementation))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -18,12 +18,22 @@ q_t = q(y_t | x, y_<t), r_t = log p_t - log q_t the per-token reward (no gradien
   past returns, the reward of the student's greedy output) leaves its expectation unchanged.
   When the targets were sampled from another policy (teacher-mixed, MiniLLM), the sequence
   importance weight w = q(y) / b(y) = exp(sum_t log q_t - log b_t) makes the estimate unbiased
-  again (optionally clipped, which trades bias for variance). Length normalisation divides
-  the returns by the sequence's length (the objective then is the per-token KL rate).
+  again (optionally clipped, which trades bias for variance).
+
+  Normalisation (`normalise`) divides each sequence's returns by N and decides what the
+  estimate is the gradient of. A constant N (`max_length`: the targets stage's
+  `max_new_tokens`, or a number) is exact: the batch estimate sum_i s_i / (N * B) is unbiased
+  for grad E_q[KL(y)] / N, the sequence KL per token of the generation budget. `none` is the
+  same with N = 1 (the whole-sequence KL). N = the sample's own length (`sample_length`) is
+  biased whenever lengths vary: E_q[sum_t grad log q_t * R_t / |y|] is not the gradient of
+  E_q[KL(y) / |y|] (nor of any fixed objective, tested by enumeration), because |y| depends on
+  the sample. `batch_tokens` keeps the returns whole and divides the batch's sum by its
+  target-token count, a ratio of sampled quantities: exact only when all lengths are equal.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,10 +43,14 @@ from torch import Tensor
 from ktransfer.divergences import get_divergence
 from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView, weighted_mean
 from ktransfer.knowledge.response import divergence_params
-from ktransfer.sequence.targets import SOURCE_IDS, SOURCES
+from ktransfer.sequence.targets import MAX_LENGTH_KEY, SOURCE_IDS, SOURCES
 from ktransfer.tasks import IGNORE_INDEX
 
 Baseline = Literal["none", "moving_average", "self_critic"]
+# How a sequence's returns are normalised (besides a positive number, a constant of the user's).
+NORMALISATIONS: tuple[str, ...] = ("max_length", "none", "sample_length", "batch_tokens")
+# Normalisations by a constant: the batch's estimate is a mean over its sequences, unbiased.
+_CONSTANT = ("max_length", "none")
 
 
 def token_logprobs(logits: Tensor, targets: Tensor, vocab_size: int | None = None) -> Tensor:
@@ -64,6 +78,7 @@ def reinforce_surrogate(
     length_normalise: bool = False,
     behaviour_logprobs: Tensor | None = None,
     clip_weight: float | None = None,
+    normaliser: Tensor | float | None = None,
 ) -> Tensor:
     """Per-sequence surrogate losses (B,) whose gradient is the REINFORCE estimate of grad KL(q || p).
 
@@ -71,13 +86,21 @@ def reinforce_surrogate(
     log p_t, the `baseline` (scalar or (B,)) and the `behaviour_logprobs` (log-probs under the
     policy that sampled, for importance weights) do not. Summing the surrogates of all sequences
     weighted by their probability under the sampling policy gives exactly grad KL (tested by
-    enumeration).
+    enumeration). `normaliser` (scalar or (B,)) divides each sequence's returns: a constant keeps
+    the estimate exact for grad KL / normaliser; `length_normalise` divides by each sequence's
+    own length (biased when lengths vary, see the module docstring). The baseline is on the
+    scale of the divided returns.
     """
+    if length_normalise and normaliser is not None:
+        raise ValueError("give either length_normalise or normaliser, not both")
     log_q = student_logprobs
     rewards = (teacher_logprobs - log_q).detach()
     costs = -returns_to_go(rewards, mask)  # R_t = -sum_{s>=t} r_s: the backward KL still to come
     if length_normalise:
-        costs = costs / mask.sum(-1, keepdim=True).clamp_min(1).to(costs.dtype)
+        normaliser = mask.sum(-1).clamp_min(1)
+    if normaliser is not None:
+        n = torch.as_tensor(normaliser, dtype=costs.dtype, device=costs.device)
+        costs = costs / (n.reshape(-1, 1) if n.dim() == 1 else n)
     if baseline is not None:
         b = torch.as_tensor(baseline, dtype=costs.dtype, device=costs.device)
         costs = costs - (b.reshape(-1, 1) if b.dim() == 1 else b)
@@ -164,19 +187,28 @@ class OnPolicyTerm:
 class ReinforceTerm:
     """Sequence-level policy gradient of KL(student || teacher) on sampled targets (see the module docstring).
 
+    `normalise` divides each sequence's returns by N: `max_length` (default; N = the targets
+    stage's `generation.max_new_tokens`, the batch's 'max_new_tokens'), a positive number (N
+    itself), `none` (N = 1) -- each exact: the gradient is the mean over sequences, an unbiased
+    estimate of grad E_q[KL(y)] / N when a step is one micro-batch on one process (the engine
+    weighs accumulated micro-batches by their shares of the step's target tokens) -- or
+    `sample_length` (N = the sample's own length) and `batch_tokens` (whole returns), whose
+    gradient is divided by the batch's target-token count: biased when lengths vary.
+    `length_normalise` (deprecated) is `sample_length` when true, `batch_tokens` when false.
     `baseline`: "none", "moving_average" (an exponential average, decay `baseline_decay`, of past
-    mean returns; checkpointed) or "self_critic" (the reward of the student's greedy output,
-    `greedy_reward` from a targets stage with `greedy_baseline: true`; per token of the greedy
-    output when `length_normalise`, the scale of the normalised returns). `importance_weights`
-    uses the stage's `sample_logprobs` (needed when the targets were sampled teacher-mixed or
-    at another temperature). The loss's value is the sampled estimate of the backward KL per
-    token, -mean(r_t); its gradient is the policy-gradient estimate, summed over tokens and
-    divided by the number of target tokens (the engine's normalisation).
+    mean normalised returns; checkpointed) or "self_critic" (the cost of the student's greedy
+    output, from a targets stage with `greedy_baseline: true`, normalised as the returns are:
+    divided by N, or by the greedy output's own length under `sample_length`).
+    `importance_weights` uses the stage's `sample_logprobs` (needed when the targets were
+    sampled teacher-mixed or at another temperature). The loss's value is the sampled estimate
+    of the backward KL per target token, -mean(r_t), whatever the normalisation; its gradient
+    is the policy-gradient estimate.
     """
 
     baseline: Baseline = "moving_average"
     baseline_decay: float = 0.9
-    length_normalise: bool = False
+    normalise: str | float = "max_length"
+    length_normalise: bool | None = None
     importance_weights: bool = False
     clip_weight: float | None = None
     sources: list[str] | None = field(default_factory=lambda: ["student"])
@@ -194,8 +226,16 @@ class ReinforceTerm:
             raise ValueError(f"baseline_decay must be in [0, 1), got {self.baseline_decay}")
         if self.clip_weight is not None and self.clip_weight <= 0:
             raise ValueError(f"clip_weight must be > 0 or null, got {self.clip_weight}")
+        if self.length_normalise is not None:
+            self.normalise = _deprecated_length_normalise(self.length_normalise, self.normalise, self.name)
+        self.normalise = _check_normalise(self.normalise)
         _check_sources(self.sources)
         self._average: float | None = None
+
+    @property
+    def exact(self) -> bool:
+        """Whether the normalisation is a constant, so that the gradient is an unbiased estimate."""
+        return self.normalise in _CONSTANT or isinstance(self.normalise, float)
 
     def state_dict(self) -> dict[str, Any]:
         return {"average": self._average}
@@ -219,20 +259,37 @@ class ReinforceTerm:
                 raise ValueError(f"knowledge term '{self.name}': importance_weights needs the batch's 'sample_logprobs' "
                                  "(a targets stage writes them)")
             behaviour = _aligned(behaviour, view)
-        baseline = self._baseline(view)
-        surrogate = reinforce_surrogate(log_q, log_p, mask, baseline=baseline, length_normalise=self.length_normalise,
+        normaliser = self._normaliser(view.batch, mask)
+        surrogate = reinforce_surrogate(log_q, log_p, mask, baseline=self._baseline(view), normaliser=normaliser,
                                         behaviour_logprobs=behaviour, clip_weight=self.clip_weight)
-        tokens = mask.sum()
+        # per sequence (constant N) or per target token of the batch (sample_length, batch_tokens)
+        per_row = mask.any(-1) if self.exact else mask.sum(-1)
         weights = view.batch.get(SAMPLE_WEIGHT_KEY)
-        if weights is not None:  # per-example weights: sum_i w_i surrogate_i / sum_i w_i n_i
+        if weights is not None:  # per-example weights: sum_i w_i surrogate_i / sum_i w_i d_i
             w = torch.as_tensor(weights, dtype=surrogate.dtype, device=surrogate.device)
-            pg = (w * surrogate).sum() / (w * mask.sum(-1)).sum().clamp_min(torch.finfo(surrogate.dtype).tiny)
+            pg = (w * surrogate).sum() / (w * per_row).sum().clamp_min(torch.finfo(surrogate.dtype).tiny)
         else:
-            pg = surrogate.sum() / tokens.clamp_min(1)
+            pg = surrogate.sum() / per_row.sum().clamp_min(1)
         with torch.no_grad():
             estimate = weighted_mean(log_q.detach() - log_p, mask, view.batch)
-            self._update_average(log_p - log_q.detach(), mask)
+            self._update_average(log_p - log_q.detach(), mask, normaliser)
         return pg - pg.detach() + estimate.to(pg.dtype)
+
+    def _normaliser(self, batch: dict[str, Any], mask: Tensor) -> Tensor | float | None:
+        """N per sequence ((B,) or a scalar), or None for whole returns."""
+        if self.normalise in ("none", "batch_tokens"):
+            return None
+        if self.normalise == "sample_length":
+            return mask.sum(-1).clamp_min(1)
+        if self.normalise == "max_length":
+            budget = batch.get(MAX_LENGTH_KEY)
+            if budget is None:
+                raise ValueError(f"knowledge term '{self.name}': normalise 'max_length' needs the batch's "
+                                 f"'{MAX_LENGTH_KEY}' (a targets stage writes its generation.max_new_tokens): add a "
+                                 "targets section, or give normalise a number (e.g. the longest target length)")
+            return torch.as_tensor(budget, device=mask.device).clamp_min(1)
+        assert isinstance(self.normalise, float)
+        return self.normalise
 
     def _baseline(self, view: StepView) -> Tensor | float | None:
         if self.baseline == "none":
@@ -242,26 +299,61 @@ class ReinforceTerm:
             if greedy is None:
                 raise ValueError(f"knowledge term '{self.name}': baseline 'self_critic' needs the batch's 'greedy_reward': "
                                  "set greedy_baseline: true in the targets stage")
-            cost = -greedy  # the greedy output's cost sum_t (log q - log p)
-            if self.length_normalise:  # on the scale of the returns: the greedy output's cost per token
+            cost = -torch.as_tensor(greedy)  # the greedy output's cost sum_t (log q - log p)
+            if self.normalise == "sample_length":  # on the scale of the returns: the greedy output's cost per token
                 length = view.batch.get("greedy_length")
                 if length is None:
-                    raise ValueError(f"knowledge term '{self.name}': a length-normalised self-critic baseline needs the "
-                                     "batch's 'greedy_length' (a targets stage with greedy_baseline: true writes it)")
-                cost = cost / torch.as_tensor(length, dtype=cost.dtype, device=cost.device).clamp_min(1)
-            return cost
+                    raise ValueError(f"knowledge term '{self.name}': a self-critic baseline with normalise "
+                                     "'sample_length' needs the batch's 'greedy_length' (a targets stage with "
+                                     "greedy_baseline: true writes it)")
+                return cost / torch.as_tensor(length, dtype=cost.dtype, device=cost.device).clamp_min(1)
+            if self.normalise in ("none", "batch_tokens"):
+                return cost
+            n = self._normaliser(view.batch, torch.ones(cost.shape[0], 1, dtype=torch.bool, device=cost.device))
+            return cost / torch.as_tensor(n, dtype=cost.dtype, device=cost.device)
         return self._average
 
-    def _update_average(self, rewards: Tensor, mask: Tensor) -> None:
-        """The moving average of the mean cost-to-go over the batch's target positions."""
+    def _update_average(self, rewards: Tensor, mask: Tensor, normaliser: Tensor | float | None) -> None:
+        """The moving average of the mean normalised cost-to-go over the batch's target positions."""
         if self.baseline != "moving_average" or not bool(mask.any()):
             return
         costs = -returns_to_go(rewards, mask)
-        if self.length_normalise:
-            costs = costs / mask.sum(-1, keepdim=True).clamp_min(1).to(costs.dtype)
+        if normaliser is not None:
+            n = torch.as_tensor(normaliser, dtype=costs.dtype, device=costs.device)
+            costs = costs / (n.reshape(-1, 1) if n.dim() == 1 else n)
         mean = float(costs[mask].mean())
         d = self.baseline_decay
         self._average = mean if self._average is None else d * self._average + (1 - d) * mean
+
+
+def _check_normalise(value: str | float) -> str | float:
+    """`normalise` as a name of NORMALISATIONS or a positive float; else a ValueError listing the choices."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"normalise: invalid value {value!r}; valid choices: {', '.join(NORMALISATIONS)}, "
+                         "or a positive number")
+    if isinstance(value, str):
+        if value not in NORMALISATIONS:
+            from ktransfer.registry import suggest
+
+            raise ValueError(f"normalise: invalid value '{value}'{suggest(value, list(NORMALISATIONS))}; valid "
+                             f"choices: {', '.join(NORMALISATIONS)}, or a positive number")
+        return value
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"normalise: a number must be positive and finite, got {value}")
+    return float(value)
+
+
+def _deprecated_length_normalise(flag: bool, normalise: str | float, who: str) -> str:
+    """The `normalise` a deprecated `length_normalise` flag stands for, with a FutureWarning."""
+    mapped = "sample_length" if flag else "batch_tokens"
+    if normalise != "max_length":
+        raise ValueError(f"give normalise or the deprecated length_normalise, not both (got normalise: {normalise!r} "
+                         f"and length_normalise: {str(flag).lower()})")
+    warnings.warn(f"knowledge term '{who}': length_normalise is deprecated; length_normalise: {str(flag).lower()} is "
+                  f"normalise: {mapped} (an identical gradient). Write normalise: {mapped} to keep it, or drop "
+                  "the key for the default normalise: max_length, which divides by a constant and stays unbiased "
+                  "when sample lengths vary (sample_length does not)", FutureWarning, stacklevel=3)
+    return mapped
 
 
 def _aligned(per_token: Tensor, view: StepView) -> Tensor:
@@ -271,4 +363,5 @@ def _aligned(per_token: Tensor, view: StepView) -> Tensor:
     return per_token
 
 
-__all__ = ["OnPolicyTerm", "ReinforceTerm", "reinforce_surrogate", "returns_to_go", "token_logprobs"]
+__all__ = ["NORMALISATIONS", "OnPolicyTerm", "ReinforceTerm", "reinforce_surrogate", "returns_to_go",
+           "token_logprobs"]

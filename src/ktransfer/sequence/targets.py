@@ -16,7 +16,8 @@ the log-probability of each sampled token under the (processed) distribution it 
 from, aligned with `labels` (0 elsewhere); importance weights need them. With
 `greedy_baseline`, it also decodes each student-sourced prompt greedily and stores the greedy
 output's sequence reward sum_t (log p_T - log q_S) as `greedy_reward` (a self-critic baseline),
-and its length in tokens as `greedy_length`.
+and its length in tokens as `greedy_length`. Every rewritten batch also carries `max_new_tokens`
+(B,), the generation budget, a constant that length-normalises returns without bias.
 
 Sampling is driven by the stage's own `torch.Generator`, checkpointed with the run: each call
 seeds a forked global RNG from it, so generation never disturbs the training RNG (dropout) and
@@ -39,6 +40,9 @@ from ktransfer.tasks import IGNORE_INDEX
 
 SOURCES: tuple[str, ...] = ("dataset", "teacher", "student")
 SOURCE_IDS: dict[str, int] = {name: i for i, name in enumerate(SOURCES)}
+# The batch key of each example's generation budget (generation.max_new_tokens): the constant
+# by which a REINFORCE term's `normalise: max_length` divides the returns.
+MAX_LENGTH_KEY = "max_new_tokens"
 
 
 @dataclass
@@ -273,9 +277,14 @@ class TargetsStage:
         out = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "labels", "position_ids")}
         out.update(input_ids=new_ids, attention_mask=new_mask, labels=new_labels, target_source=choice.to(ids.device),
                    sample_logprobs=new_logprobs)
+        out[MAX_LENGTH_KEY] = self._budget(choice, ids.device)
         if self.greedy_baseline:
             out["greedy_reward"], out["greedy_length"] = self._greedy_rewards(ctx, choice, starts, ids, attention)
         return out
+
+    def _budget(self, choice: Tensor, device: torch.device) -> Tensor:
+        """Each example's generation budget, generation.max_new_tokens (B,)."""
+        return torch.full((choice.shape[0],), float(self.config.max_new_tokens), device=device)
 
     def _generate_rows(self, ctx: StageContext, choice: Tensor, starts: Tensor, ids: Tensor,
                        attention: Tensor, greedy: bool = False) -> dict[int, tuple[Tensor, Tensor]]:
@@ -340,6 +349,7 @@ class TargetsStage:
             new_labels[i, :row_labels.shape[0]], new_logprobs[i, :row_lp.shape[0]] = row_labels, row_lp
         out = {k: v for k, v in batch.items() if k not in ("labels", "decoder_input_ids", "decoder_attention_mask")}
         out.update(labels=new_labels, target_source=choice.to(ids.device), sample_logprobs=new_logprobs)
+        out[MAX_LENGTH_KEY] = self._budget(choice, ids.device)
         if self.greedy_baseline:
             out["greedy_reward"], out["greedy_length"] = self._greedy_rewards(ctx, choice, torch.zeros_like(choice), ids,
                                                                               attention)
