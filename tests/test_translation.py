@@ -545,3 +545,43 @@ def test_user_parallel_corpora_name_bad_bytes_empty_files_and_blank_cells(tmp_pa
     jsonl.write_bytes(b'{"source": "a", "target": "b"}\n{"source": "\xc0", "target": "b"}\n')
     with pytest.raises(ConfigError, match=r"corpus.jsonl line 2, column 13: not valid UTF-8"):
         DATASETS.build("parallel_jsonl", {"path": str(jsonl)})
+
+
+def test_a_teacher_run_on_another_tokenizer_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from ktransfer.cli import main
+
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    tsv = tmp_path / "corpus.tsv"
+    tsv.write_text("de\ten\n" + "".join(f"{s}\t{t}\n" for s, t in _pairs()), encoding="utf-8")
+    model = {"builder": "seq2seq_transformer", "family": "marian", "d_model": 16, "encoder_layers": 1,
+             "decoder_layers": 1, "attention_heads": 2, "ffn_dim": 32}
+    data = {"name": "parallel_tsv", "path": str(tsv), "source": "de", "target": "en", "vocab_size": 376,
+            "eval_examples": 4}
+    train = {"max_steps": 2, "batch_size": 4, "eval_every": 2, "metric": "loss"}
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump({
+        "task": "seq2seq", "data": data, "student": model, "knowledge": [{"type": "labels"}], "train": train}))
+    assert main(["run", str(tmp_path / "teacher.yaml"), "--run-dir", str(tmp_path / "teacher"), "--no-progress"]) == 0
+    recorded = json.loads((tmp_path / "teacher" / "summary.json").read_text())["tokenizer_sha256"]
+    assert len(recorded) == 64
+
+    def student(name: str, **changed: str) -> Path:
+        path = tmp_path / f"student-{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "task": "seq2seq", "data": {**data, **changed}, "teacher": {"from_run": str(tmp_path / "teacher")},
+            "student": model, "knowledge": [{"type": "response"}, {"type": "labels"}], "train": train}))
+        return path
+
+    capsys.readouterr()
+    assert main(["check", str(student("same"))]) == 0  # the same data: the same tokenizer
+    # a tokenizer of the same size whose ids mean other strings (two pieces swapped)
+    trained = json.loads(next((tmp_path / "cache").glob("subword-*/tokenizer.json")).read_text(encoding="utf-8"))
+    vocab = trained["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (tmp_path / "swapped.json").write_text(json.dumps(trained), encoding="utf-8")
+    assert main(["check", str(student("swapped", tokenizer=str(tmp_path / "swapped.json")))]) == 2
+    err = capsys.readouterr().err
+    assert "teacher.from_run: the run at" in err and "trained on the tokens of another tokenizer" in err

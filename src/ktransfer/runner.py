@@ -6,6 +6,7 @@ best/model.safetensors, final/model.safetensors, curves.png and summary.json.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -154,6 +155,7 @@ def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: 
         from ktransfer.sequence.vocab import check_data_tokenizer
 
         check_data_tokenizer(info, teacher)  # different tokenizers: an error naming both, before anything runs
+        check_teacher_run_tokenizer(cfg.teacher, info)
     describe = _describe_data(cfg, info)
     student_batch, teacher_batch = split_batch(_probe_batch(data))
     outputs = {"student": _probe(student, student_batch, task, "student", describe)}
@@ -190,6 +192,23 @@ def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: 
     lines = [f"{role}: {count_parameters(model):,} parameters, {sizes[role]} {unit}, ran on {describe}"
              for role, model in (("student", student), ("teacher", teacher)) if role in sizes and model is not None]
     return lines + check_term_layers(cfg, student, teacher, student_batch, teacher_batch, task)
+
+
+def check_teacher_run_tokenizer(spec: dict[str, Any] | None, info: dict[str, Any]) -> None:
+    """A teacher from a run read tokens of the same tokenizer as this data: its `summary.json` records the
+    vocabulary's digest, and another digest means its ids stand for other strings."""
+    if not spec or "from_run" not in spec or not info.get("tokenizer_sha256"):
+        return
+    summary = Path(spec["from_run"]) / "summary.json"
+    try:
+        recorded = json.loads(summary.read_text(encoding="utf-8")).get("tokenizer_sha256")
+    except (OSError, ValueError):
+        recorded = None
+    if recorded and recorded != info["tokenizer_sha256"]:
+        raise ConfigError(
+            f"teacher.from_run: the run at {spec['from_run']} was trained on the tokens of another tokenizer "
+            f"(vocabulary sha256 {recorded[:12]}) than this data's ({info['tokenizer_sha256'][:12]}, "
+            f"{info.get('tokenizer')}): its token ids stand for other strings. Train the teacher again on this data")
 
 
 def check_term_layers(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None, student_batch: dict[str, Any],
@@ -404,6 +423,7 @@ def _finish(distiller: Distiller, cfg: RunConfig, run_dir: Path, result: TrainRe
         "grad_accum_steps": cfg_train.grad_accum_steps,
         "warnings": example_warnings(data_info or {}) + result.warnings,
         "examples": (data_info or {}).get("examples"), "examples_rule": (data_info or {}).get("examples_rule"),
+        "tokenizer_sha256": (data_info or {}).get("tokenizer_sha256"),
     })
     return out
 

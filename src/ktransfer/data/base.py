@@ -9,6 +9,8 @@ Runs print it when they start and write it into summary.json; `ktransfer check` 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,13 @@ class TensorDictDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         return {k: v[i] for k, v in self.tensors.items()}
+
+
+def vocabulary_digest(tokenizer: Any) -> str:
+    """SHA-256 of a tokenizer's string -> id map (`tokenizers.Tokenizer` or a Hugging Face tokenizer): two
+    tokenizers with the same digest give the same ids to the same pieces."""
+    vocab = tokenizer.get_vocab()
+    return hashlib.sha256(json.dumps(sorted(vocab.items())).encode("utf-8")).hexdigest()
 
 
 def collate_dicts(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ktransfer.data.base import DataSplits, example_counts
+from ktransfer.data.base import DataSplits, example_counts, vocabulary_digest
 from ktransfer.data.files import read_utf8
 from ktransfer.data.text import read_json_rows
 from ktransfer.registry import LocalPath
@@ -299,7 +299,8 @@ def corpus_splits(
         train=train, val=val, test=test, collate_fn=BlockCollator(int(pad)),
         info={"name": name, "kind": "tokens", "input_keys": ["input_ids", "attention_mask"],
               "vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-              "pad_token_id": int(pad), "tokenizer": tokenizer_path, "max_length": max_length, "packing": packing,
+              "pad_token_id": int(pad), "tokenizer": tokenizer_path, "tokenizer_sha256": vocabulary_digest(tok),
+              "max_length": max_length, "packing": packing,
               "prompt_length": prompt_length,
               "sizes": {"train": len(train), "val": len(val), "test": len(test)},
               "examples": examples,

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ktransfer.data.base import DataSplits, example_counts
+from ktransfer.data.base import DataSplits, example_counts, vocabulary_digest
 from ktransfer.data.packages import WheelSource, prepare_from_wheel
 from ktransfer.data.subword import SubwordModel, SubwordTokenizer, from_tokenizers_file, load_subword, train_subword
 from ktransfer.data.files import read_csv_rows
@@ -353,6 +353,7 @@ def parallel_splits(
         "name": name, "kind": "tokens", "input_keys": ["input_ids", "attention_mask"], "task": "seq2seq",
         "vocab_size": tok.vocab_size, "pad_token_id": tok.pad_id, "eos_token_id": tok.eos_id,
         "decoder_start_token_id": tok.pad_id, "max_length": limit, "tokenizer": tok.origin,
+        "tokenizer_sha256": vocabulary_digest(tok.backend),
         "sizes": {"train": len(train), "val": len(val), "test": len(test)},
         "too_long_dropped": {s: examples[s]["dropped"] for s in examples},
         "examples": examples,
