@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
-from ktransfer.workers import commits_of  # noqa: E402
+from harness.provenance import commits_of  # noqa: E402
 
 TRANSLATION = HERE / "results" / "translation" / "quick"
 TRANSLATION_DEFAULT = "python benchmarks/translation/bench.py --quick --seeds 3 --jobs 2"

@@ -1,6 +1,6 @@
 """Every published result names the code, command and machine that made it.
 
-The helper (`ktransfer.workers.provenance` and benchmarks/provenance.py) against git itself; every
+The helpers (`ktransfer.provenance` and the benchmark harness's `harness.provenance`) against git itself; every
 JSON result under benchmarks/ for a provenance block that git history confirms; aggregates for the
 commits they mix; the README for the result files it cites and for process language."""
 
@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from ktransfer.workers import COMMAND_ENV, commits_of, git_state, invoked_command, provenance
+from ktransfer.provenance import git_state, provenance
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _benchmarks import load_benchmark  # noqa: E402
+from _benchmarks import BENCHMARKS, load_benchmark  # noqa: E402
+from harness.provenance import COMMAND_ENV, commits_of, invoked_command  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_GIT = shutil.which("git") is not None and (ROOT / ".git").exists()
@@ -70,14 +71,16 @@ def test_the_command_is_the_invocation_as_typed(tmp_path: Path, monkeypatch: pyt
 
 def test_workers_record_the_command_that_started_them(tmp_path: Path) -> None:
     script = tmp_path / "bench.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(textwrap.dedent(f"""
         import json, sys
         from pathlib import Path
-        from ktransfer.workers import invoked_command, run_workers
+        sys.path.insert(0, {str(BENCHMARKS)!r})
+        from harness.provenance import invoked_command
+        from harness.queue import run_workers
 
         if "--worker" in sys.argv:
             i = sys.argv[sys.argv.index("--worker") + 1].split("/")[0]
-            (Path(__file__).parent / f"w{i}.json").write_text(json.dumps(invoked_command()))
+            (Path(__file__).parent / f"w{{i}}.json").write_text(json.dumps(invoked_command()))
         else:
             sys.exit(0 if run_workers(__file__, sys.argv[1:], 2) else 1)
     """))
@@ -148,6 +151,7 @@ def records_in(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     out = [(f"units[{i}]", u) for i, u in enumerate(data.get("units") or [])]
     out += [(f"runs[{i}]", u) for i, u in enumerate(data.get("runs") or [])]
     out += [(f"gradient_analysis.{k}", a) for k, a in (data.get("gradient_analysis") or {}).items() if a]
+    out += [(f"teachers.{k}", t) for k, t in (data.get("teachers") or {}).items()]
     return out
 
 

@@ -59,13 +59,13 @@ def test_aggregate_pairs_by_seed_and_reports_cost() -> None:
 
 
 def test_workers_get_the_command_line_without_jobs() -> None:
-    from ktransfer.workers import strip_jobs
+    from harness.queue import strip_jobs
 
     assert strip_jobs(["--quick", "--jobs", "2", "--seeds", "3", "--jobs=4"]) == ["--quick", "--seeds", "3"]
 
 
 def test_run_workers_starts_one_process_per_job_and_reports_a_failure(tmp_path: Path) -> None:
-    from ktransfer.workers import run_workers
+    from harness.queue import run_workers
 
     script = tmp_path / "w.py"
     script.write_text("import sys, pathlib\nw = sys.argv[sys.argv.index('--worker') + 1]\n"

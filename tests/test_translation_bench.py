@@ -58,7 +58,7 @@ def test_the_from_kd_variants_differ_from_word_kd_only_in_the_last_steps_loss(si
         assert plain["student"].pop("weights").endswith("warm-s1/final/model.safetensors")
         assert from_kd["student"].pop("weights").endswith("warm_kd-s1/final/model.safetensors")
         assert plain == from_kd
-    units = bench.work_units(["word_kd", "jsd_from_kd"], 2, size_name, size, tmp_path, tmp_path)
+    units = bench.grid_units(["word_kd", "jsd_from_kd"], 2)
     needs = {u.name: set(u.needs) for u in units}
     assert needs == {"teacher": set(), "warm_kd-s0": {"teacher"}, "warm_kd-s1": {"teacher"},
                      "jsd_from_kd-s0": {"teacher", "warm_kd-s0"}, "jsd_from_kd-s1": {"teacher", "warm_kd-s1"},
@@ -100,17 +100,20 @@ def test_aggregate_pairs_by_seed_against_word_kd() -> None:
 
 def test_work_units_start_with_the_teacher_and_wait_for_what_they_need(tmp_path: Path) -> None:
     bench = _bench()
-    units = bench.work_units(bench.METHODS, 2, "quick", bench.SIZES["quick"], tmp_path, tmp_path)
+    from harness.grid import work_units
+
+    units = bench.grid_units(bench.METHODS, 2)
     names = [u.name for u in units]
     assert names[0] == "teacher" and len(names) == len(set(names)) == 1 + 2 + 1 + 6 * 2
     needs = {u.name: set(u.needs) for u in units}
     assert needs["labels-s1"] == set() and needs["warm-s0"] == set()
     assert needs["word_kd-s0"] == {"teacher"} and needs["seq_kd-s1"] == {"seq_kd-generation"}
     assert needs["seq_kd-generation"] == {"teacher"} and needs["reinforce-s1"] == {"teacher", "warm-s1"}
-    assert not any(u.done() for u in units)
+    work = work_units(units, tmp_path, lambda unit: {})
+    assert not any(w.done() for w in work)
     (tmp_path / "warm-s1.json").write_text("{}")
-    assert [u.name for u in units if u.done()] == ["warm-s1"]
-    only = bench.work_units(["labels", "word_kd"], 1, "quick", bench.SIZES["quick"], tmp_path, tmp_path)
+    assert [w.name for w in work if w.done()] == ["warm-s1"]
+    only = bench.grid_units(["labels", "word_kd"], 1)
     assert [u.name for u in only] == ["teacher", "labels-s0", "word_kd-s0"]
 
 

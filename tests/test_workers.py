@@ -1,5 +1,5 @@
-"""The benchmark work queue: every unit runs once across processes, after what it needs, and a dead
-worker's claim is taken over."""
+"""The benchmark harness's work queue: every unit runs once across processes, after what it needs, and a dead
+worker's claim is taken over; the library's deprecated `ktransfer.workers` names where they went."""
 
 from __future__ import annotations
 
@@ -10,24 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from ktransfer.workers import WorkUnit, work_queue
+sys.path.insert(0, str(Path(__file__).parent))
+from _benchmarks import BENCHMARKS  # noqa: E402  (puts benchmarks/ on sys.path)
+from harness.queue import WorkUnit, work_queue  # noqa: E402
 
-SCRIPT = textwrap.dedent("""
+SCRIPT = textwrap.dedent(f"""
     import json, os, sys, time
     from pathlib import Path
-    from ktransfer.workers import WorkUnit, work_queue
+    sys.path.insert(0, {str(BENCHMARKS)!r})
+    from harness.queue import WorkUnit, work_queue
 
     out = Path(sys.argv[1])
-    graph = {"teacher": [], "a": [], "b": [], "s1": ["teacher"], "s2": ["teacher", "a"], "s3": ["s2"]}
+    graph = {{"teacher": [], "a": [], "b": [], "s1": ["teacher"], "s2": ["teacher", "a"], "s3": ["s2"]}}
 
     def run(name):
         def go():
             start = time.time()
             time.sleep(0.3 if name == "teacher" else 0.05)
-            (out / f"{name}.json").write_text(json.dumps({"pid": os.getpid(), "start": start, "end": time.time()}))
+            (out / f"{{name}}.json").write_text(json.dumps({{"pid": os.getpid(), "start": start, "end": time.time()}}))
         return go
 
-    units = [WorkUnit(n, run(n), lambda n=n: (out / f"{n}.json").is_file(), needs) for n, needs in graph.items()]
+    units = [WorkUnit(n, run(n), lambda n=n: (out / f"{{n}}.json").is_file(), needs) for n, needs in graph.items()]
     print(work_queue(units, out / "claims", poll_s=0.02))
 """)
 
@@ -70,7 +73,7 @@ def test_a_dead_workers_claim_is_taken_over_and_a_failure_releases_its_claim(tmp
 
 
 def test_sittings_are_appended_and_read_back(tmp_path: Path) -> None:
-    from ktransfer.workers import read_sittings, record_sitting
+    from harness.sittings import read_sittings, record_sitting
 
     log = tmp_path / "sittings.jsonl"
     assert read_sittings(log) == []
@@ -80,3 +83,33 @@ def test_sittings_are_appended_and_read_back(tmp_path: Path) -> None:
     assert all("ended" in s and "command" not in s for s in read_sittings(log))
     record_sitting(log, 1.0, command="bench --quick --methods a")
     assert read_sittings(log)[-1]["command"] == "bench --quick --methods a"
+
+
+def test_a_broken_sittings_line_is_named() -> None:
+    import tempfile
+
+    from harness.sittings import read_sittings, wall_minutes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "sittings.jsonl"
+        log.write_text('{"wall_time_min": 1.0}\n{"wall_time_min": \n')
+        with pytest.raises(ValueError, match=r"sittings.jsonl:2: not a JSON sitting record"):
+            read_sittings(log)
+    assert wall_minutes([{"wall_time_min": 2.0}, {"wall_time_min": 1.5, "command": "b"}], "a") == {"a": 2.0, "b": 1.5}
+
+
+def test_the_library_keeps_no_work_queue_and_its_old_module_says_where_things_went() -> None:
+    import importlib
+    import warnings
+
+    import ktransfer.provenance
+
+    sys.modules.pop("ktransfer.workers", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        workers = importlib.import_module("ktransfer.workers")
+    assert any(issubclass(w.category, DeprecationWarning) and "ktransfer.provenance" in str(w.message) for w in caught)
+    assert workers.provenance is ktransfer.provenance.provenance and workers.git_state is ktransfer.provenance.git_state
+    for name, module in (("work_queue", "queue"), ("WorkUnit", "queue"), ("record_sitting", "sittings")):
+        with pytest.raises(AttributeError, match=f"benchmarks/harness/{module}.py"):
+            getattr(workers, name)

@@ -9,9 +9,10 @@ Three ways to train the same 4-layer Llama student (same data, steps and seed), 
 
 Each run's best student (by validation perplexity) is evaluated on the held-out test articles
 (perplexity, and teacher_kl = KL(teacher || student) per token). Table: mean and 95% t-interval over
-seeds, and the paired difference of each method against the student alone. A run whose directory
-holds a finished summary and a test evaluation is skipped; a killed run resumes from its newest
-checkpoint. One intra-op thread per process: on the 2-core machine two threads were about 9x
+seeds, and the paired difference of each method against the student alone. Each run's record is
+written at once to RUNS/units/<method>-s<seed>.json and the run is then skipped; a run whose directory
+holds a finished summary and a test evaluation is not trained again; a killed run resumes from its
+newest checkpoint. One intra-op thread per process: on the 2-core machine two threads were about 9x
 slower than one under contention; `--jobs 2` runs two workers side by side.
 
     ktransfer data prepare bbc-news && ktransfer data prepare smollm2
@@ -35,8 +36,13 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE.parent))
-import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the harness
+from harness import grid, provenance  # noqa: E402
+from harness.aggregate import aggregate_provenance, ci, paired  # noqa: E402
+from harness.cli import Benchmark  # noqa: E402
+from harness.cli import main as harness_main  # noqa: E402
+from harness.grid import Unit  # noqa: E402
+from harness.sittings import read_sittings  # noqa: E402
 CONFIGS = {"onpolicy": "configs/causal/smollm2_onpolicy.yaml",
            "student_alone": "configs/causal/smollm2_student_alone.yaml"}
 METHODS = {"student_alone": "student on the text alone (cross-entropy)",
@@ -102,8 +108,6 @@ def record(method: str, seed: int, run_dir: Path) -> dict[str, Any]:
 def aggregate(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per method: mean and 95% t-interval over seeds of test perplexity, loss and teacher_kl, and the
     paired differences against the student alone (the same seeds)."""
-    from ktransfer.demo import mean_ci
-
     by: dict[str, dict[int, dict[str, Any]]] = {}
     for u in units:
         by.setdefault(u["method"], {})[u["seed"]] = u
@@ -113,12 +117,11 @@ def aggregate(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
         us = by[method]
         seeds = sorted(us)
         row: dict[str, Any] = {"method": method, "label": METHODS[method], "seeds": seeds,
-                               "steps": us[seeds[0]]["steps"], "wall_time_s": mean_ci([us[s]["wall_time_s"] for s in seeds])}
+                               "steps": us[seeds[0]]["steps"], "wall_time_s": ci([us[s]["wall_time_s"] for s in seeds])}
         for key in ("perplexity", "loss", "teacher_kl", "accuracy"):
-            row[key] = mean_ci([us[s]["test"][key] for s in seeds])
-            paired = [s for s in seeds if s in base]
-            row[f"diff_{key}"] = (mean_ci([us[s]["test"][key] - base[s]["test"][key] for s in paired])
-                                  if paired and method != BASELINE else None)
+            row[key] = ci([us[s]["test"][key] for s in seeds])
+            row[f"diff_{key}"] = (paired({s: us[s]["test"][key] for s in seeds}, {s: b["test"][key] for s, b in base.items()})
+                                  if method != BASELINE else None)
         rows.append(row)
     return rows
 
@@ -145,6 +148,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_readme(rows: list[dict[str, Any]], units: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Put the table into benchmarks/causal/README.md, between its table markers."""
+    (HERE / "README.md").write_text(readme_text(rows, units, meta))
+
+
+def readme_text(rows: list[dict[str, Any]], units: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """benchmarks/causal/README.md with the table (and its header line) between the table markers."""
     readme = HERE / "README.md"
     text = readme.read_text() if readme.is_file() else f"{TABLE_START}\n{TABLE_END}\n"
     head, rest = text.split(TABLE_START, 1)
@@ -158,74 +167,91 @@ def write_readme(rows: list[dict[str, Any]], units: list[dict[str, Any]], meta: 
             "Mean ± 95% t-interval over seeds; Δ = paired difference against the student alone (* = interval excludes "
             "0; lower is better for both). The warm-started method's wall time is its on-policy half only.\n\n"
             f"{table(rows)}")
-    readme.write_text(f"{head}{TABLE_START}\n{body}\n{TABLE_END}{tail}")
+    return f"{head}{TABLE_START}\n{body}\n{TABLE_END}{tail}"
 
 
-def work_units(methods: list[str], seeds: int, runs_root: Path) -> list[Any]:
-    from ktransfer.workers import WorkUnit
-
-    def unit(method: str, seed: int, needs: tuple[str, ...] = ()) -> WorkUnit:
-        return WorkUnit(f"{method}-s{seed}", lambda: train_one(method, seed, runs_root),
-                        lambda: finished(runs_root / f"{method}-s{seed}"), needs)
-
+def grid_units(methods: list[str], seeds: int) -> list[Unit]:
+    """The runs, the dearest (on-policy from scratch) first in each seed, so that the last runs are short; the
+    warm-started run waits for its warm start."""
     units = []
-    for s in range(seeds):  # the dearest (on-policy from scratch) first, so that the last runs are short
+    for s in range(seeds):
         if "onpolicy" in methods:
-            units.append(unit("onpolicy", s))
+            units.append(Unit(f"onpolicy-s{s}", {"method": "onpolicy", "seed": s}))
         if "onpolicy_warm" in methods:
-            units += [unit("warm", s), unit("onpolicy_warm", s, (f"warm-s{s}",))]
+            units += [Unit(f"warm-s{s}", {"method": "warm", "seed": s}),
+                      Unit(f"onpolicy_warm-s{s}", {"method": "onpolicy_warm", "seed": s}, (f"warm-s{s}",))]
         if "student_alone" in methods:
-            units.append(unit("student_alone", s))
+            units.append(Unit(f"student_alone-s{s}", {"method": "student_alone", "seed": s}))
     return units
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default=str(HERE / "runs"), help="where the run directories go")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes, one run each at a time")
-    parser.add_argument("--worker", default="0/1", metavar="I/N", help="(set by --jobs) run as worker I of N")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process (default 1)")
-    parser.add_argument("--table", action="store_true", help="do not train: rewrite the table from finished runs")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from ktransfer.workers import read_sittings, record_sitting, run_workers, work_queue
-
-    started = time.perf_counter()
-    runs_root = Path(args.runs)
-    runs_root.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/causal/run.py" + (f" --seeds {args.seeds}" if args.seeds != 3 else "") + \
+def invocation(args: argparse.Namespace) -> str:
+    """The benchmark's command as recorded with its results."""
+    return "python benchmarks/causal/run.py" + (f" --seeds {args.seeds}" if args.seeds != 3 else "") + \
         (f" --jobs {args.jobs}" if args.jobs > 1 else "")
-    if not args.table:
-        if args.jobs > 1 and args.worker == "0/1":
-            for stale in (runs_root / "claims").glob("*.claim"):
-                stale.unlink()
-            if not run_workers(__file__, argv, args.jobs):
-                return 1
-        else:
-            work_queue(work_units(args.methods, args.seeds, runs_root), runs_root / "claims")
-            if args.worker != "0/1":
-                return 0
-        record_sitting(runs_root / "sittings.jsonl", (time.perf_counter() - started) / 60, command)
-    units = [record(m, s, runs_root / f"{m}-s{s}") for m in args.methods for s in range(args.seeds)
-             if finished(runs_root / f"{m}-s{s}")]
-    if not units:
-        print("no finished runs")
-        return 1
-    sittings = read_sittings(runs_root / "sittings.jsonl")
-    meta = {"command": command, "seeds": args.seeds, "sittings": len(sittings),
-            "wall_time_min": sum(float(s["wall_time_min"]) for s in sittings),
-            "provenance": provenance.aggregate_record(units)}
-    rows = aggregate(units)
-    out = HERE / "results" / "causal.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from ktransfer.checkpoint import write_json_atomic
 
-    write_json_atomic(out, {"meta": meta, "rows": rows, "runs": units})
-    write_readme(rows, units, meta)
-    print(table(rows))
-    return 0
+
+class Causal(Benchmark):
+    """The causal LM example on the harness: one unit per run (the warm starts included), each
+    `<method>-s<seed>.json` under RUNS/units/, beside the run directories."""
+
+    script = Path(__file__)
+    description = globals()["__doc__"].splitlines()[0]
+    context_keys = ("command", "provenance", "sittings", "wall_time_min")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--runs", default=str(HERE / "runs"), help="where the run directories go")
+        p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+        p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process (default 1)")
+        p.add_argument("--table", dest="aggregate_only", action="store_true",
+                       help="do not train: rewrite the table from finished runs (as --aggregate-only)")
+        p.add_argument("--report-dir", default=None,
+                       help="write causal.json and README.md (with the table) here instead of benchmarks/causal")
+
+    def setup(self, args: argparse.Namespace) -> None:
+        torch.set_num_threads(args.threads)
+        Path(args.runs).mkdir(parents=True, exist_ok=True)
+
+    def results(self, args: argparse.Namespace) -> Path:
+        return Path(args.runs) / "units"
+
+    def state(self, args: argparse.Namespace) -> Path:
+        return Path(args.runs)
+
+    def units(self, args: argparse.Namespace) -> list[Unit]:
+        return grid_units(args.methods, args.seeds)
+
+    def run_unit(self, unit: Unit, args: argparse.Namespace) -> dict[str, Any]:
+        return train_one(unit.key["method"], unit.key["seed"], Path(args.runs))
+
+    def sitting_command(self, args: argparse.Namespace) -> str:
+        return invocation(args)
+
+    def context(self, args: argparse.Namespace) -> dict[str, Any]:
+        sittings = read_sittings(Path(args.runs) / "sittings.jsonl")
+        return {"command": invocation(args), "provenance": provenance.record(), "sittings": len(sittings),
+                "wall_time_min": sum(float(s["wall_time_min"]) for s in sittings)}
+
+    def aggregate(self, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any] | None:
+        names = [f"{m}-s{s}" for m in args.methods for s in range(args.seeds)]
+        units = grid.read_units(self.results(args), names)
+        if not units:
+            return None
+        meta = {**context, "seeds": args.seeds, "provenance": aggregate_provenance(units, context)}
+        return {"meta": meta, "rows": aggregate(units), "runs": units}
+
+    def outputs(self, result: dict[str, Any], args: argparse.Namespace) -> dict[Path, Any]:
+        folder = Path(args.report_dir) if args.report_dir else HERE
+        json_dir = folder if args.report_dir else HERE / "results"
+        return {json_dir / "causal.json": result,
+                folder / "README.md": readme_text(result["rows"], result["runs"], result["meta"])}
+
+    def summary(self, result: dict[str, Any]) -> str:
+        return table(result["rows"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return harness_main(Causal(), argv)
 
 
 if __name__ == "__main__":

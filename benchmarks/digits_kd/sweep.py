@@ -29,8 +29,8 @@ from ktransfer.config import RunConfig
 from ktransfer.runner import environment, load_data, run
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness
+from harness import provenance  # noqa: E402  (commit, command and machine of every result)
 DATA = {"name": "digits"}
 STUDENT = {"builder": "mlp", "hidden": [32]}
 TEACHERS: dict[str, dict[str, Any]] = {

@@ -25,8 +25,8 @@ from typing import Any
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness
+from harness import provenance, report  # noqa: E402  (commit, command and machine of every result)
 BENCH = HERE / "bench.py"
 
 
@@ -102,7 +102,7 @@ def write(args: argparse.Namespace, revision: str, made_by: dict[str, Any], rows
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"divergence-memory-{args.tokens}x{args.vocab}"
-    (out / f"{tag}.json").write_text(json.dumps(results, indent=2) + "\n")
+    report.write_json(out / f"{tag}.json", results)
     lines = [f"Command: `{results['command']}` (before = {revision}); {env['machine']}, {env['cpu_count']} CPUs "
              f"shared with other jobs, torch {env['torch']}; student + teacher logits {args.tokens} x {args.vocab} "
              "float32, forward + backward; peak RSS of the whole process (torch included) over building the inputs and "
@@ -114,7 +114,7 @@ def write(args: argparse.Namespace, revision: str, made_by: dict[str, Any], rows
     for r in rows:
         lines.append(f"| {r['divergence']} | {r['chunk']} | {r['before_peak_rss_mb']:.0f} | {r['after_peak_rss_mb']:.0f} "
                      f"| {r['before_median_s']:.3f} | {r['after_median_s']:.3f} |")
-    (out / f"{tag}.md").write_text("\n".join(lines) + "\n")
+    report.write_text(out / f"{tag}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

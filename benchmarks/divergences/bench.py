@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness
+from harness import provenance, report  # noqa: E402  (commit, command and machine of every result)
 
 
 def peak_tensor_memory_mb(work: Callable[[], None], device: str) -> float:
@@ -227,7 +227,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"{args.device}-{args.tokens}x{args.vocab}-{args.dtype}" + (f"-head{args.hidden}" if args.hidden else "")
-    (out / f"{tag}.json").write_text(json.dumps(results, indent=2) + "\n")
+    report.write_json(out / f"{tag}.json", results)
     inputs = (f"student hidden states ({args.hidden}) + output layer + teacher logits, {args.dtype}; chunk none = "
               "logits by one matmul, then the loss; a chunk size = matmul fused into the chunked loss"
               if args.hidden else f"student + teacher logits, {args.dtype}")
@@ -242,7 +242,7 @@ def main() -> None:
         lines.append(f"| {r['divergence']} | {r['chunk_size'] or 'none'} | {r['median_s']:.3f} | "
                      f"{r['saved_for_backward_mb']:.0f} | {'n/a' if peak is None else f'{peak:.0f}'} | "
                      f"{r['peak_rss_mb']:.0f} |")
-    (out / f"{tag}.md").write_text("\n".join(lines) + "\n")
+    report.write_text(out / f"{tag}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -43,8 +43,8 @@ import torch
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness
+from harness import provenance, report  # noqa: E402  (commit, command and machine of every result)
 VOCAB = 8000
 VARIANTS = ("causal:default", "causal:chunked", "causal:fused", "seq2seq:default", "seq2seq:chunked")
 CHUNK = 256
@@ -209,7 +209,7 @@ def memory(variants: list[str], out: Path) -> None:
     for row in rows:
         kind, loss = row["variant"].split(":")
         lines.append(f"| {kind} | {loss} | {row['peak_rss_mb']:.0f} |")
-    (out / "engine_memory.md").write_text("\n".join(lines) + "\n")
+    report.write_text(out / "engine_memory.md", "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -273,7 +273,7 @@ def main() -> None:
                "wall_time_s": round(time.perf_counter() - started, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.tag}.json").write_text(json.dumps(results, indent=2) + "\n")
+    report.write_json(out / f"{args.tag}.json", results)
     lines = [f"Command: `{results['command']}`; {env['machine']}, {env['cpu_count']} CPUs, "
              f"1 thread, torch {env['torch']}, transformers {env.get('transformers', '?')}; per-step time = CPU time of "
              f"the process (steadier than wall time when the machine is shared; wall-time ratios in the last column), "
@@ -286,7 +286,7 @@ def main() -> None:
         kind, loss = row["variant"].split(":")
         lines.append(f"| {kind} | {loss} | {row['median_engine_ms']:.1f} | {row['median_hand_ms']:.1f} | "
                      f"{row['median_ratio']:.3f} | {row['geomean_ratio']:.3f} | {row['median_wall_ratio']:.3f} |")
-    (out / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
+    report.write_text(out / f"{args.tag}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

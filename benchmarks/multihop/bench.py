@@ -8,7 +8,8 @@ JSON file and skipped when present, so a killed run continues where it stopped; 
 are shared between units through one hop store per (setting, seed).
 
     python benchmarks/multihop/bench.py --quick --jobs 2   # the README table (10 seeds, < 30 min on 2 CPUs)
-    # --jobs N starts N worker processes (--worker i/N, each owning whole seeds), then aggregates
+    # --jobs N starts N worker processes (each takes the next setting and seed: their units share
+    # a hop store), then aggregates
 
 Writes benchmarks/results/multihop.json, benchmarks/multihop/results/multihop.md and .png.
 """
@@ -16,7 +17,6 @@ Writes benchmarks/results/multihop.json, benchmarks/multihop/results/multihop.md
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -29,8 +29,13 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE.parent))
-import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the harness
+from harness import grid, provenance  # noqa: E402
+from harness.aggregate import aggregate_provenance, ci_nan  # noqa: E402
+from harness.cli import Benchmark  # noqa: E402
+from harness.cli import main as harness_main  # noqa: E402
+from harness.grid import Unit  # noqa: E402
+from harness.report import save_figure  # noqa: E402
 METHODS = ["kd", "confidence", "profweight", "sratio"]
 METHOD_SPECS: dict[str, dict[str, Any]] = {
     "kd": {"name": "kd", "temperature": 4.0, "alpha": 0.5},
@@ -122,14 +127,6 @@ def run_unit(setting: dict[str, Any], name: str, student: str, method: str, seed
     }
 
 
-def _ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval (nan half-width for a single value)."""
-    from ktransfer.demo import mean_ci
-
-    mean, half = mean_ci([float(v) for v in values])
-    return mean, float("nan") if half is None else half
-
-
 def aggregate(units: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for u in units:
@@ -140,13 +137,13 @@ def aggregate(units: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
         row = {"setting": setting, "student": student, "method": method, "n": len(us),
                "student_spec": us[0]["student_spec"], "n_student_train": us[0]["n_student_train"]}
         for key in ("teacher_test", "teacher_ece", "simple_test", "one_hop_test", "multi_test"):
-            row[key] = _ci([u[key] for u in us])
-        row["multi_minus_one_hop"] = _ci([u["multi_test"] - u["one_hop_test"] for u in us])
-        row["one_hop_minus_simple"] = _ci([u["one_hop_test"] - u["simple_test"] for u in us])
-        row["multi_minus_simple"] = _ci([u["multi_test"] - u["simple_test"] for u in us])
-        row["gap_teacher_minus_simple"] = _ci([u["teacher_test"] - u["simple_test"] for u in us])
+            row[key] = ci_nan([u[key] for u in us])
+        row["multi_minus_one_hop"] = ci_nan([u["multi_test"] - u["one_hop_test"] for u in us])
+        row["one_hop_minus_simple"] = ci_nan([u["one_hop_test"] - u["simple_test"] for u in us])
+        row["multi_minus_simple"] = ci_nan([u["multi_test"] - u["simple_test"] for u in us])
+        row["gap_teacher_minus_simple"] = ci_nan([u["teacher_test"] - u["simple_test"] for u in us])
         row["chose_intermediate"] = float(np.mean([bool(u["intermediates"]) for u in us]))
-        row["val_gain_planned"] = _ci([u["multi_val"] - u["one_hop_val"] for u in us])
+        row["val_gain_planned"] = ci_nan([u["multi_val"] - u["one_hop_val"] for u in us])
         rows.append(row)
     diffs = [r["multi_minus_one_hop"][0] for r in rows]
     gaps = [r["gap_teacher_minus_simple"][0] for r in rows]
@@ -217,92 +214,104 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("multi-hop − 1-hop test accuracy (points)")
     ax.set_title("Paired gain of planned multi-hop over 1-hop (95% CI); blue: MLP student, green: tree")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
+
+
+class Multihop(Benchmark):
+    """The multi-hop benchmark on the harness: one unit per setting, student, method and seed, each
+    `<setting>-<student>-<method>-s<seed>.json` under OUT/<size>/units/; the units of one setting and seed run in
+    one worker, in order (they share the hop store of that setting and seed)."""
+
+    script = Path(__file__)
+    description = globals()["__doc__"].splitlines()[0]
+    default_seeds = 10
+    context_keys = ("command", "provenance", "machine", "torch", "sklearn", "python", "wall_time_min", "sittings")
+
+    def __init__(self) -> None:
+        self.data_cache: dict[Any, Any] = {}
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--quick", action="store_true", help="small steps and Fashion-MNIST subsample (< 30 min, 2 CPUs)")
+        p.add_argument("--settings", nargs="+", default=None, help="subset of: digits wine breast_cancer fashion_mnist")
+        p.add_argument("--methods", nargs="+", default=METHODS, choices=list(METHOD_SPECS))
+        p.add_argument("--students", nargs="+", default=["mlp", "tree"])
+        p.add_argument("--out", default=str(HERE / "runs"), help="unit results and hop stores (resumable)")
+        p.add_argument("--epsilon", type=float, default=0.0, help="planner: minimum validation gain to add a hop")
+        p.add_argument("--report-dir", default=None,
+                       help="write the JSON, table and plot here instead of benchmarks/results and "
+                            "benchmarks/multihop/results")
+
+    def setup(self, args: argparse.Namespace) -> None:
+        args.started = time.perf_counter()
+        args.steps = 120 if args.quick else 400
+        torch.set_num_threads(1)
+        args.all_settings = settings(args.quick)
+        unknown = sorted(set(args.settings or []) - set(args.all_settings))
+        if unknown:
+            raise SystemExit(f"--settings: unknown {unknown}; choose from {list(args.all_settings)}")
+        args.names = args.settings or list(args.all_settings)
+        args.out_size = Path(args.out) / ("quick" if args.quick else "full")
+        self.results(args).mkdir(parents=True, exist_ok=True)
+
+    def results(self, args: argparse.Namespace) -> Path:
+        return args.out_size / "units"
+
+    def state(self, args: argparse.Namespace) -> Path:
+        return args.out_size  # sittings.jsonl: one line per invocation that ran units
+
+    def units(self, args: argparse.Namespace) -> list[Unit]:
+        cells = grid.product(seed=range(args.seeds), setting=args.names, student=args.students, method=args.methods)
+        return [Unit(f"{c['setting']}-{c['student']}-{c['method']}-s{c['seed']}", c,
+                     group=f"{c['setting']}-s{c['seed']}") for c in cells]
+
+    def run_unit(self, unit: Unit, args: argparse.Namespace) -> dict[str, Any]:
+        k = unit.key
+        result = run_unit(args.all_settings[k["setting"]], k["setting"], k["student"], k["method"], k["seed"],
+                          argparse.Namespace(**{**vars(args), "out": str(args.out_size)}), self.data_cache)
+        print(f"{unit.name}: simple {result['simple_test']:.3f} 1-hop {result['one_hop_test']:.3f} "
+              f"multi {result['multi_test']:.3f} via {result['intermediates']} ({result['wall_time_s']:.1f}s)",
+              flush=True)
+        return result
+
+    def context(self, args: argparse.Namespace) -> dict[str, Any]:
+        import os
+
+        import sklearn
+
+        from harness.sittings import read_sittings
+
+        made_by = provenance.record()
+        return {"command": made_by["command"], "provenance": made_by,
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
+                "sklearn": sklearn.__version__, "python": platform.python_version(),
+                "wall_time_min": (time.perf_counter() - args.started) / 60,
+                "sittings": read_sittings(args.out_size / "sittings.jsonl")}
+
+    def aggregate(self, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any] | None:
+        units = [grid.read_unit(q) for q in sorted(self.results(args).glob("*.json"))]
+        # every finished unit counts (whichever invocation made it), up to --seeds seeds
+        units = [u for u in units if u["seed"] < args.seeds]
+        if not units:
+            return None
+        meta = {**context, "provenance": aggregate_provenance(units, context), "n_seeds": args.seeds,
+                "seeds": list(range(args.seeds)), "unit_time_total_min": sum(u["wall_time_s"] for u in units) / 60,
+                "steps": args.steps, "settings": args.all_settings, "methods": METHOD_SPECS, "epsilon": args.epsilon,
+                "confidence_split": "holdout (teacher_fraction 0.5), intermediates out-of-fold (2 folds)"}
+        return aggregate(units, meta)
+
+    def outputs(self, result: dict[str, Any], args: argparse.Namespace) -> dict[Path, Any]:
+        suffix = "" if args.quick else "-full"
+        json_dir = Path(args.report_dir) if args.report_dir else ROOT / "benchmarks" / "results"
+        table_dir = Path(args.report_dir) if args.report_dir else HERE / "results"
+        return {json_dir / f"multihop{suffix}.json": result, table_dir / f"multihop{suffix}.md": markdown(result),
+                table_dir / f"multihop{suffix}.png": lambda path: plot(result, path)}
+
+    def summary(self, result: dict[str, Any]) -> str:
+        return markdown(result)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="small steps and Fashion-MNIST subsample (< 30 min, 2 CPUs)")
-    p.add_argument("--seeds", type=int, default=10)
-    p.add_argument("--settings", nargs="+", default=None, help="subset of: digits wine breast_cancer fashion_mnist")
-    p.add_argument("--methods", nargs="+", default=METHODS, choices=list(METHOD_SPECS))
-    p.add_argument("--students", nargs="+", default=["mlp", "tree"])
-    p.add_argument("--out", default=str(HERE / "runs"), help="unit results and hop stores (resumable)")
-    p.add_argument("--epsilon", type=float, default=0.0, help="planner: minimum validation gain to add a hop")
-    p.add_argument("--aggregate-only", action="store_true", help="only aggregate the finished units")
-    p.add_argument("--worker", default="0/1", metavar="I/N",
-                   help="run the seeds s with s %% N == I (start N processes to use N cores; then --aggregate-only)")
-    p.add_argument("--jobs", type=int, default=1, help="start this many worker processes, then aggregate")
-    p.add_argument("--report-dir", default=None,
-                   help="write the JSON, table and plot here instead of benchmarks/results and benchmarks/multihop/results")
-    args = p.parse_args(argv)
-    t_start = time.perf_counter()
-    ran_units = not args.aggregate_only
-    if args.jobs > 1 and not args.aggregate_only:
-        from ktransfer.workers import run_workers
-
-        if not run_workers(__file__, argv, args.jobs):
-            return 1
-        args.aggregate_only = True
-    args.steps = 120 if args.quick else 400
-    worker, workers = (int(v) for v in args.worker.split("/"))
-    torch.set_num_threads(1)
-    import sklearn
-
-    from ktransfer.checkpoint import write_json_atomic, write_text_atomic
-
-    all_settings = settings(args.quick)
-    names = args.settings or list(all_settings)
-    units_dir = Path(args.out) / ("quick" if args.quick else "full") / "units"
-    units_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    data_cache: dict[Any, Any] = {}
-    if not args.aggregate_only:
-        todo = [(s, n, st, m) for s in range(args.seeds) for n in names for st in args.students for m in args.methods]
-        for i, (seed, name, student, method) in enumerate(todo, 1):
-            if seed % workers != worker:  # a worker owns whole seeds: their hop stores are its own
-                continue
-            path = units_dir / f"{name}-{student}-{method}-s{seed}.json"
-            if path.exists():
-                continue
-            unit = run_unit(all_settings[name], name, student, method, seed,
-                            argparse.Namespace(**{**vars(args), "out": str(Path(args.out) / ("quick" if args.quick else "full"))}),
-                            data_cache)
-            write_json_atomic(path, {**unit, "provenance": provenance.record()})
-            print(f"[{i}/{len(todo)}] {path.stem}: simple {unit['simple_test']:.3f} 1-hop {unit['one_hop_test']:.3f} "
-                  f"multi {unit['multi_test']:.3f} via {unit['intermediates']} ({unit['wall_time_s']:.1f}s, "
-                  f"total {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
-    units = [json.loads(q.read_text()) for q in sorted(units_dir.glob("*.json"))]
-    # every finished unit counts (whichever invocation made it), up to --seeds seeds
-    units = [u for u in units if u["seed"] < args.seeds]
-    if not units:
-        print("no finished units to aggregate")
-        return 1
-    from ktransfer.workers import read_sittings, record_sitting
-
-    sittings_file = units_dir.parent / "sittings.jsonl"  # one line per invocation that ran units: its wall time
-    if ran_units and args.worker == "0/1":
-        record_sitting(sittings_file, (time.perf_counter() - t_start) / 60, provenance.record()["command"])
-    made_by = provenance.aggregate_record(units)
-    meta = {"command": made_by["command"], "provenance": made_by,
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "torch": torch.__version__,
-            "sklearn": sklearn.__version__, "python": platform.python_version(), "n_seeds": args.seeds,
-            "seeds": list(range(args.seeds)), "wall_time_min": (time.perf_counter() - t_start) / 60,
-            "sittings": read_sittings(sittings_file),
-            "unit_time_total_min": sum(u["wall_time_s"] for u in units) / 60, "steps": args.steps,
-            "settings": all_settings, "methods": METHOD_SPECS,
-            "epsilon": args.epsilon, "confidence_split": "holdout (teacher_fraction 0.5), intermediates out-of-fold (2 folds)"}
-    result = aggregate(units, meta)
-    suffix = "" if args.quick else "-full"
-    json_dir = Path(args.report_dir) if args.report_dir else ROOT / "benchmarks" / "results"
-    table_dir = Path(args.report_dir) if args.report_dir else HERE / "results"
-    write_json_atomic(json_dir / f"multihop{suffix}.json", result)
-    write_text_atomic(table_dir / f"multihop{suffix}.md", markdown(result))
-    plot(result, table_dir / f"multihop{suffix}.png")
-    print(markdown(result))
-    return 0
+    return harness_main(Multihop(), argv)
 
 
 if __name__ == "__main__":

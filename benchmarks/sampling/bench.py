@@ -22,7 +22,6 @@ of the process (the machine is shared; wall time is in the JSON too). Writes
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,8 +32,8 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness
+from harness import provenance, report  # noqa: E402  (commit, command and machine of every result)
 VOCAB = 8000
 NEW_TOKENS = 64
 
@@ -128,7 +127,7 @@ def main() -> None:
                "wall_time_s": round(time.perf_counter() - started, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sampling_kv_cache.json").write_text(json.dumps(results, indent=2) + "\n")
+    report.write_json(out / "sampling_kv_cache.json", results)
     lines = [f"Command: `{results['command']}`; {env['machine']}, {env['cpu_count']} CPUs, "
              f"1 thread, torch {env['torch']}, transformers {env['transformers']}; on-policy sampling by the student "
              f"through TargetsStage, {NEW_TOKENS} new tokens per row; tokens per second "
@@ -141,7 +140,7 @@ def main() -> None:
     for row in rows:
         lines.append(f"| {names[row['kind']]} | {row['batch']} | {row['prompt']} | {row['cache_tokens_per_cpu_s']:.0f} | "
                      f"{row['no_cache_tokens_per_cpu_s']:.0f} | {row['speedup_cpu']:.1f}x | {row['speedup_wall']:.1f}x |")
-    (out / "sampling_kv_cache.md").write_text("\n".join(lines) + "\n")
+    report.write_text(out / "sampling_kv_cache.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import pstats
 import sys
 import time
@@ -24,7 +23,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import bench  # noqa: E402  (the KV-cache benchmark beside this file)
+import bench  # noqa: E402  (the KV-cache benchmark beside this file; it puts benchmarks/ on sys.path)
+from harness import report  # noqa: E402
 
 
 def timed_ms(fn: object, repeats: int = 200) -> float:
@@ -74,7 +74,7 @@ def main() -> int:
         "output_layer_ms": timed_ms(lambda: torch.nn.functional.linear(hidden, head)),
     }
     out = bench.ROOT / "benchmarks" / "results" / "sampling_step_profile.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report.write_json(out, result)
     print(f"cached sampling, {args.rows} rows: torch.multinomial {100 * result['share_multinomial']:.0f}% of the time, "
           f"linear layers {100 * result['share_linear']:.0f}%; alone: multinomial on {args.rows} x {bench.VOCAB} "
           f"{result['multinomial_ms']:.2f} ms, output layer {result['output_layer_ms']:.2f} ms")

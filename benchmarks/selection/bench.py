@@ -35,8 +35,13 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE.parent))
-import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the harness
+from harness import grid, provenance  # noqa: E402
+from harness.aggregate import aggregate_provenance, ci_nan, paired_nan  # noqa: E402
+from harness.cli import Benchmark  # noqa: E402
+from harness.cli import main as harness_main  # noqa: E402
+from harness.grid import Unit  # noqa: E402
+from harness.report import save_figure  # noqa: E402
 CONFIGS = ROOT / "configs" / "text"
 
 # The kinds of knowledge, each a knowledge term of the library. Base weights put the terms on
@@ -162,14 +167,6 @@ def run_one(task: str, student: str, variant: str, seed: int, quick: bool, scrat
     return unit
 
 
-def _ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval (nan half-width for a single value)."""
-    from ktransfer.demo import mean_ci
-
-    mean, half = mean_ci([float(v) for v in values])
-    return mean, float("nan") if half is None else half
-
-
 def aggregate(units: list[dict[str, Any]], teachers: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """Per (task, student, variant): mean and CI of the scores, paired differences and cost against vanilla KD."""
     cells: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = {}
@@ -184,12 +181,12 @@ def aggregate(units: list[dict[str, Any]], teachers: dict[str, Any], meta: dict[
             row: dict[str, Any] = {"task": task, "student": student, "variant": variant, "n": len(seeds),
                                    "seeds": seeds}
             for key in ("accuracy", "macro_f1", "mcc"):
-                row[key] = _ci([runs[s]["test"][key] for s in seeds])
-                paired = [runs[s]["test"][key] - base[s]["test"][key] for s in seeds if s in base]
-                row[f"{key}_minus_kd"] = _ci(paired) if paired else (float("nan"), float("nan"))
-            row["train_wall_s"] = _ci([runs[s]["train_wall_s"] for s in seeds])
+                row[key] = ci_nan([runs[s]["test"][key] for s in seeds])
+                row[f"{key}_minus_kd"] = paired_nan({s: runs[s]["test"][key] for s in seeds},
+                                                    {s: b["test"][key] for s, b in base.items()})
+            row["train_wall_s"] = ci_nan([runs[s]["train_wall_s"] for s in seeds])
             ratios = [runs[s]["train_wall_s"] / base[s]["train_wall_s"] for s in seeds if s in base]
-            row["cost_vs_kd"] = _ci(ratios) if ratios else (float("nan"), float("nan"))
+            row["cost_vs_kd"] = ci_nan(ratios) if ratios else (float("nan"), float("nan"))
             row["mean_weights"] = {k: float(np.mean([np.mean(runs[s]["weights"][k]) for s in seeds]))
                                    for k in runs[seeds[0]]["weights"] if k != "step"}
             stats = [runs[s]["selector_stats"] for s in seeds if runs[s].get("selector_stats")]
@@ -212,9 +209,8 @@ def learned_vs_baselines(cells: dict[tuple[str, str], dict[str, dict[int, dict[s
         for variant in [v for v in LEARNED if v in by_variant]:
             row: dict[str, Any] = {"task": task, "student": student, "variant": variant, "score": score}
             for other in [b for b in OTHER_BASELINES if b in by_variant]:
-                paired = [by_variant[variant][s]["test"][score] - by_variant[other][s]["test"][score]
-                          for s in sorted(by_variant[variant]) if s in by_variant[other]]
-                row[other] = _ci(paired) if paired else (float("nan"), float("nan"))
+                row[other] = paired_nan({s: u["test"][score] for s, u in sorted(by_variant[variant].items())},
+                                        {s: u["test"][score] for s, u in by_variant[other].items()})
             out.append(row)
     return out
 
@@ -312,20 +308,14 @@ def plot_weights(result: dict[str, Any], path: Path) -> None:
     axes[0][0].set_ylabel("weight chosen")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)
 
 
 def prepare_teacher(task: str, out: Path) -> dict[str, Any]:
     """The cached teacher of `task` (trained now if absent) and its test scores; recorded once in `out`."""
-    from ktransfer.checkpoint import write_json_atomic
-
     record = out / f"teacher-{task}.json"
     if record.exists():
-        return json.loads(record.read_text())
+        return grid.read_unit(record)
     from ktransfer.config import RunConfig
     from ktransfer.runner import load_data
     from ktransfer.scores import classification_scores, predict_classes
@@ -351,99 +341,105 @@ def prepare_teacher(task: str, out: Path) -> dict[str, Any]:
             "test": classification_scores(pred, true, data.info["num_classes"]), "best_val": summary["best_val"],
             "train_wall_s": summary["wall_time_s"], "prepare_wall_s": round(elapsed, 2), "trained_now": trained_now,
             "parameters": summary["student_parameters"], "sizes": data.info["sizes"]}
-    info["provenance"] = provenance.record()
-    write_json_atomic(record, info)
-    return info
+    return grid.write_unit(record, info)
+
+
+class Selection(Benchmark):
+    """The selection benchmark on the harness: one unit per task, student, variant and seed, each
+    `<task>-<student>-<variant>-s<seed>.json` under OUT/<size>/units/."""
+
+    script = Path(__file__)
+    description = globals()["__doc__"].splitlines()[0]
+    context_keys = ("command", "machine", "torch", "transformers", "python", "provenance", "sittings",
+                    "wall_time_min")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--quick", action="store_true", help="tweets, 2-layer student, 150 steps (< 60 min on 2 CPUs)")
+        p.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS))
+        p.add_argument("--students", nargs="+", default=None, choices=list(STUDENTS))
+        p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+        p.add_argument("--out", default=str(HERE / "runs"), help="per-run JSONs (resumable) and the kept small files")
+        p.add_argument("--scratch", default=None, help="run directories while training (default: OUT/scratch)")
+        p.add_argument("--report-dir", default=None, help="write the JSON, table and plot here instead")
+
+    def setup(self, args: argparse.Namespace) -> None:
+        args.size = "quick" if args.quick else "full"
+        args.tasks = args.tasks or (["tweets"] if args.quick else list(TASKS))
+        args.students = args.students or (["minilm-2L"] if args.quick else list(STUDENTS))
+        args.out_size = Path(args.out) / args.size
+        self.results(args).mkdir(parents=True, exist_ok=True)
+
+    def results(self, args: argparse.Namespace) -> Path:
+        return args.out_size / "units"
+
+    def state(self, args: argparse.Namespace) -> Path:
+        return args.out_size  # sittings.jsonl: one line per invocation that trained runs
+
+    def prepare(self, args: argparse.Namespace) -> None:
+        for task in args.tasks:  # before any worker starts: trained once
+            prepare_teacher(task, args.out_size)
+
+    def units(self, args: argparse.Namespace) -> list[Unit]:
+        return [Unit(f"{c['task']}-{c['student']}-{c['variant']}-s{c['seed']}", c)
+                for c in grid.product(seed=range(args.seeds), task=args.tasks, student=args.students,
+                                      variant=args.variants)]
+
+    def run_unit(self, unit: Unit, args: argparse.Namespace) -> dict[str, Any]:
+        scratch = Path(args.scratch) if args.scratch else args.out_size / "scratch"
+        result = run_one(unit.key["task"], unit.key["student"], unit.key["variant"], unit.key["seed"], args.quick,
+                         scratch)
+        print(f"{unit.name}: test acc {result['test']['accuracy']:.3f} macro-F1 {result['test']['macro_f1']:.3f} "
+              f"MCC {result['test']['mcc']:.3f} ({result['train_wall_s']:.0f}s)", flush=True)
+        return result
+
+    def worker_env(self, args: argparse.Namespace) -> dict[str, str]:
+        return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+
+    def context(self, args: argparse.Namespace) -> dict[str, Any]:
+        import torch
+        import transformers
+
+        from harness.sittings import read_sittings
+
+        sittings = read_sittings(args.out_size / "sittings.jsonl")
+        made_by = provenance.record()
+        return {"command": made_by["command"], "provenance": made_by,
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
+                           + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+                "torch": torch.__version__, "transformers": transformers.__version__,
+                "python": platform.python_version(), "sittings": sittings,
+                "wall_time_min": sum(x["wall_time_min"] for x in sittings)}
+
+    def aggregate(self, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any] | None:
+        teachers = {task: prepare_teacher(task, args.out_size) for task in args.tasks}
+        todo = self.units(args)
+        wanted = {u.name for u in todo}
+        units = [grid.read_unit(q) for q in sorted(self.results(args).glob("*.json"))]
+        units = [u for u in units if f"{u['task']}-{u['student']}-{u['variant']}-s{u['seed']}" in wanted]
+        if not units:
+            return None
+        s = sizes(args.quick)
+        meta = {**context, "provenance": aggregate_provenance([*units, *teachers.values()], context),
+                "seeds": list(range(args.seeds)), "steps": s["max_steps"], "batch_size": s["batch_size"],
+                "run_time_total_min": sum(u["train_wall_s"] for u in units) / 60,
+                "variants": {k: {"terms": v[0], "selector": v[1]} for k, v in VARIANTS.items()}, "terms": TERMS,
+                "tasks": {t: TASKS[t] for t in args.tasks}, "students": {st: STUDENTS[st] for st in args.students},
+                "complete": len(units) == len(todo)}
+        return aggregate(units, teachers, meta)
+
+    def outputs(self, result: dict[str, Any], args: argparse.Namespace) -> dict[Path, Any]:
+        suffix = "" if args.quick else "-full"
+        json_dir = Path(args.report_dir) if args.report_dir else ROOT / "benchmarks" / "results"
+        table_dir = Path(args.report_dir) if args.report_dir else HERE / "results"
+        return {json_dir / f"selection{suffix}.json": result, table_dir / f"selection{suffix}.md": markdown(result),
+                table_dir / f"weights{suffix}.png": lambda path: plot_weights(result, path)}
+
+    def summary(self, result: dict[str, Any]) -> str:
+        return markdown(result)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tweets, 2-layer student, 150 steps (< 60 min on 2 CPUs)")
-    p.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS))
-    p.add_argument("--students", nargs="+", default=None, choices=list(STUDENTS))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--out", default=str(HERE / "runs"), help="per-run JSONs (resumable) and the kept small files")
-    p.add_argument("--scratch", default=None, help="run directories while training (default: OUT/scratch)")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes (each takes every N-th run), then aggregate")
-    p.add_argument("--worker", default="0/1", metavar="I/N")
-    p.add_argument("--aggregate-only", action="store_true")
-    p.add_argument("--report-dir", default=None, help="write the JSON, table and plot here instead")
-    args = p.parse_args(argv)
-    t_start = time.perf_counter()
-    size = "quick" if args.quick else "full"
-    tasks = args.tasks or (["tweets"] if args.quick else list(TASKS))
-    students = args.students or (["minilm-2L"] if args.quick else list(STUDENTS))
-    out = Path(args.out) / size
-    units_dir = out / "units"
-    units_dir.mkdir(parents=True, exist_ok=True)
-    ran_runs = False
-    teachers = {task: prepare_teacher(task, out) for task in tasks}  # before any worker starts: trained once
-    if args.jobs > 1 and not args.aggregate_only:
-        from ktransfer.workers import run_workers
-
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
-        if not run_workers(__file__, argv, args.jobs, env):
-            return 1
-        args.aggregate_only = True
-        ran_runs = True
-    import torch
-    import transformers
-
-    from ktransfer.checkpoint import write_json_atomic, write_text_atomic
-
-    worker, workers = (int(v) for v in args.worker.split("/"))
-    scratch = Path(args.scratch) if args.scratch else out / "scratch"
-    todo = [(t, st, v, s) for s in range(args.seeds) for t in tasks for st in students for v in args.variants]
-    if not args.aggregate_only:
-        ran_runs = True
-        t0 = time.perf_counter()
-        for i, (task, student, variant, seed) in enumerate(todo):
-            if i % workers != worker:
-                continue
-            path = units_dir / f"{task}-{student}-{variant}-s{seed}.json"
-            if path.exists():
-                continue
-            unit = run_one(task, student, variant, seed, args.quick, scratch)
-            write_json_atomic(path, {**unit, "provenance": provenance.record()})
-            print(f"[{i + 1}/{len(todo)}] {path.stem}: test acc {unit['test']['accuracy']:.3f} macro-F1 "
-                  f"{unit['test']['macro_f1']:.3f} MCC {unit['test']['mcc']:.3f} ({unit['train_wall_s']:.0f}s; "
-                  f"{(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
-    if workers > 1:
-        return 0  # the process that started the workers aggregates once they have all finished
-    from ktransfer.workers import read_sittings, record_sitting
-
-    sittings_file = out / "sittings.jsonl"  # one line per invocation that trained runs: the benchmark's wall time
-    if worker == 0 and workers == 1 and ran_runs:
-        record_sitting(sittings_file, (time.perf_counter() - t_start) / 60)
-    sittings = read_sittings(sittings_file)
-    wanted = {(t, st, v, s) for t, st, v, s in todo}
-    units = [json.loads(q.read_text()) for q in sorted(units_dir.glob("*.json"))]
-    units = [u for u in units if (u["task"], u["student"], u["variant"], u["seed"]) in wanted]
-    if not units:
-        print("no finished runs to aggregate")
-        return 1
-    s = sizes(args.quick)
-    made_by = provenance.aggregate_record([*units, *teachers.values()])
-    meta = {"command": made_by["command"],
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
-                       + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
-            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "seeds": list(range(args.seeds)), "steps": s["max_steps"], "batch_size": s["batch_size"],
-            "wall_time_min": sum(x["wall_time_min"] for x in sittings), "sittings": sittings,
-            "run_time_total_min": sum(u["train_wall_s"] for u in units) / 60,
-            "variants": {k: {"terms": v[0], "selector": v[1]} for k, v in VARIANTS.items()}, "terms": TERMS,
-            "tasks": {t: TASKS[t] for t in tasks}, "students": {st: STUDENTS[st] for st in students},
-            "complete": len(units) == len(todo), "provenance": made_by}
-    result = aggregate(units, teachers, meta)
-    suffix = "" if args.quick else "-full"
-    json_dir = Path(args.report_dir) if args.report_dir else ROOT / "benchmarks" / "results"
-    table_dir = Path(args.report_dir) if args.report_dir else HERE / "results"
-    write_json_atomic(json_dir / f"selection{suffix}.json", result)
-    write_text_atomic(table_dir / f"selection{suffix}.md", markdown(result))
-    plot_weights(result, table_dir / f"weights{suffix}.png")
-    print(markdown(result))
-    return 0
+    return harness_main(Selection(), argv)
 
 
 if __name__ == "__main__":

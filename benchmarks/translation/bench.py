@@ -52,8 +52,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CONFIGS = ROOT / "configs" / "translation"
-sys.path.insert(0, str(HERE.parent))
-import provenance  # noqa: E402  (benchmarks/provenance.py: commit, command and machine of every result)
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the harness
+from harness import grid, provenance  # noqa: E402
+from harness.aggregate import aggregate_provenance, ci, paired  # noqa: E402
+from harness.cli import Benchmark  # noqa: E402
+from harness.cli import main as harness_main  # noqa: E402
+from harness.grid import Unit  # noqa: E402
+from harness.sittings import read_sittings, wall_minutes  # noqa: E402
 
 METHODS = ["labels", "word_kd", "seq_kd", "backward_kl", "reinforce", "jsd"]
 ON_POLICY = ("backward_kl", "reinforce", "jsd")
@@ -155,16 +160,12 @@ def test_scores(run_dir: Path, which: str = "best") -> dict[str, Any]:
 
 def write_unit(path: Path, unit: dict[str, Any]) -> None:
     """Write one finished run's record, with the commit, command and machine that made it."""
-    from ktransfer.checkpoint import write_json_atomic
-
-    write_json_atomic(path, {**unit, "provenance": provenance.record()})
+    grid.write_unit(path, unit)
 
 
 # ------------------------------------------------------------------------------------------- stages
-def train_teacher(size_name: str, size: dict[str, Any], runs: Path, results: Path) -> dict[str, Any]:
-    path = results / "teacher.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+def train_teacher(size_name: str, size: dict[str, Any], runs: Path) -> dict[str, Any]:
+    """The teacher trained on the references, and its test scores."""
     cfg = load_config("teacher", config_overrides(size, role="teacher", seed=0, steps=size["teacher_steps"],
                                                   lr=size["teacher_lr"]))
     started = time.perf_counter()
@@ -174,7 +175,6 @@ def train_teacher(size_name: str, size: dict[str, Any], runs: Path, results: Pat
             "wall_time_s": round(result.train.wall_time_s, 2), "total_s": round(time.perf_counter() - started, 2),
             "samples_per_s": cfg.train.max_steps * cfg.train.batch_size / max(result.train.wall_time_s, 1e-9),
             "test": test_scores(runs / "teacher")}
-    write_unit(path, unit)
     print(f"teacher: test BLEU {unit['test']['bleu']:.2f} chrF {unit['test']['chrf']:.2f} "
           f"({unit['parameters']:,} parameters, {unit['wall_time_s'] / 60:.1f} min)", flush=True)
     return unit
@@ -193,11 +193,8 @@ def student_init(size: dict[str, Any], runs: Path, seed: int) -> Path:
     return path
 
 
-def pregenerate(size: dict[str, Any], runs: Path, results: Path) -> dict[str, Any]:
+def pregenerate(size: dict[str, Any], runs: Path) -> dict[str, Any]:
     """The teacher's beam translations of the training split, into the cache seq_kd reads (timed once)."""
-    path = results / "seq_kd-generation.json"
-    if path.is_file():
-        return json.loads(path.read_text())
     from torch.utils.data import DataLoader
 
     from ktransfer.batching import length_sorted
@@ -218,7 +215,6 @@ def pregenerate(size: dict[str, Any], runs: Path, results: Path) -> dict[str, An
         stage(batch, StageContext(teacher, teacher, Task("seq2seq"), 0, torch.device("cpu")))
     unit = {"examples": len(data.train), "seconds": round(time.perf_counter() - started, 2),
             "generation": cfg.targets["generation"]}
-    write_unit(path, unit)
     print(f"seq_kd: teacher beam translations of {unit['examples']} training pairs in {unit['seconds']:.0f}s", flush=True)
     return unit
 
@@ -254,11 +250,8 @@ def warm_kind(method: str) -> str | None:
     return "warm_kd" if method in FROM_KD else "warm" if method in ON_POLICY else None
 
 
-def warm_start(size: dict[str, Any], runs: Path, results: Path, seed: int, kind: str = "warm") -> dict[str, Any]:
+def warm_start(size: dict[str, Any], runs: Path, seed: int, kind: str = "warm") -> dict[str, Any]:
     """The shared warm start of the on-policy methods: `warm` (references only) or `warm_kd` (word KD)."""
-    path = results / f"{kind}-s{seed}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
     if kind == "warm_kd":
         cfg = method_config("warm_kd", size, runs, seed)
     else:
@@ -267,16 +260,13 @@ def warm_start(size: dict[str, Any], runs: Path, results: Path, seed: int, kind:
     result = train(cfg, runs / f"{kind}-s{seed}")
     unit = {"method": kind, "seed": seed, "steps": cfg.train.max_steps, "final_val": result.train.final_metrics,
             "wall_time_s": round(result.train.wall_time_s, 2)}
-    write_unit(path, unit)
     return unit
 
 
 def run_method(method: str, size: dict[str, Any], runs: Path, results: Path, seed: int) -> dict[str, Any]:
-    path = results / f"{method}-s{seed}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    """One student trained by `method` (after its warm start, whose result is in `results`) and its test scores."""
     kind = warm_kind(method)
-    warm = warm_start(size, runs, results, seed, kind) if kind else None
+    warm = grid.read_unit(results / f"{kind}-s{seed}.json") if kind else None
     cfg = method_config(method, size, runs, seed)
     run_dir = runs / f"{method}-s{seed}"
     result = train(cfg, run_dir)
@@ -288,7 +278,6 @@ def run_method(method: str, size: dict[str, Any], runs: Path, results: Path, see
         "wall_time_s": round(wall, 2), "samples_per_s": cfg.train.max_steps * cfg.train.batch_size / max(wall, 1e-9),
         "parameters": result.student_parameters, "test": test_scores(run_dir), "config": cfg.to_dict(),
     }
-    write_unit(path, unit)
     print(f"{method} seed {seed}: test BLEU {unit['test']['bleu']:.2f} chrF {unit['test']['chrf']:.2f} "
           f"(dev BLEU {unit['best_val'].get('bleu', float('nan')):.2f} at step {unit['best_step']}; "
           f"{wall / 60:.1f} min, {unit['samples_per_s']:.1f} samples/s)", flush=True)
@@ -305,7 +294,7 @@ def analyse(size: dict[str, Any], runs: Path, results: Path, who: str) -> dict[s
     from torch.utils.data import DataLoader
 
     from ktransfer.analysis import gradient_analysis
-    from ktransfer.checkpoint import load_weights, write_json_atomic
+    from ktransfer.checkpoint import load_weights
     from ktransfer.runner import _architecture, build_model, load_run_config
     from ktransfer.tasks import Task
     from ktransfer.train import split_batch
@@ -321,19 +310,10 @@ def analyse(size: dict[str, Any], runs: Path, results: Path, who: str) -> dict[s
     report = gradient_analysis(student, teacher, batches, Task("seq2seq"),
                                plot_path=results / f"gradient_analysis-{who}.png")
     report.extra = {"student": who, "split": "val", "batches": len(batches), "weights": "final"}
-    record = {**report.to_dict(), "provenance": provenance.record()}
-    write_json_atomic(out, record)
-    return record
+    return grid.write_unit(out, report.to_dict())
 
 
 # ------------------------------------------------------------------------------------------- report
-def _ci(values: list[float]) -> tuple[float, float | None]:
-    """Mean and half-width of the 95% t-interval (the project's one: ktransfer.demo.mean_ci; None for one value)."""
-    from ktransfer.demo import mean_ci
-
-    return mean_ci(values)
-
-
 def aggregate(units: list[dict[str, Any]], meta: dict[str, Any], teacher: dict[str, Any],
               analyses: dict[str, Any]) -> dict[str, Any]:
     by: dict[str, dict[int, dict[str, Any]]] = {}
@@ -349,18 +329,17 @@ def aggregate(units: list[dict[str, Any]], meta: dict[str, Any], teacher: dict[s
         def versus(reference: str, key: str) -> tuple[float, float | None] | None:
             """Paired difference of test `key` against `reference` over the seeds both ran."""
             ref = by.get(reference, {})
-            paired = [s for s in seeds if s in ref]
-            return _ci([us[s]["test"][key] - ref[s]["test"][key] for s in paired]) if paired else None
+            return paired({s: us[s]["test"][key] for s in seeds}, {s: r["test"][key] for s, r in ref.items()})
 
         for key in ("bleu", "chrf"):
-            row[f"test_{key}"] = _ci([us[s]["test"][key] for s in seeds])
+            row[f"test_{key}"] = ci([us[s]["test"][key] for s in seeds])
             dev = [us[s]["best_val"][key] for s in seeds if key in us[s]["best_val"]]
-            row[f"dev_{key}"] = _ci(dev) if dev else None
+            row[f"dev_{key}"] = ci(dev) if dev else None
             row[f"diff_{key}_vs_{BASELINE}"] = versus(BASELINE, key) if method != BASELINE else None
             row[f"diff_{key}_vs_{CONTROL}"] = versus(CONTROL, key) if method in FROM_KD and method != CONTROL else None
-        row["wall_time_s"] = _ci([us[s]["wall_time_s"] for s in seeds])
-        row["warm_start_s"] = _ci([us[s]["warm_start_s"] for s in seeds])
-        row["samples_per_s"] = _ci([us[s]["samples_per_s"] for s in seeds])
+        row["wall_time_s"] = ci([us[s]["wall_time_s"] for s in seeds])
+        row["warm_start_s"] = ci([us[s]["warm_start_s"] for s in seeds])
+        row["samples_per_s"] = ci([us[s]["samples_per_s"] for s in seeds])
         row["parameters"] = us[seeds[0]]["parameters"]
         rows.append(row)
     return {"meta": meta, "teacher": teacher, "rows": rows, "gradient_analysis": analyses, "units": units}
@@ -465,30 +444,23 @@ def check_same_setup(results: Path, runs: Path, size: dict[str, Any]) -> None:
     write_json_atomic(record, {**setup, "provenance": provenance.record()})
 
 
-def work_units(methods: list[str], seeds: int, size_name: str, size: dict[str, Any], runs: Path,
-               results: Path) -> list[Any]:
+def grid_units(methods: list[str], seeds: int) -> list[Unit]:
     """Every run of the benchmark with what it needs, in the order workers take them: the teacher first,
     and alongside it what needs no teacher (warm starts, references-only students)."""
-    from ktransfer.workers import WorkUnit
-
-    def unit(name: str, run: Any, needs: tuple[str, ...] = ()) -> WorkUnit:
-        return WorkUnit(name, run, lambda: (results / f"{name}.json").is_file(), needs)
-
-    units = [unit("teacher", lambda: train_teacher(size_name, size, runs, results))]
+    units = [Unit("teacher", {"kind": "teacher"})]
     on_policy = [m for m in methods if m in ON_POLICY]
-    units += [unit(f"warm-s{s}", lambda s=s: warm_start(size, runs, results, s)) for s in range(seeds) if on_policy]
+    units += [Unit(f"warm-s{s}", {"kind": "warm", "seed": s}) for s in range(seeds) if on_policy]
     from_kd = [m for m in methods if m in FROM_KD]
-    units += [unit(f"warm_kd-s{s}", lambda s=s: warm_start(size, runs, results, s, "warm_kd"), ("teacher",))
-              for s in range(seeds) if from_kd]
-    units += [unit(f"labels-s{s}", lambda s=s: run_method("labels", size, runs, results, s))
+    units += [Unit(f"warm_kd-s{s}", {"kind": "warm_kd", "seed": s}, ("teacher",)) for s in range(seeds) if from_kd]
+    units += [Unit(f"labels-s{s}", {"kind": "method", "method": "labels", "seed": s})
               for s in range(seeds) if "labels" in methods]
     if "seq_kd" in methods:
-        units.append(unit("seq_kd-generation", lambda: pregenerate(size, runs, results), ("teacher",)))
+        units.append(Unit("seq_kd-generation", {"kind": "generation"}, ("teacher",)))
     for s in range(seeds):  # the dearest (on-policy) first, so that the last runs to finish are short
         for m in on_policy + from_kd + [m for m in ("word_kd", "seq_kd") if m in methods]:
             needs = (("teacher", f"{warm_kind(m)}-s{s}") if warm_kind(m)
                      else ("seq_kd-generation",) if m == "seq_kd" else ("teacher",))
-            units.append(unit(f"{m}-s{s}", lambda m=m, s=s: run_method(m, size, runs, results, s), needs))
+            units.append(Unit(f"{m}-s{s}", {"kind": "method", "method": m, "seed": s}, needs))
     return units
 
 
@@ -500,118 +472,117 @@ def invocation(args: argparse.Namespace, size_name: str, default_methods: bool =
             + (f" --jobs {args.jobs}" if args.jobs > 1 else ""))
 
 
-def wall_minutes(sittings: list[dict[str, Any]], default_command: str) -> dict[str, float]:
-    """Minutes per command over the sittings (a sitting recorded without its command ran the default one)."""
-    out: dict[str, float] = {}
-    for sitting in sittings:
-        command = str(sitting.get("command", default_command))
-        out[command] = out.get(command, 0.0) + float(sitting["wall_time_min"])
-    return out
+class Translation(Benchmark):
+    """The translation benchmark on the harness: units are the teacher, warm starts, the beam translations and
+    one student per method and seed, each `<unit>.json` under results/translation/<size>/."""
 
+    script = Path(__file__)
+    description = globals()["__doc__"].splitlines()[0]
+    context_keys = ("command", "machine", "versions", "provenance", "data_sizes", "vocab_size", "bleu_tokenize")
 
-def meta_record(args: argparse.Namespace, size_name: str, size: dict[str, Any], started: float,
-                sittings: list[dict[str, Any]], units: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the aggregate was made of and by: command, machine, versions, sizes, sittings, and the provenance of
-    the aggregation with the commits of every run it mixes (`units`: the per-run records, teacher included)."""
-    import sacrebleu
-    import transformers
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        size_arg = p.add_mutually_exclusive_group()
+        size_arg.add_argument("--quick", action="store_true", help="2 CPU cores, < 60 min (the default size)")
+        size_arg.add_argument("--gpu", action="store_true", help="one H100-class GPU, < 10 min")
+        p.add_argument("--methods", nargs="+", default=METHODS, choices=ALL_METHODS,
+                       help="methods to run (the table shows every finished run of the results folder); "
+                            "the *_from_kd variants are not in the default set")
+        p.add_argument("--out", default=str(HERE / "runs"), help="run directories (resumable)")
+        p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="results folder")
+        p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                       help="change a size setting, e.g. --set steps=20 (smoke tests; recorded in the results)")
 
-    cfg = load_config("student_labels", config_overrides(size, role="student", seed=0, steps=1, lr=size["lr"]))
-    info = data_for(cfg).info
-    command = invocation(args, size_name, default_methods=True)
-    return {
-        "command": command,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
-                   + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "sacrebleu": sacrebleu.__version__},
-        "provenance": provenance.aggregate_record(units), "seeds": list(range(args.seeds)), "size_name": size_name, "size": size,
-        "data_sizes": info["sizes"], "vocab_size": info["vocab_size"], "bleu_tokenize": info["bleu_tokenize"],
-        "wall_time_min": wall_minutes(sittings, command).get(command, (time.perf_counter() - started) / 60),
-        "sittings": sittings,
-    }
+    def setup(self, args: argparse.Namespace) -> None:
+        args.started = time.perf_counter()
+        args.size_name = "gpu" if args.gpu else "quick"
+        args.size = copy.deepcopy(SIZES[args.size_name])
+        for item in args.sets:
+            key, value = item.split("=", 1)
+            node = args.size
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[last] = json.loads(value)
+        if args.size["threads"]:  # one thread per process: small matrices gain little from two, and they suffer
+            torch.set_num_threads(args.size["threads"])  # most when other processes compete for the cores
+        args.runs = Path(args.out) / args.size_name
+        self.results(args).mkdir(parents=True, exist_ok=True)
+        args.runs.mkdir(parents=True, exist_ok=True)
+        if args.reproduce is None:
+            check_same_setup(self.results(args), args.runs, args.size)
+
+    def results(self, args: argparse.Namespace) -> Path:
+        return Path(args.results) / "translation" / args.size_name
+
+    def units(self, args: argparse.Namespace) -> list[Unit]:
+        return grid_units(args.methods, args.seeds)
+
+    def run_unit(self, unit: Unit, args: argparse.Namespace) -> dict[str, Any]:
+        kind = unit.key["kind"]
+        if kind == "teacher":
+            return train_teacher(args.size_name, args.size, args.runs)
+        if kind == "generation":
+            return pregenerate(args.size, args.runs)
+        if kind in ("warm", "warm_kd"):
+            return warm_start(args.size, args.runs, unit.key["seed"], kind)
+        return run_method(unit.key["method"], args.size, args.runs, self.results(args), unit.key["seed"])
+
+    def sitting_command(self, args: argparse.Namespace) -> str:
+        return invocation(args, args.size_name)  # summed per command
+
+    def context(self, args: argparse.Namespace) -> dict[str, Any]:
+        import sacrebleu
+        import transformers
+
+        cfg = load_config("student_labels", config_overrides(args.size, role="student", seed=0, steps=1,
+                                                             lr=args.size["lr"]))
+        info = data_for(cfg).info
+        command = invocation(args, args.size_name, default_methods=True)
+        return {
+            "command": command,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
+                       + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__, "sacrebleu": sacrebleu.__version__},
+            "provenance": provenance.record(),
+            "data_sizes": info["sizes"], "vocab_size": info["vocab_size"], "bleu_tokenize": info["bleu_tokenize"],
+        }
+
+    def aggregate(self, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any] | None:
+        results = self.results(args)
+        teacher_path = results / "teacher.json"
+        units = [grid.read_unit(q) for q in sorted(results.glob("*-s*.json"))
+                 if not q.name.startswith(("warm-", "warm_kd-", "gradient_"))]
+        units = [u for u in units if u["seed"] < args.seeds and u["method"] in ALL_METHODS]
+        if not units or not teacher_path.is_file():
+            return None
+        analyses = {who: analyse(args.size, args.runs, results, who) for who in ("warm-s0", "word_kd-s0")}
+        gen = results / "seq_kd-generation.json"
+        generation = grid.read_unit(gen) if gen.is_file() else None
+        teacher = grid.read_unit(teacher_path)
+        warm = [w for w in (grid.read_unit(q) for q in sorted(results.glob("warm*-s*.json"))) if w["seed"] < args.seeds]
+        made_of = [teacher, *warm, *([generation] if generation else []), *units, *(a for a in analyses.values() if a)]
+        sittings = read_sittings(results / "sittings.jsonl")
+        command = context["command"]
+        meta = {
+            **context, "provenance": aggregate_provenance(made_of, context), "seeds": list(range(args.seeds)),
+            "size_name": args.size_name, "size": args.size,
+            "wall_time_min": wall_minutes(sittings, command).get(command, (time.perf_counter() - args.started) / 60),
+            "sittings": sittings, "seq_kd_generation": generation,
+        }
+        return aggregate(units, meta, teacher, analyses)
+
+    def outputs(self, result: dict[str, Any], args: argparse.Namespace) -> dict[Path, Any]:
+        suffix = "" if args.size_name == "quick" else "-gpu"
+        root = Path(args.results)
+        return {root / f"translation{suffix}.json": result, root / f"translation{suffix}.md": markdown(result)}
+
+    def summary(self, result: dict[str, Any]) -> str:
+        return markdown(result)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    size_arg = p.add_mutually_exclusive_group()
-    size_arg.add_argument("--quick", action="store_true", help="2 CPU cores, < 60 min (the default size)")
-    size_arg.add_argument("--gpu", action="store_true", help="one H100-class GPU, < 10 min")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--methods", nargs="+", default=METHODS, choices=ALL_METHODS,
-                   help="methods to run (the table shows every finished run of the results folder); "
-                        "the *_from_kd variants are not in the default set")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes; each takes the next run whose inputs "
-                                                       "(teacher, warm start, beam translations) are ready")
-    p.add_argument("--worker", default="0/1", metavar="I/N", help="(set by --jobs) run as worker I of N")
-    p.add_argument("--out", default=str(HERE / "runs"), help="run directories (resumable)")
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="results folder")
-    p.add_argument("--aggregate-only", action="store_true")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a size setting, e.g. --set steps=20 (smoke tests; recorded in the results)")
-    args = p.parse_args(argv)
-    from ktransfer.workers import read_sittings, record_sitting
-
-    started = time.perf_counter()
-    size_name = "gpu" if args.gpu else "quick"
-    size = copy.deepcopy(SIZES[size_name])
-    for item in args.sets:
-        key, value = item.split("=", 1)
-        node = size
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = json.loads(value)
-    is_worker = args.worker != "0/1"
-    if size["threads"]:  # one thread per process: small matrices gain little from two, and they suffer most
-        torch.set_num_threads(size["threads"])  # when other processes compete for the cores
-    runs = Path(args.out) / size_name
-    results_root = Path(args.results)
-    results = results_root / "translation" / size_name
-    results.mkdir(parents=True, exist_ok=True)
-    runs.mkdir(parents=True, exist_ok=True)
-    check_same_setup(results, runs, size)
-    if not args.aggregate_only:
-        queue = work_units(args.methods, args.seeds, size_name, size, runs, results)
-        if args.jobs > 1 and not is_worker:
-            from ktransfer.workers import run_workers
-
-            for stale in (results / "claims").glob("*.claim"):  # a new invocation: no worker of an old one lives
-                stale.unlink()
-            if not run_workers(__file__, argv, args.jobs):
-                return 1
-        else:
-            from ktransfer.workers import work_queue
-
-            work_queue(queue, results / "claims")
-            if is_worker:
-                return 0
-        record_sitting(results / "sittings.jsonl", (time.perf_counter() - started) / 60,  # summed per command
-                       invocation(args, size_name))
-    teacher_path = results / "teacher.json"
-    units = [json.loads(q.read_text()) for q in sorted(results.glob("*-s*.json"))
-             if not q.name.startswith(("warm-", "warm_kd-", "gradient_"))]
-    units = [u for u in units if u["seed"] < args.seeds and u["method"] in ALL_METHODS]
-    if not units or not teacher_path.is_file():
-        print("no finished runs to aggregate")
-        return 1
-    analyses = {"warm-s0": analyse(size, runs, results, "warm-s0"), "word_kd-s0": analyse(size, runs, results, "word_kd-s0")}
-    gen = results / "seq_kd-generation.json"
-    generation = json.loads(gen.read_text()) if gen.is_file() else None
-    teacher = json.loads(teacher_path.read_text())
-    warm = [w for w in (json.loads(q.read_text()) for q in sorted(results.glob("warm*-s*.json")))
-            if w["seed"] < args.seeds]
-    made_of = [teacher, *warm, *([generation] if generation else []), *units, *(a for a in analyses.values() if a)]
-    meta = meta_record(args, size_name, size, started, read_sittings(results / "sittings.jsonl"), made_of)
-    meta["seq_kd_generation"] = generation
-    result = aggregate(units, meta, teacher, analyses)
-    from ktransfer.checkpoint import write_json_atomic, write_text_atomic
-
-    suffix = "" if size_name == "quick" else "-gpu"
-    write_json_atomic(results_root / f"translation{suffix}.json", result)
-    write_text_atomic(results_root / f"translation{suffix}.md", markdown(result))
-    print(markdown(result))
-    return 0
+    return harness_main(Translation(), argv)
 
 
 if __name__ == "__main__":

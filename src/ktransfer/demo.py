@@ -12,7 +12,6 @@ by `benchmarks/digits_kd/sweep.py`; the test split is touched only for the final
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from pathlib import Path
@@ -20,8 +19,11 @@ from typing import Any
 
 from ktransfer.checkpoint import write_json_atomic, write_text_atomic
 from ktransfer.config import RunConfig, apply_overrides
+from ktransfer.provenance import library_provenance
 from ktransfer.runner import environment, evaluate_run, load_data, run
-from ktransfer.workers import library_provenance
+from ktransfer.stats import mean_ci  # re-exported: ktransfer.demo.mean_ci
+
+__all__ = ["demo_configs", "markdown_table", "mean_ci", "print_table", "run_demo", "summarize"]
 
 # Chosen on validation by benchmarks/digits_kd/sweep.py (tests/test_demo.py keeps them in sync).
 TEACHER: dict[str, Any] = {"builder": "cnn", "channels": [32, 64], "dropout": 0.2}
@@ -53,17 +55,6 @@ def demo_configs(seed: int, teacher_dir: str | Path, overrides: list[str] | None
         "student alone": RunConfig.from_dict(apply_overrides(alone, overrides or [])),
         "distilled student": RunConfig.from_dict(apply_overrides(distilled, overrides or [])),
     }
-
-
-def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float | None]:
-    """Mean and half-width of a Student-t confidence interval (None for a single or a non-finite value)."""
-    from scipy import stats
-
-    mean = statistics.fmean(values)
-    if len(values) < 2 or not all(math.isfinite(v) for v in values):  # a failed run (nan) has no spread to report
-        return mean, None
-    sem = statistics.stdev(values) / math.sqrt(len(values))
-    return mean, float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * sem)
 
 
 def run_demo(out: str | Path, seeds: list[int] | tuple[int, ...] = (0, 1, 2), quick: bool = False,

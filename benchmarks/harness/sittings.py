@@ -1,0 +1,45 @@
+"""The sittings log of a benchmark: one JSON line per invocation that ran units, with its wall time and command;
+their minutes add up to the benchmark's wall time, counted per command."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def record_sitting(log: str | Path, minutes: float, command: str | None = None) -> None:
+    """Append one invocation's wall time (and, if given, its command) to `log`."""
+    entry: dict[str, object] = {"ended": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_time_min": minutes}
+    if command is not None:
+        entry["command"] = command
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def read_sittings(log: str | Path) -> list[dict[str, Any]]:
+    """Every sitting recorded in `log` (none when it does not exist); a line that is not JSON is an error naming
+    the file and line."""
+    log = Path(log)
+    if not log.is_file():
+        return []
+    out = []
+    for n, line in enumerate(log.read_text().splitlines(), 1):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{log}:{n}: not a JSON sitting record ({e.msg}, column {e.colno})") from None
+    return out
+
+
+def wall_minutes(sittings: Sequence[Mapping[str, Any]], default_command: str) -> dict[str, float]:
+    """Minutes per command over the sittings (a sitting recorded without its command ran `default_command`)."""
+    out: dict[str, float] = {}
+    for sitting in sittings:
+        command = str(sitting.get("command", default_command))
+        out[command] = out.get(command, 0.0) + float(sitting["wall_time_min"])
+    return out
