@@ -2,7 +2,8 @@
 
 The helpers (`ktransfer.provenance` and the benchmark harness's `harness.provenance`) against git itself; every
 JSON result under benchmarks/ for a provenance block that git history confirms; aggregates for the
-commits they mix; the README for the result files it cites and for process language."""
+commits they mix; the README and the documentation site (docs/) for the result files and commits they
+cite, and the product's texts for process language."""
 
 from __future__ import annotations
 
@@ -180,24 +181,26 @@ def test_every_aggregate_lists_the_commits_it_mixes(path: Path) -> None:
     assert mixed <= set(listed), f"{path.relative_to(ROOT)}: commits {sorted(map(str, mixed - set(listed)))} not listed"
 
 
-# ------------------------------------------------------------------------------------------- the README
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+# ------------------------------------------------------------------------------------------- README and docs
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+README = "\n".join(page.read_text(encoding="utf-8") for page in DOC_PAGES)  # the README and every page of the site
 
 
-def test_every_file_the_readme_cites_exists() -> None:
-    cited = set(re.findall(r"(?<![\w/.])((?:benchmarks|configs)/[\w./-]+\.(?:md|json|png|yaml|py))", README))
+def test_every_file_the_readme_and_the_docs_cite_exists() -> None:
+    # a markdown link target (in parentheses) is relative to its page; the strict build checks those
+    cited = set(re.findall(r"(?<![\w/.(])((?:benchmarks|configs|examples)/[\w./-]+\.(?:md|json|png|yaml|py))", README))
     assert len(cited) > 20
     missing = sorted(c for c in cited if not (ROOT / c).is_file())
-    assert not missing, f"README cites files that do not exist: {missing}"
+    assert not missing, f"README or docs cite files that do not exist: {missing}"
 
 
-def test_every_commit_the_readme_names_exists() -> None:
-    named = set(re.findall(r"(?:commit|before|Before:?)\s*\(?`?([0-9a-f]{7,40})\b", README))
+def test_every_commit_the_readme_and_the_docs_name_exists() -> None:
+    named = set(re.findall(r"(?:commit|before|Before:?|git show)\s*\(?`?([0-9a-f]{7,40})\b", README))
     if not HAS_GIT:
         pytest.skip("needs git and the repository's history")
     unknown = [c for c in sorted(named) if subprocess.run(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=ROOT,
                                                           capture_output=True).returncode != 0]
-    assert not unknown, f"README names commits that are not in the history: {unknown}"
+    assert not unknown, f"README or docs name commits that are not in the history: {unknown}"
 
 
 PROCESS_LANGUAGE = re.compile(r"Found:|\bissue \d+|the \d+ asked|lent to this (?:session|task)|uncommitted trial"
@@ -205,7 +208,8 @@ PROCESS_LANGUAGE = re.compile(r"Found:|\bissue \d+|the \d+ asked|lent to this (?
 
 
 def product_texts() -> list[Path]:
-    files = [ROOT / "README.md", *sorted((ROOT / "configs").rglob("*.yaml"))]
+    files = [*DOC_PAGES, ROOT / "mkdocs.yml", *sorted((ROOT / "configs").rglob("*.yaml"))]
+    files += sorted((ROOT / "docs").rglob("*.py")) + sorted((ROOT / "examples").glob("*.py"))
     files += sorted(p for p in (ROOT / "benchmarks").rglob("*") if p.suffix in {".md", ".py", ".json"}
                     and "runs" not in p.relative_to(ROOT).parts)
     files += sorted((ROOT / "tests").glob("*.py")) + sorted((ROOT / "src").rglob("*.py"))
