@@ -283,7 +283,8 @@ def analyze_target(target: str | Path, out: str | Path | None = None, *, batches
     """
     from torch.utils.data import DataLoader
 
-    from ktransfer.checkpoint import load_weights, write_json_atomic
+    from ktransfer.checkpoint import load_weights
+    from ktransfer.io import write_json_atomic
     from ktransfer.config import RunConfig
     from ktransfer.runner import _architecture, build_model, load_data
     from ktransfer.train import split_batch

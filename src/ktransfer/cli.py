@@ -50,7 +50,7 @@ def _apply_threads(args: argparse.Namespace) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ktransfer", description="Knowledge transfer (distillation) for PyTorch.")
-    from ktransfer import __version__
+    from ktransfer._version import __version__
     from ktransfer.catalog import CATEGORIES  # names only: the registries are imported when listed
 
     parser.add_argument("--version", action="version", version=f"ktransfer {__version__}")

@@ -45,7 +45,7 @@ def write_run_outputs(run_dir: str | Path, path: str | Path, split: str = "test"
 def write_outputs(model: nn.Module, dataset: Any, task: Task, path: str | Path, *, collate_fn: Any,
                   info: dict[str, Any] | None = None, batch_size: int = 64, tokenizer: str | None = None) -> int:
     """Write `model`'s outputs on every example of `dataset` to `path` (JSONL, written aside then renamed)."""
-    from ktransfer.checkpoint import atomic_path
+    from ktransfer.io import atomic_path
 
     info = info or {}
     if task.kind == "classification":

@@ -26,7 +26,7 @@ from ktransfer.fingerprint import digests_of, source_digest
 
 def teacher_key(config: str | Path) -> str:
     """The cache entry of the run `config` describes: `teacher-<data name>-<hash>`."""
-    from ktransfer import __version__
+    from ktransfer._version import __version__
     from ktransfer.config import RunConfig
     from ktransfer.data.text import MINILM
 

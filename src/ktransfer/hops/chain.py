@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ktransfer.checkpoint import atomic_path, write_json_atomic, write_text_atomic
+from ktransfer.io import atomic_path, write_json_atomic, write_text_atomic
 from ktransfer.data import DATASETS
 from ktransfer.fingerprint import path_digest
 from ktransfer.hops import external

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ktransfer.checkpoint import atomic_path, load_weights, save_weights
+from ktransfer.checkpoint import load_weights, save_weights
+from ktransfer.io import atomic_path
 from ktransfer.models import MODELS, count_parameters
 from ktransfer.registry import ConfigError, Registry
 
