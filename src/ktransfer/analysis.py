@@ -287,7 +287,7 @@ def analyze_target(target: str | Path, out: str | Path | None = None, *, batches
     from ktransfer.io import write_json_atomic
     from ktransfer.config import RunConfig
     from ktransfer.runner import _architecture, build_model, load_data
-    from ktransfer.train import split_batch
+    from ktransfer.engine.batches import split_batch
 
     target = Path(target)
     is_run = target.is_dir()

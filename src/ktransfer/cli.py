@@ -324,7 +324,7 @@ COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "resume": _cmd_resume, "eval": _
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # --version / --help exit here, before any heavy import
     from ktransfer.registry import ConfigError
-    from ktransfer.train import NonFiniteError, WorldSizeError
+    from ktransfer.engine.errors import NonFiniteError, WorldSizeError
 
     try:
         _apply_threads(args)

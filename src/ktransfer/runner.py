@@ -22,12 +22,13 @@ from ktransfer.checkpoint import find_intact_checkpoint, latest_checkpoint, load
 from ktransfer.config import MODEL_META_KEYS, RunConfig
 from ktransfer.data import DATASETS, DataSplits
 from ktransfer.data.base import describe_examples, example_warnings
-from ktransfer.knowledge import ResponseTerm, build_terms
+from ktransfer.knowledge import ResponseTerm
+from ktransfer.terms import build_terms
 from ktransfer.models import DATASET_DEFAULTS, MODELS, count_parameters
 from ktransfer.registry import ConfigError
 from ktransfer.selection import SELECTORS
 from ktransfer.tasks import TASK_SPECS, ForwardResult, Task
-from ktransfer.train import Distiller, TrainResult, make_evaluator, split_batch
+from ktransfer.engine import Distiller, TrainResult, make_evaluator, split_batch
 
 
 @dataclass

