@@ -274,7 +274,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from ktransfer.data import find_preparer
+    from ktransfer.prepare import find_preparer
 
     prepare = find_preparer(args.name)
     try:

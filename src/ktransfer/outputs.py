@@ -31,7 +31,8 @@ Decoder = Callable[[list[int]], str]
 def write_run_outputs(run_dir: str | Path, path: str | Path, split: str = "test", which: str = "best") -> int:
     """Write a run's student outputs on `split` (its `which` weights) to the JSONL file `path`; the line count."""
     from ktransfer.checkpoint import load_weights
-    from ktransfer.runner import _architecture, build_model, load_data, load_run_config
+    from ktransfer.building import _architecture, build_model, load_data
+    from ktransfer.rundir import load_run_config
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
