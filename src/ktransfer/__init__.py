@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ktransfer._version import __version__
+from ktransfer._version import __version__  # noqa: F401  (ktransfer.__version__)
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {

