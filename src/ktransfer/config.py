@@ -38,6 +38,7 @@ from ktransfer.models import MODELS
 from ktransfer.registry import ConfigError, suggest
 from ktransfer.schema import from_dict, to_dict
 from ktransfer.selection import SELECTORS
+from ktransfer.sequence.targets import targets_stage_from_config
 from ktransfer.tasks import TASK_KINDS, TASK_SPECS, TaskKind
 from ktransfer.terms import build_terms
 from ktransfer.engine.configs import OptimConfig, ScheduleConfig, TrainConfig
@@ -88,8 +89,6 @@ class RunConfig:
         if needing and self.teacher is None:
             raise ConfigError(f"knowledge: terms {needing} need a teacher, but 'teacher' is not set")
         if self.targets is not None:
-            from ktransfer.sequence.targets import targets_stage_from_config
-
             stage = targets_stage_from_config(self.targets, self.task)
             if stage.requires_teacher and self.teacher is None:
                 raise ConfigError("targets: the teacher generates targets (teacher source, teacher_mix or "

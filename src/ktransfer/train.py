@@ -1,7 +1,6 @@
-"""The training engine under its first name: every name it offered, now defined in `ktransfer.engine`.
+"""The training engine's public names (`Distiller`, `TrainConfig`, `make_evaluator`, ...), defined in `ktransfer.engine`.
 
-`from ktransfer.train import Distiller, TrainConfig, ...` keeps working; new code may import
-from `ktransfer.engine` (or its modules) directly.
+`from ktransfer.train import ...` and `from ktransfer.engine import ...` give the same objects.
 """
 
 from __future__ import annotations

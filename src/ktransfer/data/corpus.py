@@ -34,9 +34,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ktransfer.cache import cached_entry
 from ktransfer.data.base import DataSplits, example_counts, vocabulary_digest
 from ktransfer.data.files import read_json_rows, read_utf8
 from ktransfer.data.packaged import BBC, ROWS_FILE, _read_rows
+from ktransfer.fingerprint import source_digest
 from ktransfer.pretrained import smollm2_dir
 from ktransfer.registry import LocalPath
 from ktransfer.tasks import IGNORE_INDEX
@@ -148,9 +150,6 @@ def train_bpe_tokenizer(docs: Sequence[str], vocab_size: int) -> Path:
     its tokenizer.json path. Special tokens: <|endoftext|> (id 0, end of document) and <pad> (id 1)."""
     import tokenizers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from ktransfer.cache import cached_entry
-    from ktransfer.fingerprint import source_digest
 
     if vocab_size < 260:
         raise ValueError(f"train_tokenizer: a byte-level BPE needs a vocabulary of at least 260, got {vocab_size}")

@@ -1,4 +1,4 @@
-"""Files from PyPI wheels, obtained once into the cache: `ktransfer.packages`, under its older name."""
+"""Files from PyPI wheels, obtained once into the cache: the names of `ktransfer.packages`, also importable from here."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The training engine: one loop (`Distiller`) apart from its settings, batches, process helpers,
 evaluator, run-health checks, checkpoints and the wiring of terms, stages and selector.
 
-`ktransfer.train` offers the same names, as it always has.
+`ktransfer.train` offers the same names.
 """
 
 from __future__ import annotations

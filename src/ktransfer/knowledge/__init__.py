@@ -61,7 +61,7 @@ def build_terms(specs: list[dict[str, Any]], where: str = "knowledge",
 
 
 def __getattr__(name: str) -> Any:
-    """The sequence wing's terms are no longer offered here: say where they are."""
+    """The sequence wing's terms are imported from the wing: a clear error saying where, for any other name too."""
     if name in _WING_TERMS.values():
         raise AttributeError(f"ktransfer.knowledge.{name} moved to the sequence wing (deprecated here): "
                              f"use `from ktransfer.sequence import {name}`")

@@ -1,4 +1,4 @@
-"""Batch stages, the engine's hook that sequence targets plug into (`ktransfer.engine.stages`), under their older name."""
+"""Batch stages, the engine's hook that sequence targets plug into: `ktransfer.engine.stages`, also importable from here."""
 
 from __future__ import annotations
 
