@@ -104,7 +104,7 @@ def test_replace_dir_never_leaves_a_partial_directory(tmp_path: Path, monkeypatc
         real_replace(src, dst)
 
     newer = make(".tmp-step-00000010", b"newer")
-    monkeypatch.setattr(ck.os, "replace", killed_on_second)
+    monkeypatch.setattr(os, "replace", killed_on_second)
     with pytest.raises(KeyboardInterrupt):
         ck.replace_dir(newer, final)
     monkeypatch.undo()
@@ -201,7 +201,7 @@ def test_kill_while_replacing_a_damaged_checkpoint_then_resume(
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr(ck.os, "replace", kill_when_renaming_in)
+    monkeypatch.setattr(os, "replace", kill_when_renaming_in)
     with pytest.raises(KeyboardInterrupt):
         resume(d, progress=False)
     monkeypatch.undo()
@@ -359,3 +359,16 @@ def test_a_tied_language_model_checkpoints_and_resumes_without_the_shared_tensor
     assert "lm_head.weight" not in saved and "model.embed_tokens.weight" in saved
     assert is_tied(resumed)
     assert_same_weights(final_weights(tmp_path / "cut"), final_weights(tmp_path / "full"))
+
+
+def test_atomic_writes_and_manifests_come_from_the_io_module_and_checkpoint_still_offers_them(tmp_path: Path) -> None:
+    from ktransfer import io
+
+    for name in ("atomic_path", "write_text_atomic", "write_json_atomic", "write_manifest", "read_manifest",
+                 "verify_manifest", "replace_dir", "CorruptFileError", "current_umask", "file_digest"):
+        assert getattr(ck, name) is getattr(io, name), name
+    io.write_json_atomic(tmp_path / "d" / "a.json", {"x": 1})
+    io.write_manifest(tmp_path / "d", step=3)
+    assert io.verify_manifest(tmp_path / "d") is None and io.read_manifest(tmp_path / "d")["step"] == 3
+    (tmp_path / "d" / "a.json").write_text("{}\n")
+    assert io.verify_manifest(tmp_path / "d") == "a.json has 3 bytes, the manifest says 13"

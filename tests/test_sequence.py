@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ktransfer.data import TensorDictDataset
-from ktransfer.knowledge import KNOWLEDGE, LabelsTerm, StepView
+from ktransfer.knowledge import LabelsTerm, StepView
 from ktransfer.sequence import (
     OnPolicyTerm,
     ReinforceTerm,
@@ -26,6 +26,7 @@ from ktransfer.sequence import (
 )
 from ktransfer.sequence.estimators import token_logprobs
 from ktransfer.tasks import Task
+from ktransfer.terms import TERMS
 from ktransfer.train import Distiller, OptimConfig, TrainConfig
 
 EOS = 1
@@ -284,8 +285,8 @@ def test_the_reinforce_term_is_unbiased_exactly_for_constant_normalisations(norm
 
 
 def test_normalise_is_checked_and_the_old_length_normalise_flag_maps_to_it_with_a_warning() -> None:
-    from ktransfer.knowledge import build_terms
     from ktransfer.registry import ConfigError
+    from ktransfer.terms import build_terms
 
     assert ReinforceTerm().normalise == "max_length" and ReinforceTerm().exact
     assert build_terms([{"type": "reinforce", "normalise": 12}])[0].normalise == 12.0  # type: ignore[attr-defined]
@@ -517,13 +518,30 @@ def test_seq2seq_batch_without_decoder_targets_is_refused() -> None:
 
 
 def test_terms_are_registered_and_validate_their_options() -> None:
-    assert {"on_policy", "reinforce"} <= set(KNOWLEDGE.names())
+    assert {"on_policy", "reinforce"} <= set(TERMS.names())
     with pytest.raises(ValueError, match="baseline: invalid value 'greedy'"):
         ReinforceTerm(baseline="greedy")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown source 'teachr'"):
         OnPolicyTerm(sources=["teachr"])
     with pytest.raises(ValueError, match="teacher_mix samples from a mixed policy"):
         TargetsStage(generation={"teacher_mix": 0.2, "num_beams": 2, "do_sample": False})
+
+
+def test_the_catalogue_assembles_every_term_and_the_knowledge_package_points_to_it() -> None:
+    """The knowledge package never imports the sequence wing: `ktransfer.terms` joins their terms."""
+    import ktransfer.knowledge as knowledge
+    from ktransfer.registry import ConfigError
+    from ktransfer.terms import build_terms
+
+    assert set(TERMS.names()) == {*knowledge.KNOWLEDGE.names(), "on_policy", "reinforce"}
+    assert not {"on_policy", "reinforce"} & set(knowledge.KNOWLEDGE.names())
+    built = build_terms([{"type": "on_policy"}, {"type": "reinforce", "weight": 0.5}, {"type": "labels"}])
+    assert [type(t) for t in built] == [OnPolicyTerm, ReinforceTerm, LabelsTerm]
+    with pytest.raises(ConfigError, match=r"knowledge\[0\]: 'on_policy' is a term of the sequence wing.*"
+                                          r"use ktransfer.terms.build_terms"):
+        knowledge.build_terms([{"type": "on_policy"}])
+    with pytest.raises(AttributeError, match="use `from ktransfer.sequence import ReinforceTerm`"):
+        knowledge.ReinforceTerm  # noqa: B018
 
 
 def test_targets_are_chosen_in_the_run_config() -> None:

@@ -313,6 +313,36 @@ def test_teacher_trained_once_per_config_then_distilled_from(
         preflight(RunConfig.from_yaml(tmp_path / "distil.yaml"))
 
 
+def test_the_teacher_preparer_sits_above_the_runner_and_the_data_package_points_to_it(tmp_path: Path) -> None:
+    from ktransfer.data import find_preparer as find_data_preparer
+    from ktransfer.prepare import PREPARERS, find_preparer, prepare_teacher
+
+    assert find_preparer("teacher") is prepare_teacher and "teacher" in PREPARERS
+    assert find_preparer("bible-de-en") is not None and find_preparer("minilm") is find_data_preparer("minilm")
+    with pytest.raises(ValueError, match=r"ktransfer.prepare.find_preparer\('teacher'\)"):
+        find_data_preparer("teacher")
+    with pytest.raises(ValueError, match="valid choices: teacher, bbc-news"):
+        find_preparer("techer")
+    with pytest.raises(ValueError, match="name the teacher's run config"):
+        prepare_teacher(None)
+
+
+def test_the_cached_teacher_builder_is_loaded_by_the_run_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ktransfer.models` registers `cached_teacher`; `ktransfer.building`, which reads run configs, loads it."""
+    import ktransfer.building as building
+    from ktransfer.models import MODELS
+
+    monkeypatch.setenv("KTRANSFER_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "teacher.yaml").write_text("student: {builder: mlp, hidden: [4]}\ntrain: {max_steps: 2}\n")
+    with pytest.raises(FileNotFoundError, match=r"ktransfer data prepare teacher --config .*teacher\.yaml"):
+        MODELS.build("cached_teacher", {"config": str(tmp_path / "teacher.yaml"), "num_classes": 10})
+    calls = []
+    monkeypatch.setattr(building, "cached_teacher_dir", lambda config: calls.append(config) or tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="teacher.cached.from_run: no run found at"):
+        MODELS.build("cached_teacher", {"config": str(tmp_path / "teacher.yaml"), "num_classes": 10})
+    assert calls == [str(tmp_path / "teacher.yaml")]
+
+
 # ------------------------------------------------------------------------------------------- real packages
 def _require(*sources: WheelSource) -> None:
     for source in sources:

@@ -334,7 +334,7 @@ def test_a_custom_term_reads_captured_features_and_trains_the_student() -> None:
 
 def test_checkpoints_by_wall_time_make_a_killed_run_resumable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    import ktransfer.train as train_module
+    import ktransfer.engine.checkpointing as checkpointing
 
     clock = [0.0]
 
@@ -342,7 +342,7 @@ def test_checkpoints_by_wall_time_make_a_killed_run_resumable(tmp_path: Path, mo
         clock[0] += 240.0
         return clock[0]
 
-    monkeypatch.setattr(train_module, "_clock", tick)
+    monkeypatch.setattr(checkpointing, "_clock", tick)
     cfg = tiny_config(checkpoint_every=0, checkpoint_minutes=10.0)
     full = run(cfg, tmp_path / "full", progress=False)
     run(cfg, tmp_path / "killed", progress=False, stop_after_steps=25)

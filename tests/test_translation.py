@@ -591,7 +591,7 @@ def test_a_killed_run_of_the_shipped_translation_teacher_config_resumes(tmp_path
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipped config, made small by overrides that leave checkpointing at its defaults: a kill
     between checkpoints by time resumes and ends where the uninterrupted run ends."""
-    import ktransfer.train as train_module
+    import ktransfer.engine.checkpointing as checkpointing
     from ktransfer.cache import cache_root
     from ktransfer.config import RunConfig
     from ktransfer.runner import resume, run
@@ -604,7 +604,7 @@ def test_a_killed_run_of_the_shipped_translation_teacher_config_resumes(tmp_path
         clock[0] += 240.0
         return clock[0]
 
-    monkeypatch.setattr(train_module, "_clock", tick)
+    monkeypatch.setattr(checkpointing, "_clock", tick)
     config = Path(__file__).resolve().parents[1] / "configs" / "translation" / "teacher.yaml"
     small = ["data.train_size=64", "data.val_size=8", "data.test_size=8", "data.eval_examples=4", "student.d_model=16",
              "student.ffn_dim=32", "student.encoder_layers=1", "student.decoder_layers=1", "student.attention_heads=2",

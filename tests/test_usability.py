@@ -62,7 +62,7 @@ def test_the_public_api_still_imports_from_the_package() -> None:
     from ktransfer import ConfigError, Distiller, RunConfig, TrainConfig, forward_kl, run
 
     assert ktransfer.__version__ == "0.1.0"
-    assert RunConfig.__module__ == "ktransfer.config" and Distiller.__module__ == "ktransfer.train"
+    assert RunConfig.__module__ == "ktransfer.config" and Distiller.__module__ == "ktransfer.engine.loop"
     assert callable(run) and callable(forward_kl) and issubclass(ConfigError, ValueError) and TrainConfig
     assert set(ktransfer.__all__) <= set(dir(ktransfer))
     for name in ktransfer.__all__:
@@ -125,13 +125,13 @@ def registries() -> dict[str, dict[str, list[str]]]:
     """category -> component name -> the keys a config may give it, straight from the code."""
     from ktransfer.data import DATASETS
     from ktransfer.divergences import DIVERGENCES
-    from ktransfer.knowledge import KNOWLEDGE
     from ktransfer.knowledge.response import divergence_params
     from ktransfer.models import MODELS
     from ktransfer.selection import SELECTORS
+    from ktransfer.terms import TERMS
 
     out = {name: {n: reg.keys(n) for n in reg.names()}
-           for name, reg in (("knowledge", KNOWLEDGE), ("selectors", SELECTORS), ("builders", MODELS),
+           for name, reg in (("knowledge", TERMS), ("selectors", SELECTORS), ("builders", MODELS),
                              ("datasets", DATASETS))}
     out["divergences"] = {n: divergence_params(n) for n in DIVERGENCES}
     from ktransfer.hops.methods import TRANSFER_METHODS

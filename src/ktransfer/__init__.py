@@ -1,7 +1,7 @@
 """ktransfer: knowledge transfer (distillation) for PyTorch.
 
 The public API mirrors a run config: `RunConfig` + `run` / `resume` / `evaluate_run` do what
-the CLI does; `Distiller` with knowledge terms and a selector is the engine underneath.
+the CLI does; `Distiller` with knowledge terms and a selector is the engine underneath (`ktransfer.engine`).
 
 Names are imported on first use (module `__getattr__`), so `import ktransfer` and
 `ktransfer --version` / `--help` do not pay for importing torch, transformers and accelerate.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ktransfer._version import __version__  # noqa: F401  (ktransfer.__version__)
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -27,7 +27,7 @@ _EXPORTS: dict[str, str] = {
                                               "resume", "run")},
     **{name: "ktransfer.selection" for name in ("FixedWeights", "SelectionState", "Selector")},
     "Task": "ktransfer.tasks",
-    **{name: "ktransfer.train" for name in (
+    **{name: "ktransfer.engine" for name in (
         "Distiller", "NonFiniteLossError", "OptimConfig", "ScheduleConfig", "TrainConfig", "TrainResult",
         "make_evaluator")},
 }
@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from ktransfer.runner import RunResult, build_distiller, evaluate_run, preflight, resume, run
     from ktransfer.selection import FixedWeights, SelectionState, Selector
     from ktransfer.tasks import Task
-    from ktransfer.train import (
+    from ktransfer.engine import (
         Distiller,
         NonFiniteLossError,
         OptimConfig,

@@ -283,10 +283,11 @@ def analyze_target(target: str | Path, out: str | Path | None = None, *, batches
     """
     from torch.utils.data import DataLoader
 
-    from ktransfer.checkpoint import load_weights, write_json_atomic
+    from ktransfer.building import _architecture, build_model, load_data
+    from ktransfer.checkpoint import load_weights
     from ktransfer.config import RunConfig
-    from ktransfer.runner import _architecture, build_model, load_data
-    from ktransfer.train import split_batch
+    from ktransfer.engine.batches import split_batch
+    from ktransfer.io import write_json_atomic
 
     target = Path(target)
     is_run = target.is_dir()

@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ktransfer.io import verify_manifest, write_manifest
+
 CACHE_ENV = "KTRANSFER_CACHE"
 
 
@@ -32,8 +34,6 @@ def cached_entry(key: str, build: Callable[[Path], None]) -> Path:
     """
     if not key or "/" in key or key.startswith("."):
         raise ValueError(f"cache key must be a plain folder name, got {key!r}")
-    from ktransfer.checkpoint import verify_manifest, write_manifest
-
     path = cache_root() / key
     if path.is_dir():
         reason = verify_manifest(path)

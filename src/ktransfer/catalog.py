@@ -140,9 +140,9 @@ def _datasets() -> Any:
 
 
 def _knowledge() -> Any:
-    from ktransfer.knowledge import KNOWLEDGE
+    from ktransfer.terms import TERMS
 
-    return KNOWLEDGE
+    return TERMS
 
 
 def _selectors() -> Any:

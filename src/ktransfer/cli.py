@@ -50,7 +50,7 @@ def _apply_threads(args: argparse.Namespace) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ktransfer", description="Knowledge transfer (distillation) for PyTorch.")
-    from ktransfer import __version__
+    from ktransfer._version import __version__
     from ktransfer.catalog import CATEGORIES  # names only: the registries are imported when listed
 
     parser.add_argument("--version", action="version", version=f"ktransfer {__version__}")
@@ -274,7 +274,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from ktransfer.data import find_preparer
+    from ktransfer.prepare import find_preparer
 
     prepare = find_preparer(args.name)
     try:
@@ -324,7 +324,7 @@ COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "resume": _cmd_resume, "eval": _
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # --version / --help exit here, before any heavy import
     from ktransfer.registry import ConfigError
-    from ktransfer.train import NonFiniteError, WorldSizeError
+    from ktransfer.engine.errors import NonFiniteError, WorldSizeError
 
     try:
         _apply_threads(args)

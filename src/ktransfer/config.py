@@ -7,7 +7,7 @@ task: classification            # classification | causal_lm | seq2seq
 data: {name: digits, split_seed: 0}           # DATASETS registry name + its keyword arguments
 teacher: {from_run: runs/teacher}             # or {builder: mlp, hidden: [256], weights: t.safetensors}; null = none
 student: {builder: mlp, hidden: [32]}         # MODELS registry name + its keyword arguments
-knowledge:                                    # KNOWLEDGE registry: type + keyword arguments
+knowledge:                                    # TERMS catalogue (ktransfer.terms): type + keyword arguments
   - {type: response, divergence: forward_kl, temperature: 4.0, weight: 0.5}
   - {type: labels, weight: 0.5}
 targets: null                                 # or {sources: {dataset: 0.5, student: 0.5}, generation: {...}}
@@ -34,13 +34,14 @@ from typing import Any
 import yaml
 
 from ktransfer.data import DATASETS
-from ktransfer.knowledge import build_terms
 from ktransfer.models import MODELS
 from ktransfer.registry import ConfigError, suggest
 from ktransfer.schema import from_dict, to_dict
 from ktransfer.selection import SELECTORS
+from ktransfer.sequence.targets import targets_stage_from_config
 from ktransfer.tasks import TASK_KINDS, TASK_SPECS, TaskKind
-from ktransfer.train import OptimConfig, ScheduleConfig, TrainConfig
+from ktransfer.terms import build_terms
+from ktransfer.engine.configs import OptimConfig, ScheduleConfig, TrainConfig
 
 # Keys of a model section that are not arguments of the builder.
 MODEL_META_KEYS = ("builder", "weights", "from_run", "which")
@@ -88,8 +89,6 @@ class RunConfig:
         if needing and self.teacher is None:
             raise ConfigError(f"knowledge: terms {needing} need a teacher, but 'teacher' is not set")
         if self.targets is not None:
-            from ktransfer.sequence.targets import targets_stage_from_config
-
             stage = targets_stage_from_config(self.targets, self.task)
             if stage.requires_teacher and self.teacher is None:
                 raise ConfigError("targets: the teacher generates targets (teacher source, teacher_mix or "

@@ -31,7 +31,8 @@ Decoder = Callable[[list[int]], str]
 def write_run_outputs(run_dir: str | Path, path: str | Path, split: str = "test", which: str = "best") -> int:
     """Write a run's student outputs on `split` (its `which` weights) to the JSONL file `path`; the line count."""
     from ktransfer.checkpoint import load_weights
-    from ktransfer.runner import _architecture, build_model, load_data, load_run_config
+    from ktransfer.building import _architecture, build_model, load_data
+    from ktransfer.rundir import load_run_config
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
@@ -45,7 +46,7 @@ def write_run_outputs(run_dir: str | Path, path: str | Path, split: str = "test"
 def write_outputs(model: nn.Module, dataset: Any, task: Task, path: str | Path, *, collate_fn: Any,
                   info: dict[str, Any] | None = None, batch_size: int = 64, tokenizer: str | None = None) -> int:
     """Write `model`'s outputs on every example of `dataset` to `path` (JSONL, written aside then renamed)."""
-    from ktransfer.checkpoint import atomic_path
+    from ktransfer.io import atomic_path
 
     info = info or {}
     if task.kind == "classification":

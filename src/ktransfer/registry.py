@@ -7,12 +7,16 @@ reported with the keys that would have been accepted, without a second schema to
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
+
+from ktransfer.errors import ConfigError, suggest, unknown_key
+from ktransfer.schema import check_value
+
+__all__ = ["ConfigError", "LocalPath", "Registry", "suggest", "unknown_key"]
 
 T = TypeVar("T")
 
@@ -31,24 +35,6 @@ def _is_path(tp: Any) -> bool:
     if get_origin(tp) is Annotated:
         return any(isinstance(m, _PathMarker) for m in get_args(tp)[1:])
     return get_origin(tp) in (typing.Union, types.UnionType) and any(_is_path(a) for a in get_args(tp))
-
-
-class ConfigError(ValueError):
-    """A run configuration names an unknown key or holds an invalid value."""
-
-
-def suggest(name: str, valid: list[str]) -> str:
-    """A ' (did you mean ...?)' hint, or '' when nothing is close."""
-    close = difflib.get_close_matches(name, valid, n=1)
-    if not close and len(name) >= 3:  # an abbreviation: 'temp' for 'temperature'
-        close = [v for v in sorted(valid) if v.startswith(name)][:1]
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def unknown_key(where: str, key: str, valid: list[str], scope: str = "") -> ConfigError:
-    """The error for a key that is not among `valid`, with a suggestion and the valid keys."""
-    listed = ", ".join(sorted(valid)) or "(none)"
-    return ConfigError(f"{where}.{key}: unknown key{suggest(key, valid)}; valid keys{scope}: {listed}")
 
 
 class Registry(Generic[T]):
@@ -98,8 +84,6 @@ class Registry(Generic[T]):
 
     def check(self, name: str, kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
         """Raise ConfigError naming any unknown key or ill-typed value; return the values, typed."""
-        from ktransfer.schema import check_value
-
         valid = self.keys(name, where)
         factory = self.get(name, where)
         try:

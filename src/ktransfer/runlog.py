@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ktransfer.checkpoint import write_text_atomic
+from ktransfer.io import write_text_atomic
 
 
 class MetricsLog:

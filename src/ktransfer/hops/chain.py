@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from ktransfer.checkpoint import atomic_path, write_json_atomic, write_text_atomic
 from ktransfer.data import DATASETS
 from ktransfer.fingerprint import path_digest
 from ktransfer.hops import external
+from ktransfer.hops.chain_data import load_chain_data
 from ktransfer.hops.config import ChainConfig
 from ktransfer.hops.fitting import ChainData, Recipe, accuracy, fit
 from ktransfer.hops.ladder import candidates, check_chain
-from ktransfer.hops.methods import Distill, HopContext, HopOutcome, Member, TransferMethod
+from ktransfer.hops.methods import TRANSFER_METHODS, Distill, HopContext, HopOutcome, Member, TransferMethod
 from ktransfer.hops.models import (
     HopModel,
     TorchHopModel,
@@ -34,10 +34,12 @@ from ktransfer.hops.models import (
     load_hop_model,
     spec_key,
     spec_label,
-    stable_seed,
 )
 from ktransfer.hops.planner import Trial, plan
+from ktransfer.hops.preflight import check_sources
 from ktransfer.hops.report import ChainReport, HopRecord
+from ktransfer.io import atomic_path, write_json_atomic, write_text_atomic
+from ktransfer.rundir import environment
 from ktransfer.schema import to_dict
 
 Spec = dict[str, Any]
@@ -45,32 +47,6 @@ Spec = dict[str, Any]
 
 class ChainInterrupted(RuntimeError):
     """The chain stopped after `stop_after_hops` newly trained hops, as if killed (for resume tests)."""
-
-
-def load_chain_data(cfg: ChainConfig) -> ChainData:
-    """The dataset as arrays, the training pool split into the teacher's and the students' parts."""
-    spec = dict(cfg.data)
-    splits = DATASETS.build(spec.pop("name"), spec, "data")
-
-    def arrays(ds: Any) -> tuple[np.ndarray, np.ndarray]:
-        t = ds.tensors
-        return t["inputs"].numpy().astype(np.float32), t["labels"].numpy().astype(np.int64)
-
-    x, y = arrays(splits.train)
-    x_val, y_val = arrays(splits.val)
-    x_test, y_test = arrays(splits.test)
-    every = np.arange(len(y))
-    if cfg.confidence_split == "holdout":
-        from sklearn.model_selection import train_test_split
-
-        stratify = y if np.bincount(y).min() >= 2 else None
-        t_idx, s_idx = train_test_split(every, train_size=cfg.teacher_fraction, stratify=stratify,
-                                        random_state=stable_seed(cfg.seed, "pool-split"))
-        t_idx, s_idx = np.sort(t_idx), np.sort(s_idx)
-    else:
-        t_idx, s_idx = every, every
-    return ChainData(x, y, x_val, y_val, x_test, y_test, t_idx, s_idx, dict(splits.info),
-                     split=cfg.confidence_split, folds=cfg.folds)
 
 
 def _hash(obj: Any) -> str:
@@ -86,8 +62,6 @@ def _sha256(path: Path) -> str:
 
 
 def _method_name(method: TransferMethod) -> str:
-    from ktransfer.hops.methods import TRANSFER_METHODS
-
     for name in TRANSFER_METHODS.names():
         if type(method) is TRANSFER_METHODS.get(name):
             return name
@@ -281,8 +255,6 @@ def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: Chai
     that share data, teacher and seed may share one `run_dir` (and `simple_cache`): their common
     hops are then trained once.
     """
-    from ktransfer.hops.preflight import check_sources
-
     check_sources(cfg)  # missing files and columns fail here, before anything trains
     data = data if data is not None else load_chain_data(cfg)
     if cfg.plan.strategy == "fixed":
@@ -322,8 +294,6 @@ def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: Chai
         "student_points": int(len(data.student_idx)), "folds": cfg.folds,
         "teacher_fraction": cfg.teacher_fraction if cfg.confidence_split == "holdout" else None})
     if root is not None and write_report:
-        from ktransfer.runner import environment
-
         write_json_atomic(root / "report.json", {**report.as_dict(), "environment": environment()})
         write_text_atomic(root / "report.md", report.markdown())
         report.plot(root / "chain.png")

@@ -28,12 +28,12 @@ from ktransfer.hops.models import (
     is_torch,
 )
 from ktransfer.hops.probes import normalise_weights
-from ktransfer.knowledge import build_terms
 from ktransfer.registry import ConfigError
 from ktransfer.schema import validate
 from ktransfer.selection import SELECTORS
 from ktransfer.tasks import Task
-from ktransfer.train import Distiller, OptimConfig, TrainConfig
+from ktransfer.terms import build_terms
+from ktransfer.engine import Distiller, OptimConfig, TrainConfig
 
 
 @dataclass

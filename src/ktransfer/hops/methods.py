@@ -33,6 +33,8 @@ from ktransfer.hops.probes import (
     true_label_probs,
 )
 from ktransfer.registry import ConfigError, Registry
+from ktransfer.selection import SELECTORS
+from ktransfer.terms import build_terms
 
 PROBE_FIT_LIMIT = 2000  # probes are fitted on at most this many points (seeded subsample)
 
@@ -223,12 +225,8 @@ class Distill:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.terms is not None:
-            from ktransfer.knowledge import build_terms
-
             build_terms(self.terms, "method.terms")
         if self.selector is not None:
-            from ktransfer.selection import SELECTORS
-
             spec = dict(self.selector)
             kind = spec.pop("type", None)
             if kind is None:

@@ -21,16 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ktransfer.checkpoint import atomic_path, load_weights, save_weights
+from ktransfer.checkpoint import load_weights, save_weights
+from ktransfer.io import atomic_path
 from ktransfer.models import MODELS, count_parameters
-from ktransfer.registry import ConfigError, Registry
+from ktransfer.hops.sources import EXTERNAL_SOURCES, architecture, source_key, teacher_complexity, teacher_label
+from ktransfer.registry import ConfigError, Registry, suggest
 
 SKLEARN_MODELS: Registry[Any] = Registry("scikit-learn model")
 TORCH_KINDS = ("mlp", "cnn")
 # Keys of a model spec that are not arguments of its builder.
 SPEC_META_KEYS = ("kind", "init_from_teacher")
-# Keys that make a teacher spec one loaded from a user's files (see `ktransfer.hops.external`).
-EXTERNAL_SOURCES = ("from_run", "estimator", "weights")
 
 
 @SKLEARN_MODELS.register("tree")
@@ -86,8 +86,6 @@ def spec_kind(spec: Mapping[str, Any], where: str) -> str:
     if kind is None:
         raise ConfigError(f"{where}.kind: missing; valid choices: {', '.join(model_kinds())}")
     if kind not in model_kinds():
-        from ktransfer.registry import suggest
-
         raise ConfigError(f"{where}.kind: unknown model kind '{kind}'{suggest(str(kind), model_kinds())}; "
                           f"valid choices: {', '.join(model_kinds())}")
     return str(kind)
@@ -125,8 +123,6 @@ def spec_key(spec: Mapping[str, Any]) -> str:
 def spec_label(spec: Mapping[str, Any]) -> str:
     """A short human name: `mlp[64,32]`, `tree(d=3)`; a loaded teacher: `mlp[64]@t.safetensors`, `file:t.joblib`."""
     if any(k in spec for k in EXTERNAL_SOURCES):
-        from ktransfer.hops.external import architecture, source_key, teacher_label
-
         if source_key(spec) == "weights":
             return f"{spec_label(architecture(spec))}@{Path(spec['weights']).name}"
         return teacher_label(spec)
@@ -163,11 +159,11 @@ def complexity(spec: Mapping[str, Any], info: Mapping[str, Any]) -> int:
     Torch models: parameter count. Trees: the most nodes the size bounds allow (2^(d+1) - 1,
     or 2 * leaves - 1). Boosted trees: stages x trees per stage x nodes; forests: trees x
     nodes; logistic regression: (features + 1) x classes. A teacher loaded from files: see
-    `ktransfer.hops.external.teacher_complexity` (fitted sizes).
+    `ktransfer.hops.sources.teacher_complexity` (fitted sizes).
     """
     if any(k in spec for k in EXTERNAL_SOURCES):
-        from ktransfer.hops.external import teacher_complexity
-
+        if source_key(spec) == "weights":
+            return complexity(architecture(spec), info)
         return teacher_complexity(spec, info)
     kind = spec_kind(spec, "model")
     classes = int(info["num_classes"])

@@ -13,6 +13,7 @@ from typing import Any
 
 from ktransfer.data import DATASETS
 from ktransfer.hops import external
+from ktransfer.hops.chain_data import load_chain_data
 from ktransfer.hops.config import ChainConfig
 from ktransfer.hops.ladder import candidates, check_chain
 from ktransfer.hops.models import complexity, spec_label
@@ -55,8 +56,6 @@ def preflight(cfg: ChainConfig) -> list[str]:
     Sources exist, the data loads, a loaded teacher runs on it and predicts its classes, and the
     models of a fixed chain decrease in complexity (a searched one has candidates to try).
     """
-    from ktransfer.hops.chain import load_chain_data
-
     check_sources(cfg)
     data = load_chain_data(cfg)
     info = data.info

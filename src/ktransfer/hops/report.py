@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ktransfer.checkpoint import atomic_path
+from ktransfer.io import atomic_path
 from ktransfer.hops.models import spec_label
 from ktransfer.hops.planner import Trial
 

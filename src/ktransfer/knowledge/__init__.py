@@ -1,4 +1,9 @@
-"""Knowledge terms: one module per kind of knowledge a teacher offers."""
+"""Knowledge terms: one module per kind of knowledge a teacher offers.
+
+`KNOWLEDGE` holds this package's own terms. The sequence wing's terms (on_policy, reinforce)
+sit above this package and join these in the catalogue of every term a config may name,
+`ktransfer.terms` (`TERMS`, `build_terms`), which run configs, the engine's callers and chains use.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ from ktransfer.knowledge.layer_map import LayerMapError
 from ktransfer.knowledge.relation import RelationTerm
 from ktransfer.knowledge.response import ResponseTerm
 from ktransfer.registry import ConfigError, Registry
-from ktransfer.sequence.estimators import OnPolicyTerm, ReinforceTerm
 
 KNOWLEDGE: Registry[KnowledgeTerm] = Registry("knowledge term")
 KNOWLEDGE.register("response")(ResponseTerm)
@@ -20,21 +24,31 @@ KNOWLEDGE.register("labels")(LabelsTerm)
 KNOWLEDGE.register("feature")(FeatureTerm)
 KNOWLEDGE.register("relation")(RelationTerm)
 KNOWLEDGE.register("attention")(AttentionTerm)
-KNOWLEDGE.register("on_policy")(OnPolicyTerm)
-KNOWLEDGE.register("reinforce")(ReinforceTerm)
+
+# Terms of the sequence wing, which this package never imports: where to build them instead.
+_WING_TERMS = {"on_policy": "OnPolicyTerm", "reinforce": "ReinforceTerm"}
 
 
-def build_terms(specs: list[dict[str, Any]], where: str = "knowledge") -> list[KnowledgeTerm]:
-    """Build knowledge terms from config dicts `{type: ..., **kwargs}`; names must be unique."""
+def build_terms(specs: list[dict[str, Any]], where: str = "knowledge",
+                registry: Registry[KnowledgeTerm] = KNOWLEDGE) -> list[KnowledgeTerm]:
+    """Build knowledge terms from config dicts `{type: ..., **kwargs}` out of `registry`; names must be unique.
+
+    The default registry holds this package's terms; `ktransfer.terms.build_terms` passes the
+    catalogue of every term (the sequence wing's too).
+    """
     terms: list[KnowledgeTerm] = []
     for i, spec in enumerate(specs):
         spec = dict(spec)
         at = f"{where}[{i}]"
         kind = spec.pop("type", None)
         if kind is None:
-            raise ConfigError(f"{at}: missing 'type'; valid choices: {', '.join(KNOWLEDGE.names())}")
+            raise ConfigError(f"{at}: missing 'type'; valid choices: {', '.join(registry.names())}")
+        if kind in _WING_TERMS and kind not in registry.names():
+            raise ConfigError(f"{at}: '{kind}' is a term of the sequence wing, which ktransfer.knowledge.build_terms "
+                              "does not build (deprecated for it); use ktransfer.terms.build_terms, which builds "
+                              "every term a config may name")
         spec.setdefault("name", kind)
-        terms.append(KNOWLEDGE.build(kind, spec, at))
+        terms.append(registry.build(kind, spec, at))
     names = [t.name for t in terms]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -44,6 +58,15 @@ def build_terms(specs: list[dict[str, Any]], where: str = "knowledge") -> list[K
     return terms
 
 
-__all__ = ["KNOWLEDGE", "AttentionTerm", "FeatureTerm", "KnowledgeTerm", "LabelsTerm", "LayerMapError", "OnPolicyTerm",
-           "ReinforceTerm", "RelationTerm",
-           "ResponseTerm", "StepView", "build_terms"]
+
+
+def __getattr__(name: str) -> Any:
+    """The sequence wing's terms are imported from the wing: a clear error saying where, for any other name too."""
+    if name in _WING_TERMS.values():
+        raise AttributeError(f"ktransfer.knowledge.{name} moved to the sequence wing (deprecated here): "
+                             f"use `from ktransfer.sequence import {name}`")
+    raise AttributeError(f"module 'ktransfer.knowledge' has no attribute '{name}'")
+
+
+__all__ = ["KNOWLEDGE", "AttentionTerm", "FeatureTerm", "KnowledgeTerm", "LabelsTerm", "LayerMapError",
+           "RelationTerm", "ResponseTerm", "StepView", "build_terms"]

@@ -23,7 +23,7 @@ from typing import Any, Union
 
 from torch import nn
 
-from ktransfer.capture import CaptureError, _resolve, list_modules
+from ktransfer.capture import CaptureError, _resolve, list_modules, parse_spec
 
 LayerSpec = Union[str, list[str], None]
 LayerMapSpec = Union[str, list[list[Any]]]
@@ -205,8 +205,6 @@ class LayerTaps:
 
     def values(self, captured: dict[str, Any], pair: LayerPair, side: str, term: str) -> Any:
         """The captured value of `pair`'s student or teacher side."""
-        from ktransfer.capture import parse_spec
-
         layer, path = (pair.student, self.path) if side == "student" else (pair.teacher, self.teacher_path)
         key = parse_spec(_suffixed(layer, path)).key
         if key not in captured:

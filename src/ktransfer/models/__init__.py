@@ -6,7 +6,7 @@ dict (`ktransfer.models.ties`), so that its checkpoints hold each tensor once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,15 +126,27 @@ def build_minilm_student(
     return build_student(num_classes, num_layers, init, layers, path)
 
 
+# A cached teacher's entry is named by a hash of its run config, a layer above the model builders:
+# that layer (ktransfer.building) provides the loader when it is imported, so that nothing here
+# imports it.
+_CACHED_TEACHER_LOADER: list[Callable[[str, int, str], nn.Module]] = []
+
+
+def provide_cached_teacher_loader(loader: Callable[[str, int, str], nn.Module]) -> None:
+    """Set what `cached_teacher` calls: `loader(config, num_classes, which)` -> the cached run's student."""
+    _CACHED_TEACHER_LOADER[:] = [loader]
+
+
 @MODELS.register("cached_teacher")
 def build_cached_teacher(
     config: LocalPath, num_classes: int, which: Literal["best", "final"] = "best",
 ) -> nn.Module:
     """A teacher trained once by `ktransfer data prepare teacher --config CONFIG` and kept in the cache
     (keyed by that config); refuses with that command when it is not trained yet."""
-    from ktransfer.teachers import load_cached_teacher
-
-    return load_cached_teacher(config, num_classes, which)
+    if not _CACHED_TEACHER_LOADER:
+        raise RuntimeError("cached_teacher: teachers are found by their run config, which ktransfer.building reads; "
+                           "build run models with ktransfer.building.build_model (ktransfer.runner and the CLI do)")
+    return _CACHED_TEACHER_LOADER[0](config, num_classes, which)
 
 
 @MODELS.register("smollm2")

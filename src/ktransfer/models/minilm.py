@@ -13,6 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from ktransfer.pretrained import minilm_dir
+
 INIT_CHOICES = ("teacher_layers", "random")
 
 
@@ -22,8 +24,6 @@ def _model_dir(path: str | None) -> Path:
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"no model folder (with config.json) at {folder}")
         return folder
-    from ktransfer.data.text import minilm_dir
-
     return minilm_dir()
 
 

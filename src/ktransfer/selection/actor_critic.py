@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ktransfer.capture import first_tensor, parse_spec
-from ktransfer.checkpoint import atomic_path
+from ktransfer.io import atomic_path
 from ktransfer.knowledge.base import KnowledgeTerm, StepView
 from ktransfer.selection.base import SelectionState, SelectorContext
 from ktransfer.tasks import ForwardResult

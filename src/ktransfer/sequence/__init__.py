@@ -3,10 +3,8 @@ sequence-level estimators (exact per-token divergences at sampled prefixes, REIN
 
 from __future__ import annotations
 
-# the knowledge package registers this package's terms: it must be loaded first, whichever is imported first
-import ktransfer.knowledge  # noqa: F401  (isort: skip)
 from ktransfer.sequence.estimators import OnPolicyTerm, ReinforceTerm, reinforce_surrogate
-from ktransfer.sequence.stage import BatchStage, StageContext, StageStates
+from ktransfer.engine.stages import BatchStage, StageContext, StageStates
 from ktransfer.sequence.targets import SOURCES, GenerationConfig, TargetsStage
 from ktransfer.sequence.vocab import VocabularyError, check_same_tokenizer, check_vocabularies
 

@@ -43,6 +43,7 @@ from torch import Tensor
 from ktransfer.divergences import get_divergence
 from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView, weighted_mean
 from ktransfer.knowledge.response import divergence_params
+from ktransfer.registry import suggest
 from ktransfer.sequence.targets import MAX_LENGTH_KEY, SOURCE_IDS, SOURCES
 from ktransfer.tasks import IGNORE_INDEX
 
@@ -333,8 +334,6 @@ def _check_normalise(value: str | float) -> str | float:
                          "or a positive number")
     if isinstance(value, str):
         if value not in NORMALISATIONS:
-            from ktransfer.registry import suggest
-
             raise ValueError(f"normalise: invalid value '{value}'{suggest(value, list(NORMALISATIONS))}; valid "
                              f"choices: {', '.join(NORMALISATIONS)}, or a positive number")
         return value

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ktransfer.divergences import forward_kl
+from ktransfer.engine.distributed import shard_batches, sum_over_processes
 from ktransfer.tasks import Task
 
 TEACHER_KL = "teacher_kl"
@@ -60,8 +61,6 @@ def with_teacher_kl(
     batch_size: int, collate_fn: Callable[[list[Any]], dict[str, Any]], vocab_size: int | None = None,
 ) -> Callable[[nn.Module], dict[str, float]]:
     """`evaluate` plus `teacher_kl` on `data` (under several processes, each its shard; sums are added up)."""
-    from ktransfer.train import shard_batches, sum_over_processes
-
     def evaluator(model: nn.Module) -> dict[str, float]:
         metrics = dict(evaluate(model))
         device = next(model.parameters()).device

@@ -33,8 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ktransfer.engine.stages import StageContext
+from ktransfer.registry import ConfigError, unknown_key
 from ktransfer.sequence.cache import GenerationCache, prompt_key
-from ktransfer.sequence.stage import StageContext
 from ktransfer.sequence.vocab import VocabularyError, check_vocabularies
 from ktransfer.tasks import IGNORE_INDEX
 
@@ -400,8 +401,6 @@ CONFIG_KEYS: tuple[str, ...] = ("sources", "generation", "seed", "greedy_baselin
 
 def targets_stage_from_config(spec: dict[str, Any], task: str, where: str = "targets") -> TargetsStage:
     """The `TargetsStage` a run config's `targets` section describes; a bad key or value is a ConfigError."""
-    from ktransfer.registry import ConfigError, unknown_key
-
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping with keys {', '.join(CONFIG_KEYS)}, got {spec!r}")
     if task not in ("causal_lm", "seq2seq"):

@@ -12,6 +12,9 @@ from typing import Any
 
 from torch import nn
 
+from ktransfer.data.corpus import load_tokenizer
+from ktransfer.models.causal import TOKENIZER_ATTR
+
 
 class VocabularyError(ValueError):
     """Teacher and student do not share one vocabulary."""
@@ -79,8 +82,6 @@ def check_vocabularies(student: nn.Module, teacher: nn.Module | None, vocab_size
 
 def model_tokenizer(model: nn.Module | None) -> str | None:
     """The tokenizer folder a builder recorded on `model` (e.g. the SmolLM2 teacher's), if any."""
-    from ktransfer.models.causal import TOKENIZER_ATTR
-
     return getattr(model, TOKENIZER_ATTR, None) if model is not None else None
 
 
@@ -90,8 +91,6 @@ def check_data_tokenizer(info: dict[str, Any], teacher: nn.Module | None) -> Non
     data_path, teacher_path = info.get("tokenizer"), model_tokenizer(teacher)
     if not isinstance(data_path, str) or teacher_path is None or data_path == teacher_path:
         return
-    from ktransfer.data.corpus import load_tokenizer
-
     data_tok, teacher_tok = load_tokenizer(data_path), load_tokenizer(teacher_path)
     try:
         check_same_tokenizer(data_tok, teacher_tok)

@@ -1,0 +1,251 @@
+"""Every check of a run config that needs no training (`preflight`): sources exist, the data fits the
+task, and the models are built and run once on a few examples, with outputs that fit the labels
+and each other, and with the layers the knowledge terms capture.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ktransfer.building import build_model, load_data
+from ktransfer.capture import Capture
+from ktransfer.config import RunConfig
+from ktransfer.data import DATASETS, DataSplits
+from ktransfer.data.base import describe_examples, example_warnings
+from ktransfer.engine.batches import split_batch
+from ktransfer.knowledge import ResponseTerm
+from ktransfer.models import MODELS, count_parameters
+from ktransfer.registry import ConfigError
+from ktransfer.sequence.vocab import check_data_tokenizer
+from ktransfer.tasks import TASK_SPECS, ForwardResult, Task
+from ktransfer.terms import build_terms
+
+
+@dataclass
+class Preflight:
+    """What `preflight` found: the loaded data (reusable by the run), one line per check passed, and
+    warnings that do not stop a run (e.g. much of the training data dropped)."""
+
+    data: DataSplits
+    checked: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_sources(cfg: RunConfig) -> None:
+    """The runs, weights and other files a config reads from exist (a teacher run must have its `which` weights)."""
+    data = dict(cfg.data)
+    for key in DATASETS.path_keys(str(data.get("name"))):
+        if data.get(key) and not Path(data[key]).exists():
+            raise FileNotFoundError(f"data.{key}: not found: {data[key]}")
+    for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
+        if spec is None:
+            continue
+        for key in MODELS.path_keys(str(spec.get("builder"))):
+            if spec.get(key) and not Path(spec[key]).exists():
+                raise FileNotFoundError(f"{role}.{key}: not found: {spec[key]}")
+        if "from_run" in spec:
+            run_dir = Path(spec["from_run"])
+            which = spec.get("which", "best")
+            if not (run_dir / "config.yaml").is_file():
+                raise FileNotFoundError(
+                    f"{role}.from_run: no run found at {run_dir} (missing config.yaml); train it first "
+                    f"(ktransfer run CONFIG --run-dir {run_dir}) or correct the path"
+                )
+            if not (run_dir / which / "model.safetensors").is_file():
+                raise FileNotFoundError(
+                    f"{role}.from_run: the run at {run_dir} has no '{which}' weights yet (missing "
+                    f"{which}/model.safetensors): finish it with `ktransfer resume {run_dir}`"
+                )
+        elif spec.get("weights") and not Path(spec["weights"]).is_file():
+            raise FileNotFoundError(f"{role}.weights: weights file not found: {spec['weights']}")
+
+
+def _describe_data(cfg: RunConfig, info: dict[str, Any]) -> str:
+    """e.g. "dataset 'digits' (image data; batch keys: inputs)", for messages."""
+    facts = [f"{info['kind']} data"] if "kind" in info else []
+    if "input_keys" in info:
+        facts.append(f"batch keys: {', '.join(info['input_keys'])}")
+    return f"dataset '{info.get('name', cfg.data['name'])}'" + (f" ({'; '.join(facts)})" if facts else "")
+
+
+def check_data_fits_task(cfg: RunConfig, info: dict[str, Any]) -> None:
+    """The dataset provides what the task needs (`TaskSpec` against the dataset's `info`); unknown facts pass."""
+    spec = TASK_SPECS[cfg.task]
+    kind = info.get("kind")
+    if kind is not None and kind not in spec.data_kinds:
+        fitting = [name for name, other in TASK_SPECS.items() if kind in other.data_kinds]
+        keys = f" (batch keys: {', '.join(info['input_keys'])})" if "input_keys" in info else ""
+        raise ConfigError(
+            f"task: '{cfg.task}' trains on {' or '.join(spec.data_kinds)} data, but dataset "
+            f"'{info.get('name', cfg.data['name'])}' holds {kind} data{keys}; tasks for {kind} data: "
+            f"{', '.join(fitting) or '(none)'}"
+        )
+    keys = info.get("input_keys")
+    missing = [key for key in spec.input_keys if keys is not None and key not in keys]
+    if missing:
+        raise ConfigError(f"task: '{cfg.task}' needs the batch key {missing[0]}, which {_describe_data(cfg, info)} lacks")
+
+
+def _probe_batch(data: DataSplits, size: int = 2) -> dict[str, Any]:
+    """A couple of validation examples (training ones if there is no validation data) as one batch."""
+    source = data.val if len(data.val) else data.train  # type: ignore[arg-type]
+    n = min(size, len(source))  # type: ignore[arg-type]
+    if n == 0:
+        raise ConfigError("data: the dataset has no examples")
+    return data.collate_fn([source[i] for i in range(n)])
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, batch: dict[str, Any], task: Task, role: str, describe: str) -> ForwardResult:
+    """One forward pass in eval mode; a failure becomes a message naming the model and the data."""
+    was_training = model.training
+    model.eval()
+    try:
+        return task.forward(model, batch)
+    except Exception as e:  # whatever the model raises: report it with what was fed to it
+        raise ConfigError(
+            f"{role}: does not run on {describe} for task '{task.kind}': one forward pass on "
+            f"{len(next(iter(batch.values())))} examples failed with {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        model.train(was_training)
+
+
+def _classes_hint(spec: dict[str, Any], role: str, num_classes: int) -> str:
+    if "from_run" in spec:
+        return f"use a {role} run trained on this dataset"
+    if "num_classes" in MODELS.keys(str(spec["builder"])):
+        return f"set {role}.num_classes: {num_classes}, or leave it out to take the dataset's"
+    return f"give the {role} {num_classes} outputs"
+
+
+def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: nn.Module | None) -> list[str]:
+    """The built models run on a few examples and their outputs fit the labels and each other; nothing trains.
+
+    Returns one line per model saying what was checked.
+    """
+    task, info = Task(cfg.task), data.info
+    if task.kind in ("causal_lm", "seq2seq"):
+        check_data_tokenizer(info, teacher)  # different tokenizers: an error naming both, before anything runs
+        check_teacher_run_tokenizer(cfg.teacher, info)
+    describe = _describe_data(cfg, info)
+    student_batch, teacher_batch = split_batch(_probe_batch(data))
+    outputs = {"student": _probe(student, student_batch, task, "student", describe)}
+    if teacher is not None and cfg.teacher is not None:
+        outputs["teacher"] = _probe(teacher, teacher_batch, task, "teacher", describe)
+    sizes = {role: out.logits.shape[-1] for role, out in outputs.items()}
+    num_classes = info.get("num_classes")
+    if task.kind == "classification" and isinstance(num_classes, int):
+        for role, size in sizes.items():
+            spec = cfg.student if role == "student" else cfg.teacher
+            assert spec is not None
+            if size < num_classes:
+                raise ConfigError(
+                    f"{role}: predicts {size} classes, but {describe} has {num_classes} (labels 0 to "
+                    f"{num_classes - 1}); {_classes_hint(spec, role, num_classes)}"
+                )
+    if "teacher" in outputs and sizes["teacher"] != sizes["student"]:
+        compared = [(i, term) for i, term in enumerate(build_terms(cfg.knowledge))  # response, on_policy, reinforce
+                    if (isinstance(term, ResponseTerm) or (term.requires_teacher and hasattr(term, "vocab_size")))
+                    and term.vocab_size is None]
+        if compared and task.kind == "classification":
+            raise ConfigError(
+                f"teacher predicts {sizes['teacher']} classes and the student {sizes['student']}: knowledge"
+                f"[{compared[0][0]}] ({compared[0][1].name}) compares their outputs, so both must predict the same "
+                "classes; build them for the same dataset"
+            )
+        if compared:
+            raise ConfigError(
+                f"teacher has vocabulary {sizes['teacher']} and the student {sizes['student']}: if they share a "
+                f"tokenizer and one embedding matrix is padded, set knowledge[{compared[0][0]}].vocab_size to the "
+                "real vocabulary size"
+            )
+    unit = "classes" if task.kind == "classification" else "vocabulary"
+    lines = [f"{role}: {count_parameters(model):,} parameters, {sizes[role]} {unit}, ran on {describe}"
+             for role, model in (("student", student), ("teacher", teacher)) if role in sizes and model is not None]
+    return lines + check_term_layers(cfg, student, teacher, student_batch, teacher_batch, task)
+
+
+def check_teacher_run_tokenizer(spec: dict[str, Any] | None, info: dict[str, Any]) -> None:
+    """A teacher from a run read tokens of the same tokenizer as this data: its `summary.json` records the
+    vocabulary's digest, and another digest means its ids stand for other strings."""
+    if not spec or "from_run" not in spec or not info.get("tokenizer_sha256"):
+        return
+    summary = Path(spec["from_run"]) / "summary.json"
+    try:
+        recorded = json.loads(summary.read_text(encoding="utf-8")).get("tokenizer_sha256")
+    except (OSError, ValueError):
+        recorded = None
+    if recorded and recorded != info["tokenizer_sha256"]:
+        raise ConfigError(
+            f"teacher.from_run: the run at {spec['from_run']} was trained on the tokens of another tokenizer "
+            f"(vocabulary sha256 {recorded[:12]}) than this data's ({info['tokenizer_sha256'][:12]}, "
+            f"{info.get('tokenizer')}): its token ids stand for other strings. Train the teacher again on this data")
+
+
+def check_term_layers(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None, student_batch: dict[str, Any],
+                      teacher_batch: dict[str, Any], task: Task) -> list[str]:
+    """The layers each knowledge term names exist in its model and run in one forward pass on a few examples.
+
+    Terms resolve their layer names (`setup`) exactly as the engine does, then the modules they
+    capture are hooked during one forward pass of each model; a name that is missing, or a module
+    that the forward pass never calls, is a ConfigError naming the term and the layer.
+    """
+    terms = build_terms(cfg.knowledge)
+    for i, term in enumerate(terms):
+        setup = getattr(term, "setup", None)
+        if callable(setup):
+            try:
+                setup(student, teacher)
+            except (ValueError, KeyError, AttributeError) as e:
+                raise ConfigError(f"knowledge[{i}] ({term.name}): {e}") from e
+    lines: list[str] = []
+    for role, model, batch in (("student", student, student_batch), ("teacher", teacher, teacher_batch)):
+        wanted = {spec: i for i, t in enumerate(terms) for spec in getattr(t, f"{role}_modules", ())}
+        if not wanted or model is None:
+            continue
+        for spec, i in wanted.items():
+            try:
+                Capture(model, [spec])
+            except ValueError as e:
+                raise ConfigError(f"knowledge[{i}] ({terms[i].name}): {role} layer '{spec}': {e}") from e
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), Capture(model, list(wanted), detach=True) as cap:
+                task.forward(model, batch)
+        finally:
+            model.train(was_training)
+        silent = [spec for spec in wanted if spec not in cap]
+        if silent:
+            i = wanted[silent[0]]
+            raise ConfigError(f"knowledge[{i}] ({terms[i].name}): the {role}'s module '{silent[0]}' exists but was "
+                              "not called in a forward pass, so it has nothing to capture")
+        lines.append(f"knowledge: the {role}'s {len(wanted)} captured module(s) exist and run "
+                     f"({', '.join(sorted(wanted))})")
+    return lines
+
+
+def preflight(cfg: RunConfig, data: DataSplits | None = None) -> Preflight:
+    """Every check that needs no training: sources exist, the data fits the task, and the models
+    are built and run once on a few examples, with outputs that fit the labels and each other.
+
+    `ktransfer check` and `ktransfer run` call it first, so a config that would fail after some
+    steps fails at once with a ConfigError (or FileNotFoundError) naming the problem.
+    """
+    check_sources(cfg)
+    data = data if data is not None else load_data(cfg)
+    check_data_fits_task(cfg, data.info)
+    with torch.random.fork_rng(devices=[]):  # building models draws random numbers: leave the caller's RNG as it was
+        teacher = build_model(cfg.teacher, data.info, "teacher") if cfg.teacher is not None else None
+        student = build_model(cfg.student, data.info, "student")
+        checked = [f"data: {_describe_data(cfg, data.info)} fits task '{cfg.task}'",
+                   *(f"data examples: {line}" for line in describe_examples(data.info)),
+                   *check_models(cfg, data, student, teacher)]
+    return Preflight(data=data, checked=checked, warnings=[*cfg.warnings(), *example_warnings(data.info)])
