@@ -342,12 +342,12 @@ def test_the_configuration_reference_lists_every_registered_component_with_its_k
     from ktransfer.data import DATASETS
     from ktransfer.divergences import DIVERGENCES
     from ktransfer.hops.methods import TRANSFER_METHODS
-    from ktransfer.knowledge import KNOWLEDGE
+    from ktransfer.terms import TERMS
     from ktransfer.models import MODELS
     from ktransfer.selection import SELECTORS
 
     hook = load_hook()
-    expected = {"divergences": sorted(DIVERGENCES), "knowledge": KNOWLEDGE.names(), "selectors": SELECTORS.names(),
+    expected = {"divergences": sorted(DIVERGENCES), "knowledge": TERMS.names(), "selectors": SELECTORS.names(),
                 "builders": MODELS.names(), "datasets": DATASETS.names(), "methods": TRANSFER_METHODS.names()}
     assert set(CATEGORIES) <= set(hook.category_names())
     for category, names in expected.items():

@@ -37,7 +37,7 @@ class DirectiveError(ValueError):
 # Where each registry lives, for the full docstrings of its members ("module:attribute").
 REGISTRIES: dict[str, str] = {
     "divergences": "ktransfer.divergences:DIVERGENCES",
-    "knowledge": "ktransfer.knowledge:KNOWLEDGE",
+    "knowledge": "ktransfer.terms:TERMS",
     "selectors": "ktransfer.selection:SELECTORS",
     "builders": "ktransfer.models:MODELS",
     "datasets": "ktransfer.data:DATASETS",
