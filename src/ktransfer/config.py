@@ -21,6 +21,8 @@ Paths (`from_run`, `weights`, and builder or dataset arguments typed `LocalPath`
 absolute: a relative path in a config file is relative to that file's directory, and one given
 any other way (a `--set` override, `RunConfig.from_dict`) to the current directory. So a run's
 config.yaml names the same files whichever directory `ktransfer resume` is started from.
+Arguments typed `ModelSource` / `DatasetSource` take a local path (resolved the same way when it
+exists) or a Hugging Face hub id, kept as written (`ktransfer.sources`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ktransfer.models import MODELS
 from ktransfer.registry import ConfigError, suggest
 from ktransfer.schema import from_dict, to_dict
 from ktransfer.selection import SELECTORS
+from ktransfer.sources import resolve_source
 from ktransfer.tasks import TASK_KINDS, TASK_SPECS, TaskKind
 from ktransfer.train import OptimConfig, ScheduleConfig, TrainConfig
 
@@ -163,6 +166,21 @@ class RunConfig:
                               if k in _path_keys(spec, section) and isinstance(v, str) and v})
         return found
 
+    def input_digests(self) -> dict[str, str]:
+        """The content key of every input: each file or folder's digest, and each hub id's snapshot commit
+        (`ktransfer.sources.source_key`, at the section's `revision`)."""
+        from ktransfer.fingerprint import digests_of
+        from ktransfer.sources import source_key
+
+        found = digests_of(self.input_paths())
+        for section in ("data", "teacher", "student"):
+            spec = getattr(self, section)
+            if isinstance(spec, dict):
+                for key, kind in _source_keys(spec, section).items():
+                    if isinstance(spec.get(key), str) and spec[key]:
+                        found[f"{section}.{key}"] = source_key(spec[key], spec.get("revision"), kind)  # type: ignore[arg-type]
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
@@ -216,6 +234,19 @@ def _path_keys(spec: dict[str, Any], section: str) -> list[str]:
     return keys + MODELS.path_keys(str(spec["builder"])) if "builder" in spec else keys
 
 
+def _source_keys(spec: dict[str, Any], section: str) -> dict[str, str]:
+    """The keys of a data or model section whose values are a local path or a hub id, with their repository type."""
+    if section == "data":
+        return DATASETS.source_keys(str(spec.get("name")))
+    return MODELS.source_keys(str(spec["builder"])) if "builder" in spec else {}
+
+
+def _resolved(key: str, value: Any, paths: list[str], sources: dict[str, str], base: Path) -> Any:
+    if key in paths:
+        return _absolute(value, base)
+    return resolve_source(value, base) if key in sources and isinstance(value, str) else value
+
+
 def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """A copy of a config mapping whose relative paths (model and data sections) are absolute against `base`.
 
@@ -225,7 +256,8 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for section in ("data", "teacher", "student"):
         spec = out.get(section)
         if isinstance(spec, dict):
-            out[section] = {k: _absolute(v, base) if k in _path_keys(spec, section) else v for k, v in spec.items()}
+            paths, sources = _path_keys(spec, section), _source_keys(spec, section)
+            out[section] = {k: _resolved(k, v, paths, sources, base) for k, v in spec.items()}
     return out
 
 

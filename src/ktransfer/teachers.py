@@ -21,7 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from ktransfer.cache import cache_root, cached_entry
-from ktransfer.fingerprint import digests_of, source_digest
+from ktransfer.fingerprint import source_digest
 
 
 def teacher_key(config: str | Path) -> str:
@@ -31,7 +31,7 @@ def teacher_key(config: str | Path) -> str:
     from ktransfer.data.text import MINILM
 
     cfg = RunConfig.from_yaml(config)
-    described = {"config": cfg.to_yaml(), "inputs": digests_of(cfg.input_paths()), "version": __version__,
+    described = {"config": cfg.to_yaml(), "inputs": cfg.input_digests(), "version": __version__,
                  "pretrained": MINILM.key, "data_code": _data_code_digest()}
     digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     return f"teacher-{cfg.data['name']}-{digest}"

@@ -6,15 +6,15 @@ dict (`ktransfer.models.ties`), so that its checkpoints hold each tensor once.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
 
 from ktransfer.models.small import MLP, SmallCNN
 from ktransfer.models.ties import tie_aware_state_dict
-from ktransfer.registry import LocalPath, Registry
+from ktransfer.registry import LocalPath, ModelSource, Registry
 
 MODELS: Registry[nn.Module] = Registry("model builder")
 
@@ -43,15 +43,10 @@ def build_cnn(
     return SmallCNN(in_features, num_classes, channels=tuple(channels), dropout=dropout)
 
 
-_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForSequenceClassification", "AutoModel")
-
-
 def _auto_class(name: str) -> Any:
-    import transformers
+    from ktransfer.models.hub import auto_class
 
-    if name not in _AUTO_CLASSES:
-        raise ValueError(f"unknown auto_class '{name}'; valid choices: {', '.join(_AUTO_CLASSES)}")
-    return getattr(transformers, name)
+    return auto_class(name)
 
 
 @MODELS.register("hf_config")
@@ -86,21 +81,26 @@ def build_seq2seq_transformer(
 
 @MODELS.register("hf_pretrained")
 def build_hf_pretrained(
-    path: LocalPath, auto_class: str = "AutoModelForCausalLM", attn_implementation: str = "eager",
-    kwargs: dict[str, Any] | None = None,
+    model: ModelSource | None = None, auto_class: str = "AutoModelForCausalLM", revision: str | None = None,
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto", subfolder: str | None = None,
+    attn_implementation: str = "eager", kwargs: dict[str, Any] | None = None, path: LocalPath | None = None,
 ) -> nn.Module:
-    """A Hugging Face model from a local directory (never the hub: we run offline); a tokenizer saved there
-    must be the dataset's for sequence tasks (checked before training)."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"hf_pretrained: model directory not found: {path}")
-    model = _auto_class(auto_class).from_pretrained(
-        path, local_files_only=True, attn_implementation=attn_implementation, **(kwargs or {})
-    )
-    if any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        from ktransfer.models.causal import TOKENIZER_ATTR
+    """A pretrained Hugging Face model, named as `from_pretrained` takes it: a hub id (`org/name`, read from the
+    local Hugging Face cache; downloaded unless HF_HUB_OFFLINE=1) or a local folder, at `revision`, in `dtype`
+    (auto: the checkpoint's own). A tokenizer saved with it must be the dataset's for sequence tasks (checked
+    before training). `path` (a local folder) is the former name of `model`."""
+    from ktransfer.models.hub import load_pretrained
 
-        setattr(model, TOKENIZER_ATTR, str(path))  # compared with the dataset's tokenizer before a sequence run
-    return tie_aware_state_dict(model)
+    if path is not None:
+        if model is not None:
+            raise ValueError("give model (a hub id or local folder), not also its former name path")
+        warnings.warn("hf_pretrained: path is deprecated; name the model with model: (a local folder or a hub id "
+                      "such as HuggingFaceTB/SmolLM2-135M-Instruct)", FutureWarning, stacklevel=2)
+        model = path
+    if model is None:
+        raise ValueError("hf_pretrained: give model: a hub id (org/name) or a local model folder")
+    return tie_aware_state_dict(load_pretrained(model, auto_class, revision=revision, dtype=dtype, subfolder=subfolder,
+                                                attn_implementation=attn_implementation, kwargs=kwargs))
 
 
 @MODELS.register("minilm")
