@@ -126,6 +126,30 @@ def build_minilm_student(
     return build_student(num_classes, num_layers, init, layers, path)
 
 
+@MODELS.register("hf_cut")
+def build_hf_cut(
+    teacher: ModelSource, auto_class: str = "AutoModelForCausalLM", revision: str | None = None,
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32", subfolder: str | None = None,
+    layers: Sequence[int] | None = None, every: int | None = None, first: int | None = None, last: int | None = None,
+    encoder_layers: Sequence[int] | None = None, decoder_layers: Sequence[int] | None = None,
+    intermediate_size: int | None = None, num_heads: int | None = None, keep: Literal["norm", "first"] = "norm",
+    num_classes: int | None = None, attn_implementation: str = "eager",
+) -> nn.Module:
+    """A student cut from a pretrained Hugging Face teacher (hub id or local folder; decoder-only, encoder or
+    encoder-decoder): its `layers` (or `every` k-th from the top, or the `first`/`last` n; an encoder-decoder's
+    stacks apart with `encoder_layers`/`decoder_layers`), optionally `intermediate_size` MLP units and `num_heads`
+    heads per layer (`keep`: largest weight norm or first), all weights copied from the teacher. What was kept is
+    on the student's config (`ktransfer_cut`). `num_classes` gives a sequence classifier a new head."""
+    from ktransfer.models.cut import cut_from_source
+
+    student, _ = cut_from_source(
+        teacher, auto_class, revision=revision, dtype=dtype, subfolder=subfolder,
+        attn_implementation=attn_implementation, num_classes=num_classes, layers=layers, every=every, first=first,
+        last=last, encoder_layers=encoder_layers, decoder_layers=decoder_layers,
+        intermediate_size=intermediate_size, num_heads=num_heads, keep=keep)
+    return tie_aware_state_dict(student)
+
+
 @MODELS.register("cached_teacher")
 def build_cached_teacher(
     config: LocalPath, num_classes: int, which: Literal["best", "final"] = "best",
