@@ -162,8 +162,9 @@ class RunConfig:
         for section in ("data", "teacher", "student"):
             spec = getattr(self, section)
             if isinstance(spec, dict):
-                found.update({f"{section}.{k}": v for k, v in spec.items()
-                              if k in _path_keys(spec, section) and isinstance(v, str) and v})
+                for k, v in spec.items():
+                    if k in _path_keys(spec, section):
+                        found.update(_named_paths(f"{section}.{k}", v))
         return found
 
     def input_digests(self) -> dict[str, str]:
@@ -186,6 +187,15 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _named_paths(name: str, value: Any) -> dict[str, str]:
+    """{name: path} of a path value, or of each path of a list (`name[i]`) or mapping (`name.key`) of them."""
+    if isinstance(value, list):
+        return {k: p for i, v in enumerate(value) for k, p in _named_paths(f"{name}[{i}]", v).items()}
+    if isinstance(value, dict):
+        return {k: p for key, v in value.items() for k, p in _named_paths(f"{name}.{key}", v).items()}
+    return {name: value} if isinstance(value, str) and value else {}
 
 
 def read_yaml_file(path: Path) -> Any:
@@ -220,7 +230,12 @@ def check_model_spec(spec: Any, where: str) -> None:
 
 
 def _absolute(value: Any, base: Path) -> Any:
-    """`value` made absolute against `base` if it is a relative path string; anything else unchanged."""
+    """`value` made absolute against `base` if it is a relative path string (or a list or mapping of them, as
+    `data_files` are); anything else unchanged."""
+    if isinstance(value, list):
+        return [_absolute(v, base) for v in value]
+    if isinstance(value, dict):
+        return {k: _absolute(v, base) for k, v in value.items()}
     if not isinstance(value, str) or not value:
         return value
     return os.path.abspath(base / os.path.expanduser(value))

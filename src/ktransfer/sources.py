@@ -22,6 +22,10 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 _REPO_ID = re.compile(r"(?:[\w][\w.\-]{0,94}[\w]/|[\w]/)?(?:[\w][\w.\-]{0,94}[\w]|[\w])")
 
 
+# `load_dataset` builders that read local files (given by `data_files`), not hub repositories.
+PACKAGED = ("json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "xml", "sql")
+
+
 class HubSourceError(OSError):
     """A hub id that cannot be read: not cached while offline, or not found on the hub."""
 
@@ -131,9 +135,12 @@ def hub_commit(repo_id: str, revision: str | None = None, repo_type: RepoType = 
 
 
 def source_key(value: str, revision: str | None = None, repo_type: RepoType = "model") -> str:
-    """The content key of a source: the digest of a local file or folder, or `hub:<type>:<id>@<commit>`."""
+    """The content key of a source: the digest of a local file or folder, `hub:<type>:<id>@<commit>`, or for a
+    `load_dataset` builder reading local files (`json`, `csv`, ...) its name (the files are keyed apart)."""
     from ktransfer.fingerprint import path_digest
 
+    if repo_type == "dataset" and value in PACKAGED and not os.path.exists(value):
+        return f"builder:{value}"
     if os.path.exists(value) or not is_hub_id(value):
         return path_digest(value)
     return f"hub:{repo_type}:{value}@{hub_commit(value, revision, repo_type)}"
