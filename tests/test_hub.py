@@ -132,3 +132,17 @@ def test_the_real_minilm_loads_by_its_hub_id_offline(offline_hub: Path) -> None:
     with torch.no_grad():
         assert torch.equal(by_id(**batch).last_hidden_state, local(**batch).last_hidden_state)
     assert by_id.ktransfer_tokenizer.startswith(str(offline_hub))
+
+
+def test_minilm_and_its_students_take_a_hub_id(tmp_path: Path, offline_hub: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32)).save_pretrained(tmp_path / "bert")
+    lay_out(tmp_path / "bert", offline_hub, "acme/tiny-bert")
+    teacher = MODELS.build("minilm", {"num_classes": 3, "path": "acme/tiny-bert"})
+    student = MODELS.build("minilm_student", {"num_classes": 3, "num_layers": 2, "path": "acme/tiny-bert"})
+    assert torch.equal(student.bert.encoder.layer[1].output.dense.weight, teacher.bert.encoder.layer[3].output.dense.weight)
+    with pytest.raises(HubSourceError, match="^minilm: 'acme/other' is not in the local Hugging Face cache"):
+        MODELS.build("minilm", {"num_classes": 3, "path": "acme/other"})

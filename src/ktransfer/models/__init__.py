@@ -104,10 +104,11 @@ def build_hf_pretrained(
 
 
 @MODELS.register("minilm")
-def build_minilm(num_classes: int, path: LocalPath | None = None) -> nn.Module:
+def build_minilm(num_classes: int, path: ModelSource | None = None) -> nn.Module:
     """The pretrained MiniLM encoder (6 layers, width 384) with a new classification head.
 
-    `path`: a local model folder; default the one `ktransfer data prepare minilm` unpacks.
+    `path`: a local model folder or a hub id (from the local Hugging Face cache); default the one
+    `ktransfer data prepare minilm` unpacks.
     """
     from ktransfer.models.minilm import load_encoder
 
@@ -117,7 +118,7 @@ def build_minilm(num_classes: int, path: LocalPath | None = None) -> nn.Module:
 @MODELS.register("minilm_student")
 def build_minilm_student(
     num_classes: int, num_layers: int = 3, init: Literal["teacher_layers", "random"] = "teacher_layers",
-    layers: Sequence[int] | None = None, path: LocalPath | None = None,
+    layers: Sequence[int] | None = None, path: ModelSource | None = None,
 ) -> nn.Module:
     """A MiniLM of `num_layers` layers, same width; `init: teacher_layers` copies embeddings and
     `layers` (default evenly spaced, e.g. [1, 3, 5]) from the pretrained encoder, `random` does not."""

