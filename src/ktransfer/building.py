@@ -30,7 +30,7 @@ from ktransfer.cache import cache_root
 from ktransfer.checkpoint import load_weights
 from ktransfer.config import MODEL_META_KEYS, RunConfig
 from ktransfer.data import DATASETS, DataSplits
-from ktransfer.fingerprint import digests_of, source_digest
+from ktransfer.fingerprint import source_digest
 from ktransfer.models import DATASET_DEFAULTS, MODELS, provide_cached_teacher_loader
 from ktransfer.pretrained import MINILM
 from ktransfer.registry import ConfigError
@@ -96,7 +96,7 @@ def _shape_mismatches(error: RuntimeError, limit: int = 2) -> str:
 def teacher_key(config: str | Path) -> str:
     """The cache entry of the run `config` describes: `teacher-<data name>-<hash>`."""
     cfg = RunConfig.from_yaml(config)
-    described = {"config": cfg.to_yaml(), "inputs": digests_of(cfg.input_paths()), "version": __version__,
+    described = {"config": cfg.to_yaml(), "inputs": cfg.input_digests(), "version": __version__,
                  "pretrained": MINILM.key, "data_code": _data_code_digest()}
     digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     return f"teacher-{cfg.data['name']}-{digest}"

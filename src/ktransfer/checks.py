@@ -5,6 +5,8 @@ and each other, and with the layers the knowledge terms capture.
 
 from __future__ import annotations
 
+import glob
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,8 @@ def check_sources(cfg: RunConfig) -> None:
     """The runs, weights and other files a config reads from exist (a teacher run must have its `which` weights)."""
     data = dict(cfg.data)
     for key in DATASETS.path_keys(str(data.get("name"))):
-        if data.get(key) and not Path(data[key]).exists():
+        if isinstance(data.get(key), str) and data[key] and not Path(data[key]).exists() \
+                and not glob.has_magic(data[key]):
             raise FileNotFoundError(f"data.{key}: not found: {data[key]}")
     for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
         if spec is None:

@@ -21,6 +21,8 @@ Paths (`from_run`, `weights`, and builder or dataset arguments typed `LocalPath`
 absolute: a relative path in a config file is relative to that file's directory, and one given
 any other way (a `--set` override, `RunConfig.from_dict`) to the current directory. So a run's
 config.yaml names the same files whichever directory `ktransfer resume` is started from.
+Arguments typed `ModelSource` / `DatasetSource` take a local path (resolved the same way when it
+exists) or a Hugging Face hub id, kept as written (`ktransfer.sources`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ktransfer.registry import ConfigError, suggest
 from ktransfer.schema import from_dict, to_dict
 from ktransfer.selection import SELECTORS
 from ktransfer.sequence.targets import targets_stage_from_config
+from ktransfer.sources import resolve_source
 from ktransfer.tasks import TASK_KINDS, TASK_SPECS, TaskKind
 from ktransfer.terms import build_terms
 from ktransfer.engine.configs import OptimConfig, ScheduleConfig, TrainConfig
@@ -158,8 +161,24 @@ class RunConfig:
         for section in ("data", "teacher", "student"):
             spec = getattr(self, section)
             if isinstance(spec, dict):
-                found.update({f"{section}.{k}": v for k, v in spec.items()
-                              if k in _path_keys(spec, section) and isinstance(v, str) and v})
+                for k, v in spec.items():
+                    if k in _path_keys(spec, section):
+                        found.update(_named_paths(f"{section}.{k}", v))
+        return found
+
+    def input_digests(self) -> dict[str, str]:
+        """The content key of every input: each file or folder's digest, and each hub id's snapshot commit
+        (`ktransfer.sources.source_key`, at the section's `revision`)."""
+        from ktransfer.fingerprint import digests_of
+        from ktransfer.sources import source_key
+
+        found = digests_of(self.input_paths())
+        for section in ("data", "teacher", "student"):
+            spec = getattr(self, section)
+            if isinstance(spec, dict):
+                for key, kind in _source_keys(spec, section).items():
+                    if isinstance(spec.get(key), str) and spec[key]:
+                        found[f"{section}.{key}"] = source_key(spec[key], spec.get("revision"), kind)  # type: ignore[arg-type]
         return found
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +186,15 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _named_paths(name: str, value: Any) -> dict[str, str]:
+    """{name: path} of a path value, or of each path of a list (`name[i]`) or mapping (`name.key`) of them."""
+    if isinstance(value, list):
+        return {k: p for i, v in enumerate(value) for k, p in _named_paths(f"{name}[{i}]", v).items()}
+    if isinstance(value, dict):
+        return {k: p for key, v in value.items() for k, p in _named_paths(f"{name}.{key}", v).items()}
+    return {name: value} if isinstance(value, str) and value else {}
 
 
 def read_yaml_file(path: Path) -> Any:
@@ -201,7 +229,12 @@ def check_model_spec(spec: Any, where: str) -> None:
 
 
 def _absolute(value: Any, base: Path) -> Any:
-    """`value` made absolute against `base` if it is a relative path string; anything else unchanged."""
+    """`value` made absolute against `base` if it is a relative path string (or a list or mapping of them, as
+    `data_files` are); anything else unchanged."""
+    if isinstance(value, list):
+        return [_absolute(v, base) for v in value]
+    if isinstance(value, dict):
+        return {k: _absolute(v, base) for k, v in value.items()}
     if not isinstance(value, str) or not value:
         return value
     return os.path.abspath(base / os.path.expanduser(value))
@@ -215,6 +248,19 @@ def _path_keys(spec: dict[str, Any], section: str) -> list[str]:
     return keys + MODELS.path_keys(str(spec["builder"])) if "builder" in spec else keys
 
 
+def _source_keys(spec: dict[str, Any], section: str) -> dict[str, str]:
+    """The keys of a data or model section whose values are a local path or a hub id, with their repository type."""
+    if section == "data":
+        return DATASETS.source_keys(str(spec.get("name")))
+    return MODELS.source_keys(str(spec["builder"])) if "builder" in spec else {}
+
+
+def _resolved(key: str, value: Any, paths: list[str], sources: dict[str, str], base: Path) -> Any:
+    if key in paths:
+        return _absolute(value, base)
+    return resolve_source(value, base) if key in sources and isinstance(value, str) else value
+
+
 def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """A copy of a config mapping whose relative paths (model and data sections) are absolute against `base`.
 
@@ -224,7 +270,8 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for section in ("data", "teacher", "student"):
         spec = out.get(section)
         if isinstance(spec, dict):
-            out[section] = {k: _absolute(v, base) if k in _path_keys(spec, section) else v for k, v in spec.items()}
+            paths, sources = _path_keys(spec, section), _source_keys(spec, section)
+            out[section] = {k: _resolved(k, v, paths, sources, base) for k, v in spec.items()}
     return out
 
 

@@ -10,6 +10,7 @@ code that builds an entry, for keys where a change of code must give a new entry
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import inspect
 import json
@@ -66,10 +67,17 @@ def file_digest(path: str | Path) -> str:
 
 def path_digest(path: str | Path) -> str:
     """The digest of a file, or of a folder (its files' relative names and digests, hidden files and
-    folders skipped); 'missing' for a path that does not exist, so a key still changes when it appears."""
+    folders skipped), or of the files a glob pattern matches (`data/*.json`, their names and digests);
+    'missing' for a path that does not exist, so a key still changes when it appears."""
     path = Path(path)
     if path.is_file():
         return file_digest(path)
+    if not path.is_dir() and glob.has_magic(str(path)):
+        matches = sorted(glob.glob(str(path), recursive=True))
+        h = hashlib.sha256(b"glob\0")
+        for match in matches:
+            h.update(match.encode() + b"\0" + path_digest(match).encode() + b"\0")
+        return h.hexdigest() if matches else "missing"
     if not path.is_dir():
         return "missing"
     h = hashlib.sha256(b"folder\0")

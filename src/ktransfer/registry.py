@@ -30,6 +30,28 @@ class _PathMarker:
 LocalPath = Annotated[str, _PathMarker()]
 
 
+class _SourceMarker:
+    """Metadata of `ModelSource` / `DatasetSource`: a local path or a Hugging Face hub id (`ktransfer.sources`)."""
+
+    def __init__(self, repo_type: str) -> None:
+        self.repo_type = repo_type
+
+
+# A value that exists as a local path (relative to the config file) is stored absolute; any other value
+# shaped like a hub id (`org/name`) is kept as the id, which the builder reads from the Hugging Face cache.
+ModelSource = Annotated[str, _SourceMarker("model")]
+DatasetSource = Annotated[str, _SourceMarker("dataset")]
+
+
+def _source_type(tp: Any) -> str | None:
+    """The repository type of a `ModelSource` / `DatasetSource` hint (alone or in a union), else None."""
+    if get_origin(tp) is Annotated:
+        return next((m.repo_type for m in get_args(tp)[1:] if isinstance(m, _SourceMarker)), None)
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        return next((t for t in map(_source_type, get_args(tp)) if t), None)
+    return None
+
+
 def _is_path(tp: Any) -> bool:
     """Whether a type hint is `LocalPath`, alone or in a union (`LocalPath | None`)."""
     if get_origin(tp) is Annotated:
@@ -81,6 +103,18 @@ class Registry(Generic[T]):
         except (TypeError, NameError):
             return []
         return [key for key, tp in hints.items() if _is_path(tp)]
+
+    def source_keys(self, name: str) -> dict[str, str]:
+        """The arguments of factory `name` typed `ModelSource` / `DatasetSource`, with their repository type."""
+        factory = self._factories.get(name)
+        if factory is None:
+            return {}
+        try:
+            hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory,
+                                          include_extras=True)
+        except (TypeError, NameError):
+            return {}
+        return {key: kind for key, tp in hints.items() if (kind := _source_type(tp))}
 
     def check(self, name: str, kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
         """Raise ConfigError naming any unknown key or ill-typed value; return the values, typed."""

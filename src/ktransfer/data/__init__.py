@@ -1,4 +1,4 @@
-"""Offline datasets, registered by name for run configs. Nothing here downloads."""
+"""Datasets, registered by name for run configs: ours (prepared offline) and Hugging Face `datasets` sources."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from ktransfer.data.base import DataSplits, TensorDictDataset, collate_dicts
 from ktransfer.data.corpus import BlockCollator, bbc_news_text, text_corpus
+from ktransfer.data.hf_datasets import hf_dataset
 from ktransfer.data.images import fashion_mnist, prepare_fashion_mnist
 from ktransfer.data.tabular import csv_splits, sklearn_splits
 from ktransfer.data.text import (
@@ -52,6 +53,7 @@ DATASETS.register("parallel_tsv")(parallel_tsv)
 DATASETS.register("parallel_jsonl")(parallel_jsonl)
 DATASETS.register("text_corpus")(text_corpus)
 DATASETS.register("bbc_news_text")(bbc_news_text)
+DATASETS.register("hf_dataset")(hf_dataset)
 
 
 # Data and pretrained models that `ktransfer data prepare NAME` obtains once into the cache (a teacher,

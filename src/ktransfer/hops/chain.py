@@ -241,7 +241,7 @@ def one_hop(runner: ChainRunner, method: TransferMethod) -> HopOutcome:
 def source_digests(cfg: ChainConfig) -> list[str]:
     """SHA-256 of every file a chain reads (dataset files, a loaded teacher's files)."""
     data = dict(cfg.data)
-    files = [Path(data[k]) for k in DATASETS.path_keys(str(data.get("name"))) if data.get(k)]
+    files = [Path(data[k]) for k in DATASETS.path_keys(str(data.get("name"))) if isinstance(data.get(k), str) and data[k]]
     found = [p for p in files if p.exists()]
     return [path_digest(p) for p in found] + external.digest(cfg.teacher)
 

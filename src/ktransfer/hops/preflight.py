@@ -44,7 +44,7 @@ def check_sources(cfg: ChainConfig) -> None:
     """The files a chain reads exist (dataset files, the teacher's), and a CSV has the columns named."""
     data = dict(cfg.data)
     for key in DATASETS.path_keys(str(data.get("name"))):
-        if data.get(key) and not Path(data[key]).exists():
+        if isinstance(data.get(key), str) and data[key] and not Path(data[key]).exists():
             raise FileNotFoundError(f"data.{key}: file not found: {data[key]}")
     check_columns(data)
     external.check_teacher_files(cfg.teacher, "teacher")

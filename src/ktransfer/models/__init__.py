@@ -6,6 +6,7 @@ dict (`ktransfer.models.ties`), so that its checkpoints hold each tensor once.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +15,7 @@ from torch import nn
 
 from ktransfer.models.small import MLP, SmallCNN
 from ktransfer.models.ties import tie_aware_state_dict
-from ktransfer.registry import LocalPath, Registry
+from ktransfer.registry import LocalPath, ModelSource, Registry
 
 MODELS: Registry[nn.Module] = Registry("model builder")
 
@@ -43,15 +44,10 @@ def build_cnn(
     return SmallCNN(in_features, num_classes, channels=tuple(channels), dropout=dropout)
 
 
-_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForSequenceClassification", "AutoModel")
-
-
 def _auto_class(name: str) -> Any:
-    import transformers
+    from ktransfer.models.hub import auto_class
 
-    if name not in _AUTO_CLASSES:
-        raise ValueError(f"unknown auto_class '{name}'; valid choices: {', '.join(_AUTO_CLASSES)}")
-    return getattr(transformers, name)
+    return auto_class(name)
 
 
 @MODELS.register("hf_config")
@@ -86,28 +82,34 @@ def build_seq2seq_transformer(
 
 @MODELS.register("hf_pretrained")
 def build_hf_pretrained(
-    path: LocalPath, auto_class: str = "AutoModelForCausalLM", attn_implementation: str = "eager",
-    kwargs: dict[str, Any] | None = None,
+    model: ModelSource | None = None, auto_class: str = "AutoModelForCausalLM", revision: str | None = None,
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto", subfolder: str | None = None,
+    attn_implementation: str = "eager", kwargs: dict[str, Any] | None = None, path: LocalPath | None = None,
 ) -> nn.Module:
-    """A Hugging Face model from a local directory (never the hub: we run offline); a tokenizer saved there
-    must be the dataset's for sequence tasks (checked before training)."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"hf_pretrained: model directory not found: {path}")
-    model = _auto_class(auto_class).from_pretrained(
-        path, local_files_only=True, attn_implementation=attn_implementation, **(kwargs or {})
-    )
-    if any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        from ktransfer.models.causal import TOKENIZER_ATTR
+    """A pretrained Hugging Face model, named as `from_pretrained` takes it: a hub id (`org/name`, read from the
+    local Hugging Face cache; downloaded unless HF_HUB_OFFLINE=1) or a local folder, at `revision`, in `dtype`
+    (auto: the checkpoint's own). A tokenizer saved with it must be the dataset's for sequence tasks (checked
+    before training). `path` (a local folder) is the former name of `model`."""
+    from ktransfer.models.hub import load_pretrained
 
-        setattr(model, TOKENIZER_ATTR, str(path))  # compared with the dataset's tokenizer before a sequence run
-    return tie_aware_state_dict(model)
+    if path is not None:
+        if model is not None:
+            raise ValueError("give model (a hub id or local folder), not also its former name path")
+        warnings.warn("hf_pretrained: path is deprecated; name the model with model: (a local folder or a hub id "
+                      "such as HuggingFaceTB/SmolLM2-135M-Instruct)", FutureWarning, stacklevel=2)
+        model = path
+    if model is None:
+        raise ValueError("hf_pretrained: give model: a hub id (org/name) or a local model folder")
+    return tie_aware_state_dict(load_pretrained(model, auto_class, revision=revision, dtype=dtype, subfolder=subfolder,
+                                                attn_implementation=attn_implementation, kwargs=kwargs))
 
 
 @MODELS.register("minilm")
-def build_minilm(num_classes: int, path: LocalPath | None = None) -> nn.Module:
+def build_minilm(num_classes: int, path: ModelSource | None = None) -> nn.Module:
     """The pretrained MiniLM encoder (6 layers, width 384) with a new classification head.
 
-    `path`: a local model folder; default the one `ktransfer data prepare minilm` unpacks.
+    `path`: a local model folder or a hub id (from the local Hugging Face cache); default the one
+    `ktransfer data prepare minilm` unpacks.
     """
     from ktransfer.models.minilm import load_encoder
 
@@ -117,7 +119,7 @@ def build_minilm(num_classes: int, path: LocalPath | None = None) -> nn.Module:
 @MODELS.register("minilm_student")
 def build_minilm_student(
     num_classes: int, num_layers: int = 3, init: Literal["teacher_layers", "random"] = "teacher_layers",
-    layers: Sequence[int] | None = None, path: LocalPath | None = None,
+    layers: Sequence[int] | None = None, path: ModelSource | None = None,
 ) -> nn.Module:
     """A MiniLM of `num_layers` layers, same width; `init: teacher_layers` copies embeddings and
     `layers` (default evenly spaced, e.g. [1, 3, 5]) from the pretrained encoder, `random` does not."""
@@ -135,6 +137,28 @@ _CACHED_TEACHER_LOADER: list[Callable[[str, int, str], nn.Module]] = []
 def provide_cached_teacher_loader(loader: Callable[[str, int, str], nn.Module]) -> None:
     """Set what `cached_teacher` calls: `loader(config, num_classes, which)` -> the cached run's student."""
     _CACHED_TEACHER_LOADER[:] = [loader]
+@MODELS.register("hf_cut")
+def build_hf_cut(
+    teacher: ModelSource, auto_class: str = "AutoModelForCausalLM", revision: str | None = None,
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32", subfolder: str | None = None,
+    layers: Sequence[int] | None = None, every: int | None = None, first: int | None = None, last: int | None = None,
+    encoder_layers: Sequence[int] | None = None, decoder_layers: Sequence[int] | None = None,
+    intermediate_size: int | None = None, num_heads: int | None = None, keep: Literal["norm", "first"] = "norm",
+    num_classes: int | None = None, attn_implementation: str = "eager",
+) -> nn.Module:
+    """A student cut from a pretrained Hugging Face teacher (hub id or local folder; decoder-only, encoder or
+    encoder-decoder): its `layers` (or `every` k-th from the top, or the `first`/`last` n; an encoder-decoder's
+    stacks apart with `encoder_layers`/`decoder_layers`), optionally `intermediate_size` MLP units and `num_heads`
+    heads per layer (`keep`: largest weight norm or first), all weights copied from the teacher. What was kept is
+    on the student's config (`ktransfer_cut`). `num_classes` gives a sequence classifier a new head."""
+    from ktransfer.models.cut import cut_from_source
+
+    student, _ = cut_from_source(
+        teacher, auto_class, revision=revision, dtype=dtype, subfolder=subfolder,
+        attn_implementation=attn_implementation, num_classes=num_classes, layers=layers, every=every, first=first,
+        last=last, encoder_layers=encoder_layers, decoder_layers=decoder_layers,
+        intermediate_size=intermediate_size, num_heads=num_heads, keep=keep)
+    return tie_aware_state_dict(student)
 
 
 @MODELS.register("cached_teacher")

