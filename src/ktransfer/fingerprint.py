@@ -22,16 +22,9 @@ from types import ModuleType
 from typing import Any
 
 from ktransfer.cache import cache_root
+from ktransfer.io import file_digest as _sha256_file
 
 _MEMO_DIR = "fingerprints"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _memo_path(path: Path) -> Path:

@@ -38,7 +38,7 @@ from ktransfer.hops.models import (
 from ktransfer.hops.planner import Trial, plan
 from ktransfer.hops.preflight import check_sources
 from ktransfer.hops.report import ChainReport, HopRecord
-from ktransfer.io import atomic_path, write_json_atomic, write_text_atomic
+from ktransfer.io import atomic_path, file_digest, write_json_atomic, write_text_atomic
 from ktransfer.rundir import environment
 from ktransfer.schema import to_dict
 
@@ -51,14 +51,6 @@ class ChainInterrupted(RuntimeError):
 
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _method_name(method: TransferMethod) -> str:
@@ -87,7 +79,7 @@ class HopStore:
         d = self._dir(index, spec, key)
         try:
             record = json.loads((d / "record.json").read_text(encoding="utf-8"))
-            if record.get("key") != key or _sha256(d / record["model_file"]) != record["sha256"]:
+            if record.get("key") != key or file_digest(d / record["model_file"]) != record["sha256"]:
                 return None
             weights = np.load(d / "weights.npy") if record.get("has_weights") else None
             return load_hop_model(spec, d, self.info), weights, record
@@ -105,7 +97,7 @@ class HopStore:
             with atomic_path(d / "weights.npy") as tmp:
                 np.save(tmp, weights)
         write_json_atomic(d / "record.json", {**record, "key": key, "model_file": model_file.name,
-                                              "sha256": _sha256(model_file), "has_weights": weights is not None})
+                                              "sha256": file_digest(model_file), "has_weights": weights is not None})
         return str(d)
 
 
