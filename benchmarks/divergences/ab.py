@@ -69,7 +69,6 @@ def main() -> None:
     rows = []
     env = environment()
     made_by = provenance.record()
-    command = made_by["command"]
     with tempfile.TemporaryDirectory() as tmp:
         sides = {"before": extract(args.before, Path(tmp)), "after": ROOT / "src"}
         for chunk in args.chunks:
