@@ -140,3 +140,179 @@ def test_a_killed_build_keeps_its_finished_shards_and_the_next_computes_only_the
     assert build_store(cfg, tmp_path / "store", shard_size=300, batch_size=300).computed == 0
     with pytest.raises(StoreError, match=r"made from something else \(values: store 'float32', now 'float16'\)"):
         build_store(cfg, tmp_path / "store", shard_size=300, values="float16")
+
+
+# ------------------------------------------------------------------------------------ sequences (tiny Llama)
+from test_causal import corpus  # noqa: E402, F401  (a fixture: a word-level text corpus and its tokenizer)
+
+
+@pytest.fixture(scope="module")
+def llama_models(corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Fixed initial weights for a tiny Llama teacher (2 layers) and student (1 layer) on the corpus' vocabulary."""
+    from ktransfer.building import build_model, load_data
+
+    folder = tmp_path_factory.mktemp("llama_models")
+    info = load_data(RunConfig.from_dict(llama_config(corpus, {"teacher": "-", "student": "-"}))).info
+    torch.manual_seed(3)
+    save_weights(build_model(TEACHER_LLAMA, info, "teacher"), folder / "t.safetensors")
+    save_weights(build_model(STUDENT_LLAMA, info, "student"), folder / "s.safetensors")
+    return {"teacher": str(folder / "t.safetensors"), "student": str(folder / "s.safetensors")}
+
+
+TEACHER_LLAMA = {"builder": "llama_student", "hidden_size": 32, "num_layers": 2, "num_heads": 2}
+STUDENT_LLAMA = {"builder": "llama_student", "hidden_size": 16, "num_layers": 1, "num_heads": 2}
+
+
+def llama_config(corpus: dict[str, Path], models: dict[str, str], **changes: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "task": "causal_lm",
+        "data": {"name": "text_corpus", "path": str(corpus["lines"]), "tokenizer": str(corpus["tokenizer"]),
+                 "max_length": 10, "prompt_length": 3, "val_fraction": 0.2, "test_fraction": 0.2},
+        "teacher": {**TEACHER_LLAMA, **({"weights": models["teacher"]} if models["teacher"] != "-" else {})},
+        "student": {**STUDENT_LLAMA, **({"weights": models["student"]} if models["student"] != "-" else {})},
+        "knowledge": [{"type": "response", "divergence": "forward_kl", "temperature": 2.0, "weight": 0.5},
+                      {"type": "labels", "weight": 0.5}],
+        "optim": {"lr": 0.003},
+        "train": {"max_steps": 4, "batch_size": 4, "eval_every": 4, "log_every": 1, "metric": "perplexity", "seed": 0},
+    }
+    cfg.update(changes)
+    return cfg
+
+
+def test_sequence_store_with_k_equal_to_the_vocabulary_trains_exactly_as_the_live_teacher(
+        corpus: dict[str, Path], llama_models: dict[str, str], tmp_path: Path) -> None:
+    from ktransfer.runner import run
+
+    live = llama_config(corpus, llama_models)
+    vocab = 2 + 30 * 12
+    build_store(RunConfig.from_dict(live), tmp_path / "store", k=vocab, shard_size=5, batch_size=3)
+    store = TeacherStore.open(tmp_path / "store")
+    assert store.kind == "topk" and store.manifest["k"] == store.manifest["vocab_size"] == vocab
+    ids, logprobs, tail = store.topk(0)
+    assert ids.shape == logprobs.shape and ids.shape[1] == vocab and bool(torch.isneginf(tail).all())
+    run(RunConfig.from_dict(live), tmp_path / "live", progress=False)
+    stored = llama_config(corpus, llama_models, teacher={"store": str(tmp_path / "store")})
+    result = run(RunConfig.from_dict(stored), tmp_path / "stored", progress=False)
+    assert result.train.step == 4 and result.teacher_parameters is None
+    diff = _max_diff(tmp_path / "live" / "final" / "model.safetensors", tmp_path / "stored" / "final" / "model.safetensors")
+    assert diff < 1e-5
+    assert _max_diff(tmp_path / "stored" / "final" / "model.safetensors", Path(llama_models["student"])) > 1e-4
+
+
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+def test_sequence_store_with_small_k_trains_on_the_sparse_divergence_float64_reference(
+        corpus: dict[str, Path], llama_models: dict[str, str], tmp_path: Path, tail: str) -> None:
+    from ktransfer.building import build_model, load_data
+    from ktransfer.runner import run
+
+    live = llama_config(corpus, llama_models)
+    build_store(RunConfig.from_dict(live), tmp_path / "store", k=4, values="float16", shard_size=4)
+    data = load_data(RunConfig.from_dict(live))
+    n = len(data.train)
+    stored = llama_config(corpus, llama_models, teacher={"store": str(tmp_path / "store")},
+                          knowledge=[{"type": "response", "divergence": "forward_kl", "temperature": 2.0, "tail": tail}])
+    stored["train"] = {**stored["train"], "batch_size": n, "max_steps": 1}  # one step over every example
+    run(RunConfig.from_dict(stored), tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = next(r for r in records if r.get("split") == "train")["terms"]["response"]
+    # reference: the initial student and the teacher in float64 over the whole training split
+    batch = data.collate_fn([data.train[i] for i in range(n)])
+    models = {}
+    for role, spec in (("teacher", live["teacher"]), ("student", live["student"])):
+        models[role] = build_model(spec, data.info, role).double().eval()
+    with torch.no_grad():
+        s = models["student"](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        t = models["teacher"](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    mask = batch["labels"][:, 1:] != -100
+    top = SparseTeacher.from_logits(t, 4)
+    half = SparseTeacher(top.ids, top.logprobs.half().double(), top.tail_logprob, mass_tolerance=2e-2)
+    expected = float(sparse_forward_kl(s, half, tail=tail, temperature=2.0, mask=mask))
+    assert abs(logged - expected) < 1e-3 * max(1.0, abs(expected))
+    dense = float(torch.nn.functional.kl_div(torch.log_softmax(s / 2, -1)[mask], torch.log_softmax(t / 2, -1)[mask],
+                                             log_target=True, reduction="sum")) / int(mask.sum())
+    assert abs(logged - dense) > 1e-3  # k = 4 of 362 tokens is not the dense loss
+
+
+def test_sequence_store_of_another_tokenizer_is_refused_naming_it(corpus: dict[str, Path], llama_models: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    from ktransfer.checks import preflight
+    from test_causal import N_DOCS, doc_words, word_tokenizer_file
+
+    build_store(RunConfig.from_dict(llama_config(corpus, llama_models)), tmp_path / "store", k=8, shard_size=8)
+    words = [w for i in reversed(range(N_DOCS)) for w in doc_words(i)]  # the same words, other ids
+    other = PreTrainedTokenizerFast(tokenizer_file=str(word_tokenizer_file(tmp_path, words)), eos_token="<eos>",
+                                    pad_token="<pad>")
+    other.save_pretrained(tmp_path / "other_tok")
+    cfg = llama_config(corpus, llama_models, teacher={"store": str(tmp_path / "store")})
+    assert preflight(RunConfig.from_dict(cfg)).checked
+    cfg["data"] = {**cfg["data"], "tokenizer": str(tmp_path / "other_tok")}
+    with pytest.raises(ConfigError, match="teacher.store: .*built on the tokens of another tokenizer"):
+        preflight(RunConfig.from_dict(cfg))
+
+
+def test_store_config_is_validated() -> None:
+    base = {"task": "classification", "data": {"name": "digits"}, "student": {"builder": "mlp"},
+            "knowledge": [{"type": "response"}]}
+    assert RunConfig.from_dict({**base, "teacher": {"store": "s"}}).teacher_model is None
+    with pytest.raises(ConfigError, match=r"teacher\.builder: not allowed with 'store' \(valid keys: store, sha256\)"):
+        RunConfig.from_dict({**base, "teacher": {"store": "s", "builder": "mlp"}})
+    with pytest.raises(ConfigError, match=r"teacher\.sha256: expected the 64 hex digits"):
+        RunConfig.from_dict({**base, "teacher": {"store": "s", "sha256": "abc"}})
+    with pytest.raises(ConfigError, match=r"student\.store: only the teacher section"):
+        RunConfig.from_dict({**base, "student": {"store": "s"}})
+    feature = [{"type": "feature", "path": "net.0"}]
+    with pytest.raises(ConfigError, match=r"terms \['feature'\] need the teacher model .* teacher\.store provides only"):
+        RunConfig.from_dict({**base, "teacher": {"store": "s"}, "knowledge": feature})
+    with pytest.raises(FileNotFoundError, match="teacher.store: no teacher output store at .*ktransfer teacher-outputs build"):
+        from ktransfer.checks import check_sources
+
+        check_sources(RunConfig.from_dict({**base, "teacher": {"store": "/nonexistent/store"}}))
+
+
+def test_writer_checks_what_a_script_adds_and_the_reader_gives_it_back(tmp_path: Path) -> None:
+    writer = StoreWriter(tmp_path / "s", kind="topk", task="causal_lm", examples=3, teacher="served-model-v1",
+                         data="d" * 64, k=2, vocab_size=70000, values="float16", shard_size=2)
+    lp = torch.log(torch.tensor([[0.5, 0.25], [0.9, 0.05]]))
+    writer.add(0, ids=torch.tensor([[66000, 3], [1, 2]]), logprobs=lp)  # tail derived: log(0.25), log(0.05)
+    with pytest.raises(ValueError, match=r"example 1: token ids must lie in \[0, 70000\)"):
+        writer.add(1, ids=torch.tensor([[70000, 3]]), logprobs=lp[:1])
+    with pytest.raises(ValueError, match=r"example 1: .*mass at position \(0,\) is 1\.49"):
+        writer.add(1, ids=torch.tensor([[4, 3]]), logprobs=torch.log(torch.tensor([[1.0, 0.5]])))
+    with pytest.raises(ValueError, match=r"shape \(positions, k=2\)"):
+        writer.add(1, ids=torch.tensor([4, 3]), logprobs=torch.tensor([-1.0, -2.0]))
+    writer.add(1, ids=torch.zeros(0, 2, dtype=torch.long), logprobs=torch.zeros(0, 2))  # no target positions
+    assert writer.missing() == [2] and (tmp_path / "s" / "shard-00000.safetensors").is_file()
+    with pytest.raises(StoreError, match="1 example.s. were never added"):
+        writer.close()
+    writer.add(2, ids=torch.tensor([[7, 8]]), logprobs=torch.log(torch.tensor([[0.6, 0.4]])),
+               tail=torch.tensor([-math.inf]))
+    writer.close()
+    store = TeacherStore.open(tmp_path / "s")
+    ids, logprobs, tail = store.topk(0)
+    assert ids.tolist() == [[66000, 3], [1, 2]] and ids.dtype == torch.int64
+    assert torch.allclose(logprobs, lp, atol=1e-3) and torch.allclose(tail.exp(), torch.tensor([0.25, 0.05]), atol=1e-3)
+    assert store.topk(1)[0].shape == (0, 2) and store.keys["teacher"] == "served-model-v1"
+    with pytest.raises(StoreError, match="example 3 is not in the store"):
+        store.topk(3)
+    with pytest.raises(StoreError, match=r"made from something else \(keys.teacher: store 'served-model-v1', now 'other'\)"):
+        StoreWriter(tmp_path / "s", kind="topk", task="causal_lm", examples=3, teacher="other", data="d" * 64, k=2,
+                    vocab_size=70000, values="float16", shard_size=2)
+
+
+def test_cli_builds_and_describes_a_store(digits_models: dict[str, str], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from ktransfer.cli import main
+
+    config = tmp_path / "live.yaml"
+    config.write_text(yaml.safe_dump(digits_config(digits_models)))
+    assert main(["teacher-outputs", "build", str(config), "--out", str(tmp_path / "store"), "--values", "float16"]) == 0
+    assert "1167 of 1167 examples computed" in capsys.readouterr().out
+    assert main(["teacher-outputs", "info", str(tmp_path / "store")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "logits" and info["values"] == "float16" and info["examples"] == 1167
+    assert info["bytes_per_example"] < 10 * 2 + 4  # 10 half-precision logits and the shard's header share
+    (tmp_path / "store" / "shard-00000.safetensors").write_bytes(b"damaged")
+    assert main(["teacher-outputs", "info", str(tmp_path / "store")]) == 2
+    assert "shard-00000.safetensors: shard damaged" in capsys.readouterr().err

@@ -215,12 +215,15 @@ class StoreWriter:
             raise ValueError(f"example {index}: token ids must lie in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}")
         logprobs = logprobs.to(values)
         # the check and the tail use what will be stored, so the reader sees a valid distribution
-        if tail is None:
-            teacher = SparseTeacher.from_topk(ids.long(), logprobs.float(),
-                                              mass_tolerance=default_mass_tolerance(values))
-        else:
-            teacher = SparseTeacher(ids.long(), logprobs.float(), torch.as_tensor(tail).detach().cpu().float(),
-                                    mass_tolerance=default_mass_tolerance(values))
+        try:
+            if tail is None:
+                teacher = SparseTeacher.from_topk(ids.long(), logprobs.float(),
+                                                  mass_tolerance=default_mass_tolerance(values))
+            else:
+                teacher = SparseTeacher(ids.long(), logprobs.float(), torch.as_tensor(tail).detach().cpu().float(),
+                                        mass_tolerance=default_mass_tolerance(values))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"example {index}: {e}") from e
         return {"ids": ids.to(torch.int64).to(_ids_dtype(vocab)), "logprobs": logprobs,
                 "tail": teacher.tail_logprob.float()}
 

@@ -97,10 +97,11 @@ class StoreStage:
     def _sparse(self, batch: dict[str, Any], indices: list[int], task: str) -> SparseTeacher:
         mask = target_mask(batch, task).cpu()
         k = int(self.store.manifest["k"])
-        # placeholder where there is no target: k distinct ids of probability 0, all mass in the tail
+        # placeholder where there is no target (masked out by the losses): all mass on the first of k distinct ids
         ids = torch.arange(k, dtype=torch.int64).expand(*mask.shape, k).clone()
         logprobs = torch.full((*mask.shape, k), -math.inf)
-        tail = torch.zeros(mask.shape)
+        logprobs[..., 0] = 0.0
+        tail = torch.full(mask.shape, -math.inf)
         for row, index in enumerate(indices):
             s_ids, s_lp, s_tail = self.store.topk(index)
             where = mask[row].nonzero().squeeze(-1)
