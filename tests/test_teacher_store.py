@@ -316,3 +316,20 @@ def test_cli_builds_and_describes_a_store(digits_models: dict[str, str], tmp_pat
     (tmp_path / "store" / "shard-00000.safetensors").write_bytes(b"damaged")
     assert main(["teacher-outputs", "info", str(tmp_path / "store")]) == 2
     assert "shard-00000.safetensors: shard damaged" in capsys.readouterr().err
+
+
+def test_example_script_writes_a_scikit_learn_teachers_outputs_and_trains_from_them(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(root / "examples" / "store_from_topk_api.py"), "--steps", "60",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    accuracy = float(done.stdout.split("student trained from the store at ")[1].split("test accuracy ")[1].split(" %")[0])
+    assert accuracy > 50.0  # 10 classes: chance is about 10 %
+    store = TeacherStore.open(tmp_path / "out" / "store")
+    assert store.kind == "logits" and store.keys["teacher"].startswith("sklearn LogisticRegression")
