@@ -29,7 +29,8 @@ from ktransfer.tasks import Task
 @dataclass
 class BuildReport:
     """What a build did: examples computed (0 when the store was already complete), target positions
-    written, and seconds in the teacher's forward passes and in the whole build."""
+    written, and seconds: loading data and teacher and fingerprinting them (`setup_s`), in the teacher's
+    forward passes (`forward_s`), and in the whole build (`total_s`, the rest being top-k and writing)."""
 
     directory: Path
     examples: int
@@ -37,6 +38,7 @@ class BuildReport:
     positions: int
     forward_s: float
     total_s: float
+    setup_s: float = 0.0
 
 
 def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "float32", shard_size: int = 1024,
@@ -79,6 +81,7 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
     )
     missing = writer.missing()
     forward_s, positions, shards_before = 0.0, 0, len(writer.shards)
+    setup_s = time.perf_counter() - t0
     for start in range(0, len(missing), batch_size):
         chunk = missing[start:start + batch_size]
         t1 = time.perf_counter()
@@ -93,6 +96,7 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
             positions += kept.shape[0]
             writer.add(index, ids=sparse.ids, logprobs=sparse.logprobs, tail=sparse.tail_logprob)
         if stop_after_shards is not None and len(writer.shards) - shards_before >= stop_after_shards:
-            return BuildReport(Path(out), len(train), start + len(chunk), positions, forward_s, time.perf_counter() - t0)
+            return BuildReport(Path(out), len(train), start + len(chunk), positions, forward_s,
+                               time.perf_counter() - t0, setup_s)
     writer.close()
-    return BuildReport(Path(out), len(train), len(missing), positions, forward_s, time.perf_counter() - t0)
+    return BuildReport(Path(out), len(train), len(missing), positions, forward_s, time.perf_counter() - t0, setup_s)
