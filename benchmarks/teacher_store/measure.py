@@ -10,8 +10,10 @@
    renormalize) minus the dense forward KL against the teacher's full logits.
 3. Training steps of the small Llama student (configs/causal/*.yaml: hidden 256, 4 layers), each
    mode in a fresh process: labels alone ("references alone"), from the store (response from the
-   k = 64 store + labels; no teacher loaded) and with the live teacher (response + labels): seconds
-   per step after two warm-up steps, and the process's peak resident memory.
+   k = 64 store + labels; no teacher loaded) and with the live teacher (response + labels; both
+   responses forward KL with chunk_size 64): seconds per step after two warm-up steps, and the peak
+   resident memory during the run (sampled every 10 ms from after the data is loaded, since loading
+   the SmolLM2 tokenizer peaks higher than any training). Also the store stage's time per batch.
 
 One thread (OMP_NUM_THREADS=1), a few minutes on a 2-core CPU. Writes
 benchmarks/results/teacher_store.json.
@@ -25,12 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -61,7 +63,7 @@ def build_and_size(examples: int, folder: Path) -> dict[str, Any]:
     from ktransfer.building import build_model, load_data
     from ktransfer.config import RunConfig
     from ktransfer.sparse_divergences import SparseTeacher, sparse_forward_kl
-    from ktransfer.store import StoreWriter, TeacherStore
+    from ktransfer.store import INDEX_KEY, StoreStage, StoreWriter, TeacherStore
     from ktransfer.store.build import build_store
     from ktransfer.tasks import Task
 
@@ -117,6 +119,12 @@ def build_and_size(examples: int, folder: Path) -> dict[str, Any]:
             encodings.append({"k": k, "values": values, "bytes_per_token": round(store.bytes_per_position(), 2),
                               "relative_loss_error_bucket": sum(errors["bucket"]) / len(errors["bucket"]),
                               "relative_loss_error_renormalize": sum(errors["renormalize"]) / len(errors["renormalize"])})
+    stage = StoreStage(source)
+    ctx = SimpleNamespace(device=torch.device("cpu"), task=task)
+    t0 = time.perf_counter()
+    for start, batch in zip(range(0, examples, BATCH), batches, strict=True):
+        stage({**batch, INDEX_KEY: torch.arange(start, start + batch["input_ids"].shape[0])}, ctx)
+    stage_ms = 1000 * (time.perf_counter() - t0) / len(batches)
     tokens = built.positions
     build_loop_s = built.total_s - built.setup_s
     return {
@@ -125,6 +133,7 @@ def build_and_size(examples: int, folder: Path) -> dict[str, Any]:
                   "loop_s": round(build_loop_s, 2), "tokens_per_s": round(tokens / build_loop_s, 1)},
         "plain_forward": {"seconds": round(plain_s, 2), "tokens_per_s": round(tokens / plain_s, 1)},
         "build_slowdown": round(build_loop_s / plain_s, 3),
+        "store_stage_ms_per_batch": round(stage_ms, 2),
         "encodings": encodings,
     }
 
@@ -135,20 +144,54 @@ def one_mode(mode: str, examples: int, store: str, steps: int, out: str) -> None
     from ktransfer.config import RunConfig
     from ktransfer.runner import run
 
-    response = {"type": "response", "divergence": "forward_kl", "weight": 0.5}
+    from ktransfer.building import load_data
+
+    response = {"type": "response", "divergence": "forward_kl", "weight": 0.5, "chunk_size": 64}
     labels = {"type": "labels", "weight": 0.5}
     teacher, knowledge = {
         "alone": (None, [{"type": "labels"}]),
         "store": ({"store": store}, [response, labels]),
         "live": ({"builder": "smollm2"}, [response, labels]),
     }[mode]
-    result = run(RunConfig.from_dict(config(examples, teacher, knowledge, steps)), Path(out), progress=False,
-                 overwrite=True)
+    cfg = RunConfig.from_dict(config(examples, teacher, knowledge, steps))
+    data = load_data(cfg)  # its tokenizer's loading peaks higher than training: measured from here on
+    sampler = PeakRss()
+    result = run(cfg, Path(out), progress=False, overwrite=True, data=data)
+    peak, start = sampler.stop()
     records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     elapsed = {r["step"]: r["elapsed_s"] for r in records if r.get("split") == "train"}
     per_step = (elapsed[steps] - elapsed[2]) / (steps - 2)
     print(json.dumps({"mode": mode, "seconds_per_step": per_step, "steps": result.train.step,
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mib": peak, "rss_before_mib": start}))
+
+
+class PeakRss:
+    """The largest resident set size of this process (MiB) from now until `stop`, sampled every 10 ms."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.start = self.peak = _rss_mib()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.01):
+            self.peak = max(self.peak, _rss_mib())
+
+    def stop(self) -> tuple[float, float]:
+        self._done.set()
+        self._thread.join()
+        return max(self.peak, _rss_mib()), self.start
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def steps_in_processes(examples: int, store: Path, steps: int, folder: Path) -> dict[str, Any]:
@@ -161,7 +204,8 @@ def steps_in_processes(examples: int, store: Path, steps: int, folder: Path) -> 
         if done.returncode != 0:
             raise RuntimeError(f"mode {mode} failed: {done.stderr[-2000:]}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
-        out[mode] = {"seconds_per_step": round(row["seconds_per_step"], 4), "peak_rss_mib": round(row["peak_rss_mib"], 1)}
+        out[mode] = {"seconds_per_step": round(row["seconds_per_step"], 4), "peak_rss_mib": round(row["peak_rss_mib"], 1),
+                     "rss_before_training_mib": round(row["rss_before_mib"], 1)}
     out["store_step_vs_alone"] = round(out["store"]["seconds_per_step"] / out["alone"]["seconds_per_step"], 3)
     out["live_step_vs_alone"] = round(out["live"]["seconds_per_step"] / out["alone"]["seconds_per_step"], 3)
     out["store_memory_vs_alone"] = round(out["store"]["peak_rss_mib"] / out["alone"]["peak_rss_mib"], 3)
@@ -199,6 +243,7 @@ def main() -> int:
         print(f"k={e['k']:>2} {e['values']}: {e['bytes_per_token']:.1f} bytes/token, loss error bucket "
               f"{100 * e['relative_loss_error_bucket']:+.2f} %, renormalize {100 * e['relative_loss_error_renormalize']:+.2f} %")
     s = steps
+    print(f"store stage: {b['store_stage_ms_per_batch']:.1f} ms per batch of {BATCH}")
     print(f"step: store {s['store_step_vs_alone']:.2f}x, live teacher {s['live_step_vs_alone']:.2f}x the labels-alone step; "
           f"peak memory: store {s['store_memory_vs_alone']:.2f}x, live {s['live_memory_vs_alone']:.2f}x")
     print(f"written: {args.out}")
