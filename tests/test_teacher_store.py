@@ -333,3 +333,38 @@ def test_example_script_writes_a_scikit_learn_teachers_outputs_and_trains_from_t
     assert accuracy > 50.0  # 10 classes: chance is about 10 %
     store = TeacherStore.open(tmp_path / "out" / "store")
     assert store.kind == "logits" and store.keys["teacher"].startswith("sklearn LogisticRegression")
+
+
+def test_a_run_from_a_store_killed_and_resumed_ends_as_the_uninterrupted_run(digits_models: dict[str, str],
+                                                                             tmp_path: Path) -> None:
+    from ktransfer.runner import resume, run
+
+    build_store(RunConfig.from_dict(digits_config(digits_models)), tmp_path / "store", shard_size=600)
+    cfg = digits_config(digits_models, teacher={"store": str(tmp_path / "store")})
+    cfg["train"] = {**cfg["train"], "checkpoint_every": 2}
+    run(RunConfig.from_dict(cfg), tmp_path / "whole", progress=False)
+    run(RunConfig.from_dict(cfg), tmp_path / "cut", progress=False, stop_after_steps=4)
+    assert resume(tmp_path / "cut", progress=False).train.step == 6
+    assert _max_diff(tmp_path / "whole" / "final" / "model.safetensors", tmp_path / "cut" / "final" / "model.safetensors") == 0.0
+
+
+def test_a_written_store_whose_positions_do_not_fit_the_batch_is_refused_naming_the_example(
+        corpus: dict[str, Path], llama_models: dict[str, str], tmp_path: Path) -> None:
+    from ktransfer.runner import run
+
+    live = llama_config(corpus, llama_models)
+    build_store(RunConfig.from_dict(live), tmp_path / "good", k=4, shard_size=100)
+    good = TeacherStore.open(tmp_path / "good")
+    m = good.manifest
+    writer = StoreWriter(tmp_path / "short", kind="topk", task="causal_lm", examples=good.examples, teacher="t",
+                         data=good.keys["data"], tokenizer=good.keys["tokenizer"], k=4, vocab_size=m["vocab_size"])
+    for i in range(good.examples):
+        ids, logprobs, tail = good.topk(i)
+        cut = 1 if i == 5 else 0  # example 5 loses its last position
+        writer.add(i, ids=ids[: len(ids) - cut], logprobs=logprobs[: len(ids) - cut], tail=tail[: len(ids) - cut])
+    writer.close()
+    cfg = llama_config(corpus, llama_models, teacher={"store": str(tmp_path / "short")})
+    cfg["train"] = {**cfg["train"], "batch_size": good.examples, "max_steps": 1}
+    n = len(good.topk(5)[0])
+    with pytest.raises(StoreError, match=rf"example 5 has {n - 1} stored target positions, but the batch gives it {n}"):
+        run(RunConfig.from_dict(cfg), tmp_path / "run", progress=False)
