@@ -36,7 +36,8 @@ def test_rows_are_exact_at_k_equal_vocabulary_and_the_table_lists_every_cell() -
             else:
                 assert row["dense_mean"] - row["sparse_mean"] <= row["mean_gap_bound"] + 1e-12
     result = {"rows": rows, "k": [1, 30], "top_k_mass": {str(k): v for k, v in top_mass.items()}, "temperature": 1.0,
-              "data": {"target_positions": 10}, "provenance": {"commit": "0" * 40, "dirty": False}}
+              "data": {"target_positions": 10}, "provenance": {"commit": "0123456789" * 4, "dirty": False, "command": "python x.py"}}
     text = bench.table(result)
     assert text.count("| noisy |") == len(bench.DIVERGENCES)
     assert "k=1: " in text and "\\|" in text
+    assert "Made by commit 0123456: `python x.py`." in text

@@ -19,6 +19,7 @@ one thread. Writes benchmarks/results/sparse_teacher.json and .md.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -160,7 +161,9 @@ def table(result: dict[str, Any]) -> str:
     for student, name in seen:
         row = [f"{cells[(student, name, k)]['bucket']} \\| {cells[(student, name, k)]['renormalize']}" for k in ks]
         lines.append(f"| {student} | {name} | " + " | ".join(row) + " |")
-    lines += ["", provenance.code_line(result["provenance"]), ""]
+    prov = result["provenance"]
+    made = f"commit {prov['commit'][:7]}" + (" with uncommitted changes" if prov.get("dirty") else "")
+    lines += ["", f"Made by {made}: `{prov.get('command', 'python benchmarks/sparse_teacher/measure.py')}`.", ""]
     return "\n".join(lines)
 
 
@@ -174,7 +177,12 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=16, help="positions per chunk of every loss (small chunks stay in cache)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sparse_teacher")
+    parser.add_argument("--table-only", action="store_true", help="rewrite the .md from the existing .json, measure nothing")
     args = parser.parse_args()
+    if args.table_only:
+        result = json.loads(args.out.with_suffix(".json").read_text(encoding="utf-8"))
+        report.write_text(args.out.with_suffix(".md"), table(result))
+        return 0
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     batches, teacher_logits, data = teacher_outputs(args.batches, args.batch_size, args.length)
