@@ -87,14 +87,20 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         t1 = time.perf_counter()
         logits, mask = teacher_outputs(chunk)
         forward_s += time.perf_counter() - t1
-        for row, index in enumerate(chunk):
-            if header["kind"] == "logits":
+        if header["kind"] == "logits":
+            for row, index in enumerate(chunk):
                 writer.add(index, logits=logits[row])
-                continue
-            kept = logits[row][mask[row]] if mask is not None else logits[row]
-            sparse = SparseTeacher.from_logits(kept, k)
-            positions += kept.shape[0]
-            writer.add(index, ids=sparse.ids, logprobs=sparse.logprobs, tail=sparse.tail_logprob)
+        else:  # the top-k of every target position of the batch at once, then split by example
+            if mask is None:
+                mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+            sparse = SparseTeacher.from_logits(logits[mask], k)
+            counts = mask.reshape(mask.shape[0], -1).sum(-1).tolist()
+            positions += sum(counts)
+            start_row = 0
+            for index, count in zip(chunk, counts, strict=True):
+                rows = slice(start_row, start_row + count)
+                writer.add(index, ids=sparse.ids[rows], logprobs=sparse.logprobs[rows], tail=sparse.tail_logprob[rows])
+                start_row += count
         if stop_after_shards is not None and len(writer.shards) - shards_before >= stop_after_shards:
             return BuildReport(Path(out), len(train), start + len(chunk), positions, forward_s,
                                time.perf_counter() - t0, setup_s)
