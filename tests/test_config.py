@@ -94,7 +94,7 @@ def test_knowledge_errors() -> None:
         build(knowledge=[{"type": "respone"}])
     with pytest.raises(ConfigError, match=r"knowledge\[0\]\.temp: unknown key \(did you mean 'temperature'\?\); "
                                           r"valid keys for knowledge term 'response': chunk_size, divergence, fused_head, name, "
-                                          r"params, temperature, vocab_size, weight$"):
+                                          r"params, tail, temperature, vocab_size, weight$"):
         build(knowledge=[{"type": "response", "temp": 2}])
     with pytest.raises(ValueError, match="unknown divergence 'reverse_kl'.*backward_kl.*forward_kl"):
         build(knowledge=[{"type": "response", "divergence": "reverse_kl"}])

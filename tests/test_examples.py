@@ -19,6 +19,7 @@ EXPECTED = {
     "multihop_tree.py": r"\| 1-hop \| tree\(d=3\) \|",
     "on_policy_causal_lm.py": r"test perplexity \d+(\.\d)?, KL\(teacher \|\| student\) per token \d+\.\d+",
     "select_knowledge_text.py": r"mean weight per kind of knowledge: attention \d\.\d\d, feature",
+    "store_from_topk_api.py": r"student trained from the store at .*: test accuracy \d+\.\d\d %",
 }
 
 

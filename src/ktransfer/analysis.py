@@ -294,11 +294,12 @@ def analyze_target(target: str | Path, out: str | Path | None = None, *, batches
     if is_run and not (target / "config.yaml").is_file():
         raise FileNotFoundError(f"not a run directory (no config.yaml) nor a config file: {target}")
     cfg = RunConfig.from_yaml(target / "config.yaml" if is_run else target)
-    if cfg.teacher is None:
-        raise ValueError(f"{target}: the run has no teacher; gradient analysis compares a student with a teacher")
+    if cfg.teacher_model is None:
+        raise ValueError(f"{target}: the run has no teacher model (none, or a store of its outputs); gradient analysis "
+                         "compares a student with a teacher")
     data = load_data(cfg)
     torch.manual_seed(cfg.train.seed)
-    teacher = build_model(cfg.teacher, data.info, "teacher")
+    teacher = build_model(cfg.teacher_model, data.info, "teacher")
     student = build_model(_architecture(cfg.student) if is_run else cfg.student, data.info, "student")
     if is_run:
         load_weights(student, target / which / "model.safetensors")

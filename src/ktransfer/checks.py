@@ -25,6 +25,7 @@ from ktransfer.knowledge import ResponseTerm
 from ktransfer.models import MODELS, count_parameters
 from ktransfer.registry import ConfigError
 from ktransfer.sequence.vocab import check_data_tokenizer
+from ktransfer.store import StoreError, TeacherStore, open_for_run
 from ktransfer.tasks import TASK_SPECS, ForwardResult, Task
 from ktransfer.terms import build_terms
 
@@ -46,7 +47,10 @@ def check_sources(cfg: RunConfig) -> None:
         if isinstance(data.get(key), str) and data[key] and not Path(data[key]).exists() \
                 and not glob.has_magic(data[key]):
             raise FileNotFoundError(f"data.{key}: not found: {data[key]}")
-    for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
+    if cfg.teacher_store is not None and not Path(cfg.teacher_store).is_dir():
+        raise FileNotFoundError(f"teacher.store: no teacher output store at {cfg.teacher_store}; build it with "
+                                "`ktransfer teacher-outputs build CONFIG --out DIR` (CONFIG naming the teacher model)")
+    for role, spec in (("teacher", cfg.teacher_model), ("student", cfg.student)):
         if spec is None:
             continue
         for key in MODELS.path_keys(str(spec.get("builder"))):
@@ -136,17 +140,17 @@ def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: 
     task, info = Task(cfg.task), data.info
     if task.kind in ("causal_lm", "seq2seq"):
         check_data_tokenizer(info, teacher)  # different tokenizers: an error naming both, before anything runs
-        check_teacher_run_tokenizer(cfg.teacher, info)
+        check_teacher_run_tokenizer(cfg.teacher_model, info)
     describe = _describe_data(cfg, info)
     student_batch, teacher_batch = split_batch(_probe_batch(data))
     outputs = {"student": _probe(student, student_batch, task, "student", describe)}
-    if teacher is not None and cfg.teacher is not None:
+    if teacher is not None and cfg.teacher_model is not None:
         outputs["teacher"] = _probe(teacher, teacher_batch, task, "teacher", describe)
     sizes = {role: out.logits.shape[-1] for role, out in outputs.items()}
     num_classes = info.get("num_classes")
     if task.kind == "classification" and isinstance(num_classes, int):
         for role, size in sizes.items():
-            spec = cfg.student if role == "student" else cfg.teacher
+            spec = cfg.student if role == "student" else cfg.teacher_model
             assert spec is not None
             if size < num_classes:
                 raise ConfigError(
@@ -173,6 +177,16 @@ def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: 
     lines = [f"{role}: {count_parameters(model):,} parameters, {sizes[role]} {unit}, ran on {describe}"
              for role, model in (("student", student), ("teacher", teacher)) if role in sizes and model is not None]
     return lines + check_term_layers(cfg, student, teacher, student_batch, teacher_batch, task)
+
+
+def check_teacher_store(cfg: RunConfig, data: DataSplits) -> TeacherStore:
+    """The run's teacher output store, verified and matched with the run's task, data, tokenizer (and teacher)."""
+    assert cfg.teacher is not None and cfg.teacher_store is not None
+    try:
+        return open_for_run(cfg.teacher_store, task=cfg.task, train=data.train, info=data.info,
+                            teacher_sha256=cfg.teacher.get("sha256"))
+    except StoreError as e:
+        raise ConfigError(str(e)) from e
 
 
 def check_teacher_run_tokenizer(spec: dict[str, Any] | None, info: dict[str, Any]) -> None:
@@ -246,9 +260,15 @@ def preflight(cfg: RunConfig, data: DataSplits | None = None) -> Preflight:
     data = data if data is not None else load_data(cfg)
     check_data_fits_task(cfg, data.info)
     with torch.random.fork_rng(devices=[]):  # building models draws random numbers: leave the caller's RNG as it was
-        teacher = build_model(cfg.teacher, data.info, "teacher") if cfg.teacher is not None else None
+        teacher = build_model(cfg.teacher_model, data.info, "teacher") if cfg.teacher_model is not None else None
         student = build_model(cfg.student, data.info, "student")
         checked = [f"data: {_describe_data(cfg, data.info)} fits task '{cfg.task}'",
                    *(f"data examples: {line}" for line in describe_examples(data.info)),
                    *check_models(cfg, data, student, teacher)]
+    if cfg.teacher_store is not None:
+        store = check_teacher_store(cfg, data)
+        checked.append(f"teacher.store: {store.directory} holds the outputs of teacher "
+                       f"{str(store.keys.get('teacher'))[:12]} for all {store.examples} training examples "
+                       f"({store.kind}{', k=' + str(store.manifest['k']) if store.kind == 'topk' else ''}, "
+                       f"{store.manifest['values']}), shards verified")
     return Preflight(data=data, checked=checked, warnings=[*cfg.warnings(), *example_warnings(data.info)])

@@ -102,6 +102,24 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--source", default=None, help="a folder already holding the files (the .deb or the wheel)")
     q.add_argument("--config", default=None, help="teacher: the run config that trains it (trained once, cached)")
 
+    p = sub.add_parser("teacher-outputs", help="a store of a teacher's outputs on the training data, to train "
+                                               "from with no teacher in memory (teacher: {store: DIR})")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    q = store_sub.add_parser("build", help="run a config's teacher once over its training split and write the store "
+                                           "(resumable: a killed build keeps its finished shards)")
+    q.add_argument("config", help="run config naming the teacher model and the data")
+    q.add_argument("--out", default=None, help="store folder (default: stores/<config file name>)")
+    q.add_argument("--k", type=int, default=64, help="sequences: top-k token ids kept per position (default: 64)")
+    q.add_argument("--values", default="float32", choices=["float32", "float16"],
+                   help="dtype of the stored log-probabilities / logits (default: float32)")
+    q.add_argument("--shard-size", type=int, default=1024, help="examples per shard (default: 1024)")
+    q.add_argument("--batch-size", type=int, default=None, help="examples per teacher forward pass "
+                                                                 "(default: train.eval_batch_size)")
+    _add_overrides(q)
+    _add_threads(q)
+    q = store_sub.add_parser("info", help="what a store holds: task, keys, k, values, shards, bytes; verifies checksums")
+    q.add_argument("directory")
+
     p = sub.add_parser("hops", help="plan and run a multi-hop transfer chain from a YAML config")
     p.add_argument("config", help="chain config (YAML)")
     p.add_argument("--run-dir", help="output directory (default: runs/<config file name>)")
@@ -232,7 +250,7 @@ def _cmd_modules(args: argparse.Namespace) -> int:
 
     cfg = RunConfig.from_yaml(args.config, args.overrides)
     info = load_data(cfg).info
-    for role, spec in (("student", cfg.student), ("teacher", cfg.teacher)):
+    for role, spec in (("student", cfg.student), ("teacher", cfg.teacher_model)):
         if spec is None:
             continue
         print(f"# {role}")
@@ -302,6 +320,33 @@ def _cmd_hops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_teacher_outputs(args: argparse.Namespace) -> int:
+    from ktransfer.store import TeacherStore
+
+    if args.store_command == "build":
+        from ktransfer.config import RunConfig
+        from ktransfer.store.build import build_store
+
+        cfg = RunConfig.from_yaml(args.config, args.overrides)
+        out = Path(args.out) if args.out else Path("stores") / Path(args.config).stem
+        report = build_store(cfg, out, k=args.k, values=args.values, shard_size=args.shard_size,
+                             batch_size=args.batch_size)
+        rate = f", {report.positions / report.forward_s:,.0f} target positions/s in the teacher" if report.forward_s else ""
+        print(f"store: {out}: {report.computed} of {report.examples} examples computed in {report.total_s:.1f} s{rate}")
+        print(f"train from it with `teacher: {{store: {out}}}`")
+        return 0
+    store = TeacherStore.open(args.directory)
+    m = store.manifest
+    shape = f"k={m['k']} of {m['vocab_size']} tokens" if store.kind == "topk" else f"{m['num_classes']} classes"
+    unit = "target position" if store.kind == "topk" else "example"
+    _print_json({"directory": str(store.directory), "task": m["task"], "kind": store.kind, "outputs": shape,
+                 "values": m["values"], "examples": store.examples, "shards": len(m["shards"]),
+                 "bytes": sum(int(e["bytes"]) for e in m["shards"]),
+                 f"bytes_per_{unit.replace(' ', '_')}": round(store.bytes_per_position(), 2),
+                 "keys": store.keys, "verified": True})
+    return 0
+
+
 def _reader_gone() -> int:
     """Exit quietly when the reader of stdout closed it early (`ktransfer list | head`), as `cat` does.
 
@@ -318,7 +363,8 @@ def _reader_gone() -> int:
 
 
 COMMANDS = {"demo": _cmd_demo, "run": _cmd_run, "resume": _cmd_resume, "eval": _cmd_eval,
-            "check": _cmd_check, "analyze": _cmd_analyze, "modules": _cmd_modules, "list": _cmd_list, "data": _cmd_data, "hops": _cmd_hops}
+            "check": _cmd_check, "analyze": _cmd_analyze, "modules": _cmd_modules, "list": _cmd_list, "data": _cmd_data, "hops": _cmd_hops,
+            "teacher-outputs": _cmd_teacher_outputs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from ktransfer.data import DATASETS
+from ktransfer.knowledge import ResponseTerm
 from ktransfer.models import MODELS
 from ktransfer.registry import ConfigError, suggest
 from ktransfer.schema import from_dict, to_dict
@@ -93,9 +94,18 @@ class RunConfig:
             raise ConfigError(f"knowledge: terms {needing} need a teacher, but 'teacher' is not set")
         if self.targets is not None:
             stage = targets_stage_from_config(self.targets, self.task)
-            if stage.requires_teacher and self.teacher is None:
+            if stage.requires_teacher and self.teacher_model is None:
                 raise ConfigError("targets: the teacher generates targets (teacher source, teacher_mix or "
-                                  "greedy_baseline), but 'teacher' is not set")
+                                  "greedy_baseline), but 'teacher' is " + ("a store of outputs, which cannot generate"
+                                                                          if self.teacher_store else "not set"))
+            if self.teacher_store:
+                raise ConfigError("targets: a teacher output store holds the teacher's outputs on the dataset's "
+                                  "targets; a targets section would change them. Remove one of the two")
+        if self.teacher_store:
+            reading = [t.name for t in terms if t.requires_teacher and not _reads_store(t)]
+            if reading:
+                raise ConfigError(f"knowledge: terms {reading} need the teacher model (its layers or generations); "
+                                  "teacher.store provides only its output distribution (terms: response)")
         selector = dict(self.selector)
         kind = selector.pop("type", None)
         if kind is None:
@@ -107,9 +117,19 @@ class RunConfig:
                 f"train.metric: unknown metric '{self.train.metric}'{suggest(self.train.metric, metrics)}; "
                 f"the evaluation of task '{self.task}' reports: {', '.join(metrics)}"
             )
-        if self.train.metric == "teacher_kl" and self.teacher is None:
+        if self.train.metric == "teacher_kl" and self.teacher_model is None:
             raise ConfigError("train.metric: teacher_kl is the student's divergence from the teacher on the "
                               "validation data, but 'teacher' is not set")
+
+    @property
+    def teacher_store(self) -> str | None:
+        """The teacher output store the run reads (`teacher: {store: DIR}`), or None."""
+        return self.teacher.get("store") if isinstance(self.teacher, dict) else None
+
+    @property
+    def teacher_model(self) -> dict[str, Any] | None:
+        """The teacher's model section, or None when there is none or the teacher is a store."""
+        return None if self.teacher is None or self.teacher_store else self.teacher
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
@@ -197,6 +217,11 @@ def _named_paths(name: str, value: Any) -> dict[str, str]:
     return {name: value} if isinstance(value, str) and value else {}
 
 
+def _reads_store(term: Any) -> bool:
+    """Whether a teacher-reading term can take its teacher from a store: it reads only the output distribution."""
+    return isinstance(term, ResponseTerm)
+
+
 def read_yaml_file(path: Path) -> Any:
     """The YAML content of a config file ({} when empty); a missing file or bad YAML is a clear error."""
     if not path.is_file():
@@ -207,10 +232,31 @@ def read_yaml_file(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
 
 
+STORE_KEYS = ("store", "sha256")
+
+
 def check_model_spec(spec: Any, where: str) -> None:
-    """Validate a model section: `from_run` (+ `which`), or `builder` + builder keys (+ `weights`)."""
+    """Validate a model section: `from_run` (+ `which`), or `builder` + builder keys (+ `weights`).
+
+    The teacher section may instead be `{store: DIR}` (+ `sha256`, the teacher weights' digest the
+    store must record): the run then reads the teacher's outputs from a store (`ktransfer.store`).
+    """
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping with 'builder' or 'from_run', got {spec!r}")
+    if "store" in spec:
+        if where != "teacher":
+            raise ConfigError(f"{where}.store: only the teacher section can be a store of outputs")
+        extra = sorted(set(spec) - set(STORE_KEYS))
+        if extra:
+            raise ConfigError(f"{where}.{extra[0]}: not allowed with 'store' (valid keys: {', '.join(STORE_KEYS)}); "
+                              "a store replaces the teacher model")
+        if not isinstance(spec["store"], str) or not spec["store"]:
+            raise ConfigError(f"{where}.store: expected the path of a teacher output store, got {spec['store']!r}")
+        sha = spec.get("sha256")
+        if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
+            raise ConfigError(f"{where}.sha256: expected the 64 hex digits of the teacher's weights digest "
+                              f"(`ktransfer teacher-outputs info DIR` prints it), got {sha!r}")
+        return
     if "from_run" in spec:
         extra = sorted(set(spec) - {"from_run", "which"})
         if extra:
@@ -244,7 +290,7 @@ def _path_keys(spec: dict[str, Any], section: str) -> list[str]:
     """The keys of a data or model section whose values are paths."""
     if section == "data":
         return DATASETS.path_keys(str(spec.get("name")))
-    keys = ["from_run", "weights"]
+    keys = ["from_run", "weights", "store"]
     return keys + MODELS.path_keys(str(spec["builder"])) if "builder" in spec else keys
 
 

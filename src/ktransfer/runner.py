@@ -25,6 +25,7 @@ from ktransfer.checks import (
     check_models,
     check_sources,
     check_teacher_run_tokenizer,
+    check_teacher_store,
     check_term_layers,
     preflight,
 )
@@ -45,6 +46,7 @@ from ktransfer.rundir import (
 from ktransfer.scores import classification_scores, predict_classes
 from ktransfer.selection import SELECTORS
 from ktransfer.sequence.heldout import with_teacher_kl
+from ktransfer.store import IndexedCollate, IndexedDataset, StoreStage
 from ktransfer.sequence.targets import targets_stage_from_config
 from ktransfer.tasks import Task
 from ktransfer.terms import build_terms
@@ -74,18 +76,23 @@ def build_distiller(
     data = data if data is not None else load_data(cfg)
     check_data_fits_task(cfg, data.info)
     torch.manual_seed(cfg.train.seed)  # model initialisation depends on the run's seed
-    teacher = build_model(cfg.teacher, data.info, "teacher") if cfg.teacher is not None else None
+    teacher = build_model(cfg.teacher_model, data.info, "teacher") if cfg.teacher_model is not None else None
     student = build_model(cfg.student, data.info, "student")
     check_models(cfg, data, student, teacher)  # in eval mode, without gradients: the models stay as built
     selector_spec = dict(cfg.selector)
     selector = SELECTORS.build(selector_spec.pop("type"), selector_spec, "selector")
     task = Task(cfg.task)
+    train_data, collate_fn, stages = data.train, data.collate_fn, _stages(cfg)
+    if cfg.teacher_store is not None:  # the teacher's outputs come from the store, by example index
+        store = check_teacher_store(cfg, data)
+        train_data, collate_fn = IndexedDataset(data.train), IndexedCollate(data.collate_fn)
+        stages = [StoreStage(store)]
     distiller = Distiller(
         student, teacher, build_terms(cfg.knowledge), selector,
-        train_data=data.train, config=cfg.train, optim=cfg.optim, schedule=cfg.schedule, task=task,
+        train_data=train_data, config=cfg.train, optim=cfg.optim, schedule=cfg.schedule, task=task,
         evaluate=run_evaluator(cfg, data, "val", teacher),
-        run_dir=run_dir, collate_fn=data.collate_fn, progress=progress, stop_after_steps=stop_after_steps,
-        stages=_stages(cfg),
+        run_dir=run_dir, collate_fn=collate_fn, progress=progress, stop_after_steps=stop_after_steps,
+        stages=stages,
         chance_accuracy=majority_rate(data.val) if cfg.task == "classification" else None,
     )
     return distiller, data
@@ -202,8 +209,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") 
     model = build_model(_architecture(cfg.student), data.info, "student")
     load_weights(model, run_dir / which / "model.safetensors")
     teacher = None
-    if cfg.teacher is not None and cfg.task in ("causal_lm", "seq2seq"):  # for teacher_kl on this split
-        teacher = build_model(cfg.teacher, data.info, "teacher")
+    if cfg.teacher_model is not None and cfg.task in ("causal_lm", "seq2seq"):  # for teacher_kl on this split
+        teacher = build_model(cfg.teacher_model, data.info, "teacher")
     metrics = run_evaluator(cfg, data, split, teacher)(model)
     if cfg.task == "classification":  # macro-F1 and MCC need every prediction, not sums
         predicted, true = predict_classes(model, data.get(split), Task(cfg.task), cfg.train.eval_batch_size,

@@ -35,11 +35,12 @@ from ktransfer.engine.stages import BatchStage
 from ktransfer.engine.state import TrainResult, TrainState
 from ktransfer.engine.reporting import ReportingMixin
 from ktransfer.engine.wiring import WiringMixin
-from ktransfer.knowledge.base import KnowledgeTerm, StepView
+from ktransfer.knowledge.base import STORED_TEACHER_KEY, KnowledgeTerm, StepView
+from ktransfer.sparse_divergences import SparseTeacher
 from ktransfer.registry import ConfigError, suggest
 from ktransfer.runlog import MetricsLog, plot_curves, plot_weights
 from ktransfer.selection import FixedWeights, SelectionState, Selector
-from ktransfer.tasks import Task, TaskKind
+from ktransfer.tasks import ForwardResult, Task, TaskKind
 
 
 def _build_optimizer(params: Sequence[nn.Parameter] | Sequence[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -85,10 +86,13 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         if len(set(names)) != len(names):
             raise ValueError(f"knowledge term names must be unique, got {names}")
         self.needs_teacher = any(t.requires_teacher for t in terms)
-        if self.needs_teacher and teacher is None:
+        self.stages = list(stages)
+        stored = any(getattr(s, "provides_teacher_outputs", False) for s in self.stages)
+        if stored and teacher is not None:
+            raise ValueError("a batch stage reads the teacher's outputs from a store, so teacher must be None")
+        if self.needs_teacher and teacher is None and not stored:
             needing = [t.name for t in terms if t.requires_teacher]
             raise ValueError(f"knowledge terms {needing} need a teacher, but teacher is None")
-        self.stages = list(stages)
         if teacher is None and any(getattr(s, "requires_teacher", False) for s in self.stages):
             raise ValueError("a batch stage generates with the teacher, but teacher is None")
         if len(train_data) == 0:  # type: ignore[arg-type]
@@ -133,6 +137,9 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
     # ----------------------------------------------------------------------------- one step
     def _losses(self, batch: dict[str, Any], student: nn.Module, teacher: nn.Module | None,
                 weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
+        stored = batch.get(STORED_TEACHER_KEY)
+        if stored is not None:  # the teacher's outputs come with the batch: no model input
+            batch = {k: v for k, v in batch.items() if k != STORED_TEACHER_KEY}
         student_batch, teacher_batch = split_batch(batch)
         s_capture = Capture(student, self._student_specs) if self._student_specs else contextlib.nullcontext()
         with s_capture as sc:
@@ -147,10 +154,13 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
             with torch.no_grad(), self.accelerator.autocast(), t_capture as tc:
                 t_out = self.task.forward(teacher, teacher_batch)
             t_captured = dict(tc.outputs) if tc is not None else {}
+        t_sparse = stored if isinstance(stored, SparseTeacher) else None
+        if isinstance(stored, Tensor):  # all class logits of a stored classifier
+            t_out = ForwardResult(logits=stored, targets=s_out.targets, raw=None, task=self.task.kind)
         view = StepView(
             batch=batch, student=s_out, teacher=t_out,
             student_captured=dict(sc.outputs) if sc is not None else {},
-            teacher_captured=t_captured, step=self.state.step,
+            teacher_captured=t_captured, step=self.state.step, teacher_sparse=t_sparse,
         )
         if getattr(self.selector, "observes_view", True):  # else released now, before backward and the update
             self._last_view = view

@@ -8,7 +8,12 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ktransfer.sparse_divergences import SparseTeacher
 from ktransfer.tasks import ForwardResult
+
+# The batch key under which a stored teacher's outputs reach the engine (set by a store stage):
+# class logits (B, C) or a SparseTeacher over the batch's aligned positions.
+STORED_TEACHER_KEY = "stored_teacher"
 
 
 @dataclass
@@ -17,6 +22,8 @@ class StepView:
 
     `teacher` is None when no term of the run needs the teacher. Captured values are keyed
     "module:output" / "module:input" (see `ktransfer.capture`); teacher captures are detached.
+    `teacher_sparse` holds a stored teacher's top-k outputs (`ktransfer.store`) aligned with the
+    student's positions, when the run trains from a store of a sequence teacher; `teacher` is None then.
     """
 
     batch: dict[str, Any]
@@ -25,6 +32,7 @@ class StepView:
     student_captured: dict[str, Any] = field(default_factory=dict)
     teacher_captured: dict[str, Any] = field(default_factory=dict)
     step: int = 0
+    teacher_sparse: SparseTeacher | None = None
 
 
 @runtime_checkable

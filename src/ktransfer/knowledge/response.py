@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ktransfer.divergences import DIVERGENCES, DistillOptions, get_divergence
 from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView, weighted_mean
+from ktransfer.sparse_divergences import TAILS, get_sparse_divergence
 
 # Keyword arguments every divergence takes; the others (beta, alpha) are its own parameters.
 _SHARED = {"temperature", "reduction", *DistillOptions.__annotations__}
@@ -37,6 +38,11 @@ class ResponseTerm:
     the student's logits chunk by chunk inside the divergence (`student_head`), so its
     (tokens x V) logits are never materialised. Another term reading the student's logits would
     build them all at once, losing the saving.
+    When the run trains from a teacher output store of a sequence teacher (`view.teacher_sparse`, top-k ids,
+    log-probabilities and tail mass), the same divergence is computed against that sparse teacher
+    (`ktransfer.sparse_divergences`); `tail` says how its untracked mass is treated: "bucket" (one
+    extra outcome, equal to the dense loss at k = V) or "renormalize" (the top-k only). A stored
+    classifier holds every class logit, so the dense divergence applies unchanged.
     """
 
     divergence: str = "forward_kl"
@@ -46,6 +52,7 @@ class ResponseTerm:
     chunk_size: int | None = None
     vocab_size: int | None = None
     fused_head: bool = False
+    tail: str = "bucket"
     name: str = "response"
     # what the engine reads; fixed for this term, so not configurable
     requires_teacher: bool = field(default=True, init=False)
@@ -61,6 +68,8 @@ class ResponseTerm:
                 "fused_head computes the student's logits inside the loss chunk by chunk: give chunk_size too "
                 "(rows of logits at a time, e.g. 1024); without it all logits would be built at once"
             )
+        if self.tail not in TAILS:
+            raise ValueError(f"tail: invalid value {self.tail!r}; valid choices: {', '.join(TAILS)}")
         valid = divergence_params(self.divergence)
         for key in self.params:
             if key not in valid:
@@ -70,6 +79,8 @@ class ResponseTerm:
                 )
 
     def loss(self, view: StepView) -> Tensor:
+        if view.teacher_sparse is not None:
+            return self._sparse_loss(view)
         if view.teacher is None:
             raise ValueError(f"knowledge term '{self.name}' needs the teacher's outputs")
         n_teacher = view.teacher.logits.shape[-1]
@@ -102,6 +113,22 @@ class ResponseTerm:
             **options,
             **self.params,
         )
+
+    def _sparse_loss(self, view: StepView) -> Tensor:
+        """The divergence against a stored top-k teacher aligned with the student's positions."""
+        fn = get_sparse_divergence(self.divergence)
+        teacher = view.teacher_sparse
+        assert teacher is not None
+        student = view.student.logits  # a fused head's logits are built here: the sparse loss takes no head
+        if tuple(teacher.shape) != tuple(student.shape[:-1]):
+            raise ValueError(f"knowledge term '{self.name}': the stored teacher covers positions of shape "
+                             f"{tuple(teacher.shape)}, the student's logits have {tuple(student.shape[:-1])}")
+        kwargs = dict(mask=view.student.mask, temperature=self.temperature, tail=self.tail,
+                      chunk_size=self.chunk_size, vocab_size=self.vocab_size, **self.params)
+        if SAMPLE_WEIGHT_KEY in view.batch:
+            per_position = fn(student, teacher, reduction="none", **kwargs)
+            return weighted_mean(per_position, view.student.mask, view.batch)
+        return fn(student, teacher, reduction="mean", **kwargs)
 
 
 __all__ = ["ResponseTerm", "DIVERGENCES"]

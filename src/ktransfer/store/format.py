@@ -1,0 +1,381 @@
+"""The teacher output store on disk: a folder any script can write and the engine reads.
+
+A store holds, for every training example (by its 0-based index in the training split), what the
+teacher predicted, so that a run trains with no teacher in memory. Layout of a store folder::
+
+    manifest.json             written last on every change (atomically), see below
+    shard-00000.safetensors   examples [0, shard_size)
+    shard-00001.safetensors   examples [shard_size, 2 * shard_size) ...
+
+``manifest.json`` keys:
+
+``format``
+    ``"ktransfer-teacher-outputs"``; ``version``: 1.
+``kind``
+    ``"topk"`` (sequences: per target position the teacher's k most probable token ids, their
+    log-probabilities at temperature 1 and the log of the mass it did not keep) or ``"logits"``
+    (classification: every class logit of each example).
+``task``
+    ``classification`` | ``causal_lm`` | ``seq2seq``: the run task the store is for.
+``examples``, ``shard_size``
+    number of training examples; examples per shard (the last shard may hold fewer).
+``k``, ``vocab_size``
+    kept tokens per position and the teacher's vocabulary (``topk``); ``num_classes`` (``logits``).
+``values``
+    ``"float32"`` or ``"float16"``: the dtype of ``logprobs`` / ``logits`` in the shards.
+``keys``
+    what the store was made from, compared with a run before it trains: ``teacher`` (a digest of the
+    teacher's weights, or any string naming a served teacher), ``data`` (a digest of the training
+    examples' content, :func:`examples_digest`), ``tokenizer`` (the data's vocabulary digest, or null).
+``settings``
+    free-form description (the teacher's config section, the build command's options).
+``shards``
+    one entry per *finished* shard: ``{"name", "first", "count", "sha256", "bytes"}``. A shard not
+    listed is not finished; the store is complete when the shards cover every example.
+
+Tensors of a ``topk`` shard (P = number of target positions of the shard's examples, in example
+order; an example's positions are the positions where it has a target, in order: for a causal LM,
+position t predicts token t+1 and counts where ``labels[t+1] != -100``; for seq2seq where
+``labels[t] != -100``)::
+
+    offsets   int64 (count + 1,)   example i of the shard owns rows offsets[i]:offsets[i+1]
+    ids       uint16 (P, k) when vocab_size <= 65536, else int32
+    logprobs  float32 | float16 (P, k), log-probabilities (<= 0), -inf allowed
+    tail      float32 (P,), log(1 - sum exp(logprobs)) (-inf when the top-k holds all the mass)
+
+Tensors of a ``logits`` shard: ``logits`` float32 | float16 (count, num_classes).
+
+:class:`StoreWriter` writes this layout (shards atomically, each with its SHA-256 in the manifest), so
+a script holding a served teacher's top-k log-probabilities or a scikit-learn model's class
+probabilities can write a store without running ktransfer's build. :class:`TeacherStore` reads it
+and verifies every shard's checksum before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ktransfer.io import atomic_path, file_digest, write_json_atomic
+from ktransfer.sparse_divergences import SparseTeacher, default_mass_tolerance
+
+FORMAT = "ktransfer-teacher-outputs"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+KINDS = ("topk", "logits")
+VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+KEY_NAMES = ("teacher", "data", "tokenizer")
+StoreKind = Literal["topk", "logits"]
+
+
+class StoreError(ValueError):
+    """A store that is damaged, incomplete, or does not belong to the run reading it."""
+
+
+def shard_name(number: int) -> str:
+    """The file name of shard `number`."""
+    return f"shard-{number:05d}.safetensors"
+
+
+def examples_digest(dataset: Any) -> str:
+    """SHA-256 of every example of `dataset` (dict rows of tensors), in order: the store's data key.
+
+    It covers what the teacher saw and what the student learns on (token ids, labels, pixels), so an
+    edited file, another tokenizer or another split gives another digest, whatever the paths.
+    """
+    h = hashlib.sha256()
+    h.update(str(len(dataset)).encode())
+    for i in range(len(dataset)):
+        row = dataset[i]
+        for key in sorted(row):
+            t = torch.as_tensor(row[key]).detach().cpu().contiguous()
+            h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _ids_dtype(vocab_size: int) -> torch.dtype:
+    return torch.uint16 if vocab_size <= 65536 else torch.int32
+
+
+class StoreWriter:
+    """Writes a store folder example by example: `add(index, ...)`, then `close()`.
+
+    Sequences (``kind="topk"``): ``add(i, ids=(P_i, k), logprobs=(P_i, k), tail=(P_i,))`` with ``tail``
+    optional (derived from the log-probabilities when left out). Classification (``kind="logits"``):
+    ``add(i, logits=(num_classes,))``. A shard is written (atomically, then listed in the manifest
+    with its SHA-256) as soon as all its examples are added, so a killed build keeps its finished
+    shards: opening the same folder again with the same header resumes, and `missing()` lists the
+    examples still to compute. Opening it with another header (teacher, data, k, ...) is refused,
+    naming what differs.
+    """
+
+    def __init__(
+        self, directory: str | Path, *, kind: StoreKind, task: str, examples: int,
+        teacher: str, data: str, tokenizer: str | None = None, k: int | None = None,
+        vocab_size: int | None = None, num_classes: int | None = None, values: str = "float32",
+        shard_size: int = 1024, settings: dict[str, Any] | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if values not in VALUE_DTYPES:
+            raise ValueError(f"values must be one of {', '.join(VALUE_DTYPES)}, got {values!r}")
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+            raise ValueError(f"examples must be a positive int, got {examples!r}")
+        if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+            raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
+        if kind == "topk":
+            if not (isinstance(k, int) and isinstance(vocab_size, int) and 1 <= k <= vocab_size):
+                raise ValueError(f"a topk store needs ints 1 <= k <= vocab_size, got k={k!r}, vocab_size={vocab_size!r}")
+        elif not (isinstance(num_classes, int) and num_classes >= 1):
+            raise ValueError(f"a logits store needs num_classes >= 1, got {num_classes!r}")
+        self.directory = Path(directory)
+        self.header: dict[str, Any] = {
+            "format": FORMAT, "version": VERSION, "kind": kind, "task": task, "examples": examples,
+            "shard_size": shard_size, "values": values,
+            "keys": {"teacher": str(teacher), "data": str(data), "tokenizer": tokenizer},
+            **({"k": k, "vocab_size": vocab_size} if kind == "topk" else {"num_classes": num_classes}),
+        }
+        self.settings = dict(settings or {})
+        self.shards: dict[int, dict[str, Any]] = {}
+        self._pending: dict[int, dict[int, dict[str, Tensor]]] = {}
+        self._resume()
+
+    # ------------------------------------------------------------------ resuming
+    def _resume(self) -> None:
+        path = self.directory / MANIFEST_NAME
+        if not path.is_file():
+            self._write_manifest()
+            return
+        old = _read_json(path)
+        differs = [key for key in self.header if key != "keys" and old.get(key) != self.header[key]]
+        differs += [f"keys.{key}" for key in KEY_NAMES if old.get("keys", {}).get(key) != self.header["keys"][key]]
+        if differs:
+            detail = "; ".join(f"{d}: store {_lookup(old, d)!r}, now {_lookup(self.header, d)!r}" for d in differs)
+            raise StoreError(f"{self.directory} holds a store made from something else ({detail}); "
+                             "write to another folder or delete this one")
+        for entry in old.get("shards", []):
+            shard = self.directory / entry["name"]
+            if shard.is_file() and file_digest(shard) == entry["sha256"]:
+                self.shards[int(entry["first"]) // self.header["shard_size"]] = entry
+        self._write_manifest()
+
+    def missing(self) -> list[int]:
+        """Indices of the examples no finished shard holds yet (in order)."""
+        size, n = self.header["shard_size"], self.header["examples"]
+        out: list[int] = []
+        for number in range(math.ceil(n / size)):
+            if number not in self.shards:
+                added = self._pending.get(number, {})
+                out.extend(i for i in range(number * size, min(n, (number + 1) * size)) if i not in added)
+        return out
+
+    # ------------------------------------------------------------------ adding
+    def add(self, index: int, *, ids: Tensor | None = None, logprobs: Tensor | None = None,
+            tail: Tensor | None = None, logits: Tensor | None = None) -> None:
+        """Add example `index`; its shard is written once all of the shard's examples are in."""
+        n, size = self.header["examples"], self.header["shard_size"]
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+            raise ValueError(f"example index must be an int in [0, {n}), got {index!r}")
+        number = index // size
+        if number in self.shards:
+            return  # finished by an earlier build
+        self._pending.setdefault(number, {})[index] = self._entry(index, ids, logprobs, tail, logits)
+        if len(self._pending[number]) == min(size, n - number * size):
+            self._write_shard(number)
+
+    def _entry(self, index: int, ids: Tensor | None, logprobs: Tensor | None, tail: Tensor | None,
+               logits: Tensor | None) -> dict[str, Tensor]:
+        values = VALUE_DTYPES[self.header["values"]]
+        if self.header["kind"] == "logits":
+            if logits is None or ids is not None or logprobs is not None:
+                raise ValueError(f"example {index}: a logits store takes add(index, logits=...) only")
+            logits = torch.as_tensor(logits).detach().cpu()
+            if logits.shape != (self.header["num_classes"],) or not logits.is_floating_point():
+                raise ValueError(f"example {index}: logits must be floating point of shape "
+                                 f"({self.header['num_classes']},), got {tuple(logits.shape)} {logits.dtype}")
+            if not bool(torch.isfinite(logits).all()):
+                raise ValueError(f"example {index}: logits must be finite")
+            return {"logits": logits.to(values)}
+        if ids is None or logprobs is None or logits is not None:
+            raise ValueError(f"example {index}: a topk store takes add(index, ids=..., logprobs=..., tail=...)")
+        ids = torch.as_tensor(ids).detach().cpu()
+        logprobs = torch.as_tensor(logprobs).detach().cpu()
+        k, vocab = self.header["k"], self.header["vocab_size"]
+        if ids.dim() != 2 or ids.shape[1] != k or logprobs.shape != ids.shape:
+            raise ValueError(f"example {index}: ids and logprobs must both have shape (positions, k={k}), got "
+                             f"{tuple(ids.shape)} and {tuple(logprobs.shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise ValueError(f"example {index}: token ids must lie in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}")
+        logprobs = logprobs.to(values)
+        # the check and the tail use what will be stored, so the reader sees a valid distribution
+        try:
+            if tail is None:
+                teacher = SparseTeacher.from_topk(ids.long(), logprobs.float(),
+                                                  mass_tolerance=default_mass_tolerance(values))
+            else:
+                teacher = SparseTeacher(ids.long(), logprobs.float(), torch.as_tensor(tail).detach().cpu().float(),
+                                        mass_tolerance=default_mass_tolerance(values))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"example {index}: {e}") from e
+        return {"ids": ids.to(torch.int64).to(_ids_dtype(vocab)), "logprobs": logprobs,
+                "tail": teacher.tail_logprob.float()}
+
+    def _write_shard(self, number: int) -> None:
+        from safetensors.torch import save_file
+
+        entries = self._pending.pop(number)
+        first = number * self.header["shard_size"]
+        rows = [entries[i] for i in range(first, first + len(entries))]
+        if self.header["kind"] == "logits":
+            tensors = {"logits": torch.stack([r["logits"] for r in rows])}
+        else:
+            counts = torch.tensor([0] + [r["ids"].shape[0] for r in rows], dtype=torch.int64)
+            tensors = {"offsets": counts.cumsum(0), "ids": torch.cat([r["ids"] for r in rows]),
+                       "logprobs": torch.cat([r["logprobs"] for r in rows]),
+                       "tail": torch.cat([r["tail"] for r in rows])}
+        name = shard_name(number)
+        path = self.directory / name
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        self.shards[number] = {"name": name, "first": first, "count": len(rows), "sha256": file_digest(path),
+                               "bytes": path.stat().st_size}
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        shards = [self.shards[n] for n in sorted(self.shards)]
+        write_json_atomic(self.directory / MANIFEST_NAME, {**self.header, "settings": self.settings, "shards": shards})
+
+    def close(self) -> None:
+        """Finish: every example must have been added (a partial store stays resumable, but this is an error)."""
+        missing = self.missing()
+        if missing:
+            raise StoreError(f"{self.directory}: {len(missing)} example(s) were never added (first: {missing[:5]}); "
+                             "the finished shards are kept, add the rest and close again")
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None  # type: ignore[assignment]
+    return data
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise StoreError(f"{path}: unreadable store manifest ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise StoreError(f"{path}: not a teacher output store (format is not {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise StoreError(f"{path}: store version {data.get('version')!r}; this ktransfer reads version {VERSION}")
+    return data
+
+
+class TeacherStore:
+    """A finished store, read for training: `open(directory)` verifies it, `topk(indices)` / `logits(indices)` read it."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self._by_number = {int(s["first"]) // manifest["shard_size"]: s for s in manifest["shards"]}
+        self._loaded: dict[int, dict[str, Tensor]] = {}
+
+    @classmethod
+    def open(cls, directory: str | Path, *, verify: bool = True) -> TeacherStore:
+        """Read the manifest; refuse an incomplete store, and (with `verify`) any shard failing its checksum."""
+        directory = Path(directory)
+        path = directory / MANIFEST_NAME
+        if not path.is_file():
+            raise StoreError(f"{directory}: no {MANIFEST_NAME}; not a teacher output store "
+                             "(build one with `ktransfer teacher-outputs build CONFIG --out DIR`)")
+        store = cls(directory, _read_json(path))
+        missing = store.missing_examples()
+        if missing:
+            raise StoreError(f"{directory}: the store is incomplete: {len(missing)} of {store.examples} examples have no "
+                             f"finished shard (first: {missing[:5]}); run the build again to finish it")
+        if verify:
+            store.verify()
+        return store
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
+
+    @property
+    def examples(self) -> int:
+        return int(self.manifest["examples"])
+
+    @property
+    def keys(self) -> dict[str, Any]:
+        return dict(self.manifest["keys"])
+
+    def missing_examples(self) -> list[int]:
+        """Examples no shard of the manifest holds."""
+        size, n = self.manifest["shard_size"], self.examples
+        return [i for i in range(n) if i // size not in self._by_number]
+
+    def verify(self) -> None:
+        """Every shard present with its checksum; a damaged or missing shard is refused by name."""
+        for entry in self.manifest["shards"]:
+            path = self.directory / entry["name"]
+            if not path.is_file():
+                raise StoreError(f"{path}: shard missing from the store (the manifest lists it); rebuild the store")
+            if file_digest(path) != entry["sha256"]:
+                raise StoreError(f"{path}: shard damaged (its SHA-256 differs from the manifest's); "
+                                 "delete it and run the build again, which recomputes only that shard")
+
+    def _shard(self, number: int) -> dict[str, Tensor]:
+        if number not in self._loaded:
+            from safetensors.torch import load_file
+
+            entry = self._by_number[number]
+            try:
+                self._loaded[number] = load_file(str(self.directory / entry["name"]))
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+                raise StoreError(f"{self.directory / entry['name']}: unreadable shard ({e})") from e
+        return self._loaded[number]
+
+    def _locate(self, index: int) -> tuple[dict[str, Tensor], int]:
+        if not 0 <= index < self.examples:
+            raise StoreError(f"{self.directory}: example {index} is not in the store, which holds examples "
+                             f"0..{self.examples - 1}; the run's data differs from the store's")
+        number = index // self.manifest["shard_size"]
+        return self._shard(number), index - number * self.manifest["shard_size"]
+
+    def logits(self, indices: list[int]) -> Tensor:
+        """Class logits (len(indices), num_classes), float32."""
+        if self.kind != "logits":
+            raise StoreError(f"{self.directory} holds top-k outputs (kind topk), not class logits")
+        rows = []
+        for i in indices:
+            shard, j = self._locate(int(i))
+            rows.append(shard["logits"][j])
+        return torch.stack(rows).float()
+
+    def topk(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Example `index`'s (ids int64 (P, k), logprobs float32 (P, k), tail float32 (P,))."""
+        if self.kind != "topk":
+            raise StoreError(f"{self.directory} holds class logits (kind logits), not top-k outputs")
+        shard, j = self._locate(int(index))
+        start, stop = int(shard["offsets"][j]), int(shard["offsets"][j + 1])
+        return (shard["ids"][start:stop].to(torch.int64), shard["logprobs"][start:stop].float(),
+                shard["tail"][start:stop].float())
+
+    def mass_tolerance(self) -> float:
+        """How far a stored position's total mass may be from 1: rounding of the stored value dtype."""
+        return default_mass_tolerance(VALUE_DTYPES[self.manifest["values"]])
+
+    def bytes_per_position(self) -> float:
+        """Shard bytes per stored position (top-k) or per example (logits)."""
+        total = sum(int(s["bytes"]) for s in self.manifest["shards"])
+        if self.kind == "logits":
+            return total / max(self.examples, 1)
+        positions = sum(int(self._shard(n)["offsets"][-1]) for n in self._by_number)
+        return total / max(positions, 1)

@@ -1,0 +1,119 @@
+"""Training from a store: each batch carries its examples' indices, and a batch stage attaches their stored outputs.
+
+`IndexedDataset` adds every example's index in the training split (key ``index``) and
+`IndexedCollate` keeps those indices out of the dataset's own collate function, so any dataset
+works. `StoreStage` (a batch stage of `ktransfer.engine.stages`) takes the indices out of the batch
+and puts the teacher's outputs under `STORED_TEACHER_KEY`: class logits (B, C), or a
+`SparseTeacher` laid over the batch's aligned positions (padding and positions without a target get
+a placeholder the losses mask out). No teacher model is involved.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ktransfer.knowledge.base import STORED_TEACHER_KEY
+from ktransfer.sparse_divergences import SparseTeacher
+from ktransfer.store.format import StoreError, TeacherStore
+from ktransfer.tasks import IGNORE_INDEX
+
+INDEX_KEY = "index"
+
+
+class IndexedDataset(Dataset):
+    """`dataset` whose rows also hold their own index (key ``index``); other attributes pass through."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.dataset[i]
+        if INDEX_KEY in row:
+            raise ValueError(f"dataset rows already have a key '{INDEX_KEY}'; training from a store needs it free")
+        return {**row, INDEX_KEY: i}
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class IndexedCollate:
+    """A collate function that batches the rows' ``index`` itself and the rest with `collate_fn`."""
+
+    def __init__(self, collate_fn: Callable[[list[Any]], dict[str, Any]]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        indices = torch.tensor([int(r[INDEX_KEY]) for r in rows], dtype=torch.int64)
+        batch = self.collate_fn([{k: v for k, v in r.items() if k != INDEX_KEY} for r in rows])
+        return {**batch, INDEX_KEY: indices}
+
+
+def target_mask(batch: dict[str, Any], task: str) -> Tensor:
+    """True at the aligned positions that have a target (causal LM: position t predicts token t+1)."""
+    labels = batch.get("labels")
+    if not isinstance(labels, Tensor):
+        raise StoreError(f"a {task} batch needs 'labels' to place the stored teacher's positions")
+    if task == "causal_lm":
+        labels = labels[..., 1:]
+    return labels != IGNORE_INDEX
+
+
+class StoreStage:
+    """A batch stage that attaches a store's teacher outputs for the batch's examples.
+
+    `provides_teacher_outputs` tells the engine that the run's teacher-reading terms are served
+    without a teacher model. Stateless: nothing goes into checkpoints but an empty dict.
+    """
+
+    provides_teacher_outputs = True
+    requires_teacher = False
+
+    def __init__(self, store: TeacherStore) -> None:
+        self.store = store
+
+    def __call__(self, batch: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        if INDEX_KEY not in batch:
+            raise StoreError("a batch without example indices: training from a store needs the training data "
+                             "wrapped in ktransfer.store.IndexedDataset with ktransfer.store.IndexedCollate")
+        batch = dict(batch)
+        indices = [int(i) for i in batch.pop(INDEX_KEY).tolist()]
+        if self.store.kind == "logits":
+            batch[STORED_TEACHER_KEY] = self.store.logits(indices).to(ctx.device)
+        else:
+            batch[STORED_TEACHER_KEY] = self._sparse(batch, indices, ctx.task.kind).to(ctx.device)
+        return batch
+
+    def _sparse(self, batch: dict[str, Any], indices: list[int], task: str) -> SparseTeacher:
+        mask = target_mask(batch, task).cpu()
+        k = int(self.store.manifest["k"])
+        # placeholder where there is no target (masked out by the losses): all mass on the first of k distinct ids
+        ids = torch.arange(k, dtype=torch.int64).expand(*mask.shape, k).clone()
+        logprobs = torch.full((*mask.shape, k), -math.inf)
+        logprobs[..., 0] = 0.0
+        tail = torch.full(mask.shape, -math.inf)
+        for row, index in enumerate(indices):
+            s_ids, s_lp, s_tail = self.store.topk(index)
+            where = mask[row].nonzero().squeeze(-1)
+            if where.numel() != s_ids.shape[0]:
+                raise StoreError(f"{self.store.directory}: example {index} has {s_ids.shape[0]} stored target "
+                                 f"positions, but the batch gives it {where.numel()}: the run's data differs from "
+                                 "the store's")
+            ids[row, where], logprobs[row, where], tail[row, where] = s_ids, s_lp, s_tail
+        return SparseTeacher(ids, logprobs, tail, mass_tolerance=self.store.mass_tolerance())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
