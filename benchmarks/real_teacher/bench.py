@@ -24,8 +24,8 @@ folders, sizes, seed).
 Scores, each on the test split: loss / perplexity and teacher_kl, KL(teacher || student) per token (the
 product's evaluator); chrF of the student's greedy continuations against the references (`metrics.chrf`;
 ROUGE-L's `rouge-score` is not installed here); the teacher's mean log-probability per token of those
-continuations; their repetition rate (share of repeated token 3-grams); wall time per training step; the worker
-process's peak resident memory after the unit; for the stores, bytes per target token and build time.
+continuations; their repetition rate (share of repeated token 3-grams); wall time per training step; peak
+resident memory during the unit (VmHWM, reset at its start); for the stores, bytes per target token and build time.
 
 Sizes, from measurements on the 2-core machine (one thread, batch 8 x 64 tokens): teacher forward 1.6 s, a
 10-layer cut student's KD step 3.0 s (so its own step, labels only, 3.0 - 1.6 = 1.4 s), sampling 64 tokens
@@ -228,9 +228,25 @@ def teacher_model(teacher: str, info: dict[str, Any]) -> Any:
     return _TEACHER[teacher]
 
 
+def reset_peak_rss() -> bool:
+    """Start this process's peak resident memory afresh (Linux: `5` into /proc/self/clear_refs); False where the
+    system does not allow it (the peak then covers the whole process)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory since the last reset (VmHWM), else since it started (ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # ------------------------------------------------------------------------------------------- units
@@ -333,7 +349,7 @@ def run_method(method: str, seed: int, size: dict[str, Any], runs: Path, teacher
                data: dict[str, Any] | None) -> dict[str, Any]:
     """One student (`method`, `seed`) trained and scored; `warm` is the references-alone warm start (not scored)."""
     cfg = method_config(method, size, runs, seed, teacher, data)
-    unit: dict[str, Any] = {"method": method, "seed": seed}
+    unit: dict[str, Any] = {"method": method, "seed": seed, "peak_rss_of": "unit" if reset_peak_rss() else "process"}
     run_dir = None
     if method != "untrained":
         run_dir = runs / f"{method}-s{seed}"
@@ -345,7 +361,7 @@ def run_method(method: str, seed: int, size: dict[str, Any], runs: Path, teacher
         started = time.perf_counter()
         unit.update(evaluate_student(method, cfg, run_dir, size, teacher))
         unit["eval_s"] = round(time.perf_counter() - started, 2)
-    unit["worker_peak_rss_mb"] = round(peak_rss_mb(), 1)
+    unit["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return unit
 
 
@@ -373,7 +389,7 @@ def aggregate(units: list[dict[str, Any]], stores: list[dict[str, Any]], meta: d
                 row[f"diff_{name}"] = paired({s: value(r, where) for s, r in runs.items()},
                                              {s: value(r, where) for s, r in base.items()})
         row["step_s"] = ci([r["step_s"] for r in runs.values()]) if "step_s" in next(iter(runs.values())) else None
-        row["peak_rss_mb"] = max(r["worker_peak_rss_mb"] for r in runs.values())
+        row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs.values())
         rows.append(row)
     return {"meta": meta, "rows": rows, "stores": stores, "units": units}
 
@@ -401,7 +417,8 @@ def markdown(result: dict[str, Any]) -> str:
         "Test split (held-out articles). chrF and teacher log-prob/token score the student's greedy continuations "
         f"({meta['size']['new_tokens']} new tokens) of the test prompts; repetition = share of repeated token "
         "3-grams. Mean ± 95% t-interval over seeds; Δ = paired difference against references alone (* = interval "
-        "excludes 0). Peak RSS: the worker process's, after the unit (it also holds the teacher).",
+        "excludes 0). Peak RSS: the unit's process from the unit's start (training and evaluation; a process keeps "
+        "the teacher and the dataset loaded between its units).",
         "",
         "| method | test loss | teacher_kl | chrF | teacher log-prob/token | repetition | Δ teacher_kl | Δ chrF | "
         "Δ log-prob | s/step | peak RSS (MB) |",
