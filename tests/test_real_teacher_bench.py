@@ -76,6 +76,18 @@ def test_declared_sizes_fit_their_budgets() -> None:
     assert full["train_size"] == full["steps"] * full["batch_size"]
 
 
+def test_sizes_default_to_their_seeds_and_methods_unless_given(tmp_path: Path) -> None:
+    from harness.cli import parse
+
+    study = bench.RealTeacher()
+    for argv, seeds, methods in ((["--quick"], 1, bench.QUICK_METHODS), (["--full"], 3, bench.METHODS),
+                                 (["--quick", "--seeds", "3"], 3, bench.QUICK_METHODS),
+                                 (["--full", "--seeds", "1", "--methods", "labels"], 1, ["labels"])):
+        args = parse(study, [*argv, "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
+        study.setup(args)
+        assert (args.seeds, args.methods) == (seeds, methods), argv
+
+
 # ------------------------------------------------------------------------------------------- generation scores
 def test_repetition_rate_against_hand_counts() -> None:
     # 3-grams of a b c a b c a: abc bca cab abc bca -> 5, of which 2 repeat an earlier one
@@ -189,6 +201,7 @@ def test_every_method_runs_end_to_end_and_aggregates(tiny_teacher: dict[str, Pat
     # training moved the student away from the cut: its held-out loss differs from the untrained one
     assert rows["labels"]["test_loss"][0] != pytest.approx(rows["untrained"]["test_loss"][0])
     stores = {s["k"]: s for s in aggregate["stores"]}
+    assert len(list((tmp_path / "runs" / "full" / "generations").iterdir())) == 1  # seq_kd read the shared cache
     assert set(stores) == {8, 64} and stores[8]["bytes_per_token"] < stores[64]["bytes_per_token"]
     assert all(u["peak_rss_mb"] > 0 for u in aggregate["units"])
     table = (results / "real_teacher-full.md").read_text()

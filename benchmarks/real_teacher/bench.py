@@ -447,6 +447,7 @@ class RealTeacher(Benchmark):
     description = globals()["__doc__"].splitlines()[0]
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.set_defaults(seeds=None)  # default: the size's seeds
         size = p.add_mutually_exclusive_group()
         size.add_argument("--quick", action="store_true", help="one seed of the main methods, < 60 min on 2 cores "
                                                                "with --jobs 2 (the default size)")
@@ -465,8 +466,10 @@ class RealTeacher(Benchmark):
         for item in args.sets:
             key, value = item.split("=", 1)
             args.size[key] = json.loads(value)
-        if args.seeds == self.default_seeds:
+        if args.seeds is None:
             args.seeds = args.size["seeds"]
+        if args.seeds < 1:
+            raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
         args.methods = args.methods or list(args.size["methods"])
         if args.size["threads"]:
             torch.set_num_threads(args.size["threads"])
