@@ -47,14 +47,16 @@ def test_full_grid_is_three_seeds_of_every_method_with_a_warm_start_per_seed() -
 
 
 def test_expected_budget_is_the_measured_costs_summed_by_hand() -> None:
-    size = {**bench.SIZES["quick"], "steps": 10, "warm_steps": 4, "train_size": 16, "test_size": 8,
+    size = {**bench.SIZES["quick"], "steps": 10, "warm_steps": 4, "train_size": 16, "val_size": 16, "test_size": 8,
             "generation_prompts": 8, "new_tokens": 64}
     ratio = 134.5 / 63.7
-    evaluation = 1.6 * (1 + 1 / ratio) + (3.9 + 1.6)  # one test batch, one batch of prompts
-    by_hand = {"store-k8": 2 * 1.6, "generation": 2 * 3.9 * ratio, "warm-s0": 4 * 1.4,
+    validation = 2 * 1.6 * (1 + 1 / ratio)  # two validation batches: teacher and student forward
+    evaluation = 1.6 * (1 + 1 / ratio) + (3.9 + 1.6) + validation  # one test batch, one batch of prompts
+    by_hand = {"store-k8": 2 * 1.6, "generation": 2 * 3.9 * ratio, "warm-s0": 4 * 1.4 + validation,
                "labels-s0": 10 * 1.4 + evaluation, "store_k8-s0": 10 * 1.4 + evaluation,
-               "seq_kd-s0": 10 * 1.4 + evaluation, "backward_kl-s0": 6 * (3.9 + 3.0) + evaluation}
-    methods = ["labels", "store_k8", "seq_kd", "backward_kl"]
+               "seq_kd-s0": 10 * 1.4 + evaluation, "backward_kl-s0": 6 * (3.9 + 3.0) + evaluation,
+               "untrained-s0": evaluation - validation}
+    methods = ["untrained", "labels", "store_k8", "seq_kd", "backward_kl"]
     for u in bench.grid_units(methods, 1):
         assert bench.unit_seconds(u, size) == pytest.approx(by_hand[u.name])
     budget = bench.expected_budget(size, methods, 1, jobs=2)
@@ -178,8 +180,8 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_every_method_runs_end_to_end_and_aggregates(tiny_teacher: dict[str, Path], tmp_path: Path) -> None:
     data = {"name": "text_corpus", "path": str(tiny_teacher["corpus"]), "tokenizer": str(tiny_teacher["teacher"]),
-            "val_size": 4, "val_fraction": 0.2, "test_fraction": 0.2}
-    sets = ["steps=4", "warm_steps=2", "batch_size=4", "train_size=16", "test_size=8", "generation_prompts=6",
+            "val_fraction": 0.2, "test_fraction": 0.2}
+    sets = ["steps=4", "warm_steps=2", "batch_size=4", "train_size=16", "val_size=4", "test_size=8", "generation_prompts=6",
             "prompt_length=4", "max_length=16", "new_tokens=6", "lr=0.01", "on_policy_lr=0.01",
             f"data={json.dumps(data)}"]
     argv = ["--full", "--seeds", "1", "--teacher", str(tiny_teacher["teacher"]), "--out", str(tmp_path / "runs"),
@@ -204,6 +206,7 @@ def test_every_method_runs_end_to_end_and_aggregates(tiny_teacher: dict[str, Pat
     assert len(list((tmp_path / "runs" / "full" / "generations").iterdir())) == 1  # seq_kd read the shared cache
     assert set(stores) == {8, 64} and stores[8]["bytes_per_token"] < stores[64]["bytes_per_token"]
     assert all(u["peak_rss_mb"] > 0 for u in aggregate["units"])
+    assert all(u["step_s"] > 0 for u in aggregate["units"] if u["method"] != "untrained")
     table = (results / "real_teacher-full.md").read_text()
     assert "| on-policy JSD(0.5) |" in table and "| top-64 |" in table
     # started again, every unit is done: nothing runs and the aggregate is the same

@@ -24,8 +24,9 @@ folders, sizes, seed).
 Scores, each on the test split: loss / perplexity and teacher_kl, KL(teacher || student) per token (the
 product's evaluator); chrF of the student's greedy continuations against the references (`metrics.chrf`;
 ROUGE-L's `rouge-score` is not installed here); the teacher's mean log-probability per token of those
-continuations; their repetition rate (share of repeated token 3-grams); wall time per training step; peak
-resident memory during the unit (VmHWM, reset at its start); for the stores, bytes per target token and build time.
+continuations; their repetition rate (share of repeated token 3-grams); wall time per training step
+(evaluation aside, from the run's log); peak resident memory during the unit (VmHWM, reset at its start); for
+the stores, bytes per target token and build time.
 
 Sizes, from measurements on the 2-core machine (one thread, batch 8 x 64 tokens): teacher forward 1.6 s, a
 10-layer cut student's KD step 3.0 s (so its own step, labels only, 3.0 - 1.6 = 1.4 s), sampling 64 tokens
@@ -33,10 +34,10 @@ for 8 prompts 3.9 s (the student; the teacher's generation is taken as that time
 134.5M / 63.7M = 2.11). `expected_budget` sums the units from these (see `unit_seconds`):
 
   --quick  one seed of untrained, labels, word_kd, store_k8, store_k64, backward_kl, seq_kd; 150 steps
-           (warm start 75), 1,200 training blocks: about 61 min of work, about 30 min of wall time with
+           (warm start 75), 1,200 training blocks: about 63 min of work, about 31 min of wall time with
            --jobs 2 (the longest chain of needed units: 20 min, the teacher's generations then seq_kd), under
            60 min on 2 cores including the stores, with room for loading the models and a busy machine
-  --full   three seeds of every method; 600 steps (warm start 300), 4,800 training blocks: about 10.2 h of
+  --full   three seeds of every method; 600 steps (warm start 300), 4,800 training blocks: about 10.3 h of
            work, about 5.1 h with --jobs 2, over sittings (each finished unit's JSON is kept; a sitting started
            again skips them)
 
@@ -96,10 +97,10 @@ TEACHER_PARAMETERS, STUDENT_PARAMETERS = 134.5e6, 63.7e6  # SmolLM2-135M and its
 PARAMETER_RATIO = TEACHER_PARAMETERS / STUDENT_PARAMETERS
 
 SIZES: dict[str, dict[str, Any]] = {
-    "quick": {"steps": 150, "warm_steps": 75, "batch_size": 8, "train_size": 1200, "test_size": 64,
+    "quick": {"steps": 150, "warm_steps": 75, "batch_size": 8, "train_size": 1200, "val_size": 64, "test_size": 64,
               "generation_prompts": 64, "prompt_length": 16, "max_length": 64, "new_tokens": 48, "lr": 2e-4,
               "on_policy_lr": 1e-4, "seeds": 1, "methods": QUICK_METHODS, "threads": 1},
-    "full": {"steps": 600, "warm_steps": 300, "batch_size": 8, "train_size": 4800, "test_size": 256,
+    "full": {"steps": 600, "warm_steps": 300, "batch_size": 8, "train_size": 4800, "val_size": 64, "test_size": 256,
              "generation_prompts": 128, "prompt_length": 16, "max_length": 64, "new_tokens": 48, "lr": 2e-4,
              "on_policy_lr": 1e-4, "seeds": 3, "methods": METHODS, "threads": 1},
 }
@@ -132,7 +133,7 @@ def unit_seconds(unit: Unit, size: dict[str, Any]) -> float:
     """A unit's expected seconds on one thread, from the measured costs: training steps, the stores' and the
     generation's teacher passes over the training blocks, and each method's evaluation (held-out loss and
     teacher_kl: one teacher and one student forward per batch; generation scoring: student sampling and one
-    teacher forward per batch of prompts)."""
+    teacher forward per batch of prompts); every trained run also evaluates its validation split once, at its end."""
     batch = size["batch_size"]
     train_batches = math.ceil(size["train_size"] / batch)
     sample_s = STUDENT_SAMPLE_64_S * size["new_tokens"] / 64
@@ -141,11 +142,15 @@ def unit_seconds(unit: Unit, size: dict[str, Any]) -> float:
         return train_batches * TEACHER_FORWARD_S
     if kind == "generation":
         return train_batches * sample_s * PARAMETER_RATIO
+    held_out_batch_s = TEACHER_FORWARD_S * (1 + 1 / PARAMETER_RATIO)
+    validation = math.ceil(size["val_size"] / batch) * held_out_batch_s
     if kind == "warm":
-        return size["warm_steps"] * STUDENT_STEP_S
+        return size["warm_steps"] * STUDENT_STEP_S + validation
     method = unit.key["method"]
-    evaluation = (math.ceil(size["test_size"] / batch) * TEACHER_FORWARD_S * (1 + 1 / PARAMETER_RATIO)
+    evaluation = (math.ceil(size["test_size"] / batch) * held_out_batch_s
                   + math.ceil(size["generation_prompts"] / batch) * (sample_s + TEACHER_FORWARD_S))
+    if method != "untrained":
+        evaluation += validation
     steps = size["steps"]
     train = {"untrained": 0.0, "labels": steps * STUDENT_STEP_S, "word_kd": steps * KD_STEP_S,
              "store_k8": steps * STUDENT_STEP_S, "store_k64": steps * STUDENT_STEP_S,
@@ -186,7 +191,8 @@ def method_config(method: str, size: dict[str, Any], runs: Path, seed: int, teac
 
     cfg = yaml.safe_load((CONFIGS / f"{CONFIG_OF[method]}.yaml").read_text())
     cfg["data"] = {**cfg["data"], "max_length": size["max_length"], "prompt_length": size["prompt_length"],
-                   "train_size": size["train_size"], "test_size": size["test_size"], **(data or {})}
+                   "train_size": size["train_size"], "val_size": size["val_size"], "test_size": size["test_size"],
+                   **(data or {})}
     cfg["student"] = {**cfg["student"], "teacher": teacher}
     cfg["teacher"] = ({"store": str(runs / f"store-k{STORE_K[method]}")} if method in STORE_K
                       else {**cfg["teacher"], "model": teacher})
@@ -250,6 +256,17 @@ def peak_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------- units
+def training_step_s(run_dir: Path) -> float | None:
+    """Seconds per training step, evaluation aside: the elapsed time of the run's last training log line
+    (metrics.jsonl) over its step; None when the run logged no training line."""
+    last = None
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("split") == "train" and "elapsed_s" in record and record.get("step"):
+            last = record
+    return None if last is None else float(last["elapsed_s"]) / int(last["step"])
+
+
 def train(cfg: Any, run_dir: Path) -> Any:
     """Train (or resume, or leave a finished run as it is) and return the RunResult."""
     from ktransfer.runner import resume, run
@@ -356,7 +373,7 @@ def run_method(method: str, seed: int, size: dict[str, Any], runs: Path, teacher
         result = train(cfg, run_dir)
         steps = cfg.train.max_steps
         unit.update({"steps": steps, "wall_time_s": round(result.train.wall_time_s, 2),
-                     "step_s": result.train.wall_time_s / steps})
+                     "step_s": training_step_s(run_dir)})
     if method != "warm":
         started = time.perf_counter()
         unit.update(evaluate_student(method, cfg, run_dir, size, teacher))
@@ -388,7 +405,8 @@ def aggregate(units: list[dict[str, Any]], stores: list[dict[str, Any]], meta: d
             if method != BASELINE and base:
                 row[f"diff_{name}"] = paired({s: value(r, where) for s, r in runs.items()},
                                              {s: value(r, where) for s, r in base.items()})
-        row["step_s"] = ci([r["step_s"] for r in runs.values()]) if "step_s" in next(iter(runs.values())) else None
+        step_s = [r["step_s"] for r in runs.values() if r.get("step_s") is not None]
+        row["step_s"] = ci(step_s) if step_s else None
         row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs.values())
         rows.append(row)
     return {"meta": meta, "rows": rows, "stores": stores, "units": units}
