@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -13,10 +12,7 @@ if str(BENCHMARKS) not in sys.path:
 
 
 def load_benchmark(script: str) -> ModuleType:
-    """A fresh module from `benchmarks/<script>`, e.g. "translation/bench.py"."""
-    path = BENCHMARKS / script
-    spec = importlib.util.spec_from_file_location(f"bench_{path.parent.name}_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A fresh module from `benchmarks/<script>`, e.g. "translation/bench.py" (the harness's own loader)."""
+    from harness.reproduce import load_study
+
+    return load_study(script)

@@ -198,6 +198,13 @@ def resolve_tokenizer(tokenizer: str | None, prepared_tokenizer: str | None, tra
 
 
 # ------------------------------------------------------------------------------------------- blocks
+def token_data_info(name: str, tok: Any, tokenizer_path: str, pad: int) -> dict[str, Any]:
+    """The `info` keys every causal-LM dataset shares: its name, batch keys, vocabulary, special ids and tokenizer."""
+    return {"name": name, "kind": "tokens", "input_keys": ["input_ids", "attention_mask"], "vocab_size": len(tok),
+            "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": pad,
+            "tokenizer": tokenizer_path, "tokenizer_sha256": vocabulary_digest(tok)}
+
+
 def make_blocks(token_docs: Sequence[Sequence[int]], max_length: int, packing: str) -> list[list[int]]:
     """Blocks of at most `max_length` tokens: the documents concatenated then cut (pack), or each cut alone (pad)."""
     if packing not in ("pack", "pad"):
@@ -295,9 +302,7 @@ def corpus_splits(
                              f"{prompt_length + 1 if split == 'train' and prompt_length else 2} tokens")
     return DataSplits(
         train=train, val=val, test=test, collate_fn=BlockCollator(int(pad)),
-        info={"name": name, "kind": "tokens", "input_keys": ["input_ids", "attention_mask"],
-              "vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-              "pad_token_id": int(pad), "tokenizer": tokenizer_path, "tokenizer_sha256": vocabulary_digest(tok),
+        info={**token_data_info(name, tok, tokenizer_path, int(pad)),
               "max_length": max_length, "packing": packing,
               "prompt_length": prompt_length,
               "sizes": {"train": len(train), "val": len(val), "test": len(test)},

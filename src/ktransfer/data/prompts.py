@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ktransfer.data.base import DataSplits, example_counts, vocabulary_digest
-from ktransfer.data.corpus import BlockCollator, resolve_tokenizer, split_documents
+from ktransfer.data.base import DataSplits, example_counts
+from ktransfer.data.corpus import BlockCollator, resolve_tokenizer, split_documents, token_data_info
 from ktransfer.tasks import IGNORE_INDEX
 
 
@@ -86,9 +86,7 @@ def prompt_completion_splits(
                              f"max_length={max_length} tokens")
     return DataSplits(
         train=train, val=val, test=test, collate_fn=BlockCollator(int(pad)),
-        info={"name": name, "kind": "tokens", "input_keys": ["input_ids", "attention_mask"],
-              "vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-              "pad_token_id": int(pad), "tokenizer": tokenizer_path, "tokenizer_sha256": vocabulary_digest(tok),
+        info={**token_data_info(name, tok, tokenizer_path, int(pad)),
               "max_length": max_length, "loss_on": "completion",
               "sizes": {"train": len(train), "val": len(val), "test": len(test)},
               "examples": examples,
