@@ -49,6 +49,11 @@ def test_git_state_names_head_and_sees_uncommitted_changes(tmp_path: Path) -> No
     git(tmp_path, "checkout", "-q", "a.txt")
     (tmp_path / "new.py").write_text("")  # an untracked file is code the result may have used
     assert git_state(tmp_path)["dirty"] is True
+    (tmp_path / "new.py").unlink()
+    results = tmp_path / "benchmarks" / "results" / "study"
+    results.mkdir(parents=True)
+    (results / "unit.json").write_text("{}")  # results landing during a benchmark are not code
+    assert git_state(tmp_path) == {"commit": head, "dirty": False}
 
 
 def test_git_state_outside_a_checkout_is_unknown_or_the_snapshots_commit_file(tmp_path: Path) -> None:

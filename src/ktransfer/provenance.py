@@ -26,10 +26,14 @@ def command_line(argv: Sequence[str] | None = None, root: str | Path | None = No
     return shlex.join(["python", script, *rest])
 
 
+RESULTS_DIR = "benchmarks/results"
+
+
 def git_state(root: str | Path) -> dict[str, Any]:
     """`{"commit": full hash of HEAD, "dirty": True when tracked or untracked files differ from it}` of the git
     checkout at `root`; both None outside a checkout or without git (a COMMIT file at `root`, written into a
-    snapshot copied outside the repository, then gives the commit)."""
+    snapshot copied outside the repository, then gives the commit). Files under `RESULTS_DIR` are results, not
+    code: a benchmark writing its unit results there does not make the units after them dirty."""
     root = Path(root)
 
     def git(*args: str) -> str | None:
@@ -42,7 +46,7 @@ def git_state(root: str | Path) -> dict[str, Any]:
     if head is None:
         marker = root / "COMMIT"
         return {"commit": marker.read_text().strip() if marker.is_file() else None, "dirty": None}
-    status = git("status", "--porcelain")
+    status = git("status", "--porcelain", "--", ".", f":(exclude){RESULTS_DIR}")
     return {"commit": head.strip(), "dirty": None if status is None else bool(status.strip())}
 
 
