@@ -422,11 +422,20 @@ def _fmt(interval: Any, digits: int = 3, signed: bool = False) -> str:
     return f"{text} ± {h:.{digits}f}{' *' if signed and abs(m) > h else ''}"
 
 
+def ran_by(meta: dict[str, Any]) -> str:
+    """The commands whose sittings ran the units, with their minutes (the aggregating command when none is logged:
+    an aggregation alone runs no unit, so it is not what made the table)."""
+    ran = wall_minutes(meta.get("sittings", []), meta["command"])
+    if not ran:
+        return f"Command: `{meta['command']}`"
+    return "Ran by " + ", ".join(f"`{command}` ({minutes:.0f} min)" for command, minutes in ran.items())
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The aggregate as Markdown: the methods' table and the stores' table."""
     meta = result["meta"]
     lines = [
-        f"Command: `{meta['command']}`; {provenance.code_line(meta.get('provenance'))}; seeds {meta['seeds']}; "
+        f"{ran_by(meta)}; {provenance.code_line(meta.get('provenance'))}; seeds {meta['seeds']}; "
         f"wall time {meta['wall_time_min']:.0f} min. Teacher: {meta['teacher']}; student cut from it (every 3rd "
         f"layer); {meta['size']['steps']} steps of {meta['size']['batch_size']} blocks of at most "
         f"{meta['size']['max_length']} tokens ({meta['size']['prompt_length']}-token prompt); on-policy methods start "
@@ -524,7 +533,8 @@ class RealTeacher(Benchmark):
         meta = {**context, "provenance": aggregate_provenance(done, context), "seeds": list(range(args.seeds)),
                 "size_name": args.size_name, "size": args.size, "teacher": args.teacher or "SmolLM2-135M-Instruct",
                 "expected": expected_budget(args.size, args.methods, args.seeds, args.jobs),
-                "wall_time_min": wall_minutes(sittings, command).get(command, (time.perf_counter() - args.started) / 60),
+                "wall_time_min": sum(wall_minutes(sittings, command).values())
+                or (time.perf_counter() - args.started) / 60,
                 "sittings": sittings}
         return aggregate(units, stores, meta)
 
