@@ -9,7 +9,8 @@ every divergence here says how the missing mass is treated (``tail``):
     Both distributions are collapsed onto ``k + 1`` outcomes: the teacher's ``k`` tokens and one
     "rest" outcome holding everything else. The teacher's rest is ``tail_logprob``; the student's
     rest is ``log sum_{v not in top-k} q_v``, a log-sum-exp over the complement (no ``1 - sum``
-    cancellation). The loss is the exact divergence between these two (k+1)-outcome distributions.
+    cancellation), computed with the top-k log-probabilities in one pass with a closed-form
+    gradient (:func:`ktransfer.bucket_student.bucket_log_probs`). The loss is the exact divergence between these two (k+1)-outcome distributions.
     Collapsing outcomes never increases an f-divergence (data-processing inequality), so for every
     divergence here ``0 <= bucket <= dense``, with equality at ``k = V``; :func:`bucket_gap_bound`
     bounds ``dense - bucket`` per token.
@@ -53,6 +54,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 from typing_extensions import Unpack
 
+from ktransfer.bucket_student import bucket_log_probs
 from ktransfer.divergences import (
     _REDUCTIONS,
     _WORKING_SET_BYTES,
@@ -271,13 +273,6 @@ class SparseTeacher:
 # --------------------------------------------------------------------------------------
 
 
-def _complement_logsumexp(z: Tensor, ids: Tensor) -> Tensor:
-    """log sum_{v not in ids} exp(z_v) per row; -inf (with a zero gradient) where nothing is left."""
-    rest = z.scatter(-1, ids, -math.inf)
-    empty = torch.isneginf(rest).all(dim=-1, keepdim=True)
-    return torch.logsumexp(rest.masked_fill(empty, 0.0), dim=-1).masked_fill(empty.squeeze(-1), -math.inf)
-
-
 def _bucket_teacher(logprobs: Tensor, tail: Tensor, vocab: int, temperature: float) -> Tensor:
     """The teacher's (k+1)-outcome log-probabilities at ``temperature`` (uniform-tail completion)."""
     k = logprobs.shape[-1]
@@ -297,14 +292,13 @@ def _collapsed(
     z: Tensor, ids: Tensor, logprobs: Tensor, tail: Tensor, *, mode: str, temperature: float
 ) -> tuple[Tensor, Tensor]:
     """(student, teacher) log-probabilities over the collapsed outcomes, from logits ``z`` (rows, V)."""
-    if temperature != 1.0:
-        z = z / temperature
-    z_top = z.gather(-1, ids)
     if mode == "renormalize":
+        z_top = z.gather(-1, ids)
+        if temperature != 1.0:
+            z_top = z_top / temperature
         scaled = logprobs if temperature == 1.0 else logprobs / temperature
         return torch.log_softmax(z_top, dim=-1), torch.log_softmax(scaled, dim=-1)
-    lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    log_q = torch.cat([z_top - lse, _complement_logsumexp(z, ids).unsqueeze(-1) - lse], dim=-1)
+    log_q = bucket_log_probs(z, ids, temperature=temperature)
     return log_q, _bucket_teacher(logprobs, tail, z.shape[-1], temperature)
 
 
