@@ -41,10 +41,13 @@ class BuildReport:
     setup_s: float = 0.0
 
 
-def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "float32", shard_size: int = 1024,
-                batch_size: int | None = None, stop_after_shards: int | None = None) -> BuildReport:
+def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "float32", fit_degree: int = 3,
+                shard_size: int = 1024, batch_size: int | None = None,
+                stop_after_shards: int | None = None) -> BuildReport:
     """Run `cfg`'s teacher over `cfg`'s training split and write (or finish) the store at `out`.
 
+    `values`: float32, float16 or fit (top-k only: a polynomial of degree `fit_degree` per position,
+    see :mod:`ktransfer.store.format`).
     `stop_after_shards` ends the build after writing that many shards, as if killed (for tests).
     """
     t0 = time.perf_counter()
@@ -76,8 +79,9 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         header = {"kind": "topk", "k": k, "vocab_size": vocab}
     writer = StoreWriter(
         out, task=cfg.task, examples=len(train), teacher=model_fingerprint(teacher), data=examples_digest(train),
-        tokenizer=data.info.get("tokenizer_sha256"), values=values, shard_size=shard_size,
-        settings={"teacher": cfg.teacher, "data": cfg.data, "k": k, "values": values}, **header,
+        tokenizer=data.info.get("tokenizer_sha256"), values=values, fit_degree=fit_degree, shard_size=shard_size,
+        settings={"teacher": cfg.teacher, "data": cfg.data, "k": k, "values": values,
+                  **({"fit_degree": fit_degree} if values == "fit" else {})}, **header,
     )
     missing = writer.missing()
     forward_s, positions, shards_before = 0.0, 0, len(writer.shards)
