@@ -112,8 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--k", type=int, default=64, help="sequences: top-k token ids kept per position (default: 64)")
     q.add_argument("--values", default="float32", choices=["float32", "float16", "fit"],
                    help="encoding of the stored log-probabilities / logits: float32 (default), float16, or fit "
-                        "(sequences: per position a polynomial in the rank, about 146 bytes per token at k = 64)")
-    q.add_argument("--fit-degree", type=int, default=3, help="--values fit: degree of the polynomial (default: 3)")
+                        "(sequences: per position a polynomial in the rank, about 145 bytes per token at k = 64)")
+    q.add_argument("--fit-degree", type=int, default=6, help="--values fit: degree of the polynomial, 1 to 8 "
+                                                              "(default: 6)")
     q.add_argument("--shard-size", type=int, default=1024, help="examples per shard (default: 1024)")
     q.add_argument("--batch-size", type=int, default=None, help="examples per teacher forward pass "
                                                                  "(default: train.eval_batch_size)")

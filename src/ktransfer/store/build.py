@@ -22,6 +22,7 @@ from ktransfer.engine.batches import TEACHER_PREFIX, split_batch
 from ktransfer.registry import ConfigError
 from ktransfer.sequence.cache import model_fingerprint
 from ktransfer.sparse_divergences import SparseTeacher
+from ktransfer.store.fit import DEFAULT_DEGREE
 from ktransfer.store.format import StoreWriter, examples_digest
 from ktransfer.tasks import Task
 
@@ -41,7 +42,7 @@ class BuildReport:
     setup_s: float = 0.0
 
 
-def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "float32", fit_degree: int = 3,
+def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "float32", fit_degree: int = DEFAULT_DEGREE,
                 shard_size: int = 1024, batch_size: int | None = None,
                 stop_after_shards: int | None = None) -> BuildReport:
     """Run `cfg`'s teacher over `cfg`'s training split and write (or finish) the store at `out`.

@@ -5,12 +5,14 @@ rank. Per position they are fitted with a Legendre polynomial of low degree ``d`
 
     x(r) = 2 * log(1 + r) / log(k) - 1        r = 0 .. k-1 (rank), so x runs from -1 to 1
 
-by least squares weighted by ``sqrt(p)`` (minimising ``sum_r sqrt(p_r) * (y_r - f(x_r))^2``, so the
-probable tokens, which carry the loss, are fitted closest), and only the ``d + 1`` coefficients are
-stored. Decoding evaluates the polynomial at the k ranks and shifts the k values by one constant so
-that their mass is exactly ``1 - exp(tail)``: the stored tail (kept explicitly, never derived from the
-fit) is preserved and the decoded position is a distribution. Tokens of probability 0 (``-inf``) get
-weight 0 in the fit and come back as small probabilities.
+by least squares weighted by ``sqrt(p)`` (minimising ``sum_r w_r * (y_r - f(x_r))^2`` with
+``w_r = max(sqrt(p_r / p_0), 1e-4)``, so the probable tokens, which carry the loss, are fitted closest,
+and a very peaked position still fits its whole top-k), and only the ``d + 1`` coefficients are
+stored, as float16 (their rounding changes no loss or gradient at the precision measured; the
+constant term's rounding is undone by the normalisation below). Decoding evaluates the polynomial at
+the k ranks and shifts the k values by one constant so that their mass is exactly ``1 - exp(tail)``:
+the stored tail (kept explicitly, never derived from the fit) is preserved and the decoded position
+is a distribution. Tokens of probability 0 (``-inf``) cannot be encoded (the writer refuses them).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from torch import Tensor
 from ktransfer.sparse_divergences import _log1mexp
 
 MAX_DEGREE = 8
+DEFAULT_DEGREE = 6
+COEFFICIENTS = torch.float16
+_WEIGHT_FLOOR = 1e-4
 
 
 def check_degree(degree: object, k: int) -> int:
@@ -45,19 +50,26 @@ def rank_basis(k: int, degree: int, dtype: torch.dtype = torch.float64) -> Tenso
 
 
 def fit_logprobs(logprobs: Tensor, degree: int) -> Tensor:
-    """Coefficients (P, degree + 1), float32, of the sqrt(p)-weighted fit of sorted log-probabilities (P, k)."""
+    """Coefficients (P, degree + 1), float16, of the sqrt(p)-weighted fit of finite sorted log-probabilities (P, k).
+
+    Raises ValueError where a log-probability is not finite or a coefficient does not fit float16.
+    """
     y = logprobs.detach().to(torch.float64)
-    k = y.shape[-1]
-    basis = rank_basis(k, degree)
-    finite = torch.isfinite(y)
-    weight = torch.where(finite, torch.exp(0.5 * y.clamp(max=0.0)), torch.zeros_like(y))
-    y = torch.where(finite, y, torch.zeros_like(y))
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("values 'fit' cannot encode a log-probability of -inf (a token of probability 0); "
+                         "store the values as float16 or float32 instead")
+    basis = rank_basis(y.shape[-1], degree)
+    top = y.max(dim=-1, keepdim=True).values if y.numel() else y[..., :1]
+    weight = torch.exp(0.5 * (y - top)).clamp(min=_WEIGHT_FLOOR)
     gram = torch.einsum("pk,ka,kb->pab", weight, basis, basis)
-    # a tiny ridge keeps positions with almost no weight (every token of probability ~0) solvable
-    ridge = 1e-12 * weight.sum(-1).clamp(min=1e-30)
-    gram = gram + ridge[:, None, None] * torch.eye(degree + 1, dtype=torch.float64)
+    gram = gram + 1e-12 * torch.eye(degree + 1, dtype=torch.float64)
     rhs = torch.einsum("pk,ka,pk->pa", weight, basis, y)
-    return torch.linalg.solve(gram, rhs).to(torch.float32)
+    coefficients = torch.linalg.solve(gram, rhs)
+    out = coefficients.to(COEFFICIENTS)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"values 'fit': a coefficient ({float(coefficients.abs().max()):.3g}) does not fit float16 "
+                         f"(log-probabilities as low as {float(y.min()):.3g}); store the values as float16 or float32")
+    return out
 
 
 def decode_logprobs(coefficients: Tensor, tail: Tensor, basis: Tensor) -> Tensor:
@@ -68,6 +80,4 @@ def decode_logprobs(coefficients: Tensor, tail: Tensor, basis: Tensor) -> Tensor
     fitted = coefficients.to(torch.float64) @ basis.to(torch.float64).T
     kept = _log1mexp(tail.to(torch.float64))  # log of the top-k mass; 0 where the tail is -inf
     shift = kept - torch.logsumexp(fitted, dim=-1)
-    out = torch.where(torch.isneginf(kept).unsqueeze(-1), torch.full_like(fitted, -math.inf),
-                      fitted + shift.unsqueeze(-1))
-    return out.clamp(max=0.0).to(torch.float32)
+    return (fitted + shift.unsqueeze(-1)).clamp(max=0.0).to(torch.float32)

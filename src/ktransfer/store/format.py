@@ -48,14 +48,14 @@ position t predicts token t+1 and counts where ``labels[t+1] != -100``; for seq2
 With ``values: "fit"`` a shard holds ``offsets``, ``ids`` sorted from the most probable token down,
 ``tail`` as float16 and, instead of ``logprobs``::
 
-    coefficients  float32 (P, fit_degree + 1), Legendre coefficients of the log-probability as a
+    coefficients  float16 (P, fit_degree + 1), Legendre coefficients of the log-probability as a
                   function of x(r) = 2 log(1 + r) / log(k) - 1 at rank r = 0..k-1, fitted by least
-                  squares weighted by sqrt(p)
+                  squares weighted by sqrt(p); tokens of probability 0 (-inf) cannot be encoded
 
 and the reader decodes the log-probabilities as the polynomial's values at the k ranks, shifted by
 one constant per position so that their mass is exactly ``1 - exp(tail)`` (:mod:`ktransfer.store.fit`).
-At k = 64 that is 128 bytes of ids, 2 of tail and 4 (degree + 1) of coefficients per position
-(146 at degree 3, against 260 with float16 and 388 with float32 values).
+At k = 64 that is 128 bytes of ids, 2 of tail and 2 (degree + 1) of coefficients per position
+(144 at degree 6, the default, against 260 with float16 and 388 with float32 values).
 
 Tensors of a ``logits`` shard: ``logits`` float32 | float16 (count, num_classes).
 
@@ -78,7 +78,7 @@ from torch import Tensor
 
 from ktransfer.io import atomic_path, file_digest, write_json_atomic
 from ktransfer.sparse_divergences import SparseTeacher, default_mass_tolerance
-from ktransfer.store.fit import check_degree, decode_logprobs, fit_logprobs, rank_basis
+from ktransfer.store.fit import DEFAULT_DEGREE, check_degree, decode_logprobs, fit_logprobs, rank_basis
 
 FORMAT = "ktransfer-teacher-outputs"
 VERSION = 1
@@ -138,7 +138,7 @@ class StoreWriter:
         self, directory: str | Path, *, kind: StoreKind, task: str, examples: int,
         teacher: str, data: str, tokenizer: str | None = None, k: int | None = None,
         vocab_size: int | None = None, num_classes: int | None = None, values: str = "float32",
-        fit_degree: int = 3, shard_size: int = 1024, settings: dict[str, Any] | None = None,
+        fit_degree: int = DEFAULT_DEGREE, shard_size: int = 1024, settings: dict[str, Any] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -250,8 +250,11 @@ class StoreWriter:
             raise ValueError(f"example {index}: {e}") from e
         if fit:  # ranks from the most probable token down, then the polynomial's coefficients
             order = logprobs.argsort(dim=-1, descending=True, stable=True)
-            return {"ids": ids.gather(-1, order).to(torch.int64).to(_ids_dtype(vocab)),
-                    "coefficients": fit_logprobs(logprobs.gather(-1, order), self.header["fit_degree"]),
+            try:
+                coefficients = fit_logprobs(logprobs.gather(-1, order), self.header["fit_degree"])
+            except ValueError as e:
+                raise ValueError(f"example {index}: {e}") from e
+            return {"ids": ids.gather(-1, order).to(torch.int64).to(_ids_dtype(vocab)), "coefficients": coefficients,
                     "tail": teacher.tail_logprob.to(torch.float16)}
         return {"ids": ids.to(torch.int64).to(_ids_dtype(vocab)), "logprobs": logprobs,
                 "tail": teacher.tail_logprob.float()}
