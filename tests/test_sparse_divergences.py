@@ -470,6 +470,56 @@ def test_vocab_size_drops_padded_student_rows() -> None:
 # --------------------------------------------------------------------------------------
 
 
+def reference_topk(z: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """float64: log_softmax, its top-k, and the log of the summed probabilities of the other tokens."""
+    logp = torch.log_softmax(z.double(), dim=-1)
+    top, ids = logp.topk(k, dim=-1)
+    keep = torch.zeros_like(logp, dtype=torch.bool).scatter(-1, ids, True)
+    rest = torch.where(keep, torch.zeros_like(logp), logp.exp()).sum(-1).log()
+    return ids, top, rest
+
+
+@pytest.mark.parametrize("k", [1, 5, 64, 300])
+def test_topk_log_probs_match_a_float64_reference_in_float32(k: int) -> None:
+    """float32 logits: log-probabilities and tail within float32 rounding, also where the kept mass is ~1."""
+    gen = torch.Generator().manual_seed(k)
+    z = torch.randn(3, 7, 300, generator=gen) * 3
+    z[0, :, 0] += 40.0   # kept mass 1 - ~1e-12: 1 - sum would leave no digit of the tail
+    z[1, 0, :] = 0.0     # every token tied
+    z[1, 1, 200:] = -math.inf
+    ids, lp, tail = S.topk_log_probs(z, k)
+    assert ids.shape == lp.shape == (3, 7, k) and tail.shape == (3, 7) and lp.dtype == torch.float32
+    want_ids, want_lp, want_tail = reference_topk(z, k)
+    torch.testing.assert_close(lp.double(), want_lp, rtol=0, atol=2e-6)
+    # ids: the same tokens where values differ (ties may be broken either way)
+    same = torch.gather(torch.log_softmax(z.double(), -1), -1, ids)
+    torch.testing.assert_close(same, want_lp, rtol=0, atol=2e-6)
+    assert torch.equal(ids.sort(-1).values[0], want_ids.sort(-1).values[0])
+    if k == 300:
+        assert bool(torch.isneginf(tail).all())
+    else:
+        finite = torch.isfinite(want_tail)
+        assert torch.equal(finite, torch.isfinite(tail))
+        torch.testing.assert_close(tail.double()[finite], want_tail[finite], rtol=0, atol=2e-5)
+        assert float(want_tail[0].max()) < -20  # the peaked rows do test a tail far below float32's 1 - sum
+    mask = torch.rand(3, 7, generator=gen) > 0.4
+    m_ids, m_lp, m_tail = S.topk_log_probs(z, k, mask=mask)
+    assert torch.equal(m_ids, ids[mask]) and torch.equal(m_lp, lp[mask]) and torch.equal(m_tail, tail[mask])
+    with pytest.raises(ValueError, match=r"mask has shape \(3,\), expected the logits' leading shape \(3, 7\)"):
+        S.topk_log_probs(z, k, mask=mask[:, 0])
+
+
+def test_from_logits_is_checked_and_matches_the_reference_in_float64() -> None:
+    z = logits(4, 5, V, seed=40, scale=5.0)
+    teacher = S.SparseTeacher.from_logits(z, 6)
+    want_ids, want_lp, want_tail = reference_topk(z, 6)
+    assert torch.equal(teacher.ids, want_ids)
+    torch.testing.assert_close(teacher.logprobs, want_lp, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(teacher.tail_logprob, want_tail, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, 20\]"):
+        S.SparseTeacher.from_logits(z, 21)
+
+
 def test_from_topk_derives_the_tail_stably() -> None:
     t = logits(3, 4, V, seed=37, scale=6.0)
     exact = S.SparseTeacher.from_logits(t, 9)

@@ -368,3 +368,56 @@ def test_a_written_store_whose_positions_do_not_fit_the_batch_is_refused_naming_
     n = len(good.topk(5)[0])
     with pytest.raises(StoreError, match=rf"example 5 has {n - 1} stored target positions, but the batch gives it {n}"):
         run(RunConfig.from_dict(cfg), tmp_path / "run", progress=False)
+
+
+def test_cli_builds_a_fit_store_that_decodes_near_the_float32_store_and_trains(
+        corpus: dict[str, Path], llama_models: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ktransfer.cli import main
+    from ktransfer.runner import run
+
+    live = llama_config(corpus, llama_models)
+    config = tmp_path / "live.yaml"
+    config.write_text(yaml.safe_dump(live))
+    assert main(["teacher-outputs", "build", str(config), "--out", str(tmp_path / "fit"), "--k", "16",
+                 "--values", "fit", "--fit-degree", "3", "--shard-size", "8"]) == 0
+    capsys.readouterr()
+    assert main(["teacher-outputs", "info", str(tmp_path / "fit")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["values"] == "fit" and info["fit_degree"] == 3
+    build_store(RunConfig.from_dict(live), tmp_path / "f32", k=16, shard_size=8)
+    fit, f32 = TeacherStore.open(tmp_path / "fit"), TeacherStore.open(tmp_path / "f32")
+    assert fit.bytes_per_position() < f32.bytes_per_position()
+    for i in range(fit.examples):
+        (ids, lp, tail), (ids32, lp32, tail32) = fit.topk(i), f32.topk(i)
+        assert torch.equal(ids, ids32)
+        torch.testing.assert_close(tail, tail32, rtol=2e-3, atol=2e-3)
+        distance = (lp.exp() - lp32.exp()).abs().sum(-1)  # total variation of the fit within the top-k, x2
+        assert distance.numel() == 0 or float(distance.max()) < 0.1
+    stored = llama_config(corpus, llama_models, teacher={"store": str(tmp_path / "fit")})
+    stored["train"] = {**stored["train"], "max_steps": 2}
+    assert run(RunConfig.from_dict(stored), tmp_path / "run", progress=False).train.step == 2
+
+
+def test_built_store_equals_the_float64_top_k_of_the_teachers_logits(corpus: dict[str, Path], llama_models: dict[str, str],
+                                                                     tmp_path: Path) -> None:
+    """Every stored position against log_softmax in float64 of the same float32 teacher logits, its top-k and the
+    summed probability of the other tokens (the definition the build's one-pass computation must reproduce)."""
+    from ktransfer.building import build_model, load_data
+    from ktransfer.tasks import Task
+
+    live = llama_config(corpus, llama_models)
+    build_store(RunConfig.from_dict(live), tmp_path / "store", k=8, shard_size=4, batch_size=3)
+    store = TeacherStore.open(tmp_path / "store")
+    data = load_data(RunConfig.from_dict(live))
+    teacher = build_model(live["teacher"], data.info, "teacher").eval()
+    task = Task("causal_lm")
+    for i in range(store.examples):
+        with torch.no_grad():
+            out = task.forward(teacher, data.collate_fn([data.train[i]]))
+        logp = torch.log_softmax(out.logits[out.mask].double(), -1)
+        want_lp, want_ids = logp.topk(8, -1)
+        rest = logp.exp().scatter(-1, want_ids, 0.0).sum(-1).log()
+        ids, lp, tail = store.topk(i)
+        assert torch.equal(ids, want_ids)
+        torch.testing.assert_close(lp.double(), want_lp, rtol=0, atol=2e-6)
+        torch.testing.assert_close(tail.double(), rest, rtol=0, atol=2e-6)

@@ -110,8 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("config", help="run config naming the teacher model and the data")
     q.add_argument("--out", default=None, help="store folder (default: stores/<config file name>)")
     q.add_argument("--k", type=int, default=64, help="sequences: top-k token ids kept per position (default: 64)")
-    q.add_argument("--values", default="float32", choices=["float32", "float16"],
-                   help="dtype of the stored log-probabilities / logits (default: float32)")
+    q.add_argument("--values", default="float32", choices=["float32", "float16", "fit"],
+                   help="encoding of the stored log-probabilities / logits: float32 (default), float16, or fit "
+                        "(sequences: per position a polynomial in the rank, about 145 bytes per token at k = 64)")
+    q.add_argument("--fit-degree", type=int, default=6, help="--values fit: degree of the polynomial, 1 to 8 "
+                                                              "(default: 6)")
     q.add_argument("--shard-size", type=int, default=1024, help="examples per shard (default: 1024)")
     q.add_argument("--batch-size", type=int, default=None, help="examples per teacher forward pass "
                                                                  "(default: train.eval_batch_size)")
@@ -329,8 +332,8 @@ def _cmd_teacher_outputs(args: argparse.Namespace) -> int:
 
         cfg = RunConfig.from_yaml(args.config, args.overrides)
         out = Path(args.out) if args.out else Path("stores") / Path(args.config).stem
-        report = build_store(cfg, out, k=args.k, values=args.values, shard_size=args.shard_size,
-                             batch_size=args.batch_size)
+        report = build_store(cfg, out, k=args.k, values=args.values, fit_degree=args.fit_degree,
+                             shard_size=args.shard_size, batch_size=args.batch_size)
         rate = f", {report.positions / report.forward_s:,.0f} target positions/s in the teacher" if report.forward_s else ""
         print(f"store: {out}: {report.computed} of {report.examples} examples computed in {report.total_s:.1f} s{rate}")
         print(f"train from it with `teacher: {{store: {out}}}`")
@@ -340,7 +343,8 @@ def _cmd_teacher_outputs(args: argparse.Namespace) -> int:
     shape = f"k={m['k']} of {m['vocab_size']} tokens" if store.kind == "topk" else f"{m['num_classes']} classes"
     unit = "target position" if store.kind == "topk" else "example"
     _print_json({"directory": str(store.directory), "task": m["task"], "kind": store.kind, "outputs": shape,
-                 "values": m["values"], "examples": store.examples, "shards": len(m["shards"]),
+                 "values": m["values"], **({"fit_degree": m["fit_degree"]} if "fit_degree" in m else {}),
+                 "examples": store.examples, "shards": len(m["shards"]),
                  "bytes": sum(int(e["bytes"]) for e in m["shards"]),
                  f"bytes_per_{unit.replace(' ', '_')}": round(store.bytes_per_position(), 2),
                  "keys": store.keys, "verified": True})

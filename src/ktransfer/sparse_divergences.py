@@ -9,7 +9,8 @@ every divergence here says how the missing mass is treated (``tail``):
     Both distributions are collapsed onto ``k + 1`` outcomes: the teacher's ``k`` tokens and one
     "rest" outcome holding everything else. The teacher's rest is ``tail_logprob``; the student's
     rest is ``log sum_{v not in top-k} q_v``, a log-sum-exp over the complement (no ``1 - sum``
-    cancellation). The loss is the exact divergence between these two (k+1)-outcome distributions.
+    cancellation), computed with the top-k log-probabilities in one pass with a closed-form
+    gradient (:func:`ktransfer.bucket_student.bucket_log_probs`). The loss is the exact divergence between these two (k+1)-outcome distributions.
     Collapsing outcomes never increases an f-divergence (data-processing inequality), so for every
     divergence here ``0 <= bucket <= dense``, with equality at ``k = V``; :func:`bucket_gap_bound`
     bounds ``dense - bucket`` per token.
@@ -53,6 +54,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 from typing_extensions import Unpack
 
+from ktransfer.bucket_student import bucket_log_probs
 from ktransfer.divergences import (
     _REDUCTIONS,
     _WORKING_SET_BYTES,
@@ -83,6 +85,7 @@ __all__ = [
     "sparse_skew_forward_kl",
     "sparse_soft_target_loss",
     "sparse_tvd",
+    "topk_log_probs",
 ]
 
 Tail = Literal["bucket", "renormalize"]
@@ -116,6 +119,61 @@ def _log1mexp(x: Tensor) -> Tensor:
     x = x.clamp(max=0.0)
     near_zero = x > -math.log(2.0)
     return torch.where(near_zero, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+# positions per chunk of the top-k: about 2 MiB of float32 logits, so a chunk's passes stay in cache
+_TOPK_CHUNK_BYTES = 2 * 2**20
+
+
+def topk_log_probs(logits: Tensor, k: int, *, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The top-k of ``log_softmax(logits)`` and the log of the rest: (ids int64, log-probabilities, tail).
+
+    ``logits`` (..., V); with ``mask`` (the leading shape, bool) only the positions where it is true,
+    in order, as rows (N, k) and (N,). No checks beyond the arguments' types: :class:`SparseTeacher`
+    (``from_logits``) or the store writer check what they receive. Computed a few positions at a time,
+    so the passes over the vocabulary stay in cache and nothing of size N x V is copied. With m the
+    largest logit, the kept and the other tokens' masses are summed apart, both as sums of positive
+    terms: ``s_top = sum_topk exp(z - m)`` and ``s_rest = sum_{z < z_k} exp(z - m)`` (plus the tokens
+    tied with the k-th that the top-k left out), so neither the log-probabilities
+    ``z - m - log(s_top + s_rest)`` nor the tail ``log s_rest - log(s_top + s_rest)`` suffer a
+    cancellation, however close the kept mass is to 1.
+    """
+    if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.dim() < 1:
+        raise TypeError("top-k log-probabilities need floating-point logits of shape (..., V)")
+    vocab = logits.shape[-1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+        raise ValueError(f"k must be an int in [1, {vocab}] (the vocabulary size), got {k!r}")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    flat = logits.detach().reshape(-1, vocab)
+    if mask is not None:
+        if mask.shape != logits.shape[:-1]:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the logits' leading shape "
+                             f"{tuple(logits.shape[:-1])}")
+        where: Tensor | None = mask.reshape(-1).nonzero().squeeze(-1).to(flat.device)
+        n, lead = int(where.numel()), (int(where.numel()),)
+    else:
+        where, n, lead = None, flat.shape[0], tuple(logits.shape[:-1])
+    ids = torch.empty((n, k), dtype=torch.int64, device=logits.device)
+    out = torch.empty((n, k), dtype=dtype, device=logits.device)
+    tail = torch.empty(n, dtype=dtype, device=logits.device)
+    step = max(1, _TOPK_CHUNK_BYTES // (4 * vocab))
+    with torch.no_grad():
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            z = (flat[start:stop] if where is None else flat.index_select(0, where[start:stop])).to(dtype)
+            top, chunk_ids = z.topk(k, dim=-1)
+            largest, kth = top[:, :1], top[:, -1:]
+            inside = z >= kth
+            rest = (z - largest).exp_().masked_fill_(inside, 0.0).sum(-1).double()
+            if k < vocab:  # tokens tied with the k-th that the top-k left out
+                tied = inside.sum(-1) - k
+                rest = rest + tied.double() * (kth - largest).squeeze(-1).double().exp()
+            shifted = (top - largest).double()
+            log_total = torch.logaddexp(torch.logsumexp(shifted, dim=-1), rest.log())
+            ids[start:stop] = chunk_ids
+            out[start:stop] = shifted - log_total.unsqueeze(-1)
+            tail[start:stop] = rest.log() - log_total
+    return ids.reshape(*lead, k), out.reshape(*lead, k), tail.reshape(lead)
 
 
 def default_mass_tolerance(dtype: torch.dtype) -> float:
@@ -229,19 +287,14 @@ class SparseTeacher:
 
     @classmethod
     def from_logits(cls, logits: Tensor, k: int) -> SparseTeacher:
-        """Top-k of ``log_softmax(logits)`` (temperature 1) with the exact tail, log-sum-exp of the rest."""
+        """Top-k of ``log_softmax(logits)`` (temperature 1) and the tail, ``log(1 - sum_topk p)``.
+
+        Computed by :func:`topk_log_probs`: a few positions at a time, the kept and the remaining
+        mass summed apart, so a small tail keeps its relative precision.
+        """
         if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.dim() < 1:
             raise TypeError("SparseTeacher.from_logits needs floating-point logits of shape (..., V)")
-        vocab = logits.shape[-1]
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
-            raise ValueError(f"k must be an int in [1, {vocab}] (the vocabulary size), got {k!r}")
-        with torch.no_grad():
-            logp = torch.log_softmax(logits.detach().to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-            top, ids = logp.topk(k, dim=-1)
-            rest = logp.scatter(-1, ids, -math.inf)
-            empty = torch.isneginf(rest).all(dim=-1, keepdim=True)
-            tail = torch.logsumexp(rest.masked_fill(empty, 0.0), dim=-1).masked_fill(empty.squeeze(-1), -math.inf)
-        return cls(ids, top, tail)
+        return cls(*topk_log_probs(logits, k))
 
     @classmethod
     def from_topk(cls, ids: Tensor, logprobs: Tensor, *, mass_tolerance: float | None = None) -> SparseTeacher:
@@ -271,13 +324,6 @@ class SparseTeacher:
 # --------------------------------------------------------------------------------------
 
 
-def _complement_logsumexp(z: Tensor, ids: Tensor) -> Tensor:
-    """log sum_{v not in ids} exp(z_v) per row; -inf (with a zero gradient) where nothing is left."""
-    rest = z.scatter(-1, ids, -math.inf)
-    empty = torch.isneginf(rest).all(dim=-1, keepdim=True)
-    return torch.logsumexp(rest.masked_fill(empty, 0.0), dim=-1).masked_fill(empty.squeeze(-1), -math.inf)
-
-
 def _bucket_teacher(logprobs: Tensor, tail: Tensor, vocab: int, temperature: float) -> Tensor:
     """The teacher's (k+1)-outcome log-probabilities at ``temperature`` (uniform-tail completion)."""
     k = logprobs.shape[-1]
@@ -297,14 +343,13 @@ def _collapsed(
     z: Tensor, ids: Tensor, logprobs: Tensor, tail: Tensor, *, mode: str, temperature: float
 ) -> tuple[Tensor, Tensor]:
     """(student, teacher) log-probabilities over the collapsed outcomes, from logits ``z`` (rows, V)."""
-    if temperature != 1.0:
-        z = z / temperature
-    z_top = z.gather(-1, ids)
     if mode == "renormalize":
+        z_top = z.gather(-1, ids)
+        if temperature != 1.0:
+            z_top = z_top / temperature
         scaled = logprobs if temperature == 1.0 else logprobs / temperature
         return torch.log_softmax(z_top, dim=-1), torch.log_softmax(scaled, dim=-1)
-    lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    log_q = torch.cat([z_top - lse, _complement_logsumexp(z, ids).unsqueeze(-1) - lse], dim=-1)
+    log_q = bucket_log_probs(z, ids, temperature=temperature)
     return log_q, _bucket_teacher(logprobs, tail, z.shape[-1], temperature)
 
 

@@ -21,7 +21,8 @@ from ktransfer.config import RunConfig
 from ktransfer.engine.batches import TEACHER_PREFIX, split_batch
 from ktransfer.registry import ConfigError
 from ktransfer.sequence.cache import model_fingerprint
-from ktransfer.sparse_divergences import SparseTeacher
+from ktransfer.sparse_divergences import topk_log_probs
+from ktransfer.store.fit import DEFAULT_DEGREE
 from ktransfer.store.format import StoreWriter, examples_digest
 from ktransfer.tasks import Task
 
@@ -41,10 +42,13 @@ class BuildReport:
     setup_s: float = 0.0
 
 
-def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "float32", shard_size: int = 1024,
-                batch_size: int | None = None, stop_after_shards: int | None = None) -> BuildReport:
+def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "float32", fit_degree: int = DEFAULT_DEGREE,
+                shard_size: int = 1024, batch_size: int | None = None,
+                stop_after_shards: int | None = None) -> BuildReport:
     """Run `cfg`'s teacher over `cfg`'s training split and write (or finish) the store at `out`.
 
+    `values`: float32, float16 or fit (top-k only: a polynomial of degree `fit_degree` per position,
+    see :mod:`ktransfer.store.format`).
     `stop_after_shards` ends the build after writing that many shards, as if killed (for tests).
     """
     t0 = time.perf_counter()
@@ -76,8 +80,9 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         header = {"kind": "topk", "k": k, "vocab_size": vocab}
     writer = StoreWriter(
         out, task=cfg.task, examples=len(train), teacher=model_fingerprint(teacher), data=examples_digest(train),
-        tokenizer=data.info.get("tokenizer_sha256"), values=values, shard_size=shard_size,
-        settings={"teacher": cfg.teacher, "data": cfg.data, "k": k, "values": values}, **header,
+        tokenizer=data.info.get("tokenizer_sha256"), values=values, fit_degree=fit_degree, shard_size=shard_size,
+        settings={"teacher": cfg.teacher, "data": cfg.data, "k": k, "values": values,
+                  **({"fit_degree": fit_degree} if values == "fit" else {})}, **header,
     )
     missing = writer.missing()
     forward_s, positions, shards_before = 0.0, 0, len(writer.shards)
@@ -93,13 +98,14 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         else:  # the top-k of every target position of the batch at once, then split by example
             if mask is None:
                 mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
-            sparse = SparseTeacher.from_logits(logits[mask], k)
+            # the writer checks each example as it is added: no separate check of the batch here
+            ids, logprobs, tail = topk_log_probs(logits, k, mask=mask)
             counts = mask.reshape(mask.shape[0], -1).sum(-1).tolist()
             positions += sum(counts)
             start_row = 0
             for index, count in zip(chunk, counts, strict=True):
                 rows = slice(start_row, start_row + count)
-                writer.add(index, ids=sparse.ids[rows], logprobs=sparse.logprobs[rows], tail=sparse.tail_logprob[rows])
+                writer.add(index, ids=ids[rows], logprobs=logprobs[rows], tail=tail[rows])
                 start_row += count
         if stop_after_shards is not None and len(writer.shards) - shards_before >= stop_after_shards:
             return BuildReport(Path(out), len(train), start + len(chunk), positions, forward_s,

@@ -22,7 +22,9 @@ teacher predicted, so that a run trains with no teacher in memory. Layout of a s
 ``k``, ``vocab_size``
     kept tokens per position and the teacher's vocabulary (``topk``); ``num_classes`` (``logits``).
 ``values``
-    ``"float32"`` or ``"float16"``: the dtype of ``logprobs`` / ``logits`` in the shards.
+    how the values are encoded: ``"float32"`` or ``"float16"``, the dtype of ``logprobs`` / ``logits``
+    in the shards; or ``"fit"`` (``topk`` only), each position's log-probabilities stored as the
+    coefficients of a polynomial in the rank (below), with ``fit_degree`` its degree.
 ``keys``
     what the store was made from, compared with a run before it trains: ``teacher`` (a digest of the
     teacher's weights, or any string naming a served teacher), ``data`` (a digest of the training
@@ -42,6 +44,18 @@ position t predicts token t+1 and counts where ``labels[t+1] != -100``; for seq2
     ids       uint16 (P, k) when vocab_size <= 65536, else int32
     logprobs  float32 | float16 (P, k), log-probabilities (<= 0), -inf allowed
     tail      float32 (P,), log(1 - sum exp(logprobs)) (-inf when the top-k holds all the mass)
+
+With ``values: "fit"`` a shard holds ``offsets``, ``ids`` sorted from the most probable token down,
+``tail`` as float16 and, instead of ``logprobs``::
+
+    coefficients  float16 (P, fit_degree + 1), Legendre coefficients of the log-probability as a
+                  function of x(r) = 2 log(1 + r) / log(k) - 1 at rank r = 0..k-1, fitted by least
+                  squares weighted by sqrt(p); tokens of probability 0 (-inf) cannot be encoded
+
+and the reader decodes the log-probabilities as the polynomial's values at the k ranks, shifted by
+one constant per position so that their mass is exactly ``1 - exp(tail)`` (:mod:`ktransfer.store.fit`).
+At k = 64 that is 128 bytes of ids, 2 of tail and 2 (degree + 1) of coefficients per position
+(144 at degree 6, the default, against 260 with float16 and 388 with float32 values).
 
 Tensors of a ``logits`` shard: ``logits`` float32 | float16 (count, num_classes).
 
@@ -64,12 +78,15 @@ from torch import Tensor
 
 from ktransfer.io import atomic_path, file_digest, write_json_atomic
 from ktransfer.sparse_divergences import SparseTeacher, default_mass_tolerance
+from ktransfer.store.fit import DEFAULT_DEGREE, check_degree, decode_logprobs, fit_logprobs, rank_basis
 
 FORMAT = "ktransfer-teacher-outputs"
 VERSION = 1
 MANIFEST_NAME = "manifest.json"
 KINDS = ("topk", "logits")
 VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+FIT = "fit"
+VALUE_ENCODINGS = (*VALUE_DTYPES, FIT)
 KEY_NAMES = ("teacher", "data", "tokenizer")
 StoreKind = Literal["topk", "logits"]
 
@@ -108,7 +125,8 @@ class StoreWriter:
     """Writes a store folder example by example: `add(index, ...)`, then `close()`.
 
     Sequences (``kind="topk"``): ``add(i, ids=(P_i, k), logprobs=(P_i, k), tail=(P_i,))`` with ``tail``
-    optional (derived from the log-probabilities when left out). Classification (``kind="logits"``):
+    optional (derived from the log-probabilities when left out); with ``values="fit"`` each position is
+    sorted by log-probability and fitted with a polynomial of degree ``fit_degree``. Classification (``kind="logits"``):
     ``add(i, logits=(num_classes,))``. A shard is written (atomically, then listed in the manifest
     with its SHA-256) as soon as all its examples are added, so a killed build keeps its finished
     shards: opening the same folder again with the same header resumes, and `missing()` lists the
@@ -120,12 +138,12 @@ class StoreWriter:
         self, directory: str | Path, *, kind: StoreKind, task: str, examples: int,
         teacher: str, data: str, tokenizer: str | None = None, k: int | None = None,
         vocab_size: int | None = None, num_classes: int | None = None, values: str = "float32",
-        shard_size: int = 1024, settings: dict[str, Any] | None = None,
+        fit_degree: int = DEFAULT_DEGREE, shard_size: int = 1024, settings: dict[str, Any] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        if values not in VALUE_DTYPES:
-            raise ValueError(f"values must be one of {', '.join(VALUE_DTYPES)}, got {values!r}")
+        if values not in VALUE_ENCODINGS:
+            raise ValueError(f"values must be one of {', '.join(VALUE_ENCODINGS)}, got {values!r}")
         if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
             raise ValueError(f"examples must be a positive int, got {examples!r}")
         if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
@@ -135,12 +153,17 @@ class StoreWriter:
                 raise ValueError(f"a topk store needs ints 1 <= k <= vocab_size, got k={k!r}, vocab_size={vocab_size!r}")
         elif not (isinstance(num_classes, int) and num_classes >= 1):
             raise ValueError(f"a logits store needs num_classes >= 1, got {num_classes!r}")
+        if values == FIT:
+            if kind != "topk":
+                raise ValueError("values 'fit' encodes top-k log-probabilities; a logits store takes float32 or float16")
+            check_degree(fit_degree, k)  # type: ignore[arg-type]
         self.directory = Path(directory)
         self.header: dict[str, Any] = {
             "format": FORMAT, "version": VERSION, "kind": kind, "task": task, "examples": examples,
             "shard_size": shard_size, "values": values,
             "keys": {"teacher": str(teacher), "data": str(data), "tokenizer": tokenizer},
             **({"k": k, "vocab_size": vocab_size} if kind == "topk" else {"num_classes": num_classes}),
+            **({"fit_degree": fit_degree} if values == FIT else {}),
         }
         self.settings = dict(settings or {})
         self.shards: dict[int, dict[str, Any]] = {}
@@ -192,7 +215,8 @@ class StoreWriter:
 
     def _entry(self, index: int, ids: Tensor | None, logprobs: Tensor | None, tail: Tensor | None,
                logits: Tensor | None) -> dict[str, Tensor]:
-        values = VALUE_DTYPES[self.header["values"]]
+        fit = self.header["values"] == FIT
+        values = torch.float32 if fit else VALUE_DTYPES[self.header["values"]]
         if self.header["kind"] == "logits":
             if logits is None or ids is not None or logprobs is not None:
                 raise ValueError(f"example {index}: a logits store takes add(index, logits=...) only")
@@ -224,6 +248,14 @@ class StoreWriter:
                                         mass_tolerance=default_mass_tolerance(values))
         except (TypeError, ValueError) as e:
             raise ValueError(f"example {index}: {e}") from e
+        if fit:  # ranks from the most probable token down, then the polynomial's coefficients
+            order = logprobs.argsort(dim=-1, descending=True, stable=True)
+            try:
+                coefficients = fit_logprobs(logprobs.gather(-1, order), self.header["fit_degree"])
+            except ValueError as e:
+                raise ValueError(f"example {index}: {e}") from e
+            return {"ids": ids.gather(-1, order).to(torch.int64).to(_ids_dtype(vocab)), "coefficients": coefficients,
+                    "tail": teacher.tail_logprob.to(torch.float16)}
         return {"ids": ids.to(torch.int64).to(_ids_dtype(vocab)), "logprobs": logprobs,
                 "tail": teacher.tail_logprob.float()}
 
@@ -237,9 +269,7 @@ class StoreWriter:
             tensors = {"logits": torch.stack([r["logits"] for r in rows])}
         else:
             counts = torch.tensor([0] + [r["ids"].shape[0] for r in rows], dtype=torch.int64)
-            tensors = {"offsets": counts.cumsum(0), "ids": torch.cat([r["ids"] for r in rows]),
-                       "logprobs": torch.cat([r["logprobs"] for r in rows]),
-                       "tail": torch.cat([r["tail"] for r in rows])}
+            tensors = {"offsets": counts.cumsum(0), **{key: torch.cat([r[key] for r in rows]) for key in rows[0]}}
         name = shard_name(number)
         path = self.directory / name
         with atomic_path(path) as tmp:
@@ -286,6 +316,16 @@ class TeacherStore:
         self.manifest = manifest
         self._by_number = {int(s["first"]) // manifest["shard_size"]: s for s in manifest["shards"]}
         self._loaded: dict[int, dict[str, Tensor]] = {}
+        self._basis: Tensor | None = None
+        if manifest.get("values") not in VALUE_ENCODINGS:
+            raise StoreError(f"{directory}: unknown value encoding {manifest.get('values')!r} in the manifest; "
+                             f"this ktransfer reads {', '.join(VALUE_ENCODINGS)}")
+        if manifest["values"] == FIT:
+            try:
+                degree = check_degree(manifest.get("fit_degree"), int(manifest["k"]))
+            except ValueError as e:
+                raise StoreError(f"{directory}: manifest of a 'fit' store: {e}") from e
+            self._basis = rank_basis(int(manifest["k"]), degree)
 
     @classmethod
     def open(cls, directory: str | Path, *, verify: bool = True) -> TeacherStore:
@@ -365,12 +405,18 @@ class TeacherStore:
             raise StoreError(f"{self.directory} holds class logits (kind logits), not top-k outputs")
         shard, j = self._locate(int(index))
         start, stop = int(shard["offsets"][j]), int(shard["offsets"][j + 1])
-        return (shard["ids"][start:stop].to(torch.int64), shard["logprobs"][start:stop].float(),
-                shard["tail"][start:stop].float())
+        tail = shard["tail"][start:stop].float()
+        if self._basis is not None:
+            logprobs = decode_logprobs(shard["coefficients"][start:stop], tail, self._basis)
+        else:
+            logprobs = shard["logprobs"][start:stop].float()
+        return shard["ids"][start:stop].to(torch.int64), logprobs, tail
 
     def mass_tolerance(self) -> float:
-        """How far a stored position's total mass may be from 1: rounding of the stored value dtype."""
-        return default_mass_tolerance(VALUE_DTYPES[self.manifest["values"]])
+        """How far a stored position's total mass may be from 1: rounding of the stored value dtype.
+
+        A ``fit`` store's decoded positions are normalised in float32."""
+        return default_mass_tolerance(VALUE_DTYPES.get(self.manifest["values"], torch.float32))
 
     def bytes_per_position(self) -> float:
         """Shard bytes per stored position (top-k) or per example (logits)."""
