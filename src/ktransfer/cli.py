@@ -126,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after-hops", type=int, default=None, metavar="N",
                    help="stop after training this many models (a teacher the chain trains counts as one), as if killed "
                         "(to try out resume)")
+    p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+                   help="chains of runs: stop the hop being trained after N steps, as if killed (to try out resume)")
+    p.add_argument("--progress", dest="no_progress", action="store_false", default=True,
+                   help="chains of runs: show each hop's progress bar")
     _add_overrides(p)
     _add_threads(p)
 
@@ -173,8 +177,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ktransfer.hops.config import is_chain_file
     from ktransfer.runner import run
 
-    if is_chain_file(args.config):  # a chain config (plan / method keys): the same as `ktransfer hops`
-        args.stop_after_hops = None
+    if is_chain_file(args.config):  # a chain config (plan / method keys, or hops of runs): as `ktransfer hops`
+        args.stop_after_hops, args.stop_after_steps = None, args.stop_after
         return _cmd_hops(args)
 
     cfg = RunConfig.from_yaml(args.config, args.overrides)
@@ -222,15 +226,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from ktransfer.building import load_data
     from ktransfer.config import RunConfig
     from ktransfer.hops.config import ChainConfig, is_chain_file
     from ktransfer.runner import preflight
 
     if is_chain_file(args.config):  # files, columns, a loaded teacher, complexity order; nothing trains
+        from ktransfer.hops.config import load_chain_config
         from ktransfer.hops.preflight import preflight as chain_preflight
 
-        chain = ChainConfig.from_yaml(args.config, args.overrides)
-        checked = chain_preflight(chain)
+        chain = load_chain_config(args.config, args.overrides)
+        if isinstance(chain, ChainConfig):
+            checked = chain_preflight(chain)
+        else:  # every hop's student built and run with its teacher; nothing trains
+            from ktransfer.hops.run_chain import check_run_chain
+
+            probe = chain.run_config(chain.student, "student", {"from_run": "/nonexistent", "which": "final"})
+            checked = check_run_chain(chain, load_data(probe))
         print(chain.to_yaml(), end="")
         print("".join(f"# ok: {line}\n" for line in checked), end="")
         return 0
@@ -304,16 +316,32 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_hops(args: argparse.Namespace) -> int:
-    from ktransfer.hops.chain import ChainInterrupted, run_chain_config
-    from ktransfer.hops.config import ChainConfig
+    from ktransfer.hops.config import ChainConfig, load_chain_config
 
-    cfg = ChainConfig.from_yaml(args.config, args.overrides)
+    cfg = load_chain_config(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+    resume_with = f"continue with: ktransfer hops {args.config} --run-dir {run_dir}"
+    if not isinstance(cfg, ChainConfig):  # hops that are ordinary runs
+        from ktransfer.hops.run_chain import ChainInterrupted as RunsInterrupted
+        from ktransfer.hops.run_chain import run_run_chain
+
+        try:
+            runs = run_run_chain(cfg, run_dir, stop_after_steps=getattr(args, "stop_after_steps", None),
+                                 progress=not getattr(args, "no_progress", True))
+        except RunsInterrupted as e:
+            print(f"{e}; finished hops and the checkpoints of this one are saved in {run_dir}; {resume_with}")
+            return 0
+        print(f"run directory: {run_dir}")
+        print(runs.markdown(), end="")
+        return 0
+    from ktransfer.hops.chain import ChainInterrupted, run_chain_config
+
+    if getattr(args, "stop_after_steps", None) is not None:
+        raise ValueError("--stop-after-steps: for chains of runs; a chain of fitted models stops with --stop-after-hops")
     try:
         report = run_chain_config(cfg, run_dir, stop_after_hops=args.stop_after_hops)
     except ChainInterrupted as e:
-        print(f"{e}; finished hops are saved in {run_dir}; continue with: ktransfer hops {args.config} "
-              f"--run-dir {run_dir}")
+        print(f"{e}; finished hops are saved in {run_dir}; {resume_with}")
         return 0
     print(f"run directory: {run_dir}")
     print(report.markdown(), end="")
