@@ -127,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop after training this many models (a teacher the chain trains counts as one), as if killed "
                         "(to try out resume)")
     p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
-                   help="chains of runs: stop the hop being trained after N steps, as if killed (to try out resume)")
+                   help="chains of runs: stop after N optimizer steps (counted across hops), in the middle of whichever hop "
+                        "that is, as if killed (to try out resume)")
     p.add_argument("--progress", dest="no_progress", action="store_false", default=True,
                    help="chains of runs: show each hop's progress bar")
     _add_overrides(p)

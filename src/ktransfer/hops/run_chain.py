@@ -55,7 +55,7 @@ MARK = "<previous>"
 
 
 class ChainInterrupted(RuntimeError):
-    """A hop stopped after `stop_after_steps` steps, as if killed (for resume tests)."""
+    """The chain stopped after `stop_after_steps` optimizer steps (counted across its hops), as if killed."""
 
 
 def _hash(obj: Any) -> str:
@@ -123,6 +123,7 @@ class RunChain:
         self.data = data if data is not None else load_data(probe)
         self.data_digests = digests_of({k: v for k, v in probe.input_paths().items() if k.startswith("data.")})
         self.teacher_result: HopResult | None = None
+        self.steps = 0  # optimizer steps trained by this object, across hops (what stop_after_steps counts)
 
     # ---------------------------------------------------------------- hops
     def first_teacher(self) -> Teacher:
@@ -159,8 +160,8 @@ class RunChain:
             status = self._train(run_cfg, run_dir, teacher, store)
             summary = _finished(run_dir)
             if summary is None:
-                raise ChainInterrupted(f"{where} ({label}) stopped after {self.stop_after_steps} steps, as asked; "
-                                       f"its run is {run_dir}")
+                raise ChainInterrupted(f"{where} ({label}) stopped, {self.stop_after_steps} steps into this run of the "
+                                       f"chain, as asked; its run is {run_dir}")
         digest = file_digest(run_dir / "final" / "model.safetensors")
         write_json_atomic(run_dir / "hop.json", {"key": key, "where": where, "label": label,
                                                  "teacher": teacher.label if teacher else None,
@@ -185,11 +186,17 @@ class RunChain:
             live = RunConfig.from_dict({**run_cfg.to_dict(), "teacher": teacher.section})
             build_store(live, run_cfg.teacher_store, **store)  # a killed build is finished, not redone
         found, _ = find_intact_checkpoint(run_dir / "checkpoints")
+        left = None if self.stop_after_steps is None else self.stop_after_steps - self.steps
+        if left is not None and left <= 0:
+            raise ChainInterrupted(f"stopped before {run_dir.name}, {self.stop_after_steps} steps into this run of "
+                                   "the chain, as asked")
         if found is not None:
-            resume(run_dir, progress=self.progress, stop_after_steps=self.stop_after_steps)
+            start = int(found.name.rsplit("-", 1)[-1])
+            result = resume(run_dir, progress=self.progress, stop_after_steps=left)
+            self.steps += result.train.step - start
             return "resumed"
-        run(run_cfg, run_dir, progress=self.progress, stop_after_steps=self.stop_after_steps, data=self.data,
-            overwrite=True)
+        result = run(run_cfg, run_dir, progress=self.progress, stop_after_steps=left, data=self.data, overwrite=True)
+        self.steps += result.train.step
         return "trained"
 
     def hop_after(self, index: int, fragment: Fragment, where: str, teacher: Teacher) -> tuple[HopResult, Teacher]:
@@ -338,7 +345,8 @@ def run_run_chain(cfg: RunChainConfig, root: str | Path, *, stop_after_steps: in
                   progress: bool = False, evaluate_test: bool = True) -> RunChainReport:
     """Plan and run the chain of runs `cfg` describes under `root`; rerunning continues where it stopped.
 
-    `stop_after_steps` stops the hop being trained after that many steps, as if killed (ChainInterrupted).
+    `stop_after_steps` stops the chain after that many optimizer steps trained in this call (counted across
+    hops), in the middle of whichever hop it reaches, as if killed (ChainInterrupted).
     """
     root = Path(root)
     chain = RunChain(cfg, root, stop_after_steps=stop_after_steps, progress=progress)
