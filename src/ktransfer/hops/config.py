@@ -144,6 +144,9 @@ class ChainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a chain config must be a mapping, got {type(data).__name__}")
         data = apply_overrides(data, overrides or [])
+        if is_run_chain(data):
+            raise ConfigError("student: a run-config fragment, so this is a chain of runs: load it with "
+                              "RunChainConfig (ktransfer.hops.run_config) or load_chain_config, which tells the two apart")
         for key in ("teacher", "student"):
             if key not in data:
                 raise ConfigError(f"{key}: missing; a chain needs a teacher and a student model spec")
