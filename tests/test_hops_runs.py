@@ -290,3 +290,41 @@ def test_bad_chain_files_are_refused_with_the_key_and_the_valid_choices(tiny_dir
     cfg["student"]["teacher_store"] = {"k": 4, "shards": 2}
     with pytest.raises(ConfigError, match=r"student.teacher_store.shards: unknown option; valid: k, values"):
         RunChainConfig.from_dict(cfg)
+
+
+def test_hf_cut_of_a_run_directory_keeps_the_chosen_layers_of_its_final_weights(bert_run: Any) -> None:
+    from ktransfer.building import build_model
+
+    report, _ = bert_run
+    source = report.hops[1]  # 3 layers, trained
+    cut = build_model({"builder": "hf_cut", "teacher": source.run_dir, "layers": [0, 2]}, {"num_classes": 3}, "student")
+    trained, mine = weights(source.run_dir), cut.state_dict()
+    for name, value in mine.items():
+        if ".encoder.layer." in name:
+            parts = name.split(".")
+            parts[3] = {"0": "0", "1": "2"}[parts[3]]
+            assert torch.equal(value, trained[".".join(parts)]), name
+        else:
+            assert torch.equal(value, trained[name]), name  # embeddings, pooler and the trained head
+    assert cut.config.ktransfer_cut["teacher"] == source.run_dir
+
+
+def test_previous_needs_a_run_to_cut_from_and_each_kind_of_chain_its_own_loader(tiny_dir: Path, news: Path) -> None:  # noqa: F811
+    from ktransfer.hops.config import ChainConfig
+
+    cfg = bert_chain(tiny_dir, news, teacher={"builder": "minilm", "path": str(tiny_dir)})
+    with pytest.raises(ConfigError, match=r"plan.intermediates\[0\].student.teacher: 'previous' cuts the student from "
+                                          r"its teacher's run, but it may follow the chain's teacher, which is not a run"):
+        RunChainConfig.from_dict(cfg)
+    with pytest.raises(ConfigError, match=r"a chain of runs: load it with RunChainConfig"):
+        ChainConfig.from_dict(bert_chain(tiny_dir, news))
+
+
+def test_a_hops_knowledge_terms_are_checked_against_its_models_before_anything_trains(
+        tiny_dir: Path, news: Path, tmp_path: Path) -> None:  # noqa: F811
+    cfg = bert_chain(tiny_dir, news)
+    cfg["plan"]["intermediates"][1]["knowledge"][2] = {"type": "attention", "path": "attention.nope"}
+    with pytest.raises(ConfigError, match=r"plan.intermediates\[1\] \(taught by plan.intermediates\[0\] "
+                                          r"\(hf_cut-first3\)\): knowledge\[2\] \(attention\)"):
+        run_run_chain(RunChainConfig.from_dict(cfg), tmp_path / "chain")
+    assert not (tmp_path / "chain").exists()

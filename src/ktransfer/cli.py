@@ -179,7 +179,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ktransfer.runner import run
 
     if is_chain_file(args.config):  # a chain config (plan / method keys, or hops of runs): as `ktransfer hops`
-        args.stop_after_hops, args.stop_after_steps = None, args.stop_after
+        from ktransfer.hops.config import is_run_chain_file
+
+        args.stop_after_hops = None
+        args.stop_after_steps = args.stop_after if is_run_chain_file(args.config) else None
         return _cmd_hops(args)
 
     cfg = RunConfig.from_yaml(args.config, args.overrides)
@@ -317,32 +320,19 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_hops(args: argparse.Namespace) -> int:
-    from ktransfer.hops.config import ChainConfig, load_chain_config
-
-    cfg = load_chain_config(args.config, args.overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
-    resume_with = f"continue with: ktransfer hops {args.config} --run-dir {run_dir}"
-    if not isinstance(cfg, ChainConfig):  # hops that are ordinary runs
-        from ktransfer.hops.run_chain import ChainInterrupted as RunsInterrupted
-        from ktransfer.hops.run_chain import run_run_chain
-
-        try:
-            runs = run_run_chain(cfg, run_dir, stop_after_steps=getattr(args, "stop_after_steps", None),
-                                 progress=not getattr(args, "no_progress", True))
-        except RunsInterrupted as e:
-            print(f"{e}; finished hops and the checkpoints of this one are saved in {run_dir}; {resume_with}")
-            return 0
-        print(f"run directory: {run_dir}")
-        print(runs.markdown(), end="")
-        return 0
+    from ktransfer.hops import run_chain as runs
     from ktransfer.hops.chain import ChainInterrupted, run_chain_config
+    from ktransfer.hops.config import load_chain_config
 
-    if getattr(args, "stop_after_steps", None) is not None:
-        raise ValueError("--stop-after-steps: for chains of runs; a chain of fitted models stops with --stop-after-hops")
+    cfg = load_chain_config(args.config, args.overrides)  # hops that are fitted models, or ordinary runs
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
     try:
-        report = run_chain_config(cfg, run_dir, stop_after_hops=args.stop_after_hops)
-    except ChainInterrupted as e:
-        print(f"{e}; finished hops are saved in {run_dir}; {resume_with}")
+        report = run_chain_config(cfg, run_dir, stop_after_hops=args.stop_after_hops,
+                                  stop_after_steps=getattr(args, "stop_after_steps", None),
+                                  progress=not getattr(args, "no_progress", True))
+    except (ChainInterrupted, runs.ChainInterrupted) as e:
+        print(f"{e}; finished hops are saved in {run_dir}; continue with: ktransfer hops {args.config} "
+              f"--run-dir {run_dir}")
         return 0
     print(f"run directory: {run_dir}")
     print(report.markdown(), end="")

@@ -32,7 +32,7 @@ from torch import nn
 
 from ktransfer.building import build_model, load_data
 from ktransfer.checkpoint import file_digest, find_intact_checkpoint
-from ktransfer.checks import _probe, _probe_batch
+from ktransfer.checks import _probe, _probe_batch, check_models
 from ktransfer.config import RunConfig
 from ktransfer.data import DataSplits
 from ktransfer.engine.batches import split_batch
@@ -332,6 +332,11 @@ def check_run_chain(cfg: RunChainConfig, data: DataSplits) -> list[str]:
                 label = f"{where} ({hop_label(fragment, cfg.sections(fragment, where))})"
                 model = _student_in_memory(cfg, fragment, where, source, source_label, info)
                 check_reads(source, source_label, model, label, where, data, task)
+                hop_cfg = cfg.run_config(fragment, where, {"from_run": "/nonexistent", "which": "final"})
+                try:  # the ordinary run's checks: outputs fit the labels, the terms' layers exist and run
+                    check_models(hop_cfg, data, model, source if hop_cfg.teacher_model is not None else None)
+                except ConfigError as e:
+                    raise ConfigError(f"{where} (taught by {source_label}): {e}") from e
                 built = built or model
             assert built is not None
             models.append((f"{where} ({hop_label(fragment, cfg.sections(fragment, where))})", built))

@@ -194,8 +194,18 @@ class RunChainConfig:
             self.run_config(fragment, where, teacher={"from_run": _PLACEHOLDER_RUN, "which": "final"})
         if self.teacher_is_trained:
             self.run_config(self.teacher, "teacher", teacher=None, defaults={})
-        else:
-            RunConfig.from_dict({"task": self.task, "data": self.data, "student": self.teacher}).check()
+            return
+        RunConfig.from_dict({"task": self.task, "data": self.data, "student": self.teacher}).check()
+        if "from_run" in self.teacher:
+            return
+        first = self.plan.intermediates[:1] if self.plan.strategy == "fixed" else self.plan.ladder
+        direct = self.plan.strategy != "fixed" or not self.plan.intermediates or self.compare_one_hop
+        for where, fragment in [*((w, f) for w, f in self.fragments() if any(f is g for g in first)),
+                                *([("student", self.student)] if direct else [])]:
+            if self.sections(fragment, where)["student"].get("teacher") == PREVIOUS:
+                raise ConfigError(f"{where}.student.teacher: 'previous' cuts the student from its teacher's run, but "
+                                  f"it may follow the chain's teacher, which is not a run ({self.teacher}); give "
+                                  "teacher: {from_run: DIR}, or train it in the chain (teacher: {student: ...})")
 
     @property
     def teacher_is_trained(self) -> bool:
