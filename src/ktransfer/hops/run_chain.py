@@ -346,6 +346,19 @@ def check_run_chain(cfg: RunChainConfig, data: DataSplits) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the chain
+def hop_test_scores(run_dir: Path) -> dict[str, Any]:
+    """Test metrics of a hop's final weights: its eval-test.json when written after those weights, else evaluated."""
+    file, weights = run_dir / "eval-test.json", run_dir / "final" / "model.safetensors"
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+        fresh = saved.get("which") == "final" and file.stat().st_mtime_ns >= weights.stat().st_mtime_ns
+    except (OSError, ValueError):
+        saved, fresh = {}, False
+    report = saved if fresh else evaluate_run(run_dir, "test", "final")
+    return {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k != "size"}
+
+
 def run_run_chain(cfg: RunChainConfig, root: str | Path, *, stop_after_steps: int | None = None,
                   progress: bool = False, evaluate_test: bool = True) -> RunChainReport:
     """Plan and run the chain of runs `cfg` describes under `root`; rerunning continues where it stopped.
@@ -381,8 +394,7 @@ def run_run_chain(cfg: RunChainConfig, root: str | Path, *, stop_after_steps: in
         one = chain.chain([])[-1]
     if evaluate_test:
         for h in [*hops, *([one] if one else [])]:
-            report = evaluate_run(h.run_dir, "test", "final")
-            h.test = {k: v for k, v in report.items() if isinstance(v, (int, float)) and k not in ("size",)}
+            h.test = hop_test_scores(Path(h.run_dir))
     result = RunChainReport(hops, one, trials, cfg.to_dict())
     write_json_atomic(root / "report.json", {**result.as_dict(), "environment": environment()})
     write_text_atomic(root / "report.md", result.markdown())
