@@ -328,3 +328,31 @@ def test_a_hops_knowledge_terms_are_checked_against_its_models_before_anything_t
                                           r"\(hf_cut-first3\)\): knowledge\[2\] \(attention\)"):
         run_run_chain(RunChainConfig.from_dict(cfg), tmp_path / "chain")
     assert not (tmp_path / "chain").exists()
+
+
+def test_a_hop_may_name_a_run_config_whose_sections_its_own_keys_override(tiny_dir: Path, news: Path,
+                                                                           tmp_path: Path) -> None:  # noqa: F811
+    (tmp_path / "hop.yaml").write_text(yaml.safe_dump({
+        "task": "classification", "data": {"name": "digits"},  # the chain's task and data replace these
+        "teacher": {"builder": "mlp"},
+        "student": {"builder": "minilm", "path": "bert"},  # relative to hop.yaml's folder
+        "knowledge": [{"type": "response", "temperature": 3.0}, {"type": "labels"}],
+        "optim": {"lr": 0.01, "weight_decay": 0.1}, "train": {"max_steps": 9, "batch_size": 4}}))
+    cfg = bert_chain(tiny_dir, news)
+    cfg["plan"]["intermediates"][0] = {"config": "hop.yaml", "optim": {"lr": 0.002}, "student": {**CUT, "first": 3}}
+    (tmp_path / "chain.yaml").write_text(yaml.safe_dump(cfg))
+    chain = RunChainConfig.from_yaml(tmp_path / "chain.yaml")
+    sections = chain.sections(chain.plan.intermediates[0], "plan.intermediates[0]")
+    assert sections["knowledge"] == [{"type": "response", "temperature": 3.0}, {"type": "labels"}]
+    assert sections["optim"] == {"lr": 0.002, "weight_decay": 0.1}  # merged key by key over the file's
+    assert sections["train"] == {**TRAIN, "max_steps": 9, "batch_size": 4}  # the file's over the defaults
+    assert sections["student"] == {**CUT, "first": 3}
+    run_cfg = chain.run_config(chain.plan.intermediates[0], "plan.intermediates[0]",
+                               {"from_run": str(tmp_path / "hop0"), "which": "final"}, previous=str(tmp_path / "hop0"))
+    assert run_cfg.data["name"] == "text_csv" and run_cfg.student["teacher"] == str(tmp_path / "hop0")
+    del cfg["plan"]["intermediates"][0]["student"]
+    (tmp_path / "bert").mkdir()  # a model source that exists is a path, taken against the referencing file's folder
+    (tmp_path / "chain.yaml").write_text(yaml.safe_dump(cfg))
+    chain = RunChainConfig.from_yaml(tmp_path / "chain.yaml")
+    assert chain.sections(chain.plan.intermediates[0], "x")["student"] == {"builder": "minilm",
+                                                                            "path": str(tmp_path / "bert")}

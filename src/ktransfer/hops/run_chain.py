@@ -4,7 +4,8 @@ Hop i is a run (`ktransfer.runner.run`, the one engine) whose teacher is hop i-1
 with its final weights (`{from_run: HOP_DIR, which: final}`), or a store of that student's
 outputs the chain builds first (`teacher_store`). Hops live in `CHAIN_DIR/hops/NN-LABEL-KEY/`,
 keyed by their content: the hop's merged run config (the previous hop's directory written as
-`<previous>`), the SHA-256 of the teacher's weights file and the digest of every data file. So:
+`<previous>`), the SHA-256 of the teacher's weights file, the digest of every data file and of
+the code that reads and splits the data. So:
 
 - a finished hop whose key matches is reused, never trained again (the planner's trials that
   share a prefix share its hops, and a second run of the chain trains nothing);
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ktransfer.building import build_model, load_data
+from ktransfer.building import _data_code_digest, build_model, load_data
 from ktransfer.checkpoint import file_digest, find_intact_checkpoint
 from ktransfer.checks import _probe, _probe_batch, check_models
 from ktransfer.config import RunConfig
@@ -121,7 +122,9 @@ class RunChain:
         self._memo: dict[str, tuple[HopResult, Teacher]] = {}
         probe = cfg.run_config(cfg.student, "student", {"from_run": "/nonexistent", "which": "final"})
         self.data = data if data is not None else load_data(probe)
-        self.data_digests = digests_of({k: v for k, v in probe.input_paths().items() if k.startswith("data.")})
+        # the content of the data files and the code that reads and splits them (as the teacher cache keys it)
+        self.data_digests = {**digests_of({k: v for k, v in probe.input_paths().items() if k.startswith("data.")}),
+                             "data_code": _data_code_digest()}
         self.teacher_result: HopResult | None = None
         self.steps = 0  # optimizer steps trained by this object, across hops (what stop_after_steps counts)
 
