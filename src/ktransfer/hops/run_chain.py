@@ -314,8 +314,9 @@ def check_reads(teacher: nn.Module, teacher_label: str, student: nn.Module, stud
 def check_run_chain(cfg: RunChainConfig, data: DataSplits) -> list[str]:
     """Every hop's student built in memory and run once with its teacher before anything trains; one line per hop.
 
-    A fixed chain is checked hop by hop in order; a searched chain checks every ladder entry (and the student)
-    against the teacher and every earlier, larger ladder entry it may follow.
+    A fixed chain is checked hop by hop in order (and the student against the teacher, for the direct hop of
+    `compare_one_hop`); a searched chain checks every ladder entry (and the student) against the teacher and
+    every earlier, larger ladder entry it may follow.
     """
     task, info = Task(cfg.task), data.info
     lines: list[str] = []
@@ -330,6 +331,8 @@ def check_run_chain(cfg: RunChainConfig, data: DataSplits) -> list[str]:
                    for i in range(len(hops) - 1)), "student"]
         for where, fragment in zip(names, hops):
             sources = models[-1:] if cfg.plan.strategy == "fixed" else list(models)
+            if where == "student" and cfg.compare_one_hop and len(models) > 1 and cfg.plan.strategy == "fixed":
+                sources = [models[0], *sources]  # the direct hop, run for the report
             built = None
             for source_label, source in sources:
                 label = f"{where} ({hop_label(fragment, cfg.sections(fragment, where))})"
