@@ -141,8 +141,11 @@ def test_a_chain_killed_in_the_middle_of_hops_resumes_to_the_uninterrupted_resul
     assert first["step"] == 2 and not first["finished"]
     with pytest.raises(ChainInterrupted, match="plan.intermediates\\[1\\]"):
         run_run_chain(cfg, root, stop_after_steps=5)  # hop 1 resumed (2 steps), 3 steps into hop 2 (actor-critic)
+    # a hop is an ordinary run: `ktransfer resume` finishes it, and the chain then reuses it
+    hop2 = next((root / "hops").glob("02-*"))
+    assert main(["resume", str(hop2), "--no-progress"]) == 0
     resumed = run_run_chain(cfg, root)
-    assert [h.status for h in resumed.hops] == ["reused", "reused", "resumed", "trained"]
+    assert [h.status for h in resumed.hops] == ["reused", "reused", "reused", "trained"]
     for mine, theirs in zip(report.hops, resumed.hops):
         assert theirs.key == mine.key and same_weights(mine.run_dir, theirs.run_dir)
     assert (Path(resumed.hops[2].run_dir) / "final" / "policy.pt").is_file()
