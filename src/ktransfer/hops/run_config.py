@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ktransfer.config import SECTIONS, RunConfig, apply_overrides, read_yaml_file, resolve_paths
+from ktransfer.config import RunConfig, apply_overrides, read_yaml_file, resolve_paths
 from ktransfer.registry import ConfigError, suggest
 from ktransfer.schema import from_dict, to_dict, validate
 from ktransfer.tasks import TaskKind
@@ -297,5 +297,5 @@ def is_run_chain(data: Any) -> bool:
     return isinstance(data, dict) and is_fragment(data.get("student"))
 
 
-__all__ = ["FRAGMENT_KEYS", "PREVIOUS", "SECTIONS", "RunChainConfig", "RunPlanConfig", "deep_merge",
+__all__ = ["FRAGMENT_KEYS", "PREVIOUS", "RUN_SECTIONS", "RunChainConfig", "RunPlanConfig", "deep_merge",
            "expand_fragment", "hop_label", "is_fragment", "is_run_chain"]
