@@ -189,7 +189,7 @@ def cli_parses(args: list[str]) -> str | None:
 def config_problems(args: list[str]) -> list[str]:
     """A config a `ktransfer` command names loads with its `--set` overrides (keys and values; nothing is built)."""
     from ktransfer.config import RunConfig
-    from ktransfer.hops.config import ChainConfig, is_chain_file
+    from ktransfer.hops.config import is_chain_file, load_chain_config
     from ktransfer.registry import ConfigError
 
     if args[0] in ("run", "check", "modules", "hops", "analyze") and len(args) > 1 and args[1].endswith(".yaml"):
@@ -203,8 +203,10 @@ def config_problems(args: list[str]) -> list[str]:
     if not (ROOT / path).is_file():
         return [f"{path}: no such config"]
     try:
-        loader = ChainConfig if is_chain_file(ROOT / path) else RunConfig
-        loader.from_yaml(ROOT / path, overrides)
+        if is_chain_file(ROOT / path):  # of fitted models or of runs
+            load_chain_config(ROOT / path, overrides)
+        else:
+            RunConfig.from_yaml(ROOT / path, overrides)
     except (ConfigError, ValueError) as e:
         return [f"{path}: {e}"]
     return []
@@ -292,6 +294,7 @@ def uncommented(text: str) -> str:
 def test_yaml_block_loads_and_whole_configs_are_valid(block: Block, in_sandbox: Path) -> None:
     from ktransfer.config import RunConfig
     from ktransfer.hops.config import CHAIN_MARKERS, ChainConfig
+    from ktransfer.hops.run_config import RunChainConfig, is_run_chain
 
     data = yaml.safe_load(block.code)
     assert isinstance(data, dict), f"{block.where}: not a mapping"
@@ -299,7 +302,9 @@ def test_yaml_block_loads_and_whole_configs_are_valid(block: Block, in_sandbox: 
     if shown:
         assert uncommented(block.code) == uncommented((ROOT / shown.group(1)).read_text(encoding="utf-8")), \
             f"{block.where}: the copy of {shown.group(1)} differs from the file"
-    if any(k in data for k in CHAIN_MARKERS) and "teacher" in data:
+    if is_run_chain(data):
+        RunChainConfig.from_dict(data)
+    elif any(k in data for k in CHAIN_MARKERS) and "teacher" in data:
         ChainConfig.from_dict(data)
     elif "student" in data:
         RunConfig.from_dict(data)
@@ -375,7 +380,9 @@ def test_the_section_reference_has_every_field_of_every_config_dataclass() -> No
     from ktransfer.train import OptimConfig, ScheduleConfig, TrainConfig
 
     text = load_hook().reference("sections")
-    for cls in (OptimConfig, ScheduleConfig, TrainConfig, GenerationConfig, ChainConfig):
+    from ktransfer.hops.run_config import RunChainConfig, RunPlanConfig
+
+    for cls in (OptimConfig, ScheduleConfig, TrainConfig, GenerationConfig, ChainConfig, RunChainConfig, RunPlanConfig):
         for f in fields(cls):
             assert f"| `{f.name}` |" in text, f"{cls.__name__}.{f.name}"
     targets = text.split("### targets\n", 1)[1].split("\n### ", 1)[0]

@@ -119,13 +119,13 @@ def test_cli_hops_runs_resumes_and_run_dispatches(tmp_path: Path, capsys: pytest
 
 
 def test_shipped_chain_configs_validate() -> None:
-    from ktransfer.hops.config import ChainConfig, is_chain_file
+    from ktransfer.hops.config import is_chain_file, load_chain_config
 
     paths = sorted((Path(__file__).parent.parent / "configs").glob("hops/*.yaml"))
     assert len(paths) >= 2
     for path in paths:
         assert is_chain_file(path)
-        ChainConfig.from_yaml(path)
+        load_chain_config(path)  # a chain of fitted models, or of runs
 
 
 def test_cli_check_of_a_chain_reads_its_files_and_columns_before_anything_trains(

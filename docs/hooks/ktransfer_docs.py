@@ -54,6 +54,8 @@ SECTIONS: list[tuple[str, str, str, tuple[str, ...] | None]] = [
     ("Chain config", "(top level of a chain)", "ktransfer.hops.config:ChainConfig", None),
     ("plan", "plan (chains)", "ktransfer.hops.planner:PlanConfig", None),
     ("train (chains)", "train (chains)", "ktransfer.hops.fitting:TorchFitConfig", None),
+    ("Chain of runs", "(top level of a chain whose hops are runs)", "ktransfer.hops.run_config:RunChainConfig", None),
+    ("plan (chains of runs)", "plan (chains of runs)", "ktransfer.hops.run_config:RunPlanConfig", None),
 ]
 
 

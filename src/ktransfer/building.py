@@ -31,7 +31,7 @@ from ktransfer.checkpoint import load_weights
 from ktransfer.config import MODEL_META_KEYS, RunConfig
 from ktransfer.data import DATASETS, DataSplits
 from ktransfer.fingerprint import source_digest
-from ktransfer.models import DATASET_DEFAULTS, MODELS, provide_cached_teacher_loader
+from ktransfer.models import DATASET_DEFAULTS, MODELS, provide_cached_teacher_loader, provide_run_loader
 from ktransfer.pretrained import MINILM
 from ktransfer.registry import ConfigError
 
@@ -126,3 +126,11 @@ def load_cached_teacher(config: str | Path, num_classes: int, which: str = "best
 
 
 provide_cached_teacher_loader(load_cached_teacher)
+
+
+def load_run_student(run_dir: str, which: str, info: dict[str, Any]) -> nn.Module:
+    """The student of the run at `run_dir` with its `which` weights (what `hf_cut` cuts from a run directory)."""
+    return build_model({"from_run": run_dir, "which": which}, info, "hf_cut.teacher")
+
+
+provide_run_loader(load_run_student)

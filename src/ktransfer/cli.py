@@ -129,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after-hops", type=int, default=None, metavar="N",
                    help="stop after training this many models (a teacher the chain trains counts as one), as if killed "
                         "(to try out resume)")
+    p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+                   help="chains of runs: stop after N optimizer steps (counted across hops), in the middle of whichever hop "
+                        "that is, as if killed (to try out resume)")
+    p.add_argument("--progress", dest="no_progress", action="store_false", default=True,
+                   help="chains of runs: show each hop's progress bar")
     _add_overrides(p)
     _add_threads(p)
 
@@ -176,8 +181,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ktransfer.hops.config import is_chain_file
     from ktransfer.runner import run
 
-    if is_chain_file(args.config):  # a chain config (plan / method keys): the same as `ktransfer hops`
+    if is_chain_file(args.config):  # a chain config (plan / method keys, or hops of runs): as `ktransfer hops`
+        from ktransfer.hops.config import is_run_chain_file
+
         args.stop_after_hops = None
+        args.stop_after_steps = args.stop_after if is_run_chain_file(args.config) else None
         return _cmd_hops(args)
 
     cfg = RunConfig.from_yaml(args.config, args.overrides)
@@ -225,15 +233,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from ktransfer.building import load_data
     from ktransfer.config import RunConfig
     from ktransfer.hops.config import ChainConfig, is_chain_file
     from ktransfer.runner import preflight
 
     if is_chain_file(args.config):  # files, columns, a loaded teacher, complexity order; nothing trains
+        from ktransfer.hops.config import load_chain_config
         from ktransfer.hops.preflight import preflight as chain_preflight
 
-        chain = ChainConfig.from_yaml(args.config, args.overrides)
-        checked = chain_preflight(chain)
+        chain = load_chain_config(args.config, args.overrides)
+        if isinstance(chain, ChainConfig):
+            checked = chain_preflight(chain)
+        else:  # every hop's student built and run with its teacher; nothing trains
+            from ktransfer.hops.run_chain import check_run_chain
+
+            probe = chain.run_config(chain.student, "student", {"from_run": "/nonexistent", "which": "final"})
+            checked = check_run_chain(chain, load_data(probe))
         print(chain.to_yaml(), end="")
         print("".join(f"# ok: {line}\n" for line in checked), end="")
         return 0
@@ -307,14 +323,17 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_hops(args: argparse.Namespace) -> int:
+    from ktransfer.hops import run_chain as runs
     from ktransfer.hops.chain import ChainInterrupted, run_chain_config
-    from ktransfer.hops.config import ChainConfig
+    from ktransfer.hops.config import load_chain_config
 
-    cfg = ChainConfig.from_yaml(args.config, args.overrides)
+    cfg = load_chain_config(args.config, args.overrides)  # hops that are fitted models, or ordinary runs
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
     try:
-        report = run_chain_config(cfg, run_dir, stop_after_hops=args.stop_after_hops)
-    except ChainInterrupted as e:
+        report = run_chain_config(cfg, run_dir, stop_after_hops=args.stop_after_hops,
+                                  stop_after_steps=getattr(args, "stop_after_steps", None),
+                                  progress=not getattr(args, "no_progress", True))
+    except (ChainInterrupted, runs.ChainInterrupted) as e:
         print(f"{e}; finished hops are saved in {run_dir}; continue with: ktransfer hops {args.config} "
               f"--run-dir {run_dir}")
         return 0

@@ -1,4 +1,8 @@
-"""Multi-hop transfer: transfer methods (kd, confidence, ProfWeight, SRatio), ladders, the chain planner."""
+"""Multi-hop transfer: transfer methods (kd, confidence, ProfWeight, SRatio), ladders, the chain planner.
+
+Two kinds of hops share the planner and `ktransfer hops`: fitted models on tables (`hops.chain`,
+`hops.config`) and ordinary runs, one run directory per hop (`hops.run_chain`, `hops.run_config`).
+"""
 
 from __future__ import annotations
 

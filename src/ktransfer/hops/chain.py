@@ -15,7 +15,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,9 +38,13 @@ from ktransfer.hops.models import (
 from ktransfer.hops.planner import Trial, plan
 from ktransfer.hops.preflight import check_sources
 from ktransfer.hops.report import ChainReport, HopRecord
+from ktransfer.hops.run_config import RunChainConfig
 from ktransfer.io import atomic_path, file_digest, write_json_atomic, write_text_atomic
 from ktransfer.rundir import environment
 from ktransfer.schema import to_dict
+
+if TYPE_CHECKING:
+    from ktransfer.hops.run_chain import RunChainReport
 
 Spec = dict[str, Any]
 
@@ -292,8 +296,22 @@ def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: Chai
     return report
 
 
-def run_chain_config(cfg: ChainConfig, run_dir: str | Path, stop_after_hops: int | None = None) -> ChainReport:
-    """`ktransfer hops`: run (or resume) the chain in `run_dir`."""
+def run_chain_config(cfg: ChainConfig | RunChainConfig, run_dir: str | Path, stop_after_hops: int | None = None,
+                     stop_after_steps: int | None = None, progress: bool = False) -> ChainReport | RunChainReport:
+    """`ktransfer hops`: run (or resume) the chain in `run_dir`, by the kind of its hops.
+
+    Hops that are fitted models (`ChainConfig`) run here; hops that are ordinary runs (`RunChainConfig`)
+    run through `ktransfer.hops.run_chain`, each in a run directory of its own. `stop_after_hops` is for the
+    first kind, `stop_after_steps` for the second.
+    """
+    if isinstance(cfg, RunChainConfig):
+        if stop_after_hops is not None:
+            raise ValueError("stop_after_hops: for chains of fitted models; a chain of runs stops with stop_after_steps")
+        from ktransfer.hops.run_chain import run_run_chain
+
+        return run_run_chain(cfg, run_dir, stop_after_steps=stop_after_steps, progress=progress)
+    if stop_after_steps is not None:
+        raise ValueError("stop_after_steps: for chains of runs; a chain of fitted models stops with stop_after_hops")
     return run_chain(cfg, run_dir, stop_after_hops=stop_after_hops)
 
 

@@ -38,6 +38,7 @@ from ktransfer.hops.fitting import TorchFitConfig, accepts_sample_weight
 from ktransfer.hops.methods import build_method
 from ktransfer.hops.models import check_spec, is_torch, spec_label
 from ktransfer.hops.planner import PlanConfig
+from ktransfer.hops.run_config import RunChainConfig, is_run_chain
 from ktransfer.registry import ConfigError
 from ktransfer.schema import from_dict, to_dict
 
@@ -143,6 +144,9 @@ class ChainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a chain config must be a mapping, got {type(data).__name__}")
         data = apply_overrides(data, overrides or [])
+        if is_run_chain(data):
+            raise ConfigError("student: a run-config fragment, so this is a chain of runs: load it with "
+                              "RunChainConfig (ktransfer.hops.run_config) or load_chain_config, which tells the two apart")
         for key in ("teacher", "student"):
             if key not in data:
                 raise ConfigError(f"{key}: missing; a chain needs a teacher and a student model spec")
@@ -180,10 +184,27 @@ def resolve_chain_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
-def is_chain_file(path: str | Path) -> bool:
-    """Whether a YAML file is a chain config (has a `plan`, `method` or `hop_methods` key)."""
+def _read(path: str | Path) -> Any:
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and any(k in data for k in CHAIN_MARKERS)
+        return None
+
+
+def is_chain_file(path: str | Path) -> bool:
+    """Whether a YAML file is a chain config: of tabular models (a `plan`, `method` or `hop_methods` key) or of
+    runs (its `student` is a run-config fragment)."""
+    data = _read(path)
+    return isinstance(data, dict) and (any(k in data for k in CHAIN_MARKERS) or is_run_chain(data))
+
+
+def is_run_chain_file(path: str | Path) -> bool:
+    """Whether a YAML file is a chain of runs (its hops are ordinary runs: `ktransfer.hops.run_chain`)."""
+    return is_run_chain(_read(path))
+
+
+def load_chain_config(path: str | Path, overrides: list[str] | None = None) -> ChainConfig | RunChainConfig:
+    """A chain file as the config of its kind of hops: runs (`RunChainConfig`) or fitted models (`ChainConfig`)."""
+    if is_run_chain_file(path):
+        return RunChainConfig.from_yaml(path, overrides)
+    return ChainConfig.from_yaml(path, overrides)

@@ -134,6 +134,20 @@ def build_minilm_student(
 _CACHED_TEACHER_LOADER: list[Callable[[str, int, str], nn.Module]] = []
 
 
+# A run directory's student is rebuilt from the run's config, also a layer above: that layer provides the loader.
+_RUN_LOADER: list[Callable[[str, str, dict[str, Any]], nn.Module]] = []
+
+
+def provide_run_loader(loader: Callable[[str, str, dict[str, Any]], nn.Module]) -> None:
+    """Set what `hf_cut` calls for a run directory: `loader(run_dir, which, info)` -> the run's student, weights loaded."""
+    _RUN_LOADER[:] = [loader]
+
+
+def is_run_dir(source: str) -> bool:
+    """Whether `source` is a ktransfer run directory (it holds the run's config.yaml)."""
+    return (Path(source) / "config.yaml").is_file()
+
+
 def provide_cached_teacher_loader(loader: Callable[[str, int, str], nn.Module]) -> None:
     """Set what `cached_teacher` calls: `loader(config, num_classes, which)` -> the cached run's student."""
     _CACHED_TEACHER_LOADER[:] = [loader]
@@ -147,12 +161,22 @@ def build_hf_cut(
     num_classes: int | None = None, attn_implementation: str = "eager",
 ) -> nn.Module:
     """A student cut from a pretrained Hugging Face teacher (hub id or local folder; decoder-only, encoder or
-    encoder-decoder): its `layers` (or `every` k-th from the top, or the `first`/`last` n; an encoder-decoder's
+    encoder-decoder) or from the student of a ktransfer run (a run directory: its final weights and trained
+    head; `auto_class` and `num_classes` then come from that run): its `layers` (or `every` k-th from the top, or the `first`/`last` n; an encoder-decoder's
     stacks apart with `encoder_layers`/`decoder_layers`), optionally `intermediate_size` MLP units and `num_heads`
     heads per layer (`keep`: largest weight norm or first), all weights copied from the teacher. What was kept is
     on the student's config (`ktransfer_cut`). `num_classes` gives a sequence classifier a new head."""
-    from ktransfer.models.cut import cut_from_source
+    from ktransfer.models.cut import cut_from_model, cut_from_source
 
+    cut = dict(layers=layers, every=every, first=first, last=last, encoder_layers=encoder_layers,
+               decoder_layers=decoder_layers, intermediate_size=intermediate_size, num_heads=num_heads, keep=keep)
+    if is_run_dir(teacher):  # a ktransfer run: its student with its final weights, the head it was trained with
+        if not _RUN_LOADER:
+            raise RuntimeError("hf_cut: a run directory is read by ktransfer.building, which provides the loader; "
+                               "build run models with ktransfer.building.build_model (ktransfer.runner and the CLI do)")
+        source = _RUN_LOADER[0](teacher, "final", {"num_classes": num_classes} if num_classes else {})
+        student, _ = cut_from_model(source, teacher, **cut)  # type: ignore[arg-type]
+        return tie_aware_state_dict(student)
     student, _ = cut_from_source(
         teacher, auto_class, revision=revision, dtype=dtype, subfolder=subfolder,
         attn_implementation=attn_implementation, num_classes=num_classes, layers=layers, every=every, first=first,

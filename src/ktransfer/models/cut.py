@@ -341,3 +341,16 @@ def cut_from_source(
     record["teacher"] = teacher
     student.config.ktransfer_cut["teacher"] = teacher
     return student, record
+
+
+def cut_from_model(model: nn.Module, name: str, **cut: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """(student, record) cut from an already built model (a run's student); `name` is recorded as its teacher."""
+    from ktransfer.models.hub import SOURCE_ATTR
+
+    student, record = cut_student_with_record(model, **cut)
+    for attr in (SOURCE_ATTR, "ktransfer_tokenizer"):
+        if hasattr(model, attr):
+            setattr(student, attr, getattr(model, attr))
+    record["teacher"] = name
+    student.config.ktransfer_cut["teacher"] = name
+    return student, record

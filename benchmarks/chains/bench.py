@@ -1,0 +1,281 @@
+"""Chains of runs: distilling a MiniLM teacher straight into a small student, or through intermediates cut from it.
+
+The teacher, MiniLM (6 layers) fine-tuned on BBC News topics, is trained once (hop 0 of every
+chain, the unit `teacher`). Students of 1 and 2 layers are then distilled from it directly, or
+through intermediates of 4 and/or 3 layers, each hop an ordinary run whose student is cut from
+the previous hop's trained model (`hf_cut` with `teacher: previous`, its first layers, weights
+copied) and taught by it. Two ways to distil every hop: vanilla KD (soft targets and labels,
+fixed weights) and the learned selector (an actor-critic policy weighting soft targets, hidden
+states, attention maps and labels). Chains of one method and seed share their hops (a chain
+through 4 and 3 layers reuses the 4-layer hop of the chain through 4), so each hop trains once.
+
+Reported per student, method and chain: test macro-F1 and accuracy of the final student (its
+final weights, the ones the next hop would learn from), the paired difference to the direct
+hop (same seed), and wall time (the chain's hops after the teacher, summed, and the final hop).
+
+    python benchmarks/chains/bench.py --quick     # 1 seed, 100 steps a hop, 128 tokens; expected about 50 min
+                                                  # on 2 CPU cores (an estimate: not measured)
+    python benchmarks/chains/bench.py --full      # 3 seeds, 300 steps a hop, 256 tokens (GPU, or several sittings)
+
+Prepare the data first: `ktransfer data prepare minilm && ktransfer data prepare bbc-news`.
+Each unit's result is written at once and skipped when the benchmark starts again, and each
+hop is resumable, so a killed benchmark continues where it stopped. Writes
+benchmarks/results/chains[-full].json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # benchmarks/: the harness
+from harness import grid  # noqa: E402
+from harness.aggregate import aggregate_provenance, ci_nan, paired_nan  # noqa: E402
+from harness.cli import Benchmark  # noqa: E402
+from harness.cli import main as harness_main  # noqa: E402
+from harness.grid import Unit  # noqa: E402
+
+METHODS: dict[str, dict[str, Any]] = {
+    "vanilla_kd": {"knowledge": [{"type": "response", "divergence": "forward_kl", "temperature": 2.0, "weight": 0.5},
+                                 {"type": "labels", "weight": 0.5}],
+                   "selector": {"type": "fixed"}},
+    "learned": {"knowledge": [{"type": "response", "divergence": "forward_kl", "temperature": 2.0, "weight": 1.0},
+                              {"type": "feature", "layer_map": "uniform", "loss": "mse", "weight": 1.0},
+                              {"type": "attention", "layer_map": "uniform", "path": "attention.self", "weight": 1.0},
+                              {"type": "labels", "weight": 1.0}],
+                "selector": {"type": "actor_critic", "mode": "soft", "phase_steps": 10, "heldout_examples": 64,
+                             "student_representation": "bert.pooler", "teacher_representation": "bert.pooler"}},
+}
+SIZES: dict[str, dict[str, Any]] = {
+    "quick": {"seeds": 1, "steps": 100, "teacher_steps": 150, "batch_size": 16, "eval_every": 50, "lr": 1e-4,
+              "teacher_lr": 5e-5, "warmup": 10, "threads": 2, "heldout_examples": 64, "students": [1, 2], "intermediates": [4, 3],
+              "data": {"name": "bbc_news", "max_length": 128, "val_fraction": 0.1, "test_fraction": 0.2,
+                       "split_seed": 0},
+              "teacher_model": {"builder": "minilm"}},
+    "full": {"seeds": 3, "steps": 300, "teacher_steps": 300, "batch_size": 16, "eval_every": 50, "lr": 1e-4,
+             "teacher_lr": 5e-5, "warmup": 30, "threads": 0, "heldout_examples": 64, "students": [1, 2], "intermediates": [4, 3],
+             "data": {"name": "bbc_news", "max_length": 256, "val_fraction": 0.1, "test_fraction": 0.2,
+                      "split_seed": 0},
+             "teacher_model": {"builder": "minilm"}},
+}
+
+
+def method_sections(method: str, size: dict[str, Any]) -> dict[str, Any]:
+    """The knowledge terms and selector of a method (the learned selector sets `heldout_examples` aside)."""
+    sections = copy.deepcopy(METHODS[method])
+    if sections["selector"]["type"] == "actor_critic":
+        sections["selector"]["heldout_examples"] = size["heldout_examples"]
+    return sections
+
+
+def chains(intermediates: list[int]) -> dict[str, list[int]]:
+    """The chains compared: direct, through each intermediate, through all of them (largest first)."""
+    out: dict[str, list[int]] = {"direct": []}
+    for n in intermediates:
+        out[f"via{n}"] = [n]
+    if len(intermediates) > 1:
+        out["via" + "_".join(map(str, intermediates))] = list(intermediates)
+    return out
+
+
+def cut(layers: int) -> dict[str, Any]:
+    return {"builder": "hf_cut", "teacher": "previous", "first": layers}
+
+
+def train_section(size: dict[str, Any], steps: int, seed: int) -> dict[str, Any]:
+    return {"max_steps": steps, "batch_size": size["batch_size"], "eval_batch_size": 64,
+            "eval_every": min(size["eval_every"], steps), "log_every": 5, "checkpoint_every": size["eval_every"],
+            "seed": seed}
+
+
+def teacher_fragment(size: dict[str, Any]) -> dict[str, Any]:
+    """Hop 0: the teacher fine-tuned on the labels (seed 0, shared by every chain)."""
+    return {"student": dict(size["teacher_model"]), "knowledge": [{"type": "labels"}],
+            "optim": {"name": "adamw", "lr": size["teacher_lr"], "weight_decay": 0.01},
+            "schedule": {"name": "linear", "warmup_steps": size["warmup"]},
+            "train": train_section(size, size["teacher_steps"], 0)}
+
+
+def chain_config(size: dict[str, Any], student: int, chain: list[int], method: str, seed: int) -> dict[str, Any]:
+    """The chain of runs as a config dict (what a chain YAML file would hold)."""
+    return {
+        "task": "classification",
+        "data": copy.deepcopy(size["data"]),
+        "teacher": teacher_fragment(size),
+        "defaults": {**method_sections(method, size),
+                     "optim": {"name": "adamw", "lr": size["lr"], "weight_decay": 0.01},
+                     "schedule": {"name": "linear", "warmup_steps": size["warmup"]},
+                     "train": train_section(size, size["steps"], seed)},
+        "student": {"student": cut(student)},
+        "plan": {"strategy": "fixed", "intermediates": [{"student": cut(n)} for n in chain],
+                 "max_hops": len(chain) + 1},
+        "compare_one_hop": False,
+    }
+
+
+def grid_units(size: dict[str, Any], seeds: int, methods: list[str]) -> list[Unit]:
+    """The teacher, then one unit per student, chain, method and seed; the units of one method and seed run in one
+    worker, in order (they share hops)."""
+    units = [Unit("teacher", {"kind": "teacher"})]
+    for seed in range(seeds):
+        for method in methods:
+            for student in size["students"]:
+                for name in chains(size["intermediates"]):
+                    units.append(Unit(f"{method}-{student}L-{name}-s{seed}",
+                                      {"kind": "chain", "method": method, "student": student, "chain": name,
+                                       "seed": seed}, needs=("teacher",), group=f"{method}-s{seed}"))
+    return units
+
+
+def run_teacher(size: dict[str, Any], runs: Path) -> dict[str, Any]:
+    from ktransfer.hops.run_chain import RunChain
+    from ktransfer.hops.run_config import RunChainConfig
+
+    cfg = RunChainConfig.from_dict(chain_config(size, size["students"][0], [], "vanilla_kd", 0))
+    chain = RunChain(cfg, runs / "chains")
+    t0 = time.perf_counter()
+    teacher = chain.first_teacher()
+    from ktransfer.runner import evaluate_run
+
+    test = evaluate_run(teacher.run_dir or "", "test", "final")
+    return {"kind": "teacher", "run_dir": teacher.run_dir, "macro_f1": test["macro_f1"], "accuracy": test["accuracy"],
+            "wall_s": time.perf_counter() - t0}
+
+
+def run_chain_unit(key: dict[str, Any], size: dict[str, Any], runs: Path) -> dict[str, Any]:
+    from ktransfer.hops.run_chain import run_run_chain
+    from ktransfer.hops.run_config import RunChainConfig
+
+    layers = chains(size["intermediates"])[key["chain"]]
+    cfg = RunChainConfig.from_dict(chain_config(size, key["student"], layers, key["method"], key["seed"]))
+    report = run_run_chain(cfg, runs / "chains")
+    hops = report.hops[1:]  # after the teacher
+    final = report.student
+    return {**key, "macro_f1": final.test["macro_f1"], "accuracy": final.test["accuracy"], "val": final.val,
+            "metric": final.metric, "wall_s": sum(h.wall_time_s for h in hops), "final_hop_wall_s": final.wall_time_s,
+            "parameters": final.parameters, "hops": [h.label for h in hops], "run_dir": final.run_dir}
+
+
+def aggregate(units: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """Per student, method and chain: means with 95% intervals over seeds, and the paired difference to direct."""
+    rows = []
+    cells = sorted({(u["student"], u["method"], u["chain"]) for u in units})
+    for student, method, chain in cells:
+        mine = {u["seed"]: u for u in units if (u["student"], u["method"], u["chain"]) == (student, method, chain)}
+        direct = {u["seed"]: u for u in units if (u["student"], u["method"], u["chain"]) == (student, method, "direct")}
+        rows.append({
+            "student": student, "method": method, "chain": chain, "seeds": sorted(mine),
+            "macro_f1": ci_nan([u["macro_f1"] for u in mine.values()]),
+            "accuracy": ci_nan([u["accuracy"] for u in mine.values()]),
+            "vs_direct": paired_nan({s: u["macro_f1"] for s, u in mine.items()},
+                                    {s: u["macro_f1"] for s, u in direct.items()}),
+            "wall_s": ci_nan([u["wall_s"] for u in mine.values()]),
+            "final_hop_wall_s": ci_nan([u["final_hop_wall_s"] for u in mine.values()]),
+        })
+    return {**meta, "rows": rows}
+
+
+def _fmt(interval: Any, digits: int = 3, signed: bool = False) -> str:
+    mean, half = interval
+    if mean != mean:  # nan
+        return "-"
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return text if half != half else f"{text} ± {half:.{digits}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    teacher = result.get("teacher") or {}
+    lines = [f"# Chains of runs ({result['size_name']}): BBC News, MiniLM teacher (test macro-F1 "
+             f"{teacher.get('macro_f1', float('nan')):.3f})", "",
+             "| student | method | chain | test macro-F1 | accuracy | vs direct (paired) | wall s (hops) | "
+             "final hop s |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['student']}L | {r['method']} | {r['chain']} | {_fmt(r['macro_f1'])} | "
+                     f"{_fmt(r['accuracy'])} | {'-' if r['chain'] == 'direct' else _fmt(r['vs_direct'], signed=True)} "
+                     f"| {_fmt(r['wall_s'], 0)} | {_fmt(r['final_hop_wall_s'], 0)} |")
+    lines += ["", f"Seeds: {result['seeds']}; wall time of the benchmark: {result['wall_time_min']:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+class Chains(Benchmark):
+    """The chains-of-runs benchmark on the harness: the teacher, then one unit per student, chain, method, seed."""
+
+    script = Path(__file__)
+    description = globals()["__doc__"].splitlines()[0]
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.set_defaults(seeds=None)
+        size = p.add_mutually_exclusive_group()
+        size.add_argument("--quick", action="store_true", help="one seed, < 60 min on 2 cores (the default size)")
+        size.add_argument("--full", action="store_true", help="three seeds, longer runs")
+        p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+        p.add_argument("--out", default=str(HERE / "runs"), help="run directories (resumable)")
+        p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="results folder")
+        p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=JSON",
+                       help="change a size setting, e.g. --set steps=4 or --set data='{...}' (recorded)")
+
+    def setup(self, args: argparse.Namespace) -> None:
+        import torch
+
+        args.started = time.perf_counter()
+        args.size_name = "full" if args.full else "quick"
+        args.size = copy.deepcopy(SIZES[args.size_name])
+        for item in args.sets:
+            key, value = item.split("=", 1)
+            if key not in args.size:
+                raise SystemExit(f"--set {key}: unknown size setting; valid: {', '.join(args.size)}")
+            args.size[key] = json.loads(value)
+        if args.seeds is None:
+            args.seeds = args.size["seeds"]
+        if args.seeds < 1:
+            raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
+        if args.size["threads"]:
+            torch.set_num_threads(args.size["threads"])
+        args.runs = Path(args.out) / args.size_name
+        args.runs.mkdir(parents=True, exist_ok=True)
+        self.results(args).mkdir(parents=True, exist_ok=True)
+
+    def results(self, args: argparse.Namespace) -> Path:
+        return Path(args.results) / "chains" / args.size_name
+
+    def units(self, args: argparse.Namespace) -> list[Unit]:
+        return grid_units(args.size, args.seeds, args.methods)
+
+    def run_unit(self, unit: Unit, args: argparse.Namespace) -> dict[str, Any]:
+        if unit.key["kind"] == "teacher":
+            return run_teacher(args.size, args.runs)
+        return run_chain_unit(dict(unit.key), args.size, args.runs)
+
+    def aggregate(self, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any] | None:
+        done = grid.read_units(self.results(args), [u.name for u in self.units(args)])
+        units = [u for u in done if u.get("kind") == "chain"]
+        if not units:
+            return None
+        teacher = next((u for u in done if u.get("kind") == "teacher"), None)
+        meta = {**context, "provenance": aggregate_provenance(done, context), "seeds": list(range(args.seeds)),
+                "size_name": args.size_name, "size": args.size, "teacher": teacher,
+                "wall_time_min": (time.perf_counter() - args.started) / 60}
+        return aggregate(units, meta)
+
+    def outputs(self, result: dict[str, Any], args: argparse.Namespace) -> dict[Path, Any]:
+        suffix = "" if args.size_name == "quick" else f"-{args.size_name}"
+        root = Path(args.results)
+        return {root / f"chains{suffix}.json": result, root / f"chains{suffix}.md": markdown(result)}
+
+    def summary(self, result: dict[str, Any]) -> str:
+        return markdown(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return harness_main(Chains(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
