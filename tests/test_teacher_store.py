@@ -262,9 +262,12 @@ def test_store_config_is_validated() -> None:
         RunConfig.from_dict({**base, "teacher": {"store": "s", "sha256": "abc"}})
     with pytest.raises(ConfigError, match=r"student\.store: only the teacher section"):
         RunConfig.from_dict({**base, "student": {"store": "s"}})
-    feature = [{"type": "feature", "path": "net.0"}]
-    with pytest.raises(ConfigError, match=r"terms \['feature'\] need the teacher model .* teacher\.store provides only"):
-        RunConfig.from_dict({**base, "teacher": {"store": "s"}, "knowledge": feature})
+    feature = [{"type": "feature", "path": "net.0"}]  # checked against the store's captures when the run starts
+    assert RunConfig.from_dict({**base, "teacher": {"store": "s"}, "knowledge": feature}).teacher_store.endswith("s")
+    causal = {**base, "task": "causal_lm", "data": {"name": "text_corpus", "path": "x"}, "teacher": {"store": "s"}}
+    with pytest.raises(ConfigError, match=r"terms \['on_policy'\] need the teacher model \(its generations\); "
+                                          r"teacher\.store provides its output distribution"):
+        RunConfig.from_dict({**causal, "knowledge": [{"type": "on_policy"}]})
     with pytest.raises(FileNotFoundError, match="teacher.store: no teacher output store at .*ktransfer teacher-outputs build"):
         from ktransfer.checks import check_sources
 
