@@ -179,7 +179,8 @@ def test_a_run_reading_a_capture_the_store_lacks_is_refused_before_training_nami
     with pytest.raises(StoreError, match=r"reads the teacher's 'bert\.pooler:output', which the store does not hold"):
         build_distiller(RunConfig.from_dict({**config(encoder, ["feature"], tmp_path / "one"), "knowledge": [
             {**TERMS["feature"], "layer_map": [[1, 3]], "name": "feature"}], "selector": {
-                "type": "actor_critic", "teacher_representation": "bert.pooler", "student_representation": "bert.pooler"}}))
+                "type": "actor_critic", "teacher_representation": "bert.pooler", "student_representation": "bert.pooler",
+        "heldout_examples": 8}}))
 
 
 def test_bad_capture_requests_are_clear_errors(encoder: dict[str, Path], tmp_path: Path) -> None:
@@ -225,4 +226,26 @@ def test_a_damaged_shard_of_a_store_with_captures_is_refused_and_rebuilt_alone(
     report = build_store(RunConfig.from_dict(config(encoder, ["attention"])), tmp_path / "store", shard_size=16,
                          hidden=["bert.encoder.layer.1"], attentions=ATTENTIONS)
     assert report.computed == 16 and shard.read_bytes() == good
+    assert run(RunConfig.from_dict(stored), tmp_path / "run", progress=False).train.step == 4
+
+
+def test_the_store_can_capture_what_a_configs_terms_and_selector_read(encoder: dict[str, Path], tmp_path: Path) -> None:
+    from ktransfer.runner import build_model, load_data
+    from ktransfer.store.reads import captures_read_by
+
+    cfg = RunConfig.from_dict({**config(encoder, list(TERMS)), "selector": {
+        "type": "actor_critic", "teacher_representation": "bert.pooler", "student_representation": "bert.pooler",
+        "heldout_examples": 8}})
+    data = load_data(cfg)
+    student, teacher = build_model(cfg.student, data.info, "student"), build_model(cfg.teacher, data.info, "teacher")
+    hidden, attentions = captures_read_by(cfg.knowledge, cfg.selector, student, teacher)
+    assert hidden == ["bert.encoder.layer.1", "bert.encoder.layer.3", "bert.encoder.layer.3.attention.self.value",
+                      "bert.pooler"]
+    assert attentions == ATTENTIONS
+    build_store(cfg, tmp_path / "s", shard_size=64, captures_of_terms=True)
+    keys = [i.key for i in TeacherStore.open(tmp_path / "s").capture_items]
+    assert keys == [f"{n}:output" for n in hidden + attentions]
+    from ktransfer.runner import run
+
+    stored = {**config(encoder, list(TERMS), tmp_path / "s"), "selector": cfg.selector}
     assert run(RunConfig.from_dict(stored), tmp_path / "run", progress=False).train.step == 4

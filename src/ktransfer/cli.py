@@ -119,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--attentions", nargs="+", default=[], metavar="MODULE",
                    help="teacher modules whose attention maps to store too (for attention terms), e.g. "
                         "bert.encoder.layer.5.attention.self (a Hugging Face teacher needs attn_implementation eager)")
+    q.add_argument("--captures-of-terms", action="store_true",
+                   help="also store the teacher modules the config's knowledge terms and selector read, so that the "
+                        "config trains from the store")
     q.add_argument("--feature-values", default="float16", choices=["float16", "float32"],
                    help="dtype of the stored hidden states and attention maps (default: float16)")
     q.add_argument("--batch-size", type=int, default=None, help="examples per teacher forward pass "
@@ -339,7 +342,7 @@ def _cmd_teacher_outputs(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("stores") / Path(args.config).stem
         report = build_store(cfg, out, k=args.k, values=args.values, shard_size=args.shard_size,
                              batch_size=args.batch_size, hidden=args.hidden, attentions=args.attentions,
-                             feature_values=args.feature_values)
+                             feature_values=args.feature_values, captures_of_terms=args.captures_of_terms)
         rate = f", {report.positions / report.forward_s:,.0f} target positions/s in the teacher" if report.forward_s else ""
         print(f"store: {out}: {report.computed} of {report.examples} examples computed in {report.total_s:.1f} s{rate}")
         print(f"train from it with `teacher: {{store: {out}}}`")

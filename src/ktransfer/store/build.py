@@ -50,11 +50,12 @@ class BuildReport:
 def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "float32", shard_size: int = 1024,
                 batch_size: int | None = None, stop_after_shards: int | None = None,
                 hidden: Sequence[str] = (), attentions: Sequence[str] = (),
-                feature_values: str = "float16") -> BuildReport:
+                feature_values: str = "float16", captures_of_terms: bool = False) -> BuildReport:
     """Run `cfg`'s teacher over `cfg`'s training split and write (or finish) the store at `out`.
 
     `hidden` / `attentions`: teacher module names whose hidden states / attention maps are stored too,
-    per example, in `feature_values` ("float16" or "float32").
+    per example, in `feature_values` ("float16" or "float32"); `captures_of_terms` adds those that `cfg`'s
+    knowledge terms and selector read (`ktransfer.store.reads`), so that `cfg` trains from the store.
 
     `stop_after_shards` ends the build after writing that many shards, as if killed (for tests).
     """
@@ -68,8 +69,18 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
     task = Task(cfg.task)
     train = data.train
     batch_size = batch_size or cfg.train.eval_batch_size
+    for name, given in (("hidden", hidden), ("attentions", attentions)):
+        if isinstance(given, str):
+            raise ConfigError(f"{name}: expected a list of module names, got the string {given!r}")
+    if captures_of_terms:
+        from ktransfer.store.reads import captures_read_by
+
+        student = build_model(cfg.student, data.info, "student")
+        extra_hidden, extra_attentions = captures_read_by(cfg.knowledge, cfg.selector, student, teacher)
+        hidden = [*hidden, *(h for h in extra_hidden if h not in hidden)]
+        attentions = [*attentions, *(a for a in extra_attentions if a not in attentions)]
     recorder = None
-    if hidden or attentions or isinstance(hidden, str) or isinstance(attentions, str):
+    if hidden or attentions:
         try:
             recorder = CaptureRecorder(teacher, hidden, attentions, feature_values)
         except CaptureStoreError as e:
