@@ -146,12 +146,18 @@ def pack(items: Sequence[CaptureItem], rows: Sequence[dict[str, Tensor]]) -> dic
     return tensors
 
 
-def unpack(shard: dict[str, Tensor], n: int, j: int) -> Tensor:
-    """Capture `n` of the shard's `j`-th example, as float32."""
+def is_values_key(name: str) -> bool:
+    """Whether a shard tensor holds a capture's values (read per example, not loaded whole)."""
+    return name.startswith("captures.") and name.endswith(".values")
+
+
+def unpack(shard: dict[str, Tensor], n: int, j: int, values: Any) -> Tensor:
+    """Capture `n` of the shard's `j`-th example, as float32; `values` is the shard file opened with
+    `safetensors.safe_open`, from which only this example's values are read."""
     offsets = shard[f"captures.{n}.offsets"]
     start, stop = int(offsets[j]), int(offsets[j + 1])
     shape = [int(s) for s in shard[f"captures.{n}.shapes"][j].tolist()]
-    return shard[f"captures.{n}.values"][start:stop].float().reshape(shape)
+    return values.get_slice(f"captures.{n}.values")[start:stop].float().reshape(shape)
 
 
 def place(rows: Sequence[Tensor], item: CaptureItem, mask: Tensor | None, indices: Sequence[int],

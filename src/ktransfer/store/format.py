@@ -321,6 +321,7 @@ class TeacherStore:
         self.manifest = manifest
         self._by_number = {int(s["first"]) // manifest["shard_size"]: s for s in manifest["shards"]}
         self._loaded: dict[int, dict[str, Tensor]] = {}
+        self._values: dict[int, Any] = {}  # per shard: an open (memory-mapped) file the captures' values are sliced from
 
     @classmethod
     def open(cls, directory: str | Path, *, verify: bool = True) -> TeacherStore:
@@ -368,14 +369,21 @@ class TeacherStore:
 
     def _shard(self, number: int) -> dict[str, Tensor]:
         if number not in self._loaded:
-            from safetensors.torch import load_file
-
             entry = self._by_number[number]
             try:
-                self._loaded[number] = load_file(str(self.directory / entry["name"]))
+                self._loaded[number] = self._load(number)
             except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
                 raise StoreError(f"{self.directory / entry['name']}: unreadable shard ({e})") from e
         return self._loaded[number]
+
+    def _load(self, number: int) -> dict[str, Tensor]:
+        """A shard's tensors, but its captures' values (the bulk of a store with attention maps) stay on disk,
+        memory-mapped, and are read per example (`capture`)."""
+        from safetensors import safe_open
+
+        handle = safe_open(str(self.directory / self._by_number[number]["name"]), framework="pt")
+        self._values[number] = handle
+        return {k: handle.get_tensor(k) for k in handle.keys() if not cap.is_values_key(k)}
 
     def _locate(self, index: int) -> tuple[dict[str, Tensor], int]:
         if not 0 <= index < self.examples:
@@ -411,7 +419,7 @@ class TeacherStore:
     def capture(self, index: int, n: int) -> Tensor:
         """Example `index`'s capture `n` (its position in `capture_items`), float32."""
         shard, j = self._locate(int(index))
-        return cap.unpack(shard, n, j)
+        return cap.unpack(shard, n, j, self._values[int(index) // self.manifest["shard_size"]])
 
     def mass_tolerance(self) -> float:
         """How far a stored position's total mass may be from 1: rounding of the stored value dtype."""
