@@ -371,3 +371,21 @@ def test_a_written_store_whose_positions_do_not_fit_the_batch_is_refused_naming_
     n = len(good.topk(5)[0])
     with pytest.raises(StoreError, match=rf"example 5 has {n - 1} stored target positions, but the batch gives it {n}"):
         run(RunConfig.from_dict(cfg), tmp_path / "run", progress=False)
+
+
+def test_sequence_store_with_hidden_states_trains_a_projected_feature_term_as_the_live_teacher(
+        corpus: dict[str, Path], llama_models: dict[str, str], tmp_path: Path) -> None:
+    from ktransfer.runner import run
+
+    knowledge = [{"type": "response", "divergence": "forward_kl", "weight": 0.5},
+                 {"type": "feature", "weight": 1.0}, {"type": "labels", "weight": 0.5}]  # widths 16 -> 32: a projection
+    live = llama_config(corpus, llama_models, knowledge=knowledge)
+    vocab = 2 + 30 * 12
+    build_store(RunConfig.from_dict(live), tmp_path / "store", k=vocab, shard_size=5, batch_size=3,
+                hidden=["model.layers.1"], feature_values="float32")
+    run(RunConfig.from_dict(live), tmp_path / "live", progress=False)
+    stored = llama_config(corpus, llama_models, knowledge=knowledge, teacher={"store": str(tmp_path / "store")})
+    assert run(RunConfig.from_dict(stored), tmp_path / "stored", progress=False).train.step == 4
+    for name in ("model.safetensors", "terms.safetensors"):
+        assert _max_diff(tmp_path / "live" / "final" / name, tmp_path / "stored" / "final" / name) < 1e-5
+    assert _max_diff(tmp_path / "stored" / "final" / "model.safetensors", Path(llama_models["student"])) > 1e-4

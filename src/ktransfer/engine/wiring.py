@@ -97,10 +97,14 @@ class WiringMixin:
         if teacher is None:
             teacher = next((s.teacher_outline for s in self.stages if getattr(s, "teacher_outline", None) is not None),
                            None)
-        for term in self.terms:
-            setup = getattr(term, "setup", None)
-            if callable(setup):
-                setup(self.student, teacher)
+        # the terms' own parameters (projections) start from the run's seed alone, whatever was built before
+        # (a run from a store builds no teacher, yet starts where the run with the live teacher starts)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            for term in self.terms:
+                setup = getattr(term, "setup", None)
+                if callable(setup):
+                    setup(self.student, teacher)
 
     def _check_stored_captures(self) -> None:
         """A stage serving the teacher's outputs is told which teacher internals the terms and selector read
