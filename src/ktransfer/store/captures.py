@@ -31,15 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ktransfer.capture import CaptureError, first_tensor, parse_spec
 
-CaptureItemKind = Literal["hidden", "attention"]
-CAPTURE_KINDS: tuple[str, ...] = ("hidden", "attention")
 CAPTURE_VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -49,7 +47,7 @@ class CaptureStoreError(ValueError):
 
 @dataclass(frozen=True)
 class CaptureItem:
-    """One stored capture: its engine key, its kind, and whether it has token axes."""
+    """One stored capture: its engine key, its kind ("hidden" or "attention"), and whether it has token axes."""
 
     key: str
     kind: str
