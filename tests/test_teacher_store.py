@@ -262,9 +262,12 @@ def test_store_config_is_validated() -> None:
         RunConfig.from_dict({**base, "teacher": {"store": "s", "sha256": "abc"}})
     with pytest.raises(ConfigError, match=r"student\.store: only the teacher section"):
         RunConfig.from_dict({**base, "student": {"store": "s"}})
-    feature = [{"type": "feature", "path": "net.0"}]
-    with pytest.raises(ConfigError, match=r"terms \['feature'\] need the teacher model .* teacher\.store provides only"):
-        RunConfig.from_dict({**base, "teacher": {"store": "s"}, "knowledge": feature})
+    feature = [{"type": "feature", "path": "net.0"}]  # checked against the store's captures when the run starts
+    assert RunConfig.from_dict({**base, "teacher": {"store": "s"}, "knowledge": feature}).teacher_store.endswith("s")
+    causal = {**base, "task": "causal_lm", "data": {"name": "text_corpus", "path": "x"}, "teacher": {"store": "s"}}
+    with pytest.raises(ConfigError, match=r"terms \['on_policy'\] need the teacher model \(its generations\); "
+                                          r"teacher\.store provides its output distribution"):
+        RunConfig.from_dict({**causal, "knowledge": [{"type": "on_policy"}]})
     with pytest.raises(FileNotFoundError, match="teacher.store: no teacher output store at .*ktransfer teacher-outputs build"):
         from ktransfer.checks import check_sources
 
@@ -421,3 +424,21 @@ def test_built_store_equals_the_float64_top_k_of_the_teachers_logits(corpus: dic
         assert torch.equal(ids, want_ids)
         torch.testing.assert_close(lp.double(), want_lp, rtol=0, atol=2e-6)
         torch.testing.assert_close(tail.double(), rest, rtol=0, atol=2e-6)
+
+
+def test_sequence_store_with_hidden_states_trains_a_projected_feature_term_as_the_live_teacher(
+        corpus: dict[str, Path], llama_models: dict[str, str], tmp_path: Path) -> None:
+    from ktransfer.runner import run
+
+    knowledge = [{"type": "response", "divergence": "forward_kl", "weight": 0.5},
+                 {"type": "feature", "weight": 1.0}, {"type": "labels", "weight": 0.5}]  # widths 16 -> 32: a projection
+    live = llama_config(corpus, llama_models, knowledge=knowledge)
+    vocab = 2 + 30 * 12
+    build_store(RunConfig.from_dict(live), tmp_path / "store", k=vocab, shard_size=5, batch_size=3,
+                hidden=["model.layers.1"], feature_values="float32")
+    run(RunConfig.from_dict(live), tmp_path / "live", progress=False)
+    stored = llama_config(corpus, llama_models, knowledge=knowledge, teacher={"store": str(tmp_path / "store")})
+    assert run(RunConfig.from_dict(stored), tmp_path / "stored", progress=False).train.step == 4
+    for name in ("model.safetensors", "terms.safetensors"):
+        assert _max_diff(tmp_path / "live" / "final" / name, tmp_path / "stored" / "final" / name) < 1e-5
+    assert _max_diff(tmp_path / "stored" / "final" / "model.safetensors", Path(llama_models["student"])) > 1e-4

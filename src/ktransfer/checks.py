@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ktransfer.building import build_model, load_data
-from ktransfer.capture import Capture
+from ktransfer.capture import Capture, parse_spec
 from ktransfer.config import RunConfig
 from ktransfer.data import DATASETS, DataSplits
 from ktransfer.data.base import describe_examples, example_warnings
@@ -26,6 +26,7 @@ from ktransfer.models import MODELS, count_parameters
 from ktransfer.registry import ConfigError
 from ktransfer.sequence.vocab import check_data_tokenizer
 from ktransfer.store import StoreError, TeacherStore, open_for_run
+from ktransfer.store.outline import outline_module
 from ktransfer.tasks import TASK_SPECS, ForwardResult, Task
 from ktransfer.terms import build_terms
 
@@ -132,10 +133,12 @@ def _classes_hint(spec: dict[str, Any], role: str, num_classes: int) -> str:
     return f"give the {role} {num_classes} outputs"
 
 
-def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: nn.Module | None) -> list[str]:
+def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: nn.Module | None,
+                 store: TeacherStore | None = None) -> list[str]:
     """The built models run on a few examples and their outputs fit the labels and each other; nothing trains.
 
-    Returns one line per model saying what was checked.
+    `store`: the run's teacher output store, when it has no teacher model; the terms then resolve their
+    teacher layers against the store's outline of the teacher. Returns one line per model saying what was checked.
     """
     task, info = Task(cfg.task), data.info
     if task.kind in ("causal_lm", "seq2seq"):
@@ -176,7 +179,14 @@ def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: 
     unit = "classes" if task.kind == "classification" else "vocabulary"
     lines = [f"{role}: {count_parameters(model):,} parameters, {sizes[role]} {unit}, ran on {describe}"
              for role, model in (("student", student), ("teacher", teacher)) if role in sizes and model is not None]
-    return lines + check_term_layers(cfg, student, teacher, student_batch, teacher_batch, task)
+    return lines + check_term_layers(cfg, student, teacher, student_batch, teacher_batch, task,
+                                     store=store)
+
+
+def store_outline(store: TeacherStore | None) -> nn.Module | None:
+    """The module tree of a store's teacher (when the store holds teacher internals), for the terms' layer checks."""
+    outline = store.manifest.get("captures", {}).get("outline") if store is not None else None
+    return outline_module(outline) if outline else None
 
 
 def check_teacher_store(cfg: RunConfig, data: DataSplits) -> TeacherStore:
@@ -207,22 +217,39 @@ def check_teacher_run_tokenizer(spec: dict[str, Any] | None, info: dict[str, Any
 
 
 def check_term_layers(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None, student_batch: dict[str, Any],
-                      teacher_batch: dict[str, Any], task: Task) -> list[str]:
+                      teacher_batch: dict[str, Any], task: Task, store: TeacherStore | None = None) -> list[str]:
     """The layers each knowledge term names exist in its model and run in one forward pass on a few examples.
 
     Terms resolve their layer names (`setup`) exactly as the engine does, then the modules they
     capture are hooked during one forward pass of each model; a name that is missing, or a module
-    that the forward pass never calls, is a ConfigError naming the term and the layer.
+    that the forward pass never calls, is a ConfigError naming the term and the layer. Training from a
+    `store`, the teacher's layers are resolved against its outline and must be among its captures.
     """
     terms = build_terms(cfg.knowledge)
+    teacher_outline = store_outline(store) if teacher is None else None
     for i, term in enumerate(terms):
         setup = getattr(term, "setup", None)
         if callable(setup):
+            if store is not None and teacher is None and teacher_outline is None and term.requires_teacher:
+                raise ConfigError(f"knowledge[{i}] ({term.name}): reads the teacher's layers, which the store at "
+                                  f"{store.directory} does not hold (it holds: none, a store of outputs only); build "
+                                  "the store with the modules the term reads (--hidden / --attentions)")
             try:
-                setup(student, teacher)
+                setup(student, teacher if teacher is not None else teacher_outline)
             except (ValueError, KeyError, AttributeError) as e:
                 raise ConfigError(f"knowledge[{i}] ({term.name}): {e}") from e
     lines: list[str] = []
+    if store is not None and teacher is None:
+        held = {item.key for item in store.capture_items}
+        for i, term in enumerate(terms):
+            for spec in getattr(term, "teacher_modules", ()):
+                if parse_spec(spec).key not in held:
+                    raise ConfigError(f"knowledge[{i}] ({term.name}): reads the teacher's '{parse_spec(spec).key}', which "
+                                      f"the store at {store.directory} does not hold (it holds: "
+                                      f"{', '.join(sorted(held)) or 'none, a store of outputs only'}); build the store "
+                                      "with this module (--hidden / --attentions)")
+        if held and any(getattr(t, "teacher_modules", ()) for t in terms):
+            lines.append(f"knowledge: the teacher internals the terms read are in the store ({', '.join(sorted(held))})")
     for role, model, batch in (("student", student, student_batch), ("teacher", teacher, teacher_batch)):
         wanted = {spec: i for i, t in enumerate(terms) for spec in getattr(t, f"{role}_modules", ())}
         if not wanted or model is None:
@@ -259,14 +286,14 @@ def preflight(cfg: RunConfig, data: DataSplits | None = None) -> Preflight:
     check_sources(cfg)
     data = data if data is not None else load_data(cfg)
     check_data_fits_task(cfg, data.info)
+    store = check_teacher_store(cfg, data) if cfg.teacher_store is not None else None
     with torch.random.fork_rng(devices=[]):  # building models draws random numbers: leave the caller's RNG as it was
         teacher = build_model(cfg.teacher_model, data.info, "teacher") if cfg.teacher_model is not None else None
         student = build_model(cfg.student, data.info, "student")
         checked = [f"data: {_describe_data(cfg, data.info)} fits task '{cfg.task}'",
                    *(f"data examples: {line}" for line in describe_examples(data.info)),
-                   *check_models(cfg, data, student, teacher)]
-    if cfg.teacher_store is not None:
-        store = check_teacher_store(cfg, data)
+                   *check_models(cfg, data, student, teacher, store)]
+    if store is not None:
         checked.append(f"teacher.store: {store.directory} holds the outputs of teacher "
                        f"{str(store.keys.get('teacher'))[:12]} for all {store.examples} training examples "
                        f"({store.kind}{', k=' + str(store.manifest['k']) if store.kind == 'topk' else ''}, "

@@ -116,6 +116,17 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--fit-degree", type=int, default=6, help="--values fit: degree of the polynomial, 1 to 8 "
                                                               "(default: 6)")
     q.add_argument("--shard-size", type=int, default=1024, help="examples per shard (default: 1024)")
+    q.add_argument("--hidden", nargs="+", default=[], metavar="MODULE",
+                   help="teacher modules whose hidden states to store too, per example (for feature and relation "
+                        "terms, and a selector's teacher_representation), e.g. bert.encoder.layer.5")
+    q.add_argument("--attentions", nargs="+", default=[], metavar="MODULE",
+                   help="teacher modules whose attention maps to store too (for attention terms), e.g. "
+                        "bert.encoder.layer.5.attention.self (a Hugging Face teacher needs attn_implementation eager)")
+    q.add_argument("--captures-of-terms", action="store_true",
+                   help="also store the teacher modules the config's knowledge terms and selector read, so that the "
+                        "config trains from the store")
+    q.add_argument("--feature-values", default="float16", choices=["float16", "float32"],
+                   help="dtype of the stored hidden states and attention maps (default: float16)")
     q.add_argument("--batch-size", type=int, default=None, help="examples per teacher forward pass "
                                                                  "(default: train.eval_batch_size)")
     _add_overrides(q)
@@ -352,7 +363,9 @@ def _cmd_teacher_outputs(args: argparse.Namespace) -> int:
         cfg = RunConfig.from_yaml(args.config, args.overrides)
         out = Path(args.out) if args.out else Path("stores") / Path(args.config).stem
         report = build_store(cfg, out, k=args.k, values=args.values, fit_degree=args.fit_degree,
-                             shard_size=args.shard_size, batch_size=args.batch_size)
+                             shard_size=args.shard_size, batch_size=args.batch_size, hidden=args.hidden,
+                             attentions=args.attentions, feature_values=args.feature_values,
+                             captures_of_terms=args.captures_of_terms)
         rate = f", {report.positions / report.forward_s:,.0f} target positions/s in the teacher" if report.forward_s else ""
         print(f"store: {out}: {report.computed} of {report.examples} examples computed in {report.total_s:.1f} s{rate}")
         print(f"train from it with `teacher: {{store: {out}}}`")
@@ -366,7 +379,9 @@ def _cmd_teacher_outputs(args: argparse.Namespace) -> int:
                  "examples": store.examples, "shards": len(m["shards"]),
                  "bytes": sum(int(e["bytes"]) for e in m["shards"]),
                  f"bytes_per_{unit.replace(' ', '_')}": round(store.bytes_per_position(), 2),
-                 "keys": store.keys, "verified": True})
+                 "keys": store.keys, "verified": True,
+                 **({"captures": {i.key: i.kind for i in store.capture_items},
+                     "capture_values": m["captures"]["values"]} if store.capture_items else {})})
     return 0
 
 

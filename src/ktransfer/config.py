@@ -37,6 +37,7 @@ import yaml
 
 from ktransfer.data import DATASETS
 from ktransfer.knowledge import ResponseTerm
+from ktransfer.knowledge.layer_map import TappedTerm
 from ktransfer.models import MODELS
 from ktransfer.registry import ConfigError, suggest
 from ktransfer.schema import from_dict, to_dict
@@ -104,8 +105,9 @@ class RunConfig:
         if self.teacher_store:
             reading = [t.name for t in terms if t.requires_teacher and not _reads_store(t)]
             if reading:
-                raise ConfigError(f"knowledge: terms {reading} need the teacher model (its layers or generations); "
-                                  "teacher.store provides only its output distribution (terms: response)")
+                raise ConfigError(f"knowledge: terms {reading} need the teacher model (its generations); "
+                                  "teacher.store provides its output distribution (terms: response) and the hidden "
+                                  "states and attention maps it was built with (terms: feature, relation, attention)")
         selector = dict(self.selector)
         kind = selector.pop("type", None)
         if kind is None:
@@ -218,8 +220,9 @@ def _named_paths(name: str, value: Any) -> dict[str, str]:
 
 
 def _reads_store(term: Any) -> bool:
-    """Whether a teacher-reading term can take its teacher from a store: it reads only the output distribution."""
-    return isinstance(term, ResponseTerm)
+    """Whether a teacher-reading term can take its teacher from a store: it reads the output distribution, or
+    named teacher internals (which the run checks against the store's captures before training)."""
+    return isinstance(term, (ResponseTerm, TappedTerm))
 
 
 def read_yaml_file(path: Path) -> Any:

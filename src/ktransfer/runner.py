@@ -78,13 +78,13 @@ def build_distiller(
     torch.manual_seed(cfg.train.seed)  # model initialisation depends on the run's seed
     teacher = build_model(cfg.teacher_model, data.info, "teacher") if cfg.teacher_model is not None else None
     student = build_model(cfg.student, data.info, "student")
-    check_models(cfg, data, student, teacher)  # in eval mode, without gradients: the models stay as built
+    store = check_teacher_store(cfg, data) if cfg.teacher_store is not None else None
+    check_models(cfg, data, student, teacher, store)  # in eval mode, without gradients: the models stay as built
     selector_spec = dict(cfg.selector)
     selector = SELECTORS.build(selector_spec.pop("type"), selector_spec, "selector")
     task = Task(cfg.task)
     train_data, collate_fn, stages = data.train, data.collate_fn, _stages(cfg)
-    if cfg.teacher_store is not None:  # the teacher's outputs come from the store, by example index
-        store = check_teacher_store(cfg, data)
+    if store is not None:  # the teacher's outputs come from the store, by example index
         train_data, collate_fn = IndexedDataset(data.train), IndexedCollate(data.collate_fn)
         stages = [StoreStage(store)]
     distiller = Distiller(

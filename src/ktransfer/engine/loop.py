@@ -35,7 +35,7 @@ from ktransfer.engine.stages import BatchStage
 from ktransfer.engine.state import TrainResult, TrainState
 from ktransfer.engine.reporting import ReportingMixin
 from ktransfer.engine.wiring import WiringMixin
-from ktransfer.knowledge.base import STORED_TEACHER_KEY, KnowledgeTerm, StepView
+from ktransfer.knowledge.base import STORED_CAPTURES_KEY, STORED_TEACHER_KEY, KnowledgeTerm, StepView
 from ktransfer.sparse_divergences import SparseTeacher
 from ktransfer.registry import ConfigError, suggest
 from ktransfer.runlog import MetricsLog, plot_curves, plot_weights
@@ -129,6 +129,7 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         self._student_specs = sorted({s for t in self.terms for s in t.student_modules})
         self._teacher_specs = sorted({s for t in self.terms for s in t.teacher_modules})
         self._add_selector_specs()
+        self._check_stored_captures()
         self._checkpointed_step: int | None = None
         self._saved_world = 1
         self._last_view: StepView | None = None
@@ -138,8 +139,9 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
     def _losses(self, batch: dict[str, Any], student: nn.Module, teacher: nn.Module | None,
                 weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
         stored = batch.get(STORED_TEACHER_KEY)
-        if stored is not None:  # the teacher's outputs come with the batch: no model input
-            batch = {k: v for k, v in batch.items() if k != STORED_TEACHER_KEY}
+        stored_captures = batch.get(STORED_CAPTURES_KEY)
+        if stored is not None or stored_captures is not None:  # the teacher's outputs come with the batch
+            batch = {k: v for k, v in batch.items() if k not in (STORED_TEACHER_KEY, STORED_CAPTURES_KEY)}
         student_batch, teacher_batch = split_batch(batch)
         s_capture = Capture(student, self._student_specs) if self._student_specs else contextlib.nullcontext()
         with s_capture as sc:
@@ -147,7 +149,7 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
                                       check_head=self._fused_head and not self._head_checked)
         self._head_checked = True
         t_out = None
-        t_captured: dict[str, Any] = {}
+        t_captured: dict[str, Any] = dict(stored_captures or {})  # stored internals, where live capture puts them
         if self.needs_teacher and teacher is not None:
             t_capture = (Capture(teacher, self._teacher_specs, detach=True)
                          if self._teacher_specs else contextlib.nullcontext())

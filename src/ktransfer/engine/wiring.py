@@ -87,11 +87,32 @@ class WiringMixin:
 
     # ------------------------------------------------------- terms with models and parameters; selector context
     def _setup_terms(self) -> None:
-        """Terms with a `setup(student, teacher)` resolve layer names and build projections against the models."""
-        for term in self.terms:
-            setup = getattr(term, "setup", None)
-            if callable(setup):
-                setup(self.student, self.teacher)
+        """Terms with a `setup(student, teacher)` resolve layer names and build projections against the models.
+
+        Without a teacher model, a stage that serves the teacher's outputs may offer `teacher_outline`: a
+        module tree with the teacher's names and widths (no weights), against which the terms resolve
+        their teacher layers as they would against the teacher.
+        """
+        teacher = self.teacher
+        if teacher is None:
+            teacher = next((s.teacher_outline for s in self.stages if getattr(s, "teacher_outline", None) is not None),
+                           None)
+        # the terms' own parameters (projections) start from the run's seed alone, whatever was built before
+        # (a run from a store builds no teacher, yet starts where the run with the live teacher starts)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            for term in self.terms:
+                setup = getattr(term, "setup", None)
+                if callable(setup):
+                    setup(self.student, teacher)
+
+    def _check_stored_captures(self) -> None:
+        """A stage serving the teacher's outputs is told which teacher internals the terms and selector read
+        (`need_captures`), and refuses, before training, a run needing one it does not hold."""
+        for stage in self.stages:
+            need = getattr(stage, "need_captures", None)
+            if getattr(stage, "provides_teacher_outputs", False) and callable(need):
+                need(list(self._teacher_specs))
 
     def _add_selector_specs(self) -> None:
         """A selector may read captured internals too (`student_modules` / `teacher_modules`, like a term's)."""

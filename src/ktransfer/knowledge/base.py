@@ -14,6 +14,9 @@ from ktransfer.tasks import ForwardResult
 # The batch key under which a stored teacher's outputs reach the engine (set by a store stage):
 # class logits (B, C) or a SparseTeacher over the batch's aligned positions.
 STORED_TEACHER_KEY = "stored_teacher"
+# The batch key under which a store stage hands over the teacher's stored internals: a dict from capture
+# key ("module:output") to tensor, which the engine puts where live capture would (`teacher_captured`).
+STORED_CAPTURES_KEY = "stored_teacher_captures"
 
 
 @dataclass

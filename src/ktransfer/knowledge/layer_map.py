@@ -236,5 +236,6 @@ class TappedTerm(nn.Module):
     def _setup_taps(self, student: nn.Module, teacher: nn.Module | None) -> list[LayerPair]:
         """Resolve the layer map against the models (every tapped term needs a teacher)."""
         if teacher is None:
-            raise ValueError(f"knowledge term '{self.name}' needs a teacher")
+            raise ValueError(f"knowledge term '{self.name}' needs a teacher (or a teacher output store holding the "
+                             "teacher's hidden states or attention maps)")
         return self.taps.setup(student, teacher, self.name)

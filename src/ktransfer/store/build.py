@@ -4,11 +4,15 @@ Keys recorded in the manifest: the teacher's weights digest (`model_fingerprint`
 examples' content (`examples_digest`), the data's tokenizer digest (`tokenizer_sha256` of the data's
 info). A build into a folder that already holds part of the same store computes only the examples
 of unfinished shards; one holding another store (other teacher, data, k, values) is refused.
+With `hidden` / `attentions` module names it also stores what those teacher modules give per example
+(`ktransfer.store.captures`), so that feature, relation and attention terms train from the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,10 @@ from ktransfer.engine.batches import TEACHER_PREFIX, split_batch
 from ktransfer.registry import ConfigError
 from ktransfer.sequence.cache import model_fingerprint
 from ktransfer.sparse_divergences import topk_log_probs
+from ktransfer.store.captures import CaptureRecorder, CaptureStoreError
 from ktransfer.store.fit import DEFAULT_DEGREE
 from ktransfer.store.format import StoreWriter, examples_digest
+from ktransfer.store.outline import describe_modules
 from ktransfer.tasks import Task
 
 
@@ -43,12 +49,17 @@ class BuildReport:
 
 
 def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "float32", fit_degree: int = DEFAULT_DEGREE,
-                shard_size: int = 1024, batch_size: int | None = None,
-                stop_after_shards: int | None = None) -> BuildReport:
+                shard_size: int = 1024, batch_size: int | None = None, stop_after_shards: int | None = None,
+                hidden: Sequence[str] = (), attentions: Sequence[str] = (),
+                feature_values: str = "float16", captures_of_terms: bool = False) -> BuildReport:
     """Run `cfg`'s teacher over `cfg`'s training split and write (or finish) the store at `out`.
 
     `values`: float32, float16 or fit (top-k only: a polynomial of degree `fit_degree` per position,
     see :mod:`ktransfer.store.format`).
+    `hidden` / `attentions`: teacher module names whose hidden states / attention maps are stored too,
+    per example, in `feature_values` ("float16" or "float32"); `captures_of_terms` adds those that `cfg`'s
+    knowledge terms and selector read (`ktransfer.store.reads`), so that `cfg` trains from the store.
+
     `stop_after_shards` ends the build after writing that many shards, as if killed (for tests).
     """
     t0 = time.perf_counter()
@@ -61,14 +72,36 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
     task = Task(cfg.task)
     train = data.train
     batch_size = batch_size or cfg.train.eval_batch_size
+    for name, given in (("hidden", hidden), ("attentions", attentions)):
+        if isinstance(given, str):
+            raise ConfigError(f"{name}: expected a list of module names, got the string {given!r}")
+    if captures_of_terms:
+        from ktransfer.store.reads import captures_read_by
+
+        student = build_model(cfg.student, data.info, "student")
+        extra_hidden, extra_attentions = captures_read_by(cfg.knowledge, cfg.selector, student, teacher)
+        hidden = [*hidden, *(h for h in extra_hidden if h not in hidden)]
+        attentions = [*attentions, *(a for a in extra_attentions if a not in attentions)]
+    recorder = None
+    if hidden or attentions:
+        try:
+            recorder = CaptureRecorder(teacher, hidden, attentions, feature_values)
+        except CaptureStoreError as e:
+            raise ConfigError(str(e)) from e
+    per_example: list[dict[str, torch.Tensor]] = []
 
     def teacher_outputs(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch = data.collate_fn([train[i] for i in indices])
         if any(key.startswith(TEACHER_PREFIX) for key in batch):
             raise ConfigError("the teacher reads inputs of its own (teacher_* keys): a store holds outputs on the "
                               "student's positions, so teacher and student must read the same inputs")
-        with torch.no_grad():
+        with torch.no_grad(), recorder.capture if recorder is not None else contextlib.nullcontext():
             result = task.forward(teacher, split_batch(batch)[1])
+        if recorder is not None:
+            try:
+                per_example[:] = recorder.split(batch.get("attention_mask"))
+            except CaptureStoreError as e:
+                raise ConfigError(str(e)) from e
         return result.logits, result.mask
 
     probe, _ = teacher_outputs([0])
@@ -78,11 +111,16 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         if not 1 <= k <= vocab:
             raise ConfigError(f"k must be in [1, {vocab}] (the teacher's vocabulary), got {k}")
         header = {"kind": "topk", "k": k, "vocab_size": vocab}
+    if recorder is not None:
+        assert recorder.items is not None
+        header["captures"] = {"values": feature_values, "items": recorder.items, "outline": describe_modules(teacher)}
     writer = StoreWriter(
         out, task=cfg.task, examples=len(train), teacher=model_fingerprint(teacher), data=examples_digest(train),
         tokenizer=data.info.get("tokenizer_sha256"), values=values, fit_degree=fit_degree, shard_size=shard_size,
         settings={"teacher": cfg.teacher, "data": cfg.data, "k": k, "values": values,
-                  **({"fit_degree": fit_degree} if values == "fit" else {})}, **header,
+                  **({"fit_degree": fit_degree} if values == "fit" else {}),
+                  **({"hidden": list(hidden), "attentions": list(attentions), "feature_values": feature_values}
+                     if recorder is not None else {})}, **header,
     )
     missing = writer.missing()
     forward_s, positions, shards_before = 0.0, 0, len(writer.shards)
@@ -94,7 +132,7 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         forward_s += time.perf_counter() - t1
         if header["kind"] == "logits":
             for row, index in enumerate(chunk):
-                writer.add(index, logits=logits[row])
+                writer.add(index, logits=logits[row], captures=per_example[row] if recorder else None)
         else:  # the top-k of every target position of the batch at once, then split by example
             if mask is None:
                 mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
@@ -103,9 +141,10 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
             counts = mask.reshape(mask.shape[0], -1).sum(-1).tolist()
             positions += sum(counts)
             start_row = 0
-            for index, count in zip(chunk, counts, strict=True):
+            for row, (index, count) in enumerate(zip(chunk, counts, strict=True)):
                 rows = slice(start_row, start_row + count)
-                writer.add(index, ids=ids[rows], logprobs=logprobs[rows], tail=tail[rows])
+                writer.add(index, ids=ids[rows], logprobs=logprobs[rows], tail=tail[rows],
+                           captures=per_example[row] if recorder else None)
                 start_row += count
         if stop_after_shards is not None and len(writer.shards) - shards_before >= stop_after_shards:
             return BuildReport(Path(out), len(train), start + len(chunk), positions, forward_s,

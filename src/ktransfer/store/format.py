@@ -31,6 +31,9 @@ teacher predicted, so that a run trains with no teacher in memory. Layout of a s
     examples' content, :func:`examples_digest`), ``tokenizer`` (the data's vocabulary digest, or null).
 ``settings``
     free-form description (the teacher's config section, the build command's options).
+``captures`` (optional)
+    named teacher internals stored per example (hidden states, attention maps), their dtype and the
+    teacher's module outline: see :mod:`ktransfer.store.captures`.
 ``shards``
     one entry per *finished* shard: ``{"name", "first", "count", "sha256", "bytes"}``. A shard not
     listed is not finished; the store is complete when the shards cover every example.
@@ -59,6 +62,9 @@ At k = 64 that is 128 bytes of ids, 2 of tail and 2 (degree + 1) of coefficients
 
 Tensors of a ``logits`` shard: ``logits`` float32 | float16 (count, num_classes).
 
+A store with ``captures`` also holds ``captures.<n>.values`` / ``offsets`` / ``shapes`` in every
+shard (:mod:`ktransfer.store.captures`).
+
 :class:`StoreWriter` writes this layout (shards atomically, each with its SHA-256 in the manifest), so
 a script holding a served teacher's top-k log-probabilities or a scikit-learn model's class
 probabilities can write a store without running ktransfer's build. :class:`TeacherStore` reads it
@@ -78,6 +84,7 @@ from torch import Tensor
 
 from ktransfer.io import atomic_path, file_digest, write_json_atomic
 from ktransfer.sparse_divergences import SparseTeacher, default_mass_tolerance
+import ktransfer.store.captures as cap
 from ktransfer.store.fit import DEFAULT_DEGREE, check_degree, decode_logprobs, fit_logprobs, rank_basis
 
 FORMAT = "ktransfer-teacher-outputs"
@@ -131,7 +138,8 @@ class StoreWriter:
     with its SHA-256) as soon as all its examples are added, so a killed build keeps its finished
     shards: opening the same folder again with the same header resumes, and `missing()` lists the
     examples still to compute. Opening it with another header (teacher, data, k, ...) is refused,
-    naming what differs.
+    naming what differs. With `captures` (``{"values", "items", "outline"}``, see
+    :mod:`ktransfer.store.captures`) every ``add`` also takes ``captures={key: tensor}``, one per item.
     """
 
     def __init__(
@@ -139,6 +147,7 @@ class StoreWriter:
         teacher: str, data: str, tokenizer: str | None = None, k: int | None = None,
         vocab_size: int | None = None, num_classes: int | None = None, values: str = "float32",
         fit_degree: int = DEFAULT_DEGREE, shard_size: int = 1024, settings: dict[str, Any] | None = None,
+        captures: dict[str, Any] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -165,6 +174,18 @@ class StoreWriter:
             **({"k": k, "vocab_size": vocab_size} if kind == "topk" else {"num_classes": num_classes}),
             **({"fit_degree": fit_degree} if values == FIT else {}),
         }
+        self.capture_items: list[cap.CaptureItem] = []
+        if captures is not None:
+            if captures.get("values") not in cap.CAPTURE_VALUE_DTYPES:
+                raise ValueError(f"captures.values must be one of {', '.join(cap.CAPTURE_VALUE_DTYPES)}, "
+                                 f"got {captures.get('values')!r}")
+            self.capture_items = [i if isinstance(i, cap.CaptureItem) else cap.CaptureItem(**i)
+                                  for i in captures.get("items", [])]
+            if not self.capture_items:
+                raise ValueError("captures: no items; leave captures out for a store of outputs only")
+            self.header["captures"] = {"values": captures["values"],
+                                       "items": [i.as_dict() for i in self.capture_items],
+                                       "outline": captures.get("outline") or {}}
         self.settings = dict(settings or {})
         self.shards: dict[int, dict[str, Any]] = {}
         self._pending: dict[int, dict[int, dict[str, Tensor]]] = {}
@@ -201,7 +222,8 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ adding
     def add(self, index: int, *, ids: Tensor | None = None, logprobs: Tensor | None = None,
-            tail: Tensor | None = None, logits: Tensor | None = None) -> None:
+            tail: Tensor | None = None, logits: Tensor | None = None,
+            captures: dict[str, Tensor] | None = None) -> None:
         """Add example `index`; its shard is written once all of the shard's examples are in."""
         n, size = self.header["examples"], self.header["shard_size"]
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
@@ -209,7 +231,9 @@ class StoreWriter:
         number = index // size
         if number in self.shards:
             return  # finished by an earlier build
-        self._pending.setdefault(number, {})[index] = self._entry(index, ids, logprobs, tail, logits)
+        entry = self._entry(index, ids, logprobs, tail, logits)
+        entry.update(self._captures(index, captures))
+        self._pending.setdefault(number, {})[index] = entry
         if len(self._pending[number]) == min(size, n - number * size):
             self._write_shard(number)
 
@@ -259,6 +283,15 @@ class StoreWriter:
         return {"ids": ids.to(torch.int64).to(_ids_dtype(vocab)), "logprobs": logprobs,
                 "tail": teacher.tail_logprob.float()}
 
+    def _captures(self, index: int, captures: dict[str, Tensor] | None) -> dict[str, Tensor]:
+        wanted = [i.key for i in self.capture_items]
+        given = sorted(captures or {})
+        if sorted(wanted) != given:
+            raise ValueError(f"example {index}: captures must hold exactly {sorted(wanted)}, got {given}")
+        values = self.header["captures"]["values"] if wanted else "float32"
+        return {f"capture:{k}": cap.check_value(torch.as_tensor(captures[k]).detach().cpu(), values,  # type: ignore[index]
+                                                f"example {index}, capture '{k}'") for k in wanted}
+
     def _write_shard(self, number: int) -> None:
         from safetensors.torch import save_file
 
@@ -269,7 +302,11 @@ class StoreWriter:
             tensors = {"logits": torch.stack([r["logits"] for r in rows])}
         else:
             counts = torch.tensor([0] + [r["ids"].shape[0] for r in rows], dtype=torch.int64)
-            tensors = {"offsets": counts.cumsum(0), **{key: torch.cat([r[key] for r in rows]) for key in rows[0]}}
+            tensors = {"offsets": counts.cumsum(0),
+                       **{key: torch.cat([r[key] for r in rows]) for key in rows[0] if not key.startswith("capture:")}}
+        if self.capture_items:
+            tensors.update(cap.pack(self.capture_items, [{k[len("capture:"):]: v for k, v in r.items()
+                                                          if k.startswith("capture:")} for r in rows]))
         name = shard_name(number)
         path = self.directory / name
         with atomic_path(path) as tmp:
@@ -326,6 +363,7 @@ class TeacherStore:
             except ValueError as e:
                 raise StoreError(f"{directory}: manifest of a 'fit' store: {e}") from e
             self._basis = rank_basis(int(manifest["k"]), degree)
+        self._values: dict[int, Any] = {}  # per shard: an open (memory-mapped) file the captures' values are sliced from
 
     @classmethod
     def open(cls, directory: str | Path, *, verify: bool = True) -> TeacherStore:
@@ -373,14 +411,21 @@ class TeacherStore:
 
     def _shard(self, number: int) -> dict[str, Tensor]:
         if number not in self._loaded:
-            from safetensors.torch import load_file
-
             entry = self._by_number[number]
             try:
-                self._loaded[number] = load_file(str(self.directory / entry["name"]))
+                self._loaded[number] = self._load(number)
             except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
                 raise StoreError(f"{self.directory / entry['name']}: unreadable shard ({e})") from e
         return self._loaded[number]
+
+    def _load(self, number: int) -> dict[str, Tensor]:
+        """A shard's tensors, but its captures' values (the bulk of a store with attention maps) stay on disk,
+        memory-mapped, and are read per example (`capture`)."""
+        from safetensors import safe_open
+
+        handle = safe_open(str(self.directory / self._by_number[number]["name"]), framework="pt")
+        self._values[number] = handle
+        return {k: handle.get_tensor(k) for k in handle.keys() if not cap.is_values_key(k)}
 
     def _locate(self, index: int) -> tuple[dict[str, Tensor], int]:
         if not 0 <= index < self.examples:
@@ -411,6 +456,16 @@ class TeacherStore:
         else:
             logprobs = shard["logprobs"][start:stop].float()
         return shard["ids"][start:stop].to(torch.int64), logprobs, tail
+
+    @property
+    def capture_items(self) -> list[cap.CaptureItem]:
+        """The named teacher internals the store holds per example (none for a store of outputs only)."""
+        return [cap.CaptureItem(**i) for i in self.manifest.get("captures", {}).get("items", [])]
+
+    def capture(self, index: int, n: int) -> Tensor:
+        """Example `index`'s capture `n` (its position in `capture_items`), float32."""
+        shard, j = self._locate(int(index))
+        return cap.unpack(shard, n, j, self._values[int(index) // self.manifest["shard_size"]])
 
     def mass_tolerance(self) -> float:
         """How far a stored position's total mass may be from 1: rounding of the stored value dtype.

@@ -5,7 +5,9 @@
 works. `StoreStage` (a batch stage of `ktransfer.engine.stages`) takes the indices out of the batch
 and puts the teacher's outputs under `STORED_TEACHER_KEY`: class logits (B, C), or a
 `SparseTeacher` laid over the batch's aligned positions (padding and positions without a target get
-a placeholder the losses mask out). No teacher model is involved.
+a placeholder the losses mask out). A store holding the teacher's internals (`ktransfer.store.captures`)
+also serves those the run's terms read, under `STORED_CAPTURES_KEY`, and a module outline of the
+teacher for the terms to resolve their layers. No teacher model is involved.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ktransfer.knowledge.base import STORED_TEACHER_KEY
+from ktransfer.capture import parse_spec
+from ktransfer.knowledge.base import STORED_CAPTURES_KEY, STORED_TEACHER_KEY
 from ktransfer.sparse_divergences import SparseTeacher
+from ktransfer.store.captures import CaptureStoreError, place
 from ktransfer.store.format import StoreError, TeacherStore
+from ktransfer.store.outline import outline_module
 from ktransfer.tasks import IGNORE_INDEX
 
 INDEX_KEY = "index"
@@ -81,6 +86,23 @@ class StoreStage:
 
     def __init__(self, store: TeacherStore) -> None:
         self.store = store
+        self._serve: list[int] = []  # the stored captures the run reads, by their position in the store
+        outline = store.manifest.get("captures", {}).get("outline")
+        self.teacher_outline: nn.Module | None = outline_module(outline) if outline else None
+
+    def need_captures(self, specs: list[str]) -> None:
+        """Serve these teacher captures from now on; a spec the store does not hold is a StoreError naming it."""
+        items = self.store.capture_items
+        keys = [i.key for i in items]
+        wanted = list(dict.fromkeys(parse_spec(s).key for s in specs))
+        missing = [k for k in wanted if k not in keys]
+        if missing:
+            held = ", ".join(keys) if keys else "none (a store of outputs only)"
+            raise StoreError(f"{self.store.directory}: the run reads the teacher's {', '.join(repr(m) for m in missing)}, "
+                             f"which the store does not hold (it holds: {held}); build the store with these modules "
+                             "(build_store(..., hidden=[...], attentions=[...]), or `ktransfer teacher-outputs build "
+                             "--hidden ... --attentions ...`)")
+        self._serve = [keys.index(k) for k in wanted]
 
     def __call__(self, batch: dict[str, Any], ctx: Any) -> dict[str, Any]:
         if INDEX_KEY not in batch:
@@ -92,7 +114,22 @@ class StoreStage:
             batch[STORED_TEACHER_KEY] = self.store.logits(indices).to(ctx.device)
         else:
             batch[STORED_TEACHER_KEY] = self._sparse(batch, indices, ctx.task.kind).to(ctx.device)
+        if self._serve:
+            batch[STORED_CAPTURES_KEY] = self._captures(batch, indices, ctx.device)
         return batch
+
+    def _captures(self, batch: dict[str, Any], indices: list[int], device: Any) -> dict[str, Tensor]:
+        items = self.store.capture_items
+        mask = batch.get("attention_mask")
+        out = {}
+        for n in self._serve:
+            rows = [self.store.capture(i, n) for i in indices]
+            try:
+                out[items[n].key] = place(rows, items[n], mask if isinstance(mask, Tensor) else None, indices,
+                                          str(self.store.directory)).to(device)
+            except CaptureStoreError as e:
+                raise StoreError(str(e)) from e
+        return out
 
     def _sparse(self, batch: dict[str, Any], indices: list[int], task: str) -> SparseTeacher:
         mask = target_mask(batch, task).cpu()
