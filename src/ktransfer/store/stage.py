@@ -11,7 +11,7 @@ a placeholder the losses mask out). No teacher model is involved.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -73,14 +73,20 @@ class StoreStage:
     """A batch stage that attaches a store's teacher outputs for the batch's examples.
 
     `provides_teacher_outputs` tells the engine that the run's teacher-reading terms are served
-    without a teacher model. Stateless: nothing goes into checkpoints but an empty dict.
+    without a teacher model. Given a mapping {name: store}, it serves several named teachers
+    (`teacher_names`): the batch then holds {name: outputs} under `STORED_TEACHER_KEY`.
+    Stateless: nothing goes into checkpoints but an empty dict.
     """
 
     provides_teacher_outputs = True
     requires_teacher = False
 
-    def __init__(self, store: TeacherStore) -> None:
-        self.store = store
+    def __init__(self, store: TeacherStore | Mapping[str, TeacherStore]) -> None:
+        self.stores: dict[str, TeacherStore] = dict(store) if isinstance(store, Mapping) else {}
+        if isinstance(store, Mapping) and not self.stores:
+            raise ValueError("StoreStage: an empty mapping of stores")
+        self.store = next(iter(self.stores.values())) if self.stores else store
+        self.teacher_names: tuple[str, ...] = tuple(self.stores)
 
     def __call__(self, batch: dict[str, Any], ctx: Any) -> dict[str, Any]:
         if INDEX_KEY not in batch:
@@ -88,29 +94,35 @@ class StoreStage:
                              "wrapped in ktransfer.store.IndexedDataset with ktransfer.store.IndexedCollate")
         batch = dict(batch)
         indices = [int(i) for i in batch.pop(INDEX_KEY).tolist()]
-        if self.store.kind == "logits":
-            batch[STORED_TEACHER_KEY] = self.store.logits(indices).to(ctx.device)
+        if self.stores:
+            batch[STORED_TEACHER_KEY] = {name: self._outputs(store, batch, indices, ctx)
+                                         for name, store in self.stores.items()}
         else:
-            batch[STORED_TEACHER_KEY] = self._sparse(batch, indices, ctx.task.kind).to(ctx.device)
+            batch[STORED_TEACHER_KEY] = self._outputs(self.store, batch, indices, ctx)
         return batch
 
-    def _sparse(self, batch: dict[str, Any], indices: list[int], task: str) -> SparseTeacher:
+    def _outputs(self, store: TeacherStore, batch: dict[str, Any], indices: list[int], ctx: Any) -> Any:
+        if store.kind == "logits":
+            return store.logits(indices).to(ctx.device)
+        return self._sparse(store, batch, indices, ctx.task.kind).to(ctx.device)
+
+    def _sparse(self, store: TeacherStore, batch: dict[str, Any], indices: list[int], task: str) -> SparseTeacher:
         mask = target_mask(batch, task).cpu()
-        k = int(self.store.manifest["k"])
+        k = int(store.manifest["k"])
         # placeholder where there is no target (masked out by the losses): all mass on the first of k distinct ids
         ids = torch.arange(k, dtype=torch.int64).expand(*mask.shape, k).clone()
         logprobs = torch.full((*mask.shape, k), -math.inf)
         logprobs[..., 0] = 0.0
         tail = torch.full(mask.shape, -math.inf)
         for row, index in enumerate(indices):
-            s_ids, s_lp, s_tail = self.store.topk(index)
+            s_ids, s_lp, s_tail = store.topk(index)
             where = mask[row].nonzero().squeeze(-1)
             if where.numel() != s_ids.shape[0]:
-                raise StoreError(f"{self.store.directory}: example {index} has {s_ids.shape[0]} stored target "
+                raise StoreError(f"{store.directory}: example {index} has {s_ids.shape[0]} stored target "
                                  f"positions, but the batch gives it {where.numel()}: the run's data differs from "
                                  "the store's")
             ids[row, where], logprobs[row, where], tail[row, where] = s_ids, s_lp, s_tail
-        return SparseTeacher(ids, logprobs, tail, mass_tolerance=self.store.mass_tolerance())
+        return SparseTeacher(ids, logprobs, tail, mass_tolerance=store.mass_tolerance())
 
     def state_dict(self) -> dict[str, Any]:
         return {}
