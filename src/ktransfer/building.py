@@ -126,3 +126,9 @@ def load_cached_teacher(config: str | Path, num_classes: int, which: str = "best
 
 
 provide_cached_teacher_loader(load_cached_teacher)
+
+
+def build_teachers(cfg: RunConfig, info: dict[str, Any]) -> dict[str, nn.Module]:
+    """The live teachers of a config's `teachers` section by name (those given as stores are not models)."""
+    return {name: build_model(spec, info, f"teachers.{name}") for name, spec in (cfg.teachers or {}).items()
+            if "store" not in spec}

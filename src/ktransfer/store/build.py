@@ -77,7 +77,8 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
     writer = StoreWriter(
         out, task=cfg.task, examples=len(train), teacher=model_fingerprint(teacher), data=examples_digest(train),
         tokenizer=data.info.get("tokenizer_sha256"), values=values, shard_size=shard_size,
-        settings={"teacher": cfg.teacher, "data": cfg.data, "k": k, "values": values}, **header,
+        settings={"teacher": cfg.teacher, "data": cfg.data, "k": k, "values": values,
+                  "classes": data.info.get("classes")}, **header,
     )
     missing = writer.missing()
     forward_s, positions, shards_before = 0.0, 0, len(writer.shards)

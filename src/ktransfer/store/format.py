@@ -28,7 +28,8 @@ teacher predicted, so that a run trains with no teacher in memory. Layout of a s
     teacher's weights, or any string naming a served teacher), ``data`` (a digest of the training
     examples' content, :func:`examples_digest`), ``tokenizer`` (the data's vocabulary digest, or null).
 ``settings``
-    free-form description (the teacher's config section, the build command's options).
+    free-form description (the teacher's config section, the build command's options); ``classes``, when
+    given (a list of class names in the order of the logits), is compared with the run's other teachers.
 ``shards``
     one entry per *finished* shard: ``{"name", "first", "count", "sha256", "bytes"}``. A shard not
     listed is not finished; the store is complete when the shards cover every example.
