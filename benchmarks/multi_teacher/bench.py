@@ -72,15 +72,15 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {"max_length": 256, "train_size": None, "max_steps": 600, "batch_size": 32, "eval_every": 100,
              "lr": 1e-4, "warmup": 50, "heldout": 64},
     # the tests' end-to-end size: a few examples and steps, with a teacher trained for two steps
-    "tiny": {"max_length": 32, "train_size": 48, "max_steps": 4, "batch_size": 8, "eval_every": 2,
-             "lr": 1e-4, "warmup": 0, "heldout": 8, "teacher_steps": 2},
+    "tiny": {"max_length": 32, "train_size": 48, "val_fraction": 0.02, "test_fraction": 0.02, "max_steps": 4,
+             "batch_size": 8, "eval_every": 4, "lr": 1e-4, "warmup": 0, "heldout": 8, "teacher_steps": 2},
 }
 
 
 def data_section(size: str) -> dict[str, Any]:
     s = SIZES[size]
-    data = {"name": "bbc_news", "max_length": s["max_length"], "val_fraction": 0.1, "test_fraction": 0.2,
-            "split_seed": 0}
+    data = {"name": "bbc_news", "max_length": s["max_length"], "val_fraction": s.get("val_fraction", 0.1),
+            "test_fraction": s.get("test_fraction", 0.2), "split_seed": 0}
     return {**data, "train_size": s["train_size"]} if s["train_size"] is not None else data
 
 
@@ -93,7 +93,7 @@ def teacher_config(size: str, out: Path) -> Path:
     cfg = yaml.safe_load(TEACHER_CONFIG.read_text())
     cfg["data"] = data_section(size)
     cfg["train"] = {**cfg["train"], "max_steps": SIZES[size]["teacher_steps"], "eval_every": 2, "batch_size": 8,
-                    "checkpoint_every": 2}
+                    "checkpoint_every": 2, "eval_batch_size": 64}
     cfg["schedule"] = {"name": "constant"}
     path = out / "tiny_teacher.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +229,9 @@ def weights_trace(metrics_file: Path) -> dict[str, list[float]]:
     return trace
 
 
+_DATA: dict[str, Any] = {}
+
+
 def run_one(variant: str, seed: int, size: str, out: Path, scratch: Path) -> dict[str, Any]:
     """Train one student, score it on val and test with its best-on-validation weights, keep only small files."""
     import torch
@@ -241,10 +244,13 @@ def run_one(variant: str, seed: int, size: str, out: Path, scratch: Path) -> dic
 
     cfg = RunConfig.from_dict(run_config(variant, seed, size, store_paths(out)))
     run_dir = scratch / variant / f"seed-{seed}"
+    key = json.dumps(cfg.data, sort_keys=True)
+    if key not in _DATA:  # every variant reads the same splits: tokenised once per process
+        _DATA[key] = load_data(cfg)
+    data = _DATA[key]
     t0 = time.perf_counter()
-    result = run(cfg, run_dir, progress=False, overwrite=True)
+    result = run(cfg, run_dir, progress=False, overwrite=True, data=data)
     total_s = time.perf_counter() - t0
-    data = load_data(cfg)
     model = build_model(dict(cfg.student), data.info, "student")
     load_weights(model, run_dir / "best" / "model.safetensors")
     scores = {}
