@@ -399,3 +399,28 @@ def test_cli_run_with_a_live_teacher_and_a_store_written_by_a_script(tmp_path: P
         assert saved.teachers is not None and saved.teachers["logreg"]["store"] == str(tmp_path / "store")
     assert (tmp_path / "pairs" / "final" / "policy.pt").is_file()
     assert main(["resume", str(tmp_path / "average"), "--max-steps", "10", "--no-progress"]) == 0
+
+
+def test_the_shipped_two_teacher_config_runs_as_its_comment_says(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import runpy
+    import shutil
+
+    from ktransfer.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    config = str(tmp_path / "configs" / "digits_two_teachers.yaml")
+    assert main(["check", config]) != 0  # neither teacher exists yet
+    assert main(["run", "configs/digits_teacher.yaml", "--run-dir", "runs/digits_teacher", "--no-progress",
+                 "--set", "train.max_steps=6", "--set", "train.eval_every=6"]) == 0
+    example = runpy.run_path(str(root / "examples" / "store_from_topk_api.py"))
+    example["main"](["--steps", "4", "--out", "runs/store_from_topk_api"])
+    assert main(["check", config]) == 0
+    short = ["--no-progress", "--set", "train.max_steps=6", "--set", "train.eval_every=6"]
+    for method in ("average", "choose", "pairs"):
+        assert main(["run", config, "--run-dir", f"runs/{method}", "--set", f"combine.method={method}", *short]) == 0
+    records = [json.loads(x) for x in (tmp_path / "runs" / "pairs" / "metrics.jsonl").read_text().splitlines()]
+    assert set([r for r in records if r["split"] == "train"][-1]["weights"]) == {"response@cnn", "response@logreg",
+                                                                               "labels"}

@@ -16,8 +16,12 @@ term) pairs, soft and hard. Every variant of a seed starts from the same student
 the same batches; the test split is scored once per run with the checkpoint best on validation
 (macro-F1 and MCC), and the selector's weight of each pair is kept per logged step.
 
-    python benchmarks/multi_teacher/bench.py --quick        # 128 tokens, 150 steps, 3 seeds (< 60 min on 2 CPUs)
-    python benchmarks/multi_teacher/bench.py                # 256 tokens, 600 steps
+    python benchmarks/multi_teacher/bench.py --quick        # 96 tokens, 120 steps of 16, 3 seeds (2 CPUs: see below)
+    python benchmarks/multi_teacher/bench.py                # 256 tokens, 600 steps of 32
+
+Budget of --quick on 2 CPU cores (estimated from step times, not yet measured end to end): the MiniLM teacher's
+training, when the cache does not hold it yet (300 steps at 256 tokens, shared with the selection benchmark's
+BBC News teacher), about 25 min; both stores about 2 min; 21 student runs of about 1.4 min each.
 
 Writes benchmarks/results/multi_teacher.json, benchmarks/multi_teacher/results/multi_teacher.md and weights.png.
 """
@@ -67,8 +71,8 @@ VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, Any] | None, dict[str, Any]
 BASELINE = "minilm_only"
 STUDENT = {"builder": "minilm_student", "num_layers": 2, "init": "teacher_layers"}
 SIZES: dict[str, dict[str, Any]] = {
-    "quick": {"max_length": 128, "train_size": None, "max_steps": 150, "batch_size": 32, "eval_every": 50,
-              "lr": 1e-4, "warmup": 15, "heldout": 64},
+    "quick": {"max_length": 96, "train_size": None, "max_steps": 120, "batch_size": 16, "eval_every": 40,
+              "lr": 1e-4, "warmup": 12, "heldout": 64},
     "full": {"max_length": 256, "train_size": None, "max_steps": 600, "batch_size": 32, "eval_every": 100,
              "lr": 1e-4, "warmup": 50, "heldout": 64},
     # the tests' end-to-end size: a few examples and steps, with a teacher trained for two steps
@@ -386,7 +390,7 @@ class MultiTeacher(Benchmark):
     context_keys = ("command", "machine", "torch", "python", "provenance", "sittings", "wall_time_min")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--quick", action="store_true", help="128 tokens, 150 steps (< 60 min on 2 CPUs)")
+        p.add_argument("--quick", action="store_true", help="96 tokens, 120 steps of 16 (about 60 min on 2 CPUs)")
         p.add_argument("--size", default=None, choices=list(SIZES), help="overrides --quick (tiny: the tests' size)")
         p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
         p.add_argument("--out", default=str(HERE / "runs"), help="per-run JSONs (resumable), stores, kept small files")
