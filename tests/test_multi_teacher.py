@@ -424,3 +424,46 @@ def test_the_shipped_two_teacher_config_runs_as_its_comment_says(tmp_path: Path,
     records = [json.loads(x) for x in (tmp_path / "runs" / "pairs" / "metrics.jsonl").read_text().splitlines()]
     assert set([r for r in records if r["split"] == "train"][-1]["weights"]) == {"response@cnn", "response@logreg",
                                                                                "labels"}
+
+
+def test_two_processes_with_a_live_and_a_stored_teacher_train_as_one(tmp_path: Path) -> None:
+    """Under torchrun, each process runs the live teacher and reads the store on its own slice of the batch; the
+    (teacher, term) pairs, a feature projection towards one named teacher and the actor-critic learn what one
+    process learns on the same global batch."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from ktransfer.runner import run
+
+    config = {"data": {"name": "digits"},
+              "teachers": {"mlp": {"builder": "mlp", "hidden": [32]}, "logreg": {"store": str(tmp_path / "store")}},
+              "combine": {"method": "pairs"},
+              "student": {"builder": "mlp", "hidden": [16]},
+              "knowledge": [{"type": "feature", "student_layers": ["0"], "teacher_layers": ["0"], "teacher": "mlp"},
+                            {"type": "response", "temperature": 2.0}, {"type": "labels"}],
+              "selector": {"type": "actor_critic", "phase_steps": 2, "heldout_examples": 32},
+              "optim": {"name": "sgd", "lr": 0.05},
+              "train": {"max_steps": 6, "batch_size": 16, "eval_every": 6, "log_every": 1}}
+    write_logreg_store(RunConfig.from_dict(config), tmp_path / "store")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))  # the teachers' order is the order of the pairs
+    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    proc = subprocess.run([exe, "--nproc_per_node", "2", "-m", "ktransfer.cli", "run", str(path), "--run-dir",
+                           str(tmp_path / "two"), "--no-progress"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run(RunConfig.from_dict(config), tmp_path / "one", progress=False)
+    for name in ("model.safetensors", "terms.safetensors"):
+        a, b = load_file(str(tmp_path / "one" / "final" / name)), load_file(str(tmp_path / "two" / "final" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert (a[key] - b[key]).abs().max() < 1e-4, (name, key)
+    logs = [[json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("one", "two")]
+    weights = [[r["weights"] for r in log if r["split"] == "train"] for log in logs]
+    assert len(weights[0]) == 6 and set(weights[0][0]) == {"feature", "response@mlp", "response@logreg", "labels"}
+    for wa, wb in zip(*weights, strict=True):
+        assert wa.keys() == wb.keys() and all(abs(wa[k] - wb[k]) < 1e-4 for k in wa)
