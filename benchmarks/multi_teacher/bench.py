@@ -342,8 +342,8 @@ def markdown(result: dict[str, Any]) -> str:
         if t:
             lines.append(f"Teacher `{name}`: test accuracy {t['accuracy'] * 100:.1f}, macro-F1 "
                          f"{t['macro_f1'] * 100:.1f}, MCC {t['mcc'] * 100:.1f}.")
-    lines += ["", "| variant | accuracy | macro-F1 | MCC | Δ macro-F1 vs MiniLM | Δ MCC vs MiniLM | Δ macro-F1 vs best "
-              "single | Δ MCC vs best single | cost | mean weights |",
+    lines += ["", "| variant | accuracy | macro-F1 | MCC | Δ macro-F1 vs MiniLM | Δ MCC vs MiniLM | Δ macro-F1 vs "
+              "best single | Δ MCC vs best single | cost | mean weights |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         weights = ", ".join(f"{k} {v:.2f}" for k, v in r["mean_weights"].items())

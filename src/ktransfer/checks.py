@@ -52,8 +52,8 @@ def check_sources(cfg: RunConfig) -> None:
              for name, spec in cfg.teacher_specs.items()]
     for role, spec in roles:
         if "store" in spec and not Path(spec["store"]).is_dir():
-            raise FileNotFoundError(f"{role}.store: no teacher output store at {spec['store']}; build it with "
-                                    "`ktransfer teacher-outputs build CONFIG --out DIR` (CONFIG naming the teacher model)")
+            raise FileNotFoundError(f"{role}.store: no teacher output store at {spec['store']}; build it with `ktransfer "
+                                    "teacher-outputs build CONFIG --out DIR` (CONFIG naming the teacher model)")
     for role, spec in [*((r, s) for r, s in roles if "store" not in s), ("student", cfg.student)]:
         for key in MODELS.path_keys(str(spec.get("builder"))):
             if spec.get(key) and not Path(spec[key]).exists():
@@ -357,7 +357,8 @@ def check_term_layers(cfg: RunConfig, student: nn.Module, teacher: nn.Module | N
             i = wanted[silent[0]]
             raise ConfigError(f"knowledge[{i}] ({terms[i].name}): the {role}'s module '{silent[0]}' exists but was "
                               "not called in a forward pass, so it has nothing to capture")
-        lines.append(f"knowledge: the {role if role == 'student' else teacher_role}'s {len(wanted)} captured module(s) exist and run "
+        who = role if role == "student" else teacher_role
+        lines.append(f"knowledge: the {who}'s {len(wanted)} captured module(s) exist and run "
                      f"({', '.join(sorted(wanted))})")
     return lines
 

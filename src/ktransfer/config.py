@@ -121,7 +121,8 @@ class RunConfig:
         named = [(i, t) for i, t in enumerate(terms) if getattr(t, "teacher", None) is not None]
         if named:
             i, term = named[0]
-            raise ConfigError(f"knowledge[{i}].teacher: names teacher {term.teacher!r}, but the run has "  # type: ignore[attr-defined]
+            source = getattr(term, "teacher", None)
+            raise ConfigError(f"knowledge[{i}].teacher: names teacher {source!r}, but the run has "
                               + ("one unnamed teacher ('teacher'); name teachers in a 'teachers' section to choose "
                                  "between them" if self.teacher is not None else "no teacher"))
         needing = [t.name for t in terms if t.requires_teacher]
@@ -194,8 +195,8 @@ class RunConfig:
             read = teacher_names_of(term)
             on_store = [n for n in read if n in stores]
             if on_store and not _reads_store(term):
-                raise ConfigError(f"knowledge: term '{term.name}' needs the model of teacher '{on_store[0]}' (its layers "
-                                  f"or generations); teachers.{on_store[0]}.store provides only its output "
+                raise ConfigError(f"knowledge: term '{term.name}' needs the model of teacher '{on_store[0]}' (its "
+                                  f"layers or generations); teachers.{on_store[0]}.store provides only its output "
                                   "distribution (terms: response)")
             if on_store and len(read) > 1 and self.task != "classification":
                 raise ConfigError(f"combine: teachers.{on_store[0]}.store holds a sequence teacher's top-k outputs, "

@@ -142,8 +142,9 @@ def _finish(distiller: Distiller, cfg: RunConfig, run_dir: Path, result: TrainRe
     out = RunResult(
         run_dir=run_dir, train=result,
         student_parameters=count_parameters(distiller.student),
-        teacher_parameters=(count_parameters(distiller.teacher) if distiller.teacher is not None else
-                            sum(count_parameters(m) for m in distiller.teachers.values()) if distiller.teachers else None),
+        teacher_parameters=(count_parameters(distiller.teacher) if distiller.teacher is not None
+                            else sum(count_parameters(m) for m in distiller.teachers.values()) if distiller.teachers
+                            else None),
     )
     if not distiller.accelerator.is_main_process:
         return out

@@ -57,7 +57,8 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
     The teacher is frozen: eval mode, no gradients, no optimizer state; it runs only if some
     term needs it. Several teachers are a mapping {name: model} (and a store stage may serve more by
     name, `ktransfer.store.StoreStage`); each teacher-reading term then names what it reads
-    (`ktransfer.knowledge.teachers`), and only teachers some term reads run. `teacher` may be None for plain supervised training (a `labels` term alone).
+    (`ktransfer.knowledge.teachers`), and only teachers some term reads run. `teacher` may be None for plain
+    supervised training (a `labels` term alone).
     With `run_dir`, the run writes metrics.jsonl, checkpoints/, best/ and final/ weights and
     curves.png there, and `fit(resume=True)` continues from the newest intact checkpoint.
     `chance_accuracy` (e.g. the majority-class rate) lets the run warn when it ends no better.

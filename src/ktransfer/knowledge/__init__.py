@@ -78,5 +78,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'ktransfer.knowledge' has no attribute '{name}'")
 
 
-__all__ = ["KNOWLEDGE", "AttentionTerm", "CombineConfig", "TeacherMix", "arrange_terms", "with_teacher", "FeatureTerm", "KnowledgeTerm", "LabelsTerm", "LayerMapError",
-           "RelationTerm", "ResponseTerm", "StepView", "build_terms"]
+__all__ = ["KNOWLEDGE", "AttentionTerm", "CombineConfig", "FeatureTerm", "KnowledgeTerm", "LabelsTerm", "LayerMapError",
+           "RelationTerm", "ResponseTerm", "StepView", "TeacherMix", "arrange_terms", "build_terms", "with_teacher"]

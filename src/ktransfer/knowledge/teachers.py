@@ -238,7 +238,8 @@ def arrange_terms(terms: Sequence[KnowledgeTerm], teachers: Sequence[str],
                 if sum(raw) <= 0:
                     raise ValueError("combine.weights: every teacher has weight 0; the average needs a positive one")
                 weights = tuple(w / sum(raw) for w in raw)
-            out.append(with_teacher(term, TeacherMix(tuple(names), combine.method, weights, combine.by)))  # type: ignore[arg-type]
+            mix = TeacherMix(tuple(names), combine.method, weights, combine.by)  # type: ignore[arg-type]
+            out.append(with_teacher(term, mix))
     return out
 
 
