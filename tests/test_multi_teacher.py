@@ -277,6 +277,9 @@ def test_config_maps_onto_the_python_api() -> None:
                                                                      ("labels", 1.0)]
     one = RunConfig.from_dict({**BASE, "combine": None, "teachers": {"only": {"builder": "mlp"}}})
     assert one.arranged_terms()[0].teacher == "only"  # type: ignore[attr-defined]
+    assert not [w for w in cfg.warnings() + one.warnings() if w.startswith("teachers")]
+    unread = RunConfig.from_dict({**BASE, "combine": None, "knowledge": [{"type": "response", "teacher": "big"}]})
+    assert "teachers: other is read by no knowledge term (each names another teacher)" in unread.warnings()[0]
 
 
 @pytest.mark.parametrize("change,message", [

@@ -276,6 +276,12 @@ class RunConfig:
         if t.checkpoint_every > t.max_steps:
             out.append(f"train.checkpoint_every={t.checkpoint_every} > train.max_steps={t.max_steps}: no checkpoint by "
                        "steps before the end (train.checkpoint_minutes still applies)")
+        if self.teachers:
+            read = {n for term in self.arranged_terms() for n in teacher_names_of(term)}
+            unread = [n for n in self.teachers if n not in read]
+            if unread:
+                out.append(f"teachers: {', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read by no knowledge "
+                           "term (each names another teacher): built and checked, but never run")
         if t.log_every > t.max_steps:
             out.append(f"train.log_every={t.log_every} > train.max_steps={t.max_steps}: the training loss is logged "
                        "only at the end")
