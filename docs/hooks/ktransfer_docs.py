@@ -49,6 +49,7 @@ SECTIONS: list[tuple[str, str, str, tuple[str, ...] | None]] = [
     ("optim", "optim", "ktransfer.train:OptimConfig", None),
     ("schedule", "schedule", "ktransfer.train:ScheduleConfig", None),
     ("train", "train", "ktransfer.train:TrainConfig", None),
+    ("combine", "combine", "ktransfer.knowledge:CombineConfig", None),
     ("targets", "targets", "ktransfer.sequence.targets:TargetsStage", "ktransfer.sequence.targets:CONFIG_KEYS"),
     ("targets.generation", "targets: {generation: ...}", "ktransfer.sequence.targets:GenerationConfig", None),
     ("Chain config", "(top level of a chain)", "ktransfer.hops.config:ChainConfig", None),

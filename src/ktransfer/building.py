@@ -134,3 +134,7 @@ def load_run_student(run_dir: str, which: str, info: dict[str, Any]) -> nn.Modul
 
 
 provide_run_loader(load_run_student)
+def build_teachers(cfg: RunConfig, info: dict[str, Any]) -> dict[str, nn.Module]:
+    """The live teachers of a config's `teachers` section by name (those given as stores are not models)."""
+    return {name: build_model(spec, info, f"teachers.{name}") for name, spec in (cfg.teachers or {}).items()
+            if "store" not in spec}

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ktransfer.building import build_model, load_data
+from ktransfer.building import build_model, build_teachers, load_data
 from ktransfer.capture import Capture, parse_spec
 from ktransfer.config import RunConfig
 from ktransfer.data import DATASETS, DataSplits
@@ -29,6 +29,7 @@ from ktransfer.store import StoreError, TeacherStore, open_for_run
 from ktransfer.store.outline import outline_module
 from ktransfer.tasks import TASK_SPECS, ForwardResult, Task
 from ktransfer.terms import build_terms
+from ktransfer.knowledge.teachers import teacher_names_of
 
 
 @dataclass
@@ -48,12 +49,13 @@ def check_sources(cfg: RunConfig) -> None:
         if isinstance(data.get(key), str) and data[key] and not Path(data[key]).exists() \
                 and not glob.has_magic(data[key]):
             raise FileNotFoundError(f"data.{key}: not found: {data[key]}")
-    if cfg.teacher_store is not None and not Path(cfg.teacher_store).is_dir():
-        raise FileNotFoundError(f"teacher.store: no teacher output store at {cfg.teacher_store}; build it with "
-                                "`ktransfer teacher-outputs build CONFIG --out DIR` (CONFIG naming the teacher model)")
-    for role, spec in (("teacher", cfg.teacher_model), ("student", cfg.student)):
-        if spec is None:
-            continue
+    roles = [("teacher" if cfg.teachers is None else f"teachers.{name}", spec)
+             for name, spec in cfg.teacher_specs.items()]
+    for role, spec in roles:
+        if "store" in spec and not Path(spec["store"]).is_dir():
+            raise FileNotFoundError(f"{role}.store: no teacher output store at {spec['store']}; build it with `ktransfer "
+                                    "teacher-outputs build CONFIG --out DIR` (CONFIG naming the teacher model)")
+    for role, spec in [*((r, s) for r, s in roles if "store" not in s), ("student", cfg.student)]:
         for key in MODELS.path_keys(str(spec.get("builder"))):
             if spec.get(key) and not Path(spec[key]).exists():
                 raise FileNotFoundError(f"{role}.{key}: not found: {spec[key]}")
@@ -133,13 +135,18 @@ def _classes_hint(spec: dict[str, Any], role: str, num_classes: int) -> str:
     return f"give the {role} {num_classes} outputs"
 
 
-def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module, teacher: nn.Module | None,
-                 store: TeacherStore | None = None) -> list[str]:
+def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module,
+                 teacher: nn.Module | dict[str, nn.Module] | None, store: TeacherStore | None = None) -> list[str]:
     """The built models run on a few examples and their outputs fit the labels and each other; nothing trains.
 
+    `teacher` is the run's teacher, or with a `teachers` section its live teachers by name (`check_teachers`).
     `store`: the run's teacher output store, when it has no teacher model; the terms then resolve their
     teacher layers against the store's outline of the teacher. Returns one line per model saying what was checked.
     """
+    if cfg.teachers is not None:
+        assert not isinstance(teacher, nn.Module)
+        return check_teachers(cfg, data, student, dict(teacher or {}))
+    assert not isinstance(teacher, dict)
     task, info = Task(cfg.task), data.info
     if task.kind in ("causal_lm", "seq2seq"):
         check_data_tokenizer(info, teacher)  # different tokenizers: an error naming both, before anything runs
@@ -199,7 +206,7 @@ def check_teacher_store(cfg: RunConfig, data: DataSplits) -> TeacherStore:
         raise ConfigError(str(e)) from e
 
 
-def check_teacher_run_tokenizer(spec: dict[str, Any] | None, info: dict[str, Any]) -> None:
+def check_teacher_run_tokenizer(spec: dict[str, Any] | None, info: dict[str, Any], where: str = "teacher") -> None:
     """A teacher from a run read tokens of the same tokenizer as this data: its `summary.json` records the
     vocabulary's digest, and another digest means its ids stand for other strings."""
     if not spec or "from_run" not in spec or not info.get("tokenizer_sha256"):
@@ -211,13 +218,118 @@ def check_teacher_run_tokenizer(spec: dict[str, Any] | None, info: dict[str, Any
         recorded = None
     if recorded and recorded != info["tokenizer_sha256"]:
         raise ConfigError(
-            f"teacher.from_run: the run at {spec['from_run']} was trained on the tokens of another tokenizer "
+            f"{where}.from_run: the run at {spec['from_run']} was trained on the tokens of another tokenizer "
             f"(vocabulary sha256 {recorded[:12]}) than this data's ({info['tokenizer_sha256'][:12]}, "
             f"{info.get('tokenizer')}): its token ids stand for other strings. Train the teacher again on this data")
 
 
+def check_teachers(cfg: RunConfig, data: DataSplits, student: nn.Module, live: dict[str, nn.Module]) -> list[str]:
+    """A `teachers` section: the student and every live teacher run on a few examples; every teacher (live or
+    stored) predicts the student's classes, in the same order where teachers record them (a run's summary,
+    a store's `settings.classes`); each term's layers exist in the teacher it reads."""
+    task, info = Task(cfg.task), data.info
+    assert cfg.teachers is not None
+    describe = _describe_data(cfg, info)
+    if task.kind in ("causal_lm", "seq2seq"):
+        for name, model in live.items():
+            check_data_tokenizer(info, model)
+            check_teacher_run_tokenizer(cfg.teachers[name], info, f"teachers.{name}")
+    student_batch, teacher_batch = split_batch(_probe_batch(data))
+    student_size = _probe(student, student_batch, task, "student", describe).logits.shape[-1]
+    sizes: dict[str, int] = {}
+    for name, model in live.items():
+        sizes[name] = _probe(model, teacher_batch, task, f"teachers.{name}", describe).logits.shape[-1]
+    stores = {name: check_named_store(cfg, name, data) for name, spec in cfg.teachers.items() if "store" in spec}
+    for name, store in stores.items():
+        if store.kind == "logits":
+            sizes[name] = int(store.manifest["num_classes"])
+    unit = "classes" if task.kind == "classification" else "vocabulary"
+    if task.kind == "classification":
+        num_classes = info.get("num_classes")
+        if isinstance(num_classes, int) and student_size < num_classes:
+            raise ConfigError(f"student: predicts {student_size} classes, but {describe} has {num_classes} (labels 0 "
+                              f"to {num_classes - 1}); {_classes_hint(cfg.student, 'student', num_classes)}")
+        for name, size in sizes.items():
+            if size != student_size:
+                others = ", ".join(f"{n}: {v}" for n, v in sizes.items())
+                raise ConfigError(f"teachers.{name}: predicts {size} classes and the student {student_size} (teachers: "
+                                  f"{others}); every teacher must predict the same classes in the same order")
+        check_class_orders(cfg, info, stores)
+    elif len(set(sizes.values())) > 1 and any(len(teacher_names_of(t)) > 1 for t in cfg.arranged_terms()):
+        raise ConfigError(f"teachers: their vocabularies differ ({', '.join(f'{n}: {v}' for n, v in sizes.items())}); "
+                          "averaging or choosing between teachers needs one vocabulary")
+    lines = [f"student: {count_parameters(student):,} parameters, {student_size} {unit}, ran on {describe}"]
+    lines += [f"teachers.{name}: {count_parameters(model):,} parameters, {sizes[name]} {unit}, ran on {describe}"
+              for name, model in live.items()]
+    lines += [f"teachers.{name}: store {store.directory}, teacher {str(store.keys.get('teacher'))[:12]}, all "
+              f"{store.examples} training examples, shards verified" for name, store in stores.items()]
+    terms = cfg.arranged_terms()
+    for name, model in live.items():
+        reading = [t for t in terms if teacher_names_of(t) == (name,)]
+        lines += check_term_layers(cfg, student, model, student_batch, teacher_batch, task, terms=reading,
+                                   teacher_role=f"teachers.{name}")
+    return lines
+
+
+def teacher_classes(spec: dict[str, Any], store: TeacherStore | None) -> list[str] | None:
+    """The class names, in order, that a teacher records: its run's `summary.json` `classes`, or its store's
+    `settings.classes`; None where it records none."""
+    found: Any = None
+    if store is not None:
+        found = (store.manifest.get("settings") or {}).get("classes")
+    elif "from_run" in spec:
+        try:
+            found = json.loads((Path(spec["from_run"]) / "summary.json").read_text(encoding="utf-8")).get("classes")
+        except (OSError, ValueError):
+            found = None
+    return [str(c) for c in found] if isinstance(found, list) else None
+
+
+def class_difference(a: list[str], b: list[str]) -> str | None:
+    """How two class lists differ (missing classes, or the first position where the order differs), or None."""
+    if a == b:
+        return None
+    only_a, only_b = [c for c in a if c not in b], [c for c in b if c not in a]
+    if only_a or only_b:
+        return (f"classes {only_a} are only in the first and {only_b} only in the second" if only_a and only_b else
+                f"classes {only_a or only_b} are only in the {'first' if only_a else 'second'}")
+    i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    return f"the same classes in another order: position {i} is '{a[i]}' in the first, '{b[i]}' in the second"
+
+
+def check_class_orders(cfg: RunConfig, info: dict[str, Any], stores: dict[str, TeacherStore]) -> None:
+    """Teachers that record their class names agree with the data's classes and with each other, in order."""
+    assert cfg.teachers is not None
+    reference: tuple[str, list[str]] | None = None
+    if isinstance(info.get("classes"), list):
+        reference = ("the data", [str(c) for c in info["classes"]])
+    for name, spec in cfg.teachers.items():
+        classes = teacher_classes(spec, stores.get(name))
+        if classes is None:
+            continue
+        if reference is None:
+            reference = (f"teachers.{name}", classes)
+            continue
+        diff = class_difference(classes, reference[1])
+        if diff:
+            raise ConfigError(f"teachers.{name}: its classes {classes} differ from those of {reference[0]} "
+                              f"{reference[1]}: {diff}; every teacher must predict the same classes in the same order")
+
+
+def check_named_store(cfg: RunConfig, name: str, data: DataSplits) -> TeacherStore:
+    """Teacher `name`'s output store, verified and matched with the run's task, data and tokenizer (and teacher)."""
+    assert cfg.teachers is not None
+    spec = cfg.teachers[name]
+    try:
+        return open_for_run(spec["store"], task=cfg.task, train=data.train, info=data.info,
+                            teacher_sha256=spec.get("sha256"), where=f"teachers.{name}.store")
+    except StoreError as e:
+        raise ConfigError(str(e)) from e
+
+
 def check_term_layers(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None, student_batch: dict[str, Any],
-                      teacher_batch: dict[str, Any], task: Task, store: TeacherStore | None = None) -> list[str]:
+                      teacher_batch: dict[str, Any], task: Task, store: TeacherStore | None = None, *,
+                      terms: list[Any] | None = None, teacher_role: str = "teacher") -> list[str]:
     """The layers each knowledge term names exist in its model and run in one forward pass on a few examples.
 
     Terms resolve their layer names (`setup`) exactly as the engine does, then the modules they
@@ -225,8 +337,8 @@ def check_term_layers(cfg: RunConfig, student: nn.Module, teacher: nn.Module | N
     that the forward pass never calls, is a ConfigError naming the term and the layer. Training from a
     `store`, the teacher's layers are resolved against its outline and must be among its captures.
     """
-    terms = build_terms(cfg.knowledge)
-    teacher_outline = store_outline(store) if teacher is None else None
+    terms = build_terms(cfg.knowledge) if terms is None else terms
+    teacher_outline = store_outline(store) if teacher is None and store is not None else None
     for i, term in enumerate(terms):
         setup = getattr(term, "setup", None)
         if callable(setup):
@@ -271,7 +383,8 @@ def check_term_layers(cfg: RunConfig, student: nn.Module, teacher: nn.Module | N
             i = wanted[silent[0]]
             raise ConfigError(f"knowledge[{i}] ({terms[i].name}): the {role}'s module '{silent[0]}' exists but was "
                               "not called in a forward pass, so it has nothing to capture")
-        lines.append(f"knowledge: the {role}'s {len(wanted)} captured module(s) exist and run "
+        who = role if role == "student" else teacher_role
+        lines.append(f"knowledge: the {who}'s {len(wanted)} captured module(s) exist and run "
                      f"({', '.join(sorted(wanted))})")
     return lines
 
@@ -288,7 +401,9 @@ def preflight(cfg: RunConfig, data: DataSplits | None = None) -> Preflight:
     check_data_fits_task(cfg, data.info)
     store = check_teacher_store(cfg, data) if cfg.teacher_store is not None else None
     with torch.random.fork_rng(devices=[]):  # building models draws random numbers: leave the caller's RNG as it was
-        teacher = build_model(cfg.teacher_model, data.info, "teacher") if cfg.teacher_model is not None else None
+        teacher: Any = build_model(cfg.teacher_model, data.info, "teacher") if cfg.teacher_model is not None else None
+        if cfg.teachers is not None:
+            teacher = build_teachers(cfg, data.info)
         student = build_model(cfg.student, data.info, "student")
         checked = [f"data: {_describe_data(cfg, data.info)} fits task '{cfg.task}'",
                    *(f"data examples: {line}" for line in describe_examples(data.info)),

@@ -280,7 +280,8 @@ def _cmd_modules(args: argparse.Namespace) -> int:
 
     cfg = RunConfig.from_yaml(args.config, args.overrides)
     info = load_data(cfg).info
-    for role, spec in (("student", cfg.student), ("teacher", cfg.teacher_model)):
+    named = [(f"teachers.{n}", spec) for n, spec in (cfg.teachers or {}).items() if "store" not in spec]
+    for role, spec in (("student", cfg.student), ("teacher", cfg.teacher_model), *named):
         if spec is None:
             continue
         print(f"# {role}")

@@ -6,6 +6,9 @@ Layout (every section maps onto a Python object of the same name):
 task: classification            # classification | causal_lm | seq2seq
 data: {name: digits, split_seed: 0}           # DATASETS registry name + its keyword arguments
 teacher: {from_run: runs/teacher}             # or {builder: mlp, hidden: [256], weights: t.safetensors}; null = none
+# or several, by name (each like `teacher`), read by terms with `teacher: NAME` or merged by `combine`:
+# teachers: {big: {from_run: runs/big}, tfidf: {store: stores/tfidf}}
+# combine: {method: average}                  # pairs | average | choose (ktransfer.knowledge.teachers)
 student: {builder: mlp, hidden: [32]}         # MODELS registry name + its keyword arguments
 knowledge:                                    # TERMS catalogue (ktransfer.terms): type + keyword arguments
   - {type: response, divergence: forward_kl, temperature: 4.0, weight: 0.5}
@@ -38,6 +41,13 @@ import yaml
 from ktransfer.data import DATASETS
 from ktransfer.knowledge import ResponseTerm
 from ktransfer.knowledge.layer_map import TappedTerm
+from ktransfer.knowledge.teachers import (
+    COMBINE_METHODS,
+    PAIR_SEPARATOR,
+    CombineConfig,
+    arrange_terms,
+    teacher_names_of,
+)
 from ktransfer.models import MODELS
 from ktransfer.registry import ConfigError, suggest
 from ktransfer.schema import from_dict, to_dict
@@ -50,7 +60,8 @@ from ktransfer.engine.configs import OptimConfig, ScheduleConfig, TrainConfig
 
 # Keys of a model section that are not arguments of the builder.
 MODEL_META_KEYS = ("builder", "weights", "from_run", "which")
-SECTIONS = ("task", "data", "teacher", "student", "knowledge", "targets", "selector", "optim", "schedule", "train")
+SECTIONS = ("task", "data", "teacher", "teachers", "combine", "student", "knowledge", "targets", "selector", "optim",
+            "schedule", "train")
 
 
 @dataclass
@@ -61,6 +72,15 @@ class RunConfig:
     task: TaskKind = "classification"
     data: dict[str, Any] = field(default_factory=lambda: {"name": "digits"})
     teacher: dict[str, Any] | None = None
+    # several teachers by name, each a section like `teacher` (a model, or {store: DIR}); a knowledge term reads
+    # one with `teacher: NAME`, and terms that name none follow `combine`. Teachers must predict the same classes
+    # in the same order. Instead of `teacher`
+    teachers: dict[str, Any] | None = None
+    # how terms that name no teacher read several teachers: method pairs (one term per teacher and term, named
+    # TERM@TEACHER, weighed by the selector), average (averaged probabilities) or choose (per example, one
+    # teacher); weights per teacher; by (choose): label | confidence. Default with several teachers: none (each
+    # teacher-reading term must name its teacher)
+    combine: CombineConfig | None = None
     knowledge: list[dict[str, Any]] = field(default_factory=lambda: [{"type": "labels"}])
     # where each step's targets come from (ktransfer.sequence.TargetsStage); null = the dataset's
     targets: dict[str, Any] | None = None
@@ -72,8 +92,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         self.check()
         # after check(), which has validated the sections; paths still relative are the current directory's
-        resolved = resolve_paths({"data": self.data, "teacher": self.teacher, "student": self.student}, Path.cwd())
+        resolved = resolve_paths({"data": self.data, "teacher": self.teacher, "teachers": self.teachers,
+                                  "student": self.student}, Path.cwd())
         self.data, self.teacher, self.student = resolved["data"], resolved["teacher"], resolved["student"]
+        self.teachers = resolved["teachers"]
 
     # ------------------------------------------------------------------ validation
     def check(self) -> None:
@@ -90,6 +112,20 @@ class RunConfig:
         if not isinstance(self.knowledge, list) or not self.knowledge:
             raise ConfigError("knowledge: expected a non-empty list of terms, e.g. [{type: labels}]")
         terms = build_terms(self.knowledge)
+        if self.teachers is not None:
+            self._check_teachers(terms)
+            return
+        if self.combine is not None:
+            raise ConfigError("combine: merges several teachers, but the run has " +
+                              ("one ('teacher'); name several in a 'teachers' section" if self.teacher is not None
+                               else "none"))
+        named = [(i, t) for i, t in enumerate(terms) if getattr(t, "teacher", None) is not None]
+        if named:
+            i, term = named[0]
+            source = getattr(term, "teacher", None)
+            raise ConfigError(f"knowledge[{i}].teacher: names teacher {source!r}, but the run has "
+                              + ("one unnamed teacher ('teacher'); name teachers in a 'teachers' section to choose "
+                                 "between them" if self.teacher is not None else "no teacher"))
         needing = [t.name for t in terms if t.requires_teacher]
         if needing and self.teacher is None:
             raise ConfigError(f"knowledge: terms {needing} need a teacher, but 'teacher' is not set")
@@ -108,6 +144,9 @@ class RunConfig:
                 raise ConfigError(f"knowledge: terms {reading} need the teacher model (its generations); "
                                   "teacher.store provides its output distribution (terms: response) and the hidden "
                                   "states and attention maps it was built with (terms: feature, relation, attention)")
+        self._check_selector_and_metric()
+
+    def _check_selector_and_metric(self) -> None:
         selector = dict(self.selector)
         kind = selector.pop("type", None)
         if kind is None:
@@ -122,6 +161,73 @@ class RunConfig:
         if self.train.metric == "teacher_kl" and self.teacher_model is None:
             raise ConfigError("train.metric: teacher_kl is the student's divergence from the teacher on the "
                               "validation data, but 'teacher' is not set")
+
+    def _check_teachers(self, terms: list[Any]) -> None:
+        """A `teachers` section: valid teachers, terms naming defined ones, a `combine` that can merge them."""
+        if self.teacher is not None:
+            raise ConfigError("teachers: give either 'teacher' (one) or 'teachers' (several, by name), not both")
+        if not isinstance(self.teachers, dict) or not self.teachers:
+            raise ConfigError("teachers: expected a mapping of teacher names to teacher sections, e.g. "
+                              "{big: {from_run: runs/big}, tfidf: {store: stores/tfidf}}")
+        names = list(self.teachers)
+        for name, spec in self.teachers.items():
+            if not isinstance(name, str) or not name or PAIR_SEPARATOR in name:
+                raise ConfigError(f"teachers: invalid teacher name {name!r}; a non-empty string without "
+                                  f"'{PAIR_SEPARATOR}'")
+            check_model_spec(spec, f"teachers.{name}")
+        for i, term in enumerate(terms):
+            source = getattr(term, "teacher", None)
+            if isinstance(source, str) and source not in names:
+                raise ConfigError(f"knowledge[{i}].teacher: unknown teacher '{source}'{suggest(source, names)}; "
+                                  f"defined teachers: {', '.join(names)}")
+        if self.combine is not None and len(names) < 2:
+            raise ConfigError(f"combine: merges several teachers, but 'teachers' defines one ({names[0]})")
+        unnamed = [(i, t) for i, t in enumerate(terms) if t.requires_teacher and getattr(t, "teacher", None) is None]
+        if unnamed and len(names) > 1 and self.combine is None:
+            i, term = unnamed[0]
+            raise ConfigError(f"knowledge[{i}] ({term.name}): reads a teacher but names none, and the run has "
+                              f"teachers {', '.join(names)}: give it `teacher: NAME`, or add a 'combine' section "
+                              f"(method: {', '.join(COMBINE_METHODS)})")
+        try:
+            arranged = arrange_terms(terms, names, self.combine)
+        except ValueError as e:
+            raise ConfigError(f"combine: {e}" if not str(e).startswith("combine") else str(e)) from e
+        stores = [n for n in names if "store" in self.teachers[n]]
+        for term in arranged:
+            read = teacher_names_of(term)
+            on_store = [n for n in read if n in stores]
+            if on_store and not isinstance(term, ResponseTerm):  # named stores serve outputs, not internals
+                raise ConfigError(f"knowledge: term '{term.name}' needs the model of teacher '{on_store[0]}' (its "
+                                  f"layers or generations); teachers.{on_store[0]}.store provides only its output "
+                                  "distribution (terms: response)")
+            if on_store and len(read) > 1 and self.task != "classification":
+                raise ConfigError(f"combine: teachers.{on_store[0]}.store holds a sequence teacher's top-k outputs, "
+                                  f"which cannot be averaged or chosen between; use method pairs")
+        if self.targets is not None:
+            raise ConfigError("targets: generated targets come from one teacher model; a run with a 'teachers' "
+                              "section trains on the dataset's targets")
+        selector = self.selector or {}
+        if selector.get("teacher_representation") is not None:
+            raise ConfigError("selector.teacher_representation: the run's teachers are several models whose modules "
+                              "differ; leave it out (the selector reads the mean of their output distributions)")
+        if self.train.metric == "teacher_kl":
+            raise ConfigError("train.metric: teacher_kl is the divergence from one teacher; a run with a 'teachers' "
+                              "section has several")
+        self._check_selector_and_metric()
+
+    @property
+    def teacher_specs(self) -> dict[str, dict[str, Any]]:
+        """Every teacher section by name: the `teachers` section, or {"teacher": teacher} for one (or {})."""
+        if self.teachers is not None:
+            return dict(self.teachers)
+        return {"teacher": self.teacher} if self.teacher is not None else {}
+
+    def arranged_terms(self) -> list[Any]:
+        """The run's knowledge terms, each teacher-reading one bound to what it reads (`arrange_terms`)."""
+        terms = build_terms(self.knowledge)
+        if self.teachers is None:
+            return terms
+        return arrange_terms(terms, list(self.teachers), self.combine)
 
     @property
     def teacher_store(self) -> str | None:
@@ -172,6 +278,12 @@ class RunConfig:
         if t.checkpoint_every > t.max_steps:
             out.append(f"train.checkpoint_every={t.checkpoint_every} > train.max_steps={t.max_steps}: no checkpoint by "
                        "steps before the end (train.checkpoint_minutes still applies)")
+        if self.teachers:
+            read = {n for term in self.arranged_terms() for n in teacher_names_of(term)}
+            unread = [n for n in self.teachers if n not in read]
+            if unread:
+                out.append(f"teachers: {', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read by no knowledge "
+                           "term (each names another teacher): built and checked, but never run")
         if t.log_every > t.max_steps:
             out.append(f"train.log_every={t.log_every} > train.max_steps={t.max_steps}: the training loss is logged "
                        "only at the end")
@@ -180,13 +292,17 @@ class RunConfig:
     def input_paths(self) -> dict[str, str]:
         """Every file or folder the run reads, by where it is named (`data.path`, `teacher.from_run`, ...)."""
         found: dict[str, str] = {}
-        for section in ("data", "teacher", "student"):
-            spec = getattr(self, section)
-            if isinstance(spec, dict):
-                for k, v in spec.items():
-                    if k in _path_keys(spec, section):
-                        found.update(_named_paths(f"{section}.{k}", v))
+        for where, spec, section in self._sections_with_paths():
+            for k, v in spec.items():
+                if k in _path_keys(spec, section):
+                    found.update(_named_paths(f"{where}.{k}", v))
         return found
+
+    def _sections_with_paths(self) -> list[tuple[str, dict[str, Any], str]]:
+        """(where, spec, kind of section) of the data, student and every teacher section that is a mapping."""
+        found = [("data", self.data, "data"), ("teacher", self.teacher, "teacher"), ("student", self.student, "student")]
+        found += [(f"teachers.{name}", spec, "teacher") for name, spec in (self.teachers or {}).items()]
+        return [(where, spec, section) for where, spec, section in found if isinstance(spec, dict)]
 
     def input_digests(self) -> dict[str, str]:
         """The content key of every input: each file or folder's digest, and each hub id's snapshot commit
@@ -195,12 +311,10 @@ class RunConfig:
         from ktransfer.sources import source_key
 
         found = digests_of(self.input_paths())
-        for section in ("data", "teacher", "student"):
-            spec = getattr(self, section)
-            if isinstance(spec, dict):
-                for key, kind in _source_keys(spec, section).items():
-                    if isinstance(spec.get(key), str) and spec[key]:
-                        found[f"{section}.{key}"] = source_key(spec[key], spec.get("revision"), kind)  # type: ignore[arg-type]
+        for where, spec, section in self._sections_with_paths():
+            for key, kind in _source_keys(spec, section).items():
+                if isinstance(spec.get(key), str) and spec[key]:
+                    found[f"{where}.{key}"] = source_key(spec[key], spec.get("revision"), kind)  # type: ignore[arg-type]
         return found
 
     def to_dict(self) -> dict[str, Any]:
@@ -247,7 +361,7 @@ def check_model_spec(spec: Any, where: str) -> None:
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping with 'builder' or 'from_run', got {spec!r}")
     if "store" in spec:
-        if where != "teacher":
+        if where != "teacher" and not where.startswith("teachers."):
             raise ConfigError(f"{where}.store: only the teacher section can be a store of outputs")
         extra = sorted(set(spec) - set(STORE_KEYS))
         if extra:
@@ -319,9 +433,16 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for section in ("data", "teacher", "student"):
         spec = out.get(section)
         if isinstance(spec, dict):
-            paths, sources = _path_keys(spec, section), _source_keys(spec, section)
-            out[section] = {k: _resolved(k, v, paths, sources, base) for k, v in spec.items()}
+            out[section] = _resolved_section(spec, section, base)
+    if isinstance(out.get("teachers"), dict):
+        out["teachers"] = {name: _resolved_section(spec, "teacher", base) if isinstance(spec, dict) else spec
+                           for name, spec in out["teachers"].items()}
     return out
+
+
+def _resolved_section(spec: dict[str, Any], section: str, base: Path) -> dict[str, Any]:
+    paths, sources = _path_keys(spec, section), _source_keys(spec, section)
+    return {k: _resolved(k, v, paths, sources, base) for k, v in spec.items()}
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -53,6 +53,8 @@ def write_summary(run_dir: Path, cfg: RunConfig, result: TrainResult, student_pa
         "warnings": example_warnings(data_info or {}) + result.warnings,
         "examples": (data_info or {}).get("examples"), "examples_rule": (data_info or {}).get("examples_rule"),
         "tokenizer_sha256": (data_info or {}).get("tokenizer_sha256"),
+        # the label order, compared when this run's model is one of several teachers
+        "classes": (data_info or {}).get("classes"),
     })
 
 

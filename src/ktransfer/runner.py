@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ktransfer.building import _architecture, build_model, load_data
+from ktransfer.building import _architecture, build_model, build_teachers, load_data
 from ktransfer.checkpoint import find_intact_checkpoint, load_weights
 from ktransfer.checks import (
     Preflight,
     check_data_fits_task,
     check_models,
+    check_named_store,
     check_sources,
     check_teacher_run_tokenizer,
     check_teacher_store,
@@ -76,7 +77,9 @@ def build_distiller(
     data = data if data is not None else load_data(cfg)
     check_data_fits_task(cfg, data.info)
     torch.manual_seed(cfg.train.seed)  # model initialisation depends on the run's seed
-    teacher = build_model(cfg.teacher_model, data.info, "teacher") if cfg.teacher_model is not None else None
+    teacher: Any = build_model(cfg.teacher_model, data.info, "teacher") if cfg.teacher_model is not None else None
+    if cfg.teachers is not None:
+        teacher = build_teachers(cfg, data.info)
     student = build_model(cfg.student, data.info, "student")
     store = check_teacher_store(cfg, data) if cfg.teacher_store is not None else None
     check_models(cfg, data, student, teacher, store)  # in eval mode, without gradients: the models stay as built
@@ -87,10 +90,15 @@ def build_distiller(
     if store is not None:  # the teacher's outputs come from the store, by example index
         train_data, collate_fn = IndexedDataset(data.train), IndexedCollate(data.collate_fn)
         stages = [StoreStage(store)]
+    stores = {name: check_named_store(cfg, name, data) for name, spec in (cfg.teachers or {}).items()
+              if "store" in spec}
+    if stores:  # named teachers from stores: their outputs come by example index, beside the live teachers'
+        train_data, collate_fn = IndexedDataset(data.train), IndexedCollate(data.collate_fn)
+        stages = [StoreStage(stores)]
     distiller = Distiller(
-        student, teacher, build_terms(cfg.knowledge), selector,
+        student, teacher, cfg.arranged_terms(), selector,
         train_data=train_data, config=cfg.train, optim=cfg.optim, schedule=cfg.schedule, task=task,
-        evaluate=run_evaluator(cfg, data, "val", teacher),
+        evaluate=run_evaluator(cfg, data, "val", teacher if isinstance(teacher, nn.Module) else None),
         run_dir=run_dir, collate_fn=collate_fn, progress=progress, stop_after_steps=stop_after_steps,
         stages=stages,
         chance_accuracy=majority_rate(data.val) if cfg.task == "classification" else None,
@@ -134,7 +142,9 @@ def _finish(distiller: Distiller, cfg: RunConfig, run_dir: Path, result: TrainRe
     out = RunResult(
         run_dir=run_dir, train=result,
         student_parameters=count_parameters(distiller.student),
-        teacher_parameters=count_parameters(distiller.teacher) if distiller.teacher is not None else None,
+        teacher_parameters=(count_parameters(distiller.teacher) if distiller.teacher is not None
+                            else sum(count_parameters(m) for m in distiller.teachers.values()) if distiller.teachers
+                            else None),
     )
     if not distiller.accelerator.is_main_process:
         return out

@@ -35,6 +35,8 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
             )
         return value
     if origin in (Union, types.UnionType):
+        if value is None and type(None) in get_args(tp):  # before a dataclass member, which would take None as {}
+            return None
         errors: list[ConfigError] = []
         for arg in get_args(tp):
             if arg is type(None):

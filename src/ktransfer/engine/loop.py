@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from ktransfer.engine.state import TrainResult, TrainState
 from ktransfer.engine.reporting import ReportingMixin
 from ktransfer.engine.wiring import WiringMixin
 from ktransfer.knowledge.base import STORED_CAPTURES_KEY, STORED_TEACHER_KEY, KnowledgeTerm, StepView
+from ktransfer.knowledge.teachers import view_for
 from ktransfer.sparse_divergences import SparseTeacher
 from ktransfer.registry import ConfigError, suggest
 from ktransfer.runlog import MetricsLog, plot_curves, plot_weights
@@ -54,7 +55,10 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
     """Trains `student` on the weighted sum of `terms`, weights chosen each step by `selector`.
 
     The teacher is frozen: eval mode, no gradients, no optimizer state; it runs only if some
-    term needs it. `teacher` may be None for plain supervised training (a `labels` term alone).
+    term needs it. Several teachers are a mapping {name: model} (and a store stage may serve more by
+    name, `ktransfer.store.StoreStage`); each teacher-reading term then names what it reads
+    (`ktransfer.knowledge.teachers`), and only teachers some term reads run. `teacher` may be None for plain
+    supervised training (a `labels` term alone).
     With `run_dir`, the run writes metrics.jsonl, checkpoints/, best/ and final/ weights and
     curves.png there, and `fit(resume=True)` continues from the newest intact checkpoint.
     `chance_accuracy` (e.g. the majority-class rate) lets the run warn when it ends no better.
@@ -63,7 +67,7 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module | None,
+        teacher: nn.Module | Mapping[str, nn.Module] | None,
         terms: Sequence[KnowledgeTerm],
         selector: Selector | None = None,
         *,
@@ -87,14 +91,26 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
             raise ValueError(f"knowledge term names must be unique, got {names}")
         self.needs_teacher = any(t.requires_teacher for t in terms)
         self.stages = list(stages)
-        stored = any(getattr(s, "provides_teacher_outputs", False) for s in self.stages)
+        named = isinstance(teacher, Mapping)
+        # named teachers: live models by name, plus those a store stage serves by name
+        self.teachers: dict[str, nn.Module] = dict(teacher) if isinstance(teacher, Mapping) else {}
+        self.stored_teachers = [n for s in self.stages for n in getattr(s, "teacher_names", ())]
+        if named or self.stored_teachers:
+            if not named and teacher is not None:
+                raise ValueError("a batch stage serves named teachers from stores, so the live teacher must be named "
+                                 "too: pass teachers as a mapping {name: model}")
+            self._check_named_teachers(terms)
+            teacher = None
+        stored = any(getattr(s, "provides_teacher_outputs", False) and not getattr(s, "teacher_names", ())
+                     for s in self.stages)
         if stored and teacher is not None:
             raise ValueError("a batch stage reads the teacher's outputs from a store, so teacher must be None")
-        if self.needs_teacher and teacher is None and not stored:
+        if self.needs_teacher and teacher is None and not stored and not self.teacher_names:
             needing = [t.name for t in terms if t.requires_teacher]
             raise ValueError(f"knowledge terms {needing} need a teacher, but teacher is None")
         if teacher is None and any(getattr(s, "requires_teacher", False) for s in self.stages):
-            raise ValueError("a batch stage generates with the teacher, but teacher is None")
+            raise ValueError("a batch stage generates with the teacher, but teacher is None" +
+                             (" (with named teachers, no stage may generate with a teacher)" if named else ""))
         if len(train_data) == 0:  # type: ignore[arg-type]
             raise ValueError("train_data is empty")
         self.student = student
@@ -128,6 +144,7 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         self._setup_terms()
         self._student_specs = sorted({s for t in self.terms for s in t.student_modules})
         self._teacher_specs = sorted({s for t in self.terms for s in t.teacher_modules})
+        self._named_specs = self._specs_by_teacher()
         self._add_selector_specs()
         self._check_stored_captures()
         self._checkpointed_step: int | None = None
@@ -164,6 +181,8 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
             student_captured=dict(sc.outputs) if sc is not None else {},
             teacher_captured=t_captured, step=self.state.step, teacher_sparse=t_sparse,
         )
+        if self.teacher_names:
+            self._add_named_teachers(view, teacher_batch, stored if isinstance(stored, Mapping) else {})
         if getattr(self.selector, "observes_view", True):  # else released now, before backward and the update
             self._last_view = view
         parts: dict[str, Tensor] = {}
@@ -172,7 +191,7 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
             w = weights[term.name]
             if w == 0.0:
                 continue
-            value = term.loss(view)
+            value = term.loss(view_for(term, view) if term.requires_teacher else view)
             parts[term.name] = value
             total = w * value if total is None else total + w * value
         if total is None:
@@ -296,6 +315,7 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
             self.teacher.requires_grad_(False)
             # Placed, not prepared: a prepared model would be saved in every checkpoint.
             teacher = self.teacher.to(accelerator.device)
+        self._place_named_teachers(accelerator)
         # The scheduler is stepped by hand once per optimizer step (an Accelerate-prepared
         # scheduler steps once per process), and checkpointed as a registered object.
         accelerator.register_for_checkpointing(scheduler, self.state, self.selector)

@@ -7,20 +7,24 @@ captured internals; a selector may want held-out data, the seed or an all-proces
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
+from ktransfer.capture import Capture
 from ktransfer.checkpoint import save_weights
 from ktransfer.engine.batches import split_batch
 from ktransfer.engine.configs import TrainConfig
 from ktransfer.engine.stages import BatchStage, StageContext, StageStates
 from ktransfer.engine.state import TrainState
-from ktransfer.knowledge.base import KnowledgeTerm
+from ktransfer.knowledge.base import KnowledgeTerm, StepView
+from ktransfer.knowledge.teachers import teacher_names_of
 from ktransfer.selection import Selector, SelectorContext
-from ktransfer.tasks import Task, evaluate_sums
+from ktransfer.tasks import ForwardResult, Task, evaluate_sums
 
 
 class _TermStates:
@@ -42,6 +46,8 @@ class WiringMixin:
 
     student: nn.Module
     teacher: nn.Module | None
+    teachers: dict[str, nn.Module]
+    stored_teachers: list[str]
     terms: list[KnowledgeTerm]
     selector: Selector
     stages: list[BatchStage]
@@ -55,11 +61,12 @@ class WiringMixin:
     accelerator: Any
     _student_specs: list[str]
     _teacher_specs: list[str]
+    _named_specs: dict[str, list[str]]
     _heldout: Dataset | None
 
     # ------------------------------------------------------------------------ batch stages
     def _places_teacher(self) -> bool:
-        """The teacher goes on the device when a term reads its outputs or a stage generates with it."""
+        """The (unnamed) teacher goes on the device when a term reads its outputs or a stage generates with it."""
         return self.needs_teacher or any(getattr(s, "requires_teacher", False) for s in self.stages)
 
     def _register_stages(self, accelerator: Any) -> None:
@@ -85,9 +92,70 @@ class WiringMixin:
             out.append(batch)
         return out
 
+    # ------------------------------------------------------------------------ named teachers
+    @property
+    def teacher_names(self) -> list[str]:
+        """The run's named teachers: live ones, then those a store stage serves (empty with one unnamed teacher)."""
+        return [*self.teachers, *self.stored_teachers]
+
+    def _check_named_teachers(self, terms: Sequence[KnowledgeTerm]) -> None:
+        """Names are unique, and every teacher-reading term names (only) defined teachers."""
+        names = self.teacher_names
+        if not names:
+            raise ValueError("teachers: an empty mapping; give at least one {name: model}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"teacher '{twice[0]}' is defined twice (a live model and a store, or two stores)")
+        for term in terms:
+            if not term.requires_teacher:
+                continue
+            read = teacher_names_of(term)
+            if not read:
+                raise ValueError(f"knowledge term '{term.name}' reads a teacher but names none; teachers: "
+                                 f"{', '.join(names)} (ktransfer.knowledge.teachers.arrange_terms binds terms)")
+            unknown = [n for n in read if n not in names]
+            if unknown:
+                raise ValueError(f"knowledge term '{term.name}' names teacher '{unknown[0]}', which is not defined; "
+                                 f"teachers: {', '.join(names)}")
+
+    def _specs_by_teacher(self) -> dict[str, list[str]]:
+        """For each live named teacher some term reads, the modules to capture in it (its terms' teacher_modules)."""
+        specs: dict[str, set[str]] = {}
+        for term in self.terms:
+            if term.requires_teacher:
+                for name in teacher_names_of(term):
+                    if name in self.teachers:
+                        specs.setdefault(name, set()).update(term.teacher_modules)
+        return {name: sorted(found) for name, found in specs.items()}
+
+    def _place_named_teachers(self, accelerator: Any) -> None:
+        """The named teachers some term reads, frozen on the device (placed, not prepared)."""
+        self._placed: dict[str, nn.Module] = {}
+        for name in self._named_specs:
+            model = self.teachers[name]
+            model.eval()
+            model.requires_grad_(False)
+            self._placed[name] = model.to(accelerator.device)
+
+    def _add_named_teachers(self, view: StepView, teacher_batch: dict[str, Any], stored: Any) -> None:
+        """Every named teacher's outputs on this micro-batch into `view` (live ones run, stored ones attached)."""
+        for name, model in self._placed.items():
+            specs = self._named_specs[name]
+            capture = Capture(model, specs, detach=True) if specs else contextlib.nullcontext()
+            with torch.no_grad(), self.accelerator.autocast(), capture as tc:
+                view.teachers[name] = self.task.forward(model, teacher_batch)
+            view.teachers_captured[name] = dict(tc.outputs) if tc is not None else {}
+        for name, value in stored.items():
+            if isinstance(value, Tensor):  # all class logits of a stored classifier
+                view.teachers[name] = ForwardResult(logits=value, targets=view.student.targets, raw=None,
+                                                    task=self.task.kind)
+            else:
+                view.teachers_sparse[name] = value
+
     # ------------------------------------------------------- terms with models and parameters; selector context
     def _setup_terms(self) -> None:
-        """Terms with a `setup(student, teacher)` resolve layer names and build projections against the models.
+        """Terms with a `setup(student, teacher)` resolve layer names and build projections against the models
+        (a term reading a named teacher against that teacher).
 
         Without a teacher model, a stage that serves the teacher's outputs may offer `teacher_outline`: a
         module tree with the teacher's names and widths (no weights), against which the terms resolve
@@ -104,7 +172,8 @@ class WiringMixin:
             for term in self.terms:
                 setup = getattr(term, "setup", None)
                 if callable(setup):
-                    setup(self.student, teacher)
+                    read = teacher_names_of(term) if self.teacher_names else ()
+                    setup(self.student, self.teachers.get(read[0]) if len(read) == 1 else teacher)
 
     def _check_stored_captures(self) -> None:
         """A stage serving the teacher's outputs is told which teacher internals the terms and selector read
@@ -117,7 +186,11 @@ class WiringMixin:
     def _add_selector_specs(self) -> None:
         """A selector may read captured internals too (`student_modules` / `teacher_modules`, like a term's)."""
         self._student_specs = sorted({*self._student_specs, *getattr(self.selector, "student_modules", ())})
-        self._teacher_specs = sorted({*self._teacher_specs, *getattr(self.selector, "teacher_modules", ())})
+        wanted = tuple(getattr(self.selector, "teacher_modules", ()))
+        if wanted and self.teacher_names:
+            raise ValueError(f"the selector captures teacher module(s) {', '.join(wanted)}, but the run has named "
+                             "teachers, whose modules differ; let it read the teachers' output distributions")
+        self._teacher_specs = sorted({*self._teacher_specs, *wanted})
 
     def _term_modules(self) -> dict[str, nn.Module]:
         """Terms that are modules with parameters (e.g. feature projections), by name."""

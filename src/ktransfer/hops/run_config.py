@@ -54,8 +54,11 @@ _PLACEHOLDER_RUN = "/nonexistent/previous-hop"
 
 
 def is_fragment(spec: Any) -> bool:
-    """Whether a section is a run-config fragment (a hop) rather than a model section or a tabular model spec."""
-    return isinstance(spec, dict) and ("student" in spec or "config" in spec)
+    """Whether a section is a run-config fragment (a hop) rather than a model section or a tabular model spec.
+
+    A model section names a `builder` or `from_run` (an `hf_config` model has a `config` key of its own)."""
+    return (isinstance(spec, dict) and not {"builder", "from_run", "kind", "estimator"} & set(spec)
+            and ("student" in spec or "config" in spec))
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

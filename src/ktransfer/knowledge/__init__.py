@@ -16,6 +16,7 @@ from ktransfer.knowledge.labels import LabelsTerm
 from ktransfer.knowledge.layer_map import LayerMapError
 from ktransfer.knowledge.relation import RelationTerm
 from ktransfer.knowledge.response import ResponseTerm
+from ktransfer.knowledge.teachers import CombineConfig, TeacherMix, arrange_terms, with_teacher
 from ktransfer.registry import ConfigError, Registry
 
 KNOWLEDGE: Registry[KnowledgeTerm] = Registry("knowledge term")
@@ -32,6 +33,7 @@ _WING_TERMS = {"on_policy": "OnPolicyTerm", "reinforce": "ReinforceTerm"}
 def build_terms(specs: list[dict[str, Any]], where: str = "knowledge",
                 registry: Registry[KnowledgeTerm] = KNOWLEDGE) -> list[KnowledgeTerm]:
     """Build knowledge terms from config dicts `{type: ..., **kwargs}` out of `registry`; names must be unique.
+    A term's `teacher: NAME` (any type that reads a teacher) says which of the run's named teachers it reads.
 
     The default registry holds this package's terms; `ktransfer.terms.build_terms` passes the
     catalogue of every term (the sequence wing's too).
@@ -48,7 +50,15 @@ def build_terms(specs: list[dict[str, Any]], where: str = "knowledge",
                               "does not build (deprecated for it); use ktransfer.terms.build_terms, which builds "
                               "every term a config may name")
         spec.setdefault("name", kind)
-        terms.append(registry.build(kind, spec, at))
+        teacher = spec.pop("teacher", None)  # which named teacher the term reads (ktransfer.knowledge.teachers)
+        if teacher is not None and (not isinstance(teacher, str) or not teacher):
+            raise ConfigError(f"{at}.teacher: expected the name of one of the run's teachers, got {teacher!r}")
+        term = registry.build(kind, spec, at)
+        if teacher is not None:
+            if not term.requires_teacher:
+                raise ConfigError(f"{at}.teacher: term '{term.name}' ({kind}) reads no teacher, so it cannot name one")
+            with_teacher(term, teacher)
+        terms.append(term)
     names = [t.name for t in terms]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -68,5 +78,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'ktransfer.knowledge' has no attribute '{name}'")
 
 
-__all__ = ["KNOWLEDGE", "AttentionTerm", "FeatureTerm", "KnowledgeTerm", "LabelsTerm", "LayerMapError",
-           "RelationTerm", "ResponseTerm", "StepView", "build_terms"]
+__all__ = ["KNOWLEDGE", "AttentionTerm", "CombineConfig", "FeatureTerm", "KnowledgeTerm", "LabelsTerm", "LayerMapError",
+           "RelationTerm", "ResponseTerm", "StepView", "TeacherMix", "arrange_terms", "build_terms", "with_teacher"]

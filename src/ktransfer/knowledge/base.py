@@ -27,6 +27,9 @@ class StepView:
     "module:output" / "module:input" (see `ktransfer.capture`); teacher captures are detached.
     `teacher_sparse` holds a stored teacher's top-k outputs (`ktransfer.store`) aligned with the
     student's positions, when the run trains from a store of a sequence teacher; `teacher` is None then.
+    A run with named teachers (several, `ktransfer.knowledge.teachers`) fills `teachers`,
+    `teachers_captured` and `teachers_sparse` by teacher name instead; each term then sees a view
+    whose `teacher` fields hold the teacher it reads (`view_for`).
     """
 
     batch: dict[str, Any]
@@ -36,6 +39,9 @@ class StepView:
     teacher_captured: dict[str, Any] = field(default_factory=dict)
     step: int = 0
     teacher_sparse: SparseTeacher | None = None
+    teachers: dict[str, ForwardResult] = field(default_factory=dict)
+    teachers_captured: dict[str, dict[str, Any]] = field(default_factory=dict)
+    teachers_sparse: dict[str, SparseTeacher] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -6,7 +6,7 @@ updates):
 
 * state s: the teacher's and the student's final representations pooled over the step's last
   micro-batch, each through its own small encoder: by default the output distributions
-  (softmax of the logits, any model), or the outputs of the modules named by
+  (softmax of the logits, any model; with named teachers the mean over teachers), or the outputs of the modules named by
   `student_representation` / `teacher_representation` (e.g. "bert.pooler"), captured by the
   engine; plus training progress and each term's recent unweighted loss (log1p of the mean of
   the last `recent` values);
@@ -66,6 +66,20 @@ def pooled_distribution(out: ForwardResult | None) -> Tensor | None:
     if mask is not None and mask.numel() == probs.shape[0] and bool(mask.any()):
         probs = probs[mask.reshape(-1)]
     return probs.mean(0).cpu()
+
+
+def mean_of_teachers(view: StepView) -> Tensor:
+    """With named teachers: the mean over teachers (in name order) of their pooled output distributions.
+
+    Its size is one teacher's, whatever their number, so identical teachers give exactly one teacher's
+    summary and a policy transfers between runs with other teachers; which teacher does what the
+    selector reads from each (teacher, term) pair's recent loss.
+    """
+    pooled = [pooled_distribution(view.teachers[name]) for name in sorted(view.teachers)]
+    total = pooled[0]
+    for p in pooled[1:]:
+        total = total + p
+    return total / len(pooled)
 
 
 class _Net(nn.Module):
@@ -303,6 +317,8 @@ class ActorCriticSelector:
     def _summary(self, view: StepView, side: str) -> Tensor | None:
         """A named module's pooled output when a representation is named, else the pooled output distribution."""
         spec = self.student_representation if side == "student" else self.teacher_representation
+        if spec is None and side == "teacher" and view.teachers:
+            return mean_of_teachers(view)
         if spec is None:
             return pooled_distribution(view.student if side == "student" else view.teacher)
         captured = view.student_captured if side == "student" else view.teacher_captured

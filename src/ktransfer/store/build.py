@@ -118,6 +118,7 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         out, task=cfg.task, examples=len(train), teacher=model_fingerprint(teacher), data=examples_digest(train),
         tokenizer=data.info.get("tokenizer_sha256"), values=values, fit_degree=fit_degree, shard_size=shard_size,
         settings={"teacher": cfg.teacher, "data": cfg.data, "k": k, "values": values,
+                  "classes": data.info.get("classes"),
                   **({"fit_degree": fit_degree} if values == "fit" else {}),
                   **({"hidden": list(hidden), "attentions": list(attentions), "feature_values": feature_values}
                      if recorder is not None else {})}, **header,

@@ -30,7 +30,8 @@ teacher predicted, so that a run trains with no teacher in memory. Layout of a s
     teacher's weights, or any string naming a served teacher), ``data`` (a digest of the training
     examples' content, :func:`examples_digest`), ``tokenizer`` (the data's vocabulary digest, or null).
 ``settings``
-    free-form description (the teacher's config section, the build command's options).
+    free-form description (the teacher's config section, the build command's options); ``classes``, when
+    given (a list of class names in the order of the logits), is compared with the run's other teachers.
 ``captures`` (optional)
     named teacher internals stored per example (hidden states, attention maps), their dtype and the
     teacher's module outline: see :mod:`ktransfer.store.captures`.

@@ -13,7 +13,7 @@ teacher for the terms to resolve their layers. No teacher model is involved.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -78,20 +78,31 @@ class StoreStage:
     """A batch stage that attaches a store's teacher outputs for the batch's examples.
 
     `provides_teacher_outputs` tells the engine that the run's teacher-reading terms are served
-    without a teacher model. Stateless: nothing goes into checkpoints but an empty dict.
+    without a teacher model. Given a mapping {name: store}, it serves several named teachers
+    (`teacher_names`): the batch then holds {name: outputs} under `STORED_TEACHER_KEY`.
+    Stateless: nothing goes into checkpoints but an empty dict.
     """
 
     provides_teacher_outputs = True
     requires_teacher = False
 
-    def __init__(self, store: TeacherStore) -> None:
-        self.store = store
+    def __init__(self, store: TeacherStore | Mapping[str, TeacherStore]) -> None:
+        self.stores: dict[str, TeacherStore] = dict(store) if isinstance(store, Mapping) else {}
+        if isinstance(store, Mapping) and not self.stores:
+            raise ValueError("StoreStage: an empty mapping of stores")
+        self.store = next(iter(self.stores.values())) if self.stores else store
+        self.teacher_names: tuple[str, ...] = tuple(self.stores)
         self._serve: list[int] = []  # the stored captures the run reads, by their position in the store
-        outline = store.manifest.get("captures", {}).get("outline")
+        outline = None if self.stores else self.store.manifest.get("captures", {}).get("outline")
         self.teacher_outline: nn.Module | None = outline_module(outline) if outline else None
 
     def need_captures(self, specs: list[str]) -> None:
-        """Serve these teacher captures from now on; a spec the store does not hold is a StoreError naming it."""
+        """Serve these teacher captures from now on; a spec the store does not hold is a StoreError naming it.
+
+        Stored captures serve a run's one teacher. Named stored teachers serve their outputs only (the run
+        config refuses other terms on them), so the internals the terms read come from the live teachers."""
+        if not specs or self.stores:
+            return
         items = self.store.capture_items
         keys = [i.key for i in items]
         wanted = list(dict.fromkeys(parse_spec(s).key for s in specs))
@@ -110,10 +121,11 @@ class StoreStage:
                              "wrapped in ktransfer.store.IndexedDataset with ktransfer.store.IndexedCollate")
         batch = dict(batch)
         indices = [int(i) for i in batch.pop(INDEX_KEY).tolist()]
-        if self.store.kind == "logits":
-            batch[STORED_TEACHER_KEY] = self.store.logits(indices).to(ctx.device)
+        if self.stores:
+            batch[STORED_TEACHER_KEY] = {name: self._outputs(store, batch, indices, ctx)
+                                         for name, store in self.stores.items()}
         else:
-            batch[STORED_TEACHER_KEY] = self._sparse(batch, indices, ctx.task.kind).to(ctx.device)
+            batch[STORED_TEACHER_KEY] = self._outputs(self.store, batch, indices, ctx)
         if self._serve:
             batch[STORED_CAPTURES_KEY] = self._captures(batch, indices, ctx.device)
         return batch
@@ -131,23 +143,28 @@ class StoreStage:
                 raise StoreError(str(e)) from e
         return out
 
-    def _sparse(self, batch: dict[str, Any], indices: list[int], task: str) -> SparseTeacher:
+    def _outputs(self, store: TeacherStore, batch: dict[str, Any], indices: list[int], ctx: Any) -> Any:
+        if store.kind == "logits":
+            return store.logits(indices).to(ctx.device)
+        return self._sparse(store, batch, indices, ctx.task.kind).to(ctx.device)
+
+    def _sparse(self, store: TeacherStore, batch: dict[str, Any], indices: list[int], task: str) -> SparseTeacher:
         mask = target_mask(batch, task).cpu()
-        k = int(self.store.manifest["k"])
+        k = int(store.manifest["k"])
         # placeholder where there is no target (masked out by the losses): all mass on the first of k distinct ids
         ids = torch.arange(k, dtype=torch.int64).expand(*mask.shape, k).clone()
         logprobs = torch.full((*mask.shape, k), -math.inf)
         logprobs[..., 0] = 0.0
         tail = torch.full(mask.shape, -math.inf)
         for row, index in enumerate(indices):
-            s_ids, s_lp, s_tail = self.store.topk(index)
+            s_ids, s_lp, s_tail = store.topk(index)
             where = mask[row].nonzero().squeeze(-1)
             if where.numel() != s_ids.shape[0]:
-                raise StoreError(f"{self.store.directory}: example {index} has {s_ids.shape[0]} stored target "
+                raise StoreError(f"{store.directory}: example {index} has {s_ids.shape[0]} stored target "
                                  f"positions, but the batch gives it {where.numel()}: the run's data differs from "
                                  "the store's")
             ids[row, where], logprobs[row, where], tail[row, where] = s_ids, s_lp, s_tail
-        return SparseTeacher(ids, logprobs, tail, mass_tolerance=self.store.mass_tolerance())
+        return SparseTeacher(ids, logprobs, tail, mass_tolerance=store.mass_tolerance())
 
     def state_dict(self) -> dict[str, Any]:
         return {}
