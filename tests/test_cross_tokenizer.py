@@ -276,3 +276,188 @@ def test_term_validates_its_settings() -> None:
         CrossTokenizerTerm(method="uld", divergence="jsd")
     with pytest.raises(ValueError, match="likelihood_weight"):
         CrossTokenizerTerm(likelihood_weight=-1.0)
+
+
+# ------------------------------------------------------------------------------------------- data
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.", "A journey of a thousand miles begins with one step.",
+    "Distillation moves knowledge from a teacher to a student.", "Tokenizers split words into   pieces differently.",
+    "Tea in Kyoto: 京都の お茶 is lovely 🍵 indeed.", "Rain fell on the quiet town all night long.",
+    "She sold sea shells by the sea shore.", "Numbers like 12345 and 3.14159 are tokenised too.",
+    "An unbelievable performance left everyone speechless.", "The committee postponed its decision until Monday.",
+    "Hello 🙂 world, said the cheerful robot.", "Bright stars shine above the silent mountains.",
+    "Markets rose sharply after the announcement.", "The library opens at nine every morning.",
+    "Children played football in the park.", "Fresh bread smells wonderful in the morning.",
+    "The river winds slowly through the valley.", "Engineers tested the bridge before opening it.",
+    "Music filled the hall during the concert.", "Old maps show roads that no longer exist.",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("xtok") / "corpus.txt"
+    path.write_text("\n".join(f"{s} Line {i} ends here." for i, s in enumerate(SENTENCES * 2)) + "\n", encoding="utf-8")
+    return path
+
+
+def _minilm_folder() -> str:
+    from ktransfer.pretrained import minilm_dir
+
+    try:
+        return str(minilm_dir())
+    except Exception as e:
+        pytest.skip(f"MiniLM is not prepared: {e}")
+
+
+@pytest.mark.parametrize("packing", ["pack", "pad"])
+def test_text_corpus_tokenises_each_training_block_for_the_teacher_too(corpus_file: Path, packing: str) -> None:
+    from ktransfer.data import DATASETS
+
+    teacher_folder = _minilm_folder()
+    data = DATASETS.build("text_corpus", {"path": str(corpus_file), "train_tokenizer": 300, "max_length": 24,
+                                          "packing": packing, "teacher_tokenizer": teacher_folder}, "data")
+    assert data.info["teacher_tokenizer"] == teacher_folder and data.info["teacher_vocab_size"] == 30522
+    from ktransfer.data.corpus import load_tokenizer
+
+    student_tok, teacher_tok = load_tokenizer(data.info["tokenizer"]), load_tokenizer(teacher_folder)
+    for k in range(len(data.train)):  # type: ignore[arg-type]
+        row = data.train[k]
+        # the same characters: rebuild the block's text from the student's tokens and offsets, then check
+        # every teacher token covers the text its own tokenizer gives it
+        text = [" "] * (int(row["token_offsets"].max()) + 1)
+        for tid, (a, b) in zip(row["input_ids"].tolist(), row["token_offsets"].tolist()):
+            if a >= 0:
+                piece = student_tok.decode([tid])
+                text[a:b] = list(piece) if len(piece) == b - a else text[a:b]
+        spans = align_offsets(row["token_offsets"].tolist(), row["teacher_token_offsets"].tolist()).spans
+        assert spans, f"block {k} has no aligned span"
+        for s in spans:  # each span: the same text on both sides (WordPiece lowercases and drops spaces)
+            s_text = student_tok.decode(row["input_ids"][s.student_start:s.student_stop].tolist())
+            t_text = teacher_tok.decode(row["teacher_input_ids"][s.teacher_start:s.teacher_stop].tolist())
+            if "[UNK]" not in t_text:
+                assert s_text.strip().lower().replace(" ", "") == t_text.replace(" ", "").replace("##", ""), (s_text, t_text)
+        eos = row["input_ids"] == data.info["eos_token_id"]
+        assert bool((row["token_offsets"][eos] == -1).all())
+    assert len(data.val) and "teacher_input_ids" not in data.val[0]  # the student is evaluated alone
+    batch = data.collate_fn([data.train[i] for i in range(3)])
+    assert batch["teacher_token_offsets"].shape[:2] == batch["teacher_input_ids"].shape
+    assert int(batch["teacher_labels"].min()) >= -100
+
+
+def test_a_teacher_tokenizer_that_cannot_be_loaded_stops_with_the_reason(corpus_file: Path, tmp_path: Path) -> None:
+    from ktransfer.data import DATASETS
+
+    with pytest.raises(FileNotFoundError, match="teacher_tokenizer: not found"):
+        DATASETS.build("text_corpus", {"path": str(corpus_file), "train_tokenizer": 300,
+                                       "teacher_tokenizer": str(tmp_path / "nothing-here")}, "data")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="teacher_tokenizer: cannot load a tokenizer"):
+        DATASETS.build("text_corpus", {"path": str(corpus_file), "train_tokenizer": 300,
+                                       "teacher_tokenizer": str(broken)}, "data")
+
+
+# ------------------------------------------------------------------------------------------- runs
+def xtok_config(corpus_file: Path, teacher_tokenizer: str, teacher: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "task": "causal_lm",
+        "data": {"name": "text_corpus", "path": str(corpus_file), "train_tokenizer": 300, "max_length": 24,
+                 "teacher_tokenizer": teacher_tokenizer},
+        "teacher": teacher,
+        "student": {"builder": "llama_student", "hidden_size": 16, "num_layers": 1, "num_heads": 2},
+        "knowledge": [{"type": "cross_tokenizer", "method": "span", "divergence": "forward_kl", "weight": 0.5},
+                      {"type": "labels", "weight": 0.5}],
+        "optim": {"lr": 0.01},
+        "train": {"max_steps": 4, "batch_size": 4, "eval_every": 4, "seed": 0, "log_every": 1},
+    }
+    cfg.update(changes)
+    return cfg
+
+
+def test_cli_run_with_a_wordpiece_teacher_for_a_bpe_student(corpus_file: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from ktransfer.cli import main
+
+    teacher = {"builder": "llama_student", "hidden_size": 16, "num_layers": 1, "num_heads": 2}
+    path = tmp_path / "xtok.yaml"
+    path.write_text(yaml.safe_dump(xtok_config(corpus_file, _minilm_folder(), teacher)))
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "cross-tokenizer alignment on" in out and "vocabulary mapping of" in out
+    for method in ("span", "uld"):
+        run_dir = tmp_path / method
+        extra = ["--set", "knowledge.0.method=uld"] if method == "uld" else []
+        assert main(["run", str(path), "--run-dir", str(run_dir), "--no-progress", *extra]) == 0
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        trains = [r for r in records if r.get("split") == "train"]
+        assert len(trains) == 4 and all(math.isfinite(r["terms"]["cross_tokenizer"]) and r["terms"]["cross_tokenizer"] > 0
+                                        for r in trains)
+        assert [r for r in records if r.get("split") == "val"][-1]["perplexity"] > 1
+
+
+def test_the_student_learns_from_a_teacher_with_another_tokenizer(corpus_file: Path, tmp_path: Path) -> None:
+    """The span term alone (next token and span likelihood) lowers the student's divergence from a teacher
+    that reads other tokens."""
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import run
+
+    teacher = {"builder": "llama_student", "hidden_size": 16, "num_layers": 1, "num_heads": 2}
+    cfg = xtok_config(corpus_file, _minilm_folder(), teacher,
+                      knowledge=[{"type": "cross_tokenizer", "likelihood_weight": 1.0}],
+                      train={"max_steps": 12, "batch_size": 4, "eval_every": 12, "seed": 0, "log_every": 1})
+    run(RunConfig.from_dict(cfg), tmp_path / "learn", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "learn" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["terms"]["cross_tokenizer"] for r in records if r.get("split") == "train"]
+    assert sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_bad_cross_tokenizer_configs_stop_before_training(corpus_file: Path, tmp_path: Path) -> None:
+    from ktransfer.config import RunConfig
+    from ktransfer.registry import ConfigError
+
+    teacher = {"builder": "llama_student", "hidden_size": 16, "num_layers": 1, "num_heads": 2}
+    folder = _minilm_folder()
+    cfg = xtok_config(corpus_file, folder, teacher)
+    del cfg["data"]["teacher_tokenizer"]
+    with pytest.raises(ConfigError, match="set data.teacher_tokenizer"):
+        RunConfig.from_dict(cfg)
+    cfg = xtok_config(corpus_file, folder, teacher, knowledge=[{"type": "response"}])
+    with pytest.raises(ConfigError, match="use a term of type cross_tokenizer"):
+        RunConfig.from_dict(cfg)
+    cfg = xtok_config(corpus_file, folder, teacher)
+    cfg["train"]["metric"] = "teacher_kl"
+    with pytest.raises(ConfigError, match="train.metric: teacher_kl"):
+        RunConfig.from_dict(cfg)
+    cfg = xtok_config(corpus_file, folder, teacher, data={"name": "digits"}, task="classification")
+    with pytest.raises(ConfigError, match="valid: causal_lm"):
+        RunConfig.from_dict(cfg)
+    cfg = xtok_config(corpus_file, folder, teacher)
+    cfg["knowledge"][0]["method"] = "dtw"
+    with pytest.raises(ConfigError, match="valid choices: span, uld"):
+        RunConfig.from_dict(cfg)
+
+
+def test_offsets_that_cannot_be_recovered_stop_the_check(corpus_file: Path) -> None:
+    """A teacher tokenizer whose offsets cover nothing (all (0, 0)): no span aligns, and the check says so."""
+    import ktransfer.data.corpus as corpus
+    from ktransfer.config import RunConfig
+    from ktransfer.registry import ConfigError
+    from ktransfer.runner import preflight
+
+    assert align_offsets([(0, 3), (4, 6)], [(0, 0), (0, 0), (0, 0)]).spans == []
+    teacher = {"builder": "llama_student", "hidden_size": 16, "num_layers": 1, "num_heads": 2}
+    cfg = RunConfig.from_dict(xtok_config(corpus_file, _minilm_folder(), teacher))
+    real = corpus.encode_with_offsets
+
+    def zero_offsets(tk: Any, texts: Any, who: str) -> Any:
+        ids, offsets = real(tk, texts, who)
+        return ids, [[(0, 0)] * len(o) for o in offsets] if who == "teacher's" else offsets
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(corpus, "encode_with_offsets", zero_offsets)
+    try:
+        with pytest.raises(ConfigError, match="no span of the first .* training blocks aligns"):
+            preflight(cfg)
+    finally:
+        mp.undo()

@@ -49,7 +49,7 @@ from ktransfer.sequence.heldout import with_teacher_kl
 from ktransfer.store import IndexedCollate, IndexedDataset, StoreStage
 from ktransfer.sequence.targets import targets_stage_from_config
 from ktransfer.tasks import Task
-from ktransfer.terms import build_terms
+from ktransfer.terms import bind_terms, build_terms
 
 __all__ = ["RUN_OUTPUTS", "Preflight", "RunExistsError", "RunResult", "build_distiller", "build_model",
            "check_data_fits_task", "check_models", "check_sources", "check_teacher_run_tokenizer",
@@ -87,8 +87,10 @@ def build_distiller(
         store = check_teacher_store(cfg, data)
         train_data, collate_fn = IndexedDataset(data.train), IndexedCollate(data.collate_fn)
         stages = [StoreStage(store)]
+    terms = build_terms(cfg.knowledge)
+    bind_terms(terms, data.info)
     distiller = Distiller(
-        student, teacher, build_terms(cfg.knowledge), selector,
+        student, teacher, terms, selector,
         train_data=train_data, config=cfg.train, optim=cfg.optim, schedule=cfg.schedule, task=task,
         evaluate=run_evaluator(cfg, data, "val", teacher),
         run_dir=run_dir, collate_fn=collate_fn, progress=progress, stop_after_steps=stop_after_steps,
@@ -103,8 +105,8 @@ def run_evaluator(cfg: RunConfig, data: DataSplits, split: str, teacher: nn.Modu
     `teacher_kl`, its divergence from the teacher there (ktransfer.sequence.heldout)."""
     task = Task(cfg.task)
     evaluate = make_evaluator(data.get(split), task, cfg.train.eval_batch_size, collate_fn=data.collate_fn)
-    if teacher is None or cfg.task not in ("causal_lm", "seq2seq"):
-        return evaluate
+    if teacher is None or cfg.task not in ("causal_lm", "seq2seq") or data.info.get("teacher_tokenizer"):
+        return evaluate  # a teacher with its own tokenizer has no divergence on the student's tokens
     return with_teacher_kl(evaluate, data.get(split), task, teacher, cfg.train.eval_batch_size, data.collate_fn)
 
 

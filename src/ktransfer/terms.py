@@ -25,9 +25,17 @@ TERMS.register("reinforce")(ReinforceTerm)
 TERMS.register("cross_tokenizer")(CrossTokenizerTerm)
 
 
+def bind_terms(terms: list[KnowledgeTerm], info: dict[str, Any]) -> None:
+    """Give every term with a `bind_data(info)` method the dataset's facts (e.g. the tokenizers it used)."""
+    for term in terms:
+        bind = getattr(term, "bind_data", None)
+        if callable(bind):
+            bind(info)
+
+
 def build_terms(specs: list[dict[str, Any]], where: str = "knowledge") -> list[KnowledgeTerm]:
     """Build the knowledge terms of config dicts `{type: ..., **kwargs}`, any type of `TERMS`; names must be unique."""
     return _build_terms(specs, where, TERMS)
 
 
-__all__ = ["TERMS", "build_terms"]
+__all__ = ["TERMS", "bind_terms", "build_terms"]

@@ -21,7 +21,7 @@ prediction on one side) and every student token in it has a target (prompt token
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -41,17 +41,22 @@ TEACHER_OFFSETS_KEY = "teacher_token_offsets"
 
 @dataclass
 class CrossTokenizerTerm:
-    """Distillation from a teacher with another tokenizer (module docstring).
+    """Distillation from a teacher whose tokenizer differs from the student's (the dataset's `teacher_tokenizer`).
 
-    `method`: span | uld. `divergence` (span only): a name of `ktransfer.divergences` (forward_kl
-    is KL(teacher || student)); `params` its beta / alpha. `temperature` T: softmax(logits / T)
-    on both sides. `likelihood_weight` (span only): the weight of the span-likelihood part
-    (0 = next-token distributions only). `student_tokenizer` / `teacher_tokenizer`: the tokenizer
-    folders or tokenizer.json files, for the span method's vocabulary mapping; in a run they are the
-    dataset's (`tokenizer` and `teacher_tokenizer`), given by the runner (`bind_data`).
+    The teacher reads its own tokens of each text; the two tokenizations are aligned through
+    character offsets into spans (tokens of both sides covering the same characters). At each
+    span's start, `method: span` compares the next-token distributions over the token texts both
+    vocabularies hold plus one "rest" bucket (every other token of a side) with `divergence`
+    (forward_kl is KL(teacher || student); `params`: its beta / alpha), plus, weighted by
+    `likelihood_weight`, the two sides' chain-rule probabilities of the whole span ({span, not
+    span}; 0 = next-token part only). `method: uld` takes the Wasserstein-1 distance between the
+    sorted probability vectors instead (Boizard et al. 2024; no mapping; no divergence). `temperature`
+    T: softmax(logits / T) on both sides. The loss is the mean over aligned spans. `student_tokenizer`
+    / `teacher_tokenizer` (folders or tokenizer.json files) build the span method's mapping; a run
+    takes them from its dataset.
     """
 
-    method: str = "span"
+    method: Literal["span", "uld"] = "span"
     divergence: str = "forward_kl"
     temperature: float = 1.0
     weight: float = 1.0
