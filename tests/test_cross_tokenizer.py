@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _hub import lay_out, offline_hub  # noqa: E402,F401  (offline_hub is a fixture)
 
 from ktransfer.cross_tokenizer import CrossTokenizerTerm, align_offsets, identity_mapping, uld_distance, vocab_mapping
 from ktransfer.cross_tokenizer.align import AlignmentError
@@ -344,6 +348,19 @@ def test_text_corpus_tokenises_each_training_block_for_the_teacher_too(corpus_fi
     assert int(batch["teacher_labels"].min()) >= -100
 
 
+def test_teacher_tokenizer_by_hub_id_from_the_cache(corpus_file: Path, offline_hub: Path) -> None:
+    from ktransfer.data import DATASETS
+
+    folder = _minilm_folder()
+    lay_out(Path(folder), offline_hub, "sentence-transformers/all-MiniLM-L6-v2", link=True)
+    data = DATASETS.build("text_corpus", {"path": str(corpus_file), "train_tokenizer": 300, "max_length": 24,
+                                          "teacher_tokenizer": "sentence-transformers/all-MiniLM-L6-v2"}, "data")
+    assert data.info["teacher_vocab_size"] == 30522 and "models--sentence-transformers" in data.info["teacher_tokenizer"]
+    with pytest.raises(Exception, match="acme/absent"):
+        DATASETS.build("text_corpus", {"path": str(corpus_file), "train_tokenizer": 300,
+                                       "teacher_tokenizer": "acme/absent"}, "data")
+
+
 def test_a_teacher_tokenizer_that_cannot_be_loaded_stops_with_the_reason(corpus_file: Path, tmp_path: Path) -> None:
     from ktransfer.data import DATASETS
 
@@ -461,3 +478,18 @@ def test_offsets_that_cannot_be_recovered_stop_the_check(corpus_file: Path) -> N
             preflight(cfg)
     finally:
         mp.undo()
+
+
+@pytest.mark.slow
+def test_smollm2_teaches_a_student_with_its_own_bpe(corpus_file: Path, tmp_path: Path) -> None:
+    """The real SmolLM2 (byte-level BPE, 49,152 tokens) as teacher of a student with a 300-token BPE."""
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import run
+
+    _smollm2()
+    cfg = xtok_config(corpus_file, "smollm2", {"builder": "smollm2"},
+                      train={"max_steps": 2, "batch_size": 2, "eval_every": 2, "seed": 0, "log_every": 1})
+    result = run(RunConfig.from_dict(cfg), tmp_path / "smol", progress=False)
+    assert result.train.step == 2
+    records = [json.loads(line) for line in (tmp_path / "smol" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["terms"]["cross_tokenizer"]) for r in records if r.get("split") == "train")
