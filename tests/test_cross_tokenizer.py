@@ -493,3 +493,52 @@ def test_smollm2_teaches_a_student_with_its_own_bpe(corpus_file: Path, tmp_path:
     assert result.train.step == 2
     records = [json.loads(line) for line in (tmp_path / "smol" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["terms"]["cross_tokenizer"]) for r in records if r.get("split") == "train")
+
+
+# ------------------------------------------------------------------------------------------- on-policy
+def test_retokenizing_dataset_rows_gives_the_datasets_teacher_tokens(corpus_file: Path) -> None:
+    """A byte-level BPE student writes its text exactly, so tokenising its rows again for the teacher gives the
+    teacher tokens the dataset made (one document per block)."""
+    from ktransfer.cross_tokenizer.retokenize import RetokenizedTargets, _row_text
+    from ktransfer.data import DATASETS
+    from ktransfer.data.corpus import load_tokenizer
+
+    folder = _minilm_folder()
+    data = DATASETS.build("text_corpus", {"path": str(corpus_file), "train_tokenizer": 300, "max_length": 128,
+                                          "packing": "pad", "teacher_tokenizer": folder}, "data")
+    student = load_tokenizer(data.info["tokenizer"])
+    stage = RetokenizedTargets(None, student, load_tokenizer(folder))
+    batch = data.collate_fn([data.train[i] for i in range(4)])
+    own = {k: v for k, v in batch.items() if not k.startswith("teacher_") and k != "token_offsets"}
+    again = stage.retokenize(own)
+    torch.testing.assert_close(again["teacher_input_ids"], batch["teacher_input_ids"])
+    torch.testing.assert_close(again["teacher_token_offsets"], batch["teacher_token_offsets"])
+    # an emoji the student writes as two byte tokens: the first covers no character, the second the emoji
+    ids = student("a 🙂", add_special_tokens=False)["input_ids"]
+    items, stretches = _row_text(ids, stage._texts)
+    assert stretches == ["a 🙂"]
+    assert items[-1][2:] == (1, 3) or (items[-2][2] == items[-2][3] and items[-1][3] == 3)
+
+
+def test_on_policy_run_with_student_samples_read_by_a_teacher_with_another_tokenizer(corpus_file: Path,
+                                                                                  tmp_path: Path) -> None:
+    from ktransfer.cli import main
+
+    teacher = {"builder": "llama_student", "hidden_size": 16, "num_layers": 1, "num_heads": 2}
+    cfg = xtok_config(corpus_file, _minilm_folder(), teacher,
+                      knowledge=[{"type": "cross_tokenizer", "divergence": "backward_kl"}],
+                      targets={"sources": {"dataset": 0.5, "student": 0.5}, "generation": {"max_new_tokens": 6}})
+    cfg["data"]["prompt_length"] = 4
+    path = tmp_path / "onpolicy.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    trains = [r for r in records if r.get("split") == "train"]
+    assert len(trains) == 4 and all(math.isfinite(r["terms"]["cross_tokenizer"]) for r in trains)
+    # a teacher that generates would write the student's tokens: refused
+    from ktransfer.config import RunConfig
+    from ktransfer.registry import ConfigError
+
+    cfg["targets"]["sources"] = {"teacher": 1.0}
+    with pytest.raises(ConfigError, match="dataset and student sources only"):
+        RunConfig.from_dict(cfg)

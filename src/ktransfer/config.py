@@ -145,9 +145,10 @@ class RunConfig:
             if self.teacher_store:
                 raise ConfigError(f"{where}: needs the teacher model on its own tokens; teacher.store holds a "
                                   "teacher's outputs on the student's tokens")
-            if self.targets is not None:
-                raise ConfigError(f"{where}: a targets section rewrites the student's tokens each step, and the "
-                                  "teacher's tokens of the dataset would no longer be the same text; remove one")
+            if self.targets is not None and targets_stage_from_config(self.targets, self.task).requires_teacher:
+                raise ConfigError(f"{where}: the targets section has the teacher generate (teacher source, "
+                                  "teacher_mix or greedy_baseline), on the student's tokens, which this teacher does "
+                                  "not read; with data.teacher_tokenizer use the dataset and student sources only")
         if teacher_tokenizer is None:
             return
         same = [(i, t) for i, t in enumerate(terms) if t.requires_teacher and not isinstance(t, CrossTokenizerTerm)]

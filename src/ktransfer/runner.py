@@ -82,7 +82,7 @@ def build_distiller(
     selector_spec = dict(cfg.selector)
     selector = SELECTORS.build(selector_spec.pop("type"), selector_spec, "selector")
     task = Task(cfg.task)
-    train_data, collate_fn, stages = data.train, data.collate_fn, _stages(cfg)
+    train_data, collate_fn, stages = data.train, data.collate_fn, _stages(cfg, data.info)
     if cfg.teacher_store is not None:  # the teacher's outputs come from the store, by example index
         store = check_teacher_store(cfg, data)
         train_data, collate_fn = IndexedDataset(data.train), IndexedCollate(data.collate_fn)
@@ -110,11 +110,18 @@ def run_evaluator(cfg: RunConfig, data: DataSplits, split: str, teacher: nn.Modu
     return with_teacher_kl(evaluate, data.get(split), task, teacher, cfg.train.eval_batch_size, data.collate_fn)
 
 
-def _stages(cfg: RunConfig) -> list[Any]:
-    """The batch stages a config asks for: a targets stage when it has a `targets` section (seed: the run's)."""
+def _stages(cfg: RunConfig, info: dict[str, Any] | None = None) -> list[Any]:
+    """The batch stages a config asks for: a targets stage when it has a `targets` section (seed: the run's);
+    on a dataset with `teacher_tokenizer`, wrapped so that each rewritten row is tokenised for the teacher again."""
     if cfg.targets is None:
         return []
-    return [targets_stage_from_config({"seed": cfg.train.seed, **cfg.targets}, cfg.task)]
+    stage = targets_stage_from_config({"seed": cfg.train.seed, **cfg.targets}, cfg.task)
+    if info and info.get("teacher_tokenizer"):
+        from ktransfer.cross_tokenizer.retokenize import RetokenizedTargets
+        from ktransfer.data.corpus import load_tokenizer
+
+        return [RetokenizedTargets(stage, load_tokenizer(info["tokenizer"]), load_tokenizer(info["teacher_tokenizer"]))]
+    return [stage]
 
 
 def majority_rate(data: Any) -> float | None:
