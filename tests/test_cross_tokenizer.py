@@ -54,7 +54,7 @@ def _minilm() -> Any:
 
 def sentencepiece_tokenizer(folder: Path) -> Any:
     """A SentencePiece-style BPE ('▁' for spaces, byte fallback <0xNN>) over a few words, as a fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
     pieces = ["<unk>", "</s>", *[f"<0x{b:02X}>" for b in range(256)], "▁", "▁h", "▁he", "▁hel", "▁hell", "▁hello",

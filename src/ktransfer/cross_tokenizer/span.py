@@ -21,7 +21,6 @@ part 1 is exactly the same-vocabulary loss of a response term.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -96,12 +95,6 @@ def span_loss(
         ps = binary_log_probs(teacher_span_log_probs.to(dtype))
         values = values + likelihood_weight * divergence(qs, ps, temperature=1.0, reduction="none", **params)
     return values
-
-
-def check_finite_weight(value: float, key: str) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{key} must be a finite number >= 0, got {value}")
-    return value
 
 
 __all__ = ["binary_log_probs", "project_log_probs", "span_loss", "span_sums", "token_log_probs"]
