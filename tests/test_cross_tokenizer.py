@@ -411,6 +411,13 @@ def test_cli_run_with_a_wordpiece_teacher_for_a_bpe_student(corpus_file: Path, t
         assert len(trains) == 4 and all(math.isfinite(r["terms"]["cross_tokenizer"]) and r["terms"]["cross_tokenizer"] > 0
                                         for r in trains)
         assert [r for r in records if r.get("split") == "val"][-1]["perplexity"] > 1
+        if method == "span":  # killed after 2 steps and resumed: the same losses as the uninterrupted run
+            resumed = tmp_path / "resumed"
+            assert main(["run", str(path), "--run-dir", str(resumed), "--no-progress", "--stop-after", "2",
+                         "--set", "train.checkpoint_every=1"]) == 0
+            assert main(["resume", str(resumed), "--no-progress"]) == 0
+            again = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+            assert [r["terms"] for r in again if r.get("split") == "train"] == [r["terms"] for r in trains]
 
 
 def test_the_student_learns_from_a_teacher_with_another_tokenizer(corpus_file: Path, tmp_path: Path) -> None:
