@@ -460,6 +460,16 @@ def test_bad_cross_tokenizer_configs_stop_before_training(corpus_file: Path, tmp
     cfg["knowledge"][0]["method"] = "dtw"
     with pytest.raises(ConfigError, match="valid choices: span, uld"):
         RunConfig.from_dict(cfg)
+    cfg = xtok_config(corpus_file, folder, teacher, targets={"sources": {"teacher": 1.0}})
+    with pytest.raises(ConfigError, match="dataset and student sources only"):
+        RunConfig.from_dict(cfg)
+    # a tokenizer the span method's mapping cannot load: the check stops with the reason
+    from ktransfer.runner import preflight
+
+    cfg = xtok_config(corpus_file, folder, teacher)
+    cfg["knowledge"][0]["student_tokenizer"] = str(tmp_path / "no-such-tokenizer.json")
+    with pytest.raises(ConfigError, match=r"knowledge\[0\] \(cross_tokenizer\): cannot map the two vocabularies"):
+        preflight(RunConfig.from_dict(cfg))
 
 
 def test_offsets_that_cannot_be_recovered_stop_the_check(corpus_file: Path) -> None:
