@@ -47,8 +47,23 @@ def _architecture(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k != "weights"}
 
 
+# What a dataset that tokenises each text for the teacher too says about the teacher's tokens.
+TEACHER_TOKEN_INFO = (("vocab_size", "teacher_vocab_size"), ("eos_token_id", "teacher_eos_token_id"),
+                      ("pad_token_id", "teacher_pad_token_id"), ("bos_token_id", None),
+                      ("tokenizer_sha256", "teacher_tokenizer_sha256"))
+
+
+def model_info(info: dict[str, Any], where: str) -> dict[str, Any]:
+    """The dataset facts a model section is built from: for the teacher of a dataset with `teacher_tokenizer`,
+    its own tokenizer's vocabulary and special ids in place of the student's."""
+    if not where.startswith("teacher") or info.get("teacher_tokenizer") is None:
+        return info
+    return {**info, **{key: info.get(source) if source else None for key, source in TEACHER_TOKEN_INFO}}
+
+
 def build_model(spec: dict[str, Any], info: dict[str, Any], where: str) -> nn.Module:
     """Build a model section: `from_run` (that run's student and weights) or builder + optional weights."""
+    info = model_info(info, where)
     if "from_run" in spec:
         run_dir = Path(spec["from_run"])
         cfg_path = run_dir / "config.yaml"

@@ -18,6 +18,7 @@ from torch import nn
 from ktransfer.building import build_model, build_teachers, load_data
 from ktransfer.capture import Capture, parse_spec
 from ktransfer.config import RunConfig
+from ktransfer.cross_tokenizer import AlignmentError, CrossTokenizerTerm, align_offsets
 from ktransfer.data import DATASETS, DataSplits
 from ktransfer.data.base import describe_examples, example_warnings
 from ktransfer.engine.batches import split_batch
@@ -28,8 +29,8 @@ from ktransfer.sequence.vocab import check_data_tokenizer
 from ktransfer.store import StoreError, TeacherStore, open_for_run
 from ktransfer.store.outline import outline_module
 from ktransfer.tasks import TASK_SPECS, ForwardResult, Task
-from ktransfer.terms import build_terms
 from ktransfer.knowledge.teachers import teacher_names_of
+from ktransfer.terms import bind_terms, build_terms
 
 
 @dataclass
@@ -103,8 +104,10 @@ def check_data_fits_task(cfg: RunConfig, info: dict[str, Any]) -> None:
 
 
 def _probe_batch(data: DataSplits, size: int = 2) -> dict[str, Any]:
-    """A couple of validation examples (training ones if there is no validation data) as one batch."""
-    source = data.val if len(data.val) else data.train  # type: ignore[arg-type]
+    """A couple of validation examples (training ones if there is no validation data, or when only the training
+    data is tokenised for the teacher too) as one batch."""
+    own = data.info.get("teacher_tokenizer") is not None
+    source = data.val if len(data.val) and not own else data.train  # type: ignore[arg-type]
     n = min(size, len(source))  # type: ignore[arg-type]
     if n == 0:
         raise ConfigError("data: the dataset has no examples")
@@ -183,17 +186,63 @@ def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module,
                 f"tokenizer and one embedding matrix is padded, set knowledge[{compared[0][0]}].vocab_size to the "
                 "real vocabulary size"
             )
+    if any(isinstance(t, CrossTokenizerTerm) for t in build_terms(cfg.knowledge)):
+        checked_cross = check_cross_tokenizer(cfg, data)
+    else:
+        checked_cross = []
     unit = "classes" if task.kind == "classification" else "vocabulary"
     lines = [f"{role}: {count_parameters(model):,} parameters, {sizes[role]} {unit}, ran on {describe}"
              for role, model in (("student", student), ("teacher", teacher)) if role in sizes and model is not None]
-    return lines + check_term_layers(cfg, student, teacher, student_batch, teacher_batch, task,
-                                     store=store)
+    return lines + checked_cross + check_term_layers(cfg, student, teacher, student_batch, teacher_batch, task,
+                                                     store=store)
 
 
 def store_outline(store: TeacherStore | None) -> nn.Module | None:
     """The module tree of a store's teacher (when the store holds teacher internals), for the terms' layer checks."""
     outline = store.manifest.get("captures", {}).get("outline") if store is not None else None
     return outline_module(outline) if outline else None
+
+
+def check_cross_tokenizer(cfg: RunConfig, data: DataSplits, blocks: int = 256) -> list[str]:
+    """The cross_tokenizer terms can work: their vocabulary mapping builds from the two tokenizers (span), and
+    the two tokenizations of the first `blocks` training blocks align into spans. One line each saying how much."""
+    terms = [(i, t) for i, t in enumerate(build_terms(cfg.knowledge)) if isinstance(t, CrossTokenizerTerm)]
+    bind_terms([t for _, t in terms], data.info)
+    lines: list[str] = []
+    for i, term in terms:
+        if term.method == "span":
+            try:
+                mapping = term.mapping()
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"knowledge[{i}] ({term.name}): cannot map the two vocabularies: {e}") from e
+            lines.append(f"{term.name}: vocabulary mapping of {mapping.shared:,} token texts both tokenizers hold, "
+                         "plus one rest bucket" + (" (the same tokenizer: identity)" if mapping.identity else ""))
+    n = min(blocks, len(data.train))  # type: ignore[arg-type]
+    student = teacher = s_aligned = t_aligned = spans = 0
+    for k in range(n):
+        row = data.train[k]
+        if "token_offsets" not in row or "teacher_token_offsets" not in row:
+            raise ConfigError(f"knowledge[{terms[0][0]}] ({terms[0][1].name}): the training examples hold no character "
+                              "offsets of the two tokenizations (token_offsets, teacher_token_offsets); set "
+                              "data.teacher_tokenizer")
+        try:
+            a = align_offsets(row["token_offsets"].tolist(), row["teacher_token_offsets"].tolist())
+        except AlignmentError as e:
+            raise ConfigError(f"data: training example {k}: the character offsets of its two tokenizations cannot be "
+                              f"aligned: {e}") from e
+        s_count = int((row["token_offsets"][:, 0] >= 0).sum())
+        t_count = int((row["teacher_token_offsets"][:, 0] >= 0).sum())
+        student, teacher, spans = student + s_count, teacher + t_count, spans + len(a.spans)
+        s_aligned, t_aligned = s_aligned + s_count - a.student_unaligned, t_aligned + t_count - a.teacher_unaligned
+    if spans == 0:
+        raise ConfigError(f"data: no span of the first {n} training blocks aligns the student's tokens with the "
+                          "teacher's (no character position where both tokenizations have a boundary): the "
+                          "character offsets of one tokenizer cannot be recovered; check that both tokenizers "
+                          "give offsets into the text (fast tokenizers with a tokenizer.json)")
+    lines.append(f"cross-tokenizer alignment on {n} training blocks: {spans:,} spans hold "
+                 f"{s_aligned / max(student, 1):.1%} of the student's tokens and {t_aligned / max(teacher, 1):.1%} "
+                 "of the teacher's (the rest: spaces one tokenizer covers alone, special tokens)")
+    return lines
 
 
 def check_teacher_store(cfg: RunConfig, data: DataSplits) -> TeacherStore:
@@ -216,6 +265,8 @@ def check_teacher_run_tokenizer(spec: dict[str, Any] | None, info: dict[str, Any
         recorded = json.loads(summary.read_text(encoding="utf-8")).get("tokenizer_sha256")
     except (OSError, ValueError):
         recorded = None
+    if info.get("teacher_tokenizer") is not None:  # the teacher reads its own tokens: compare with those
+        info = {**info, "tokenizer": info["teacher_tokenizer"], "tokenizer_sha256": info.get("teacher_tokenizer_sha256")}
     if recorded and recorded != info["tokenizer_sha256"]:
         raise ConfigError(
             f"{where}.from_run: the run at {spec['from_run']} was trained on the tokens of another tokenizer "

@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from ktransfer.cross_tokenizer import CrossTokenizerTerm
 from ktransfer.data import DATASETS
 from ktransfer.knowledge import ResponseTerm
 from ktransfer.knowledge.layer_map import TappedTerm
@@ -144,6 +145,7 @@ class RunConfig:
                 raise ConfigError(f"knowledge: terms {reading} need the teacher model (its generations); "
                                   "teacher.store provides its output distribution (terms: response) and the hidden "
                                   "states and attention maps it was built with (terms: feature, relation, attention)")
+        self._check_teacher_tokens(terms)
         self._check_selector_and_metric()
 
     def _check_selector_and_metric(self) -> None:
@@ -228,6 +230,44 @@ class RunConfig:
         if self.teachers is None:
             return terms
         return arrange_terms(terms, list(self.teachers), self.combine)
+    def _check_teacher_tokens(self, terms: list[Any]) -> None:
+        """A cross_tokenizer term needs a dataset that tokenises each text for the teacher too
+        (`data.teacher_tokenizer`); the other teacher-reading terms need the teacher on the student's tokens."""
+        name = str(self.data.get("name"))
+        teacher_tokenizer = self.data.get("teacher_tokenizer")
+        cross = [(i, t) for i, t in enumerate(terms) if isinstance(t, CrossTokenizerTerm)]
+        for i, term in cross[:1]:
+            where = f"knowledge[{i}] ({term.name}, type cross_tokenizer)"
+            if self.task != "causal_lm":
+                raise ConfigError(f"{where}: aligns two tokenizations of causal-LM text; task is '{self.task}' "
+                                  "(valid: causal_lm)")
+            if "teacher_tokenizer" not in DATASETS.keys(name):
+                able = [n for n in DATASETS.names() if "teacher_tokenizer" in DATASETS.keys(n)]
+                raise ConfigError(f"{where}: the teacher reads its own tokens of each text, which dataset '{name}' "
+                                  f"cannot give; datasets with teacher_tokenizer: {', '.join(able)}")
+            if teacher_tokenizer is None:
+                raise ConfigError(f"{where}: set data.teacher_tokenizer to the teacher's tokenizer (a folder, a "
+                                  "tokenizer.json, a hub id, or smollm2), so that each text is tokenised for the "
+                                  "teacher too")
+            if self.teacher_store:
+                raise ConfigError(f"{where}: needs the teacher model on its own tokens; teacher.store holds a "
+                                  "teacher's outputs on the student's tokens")
+            if self.targets is not None and targets_stage_from_config(self.targets, self.task).requires_teacher:
+                raise ConfigError(f"{where}: the targets section has the teacher generate (teacher source, "
+                                  "teacher_mix or greedy_baseline), on the student's tokens, which this teacher does "
+                                  "not read; with data.teacher_tokenizer use the dataset and student sources only")
+        if teacher_tokenizer is None:
+            return
+        same = [(i, t) for i, t in enumerate(terms) if t.requires_teacher and not isinstance(t, CrossTokenizerTerm)]
+        if same:
+            i, term = same[0]
+            raise ConfigError(f"knowledge[{i}] ({term.name}): compares teacher and student on the same tokens, but "
+                              "data.teacher_tokenizer gives the teacher its own tokens; use a term of type "
+                              "cross_tokenizer, or remove data.teacher_tokenizer if both share one tokenizer")
+        if self.train.metric == "teacher_kl":
+            raise ConfigError("train.metric: teacher_kl compares teacher and student on the same tokens, which "
+                              "data.teacher_tokenizer rules out (the teacher has its own); valid here: "
+                              + ", ".join(m for m in TASK_SPECS[self.task].metrics if m != "teacher_kl"))
 
     @property
     def teacher_store(self) -> str | None:

@@ -50,7 +50,7 @@ from ktransfer.sequence.heldout import with_teacher_kl
 from ktransfer.store import IndexedCollate, IndexedDataset, StoreStage
 from ktransfer.sequence.targets import targets_stage_from_config
 from ktransfer.tasks import Task
-from ktransfer.terms import build_terms
+from ktransfer.terms import bind_terms, build_terms
 
 __all__ = ["RUN_OUTPUTS", "Preflight", "RunExistsError", "RunResult", "build_distiller", "build_model",
            "check_data_fits_task", "check_models", "check_sources", "check_teacher_run_tokenizer",
@@ -86,7 +86,7 @@ def build_distiller(
     selector_spec = dict(cfg.selector)
     selector = SELECTORS.build(selector_spec.pop("type"), selector_spec, "selector")
     task = Task(cfg.task)
-    train_data, collate_fn, stages = data.train, data.collate_fn, _stages(cfg)
+    train_data, collate_fn, stages = data.train, data.collate_fn, _stages(cfg, data.info)
     if store is not None:  # the teacher's outputs come from the store, by example index
         train_data, collate_fn = IndexedDataset(data.train), IndexedCollate(data.collate_fn)
         stages = [StoreStage(store)]
@@ -95,8 +95,10 @@ def build_distiller(
     if stores:  # named teachers from stores: their outputs come by example index, beside the live teachers'
         train_data, collate_fn = IndexedDataset(data.train), IndexedCollate(data.collate_fn)
         stages = [StoreStage(stores)]
+    terms = cfg.arranged_terms()
+    bind_terms(terms, data.info)
     distiller = Distiller(
-        student, teacher, cfg.arranged_terms(), selector,
+        student, teacher, terms, selector,
         train_data=train_data, config=cfg.train, optim=cfg.optim, schedule=cfg.schedule, task=task,
         evaluate=run_evaluator(cfg, data, "val", teacher if isinstance(teacher, nn.Module) else None),
         run_dir=run_dir, collate_fn=collate_fn, progress=progress, stop_after_steps=stop_after_steps,
@@ -111,16 +113,23 @@ def run_evaluator(cfg: RunConfig, data: DataSplits, split: str, teacher: nn.Modu
     `teacher_kl`, its divergence from the teacher there (ktransfer.sequence.heldout)."""
     task = Task(cfg.task)
     evaluate = make_evaluator(data.get(split), task, cfg.train.eval_batch_size, collate_fn=data.collate_fn)
-    if teacher is None or cfg.task not in ("causal_lm", "seq2seq"):
-        return evaluate
+    if teacher is None or cfg.task not in ("causal_lm", "seq2seq") or data.info.get("teacher_tokenizer"):
+        return evaluate  # a teacher with its own tokenizer has no divergence on the student's tokens
     return with_teacher_kl(evaluate, data.get(split), task, teacher, cfg.train.eval_batch_size, data.collate_fn)
 
 
-def _stages(cfg: RunConfig) -> list[Any]:
-    """The batch stages a config asks for: a targets stage when it has a `targets` section (seed: the run's)."""
+def _stages(cfg: RunConfig, info: dict[str, Any] | None = None) -> list[Any]:
+    """The batch stages a config asks for: a targets stage when it has a `targets` section (seed: the run's);
+    on a dataset with `teacher_tokenizer`, wrapped so that each rewritten row is tokenised for the teacher again."""
     if cfg.targets is None:
         return []
-    return [targets_stage_from_config({"seed": cfg.train.seed, **cfg.targets}, cfg.task)]
+    stage = targets_stage_from_config({"seed": cfg.train.seed, **cfg.targets}, cfg.task)
+    if info and info.get("teacher_tokenizer"):
+        from ktransfer.cross_tokenizer.retokenize import RetokenizedTargets
+        from ktransfer.data.corpus import load_tokenizer
+
+        return [RetokenizedTargets(stage, load_tokenizer(info["tokenizer"]), load_tokenizer(info["teacher_tokenizer"]))]
+    return [stage]
 
 
 def majority_rate(data: Any) -> float | None:

@@ -24,6 +24,8 @@ _REPO_ID = re.compile(r"(?:[\w][\w.\-]{0,94}[\w]/|[\w]/)?(?:[\w][\w.\-]{0,94}[\w
 
 # `load_dataset` builders that read local files (given by `data_files`), not hub repositories.
 PACKAGED = ("json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "xml", "sql")
+# Models ktransfer prepares from packages (`ktransfer data prepare`), named in place of a hub id or folder.
+PREPARED_MODELS = ("smollm2",)
 
 
 class HubSourceError(OSError):
@@ -141,6 +143,8 @@ def source_key(value: str, revision: str | None = None, repo_type: RepoType = "m
 
     if repo_type == "dataset" and value in PACKAGED and not os.path.exists(value):
         return f"builder:{value}"
+    if repo_type == "model" and value in PREPARED_MODELS and not os.path.exists(value):
+        return f"prepared:{value}"
     if os.path.exists(value) or not is_hub_id(value):
         return path_digest(value)
     return f"hub:{repo_type}:{value}@{hub_commit(value, revision, repo_type)}"

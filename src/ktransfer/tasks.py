@@ -78,8 +78,11 @@ def label_range_error(logits: Tensor, targets: Tensor, who: str = "the model") -
 # from, the log-probability of each generated token under the policy that sampled it, and the
 # reward of the student's greedy output (a self-critic baseline), the generation budget. Never model inputs.
 SEQUENCE_KEYS = ("target_source", "sample_logprobs", "greedy_reward", "greedy_length", "max_new_tokens")
-# Batch keys that hold targets or per-example loss weights, never model inputs.
-TARGET_KEYS = ("labels", "sample_weight", *SEQUENCE_KEYS)
+# Keys of a dataset that tokenises each text for a teacher with another tokenizer too: the character
+# offsets of each tokenization (`ktransfer.data.corpus`; the teacher's arrive as `teacher_token_offsets`).
+ALIGNMENT_KEYS = ("token_offsets",)
+# Batch keys that hold targets, per-example loss weights or alignments, never model inputs.
+TARGET_KEYS = ("labels", "sample_weight", *SEQUENCE_KEYS, *ALIGNMENT_KEYS)
 
 
 class ForwardResult:

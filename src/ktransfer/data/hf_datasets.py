@@ -25,12 +25,12 @@ from typing import Any, Literal
 from ktransfer.data.base import DataSplits
 from ktransfer.data.files import cell_problem
 from ktransfer.registry import DatasetSource, LocalPath, ModelSource
+from ktransfer.data.corpus import tokenizer_folder
 from ktransfer.sources import PACKAGED, HubSourceError, cached_snapshot, hub_offline, is_hub_id, require_cached
 
 # The field combinations `hf_dataset` understands, by the task they feed.
 MODES = {"corpus": ("text",), "prompt_completion": ("prompt", "completion"), "classification": ("text", "label"),
          "translation": ("source", "target")}
-_TOKENIZER_PATTERNS = ("tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "*.model", "config.json")
 
 
 def _is_saved(folder: Path) -> bool:
@@ -108,19 +108,6 @@ def _mode(fields: dict[str, str | None], where: str) -> str:
                      f"{choices} (text_pair only with text + label)")
 
 
-def tokenizer_folder(tokenizer: str | None, revision: str | None = None) -> str | None:
-    """A local tokenizer folder or file for `tokenizer` (a hub id is read from the cache, or downloaded when online)."""
-    if tokenizer is None or Path(tokenizer).exists() or not is_hub_id(tokenizer):
-        return tokenizer
-    snapshot = cached_snapshot(tokenizer, revision)
-    if snapshot is not None:
-        return str(snapshot)
-    require_cached("tokenizer", tokenizer, revision)
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(tokenizer, revision=revision, allow_patterns=list(_TOKENIZER_PATTERNS))
-
-
 def hf_dataset(
     path: DatasetSource, name: str | None = None, data_files: LocalPath | list[str] | dict[str, Any] | None = None,
     revision: str | None = None, split: str | list[str] = "train", text: str | None = None, label: str | None = None,
@@ -129,7 +116,7 @@ def hf_dataset(
     train_tokenizer: int | None = None, max_length: int | None = None, packing: Literal["pack", "pad"] = "pack",
     add_eos: bool = True, vocab_size: int = 8000, tokenizer_model: Literal["bpe", "unigram"] = "bpe",
     val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0, train_size: int | None = None,
-    val_size: int | None = None, test_size: int | None = None,
+    val_size: int | None = None, test_size: int | None = None, teacher_tokenizer: ModelSource | None = None,
 ) -> DataSplits:
     """A Hugging Face `datasets` source, as `load_dataset(path, name, data_files=..., split=...)` takes it (a hub id
     read from the local cache, `json`/`csv`/`parquet` with `data_files`, a local folder, or a `save_to_disk` folder),
@@ -138,12 +125,16 @@ def hf_dataset(
 
     The rows of `split` (a list concatenates several) are split into train/val/test here (`val_fraction`,
     `test_fraction`, `split_seed`, then `*_size` subsamples). `tokenizer`: a local folder or a hub id;
-    `max_length` defaults to each task's own default.
+    `max_length` defaults to each task's own default. `teacher_tokenizer` (`text` only): training blocks
+    tokenised for a teacher with that tokenizer too (see `ktransfer.data.corpus`).
     """
     where = f"hf_dataset '{path}'"
     splits = [split] if isinstance(split, str) else list(split)
     mode = _mode({"text": text, "label": label, "text_pair": text_pair, "prompt": prompt, "completion": completion,
                   "source": source, "target": target}, where)
+    if teacher_tokenizer is not None and mode != "corpus":
+        raise ValueError(f"{where}: teacher_tokenizer tokenises a causal-LM corpus (field text alone) for a teacher "
+                         f"with another tokenizer; these fields make a {mode.replace('_', '/')} dataset")
     columns, origin, features = _rows(load_table(path, name, data_files, revision), splits, where)
     tok = tokenizer_folder(tokenizer)
     sizes = {"train_size": train_size, "val_size": val_size, "test_size": test_size}
@@ -156,7 +147,7 @@ def hf_dataset(
         docs = _field(columns, origin, str(text), "text", where, features)
         return corpus_splits(label_name, docs, tokenizer=tok, prepared_tokenizer=prepared_tokenizer,
                              train_tokenizer=train_tokenizer, max_length=max_length or 64, packing=packing,
-                             add_eos=add_eos, extra_info=info, **common)
+                             add_eos=add_eos, extra_info=info, teacher_tokenizer=teacher_tokenizer, **common)
     if mode == "prompt_completion":
         from ktransfer.data.prompts import prompt_completion_splits
 

@@ -3,7 +3,8 @@
 Two cases are told apart: one tokenizer whose embedding matrix is padded in one model (works:
 the padded rows are dropped with `vocab_size`), and two different tokenizers (stops: the
 teacher's token i is not the student's token i, so per-token log-probabilities cannot be
-compared without a cross-tokenizer alignment, which this library does not do).
+compared; the `cross_tokenizer` term, on a dataset with `teacher_tokenizer`, aligns the two
+tokenizations instead, see `ktransfer.cross_tokenizer`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def check_same_tokenizer(student_tokenizer: Any, teacher_tokenizer: Any) -> None
         f"{s_vocab.get(example)}, teacher id {t_vocab.get(example)}; {len(differing)} tokens differ). Token-level "
         "distillation compares the two models' probabilities of the same token ids, so it needs one tokenizer: "
         "use a teacher and student trained with the same tokenizer (padded embedding rows are fine, set "
-        "vocab_size), or align the two vocabularies first (a cross-tokenizer method, which ktransfer does not provide)"
+        "vocab_size), or let the teacher read its own tokens: set data.teacher_tokenizer to the teacher's tokenizer "
+        "and distil with a knowledge term of type cross_tokenizer (it aligns the two tokenizations through "
+        "character offsets)"
     )
 
 
@@ -86,14 +89,20 @@ def model_tokenizer(model: nn.Module | None) -> str | None:
 
 
 def check_data_tokenizer(info: dict[str, Any], teacher: nn.Module | None) -> None:
-    """The dataset's tokens are the teacher's tokens: when both the dataset (`info["tokenizer"]`) and the
-    teacher (`model_tokenizer`) name their tokenizer, the two must map the same strings to the same ids."""
-    data_path, teacher_path = info.get("tokenizer"), model_tokenizer(teacher)
+    """The dataset's tokens are the teacher's tokens: when both the dataset (`info["tokenizer"]`, or
+    `info["teacher_tokenizer"]` when it tokenises each text for the teacher too) and the teacher
+    (`model_tokenizer`) name their tokenizer, the two must map the same strings to the same ids."""
+    own = isinstance(info.get("teacher_tokenizer"), str)  # the dataset tokenises each text for the teacher too
+    data_path, teacher_path = info.get("teacher_tokenizer" if own else "tokenizer"), model_tokenizer(teacher)
     if not isinstance(data_path, str) or teacher_path is None or data_path == teacher_path:
         return
     data_tok, teacher_tok = load_tokenizer(data_path), load_tokenizer(teacher_path)
     try:
         check_same_tokenizer(data_tok, teacher_tok)
     except VocabularyError as e:
+        if own:
+            raise VocabularyError(f"data.teacher_tokenizer ({data_path}) is not the teacher's tokenizer (from "
+                                  f"{teacher_path}): the teacher would read ids of another vocabulary; set "
+                                  f"data.teacher_tokenizer to {teacher_path}") from None
         raise VocabularyError(f"the dataset's tokens (the student's tokenizer, from {data_path}) are not the "
                               f"teacher's (tokenizer from {teacher_path}): {e}") from None

@@ -1,0 +1,210 @@
+"""The cross-tokenizer knowledge term: a teacher with another tokenizer than the student's.
+
+The teacher runs on its own tokens of the same text (the dataset's `teacher_tokenizer`: batch keys
+`teacher_input_ids`, `teacher_attention_mask`, `teacher_labels`), and both tokenizations carry the
+character offsets of their tokens (`token_offsets`, `teacher_token_offsets`: (B, T, 2), -1 for
+special and padding tokens). Each step the term aligns the two tokenizations of every example
+through those offsets (`align.align_offsets`) and compares the models on the aligned spans:
+
+* `method: span` (`span.span_loss`): the next-token distributions at each span's start over the
+  token texts both vocabularies hold plus a "rest" bucket, and (`likelihood_weight`) the two
+  sides' chain-rule probabilities of the whole span;
+* `method: uld` (`uld.uld_distance`): the Wasserstein-1 distance between the sorted probability
+  vectors at each span's start; no vocabulary mapping needed.
+
+The loss is the mean over the counted spans (weighted by the batch's `sample_weight` when it has
+one). A span counts when both sides have a token before it (the first span of a block has no
+prediction on one side) and every student token in it has a target (prompt tokens do not).
+`counts` holds the spans and tokens seen, counted and left out, summed over the run's steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ktransfer.cross_tokenizer.align import align_offsets
+from ktransfer.cross_tokenizer.span import span_loss, span_sums, token_log_probs
+from ktransfer.cross_tokenizer.uld import uld_distance
+from ktransfer.cross_tokenizer.vocab import VocabMapping, vocab_mapping
+from ktransfer.divergences import get_divergence
+from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView
+from ktransfer.knowledge.response import divergence_params
+
+METHODS = ("span", "uld")
+OFFSETS_KEY = "token_offsets"
+TEACHER_OFFSETS_KEY = "teacher_token_offsets"
+
+
+@dataclass
+class CrossTokenizerTerm:
+    """Distillation from a teacher whose tokenizer differs from the student's (the dataset's `teacher_tokenizer`).
+
+    The teacher reads its own tokens of each text; the two tokenizations are aligned through
+    character offsets into spans (tokens of both sides covering the same characters). At each
+    span's start, `method: span` compares the next-token distributions over the token texts both
+    vocabularies hold plus one "rest" bucket (every other token of a side) with `divergence`
+    (forward_kl is KL(teacher || student); `params`: its beta / alpha), plus, weighted by
+    `likelihood_weight`, the two sides' chain-rule probabilities of the whole span ({span, not
+    span}; 0 = next-token part only). `method: uld` takes the Wasserstein-1 distance between the
+    sorted probability vectors instead (Boizard et al. 2024; no mapping; no divergence). `temperature`
+    T: softmax(logits / T) on both sides. The loss is the mean over aligned spans. `student_tokenizer`
+    / `teacher_tokenizer` (folders or tokenizer.json files) build the span method's mapping; a run
+    takes them from its dataset.
+    """
+
+    method: Literal["span", "uld"] = "span"
+    divergence: str = "forward_kl"
+    temperature: float = 1.0
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+    likelihood_weight: float = 1.0
+    student_tokenizer: str | None = None
+    teacher_tokenizer: str | None = None
+    name: str = "cross_tokenizer"
+    requires_teacher: bool = field(default=True, init=False)
+    student_modules: tuple[str, ...] = field(default=(), init=False)
+    teacher_modules: tuple[str, ...] = field(default=(), init=False)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method: invalid value {self.method!r}; valid choices: {', '.join(METHODS)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not self.likelihood_weight >= 0 or self.likelihood_weight == float("inf"):
+            raise ValueError(f"likelihood_weight must be a finite number >= 0, got {self.likelihood_weight}")
+        self._fn = get_divergence(self.divergence)
+        valid = divergence_params(self.divergence)
+        for key in self.params:
+            if key not in valid:
+                raise ValueError(f"params.{key}: divergence '{self.divergence}' takes "
+                                 f"{', '.join(valid) if valid else 'no params'}")
+        if self.method == "uld" and (self.divergence != "forward_kl" or self.params or self.likelihood_weight != 1.0):
+            raise ValueError("method uld compares sorted probabilities with its own distance (Wasserstein-1): "
+                             "divergence, params and likelihood_weight apply to method span only; leave them out")
+        self._mapping: VocabMapping | None = None
+        self.counts = {"spans": 0, "spans_counted": 0, "student_tokens": 0, "student_tokens_unaligned": 0,
+                       "teacher_tokens": 0, "teacher_tokens_unaligned": 0}
+
+    # --------------------------------------------------------------------------------- set-up
+    def bind_data(self, info: dict[str, Any]) -> None:
+        """Take the tokenizers the dataset used (`info['tokenizer']`, `info['teacher_tokenizer']`) unless given."""
+        if self.student_tokenizer is None:
+            self.student_tokenizer = info.get("tokenizer")
+        if self.teacher_tokenizer is None:
+            self.teacher_tokenizer = info.get("teacher_tokenizer")
+
+    def mapping(self) -> VocabMapping:
+        """The vocabulary mapping of the span method (built once from the two tokenizers)."""
+        if self._mapping is None:
+            from ktransfer.data.corpus import load_tokenizer
+
+            missing = [k for k in ("student_tokenizer", "teacher_tokenizer") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"knowledge term '{self.name}' (method span) maps the two vocabularies onto each "
+                                 f"other and needs {' and '.join(missing)}: give them, or train on a dataset with "
+                                 "teacher_tokenizer set")
+            self._mapping = vocab_mapping(load_tokenizer(str(self.student_tokenizer)),
+                                          load_tokenizer(str(self.teacher_tokenizer)))
+        return self._mapping
+
+    def set_mapping(self, mapping: VocabMapping) -> None:
+        """Use `mapping` instead of one built from the tokenizers (Python callers, tests)."""
+        self._mapping = mapping
+
+    # --------------------------------------------------------------------------------- loss
+    def _gather(self, view: StepView) -> dict[str, Tensor] | None:
+        """Index tensors of the counted spans of a batch: example, first positions, and each token's span."""
+        batch = view.batch
+        for key in (OFFSETS_KEY, TEACHER_OFFSETS_KEY, "input_ids", "teacher_input_ids"):
+            if key not in batch:
+                raise ValueError(f"knowledge term '{self.name}' needs the batch key '{key}': the dataset must "
+                                 "tokenise each text for the teacher too (set data.teacher_tokenizer)")
+        s_off, t_off = batch[OFFSETS_KEY].tolist(), batch[TEACHER_OFFSETS_KEY].tolist()
+        s_mask = view.student.mask
+        assert view.teacher is not None
+        t_mask = view.teacher.mask
+        s_ok = s_mask.tolist() if s_mask is not None else None
+        t_ok = t_mask.tolist() if t_mask is not None else None
+        rows: dict[str, list[int]] = {k: [] for k in ("b", "s", "t", "s_tok_b", "s_tok", "s_span", "t_tok_b", "t_tok", "t_span")}
+        counted = 0
+        for b, (so, to) in enumerate(zip(s_off, t_off, strict=True)):
+            alignment = align_offsets(so, to)
+            c = self.counts
+            c["spans"] += len(alignment.spans)
+            c["student_tokens_unaligned"] += alignment.student_unaligned
+            c["teacher_tokens_unaligned"] += alignment.teacher_unaligned
+            c["student_tokens"] += sum(1 for s, _ in so if s >= 0)
+            c["teacher_tokens"] += sum(1 for s, _ in to if s >= 0)
+            for span in alignment.spans:
+                i0, i1, k0, k1 = span.student_start, span.student_stop, span.teacher_start, span.teacher_stop
+                if i0 < 1 or k0 < 1:
+                    continue  # no prediction of the span's first token on one side
+                if s_ok is not None and not all(s_ok[b][i0 - 1:i1 - 1]):
+                    continue
+                if t_ok is not None and not all(t_ok[b][k0 - 1:k1 - 1]):
+                    continue
+                rows["b"].append(b)
+                rows["s"].append(i0 - 1)
+                rows["t"].append(k0 - 1)
+                for j in range(i0 - 1, i1 - 1):
+                    rows["s_tok_b"].append(b)
+                    rows["s_tok"].append(j)
+                    rows["s_span"].append(counted)
+                for j in range(k0 - 1, k1 - 1):
+                    rows["t_tok_b"].append(b)
+                    rows["t_tok"].append(j)
+                    rows["t_span"].append(counted)
+                counted += 1
+        self.counts["spans_counted"] += counted
+        if counted == 0:
+            return None
+        device = view.student.logits.device
+        return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in rows.items()}
+
+    def loss(self, view: StepView) -> Tensor:
+        if view.teacher is None:
+            raise ValueError(f"knowledge term '{self.name}' needs the teacher's outputs (a teacher model: a store "
+                             "of outputs holds them on the student's tokens only)")
+        s_logits, t_logits = view.student.logits, view.teacher.logits
+        index = self._gather(view)
+        if index is None:  # nothing aligned here: a zero that keeps the graph
+            return s_logits.sum() * 0.0
+        s_first, t_first = s_logits[index["b"], index["s"]], t_logits[index["b"], index["t"]]
+        if self.method == "uld":
+            values = uld_distance(s_first, t_first, self.temperature)
+        else:
+            mapping = self.mapping()
+            n = index["b"].numel()
+            s_lp = t_lp = None
+            if self.likelihood_weight != 0.0:
+                s_ids = view.batch["input_ids"][index["s_tok_b"], index["s_tok"] + 1]
+                t_ids = view.batch["teacher_input_ids"][index["t_tok_b"], index["t_tok"] + 1]
+                s_tok = token_log_probs(s_logits[index["s_tok_b"], index["s_tok"]], s_ids, self.temperature)
+                t_tok = token_log_probs(t_logits[index["t_tok_b"], index["t_tok"]], t_ids, self.temperature)
+                s_lp, t_lp = span_sums(s_tok, index["s_span"], n), span_sums(t_tok, index["t_span"], n)
+            values = span_loss(
+                self._fn, s_first, t_first.to(s_first.device),
+                mapping.buckets("student", s_logits.shape[-1], s_logits.device),
+                mapping.buckets("teacher", t_logits.shape[-1], s_logits.device),
+                mapping.shared + 1, temperature=self.temperature, student_span_log_probs=s_lp,
+                teacher_span_log_probs=t_lp, likelihood_weight=self.likelihood_weight, params=self.params)
+        weights = view.batch.get(SAMPLE_WEIGHT_KEY)
+        if weights is None:
+            return values.mean()
+        w = torch.as_tensor(weights, dtype=values.dtype, device=values.device)[index["b"]]
+        total = w.sum()
+        return (values * w).sum() / total if bool(total > 0) else values.sum() * 0.0
+
+    # --------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.counts.update(state.get("counts", {}))
+
+
+__all__ = ["METHODS", "OFFSETS_KEY", "TEACHER_OFFSETS_KEY", "CrossTokenizerTerm"]
