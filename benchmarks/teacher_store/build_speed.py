@@ -2,10 +2,11 @@
 
 Per batch (8 blocks of 32 tokens of configs/causal/smollm2_student_alone.yaml's data), interleaved so
 that a busy machine slows every part alike: the teacher's forward pass; then, on the same logits,
-the top-k and tail of the target positions and the store writer's `add` of each example, once as the
-build does it (`topk_log_probs` over the target positions, a chunk at a time) and once as written
-here with plain operations (log_softmax of the selected positions, top-k, a copy with the kept ids
-masked and a log-sum-exp over it, then `SparseTeacher` checks of the batch before the writer's own).
+the top-k and tail of the target positions and the store writer's adding of the examples, once as
+the build does it (`topk_log_probs` over the target positions, a chunk at a time, and the writer's
+`add_rows`, one check for the batch) and once as written here with plain operations (log_softmax of
+the selected positions, top-k, a copy with the kept ids masked and a log-sum-exp over it,
+`SparseTeacher` checks of the batch, then the writer's `add` and its checks example by example).
 Median seconds per batch over `--batches` batches after one warm-up; the build's time relative to the
 plain forward pass is (forward + top-k + add) / forward. One thread. Writes
 benchmarks/results/teacher_store_build.json.
@@ -85,13 +86,14 @@ def main() -> int:
                 t0 = time.perf_counter()
                 if name == "topk_and_add":
                     ids, logprobs, tail = topk_log_probs(out.logits, K, mask=out.mask)
+                    writer.add_rows(indices, counts, ids=ids, logprobs=logprobs, tail=tail)
                 else:
                     ids, logprobs, tail = plain_topk(out.logits, out.mask, K)
-                start = 0
-                for index, count in zip(indices, counts, strict=True):
-                    writer.add(index, ids=ids[start:start + count], logprobs=logprobs[start:start + count],
-                               tail=tail[start:start + count])
-                    start += count
+                    start = 0
+                    for index, count in zip(indices, counts, strict=True):
+                        writer.add(index, ids=ids[start:start + count], logprobs=logprobs[start:start + count],
+                                   tail=tail[start:start + count])
+                        start += count
                 times[name] = time.perf_counter() - t0
             if number:  # the first batch warms up
                 positions += sum(counts)
