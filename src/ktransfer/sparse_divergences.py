@@ -158,15 +158,20 @@ def topk_log_probs(logits: Tensor, k: int, *, mask: Tensor | None = None) -> tup
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
         raise ValueError(f"k must be an int in [1, {vocab}] (the vocabulary size), got {k!r}")
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    flat = logits.detach().reshape(-1, vocab)
-    if mask is not None:
-        if mask.shape != logits.shape[:-1]:
-            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the logits' leading shape "
-                             f"{tuple(logits.shape[:-1])}")
-        where: Tensor | None = mask.reshape(-1).nonzero().squeeze(-1).to(flat.device)
-        n, lead = int(where.numel()), (int(where.numel()),)
+    logits = logits.detach()
+    if mask is not None and mask.shape != logits.shape[:-1]:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the logits' leading shape "
+                         f"{tuple(logits.shape[:-1])}")
+    # positions are read a chunk at a time, never by reshaping (a strided slice would be copied whole)
+    flat = logits.view(-1, vocab) if mask is None and logits.is_contiguous() else None
+    where: Tensor | None = None
+    if flat is None:
+        chosen = torch.ones(logits.shape[:-1], dtype=torch.bool) if mask is None else mask
+        where = chosen.nonzero().to(logits.device)  # (n, leading dims)
+        n = int(where.shape[0])
+        lead: tuple[int, ...] = tuple(logits.shape[:-1]) if mask is None else (n,)
     else:
-        where, n, lead = None, flat.shape[0], tuple(logits.shape[:-1])
+        n, lead = flat.shape[0], tuple(logits.shape[:-1])
     ids = torch.empty((n, k), dtype=torch.int64, device=logits.device)
     out = torch.empty((n, k), dtype=dtype, device=logits.device)
     tail = torch.empty(n, dtype=dtype, device=logits.device)
@@ -174,7 +179,7 @@ def topk_log_probs(logits: Tensor, k: int, *, mask: Tensor | None = None) -> tup
     with torch.no_grad():
         for start in range(0, n, step):
             stop = min(start + step, n)
-            z = (flat[start:stop] if where is None else flat.index_select(0, where[start:stop])).to(dtype)
+            z = (flat[start:stop] if where is None else logits[tuple(where[start:stop].T)]).to(dtype)
             top, chunk_ids = z.topk(k, dim=-1)
             largest = top[:, :1]
             shifted = (top - largest).double()
