@@ -89,7 +89,7 @@ def test_writer_sorts_fits_and_the_reader_decodes(tmp_path: Path) -> None:
         writer.add(i, ids=ids[i][:, shuffle], logprobs=top[i][:, shuffle], tail=tail[i])
     writer.close()
     store = TeacherStore.open(tmp_path / "s")
-    assert store.manifest["values"] == "fit" and store.manifest["fit_degree"] == 4
+    assert store.manifest["values"] == "fit" and store.manifest["fit_degree"] == 4 and store.manifest["version"] == 2
     for i in range(2):
         got_ids, got_lp, got_tail = store.topk(i)
         assert torch.equal(got_ids, ids[i])

@@ -10,7 +10,8 @@ teacher predicted, so that a run trains with no teacher in memory. Layout of a s
 ``manifest.json`` keys:
 
 ``format``
-    ``"ktransfer-teacher-outputs"``; ``version``: 1.
+    ``"ktransfer-teacher-outputs"``; ``version``: 1, or 2 for a ``fit`` store (``values`` below), so that
+    a reader that cannot decode it refuses it by its version.
 ``kind``
     ``"topk"`` (sequences: per target position the teacher's k most probable token ids, their
     log-probabilities at temperature 1 and the log of the mass it did not keep) or ``"logits"``
@@ -82,6 +83,8 @@ from ktransfer.store.fit import DEFAULT_DEGREE, check_degree, decode_logprobs, f
 
 FORMAT = "ktransfer-teacher-outputs"
 VERSION = 1
+FIT_VERSION = 2  # a store with values "fit": readers of version 1 cannot decode it
+VERSIONS = (VERSION, FIT_VERSION)
 MANIFEST_NAME = "manifest.json"
 KINDS = ("topk", "logits")
 VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -159,7 +162,7 @@ class StoreWriter:
             check_degree(fit_degree, k)  # type: ignore[arg-type]
         self.directory = Path(directory)
         self.header: dict[str, Any] = {
-            "format": FORMAT, "version": VERSION, "kind": kind, "task": task, "examples": examples,
+            "format": FORMAT, "version": FIT_VERSION if values == FIT else VERSION, "kind": kind, "task": task, "examples": examples,
             "shard_size": shard_size, "values": values,
             "keys": {"teacher": str(teacher), "data": str(data), "tokenizer": tokenizer},
             **({"k": k, "vocab_size": vocab_size} if kind == "topk" else {"num_classes": num_classes}),
@@ -345,8 +348,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise StoreError(f"{path}: unreadable store manifest ({e})") from e
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise StoreError(f"{path}: not a teacher output store (format is not {FORMAT!r})")
-    if data.get("version") != VERSION:
-        raise StoreError(f"{path}: store version {data.get('version')!r}; this ktransfer reads version {VERSION}")
+    if data.get("version") not in VERSIONS:
+        raise StoreError(f"{path}: store version {data.get('version')!r}; this ktransfer reads versions "
+                         f"{', '.join(map(str, VERSIONS))}")
     return data
 
 
