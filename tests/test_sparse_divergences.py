@@ -505,6 +505,10 @@ def test_topk_log_probs_match_a_float64_reference_in_float32(k: int) -> None:
     mask = torch.rand(3, 7, generator=gen) > 0.4
     m_ids, m_lp, m_tail = S.topk_log_probs(z, k, mask=mask)
     assert torch.equal(m_ids, ids[mask]) and torch.equal(m_lp, lp[mask]) and torch.equal(m_tail, tail[mask])
+    strided = S.topk_log_probs(z[:, :-1], k)  # a causal LM's aligned logits: a strided slice, read as it is
+    assert all(torch.equal(a, b[:, :-1]) for a, b in zip(strided, (ids, lp, tail), strict=True))
+    s_ids, s_lp, s_tail = S.topk_log_probs(z[:, :-1], k, mask=mask[:, :-1])
+    assert torch.equal(s_ids, ids[:, :-1][mask[:, :-1]]) and torch.equal(s_tail, tail[:, :-1][mask[:, :-1]])
     with pytest.raises(ValueError, match=r"mask has shape \(3,\), expected the logits' leading shape \(3, 7\)"):
         S.topk_log_probs(z, k, mask=mask[:, 0])
 

@@ -89,7 +89,7 @@ def test_writer_sorts_fits_and_the_reader_decodes(tmp_path: Path) -> None:
         writer.add(i, ids=ids[i][:, shuffle], logprobs=top[i][:, shuffle], tail=tail[i])
     writer.close()
     store = TeacherStore.open(tmp_path / "s")
-    assert store.manifest["values"] == "fit" and store.manifest["fit_degree"] == 4
+    assert store.manifest["values"] == "fit" and store.manifest["fit_degree"] == 4 and store.manifest["version"] == 2
     for i in range(2):
         got_ids, got_lp, got_tail = store.topk(i)
         assert torch.equal(got_ids, ids[i])
@@ -110,3 +110,32 @@ def test_writer_sorts_fits_and_the_reader_decodes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="values must be one of float32, float16, fit, got 'int8'"):
         StoreWriter(tmp_path / "c", kind="topk", task="causal_lm", examples=2, teacher="t", data="d", k=16,
                     vocab_size=300, values="int8")
+
+
+@pytest.mark.parametrize("values", ["float16", "fit"])
+def test_add_rows_equals_add_example_by_example_and_names_a_bad_example(tmp_path: Path, values: str) -> None:
+    gen = torch.Generator().manual_seed(3)
+    logp = torch.log_softmax(torch.randn(10, 50, generator=gen) * 2, -1)
+    top, ids = logp.topk(8, -1)
+    tail = torch.logsumexp(logp.scatter(-1, ids, -math.inf), -1)
+    counts = [3, 0, 4, 3]
+    header = {"kind": "topk", "task": "causal_lm", "examples": 4, "teacher": "t", "data": "d", "k": 8,
+              "vocab_size": 50, "values": values, "fit_degree": 3, "shard_size": 3}
+    one = StoreWriter(tmp_path / "one", **header)
+    start = 0
+    for index, count in enumerate(counts):
+        one.add(index, ids=ids[start:start + count], logprobs=top[start:start + count], tail=tail[start:start + count])
+        start += count
+    rows = StoreWriter(tmp_path / "rows", **header)
+    rows.add_rows([0, 1, 2, 3], counts, ids=ids, logprobs=top, tail=tail)
+    one.close(), rows.close()
+    a, b = TeacherStore.open(tmp_path / "one"), TeacherStore.open(tmp_path / "rows")
+    for i in range(4):
+        for x, y in zip(a.topk(i), b.topk(i), strict=True):
+            assert torch.equal(x, y)
+    bad = top.clone()
+    bad[8, 0] = 0.5  # a log-probability above 0, in example 3 (rows 7..9)
+    with pytest.raises(ValueError, match=r"^example 3: .*logprobs at position \(1, 0\) is 0\.5"):
+        StoreWriter(tmp_path / "bad", **header).add_rows([0, 1, 2, 3], counts, ids=ids, logprobs=bad, tail=tail)
+    with pytest.raises(ValueError, match="the counts add up to 9 rows, but ids has 10"):
+        StoreWriter(tmp_path / "bad2", **header).add_rows([0, 1, 2, 3], [3, 0, 3, 3], ids=ids, logprobs=top)

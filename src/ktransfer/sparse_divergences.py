@@ -125,6 +125,20 @@ def _log1mexp(x: Tensor) -> Tensor:
 _TOPK_CHUNK_BYTES = 2 * 2**20
 
 
+# rest mass below 1e-2 of the total: summed over the other tokens instead of taken as total - kept
+_EXACT_REST_BELOW = 1e-2
+
+
+def _rest_mass(z: Tensor, top: Tensor, k: int) -> Tensor:
+    """sum_{v not in top-k} exp(z_v - max z) per row (float64): the tokens below the k-th, and those tied with it
+    that the top-k left out."""
+    largest, kth = top[:, :1], top[:, -1:]
+    inside = z >= kth
+    rest = (z - largest).exp_().masked_fill_(inside, 0.0).sum(-1).double()
+    tied = inside.sum(-1) - k
+    return rest + tied.double() * (kth - largest).squeeze(-1).double().exp()
+
+
 def topk_log_probs(logits: Tensor, k: int, *, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The top-k of ``log_softmax(logits)`` and the log of the rest: (ids int64, log-probabilities, tail).
 
@@ -132,11 +146,11 @@ def topk_log_probs(logits: Tensor, k: int, *, mask: Tensor | None = None) -> tup
     in order, as rows (N, k) and (N,). No checks beyond the arguments' types: :class:`SparseTeacher`
     (``from_logits``) or the store writer check what they receive. Computed a few positions at a time,
     so the passes over the vocabulary stay in cache and nothing of size N x V is copied. With m the
-    largest logit, the kept and the other tokens' masses are summed apart, both as sums of positive
-    terms: ``s_top = sum_topk exp(z - m)`` and ``s_rest = sum_{z < z_k} exp(z - m)`` (plus the tokens
-    tied with the k-th that the top-k left out), so neither the log-probabilities
-    ``z - m - log(s_top + s_rest)`` nor the tail ``log s_rest - log(s_top + s_rest)`` suffer a
-    cancellation, however close the kept mass is to 1.
+    largest logit: one top-k and one sum ``s = sum_v exp(z_v - m)`` per position; the kept mass
+    ``s_top = sum_topk exp(z - m)`` (float64) and the rest ``s - s_top``, except where the rest is
+    below 1e-2 of ``s``: there the difference would lose its digits, and the rest is summed over the
+    other tokens (those below the k-th, and those tied with it that the top-k left out). The
+    log-probabilities are ``z - m - log(s_top + rest)`` and the tail ``log rest - log(s_top + rest)``.
     """
     if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.dim() < 1:
         raise TypeError("top-k log-probabilities need floating-point logits of shape (..., V)")
@@ -144,15 +158,20 @@ def topk_log_probs(logits: Tensor, k: int, *, mask: Tensor | None = None) -> tup
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
         raise ValueError(f"k must be an int in [1, {vocab}] (the vocabulary size), got {k!r}")
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    flat = logits.detach().reshape(-1, vocab)
-    if mask is not None:
-        if mask.shape != logits.shape[:-1]:
-            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the logits' leading shape "
-                             f"{tuple(logits.shape[:-1])}")
-        where: Tensor | None = mask.reshape(-1).nonzero().squeeze(-1).to(flat.device)
-        n, lead = int(where.numel()), (int(where.numel()),)
+    logits = logits.detach()
+    if mask is not None and mask.shape != logits.shape[:-1]:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected the logits' leading shape "
+                         f"{tuple(logits.shape[:-1])}")
+    # positions are read a chunk at a time, never by reshaping (a strided slice would be copied whole)
+    flat = logits.view(-1, vocab) if mask is None and logits.is_contiguous() else None
+    where: Tensor | None = None
+    if flat is None:
+        chosen = torch.ones(logits.shape[:-1], dtype=torch.bool) if mask is None else mask
+        where = chosen.nonzero().to(logits.device)  # (n, leading dims)
+        n = int(where.shape[0])
+        lead: tuple[int, ...] = tuple(logits.shape[:-1]) if mask is None else (n,)
     else:
-        where, n, lead = None, flat.shape[0], tuple(logits.shape[:-1])
+        n, lead = flat.shape[0], tuple(logits.shape[:-1])
     ids = torch.empty((n, k), dtype=torch.int64, device=logits.device)
     out = torch.empty((n, k), dtype=dtype, device=logits.device)
     tail = torch.empty(n, dtype=dtype, device=logits.device)
@@ -160,16 +179,17 @@ def topk_log_probs(logits: Tensor, k: int, *, mask: Tensor | None = None) -> tup
     with torch.no_grad():
         for start in range(0, n, step):
             stop = min(start + step, n)
-            z = (flat[start:stop] if where is None else flat.index_select(0, where[start:stop])).to(dtype)
+            z = (flat[start:stop] if where is None else logits[tuple(where[start:stop].T)]).to(dtype)
             top, chunk_ids = z.topk(k, dim=-1)
-            largest, kth = top[:, :1], top[:, -1:]
-            inside = z >= kth
-            rest = (z - largest).exp_().masked_fill_(inside, 0.0).sum(-1).double()
-            if k < vocab:  # tokens tied with the k-th that the top-k left out
-                tied = inside.sum(-1) - k
-                rest = rest + tied.double() * (kth - largest).squeeze(-1).double().exp()
+            largest = top[:, :1]
             shifted = (top - largest).double()
-            log_total = torch.logaddexp(torch.logsumexp(shifted, dim=-1), rest.log())
+            kept = shifted.exp().sum(-1)
+            total = (z - largest).exp_().sum(-1).double()
+            rest = total - kept
+            exact = rest < _EXACT_REST_BELOW * total
+            if exact.any():  # the difference would lose the rest's digits: sum it over the other tokens
+                rest[exact] = _rest_mass(z[exact], top[exact], k)
+            log_total = (kept + rest).log()
             ids[start:stop] = chunk_ids
             out[start:stop] = shifted - log_total.unsqueeze(-1)
             tail[start:stop] = rest.log() - log_total

@@ -137,16 +137,11 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         else:  # the top-k of every target position of the batch at once, then split by example
             if mask is None:
                 mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
-            # the writer checks each example as it is added: no separate check of the batch here
             ids, logprobs, tail = topk_log_probs(logits, k, mask=mask)
             counts = mask.reshape(mask.shape[0], -1).sum(-1).tolist()
             positions += sum(counts)
-            start_row = 0
-            for row, (index, count) in enumerate(zip(chunk, counts, strict=True)):
-                rows = slice(start_row, start_row + count)
-                writer.add(index, ids=ids[rows], logprobs=logprobs[rows], tail=tail[rows],
-                           captures=per_example[row] if recorder else None)
-                start_row += count
+            writer.add_rows(chunk, counts, ids=ids, logprobs=logprobs, tail=tail,  # checked once, as one batch
+                            captures=list(per_example) if recorder else None)
         if stop_after_shards is not None and len(writer.shards) - shards_before >= stop_after_shards:
             return BuildReport(Path(out), len(train), start + len(chunk), positions, forward_s,
                                time.perf_counter() - t0, setup_s)

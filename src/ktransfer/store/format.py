@@ -10,7 +10,8 @@ teacher predicted, so that a run trains with no teacher in memory. Layout of a s
 ``manifest.json`` keys:
 
 ``format``
-    ``"ktransfer-teacher-outputs"``; ``version``: 1.
+    ``"ktransfer-teacher-outputs"``; ``version``: 1, or 2 for a ``fit`` store (``values`` below), so that
+    a reader that cannot decode it refuses it by its version.
 ``kind``
     ``"topk"`` (sequences: per target position the teacher's k most probable token ids, their
     log-probabilities at temperature 1 and the log of the mass it did not keep) or ``"logits"``
@@ -90,6 +91,8 @@ from ktransfer.store.fit import DEFAULT_DEGREE, check_degree, decode_logprobs, f
 
 FORMAT = "ktransfer-teacher-outputs"
 VERSION = 1
+FIT_VERSION = 2  # a store with values "fit": readers of version 1 cannot decode it
+VERSIONS = (VERSION, FIT_VERSION)
 MANIFEST_NAME = "manifest.json"
 KINDS = ("topk", "logits")
 VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -169,7 +172,7 @@ class StoreWriter:
             check_degree(fit_degree, k)  # type: ignore[arg-type]
         self.directory = Path(directory)
         self.header: dict[str, Any] = {
-            "format": FORMAT, "version": VERSION, "kind": kind, "task": task, "examples": examples,
+            "format": FORMAT, "version": FIT_VERSION if values == FIT else VERSION, "kind": kind, "task": task, "examples": examples,
             "shard_size": shard_size, "values": values,
             "keys": {"teacher": str(teacher), "data": str(data), "tokenizer": tokenizer},
             **({"k": k, "vocab_size": vocab_size} if kind == "topk" else {"num_classes": num_classes}),
@@ -226,42 +229,89 @@ class StoreWriter:
             tail: Tensor | None = None, logits: Tensor | None = None,
             captures: dict[str, Tensor] | None = None) -> None:
         """Add example `index`; its shard is written once all of the shard's examples are in."""
-        n, size = self.header["examples"], self.header["shard_size"]
+        if self._finished(index):
+            return
+        entry = self._entry(f"example {index}", ids, logprobs, tail, logits)
+        entry.update(self._captures(index, captures))
+        self._put(index, entry)
+
+    def add_rows(self, indices: list[int], counts: list[int], *, ids: Tensor, logprobs: Tensor,
+                 tail: Tensor | None = None, captures: list[dict[str, Tensor]] | None = None) -> None:
+        """Add several examples of a topk store at once: ``counts[i]`` rows of ``ids`` / ``logprobs`` /
+        ``tail`` (in order) for example ``indices[i]``, e.g. a batch's target positions; ``captures[i]``
+        its stored teacher internals, in a store that holds captures.
+
+        The rows are checked together (one check instead of one per example); an error still names
+        the example it is in.
+        """
+        if self.header["kind"] != "topk":
+            raise ValueError("add_rows adds top-k rows; a logits store takes add(index, logits=...)")
+        if len(indices) != len(counts) or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
+            raise ValueError(f"add_rows needs one count >= 0 per index, got {len(indices)} indices and counts {counts!r}")
+        ids = torch.as_tensor(ids)
+        rows = int(ids.shape[0]) if ids.dim() else -1
+        if sum(counts) != rows:
+            raise ValueError(f"add_rows: the counts add up to {sum(counts)} rows, but ids has {rows}")
+        wanted = [not self._finished(index) for index in indices]
+        if not any(wanted):
+            return
+        try:
+            checked = self._entry(f"examples {indices[0]}..{indices[-1]}", ids, logprobs, tail, None)
+        except ValueError:
+            start = 0
+            for index, count in zip(indices, counts, strict=True):  # name the example the error is in
+                self._entry(f"example {index}", ids[start:start + count], logprobs[start:start + count],
+                            None if tail is None else tail[start:start + count], None)
+                start += count
+            raise
+        start = 0
+        if captures is not None and len(captures) != len(indices):
+            raise ValueError(f"add_rows: {len(captures)} captures for {len(indices)} examples")
+        for i, (index, count, want) in enumerate(zip(indices, counts, wanted, strict=True)):
+            if want:
+                entry = {key: value[start:start + count] for key, value in checked.items()}
+                entry.update(self._captures(index, captures[i] if captures is not None else None))
+                self._put(index, entry)
+            start += count
+
+    def _finished(self, index: int) -> bool:
+        """Whether example `index` (checked) is in a shard an earlier build finished."""
+        n = self.header["examples"]
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
             raise ValueError(f"example index must be an int in [0, {n}), got {index!r}")
+        return index // self.header["shard_size"] in self.shards
+
+    def _put(self, index: int, entry: dict[str, Tensor]) -> None:
+        n, size = self.header["examples"], self.header["shard_size"]
         number = index // size
-        if number in self.shards:
-            return  # finished by an earlier build
-        entry = self._entry(index, ids, logprobs, tail, logits)
-        entry.update(self._captures(index, captures))
         self._pending.setdefault(number, {})[index] = entry
         if len(self._pending[number]) == min(size, n - number * size):
             self._write_shard(number)
 
-    def _entry(self, index: int, ids: Tensor | None, logprobs: Tensor | None, tail: Tensor | None,
+    def _entry(self, where: str, ids: Tensor | None, logprobs: Tensor | None, tail: Tensor | None,
                logits: Tensor | None) -> dict[str, Tensor]:
         fit = self.header["values"] == FIT
         values = torch.float32 if fit else VALUE_DTYPES[self.header["values"]]
         if self.header["kind"] == "logits":
             if logits is None or ids is not None or logprobs is not None:
-                raise ValueError(f"example {index}: a logits store takes add(index, logits=...) only")
+                raise ValueError(f"{where}: a logits store takes add(index, logits=...) only")
             logits = torch.as_tensor(logits).detach().cpu()
             if logits.shape != (self.header["num_classes"],) or not logits.is_floating_point():
-                raise ValueError(f"example {index}: logits must be floating point of shape "
+                raise ValueError(f"{where}: logits must be floating point of shape "
                                  f"({self.header['num_classes']},), got {tuple(logits.shape)} {logits.dtype}")
             if not bool(torch.isfinite(logits).all()):
-                raise ValueError(f"example {index}: logits must be finite")
+                raise ValueError(f"{where}: logits must be finite")
             return {"logits": logits.to(values)}
         if ids is None or logprobs is None or logits is not None:
-            raise ValueError(f"example {index}: a topk store takes add(index, ids=..., logprobs=..., tail=...)")
+            raise ValueError(f"{where}: a topk store takes add(index, ids=..., logprobs=..., tail=...)")
         ids = torch.as_tensor(ids).detach().cpu()
         logprobs = torch.as_tensor(logprobs).detach().cpu()
         k, vocab = self.header["k"], self.header["vocab_size"]
         if ids.dim() != 2 or ids.shape[1] != k or logprobs.shape != ids.shape:
-            raise ValueError(f"example {index}: ids and logprobs must both have shape (positions, k={k}), got "
+            raise ValueError(f"{where}: ids and logprobs must both have shape (positions, k={k}), got "
                              f"{tuple(ids.shape)} and {tuple(logprobs.shape)}")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-            raise ValueError(f"example {index}: token ids must lie in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}")
+            raise ValueError(f"{where}: token ids must lie in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}")
         logprobs = logprobs.to(values)
         # the check and the tail use what will be stored, so the reader sees a valid distribution
         try:
@@ -272,13 +322,13 @@ class StoreWriter:
                 teacher = SparseTeacher(ids.long(), logprobs.float(), torch.as_tensor(tail).detach().cpu().float(),
                                         mass_tolerance=default_mass_tolerance(values))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"example {index}: {e}") from e
+            raise ValueError(f"{where}: {e}") from e
         if fit:  # ranks from the most probable token down, then the polynomial's coefficients
             order = logprobs.argsort(dim=-1, descending=True, stable=True)
             try:
                 coefficients = fit_logprobs(logprobs.gather(-1, order), self.header["fit_degree"])
             except ValueError as e:
-                raise ValueError(f"example {index}: {e}") from e
+                raise ValueError(f"{where}: {e}") from e
             return {"ids": ids.gather(-1, order).to(torch.int64).to(_ids_dtype(vocab)), "coefficients": coefficients,
                     "tail": teacher.tail_logprob.to(torch.float16)}
         return {"ids": ids.to(torch.int64).to(_ids_dtype(vocab)), "logprobs": logprobs,
@@ -341,8 +391,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise StoreError(f"{path}: unreadable store manifest ({e})") from e
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise StoreError(f"{path}: not a teacher output store (format is not {FORMAT!r})")
-    if data.get("version") != VERSION:
-        raise StoreError(f"{path}: store version {data.get('version')!r}; this ktransfer reads version {VERSION}")
+    if data.get("version") not in VERSIONS:
+        raise StoreError(f"{path}: store version {data.get('version')!r}; this ktransfer reads versions "
+                         f"{', '.join(map(str, VERSIONS))}")
     return data
 
 
