@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
@@ -11,7 +11,9 @@ from torch.utils.data import Dataset
 from ktransfer.batching import length_sorted
 from ktransfer.bleu import generation_metrics, has_references
 from ktransfer.data.base import collate_dicts
+from ktransfer.engine.batches import split_batch
 from ktransfer.engine.distributed import shard_batches, sum_over_processes
+from ktransfer.engine.sharding import is_sharded, match_forward_passes
 from ktransfer.tasks import Task, TaskKind, evaluation_sums, metrics_from_sums
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
@@ -36,9 +38,29 @@ def make_evaluator(
     def evaluate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
         batches, world = shard_batches(by_length, batch_size, collate_fn, device)
-        metrics = metrics_from_sums(*sum_over_processes(evaluation_sums(model, batches, task), world, device))
+        if world > 1 and is_sharded(model):  # shards of uneven length: every process runs as many forwards
+            spare = split_batch(collate_fn([by_length[0]]))[0]
+            counted = _Counted(batches)
+            sums = evaluation_sums(model, counted, task)
+            match_forward_passes(model, counted.n, spare, lambda m, b: task.forward(m, b), device)
+        else:
+            sums = evaluation_sums(model, batches, task)
+        metrics = metrics_from_sums(*sum_over_processes(sums, world, device))
         if scores_translations:  # every process decodes the same bounded subset: the scores agree everywhere
             metrics.update(generation_metrics(model, data, collate_fn))
         return metrics
 
     return evaluate
+
+
+class _Counted:
+    """An iterator that counts what it gave out."""
+
+    def __init__(self, items: Iterator[Any]) -> None:
+        self.items = items
+        self.n = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.items:
+            self.n += 1
+            yield item
