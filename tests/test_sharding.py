@@ -26,6 +26,7 @@ from ktransfer.train import TrainConfig, WorldSizeError
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _fsdp_worker as worker  # noqa: E402
+from test_causal import corpus  # noqa: E402, F401  (a fixture: a word-level text corpus and its tokenizer)
 
 WORKER = Path(__file__).parent / "_fsdp_worker.py"
 
@@ -88,16 +89,28 @@ def test_a_sharded_encoder_with_feature_and_attention_terms_learns_what_one_proc
 
 
 @pytest.mark.slow
-def test_a_sharded_run_killed_and_resumed_ends_bit_identical_to_the_uninterrupted_one(tmp_path: Path) -> None:
-    """AdamW state on the shards, the student's dropout (every process's RNG), a resume in mid-epoch."""
-    torchrun("killed_and_full", str(tmp_path), "causal", "dropout")
+@pytest.mark.parametrize("mode", ["sharded", "unsharded"])
+def test_a_two_process_run_killed_and_resumed_ends_bit_identical_to_the_uninterrupted_one(
+        tmp_path: Path, mode: str) -> None:
+    """AdamW state on the shards, the student's dropout (every process's RNG), a resume in mid-epoch 1 (under
+    several processes the resumed loader once kept epoch 0's order; data parallel runs are checked for it too)."""
+    flags = ["causal", "dropout"] + (["unsharded"] if mode == "unsharded" else [])
+    torchrun("killed_and_full", str(tmp_path), *flags)
     ckpt = tmp_path / "killed" / "checkpoints" / "step-00000005"
     assert not (tmp_path / "killed" / "final").exists()
-    assert (ckpt / "shards" / "rank-00000.pt").exists() and (ckpt / "shards" / "rank-00001.pt").exists()
-    assert read_manifest(ckpt)["sharding"] == "fsdp" and read_manifest(ckpt)["world_size"] == 2
-    with pytest.raises(WorldSizeError, match="sharded across 2 processes and this run has 1"):
-        worker.distiller("causal", tmp_path / "killed", 0.1).fit(resume=True)
-    proc = torchrun("resume", str(tmp_path), "causal", "dropout")
+    manifest = read_manifest(ckpt)
+    assert manifest["world_size"] == 2
+    if mode == "sharded":
+        assert (ckpt / "shards" / "rank-00000.pt").exists() and (ckpt / "shards" / "rank-00001.pt").exists()
+        assert manifest["sharding"] == "fsdp"
+        refusal = "sharded across 2 processes and this run has 1"
+    else:
+        assert manifest["sharding"] == "none" and not (ckpt / "shards").exists()
+        refusal = "written by 2 process[(]es[)] and this run has 1"
+    train = {"sharding": "none"} if mode == "unsharded" else {}
+    with pytest.raises(WorldSizeError, match=refusal):
+        worker.distiller("causal", tmp_path / "killed", 0.1, **train).fit(resume=True)
+    proc = torchrun("resume", str(tmp_path), *flags)
     assert "resuming from checkpoint" in proc.stderr and "(step 5 of 10)" in proc.stderr
     full = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "killed" / "final" / "model.safetensors"))
@@ -107,6 +120,7 @@ def test_a_sharded_run_killed_and_resumed_ends_bit_identical_to_the_uninterrupte
     logs = [[json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("full", "killed")]
     losses = [[x["loss"] for x in log if x["split"] == "train"] for log in logs]
     assert losses[0] == losses[1] and len(losses[0]) == 10
+    assert [x["epoch"] for x in logs[0] if x["split"] == "train"][4] == 1  # step 5 is inside epoch 1
 
 
 @pytest.mark.slow
@@ -117,6 +131,46 @@ def test_a_nan_on_one_process_stops_every_sharded_process_at_the_same_step(tmp_p
         step, message = (tmp_path / f"rank{rank}.txt").read_text().split("\n", 1)
         assert step == "3" and "at step 3" in message and "nan_on_rank1=nan" in message
         assert "whether bf16 overflows" in message
+
+
+@pytest.mark.slow
+def test_a_sharded_run_from_yaml_under_torchrun_evaluates_uneven_shards_and_matches_one_process(
+        corpus: dict[str, Path], tmp_path: Path) -> None:
+    """The CLI under torchrun: Llama student and teacher sharded, a validation split that does not divide
+    evenly (one process evaluates one batch more), best/ and final/ gathered into ordinary files."""
+    import yaml
+
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import load_data, run
+
+    config = {
+        "task": "causal_lm",
+        "data": {"name": "text_corpus", "path": str(corpus["lines"]), "tokenizer": str(corpus["tokenizer"]),
+                 "max_length": 8, "val_fraction": 0.15, "test_fraction": 0.2},
+        "teacher": {"builder": "llama_student", "hidden_size": 32, "num_layers": 2, "num_heads": 2},
+        "student": {"builder": "llama_student", "hidden_size": 16, "num_layers": 2, "num_heads": 2},
+        "knowledge": [{"type": "response", "temperature": 2.0}],
+        "optim": {"name": "sgd", "lr": 0.5},
+        "train": {"max_steps": 4, "batch_size": 4, "eval_batch_size": 3, "eval_every": 2, "metric": "perplexity",
+                  "sharding": "fsdp"},
+    }
+    assert len(load_data(RunConfig.from_dict(config)).val) == 7  # 4 + 3 examples: 2 batches of 3 and 1
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    proc = subprocess.run([exe, "--nproc_per_node", "2", "-m", "ktransfer.cli", "run", str(cfg), "--run-dir",
+                           str(tmp_path / "two"), "--no-progress"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "teacher in 2 x LlamaDecoderLayer" in proc.stderr
+    run(RunConfig.from_dict(config), tmp_path / "one", progress=False)
+    summaries = [json.loads((tmp_path / r / "summary.json").read_text()) for r in ("one", "two")]
+    assert summaries[1]["world_size"] == 2
+    for key, value in summaries[0]["final_val"].items():
+        assert summaries[1]["final_val"][key] == pytest.approx(value, rel=1e-5), key
+    for which in ("final", "best"):
+        assert_close_weights(load_file(str(tmp_path / "one" / which / "model.safetensors")),
+                             load_file(str(tmp_path / "two" / which / "model.safetensors")))
 
 
 # ------------------------------------------------------------------------------ layers and refusals

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -13,7 +13,7 @@ from ktransfer.bleu import generation_metrics, has_references
 from ktransfer.data.base import collate_dicts
 from ktransfer.engine.batches import split_batch
 from ktransfer.engine.distributed import shard_batches, sum_over_processes
-from ktransfer.engine.sharding import is_sharded, match_forward_passes
+from ktransfer.engine.sharding import is_sharded, missing_passes, run_spare_passes
 from ktransfer.tasks import Task, TaskKind, evaluation_sums, metrics_from_sums
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
@@ -39,10 +39,9 @@ def make_evaluator(
         device = next(model.parameters()).device
         batches, world = shard_batches(by_length, batch_size, collate_fn, device)
         if world > 1 and is_sharded(model):  # shards of uneven length: every process runs as many forwards
-            spare = split_batch(collate_fn([by_length[0]]))[0]
-            counted = _Counted(batches)
-            sums = evaluation_sums(model, counted, task)
-            match_forward_passes(model, counted.n, spare, lambda m, b: task.forward(m, b), device)
+            sums = evaluation_sums(model, batches, task)
+            run_spare_passes([model], missing_passes(len(by_length), batch_size),  # type: ignore[arg-type]
+                             split_batch(collate_fn([by_length[0]]))[0], lambda b: task.forward(model, b), device)
         else:
             sums = evaluation_sums(model, batches, task)
         metrics = metrics_from_sums(*sum_over_processes(sums, world, device))
@@ -52,15 +51,3 @@ def make_evaluator(
 
     return evaluate
 
-
-class _Counted:
-    """An iterator that counts what it gave out."""
-
-    def __init__(self, items: Iterator[Any]) -> None:
-        self.items = items
-        self.n = 0
-
-    def __iter__(self) -> Iterator[Any]:
-        for item in self.items:
-            self.n += 1
-            yield item

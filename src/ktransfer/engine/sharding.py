@@ -254,26 +254,36 @@ def unservable_features(terms: Sequence[Any], stages: Sequence[Any]) -> list[str
     return out
 
 
-def match_forward_passes(model: nn.Module, done: int, spare: dict[str, Any],
-                         forward: Callable[[nn.Module, dict[str, Any]], Any], device: torch.device) -> int:
-    """Run `forward` on `spare` (results dropped) until this process has made as many passes as the busiest one.
+def missing_passes(n_examples: int, batch_size: int) -> int:
+    """How many fewer batches this process's shard of `n_examples` (every world_size-th, as
+    `ktransfer.engine.distributed.shard_batches` deals them) has than the largest shard's.
+
+    Known from the sizes alone, so no process waits on a collective while another is still gathering layers.
+    """
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    mine = len(range(rank, n_examples, world))
+    most = -(-n_examples // world)
+    return -(-most // batch_size) - -(-mine // batch_size)
+
+
+def run_spare_passes(models: Sequence[nn.Module], extra: int, spare: dict[str, Any],
+                     forward: Callable[[dict[str, Any]], Any], device: torch.device) -> None:
+    """Call `forward(spare)` `extra` times, results dropped: the passes that a shorter shard lacks.
 
     Sharded layers gather their parameters from every process at each pass, so all processes
-    must make the same number; a process whose shard of the data is shorter makes up the
-    difference. The number of extra passes.
+    must make the same number. `forward` makes one pass of each of `models` in the order of a
+    real pass; they run in eval mode, without gradients.
     """
-    most = torch.tensor([done], dtype=torch.int64, device=device)
-    torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
-    extra = int(most.item()) - done
     if extra <= 0:
-        return 0
+        return
     batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in spare.items()}
-    was_training = model.training
-    model.eval()
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
     try:
         with torch.no_grad():
             for _ in range(extra):
-                forward(model, batch)
+                forward(batch)
     finally:
-        model.train(was_training)
-    return extra
+        for m, mode in zip(models, was, strict=True):
+            m.train(mode)
