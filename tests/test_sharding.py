@@ -245,3 +245,26 @@ def test_shard_layers_without_sharding_is_refused_and_the_keys_validate() -> Non
 def test_fp16_on_the_cpu_is_refused_clearly() -> None:
     with pytest.raises(ValueError, match="fp16' needs a CUDA GPU"):
         worker.distiller("causal", None, mixed_precision="fp16").fit()
+
+
+@pytest.mark.slow
+def test_the_sharded_benchmark_measures_both_modes_at_a_tiny_size(tmp_path: Path) -> None:
+    """benchmarks/sharded/sharded.py (what gpu.sh runs on several GPUs) with 2 CPU processes."""
+    script = Path(__file__).parent.parent / "benchmarks" / "sharded" / "sharded.py"
+    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    tiny = ["--vocab", "64", "--student-hidden", "16", "--student-layers", "2", "--teacher-hidden", "64",
+            "--teacher-layers", "4", "--heads", "2", "--seq", "16", "--batch", "4", "--steps", "5", "--warmup", "2",
+            "--precision", "no"]
+    results = {}
+    for mode in ("none", "fsdp"):
+        proc = subprocess.run([exe, "--nproc_per_node", "2", str(script), "--sharding", mode, "--out",
+                               str(tmp_path / f"{mode}.json"), *tiny], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[mode] = json.loads((tmp_path / f"{mode}.json").read_text())
+    for r in results.values():
+        assert r["world_size"] == 2 and r["steps_timed"] == 3  # steps 3 to 5 and r["median_step_s"] > 0
+        assert len(r["processes"]) == 2 and all(p["peak_memory_bytes"] > 0 for p in r["processes"])
+    teacher_bytes = results["none"]["teacher_parameters"] * 4
+    assert [p["teacher_bytes_held"] for p in results["none"]["processes"]] == [teacher_bytes] * 2
+    assert sum(p["teacher_bytes_held"] for p in results["fsdp"]["processes"]) == teacher_bytes
