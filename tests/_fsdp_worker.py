@@ -53,12 +53,14 @@ def bert(seed: int, layers: int, width: int, dropout: float = 0.0) -> torch.nn.M
 
 
 def token_data(n: int = 24) -> TensorDictDataset:
-    """Sequences of uneven length (2 to 12 tokens), so that the step-level token count matters."""
+    """Sequences of uneven length (2 to 12 tokens), so that the step-level token count matters; every
+    third has no targets at all, so that some process's slice of a micro-batch has none."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, VOCAB, (n, 12), generator=g)
     lengths = torch.randint(2, 13, (n,), generator=g)
     mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
     labels = ids.masked_fill(mask == 0, -100)
+    labels[::3] = -100
     return TensorDictDataset(input_ids=ids, attention_mask=mask, labels=labels)
 
 

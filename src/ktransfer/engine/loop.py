@@ -403,10 +403,11 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
             sync = (gradient_sync(student, last) if self._sharded
                     else contextlib.nullcontext() if last else accelerator.no_sync(student))
             with sync:
-                if count == 0 and self._sharded:  # every process runs each sharded layer: forward for nothing
+                if count == 0 and world > 1:  # a zero loss through the forward: the gradient sync (DDP's
+                    # reducer, sharded layers' gathers) needs every process's forward and backward
                     scaled = self._zero_loss(batch, student, teacher)
                     values = torch.zeros(len(names) + 1, dtype=torch.float64)
-                elif count == 0:  # nothing to learn here; a zero loss still joins the gradient sync
+                elif count == 0:  # nothing to learn here (one process: no gradient sync to join)
                     scaled = sum(p.sum() for p in student.parameters() if p.requires_grad) * 0.0
                     values = torch.zeros(len(names) + 1, dtype=torch.float64)
                 else:
@@ -443,13 +444,13 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         self._observe(losses)
 
     def _zero_loss(self, batch: dict[str, Any], student: nn.Module, teacher: nn.Module | None) -> Tensor:
-        """A zero loss through the student's (and the teacher's) forward, for a micro-batch without targets."""
+        """A zero loss through the student's (and a sharded teacher's) forward, for a micro-batch without targets."""
         student_batch, teacher_batch = split_batch({k: v for k, v in batch.items() if k != STORED_TEACHER_KEY})
-        if self.needs_teacher and teacher is not None:
+        with self.accelerator.autocast():  # in the order of `_losses`: the processes' gathers must pair up
+            out = self.task.forward(student, student_batch)
+        if self._sharded and self.needs_teacher and teacher is not None:  # its layers gather from every process
             with torch.no_grad(), self.accelerator.autocast():
                 self.task.forward(teacher, teacher_batch)
-        with self.accelerator.autocast():
-            out = self.task.forward(student, student_batch)
         return out.logits.float().sum() * 0.0
 
     def _raise_nonfinite(self, sums: Tensor, names: list[str]) -> None:
