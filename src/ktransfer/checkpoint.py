@@ -68,14 +68,16 @@ def tied_aliases(model: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def save_weights(model: nn.Module, path: str | Path) -> None:
+def save_weights(model: nn.Module, path: str | Path, state: dict[str, Tensor] | None = None) -> None:
     """Save a model's state dict as safetensors, atomically, with a checksum of its tensors.
 
     A tied tensor is saved once, under its first name; the file's metadata maps the other names
     to it, and `load_weights` restores them. The checksum lets `load_weights` refuse a damaged file.
+    `state` replaces `model.state_dict()` where the model's own is not whole (a model sharded
+    across processes passes its gathered tensors; `model` still tells which names are tied).
     """
     aliases = tied_aliases(model)
-    full = model.state_dict()
+    full = model.state_dict() if state is None else state
     state = {k: v.detach().cpu().contiguous().clone() for k, v in full.items()
              if not (k in aliases and aliases[k] in full)}
     kept = {alias: first for alias, first in aliases.items() if first in state}

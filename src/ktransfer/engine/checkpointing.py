@@ -3,7 +3,11 @@
 A checkpoint is written into a temporary directory by Accelerate, given a manifest last
 (`ktransfer.io`) and renamed into place; older ones beyond `keep_checkpoints` are removed.
 Resuming picks the newest checkpoint whose manifest verifies, refuses one written by another
-number of processes unless forced, and drops the log lines written after it.
+number of processes unless forced, and drops the log lines written after it. A run whose models
+are sharded across processes (`train.sharding: fsdp`) adds each process's shards of the student
+and of its optimizer state (`shards/rank-N.pt`) next to Accelerate's files (which then hold the
+rest: schedule, progress, selector, every process's RNG states); such a checkpoint resumes only
+with the same number of processes.
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ from ktransfer.checkpoint import (
     find_intact_checkpoint,
     read_manifest,
     read_weights,
-    save_weights,
 )
 from ktransfer.engine.configs import TrainConfig
+from ktransfer.engine.sharding import (
+    load_local_shards,
+    local_shards,
+)
 from ktransfer.engine.distributed import say
 from ktransfer.engine.errors import WorldSizeError
 from ktransfer.engine.evaluation import Evaluator
@@ -61,6 +68,10 @@ class CheckpointingMixin:
     _checkpointed_step: int | None
     _checkpointed_at: float
     _save_term_weights: Callable[[str], None]  # the terms' own weights (ktransfer.engine.wiring)
+    _save_student: Callable[[nn.Module, Path], None]  # whole weights, gathered if sharded (collective)
+    _sharded: bool
+    _optimizer: Any
+    student: nn.Module
 
     def _start_checkpoint_clock(self) -> None:
         """Time checkpoints by wall time from now (the start of `fit`)."""
@@ -92,7 +103,23 @@ class CheckpointingMixin:
             if reason is not None:
                 raise CorruptFileError(f"checkpoint {path} cannot be resumed: {reason}")
             newest = ""
-        saved_world = self._saved_world = int(read_manifest(path).get("world_size", 1))
+        manifest = read_manifest(path)
+        saved_world = self._saved_world = int(manifest.get("world_size", 1))
+        saved_sharding = str(manifest.get("sharding", "none"))
+        this_sharding = "fsdp" if self._sharded else "none"
+        if saved_sharding == "fsdp" and saved_world != accelerator.num_processes:
+            raise WorldSizeError(
+                f"checkpoint {path.name} holds models sharded across {saved_world} processes and this run has "
+                f"{accelerator.num_processes}: its shards fit only {saved_world} processes (even with "
+                f"--force-world-size). Resume with {saved_world} processes."
+            )
+        if saved_sharding != this_sharding:
+            raise WorldSizeError(
+                f"checkpoint {path.name} holds {'sharded' if saved_sharding == 'fsdp' else 'whole'} models "
+                f"(sharding {saved_sharding}, {saved_world} process(es)) and this run's are "
+                f"{'sharded' if self._sharded else 'whole'} (sharding {this_sharding}, {accelerator.num_processes} "
+                f"process(es)): resume it with train.sharding={saved_sharding} and {saved_world} process(es)"
+            )
         if saved_world != accelerator.num_processes and not force_world_size:
             raise WorldSizeError(
                 f"checkpoint {path.name} was written by {saved_world} process(es) and this run has "
@@ -102,6 +129,10 @@ class CheckpointingMixin:
             )
         try:
             accelerator.load_state(str(path))
+            if self._sharded:
+                shards = torch.load(path / "shards" / f"rank-{accelerator.process_index:05d}.pt",
+                                    map_location="cpu", weights_only=True)
+                load_local_shards(self.student, self._optimizer, shards)
         except Exception as e:  # a file that verified but still cannot be read: name it
             raise CorruptFileError(f"checkpoint {path} cannot be loaded: {e}") from e
         say(accelerator, f"resuming from checkpoint {path}{newest} (step {self.state.step} of {self.config.max_steps})")
@@ -114,15 +145,17 @@ class CheckpointingMixin:
         say(accelerator, f"the run is finished (step {state.step} of {self.config.max_steps}"
              + (", stopped early" if state.stopped_early else "") + "); nothing to do. "
              "To train further, give a larger train.max_steps.")
-        if self.run_dir and accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(student)
+        if self.run_dir:
             for which in ("final", "best"):
                 path = self.run_dir / which / "model.safetensors"
                 if which == "best" and self.evaluate is not None:
                     continue  # best weights come from evaluations; never rewritten from the final state
-                if not _weights_ok(path):
-                    save_weights(unwrapped, path)
-                    self._save_term_weights(which)
+                missing = not _weights_ok(path)
+                accelerator.wait_for_everyone()  # every process decided before the main one writes
+                if missing:
+                    self._save_student(student, path)
+                    if accelerator.is_main_process:
+                        self._save_term_weights(which)
         return TrainResult(
             step=state.step, stopped_early=state.stopped_early, best_step=state.best_step,
             best_metrics=dict(state.best_metrics), final_metrics=dict(state.last_metrics),
@@ -160,12 +193,17 @@ class CheckpointingMixin:
                 shutil.rmtree(leftover, ignore_errors=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        if self._sharded:  # each process its own shards of the student and of the optimizer state
+            shards = tmp / "shards" / f"rank-{accelerator.process_index:05d}.pt"
+            shards.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(local_shards(self.student, self._optimizer), shards)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             for path in tmp.rglob("*"):  # Accelerate writes some files 0600; give them the usual permissions
                 if path.is_file():
                     os.chmod(path, 0o666 & ~current_umask())
-            write_manifest(tmp, step=self.state.step, world_size=accelerator.num_processes)
+            write_manifest(tmp, step=self.state.step, world_size=accelerator.num_processes,
+                           sharding="fsdp" if self._sharded else "none")
             replace_dir(tmp, final)
             kept = checkpoints_newest_first(root)
             for old in kept[self.config.keep_checkpoints:]:

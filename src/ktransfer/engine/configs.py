@@ -58,7 +58,8 @@ class TrainConfig:
     `resume`) is written every `checkpoint_every` steps (0: not by steps), every
     `checkpoint_minutes` of training wall time (0: not by time; by default every 10 minutes, so a
     kill loses at most that much work whatever the step count), and at the end. `report_to` sends metrics to trackers Accelerate supports (e.g.
-    ["tensorboard"]), written under the run directory's `tracking/`.
+    ["tensorboard"]), written under the run directory's `tracking/`. `sharding: fsdp` splits the
+    student and the teacher across the processes layer by layer instead of copying them whole.
     """
 
     max_steps: int = 500
@@ -84,6 +85,14 @@ class TrainConfig:
     # Intra-op CPU threads of this process (torch.set_num_threads, process-wide, set when training
     # starts); null leaves torch's default (one per core). Runs sharing a machine want fewer.
     num_threads: int | None = None
+    # "fsdp": under several processes, shard the student and the frozen teacher across them one
+    # layer at a time (PyTorch FSDP2); each process then holds 1/N of their parameters and of the
+    # optimizer state. "none" (the default) keeps a whole copy of both on every process.
+    sharding: Literal["none", "fsdp"] = "none"
+    # Class names of the layers that sharding wraps one by one (e.g. [LlamaDecoderLayer]); empty
+    # (the default) takes them from each model: its _no_split_modules, else the class of the
+    # blocks in model.layers, encoder.layer, transformer.h and similar lists.
+    shard_layers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         validate(self, "train")
@@ -100,6 +109,9 @@ class TrainConfig:
                              f"{self.checkpoint_minutes}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"train.patience must be >= 1 or null, got {self.patience}")
+        if self.shard_layers and self.sharding == "none":
+            raise ValueError("train.shard_layers names the layers to shard, but train.sharding is 'none'; "
+                             "set train.sharding=fsdp or drop train.shard_layers")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
 

@@ -11,7 +11,9 @@ from torch.utils.data import Dataset
 from ktransfer.batching import length_sorted
 from ktransfer.bleu import generation_metrics, has_references
 from ktransfer.data.base import collate_dicts
+from ktransfer.engine.batches import split_batch
 from ktransfer.engine.distributed import shard_batches, sum_over_processes
+from ktransfer.engine.sharding import is_sharded, missing_passes, run_spare_passes
 from ktransfer.tasks import Task, TaskKind, evaluation_sums, metrics_from_sums
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
@@ -36,9 +38,16 @@ def make_evaluator(
     def evaluate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
         batches, world = shard_batches(by_length, batch_size, collate_fn, device)
-        metrics = metrics_from_sums(*sum_over_processes(evaluation_sums(model, batches, task), world, device))
+        if world > 1 and is_sharded(model):  # shards of uneven length: every process runs as many forwards
+            sums = evaluation_sums(model, batches, task)
+            run_spare_passes([model], missing_passes(len(by_length), batch_size),  # type: ignore[arg-type]
+                             split_batch(collate_fn([by_length[0]]))[0], lambda b: task.forward(model, b), device)
+        else:
+            sums = evaluation_sums(model, batches, task)
+        metrics = metrics_from_sums(*sum_over_processes(sums, world, device))
         if scores_translations:  # every process decodes the same bounded subset: the scores agree everywhere
             metrics.update(generation_metrics(model, data, collate_fn))
         return metrics
 
     return evaluate
+

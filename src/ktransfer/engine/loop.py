@@ -34,6 +34,16 @@ from ktransfer.engine.health import HEALTH_MIN_STEPS, run_health_warnings
 from ktransfer.engine.stages import BatchStage
 from ktransfer.engine.state import TrainResult, TrainState
 from ktransfer.engine.reporting import ReportingMixin
+from ktransfer.engine.sharding import (
+    ShardingError,
+    clip_grad_norm,
+    device_mesh,
+    full_state_dict,
+    gradient_sync,
+    layer_class_names,
+    shard_model,
+    unservable_features,
+)
 from ktransfer.engine.wiring import WiringMixin
 from ktransfer.knowledge.base import STORED_CAPTURES_KEY, STORED_TEACHER_KEY, KnowledgeTerm, StepView
 from ktransfer.knowledge.teachers import view_for
@@ -151,6 +161,9 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         self._saved_world = 1
         self._last_view: StepView | None = None
         self._heldout: Dataset | None = None
+        self._sharded = False
+        self._optimizer: Any = None
+        self._sampler: EpochShuffleSampler | None = None
 
     # ----------------------------------------------------------------------------- one step
     def _losses(self, batch: dict[str, Any], student: nn.Module, teacher: nn.Module | None,
@@ -161,7 +174,8 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
             batch = {k: v for k, v in batch.items() if k not in (STORED_TEACHER_KEY, STORED_CAPTURES_KEY)}
         student_batch, teacher_batch = split_batch(batch)
         s_capture = Capture(student, self._student_specs) if self._student_specs else contextlib.nullcontext()
-        with s_capture as sc:
+        s_precision = self.accelerator.autocast() if self._sharded else contextlib.nullcontext()
+        with s_capture as sc, s_precision:
             s_out = self.task.forward(student, student_batch, fused_head=self._fused_head,
                                       check_head=self._fused_head and not self._head_checked)
         self._head_checked = True
@@ -298,19 +312,28 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         if not params:
             raise ValueError("the student has no trainable parameters")
         self._prepare_terms(accelerator)  # on the device before the optimizer takes their parameters
+        self._sharded = self._shard_models(accelerator)
+        if self._sharded:  # the optimizer takes the student's shards
+            params = [p for p in self.student.parameters() if p.requires_grad]
         optimizer = _build_optimizer(self._param_groups(params), self.optim)
         scheduler = get_scheduler(self.schedule.name, optimizer, num_warmup_steps=self.schedule.warmup_steps,
                                   num_training_steps=cfg.max_steps)
         train_data = self._training_data()
         lengths = example_lengths(train_data) if cfg.group_by_length else None
-        sampler = EpochShuffleSampler(len(train_data), cfg.seed, lengths, cfg.batch_size)  # type: ignore[arg-type]
+        sampler = self._sampler = EpochShuffleSampler(len(train_data), cfg.seed, lengths, cfg.batch_size)  # type: ignore[arg-type]
         # A private generator: creating a DataLoader iterator must not draw from the global RNG
         # (dropout), or a resumed run, which creates one more iterator, would drift.
         loader = DataLoader(train_data, batch_size=cfg.batch_size, sampler=sampler,
                             collate_fn=self.collate_fn, generator=torch.Generator().manual_seed(cfg.seed))
-        student, optimizer, loader = accelerator.prepare(self.student, optimizer, loader)
+        if self._sharded:  # sharded by hand: Accelerate would wrap the student in DDP
+            student, loader = self.student, accelerator.prepare(loader)
+        else:
+            student, optimizer, loader = accelerator.prepare(self.student, optimizer, loader)
+        self._optimizer = optimizer
         teacher = None
-        if self._places_teacher() and self.teacher is not None:
+        if self._sharded:
+            teacher = self.teacher if self._places_teacher() else None
+        elif self._places_teacher() and self.teacher is not None:
             self.teacher.eval()
             self.teacher.requires_grad_(False)
             # Placed, not prepared: a prepared model would be saved in every checkpoint.
@@ -322,6 +345,38 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         self._register_stages(accelerator)
         return student, teacher, optimizer, scheduler, loader
 
+    def _shard_models(self, accelerator: Any) -> bool:
+        """Under `sharding: fsdp` and several processes, shard the student and the teacher per layer (True).
+
+        One process has nothing to shard: it says so and trains unsharded. Features the sharded
+        path cannot serve are refused here, before any training.
+        """
+        cfg = self.config
+        if cfg.sharding == "none":
+            return False
+        world = accelerator.num_processes
+        if world == 1:
+            say(accelerator, "train.sharding=fsdp: one process, nothing to shard; training unsharded")
+            return False
+        refused = unservable_features(self.terms, self.stages)
+        if refused:
+            raise ShardingError("train.sharding=fsdp cannot serve this run: " + "; ".join(refused)
+                                + ". Use train.sharding=none (every process holds whole models).")
+        mesh = device_mesh(accelerator.device, world)
+        counts = []
+        for role, model in (("student", self.student), ("teacher", self.teacher)):
+            if model is None or (role == "teacher" and not self._places_teacher()):
+                continue
+            names = layer_class_names(model, cfg.shard_layers, role)
+            if role == "teacher":
+                model.eval()
+                model.requires_grad_(False)
+            model.to(accelerator.device)
+            layers = shard_model(model, names, mesh, frozen=role == "teacher")
+            counts.append(f"{role} in {layers} x {'/'.join(names)}")
+        say(accelerator, f"sharded across {world} processes (FSDP2): " + ", ".join(counts))
+        return True
+
     def _step_groups(self, accelerator: Any, loader: Any) -> Iterator[list[dict[str, Any]]]:
         """The current epoch's micro-batches in groups of one optimizer step each.
 
@@ -330,7 +385,11 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         """
         epoch, seen = self.state.epoch, self.state.batches_in_epoch
         batches = accelerator.skip_first_batches(loader, seen) if seen else loader
-        batches.set_epoch(epoch)  # the order depends only on (seed, epoch)
+        batches.set_epoch(epoch)
+        # The order depends only on (seed, epoch), set on the sampler itself: under several processes
+        # a resumed loader nests it too deep for `set_epoch` to reach (it kept epoch 0's order).
+        if self._sampler is not None:
+            self._sampler.set_epoch(epoch)
         group: list[dict[str, Any]] = []
         for batch in batches:
             group.append(batch)
@@ -363,8 +422,14 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         sums = torch.zeros(len(names) + 2, dtype=torch.float64)
         for i, (batch, count) in enumerate(zip(group, counts, strict=True)):
             last = i == len(group) - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(student):
-                if count == 0:  # nothing to learn here; a zero loss still joins the gradient sync
+            sync = (gradient_sync(student, last) if self._sharded
+                    else contextlib.nullcontext() if last else accelerator.no_sync(student))
+            with sync:
+                if count == 0 and world > 1:  # a zero loss through the forward: the gradient sync (DDP's
+                    # reducer, sharded layers' gathers) needs every process's forward and backward
+                    scaled = self._zero_loss(batch, student, teacher)
+                    values = torch.zeros(len(names) + 1, dtype=torch.float64)
+                elif count == 0:  # nothing to learn here (one process: no gradient sync to join)
                     scaled = sum(p.sum() for p in student.parameters() if p.requires_grad) * 0.0
                     values = torch.zeros(len(names) + 1, dtype=torch.float64)
                 else:
@@ -383,10 +448,12 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
                     sums[:-1] /= world  # each process's values were scaled by world (its share); the flag is a count
                     if sums[-1] > 0:
                         self._raise_nonfinite(sums, names)
-                if finite:
+                if finite or self._sharded:  # sharded layers gather in backward too: every process runs it
                     accelerator.backward(scaled)
         self._sync_term_grads(accelerator)
-        if self.optim.max_grad_norm is not None:
+        if self.optim.max_grad_norm is not None and self._sharded:
+            clip_grad_norm([*student.parameters(), *self._term_params()], self.optim.max_grad_norm)
+        elif self.optim.max_grad_norm is not None:
             accelerator.clip_grad_norm_([*student.parameters(), *self._term_params()], self.optim.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -398,6 +465,16 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         self._accumulate_log(values[0], losses, weights)
         self._observe(losses)
 
+    def _zero_loss(self, batch: dict[str, Any], student: nn.Module, teacher: nn.Module | None) -> Tensor:
+        """A zero loss through the student's (and a sharded teacher's) forward, for a micro-batch without targets."""
+        student_batch, teacher_batch = split_batch({k: v for k, v in batch.items() if k != STORED_TEACHER_KEY})
+        with self.accelerator.autocast():  # in the order of `_losses`: the processes' gathers must pair up
+            out = self.task.forward(student, student_batch)
+        if self._sharded and self.needs_teacher and teacher is not None:  # its layers gather from every process
+            with torch.no_grad(), self.accelerator.autocast():
+                self.task.forward(teacher, teacher_batch)
+        return out.logits.float().sum() * 0.0
+
     def _raise_nonfinite(self, sums: Tensor, names: list[str]) -> None:
         values = sums.tolist()
         raise NonFiniteLossError(self.state.step + 1, values[0], dict(zip(names, values[1:-1], strict=True)),
@@ -407,14 +484,19 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         """Final checkpoint, final (and, without an evaluator, best) weights, learning curves, warnings."""
         if self._checkpointed_step != self.state.step:
             self._checkpoint(accelerator, ckpt_root)
-        unwrapped = accelerator.unwrap_model(student)
         for message in warnings:
             say(accelerator, f"warning: {message}")
+        if self.run_dir:
+            final = self.run_dir / "final" / "model.safetensors"
+            best = self.run_dir / "best" / "model.safetensors"
+            accelerator.wait_for_everyone()  # every process sees the same best/ before deciding
+            write_best = self.evaluate is None or not best.exists()
+            self._save_student(student, final)
+            if write_best:
+                self._save_student(student, best)
         if self.run_dir and accelerator.is_main_process:
-            save_weights(unwrapped, self.run_dir / "final" / "model.safetensors")
             self._save_term_weights("final")
-            if self.evaluate is None or not (self.run_dir / "best" / "model.safetensors").exists():
-                save_weights(unwrapped, self.run_dir / "best" / "model.safetensors")
+            if write_best:
                 self._save_term_weights("best")
             self._save_selector_outputs()
             if self.log:
@@ -460,8 +542,9 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         if better:
             state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
             state.best_metrics = dict(metrics)
+            if self.run_dir:
+                self._save_student(student, self.run_dir / "best" / "model.safetensors")
             if self.run_dir and self.accelerator.is_main_process:
-                save_weights(unwrapped, self.run_dir / "best" / "model.safetensors")
                 self._save_term_weights("best")
         else:
             state.bad_evals += 1
@@ -472,3 +555,16 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         if cfg.report_to:
             self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.step)
         return metrics
+
+    def _save_student(self, student: nn.Module, path: Path) -> None:
+        """The student's whole weights as one file, written by the main process.
+
+        Called by every process: a sharded student's tensors are gathered collectively.
+        """
+        accelerator = self.accelerator
+        if self._sharded:
+            state = full_state_dict(student, keep=accelerator.is_main_process)
+            if accelerator.is_main_process:
+                save_weights(student, path, state=state)
+        elif accelerator.is_main_process:
+            save_weights(accelerator.unwrap_model(student), path)

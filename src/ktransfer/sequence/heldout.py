@@ -18,7 +18,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ktransfer.divergences import forward_kl
+from ktransfer.engine.batches import split_batch
 from ktransfer.engine.distributed import shard_batches, sum_over_processes
+from ktransfer.engine.sharding import is_sharded, missing_passes, run_spare_passes
 from ktransfer.tasks import Task
 
 TEACHER_KL = "teacher_kl"
@@ -67,7 +69,14 @@ def with_teacher_kl(
         if next(teacher.parameters()).device != device:
             teacher.to(device)  # frozen: evaluation only moves it where the student is
         batches, world = shard_batches(data, batch_size, collate_fn, device)
-        total, count = sum_over_processes(teacher_kl_sums(model, teacher, batches, task, vocab_size), world, device)
+        if world > 1 and is_sharded(model):  # shards of uneven length: every process runs as many forwards
+            sums = teacher_kl_sums(model, teacher, batches, task, vocab_size)
+            run_spare_passes([model, teacher], missing_passes(len(data), batch_size),  # type: ignore[arg-type]
+                             split_batch(collate_fn([data[0]]))[0],
+                             lambda b: (task.forward(model, b), task.forward(teacher, b)), device)
+        else:
+            sums = teacher_kl_sums(model, teacher, batches, task, vocab_size)
+        total, count = sum_over_processes(sums, world, device)
         if count == 0:
             raise ValueError(f"{TEACHER_KL}: evaluation data has no labelled positions")
         metrics[TEACHER_KL] = total / count

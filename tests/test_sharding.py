@@ -1,0 +1,270 @@
+"""The student and the frozen teacher sharded across 2 CPU processes (FSDP2, gloo) learn what one process learns.
+
+Sharded runs are launched with torchrun (`_fsdp_worker.py`); the references run here, in one
+process, where sharding has nothing to shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ktransfer.checkpoint import load_weights, read_manifest
+from ktransfer.engine import sharding
+from ktransfer.engine.sharding import ShardingError, layer_class_names, unservable_features
+from ktransfer.train import TrainConfig, WorldSizeError
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _fsdp_worker as worker  # noqa: E402
+from test_causal import corpus  # noqa: E402, F401  (a fixture: a word-level text corpus and its tokenizer)
+
+WORKER = Path(__file__).parent / "_fsdp_worker.py"
+
+
+def torchrun(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([exe, "--nproc_per_node", "2", str(WORKER), *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def assert_close_weights(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> None:
+    """Every tensor within 1e-5 of its norm (plus 1e-8 for tensors whose gradient is zero, e.g. key biases)."""
+    assert one.keys() == two.keys()
+    for key in one:
+        assert float((one[key] - two[key]).norm()) <= 1e-5 * float(one[key].norm()) + 1e-8, key
+
+
+def one_process(model: str, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    worker.distiller(model, run_dir, optimizer="sgd").fit()  # train.sharding=fsdp, one process
+    assert "one process, nothing to shard; training unsharded" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_sharded_causal_lm_learns_what_one_process_learns_and_holds_half_the_teacher(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    proc = torchrun("run", str(tmp_path / "two"), "causal", "sgd")
+    assert "sharded across 2 processes (FSDP2): student in 2 x GPT2Block, teacher in 3 x GPT2Block" in proc.stderr
+    one_process("causal", tmp_path / "one", capsys)
+    two = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    assert_close_weights(load_file(str(tmp_path / "one" / "final" / "model.safetensors")), two)
+    assert any(float((two[k] - v).abs().max()) > 1e-3 for k, v in worker.gpt2(0, 2, 16).state_dict().items()
+               if k in two)  # it did train
+    # final/ is one ordinary file that loads into the bare architecture (tied head included)
+    bare = load_weights(worker.gpt2(0, 2, 16), tmp_path / "two" / "final" / "model.safetensors")
+    assert bare.lm_head.weight is bare.transformer.wte.weight
+    assert torch.equal(bare.transformer.wte.weight, two["transformer.wte.weight"])
+    teacher_bytes = sum(p.numel() * p.element_size() for p in worker.gpt2(1, 3, 32).parameters())
+    memory = [json.loads((tmp_path / "two" / f"memory-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(m["teacher_sharded"] for m in memory)
+    assert sum(m["teacher"] for m in memory) == teacher_bytes  # each parameter held once, split in two
+    assert all(abs(m["teacher"] - teacher_bytes / 2) <= 0.02 * teacher_bytes for m in memory)
+
+
+@pytest.mark.slow
+def test_a_sharded_encoder_with_feature_and_attention_terms_learns_what_one_process_learns(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    proc = torchrun("run", str(tmp_path / "two"), "encoder", "sgd")
+    assert "student in 3 x BertEmbeddings/BertLayer" in proc.stderr
+    one_process("encoder", tmp_path / "one", capsys)
+    for name in ("model.safetensors", "terms.safetensors"):  # the student, and the feature projection
+        assert_close_weights(load_file(str(tmp_path / "one" / "final" / name)),
+                             load_file(str(tmp_path / "two" / "final" / name)))
+    log = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    terms = [r["terms"] for r in log if r["split"] == "train"]
+    assert len(terms) == 10 and all(t["feature"] > 0 and t["attention"] > 0 for t in terms)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["sharded", "unsharded"])
+def test_a_two_process_run_killed_and_resumed_ends_bit_identical_to_the_uninterrupted_one(
+        tmp_path: Path, mode: str) -> None:
+    """AdamW state on the shards, the student's dropout (every process's RNG), a resume in mid-epoch 1 (under
+    several processes the resumed loader once kept epoch 0's order; data parallel runs are checked for it too)."""
+    flags = ["causal", "dropout"] + (["unsharded"] if mode == "unsharded" else [])
+    torchrun("killed_and_full", str(tmp_path), *flags)
+    ckpt = tmp_path / "killed" / "checkpoints" / "step-00000005"
+    assert not (tmp_path / "killed" / "final").exists()
+    manifest = read_manifest(ckpt)
+    assert manifest["world_size"] == 2
+    if mode == "sharded":
+        assert (ckpt / "shards" / "rank-00000.pt").exists() and (ckpt / "shards" / "rank-00001.pt").exists()
+        assert manifest["sharding"] == "fsdp"
+        refusal = "sharded across 2 processes and this run has 1"
+    else:
+        assert manifest["sharding"] == "none" and not (ckpt / "shards").exists()
+        refusal = "written by 2 process[(]es[)] and this run has 1"
+    train = {"sharding": "none"} if mode == "unsharded" else {}
+    with pytest.raises(WorldSizeError, match=refusal):
+        worker.distiller("causal", tmp_path / "killed", 0.1, **train).fit(resume=True)
+    proc = torchrun("resume", str(tmp_path), *flags)
+    assert "resuming from checkpoint" in proc.stderr and "(step 5 of 10)" in proc.stderr
+    full = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "final" / "model.safetensors"))
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    logs = [[json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("full", "killed")]
+    losses = [[x["loss"] for x in log if x["split"] == "train"] for log in logs]
+    assert losses[0] == losses[1] and len(losses[0]) == 10
+    assert [x["epoch"] for x in logs[0] if x["split"] == "train"][4] == 1  # step 5 is inside epoch 1
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_process_stops_every_sharded_process_at_the_same_step(tmp_path: Path) -> None:
+    proc = torchrun("nan", str(tmp_path), check=False)
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        step, message = (tmp_path / f"rank{rank}.txt").read_text().split("\n", 1)
+        assert step == "3" and "at step 3" in message and "nan_on_rank1=nan" in message
+        assert "whether bf16 overflows" in message
+
+
+@pytest.mark.slow
+def test_a_sharded_run_from_yaml_under_torchrun_evaluates_uneven_shards_and_matches_one_process(
+        corpus: dict[str, Path], tmp_path: Path) -> None:
+    """The CLI under torchrun: Llama student and teacher sharded, a validation split that does not divide
+    evenly (one process evaluates one batch more), best/ and final/ gathered into ordinary files."""
+    import yaml
+
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import load_data, run
+
+    config = {
+        "task": "causal_lm",
+        "data": {"name": "text_corpus", "path": str(corpus["lines"]), "tokenizer": str(corpus["tokenizer"]),
+                 "max_length": 8, "val_fraction": 0.15, "test_fraction": 0.2},
+        "teacher": {"builder": "llama_student", "hidden_size": 32, "num_layers": 2, "num_heads": 2},
+        "student": {"builder": "llama_student", "hidden_size": 16, "num_layers": 2, "num_heads": 2},
+        "knowledge": [{"type": "response", "temperature": 2.0}],
+        "optim": {"name": "sgd", "lr": 0.5},
+        "train": {"max_steps": 4, "batch_size": 4, "eval_batch_size": 3, "eval_every": 2, "metric": "perplexity",
+                  "sharding": "fsdp"},
+    }
+    assert len(load_data(RunConfig.from_dict(config)).val) == 7  # 4 + 3 examples: 2 batches of 3 and 1
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    proc = subprocess.run([exe, "--nproc_per_node", "2", "-m", "ktransfer.cli", "run", str(cfg), "--run-dir",
+                           str(tmp_path / "two"), "--no-progress"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "teacher in 2 x LlamaDecoderLayer" in proc.stderr
+    run(RunConfig.from_dict(config), tmp_path / "one", progress=False)
+    summaries = [json.loads((tmp_path / r / "summary.json").read_text()) for r in ("one", "two")]
+    assert summaries[1]["world_size"] == 2
+    for key, value in summaries[0]["final_val"].items():
+        assert summaries[1]["final_val"][key] == pytest.approx(value, rel=1e-5), key
+    for which in ("final", "best"):
+        assert_close_weights(load_file(str(tmp_path / "one" / which / "model.safetensors")),
+                             load_file(str(tmp_path / "two" / which / "model.safetensors")))
+
+
+# ------------------------------------------------------------------------------ layers and refusals
+def test_layers_are_found_from_no_split_modules_or_the_repeated_blocks() -> None:
+    assert layer_class_names(worker.gpt2(0, 2, 16)) == ["GPT2Block"]
+    assert layer_class_names(worker.bert(0, 2, 16)) == ["BertEmbeddings", "BertLayer"]
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList([Block(), Block()])
+
+    assert layer_class_names(Net()) == ["Block"]
+    assert layer_class_names(Net(), ["Block", "LlamaDecoderLayer"], "teacher") == ["Block"]
+
+
+def test_a_model_whose_layers_cannot_be_found_says_what_was_looked_for_and_how_to_name_them() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(ShardingError) as e:
+        layer_class_names(model, (), "student")
+    text = str(e.value)
+    assert "the student (Sequential)" in text and "_no_split_modules" in text and "model.layers" in text
+    assert "train.shard_layers" in text and "Linear, ReLU" in text
+    with pytest.raises(ShardingError, match=r"the teacher \(GPT2LMHeadModel\) has no module of class 'Nope'"):
+        layer_class_names(worker.gpt2(0, 1, 16), ["Nope"], "teacher")
+
+
+class _FakeAccelerator:
+    """What `_shard_models` reads of an Accelerator, as two processes would have it."""
+
+    num_processes = 2
+    device = torch.device("cpu")
+    is_main_process = True
+
+
+def test_features_the_sharded_path_cannot_serve_are_refused_by_name_before_training() -> None:
+    class Fused:
+        name = "response"
+        fused_head = True
+
+    class Generate:
+        def __call__(self, batch: dict[str, Any], ctx: Any) -> dict[str, Any]:
+            return batch
+
+    class Store:
+        provides_teacher_outputs = True
+
+    refused = unservable_features([Fused()], [Generate(), Store()])
+    assert len(refused) == 2 and "['response'] use fused_head" in refused[0] and "['Generate'] generate" in refused[1]
+    assert unservable_features([], [Store()]) == []
+    d = worker.distiller("causal", None)
+    d.stages = [Generate()]  # type: ignore[list-item]
+    with pytest.raises(ShardingError, match=r"train.sharding=fsdp cannot serve this run: batch stages \['Generate'\]"):
+        d._shard_models(_FakeAccelerator())
+    assert not sharding.is_sharded(d.student)  # refused before touching the models
+
+
+def test_shard_layers_without_sharding_is_refused_and_the_keys_validate() -> None:
+    with pytest.raises(ValueError, match="train.shard_layers names the layers to shard, but train.sharding is 'none'"):
+        TrainConfig(shard_layers=["GPT2Block"])
+    with pytest.raises(Exception, match="valid choices: none, fsdp"):
+        TrainConfig(sharding="zero3")  # type: ignore[arg-type]
+    assert TrainConfig(sharding="fsdp", shard_layers=["GPT2Block"]).shard_layers == ["GPT2Block"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only without a CUDA GPU")
+def test_fp16_on_the_cpu_is_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="fp16' needs a CUDA GPU"):
+        worker.distiller("causal", None, mixed_precision="fp16").fit()
+
+
+@pytest.mark.slow
+def test_the_sharded_benchmark_measures_both_modes_at_a_tiny_size(tmp_path: Path) -> None:
+    """benchmarks/sharded/sharded.py (what gpu.sh runs on several GPUs) with 2 CPU processes."""
+    script = Path(__file__).parent.parent / "benchmarks" / "sharded" / "sharded.py"
+    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    tiny = ["--vocab", "64", "--student-hidden", "16", "--student-layers", "2", "--teacher-hidden", "64",
+            "--teacher-layers", "4", "--heads", "2", "--seq", "16", "--batch", "4", "--steps", "5", "--warmup", "2",
+            "--precision", "no"]
+    results = {}
+    for mode in ("none", "fsdp"):
+        proc = subprocess.run([exe, "--nproc_per_node", "2", str(script), "--sharding", mode, "--out",
+                               str(tmp_path / f"{mode}.json"), *tiny], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[mode] = json.loads((tmp_path / f"{mode}.json").read_text())
+    for r in results.values():
+        assert r["world_size"] == 2 and r["steps_timed"] == 3  # steps 3 to 5 and r["median_step_s"] > 0
+        assert len(r["processes"]) == 2 and all(p["peak_memory_bytes"] > 0 for p in r["processes"])
+    teacher_bytes = results["none"]["teacher_parameters"] * 4
+    assert [p["teacher_bytes_held"] for p in results["none"]["processes"]] == [teacher_bytes] * 2
+    assert sum(p["teacher_bytes_held"] for p in results["fsdp"]["processes"]) == teacher_bytes
