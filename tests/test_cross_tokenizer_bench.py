@@ -136,16 +136,18 @@ def test_prompts_and_references_are_cut_from_the_text() -> None:
 # ------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """40 documents of 30 words (60 distinct) and a random 2-layer Llama on a word-level tokenizer of them, saved as a
-    model folder with its tokenizer."""
+    """40 documents of 30 words (60 distinct) and a random 2-layer Llama on a byte-level BPE of 280 tokens of its own
+    (the students train one of 300), saved as a model folder with its tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from ktransfer.data.corpus import train_bpe_tokenizer
 
     folder = tmp_path_factory.mktemp("cross_tokenizer")
     words = [f"w{i}" for i in range(60)]
     rng = random.Random(0)
     docs = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(40)]
     (folder / "docs.txt").write_text("\n".join(docs) + "\n")
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(word_tokenizer_file(folder, words)), eos_token="<eos>",
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(train_bpe_tokenizer(docs, 280)), eos_token="<|endoftext|>",
                                   pad_token="<pad>")
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
