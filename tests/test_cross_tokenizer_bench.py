@@ -37,6 +37,24 @@ def test_grid_is_the_teacher_a_warm_start_per_seed_and_every_method_per_seed() -
         bench.grid_units(["labels", "minilm"], 1)
 
 
+def test_expected_budget_is_the_measured_costs_summed_by_hand() -> None:
+    size = {**bench.SIZES["quick"], "steps": 10, "warm_steps": 4, "bpb_articles": 3, "prompts": 5, "new_tokens": 8,
+            "max_length": 64}
+    windows = 3 * math.ceil(420 / 63)  # 21 windows: one batch of 32
+    student_scoring = 0.5 + 5 * 8 * 0.01
+    by_hand = {"teacher": 6.4 + 5 * 8 * 0.07, "warm-s0": 4 * 0.3, "labels-s0": 10 * 0.3 + student_scoring,
+               "uld-s0": 10 * 3.1 + student_scoring, "span-s0": 10 * 2.0 + student_scoring,
+               "span_on_policy-s0": 6 * 2.4 + student_scoring, "same_tokenizer-s0": 10 * 2.8 + student_scoring}
+    assert windows <= 32
+    for u in bench.grid_units(bench.METHODS, 1):
+        assert bench.unit_seconds(u, size) == pytest.approx(by_hand[u.name]), u.name
+    budget = bench.expected_budget(size, bench.METHODS, 1, jobs=2)
+    assert budget["work_min"] == pytest.approx(sum(by_hand.values()) / 60)
+    chain = max(by_hand["warm-s0"] + by_hand["span_on_policy-s0"], by_hand["uld-s0"])
+    assert budget["critical_path_min"] == pytest.approx(chain / 60)
+    assert budget["wall_min"] == pytest.approx(max(sum(by_hand.values()) / 2, chain) / 60)
+
+
 def test_declared_sizes_fit_their_budgets() -> None:
     quick, full = bench.SIZES["quick"], bench.SIZES["full"]
     q = bench.expected_budget(quick, bench.METHODS, quick["seeds"], jobs=2)

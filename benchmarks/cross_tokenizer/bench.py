@@ -32,17 +32,19 @@ Scores, comparable across tokenizers (`scores.py`), on the held-out test article
   cut to its reference's length in characters.
 
 Also: the run's own held-out perplexity per token (validation split, not comparable across tokenizers), the
-alignment of the two tokenizations of the training blocks (the share of each side's tokens inside aligned spans), wall time per
-training step and peak resident memory.
+alignment of the two tokenizations of the training blocks (the share of each side's tokens inside aligned spans),
+wall time per training step and peak resident memory.
 
 Sizes. The budget below comes from costs measured on the 2-core machine (one thread, batch 8 x 64 student tokens;
-the constants below), summed by `expected_budget` (see `unit_seconds`):
+`STEP_S` and the constants beside it), summed by `expected_budget` (see `unit_seconds`); on the quiet machine:
 
   --quick  one seed of every method; 300 steps (warm start 150), 2,400 training blocks; 24 test articles for
-           bits per byte and 32 prompts: about EST_QUICK_WORK min of work, about EST_QUICK_WALL min of wall time with --jobs 2
+           bits per byte and 32 prompts: about 51 min of work, about 26 min of wall time with --jobs 2 (the
+           longest unit, ULD: 16 min); the busy machine the costs were measured on ran about twice as slowly,
+           which still fits in 60 min with --jobs 2
   --full   three seeds; 1,200 steps (warm start 600), 9,600 training blocks; 96 test articles and 128 prompts:
-           about EST_FULL_WORK h of work, about EST_FULL_WALL h with --jobs 2, over sittings (each finished unit's JSON is
-           kept; a sitting started again skips them)
+           about 10 h of work, about 5 h with --jobs 2, over sittings (each finished unit's JSON is kept; a
+           sitting started again skips them)
 
     nohup python benchmarks/cross_tokenizer/bench.py --quick --jobs 2 > cross_tokenizer.log 2>&1 &   # resumable
     python benchmarks/cross_tokenizer/bench.py --full --jobs 2       # start again after a stop; commit the JSONs
@@ -91,13 +93,16 @@ LABELS = {"teacher": "teacher (SmolLM2-135M-Instruct), not trained", "labels": "
           "span_on_policy": "span alignment, backward KL, on-policy (from references alone)",
           "same_tokenizer": "same tokenizer as the teacher: forward KL per token + references"}
 
-# Measured on the 2-core machine, one thread, batch 8 x 64 student tokens (seconds per step or per call).
-STEP_S = {"labels": 0.35, "uld": 2.6, "span": 2.3, "span_on_policy": 4.0, "same_tokenizer": 2.4}
-TEACHER_BPB_BATCH_S = 4.0  # the teacher over 32 windows of 64 tokens
-STUDENT_BPB_BATCH_S = 0.3
-TEACHER_TOKEN_S = 0.05  # one greedy token of the teacher, one prompt
-STUDENT_TOKEN_S = 0.006
-TOKENS_PER_ARTICLE = 520  # an article in 8,000-token BPE tokens (SmolLM2's: about 440)
+# Seconds on the 2-core machine, one thread, batch 8 x 64 student tokens: measured per step between the 10th and the
+# 40th step (20th for the on-policy run) of each method while the machine ran other work, then divided by 2.0, the
+# ratio of SmolLM2's forward pass on 8 x 64 tokens timed around those runs (2.7 s before, 3.6-4.5 s after) to the
+# 1.6 s it takes on the quiet machine (benchmarks/real_teacher).
+STEP_S = {"labels": 0.3, "uld": 3.1, "span": 2.0, "span_on_policy": 2.4, "same_tokenizer": 2.8}
+TEACHER_BPB_BATCH_S = 6.4  # the teacher over 32 windows of 64 tokens (4 x the 8 x 64 forward)
+STUDENT_BPB_BATCH_S = 0.5
+TEACHER_TOKEN_S = 0.07  # one greedy token of the teacher, one prompt
+STUDENT_TOKEN_S = 0.01
+TOKENS_PER_ARTICLE = 420  # a test article in 8,000-token BPE tokens (SmolLM2's: 410)
 
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {"steps": 300, "warm_steps": 150, "batch_size": 8, "train_size": 2400, "val_size": 64, "test_size": 64,
