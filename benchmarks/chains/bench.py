@@ -41,6 +41,7 @@ from harness.aggregate import aggregate_provenance, ci_nan, paired_nan  # noqa: 
 from harness.cli import Benchmark  # noqa: E402
 from harness.cli import main as harness_main  # noqa: E402
 from harness.grid import Unit  # noqa: E402
+from harness.sittings import read_sittings, wall_minutes  # noqa: E402
 
 METHODS: dict[str, dict[str, Any]] = {
     "vanilla_kd": {"knowledge": [{"type": "response", "divergence": "forward_kl", "temperature": 2.0, "weight": 0.5},
@@ -261,7 +262,10 @@ class Chains(Benchmark):
         teacher = next((u for u in done if u.get("kind") == "teacher"), None)
         meta = {**context, "provenance": aggregate_provenance(done, context), "seeds": list(range(args.seeds)),
                 "size_name": args.size_name, "size": args.size, "teacher": teacher,
-                "wall_time_min": (time.perf_counter() - args.started) / 60}
+                # every sitting that ran units (an aggregation alone runs none), else this one so far
+                "wall_time_min": sum(wall_minutes(read_sittings(self.results(args) / "sittings.jsonl"),
+                                                  context["command"]).values())
+                or (time.perf_counter() - args.started) / 60}
         return aggregate(units, meta)
 
     def outputs(self, result: dict[str, Any], args: argparse.Namespace) -> dict[Path, Any]:
