@@ -215,16 +215,19 @@ def _reference_uld(p: list[float], q: list[float]) -> float:
     return sum(abs(a - b) for a, b in zip(p, q))
 
 
-def test_uld_against_a_float64_reference() -> None:
+@pytest.mark.parametrize("widths", [(9, 6), (6, 9), (7, 7)], ids=["student-longer", "teacher-longer", "equal"])
+def test_uld_against_a_float64_reference(widths: tuple[int, int]) -> None:
     g = torch.Generator().manual_seed(2)
-    s, t = torch.randn(4, 9, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
+    s = torch.randn(4, widths[0], generator=g, dtype=torch.float64)
+    t = torch.randn(4, widths[1], generator=g, dtype=torch.float64)
     got = uld_distance(s, t, temperature=1.5)
     for n in range(4):
         want = _reference_uld(torch.softmax(t[n] / 1.5, -1).tolist(), torch.softmax(s[n] / 1.5, -1).tolist())
         assert abs(float(got[n]) - want) < 1e-12
     assert float(uld_distance(t, t).abs().max()) < 1e-15
     # a permutation of the vocabulary changes nothing: ULD sees no token identities
-    torch.testing.assert_close(uld_distance(s[:, torch.randperm(9, generator=g)], t), uld_distance(s, t))
+    torch.testing.assert_close(uld_distance(s[:, torch.randperm(widths[0], generator=g)], t), uld_distance(s, t))
+    assert torch.autograd.gradcheck(lambda x: uld_distance(x, t, 1.2), (s.clone().requires_grad_(True),))
 
 
 def test_gradients_of_span_and_uld_losses() -> None:
