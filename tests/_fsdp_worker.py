@@ -7,7 +7,11 @@ each process's parameter bytes of the teacher and student (`memory-rank<N>.json`
 MODE "killed_and_full": the same run uninterrupted in OUT_DIR/full, and killed after 5 steps
 (a checkpoint at 5) in OUT_DIR/killed. MODE "resume": resumes OUT_DIR/killed. MODE "nan": a sharded bf16 run whose extra term becomes NaN
 on rank 1 only at step 3; each process writes the step it stopped at (`rank<N>.txt`).
+MODE "eos": the targets stage's generation with a sharded student whose greedy samples end at once on
+rank 0 and run to max_new_tokens on rank 1, then with nothing to generate on rank 0; each process writes
+its sample lengths and the unsharded model's (`eos-rank<N>.json`).
 MODEL "causal" (default): tiny GPT-2 student and a larger teacher with a response term.
+MODEL "onpolicy": the causal models with half the targets sampled from the student and an on-policy term.
 MODEL "encoder": tiny BERT classifiers with feature and attention terms and labels.
 A trailing "dropout" turns on the student's dropout (which makes the RNG states matter); a trailing
 "unsharded" runs with train.sharding=none (data parallel) for comparison; a trailing "sgd" trains with
@@ -64,6 +68,18 @@ def token_data(n: int = 24) -> TensorDictDataset:
     return TensorDictDataset(input_ids=ids, attention_mask=mask, labels=labels)
 
 
+def prompted_data(n: int = 24) -> TensorDictDataset:
+    """Sequences of 6 to 12 tokens whose first 2 to 5 are a prompt (label -100): every example has targets."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, VOCAB, (n, 12), generator=g)
+    lengths = torch.randint(6, 13, (n,), generator=g)
+    prompts = torch.randint(2, 6, (n,), generator=g)
+    positions = torch.arange(12)[None, :]
+    mask = (positions < lengths[:, None]).long()
+    labels = ids.masked_fill((mask == 0) | (positions < prompts[:, None]), -100)
+    return TensorDictDataset(input_ids=ids, attention_mask=mask, labels=labels)
+
+
 def class_data(n: int = 24) -> TensorDictDataset:
     """Unpadded sequences: feature and attention terms average over each micro-batch's positions, which
     equals the average over the step's only when every process's slice has as many positions."""
@@ -78,6 +94,13 @@ def distiller(model: str, run_dir: Path | None, dropout: float = 0.0, stop_after
     config = TrainConfig(**{"max_steps": 10, "batch_size": 4, "grad_accum_steps": 2, "checkpoint_every": 5,
                             "checkpoint_minutes": 0, "log_every": 1, "sharding": "fsdp", **train})
     optim = OptimConfig(name=optimizer, lr=0.01 if optimizer == "adamw" else 0.5, max_grad_norm=0.5)
+    if model == "onpolicy":
+        from ktransfer.sequence import OnPolicyTerm, TargetsStage
+
+        stage = TargetsStage(sources={"dataset": 0.5, "student": 0.5}, generation={"max_new_tokens": 4}, seed=1)
+        return Distiller(gpt2(0, 2, 16, dropout), gpt2(1, 3, 32), [OnPolicyTerm("backward_kl")],
+                         train_data=prompted_data(), task="causal_lm", config=config, optim=optim, run_dir=run_dir,
+                         progress=False, stop_after_steps=stop_after, stages=[stage])
     if model == "causal":
         return Distiller(gpt2(0, 2, 16, dropout), gpt2(1, 3, 32), [ResponseTerm("forward_kl", temperature=2.0)],
                          train_data=token_data(), task="causal_lm", config=config, optim=optim, run_dir=run_dir,
@@ -106,6 +129,54 @@ class NanOnRank1:
         return value
 
 
+EOS = 5
+
+
+def repeater() -> torch.nn.Module:
+    """A GPT-2 whose layers add nothing and whose greedy next token is the current one: it repeats
+    its prompt's last token (one-hot embeddings, no positions, zero output projections)."""
+    model = gpt2(0, 2, 64)
+    with torch.no_grad():
+        model.transformer.wte.weight.copy_(torch.eye(VOCAB, 64) * 10)
+        model.transformer.wpe.weight.zero_()
+        for block in model.transformer.h:
+            block.attn.c_proj.weight.zero_()
+            block.attn.c_proj.bias.zero_()
+            block.mlp.c_proj.weight.zero_()
+            block.mlp.c_proj.bias.zero_()
+    return model
+
+
+def eos_generation(out: Path, rank: int) -> None:
+    """Rank 0's prompts end in the end-of-sequence token (its greedy samples end at the first token), rank
+    1's do not (they run to max_new_tokens); then rank 0 has nothing to generate while rank 1 has."""
+    from ktransfer.sequence import StageContext, TargetsStage
+    from ktransfer.tasks import Task
+
+    torch.distributed.init_process_group("gloo")
+    ids = torch.tensor([[3, 7, EOS, 9], [8, EOS, 9, 9]]) if rank == 0 else torch.tensor([[3, 7, 11, 9], [8, 12, 9, 9]])
+    starts = torch.tensor([3, 2])
+    attention = torch.ones_like(ids)
+    plain = repeater()
+    sharded = repeater()
+    sharding.shard_model(sharded, ["GPT2Block"], sharding.device_mesh(torch.device("cpu"), 2))
+    lengths: dict[str, list[int]] = {}
+    for name, model in (("plain", plain), ("sharded", sharded)):
+        stage = TargetsStage(sources={"student": 1.0}, generation={"max_new_tokens": 6, "do_sample": False,
+                                                                   "eos_token_id": EOS})
+        ctx = StageContext(student=model, teacher=None, task=Task("causal_lm"), step=0,
+                           device=torch.device("cpu"), process_index=rank, num_processes=2)
+        rows = stage._generate_rows(ctx, torch.tensor([2, 2]), starts, ids, attention)
+        lengths[name] = [int(rows[i][0].shape[0]) for i in (0, 1)]
+        lengths[name + "_tokens"] = rows[0][0].tolist()
+        if name == "sharded":  # rank 0 has no student rows: it still steps with rank 1
+            choice = torch.tensor([0, 0]) if rank == 0 else torch.tensor([2, 2])
+            rows = stage._generate_rows(ctx, choice, starts, ids, attention)
+            lengths["sharded_only_rank1"] = sorted(int(t.shape[0]) for t, _ in rows.values())
+    (out / f"eos-rank{rank}.json").write_text(json.dumps(lengths))
+    torch.distributed.destroy_process_group()
+
+
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     model = sys.argv[3] if len(sys.argv) > 3 else "causal"
@@ -114,7 +185,12 @@ def main() -> None:
     if "sgd" in sys.argv[4:]:
         train["optimizer"] = "sgd"
     rank = int(os.environ.get("RANK", "0"))
-    if mode == "run":
+    if mode == "eos":
+        eos_generation(out, rank)
+    elif mode == "compare":  # the same run sharded (OUT_DIR/two) and data parallel (OUT_DIR/dp)
+        distiller(model, out / "two", dropout, **train).fit()
+        distiller(model, out / "dp", dropout, **{**train, "sharding": "none"}).fit()
+    elif mode == "run":
         d = distiller(model, out, dropout, **train)
         d.fit()
         assert d.teacher is not None
