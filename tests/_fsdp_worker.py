@@ -12,6 +12,7 @@ rank 0 and run to max_new_tokens on rank 1, then with nothing to generate on ran
 its sample lengths and the unsharded model's (`eos-rank<N>.json`).
 MODEL "causal" (default): tiny GPT-2 student and a larger teacher with a response term.
 MODEL "onpolicy": the causal models with half the targets sampled from the student and an on-policy term.
+MODEL "seq2seq": tiny T5 student and teacher, the same targets and term.
 MODEL "encoder": tiny BERT classifiers with feature and attention terms and labels.
 A trailing "dropout" turns on the student's dropout (which makes the RNG states matter); a trailing
 "unsharded" runs with train.sharding=none (data parallel) for comparison; a trailing "sgd" trains with
@@ -44,6 +45,16 @@ def gpt2(seed: int, layers: int, width: int, dropout: float = 0.0) -> torch.nn.M
     cfg = GPT2Config(vocab_size=VOCAB, n_layer=layers, n_embd=width, n_head=2, n_positions=16, resid_pdrop=dropout,
                      embd_pdrop=dropout, attn_pdrop=0.0, attn_implementation="eager", bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel(cfg)
+
+
+def t5(seed: int, layers: int, width: int) -> torch.nn.Module:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=VOCAB, d_model=width, d_kv=width // 2, d_ff=2 * width, num_layers=layers,
+                   num_decoder_layers=layers, num_heads=2, dropout_rate=0.0, decoder_start_token_id=0,
+                   pad_token_id=0, eos_token_id=1, attn_implementation="eager")
+    return T5ForConditionalGeneration(cfg)
 
 
 def bert(seed: int, layers: int, width: int, dropout: float = 0.0) -> torch.nn.Module:
@@ -80,6 +91,16 @@ def prompted_data(n: int = 24) -> TensorDictDataset:
     return TensorDictDataset(input_ids=ids, attention_mask=mask, labels=labels)
 
 
+def pair_data(n: int = 24) -> TensorDictDataset:
+    """Sources of 4 to 8 tokens (padded to 8) and targets of 3 to 6 (-100 after), ids from 2 (0 pads, 1 ends)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, VOCAB, (n, 8), generator=g)
+    mask = (torch.arange(8)[None, :] < torch.randint(4, 9, (n,), generator=g)[:, None]).long()
+    labels = torch.randint(2, VOCAB, (n, 6), generator=g)
+    labels = labels.masked_fill(torch.arange(6)[None, :] >= torch.randint(3, 7, (n,), generator=g)[:, None], -100)
+    return TensorDictDataset(input_ids=ids.masked_fill(mask == 0, 0), attention_mask=mask, labels=labels)
+
+
 def class_data(n: int = 24) -> TensorDictDataset:
     """Unpadded sequences: feature and attention terms average over each micro-batch's positions, which
     equals the average over the step's only when every process's slice has as many positions."""
@@ -101,6 +122,13 @@ def distiller(model: str, run_dir: Path | None, dropout: float = 0.0, stop_after
         return Distiller(gpt2(0, 2, 16, dropout), gpt2(1, 3, 32), [OnPolicyTerm("backward_kl")],
                          train_data=prompted_data(), task="causal_lm", config=config, optim=optim, run_dir=run_dir,
                          progress=False, stop_after_steps=stop_after, stages=[stage])
+    if model == "seq2seq":
+        from ktransfer.sequence import OnPolicyTerm, TargetsStage
+
+        stage = TargetsStage(sources={"dataset": 0.5, "student": 0.5}, generation={"max_new_tokens": 4}, seed=1)
+        return Distiller(t5(0, 2, 16), t5(1, 3, 32), [OnPolicyTerm("backward_kl")], train_data=pair_data(),
+                         task="seq2seq", config=config, optim=optim, run_dir=run_dir, progress=False,
+                         stop_after_steps=stop_after, stages=[stage])
     if model == "causal":
         return Distiller(gpt2(0, 2, 16, dropout), gpt2(1, 3, 32), [ResponseTerm("forward_kl", temperature=2.0)],
                          train_data=token_data(), task="causal_lm", config=config, optim=optim, run_dir=run_dir,

@@ -191,6 +191,19 @@ def test_a_sharded_run_sampling_the_students_targets_learns_what_the_data_parall
 
 
 @pytest.mark.slow
+def test_a_sharded_seq2seq_run_sampling_the_students_targets_learns_what_the_data_parallel_run_learns(
+        tmp_path: Path) -> None:
+    """T5 student and teacher: generate runs the encoder apart from the model's forward, so the sharded
+    model gathers its shared embeddings around all of generate. Data parallel reference, as above."""
+    proc = torchrun("compare", str(tmp_path), "seq2seq", "sgd")
+    assert "student in 4 x T5Block, teacher in 6 x T5Block" in proc.stderr
+    two = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    assert_close_weights(load_file(str(tmp_path / "dp" / "final" / "model.safetensors")), two)
+    assert any(float((two[k] - v).abs().max()) > 1e-3 for k, v in worker.t5(0, 2, 16).state_dict().items()
+               if k in two)  # it did train
+
+
+@pytest.mark.slow
 def test_sharded_generation_steps_on_while_another_process_still_samples(tmp_path: Path) -> None:
     """Rank 0's greedy samples all end at their first token, rank 1's run to max_new_tokens; then rank 0 has
     nothing to generate. Without stepping in sync rank 0 would leave rank 1 waiting for its gathers forever

@@ -90,7 +90,7 @@ def shard_model(model: nn.Module, class_names: Sequence[str], mesh: Any, frozen:
     A `frozen` model (the teacher) also gives back its outermost parameters (embeddings, head)
     after every forward: with no backward to follow, FSDP2 would otherwise keep them gathered.
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     wanted = set(class_names)
     layers = [m for m in model.modules() if type(m).__name__ in wanted and m is not model]
@@ -98,6 +98,10 @@ def shard_model(model: nn.Module, class_names: Sequence[str], mesh: Any, frozen:
     for layer in reversed(layers):  # innermost first
         fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+    if callable(getattr(model, "generate", None)):
+        # generate may call a part directly (an encoder-decoder's get_encoder()), bypassing the forward
+        # hook that gathers the outermost parameters (the shared embeddings): gather them around it
+        register_fsdp_forward_method(model, "generate")
     return len(layers)
 
 
