@@ -193,8 +193,9 @@ def test_a_sharded_run_sampling_the_students_targets_learns_what_the_data_parall
 @pytest.mark.slow
 def test_a_sharded_seq2seq_run_sampling_the_students_targets_learns_what_the_data_parallel_run_learns(
         tmp_path: Path) -> None:
-    """T5 student and teacher: generate runs the encoder apart from the model's forward, so the sharded
-    model gathers its shared embeddings around all of generate. Data parallel reference, as above."""
+    """T5 student and teacher, targets from the dataset, the teacher's and the student's generations: generate
+    runs the encoder apart from the model's forward, so a sharded model gathers its shared embeddings around
+    all of generate. Data parallel reference, as above."""
     proc = torchrun("compare", str(tmp_path), "seq2seq", "sgd")
     assert "student in 4 x T5Block, teacher in 6 x T5Block" in proc.stderr
     two = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
