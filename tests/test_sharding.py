@@ -214,6 +214,7 @@ def test_sharded_generation_steps_on_while_another_process_still_samples(tmp_pat
     assert ranks[0]["sharded"] == ranks[0]["plain"] == [1, 1] and ranks[0]["sharded_tokens"] == [worker.EOS]
     assert ranks[1]["sharded"] == ranks[1]["plain"] == [6, 6] and ranks[1]["sharded_tokens"] == [11] * 6
     assert ranks[0]["sharded_only_rank1"] == [] and ranks[1]["sharded_only_rank1"] == [6, 6]
+    assert ranks[0]["same_fingerprint"] and ranks[1]["same_fingerprint"]  # the teacher cache finds the same entries
 
 
 # ------------------------------------------------------------------------------ layers and refusals
