@@ -22,6 +22,7 @@ from torch import nn
 from ktransfer.checkpoint import load_weights, read_manifest
 from ktransfer.engine import sharding
 from ktransfer.engine.sharding import ShardingError, layer_class_names, unservable_features
+from ktransfer.sequence import TargetsStage
 from ktransfer.train import TrainConfig, WorldSizeError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -173,6 +174,49 @@ def test_a_sharded_run_from_yaml_under_torchrun_evaluates_uneven_shards_and_matc
                              load_file(str(tmp_path / "two" / which / "model.safetensors")))
 
 
+@pytest.mark.slow
+def test_a_sharded_run_sampling_the_students_targets_learns_what_the_data_parallel_run_learns(
+        tmp_path: Path) -> None:
+    """Half the targets sampled from the student (an on-policy backward-KL term), 10 steps, 2 processes:
+    sharded and data parallel end with the same weights. The reference is the 2-process data-parallel
+    run, not one process: each process samples from its own seed, so one process would draw other samples."""
+    proc = torchrun("compare", str(tmp_path), "onpolicy", "sgd")
+    assert "sharded across 2 processes (FSDP2): student in 2 x GPT2Block, teacher in 3 x GPT2Block" in proc.stderr
+    two = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    assert_close_weights(load_file(str(tmp_path / "dp" / "final" / "model.safetensors")), two)
+    assert any(float((two[k] - v).abs().max()) > 1e-3 for k, v in worker.gpt2(0, 2, 16).state_dict().items()
+               if k in two)  # it did train
+    log = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["terms"]["on_policy"] > 0 for r in log if r["split"] == "train") >= 5  # student samples were drawn
+
+
+@pytest.mark.slow
+def test_a_sharded_seq2seq_run_sampling_the_students_targets_learns_what_the_data_parallel_run_learns(
+        tmp_path: Path) -> None:
+    """T5 student and teacher, targets from the dataset, the teacher's and the student's generations: generate
+    runs the encoder apart from the model's forward, so a sharded model gathers its shared embeddings around
+    all of generate. Data parallel reference, as above."""
+    proc = torchrun("compare", str(tmp_path), "seq2seq", "sgd")
+    assert "student in 4 x T5Block, teacher in 6 x T5Block" in proc.stderr
+    two = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    assert_close_weights(load_file(str(tmp_path / "dp" / "final" / "model.safetensors")), two)
+    assert any(float((two[k] - v).abs().max()) > 1e-3 for k, v in worker.t5(0, 2, 16).state_dict().items()
+               if k in two)  # it did train
+
+
+@pytest.mark.slow
+def test_sharded_generation_steps_on_while_another_process_still_samples(tmp_path: Path) -> None:
+    """Rank 0's greedy samples all end at their first token, rank 1's run to max_new_tokens; then rank 0 has
+    nothing to generate. Without stepping in sync rank 0 would leave rank 1 waiting for its gathers forever
+    (the harness's timeout fails the test); the samples equal the unsharded model's."""
+    torchrun("eos", str(tmp_path))
+    ranks = [json.loads((tmp_path / f"eos-rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["sharded"] == ranks[0]["plain"] == [1, 1] and ranks[0]["sharded_tokens"] == [worker.EOS]
+    assert ranks[1]["sharded"] == ranks[1]["plain"] == [6, 6] and ranks[1]["sharded_tokens"] == [11] * 6
+    assert ranks[0]["sharded_only_rank1"] == [] and ranks[1]["sharded_only_rank1"] == [6, 6]
+    assert ranks[0]["same_fingerprint"] and ranks[1]["same_fingerprint"]  # the teacher cache finds the same entries
+
+
 # ------------------------------------------------------------------------------ layers and refusals
 def test_layers_are_found_from_no_split_modules_or_the_repeated_blocks() -> None:
     assert layer_class_names(worker.gpt2(0, 2, 16)) == ["GPT2Block"]
@@ -224,8 +268,14 @@ def test_features_the_sharded_path_cannot_serve_are_refused_by_name_before_train
         provides_teacher_outputs = True
 
     refused = unservable_features([Fused()], [Generate(), Store()])
-    assert len(refused) == 2 and "['response'] use fused_head" in refused[0] and "['Generate'] generate" in refused[1]
+    assert len(refused) == 2 and "['response'] use fused_head" in refused[0]
+    assert "['Generate'] run the models without keeping the processes' forward passes in step" in refused[1]
     assert unservable_features([], [Store()]) == []
+    assert unservable_features([], [TargetsStage(sources={"dataset": 0.5, "teacher": 0.2, "student": 0.3})]) == []
+    limited = TargetsStage(generation={"teacher_mix": 0.2}, greedy_baseline=True)
+    refused = unservable_features([], [limited])
+    assert len(refused) == 2 and "TargetsStage: targets.generation.teacher_mix" in refused[0]
+    assert "TargetsStage: targets.greedy_baseline" in refused[1]
     d = worker.distiller("causal", None)
     d.stages = [Generate()]  # type: ignore[list-item]
     with pytest.raises(ShardingError, match=r"train.sharding=fsdp cannot serve this run: batch stages \['Generate'\]"):

@@ -90,7 +90,7 @@ def shard_model(model: nn.Module, class_names: Sequence[str], mesh: Any, frozen:
     A `frozen` model (the teacher) also gives back its outermost parameters (embeddings, head)
     after every forward: with no backward to follow, FSDP2 would otherwise keep them gathered.
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     wanted = set(class_names)
     layers = [m for m in model.modules() if type(m).__name__ in wanted and m is not model]
@@ -98,6 +98,10 @@ def shard_model(model: nn.Module, class_names: Sequence[str], mesh: Any, frozen:
     for layer in reversed(layers):  # innermost first
         fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+    if callable(getattr(model, "generate", None)):
+        # generate may call a part directly (an encoder-decoder's get_encoder()), bypassing the forward
+        # hook that gathers the outermost parameters (the shared embeddings): gather them around it
+        register_fsdp_forward_method(model, "generate")
     return len(layers)
 
 
@@ -238,19 +242,26 @@ def device_mesh(device: torch.device, world: int) -> Any:
 def unservable_features(terms: Sequence[Any], stages: Sequence[Any]) -> list[str]:
     """What a run asks for that the sharded path cannot serve, one phrase each ([] when it can run sharded).
 
-    A fused head reads the student's output layer directly (it is sharded); a stage that
-    generates (on-policy or teacher-generated targets) runs a different number of forward passes
-    on each process, which sharded layers cannot (every process gathers each layer together).
-    Stages reading stored teacher outputs are fine.
+    A fused head reads the student's output layer directly (it is sharded). Sharded layers gather
+    from every process at each forward pass, so every process must make the same passes: stages
+    reading stored teacher outputs make none; a stage that runs the models itself serves sharding
+    when it has `sharding_limits()` (the phrases of its settings that it cannot serve, [] when
+    none); any other stage is refused.
     """
     out = []
     fused = [t.name for t in terms if getattr(t, "fused_head", False)]
     if fused:
         out.append(f"knowledge terms {fused} use fused_head (it reads the student's output layer, which is sharded)")
-    generating = [type(s).__name__ for s in stages if not getattr(s, "provides_teacher_outputs", False)]
-    if generating:
-        out.append(f"batch stages {generating} generate sequences (on-policy or teacher-generated targets), "
-                   "whose forward passes differ between processes")
+    unknown = []
+    for stage in stages:
+        limits = getattr(stage, "sharding_limits", None)
+        if callable(limits):
+            out.extend(f"batch stage {type(stage).__name__}: {phrase}" for phrase in limits())
+        elif not getattr(stage, "provides_teacher_outputs", False):
+            unknown.append(type(stage).__name__)
+    if unknown:
+        out.append(f"batch stages {unknown} run the models without keeping the processes' forward passes in step "
+                   "(a stage that does declares it with sharding_limits())")
     return out
 
 

@@ -27,10 +27,21 @@ from ktransfer.cache import cache_root
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of a model's class, parameter and buffer names, shapes, dtypes and values."""
-    digest = hashlib.sha256(type(model).__name__.encode())
+    """SHA-256 of a model's class, parameter and buffer names, shapes, dtypes and values.
+
+    A model sharded across processes (FSDP2) has the fingerprint of the whole model: its class
+    without the sharding wrapper, its tensors gathered one at a time (collective: every process
+    calls it together).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = type(model)
+    if isinstance(model, FSDPModule):  # fully_shard made the class FSDP<Class>(FSDPModule, Class)
+        cls = next(c for c in cls.__mro__ if not issubclass(c, FSDPModule))
+    digest = hashlib.sha256(cls.__name__.encode())
     for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
+        whole = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+        t = whole.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()

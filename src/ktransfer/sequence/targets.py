@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ktransfer.engine.sharding import is_sharded
 from ktransfer.engine.stages import StageContext
 from ktransfer.registry import ConfigError, unknown_key
 from ktransfer.sequence.cache import GenerationCache, prompt_key
@@ -163,6 +164,22 @@ class TargetsStage:
         self._seed = 0
         self._cache: Any = None
 
+    def sharding_limits(self) -> list[str]:
+        """What of this stage's settings a sharded run cannot serve, one phrase each ([] when it can).
+
+        Sampling is served: a sharded model generates in step on every process (see `_generate`).
+        teacher_mix runs the teacher inside generate's token selection, which a process whose rows
+        have ended skips; greedy_baseline scores each greedy output with its own forward passes,
+        as many as the process has student rows.
+        """
+        out = []
+        if self.config.teacher_mix > 0:
+            out.append("targets.generation.teacher_mix (the teacher runs only on processes with unfinished rows)")
+        if self.greedy_baseline:
+            out.append("targets.greedy_baseline (one forward pass per student-sourced example, which differ "
+                       "between processes)")
+        return out
+
     # -------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
@@ -202,8 +219,13 @@ class TargetsStage:
 
     # -------------------------------------------------------------------------------- generation
     def _generate(self, model: nn.Module, ctx: StageContext, inputs: dict[str, Tensor], greedy: bool,
-                  prompt_len: int) -> tuple[Tensor, Tensor]:
-        """(generated tokens (n, <= max_new_tokens), log-prob of each under the sampling policy)."""
+                  prompt_len: int, synced: bool = False) -> tuple[Tensor, Tensor]:
+        """(generated tokens (n, <= max_new_tokens), log-prob of each under the sampling policy).
+
+        `synced` (a sharded model): every process keeps stepping, its finished rows padded, until
+        the rows of all processes have ended (`generate`'s `synced_gpus`, one all-reduce per token),
+        so that every process makes the same number of forward passes.
+        """
         from transformers import LogitsProcessorList
 
         cfg = self.config
@@ -221,7 +243,7 @@ class TargetsStage:
         kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample and not greedy,
                                   "num_beams": 1 if greedy else cfg.num_beams, "output_scores": True,
                                   "return_dict_in_generate": True, "logits_processor": LogitsProcessorList(processors),
-                                  "use_cache": cfg.use_cache}
+                                  "use_cache": cfg.use_cache, "synced_gpus": synced}
         if kwargs["do_sample"]:
             kwargs.update(temperature=cfg.temperature, top_k=cfg.top_k or 0, top_p=cfg.top_p or 1.0)
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else _config_id(model, "eos_token_id")
@@ -293,9 +315,8 @@ class TargetsStage:
         results: dict[int, tuple[Tensor, Tensor]] = {}
         for source, model in ((1, ctx.teacher), (2, ctx.student)):
             index = (choice == source).nonzero().squeeze(-1).tolist()
-            if not index:
+            if model is None:
                 continue
-            assert model is not None
             # each generation its own seed, so that cache hits elsewhere never shift these samples
             torch.manual_seed((self._seed + 7919 * source + (1 if greedy else 0)) % 2**63)
             cache = self._teacher_cache(ctx) if source == 1 else None
@@ -307,13 +328,17 @@ class TargetsStage:
                     if hit is not None:
                         results[i] = (hit[0].to(ids.device), hit[1].to(ids.device))
                 index = [i for i in index if i not in results]
-                if not index:
-                    continue
+            synced = _sharded(model)
+            if not (_any_process(bool(index), ids.device) if synced else index):
+                continue
+            # a sharded model gathers its layers from every process at each forward: a process with
+            # nothing to generate from this model generates from its first prompt, the result dropped
+            rows = index or [0]
             if ctx.task.kind == "causal_lm":
-                inputs, prompt_len = _left_padded_prompts(ids, attention, starts, index)
+                inputs, prompt_len = _left_padded_prompts(ids, attention, starts, rows)
             else:
-                inputs, prompt_len = {"input_ids": ids[index], "attention_mask": attention[index]}, 0
-            tokens, logprobs = self._generate(model, ctx, inputs, greedy, prompt_len)
+                inputs, prompt_len = {"input_ids": ids[rows], "attention_mask": attention[rows]}, 0
+            tokens, logprobs = self._generate(model, ctx, inputs, greedy, prompt_len, synced)
             for row, i in enumerate(index):
                 keep = tokens[row] != IGNORE_INDEX  # stored without the padding after the sequence's end
                 length = int(keep.sum())
@@ -449,6 +474,18 @@ def _until_eos(tokens: Tensor, eos: int | None) -> Tensor:
     is_eos = (tokens == eos).int()
     before = torch.cumsum(is_eos, 1) - is_eos  # EOS tokens strictly before each position
     return before == 0
+
+
+def _sharded(model: nn.Module) -> bool:
+    """Whether `model`'s parameters are sharded across processes (its forward passes are collective)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and is_sharded(model)
+
+
+def _any_process(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` holds on any process (collective: every process calls it)."""
+    value = torch.tensor(1.0 if flag else 0.0, device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item() > 0)
 
 
 def _config_id(model: nn.Module, key: str) -> int | None:
