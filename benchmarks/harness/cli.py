@@ -21,6 +21,7 @@ A benchmark is a subclass of `Benchmark` that declares its grid and fills in wha
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -159,3 +160,8 @@ def main(bench: Benchmark, argv: Sequence[str] | None = None) -> int:
     if text:
         print(text)
     return 0
+
+
+def threads_per_worker_env(args: argparse.Namespace) -> dict[str, str]:
+    """This process's environment with OMP_NUM_THREADS set to the CPUs shared out among `--jobs` workers."""
+    return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}

@@ -48,6 +48,7 @@ from harness import grid, provenance  # noqa: E402
 from harness.aggregate import aggregate_provenance, ci_nan, paired_nan  # noqa: E402
 from harness.cli import Benchmark  # noqa: E402
 from harness.cli import main as harness_main  # noqa: E402
+from harness.cli import threads_per_worker_env  # noqa: E402
 from harness.grid import Unit  # noqa: E402
 from harness.report import save_figure  # noqa: E402
 
@@ -421,7 +422,7 @@ class MultiTeacher(Benchmark):
         return result
 
     def worker_env(self, args: argparse.Namespace) -> dict[str, str]:
-        return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+        return threads_per_worker_env(args)
 
     def context(self, args: argparse.Namespace) -> dict[str, Any]:
         import torch
