@@ -217,6 +217,52 @@ def test_sharded_generation_steps_on_while_another_process_still_samples(tmp_pat
     assert ranks[0]["same_fingerprint"] and ranks[1]["same_fingerprint"]  # the teacher cache finds the same entries
 
 
+@pytest.mark.slow
+def test_a_store_built_by_two_processes_with_a_sharded_teacher_is_the_one_process_store(
+        corpus: dict[str, Path], tmp_path: Path) -> None:
+    """`ktransfer teacher-outputs build` under torchrun with train.sharding=fsdp: each process runs its batches
+    (11 batches of 3: the last round has one, and the other process makes a spare pass) with half the teacher, the
+    main process writes; hidden states and attention maps captured by hooks inside the sharded layers. The
+    store has the bytes of the one-process build, and a build killed after one shard resumes to the same."""
+    import yaml
+
+    from ktransfer.config import RunConfig
+    from ktransfer.store import TeacherStore
+    from ktransfer.store.build import build_store
+
+    config = {
+        "task": "causal_lm",
+        "data": {"name": "text_corpus", "path": str(corpus["lines"]), "tokenizer": str(corpus["tokenizer"]),
+                 "max_length": 8, "val_fraction": 0.15, "test_fraction": 0.2},
+        "teacher": {"builder": "llama_student", "hidden_size": 32, "num_layers": 2, "num_heads": 2,
+                    "attn_implementation": "eager"},
+        "student": {"builder": "llama_student", "hidden_size": 16, "num_layers": 2, "num_heads": 2},
+        "knowledge": [{"type": "response", "temperature": 2.0}],
+        "train": {"max_steps": 4, "batch_size": 4, "sharding": "fsdp"},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = torchrun("build", str(tmp_path), str(path))
+    assert "teacher sharded across 2 processes (FSDP2) in 2 x LlamaDecoderLayer" in proc.stderr
+    assert "computed by 2 processes" in proc.stdout and proc.stdout.count("examples computed") == 1  # the main process reports
+    one = build_store(RunConfig.from_dict(config), tmp_path / "one", **worker.BUILD)  # type: ignore[arg-type]
+    assert one.computed == 33 and one.world_size == 1
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert len(files) == 10  # the manifest and 9 shards of 4 examples
+    for built in ("two", "killed"):
+        assert sorted(p.name for p in (tmp_path / built).iterdir()) == files
+        for name in files:
+            assert (tmp_path / built / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), (built, name)
+    store = TeacherStore.open(tmp_path / "two")
+    assert [i.key for i in store.capture_items] == ["model.layers.0:output", "model.layers.1.self_attn:output"]
+    assert store.capture(7, 1).abs().sum() > 0
+    ranks = [json.loads((tmp_path / f"build-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["killed_computed"] == 6 and r["resumed_computed"] == 29 for r in ranks)
+    teacher_bytes = one.teacher_bytes
+    assert sum(r["teacher_bytes"] for r in ranks) == teacher_bytes  # each parameter held once, split in two
+    assert all(abs(r["teacher_bytes"] - teacher_bytes / 2) <= 0.02 * teacher_bytes for r in ranks)
+
+
 # ------------------------------------------------------------------------------ layers and refusals
 def test_layers_are_found_from_no_split_modules_or_the_repeated_blocks() -> None:
     assert layer_class_names(worker.gpt2(0, 2, 16)) == ["GPT2Block"]

@@ -363,12 +363,21 @@ def _cmd_teacher_outputs(args: argparse.Namespace) -> int:
 
         cfg = RunConfig.from_yaml(args.config, args.overrides)
         out = Path(args.out) if args.out else Path("stores") / Path(args.config).stem
-        report = build_store(cfg, out, k=args.k, values=args.values, fit_degree=args.fit_degree,
-                             shard_size=args.shard_size, batch_size=args.batch_size, hidden=args.hidden,
-                             attentions=args.attentions, feature_values=args.feature_values,
-                             captures_of_terms=args.captures_of_terms)
+        from ktransfer.store.processes import leave_processes
+
+        try:
+            report = build_store(cfg, out, k=args.k, values=args.values, fit_degree=args.fit_degree,
+                                 shard_size=args.shard_size, batch_size=args.batch_size, hidden=args.hidden,
+                                 attentions=args.attentions, feature_values=args.feature_values,
+                                 captures_of_terms=args.captures_of_terms)
+        finally:
+            leave_processes()
+        if os.environ.get("RANK", "0") != "0":  # one of several processes: the main one reports
+            return 0
         rate = f", {report.positions / report.forward_s:,.0f} target positions/s in the teacher" if report.forward_s else ""
-        print(f"store: {out}: {report.computed} of {report.examples} examples computed in {report.total_s:.1f} s{rate}")
+        across = f" by {report.world_size} processes" if report.world_size > 1 else ""
+        print(f"store: {out}: {report.computed} of {report.examples} examples computed{across} in "
+              f"{report.total_s:.1f} s{rate}")
         print(f"train from it with `teacher: {{store: {out}}}`")
         return 0
     store = TeacherStore.open(args.directory)

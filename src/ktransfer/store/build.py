@@ -4,6 +4,8 @@ Keys recorded in the manifest: the teacher's weights digest (`model_fingerprint`
 examples' content (`examples_digest`), the data's tokenizer digest (`tokenizer_sha256` of the data's
 info). A build into a folder that already holds part of the same store computes only the examples
 of unfinished shards; one holding another store (other teacher, data, k, values) is refused.
+Under torchrun or accelerate launch the processes share the batches and the main process writes
+(`ktransfer.store.processes`); with `train.sharding: fsdp` the teacher is sharded across them.
 With `hidden` / `attentions` module names it also stores what those teacher modules give per example
 (`ktransfer.store.captures`), so that feature, relation and attention terms train from the store.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import torch
 from ktransfer.building import build_model, load_data
 from ktransfer.checks import check_data_fits_task
 from ktransfer.config import RunConfig
+from ktransfer.engine import sharding
 from ktransfer.engine.batches import TEACHER_PREFIX, split_batch
 from ktransfer.registry import ConfigError
 from ktransfer.sequence.cache import model_fingerprint
@@ -30,6 +33,7 @@ from ktransfer.store.captures import CaptureRecorder, CaptureStoreError
 from ktransfer.store.fit import DEFAULT_DEGREE
 from ktransfer.store.format import StoreWriter, examples_digest
 from ktransfer.store.outline import describe_modules
+from ktransfer.store.processes import BuildProcesses, build_processes, place_teacher
 from ktransfer.tasks import Task
 
 
@@ -37,7 +41,9 @@ from ktransfer.tasks import Task
 class BuildReport:
     """What a build did: examples computed (0 when the store was already complete), target positions
     written, and seconds: loading data and teacher and fingerprinting them (`setup_s`), in the teacher's
-    forward passes (`forward_s`), and in the whole build (`total_s`, the rest being top-k and writing)."""
+    forward passes (`forward_s`), and in the whole build (`total_s`, the rest being top-k and writing).
+    Under several processes: their number (`world_size`) and the bytes of teacher parameters this
+    process held (`teacher_bytes`, about 1/N of the teacher's when it is sharded)."""
 
     directory: Path
     examples: int
@@ -46,6 +52,8 @@ class BuildReport:
     forward_s: float
     total_s: float
     setup_s: float = 0.0
+    world_size: int = 1
+    teacher_bytes: int = 0
 
 
 def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "float32", fit_degree: int = DEFAULT_DEGREE,
@@ -60,21 +68,39 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
     per example, in `feature_values` ("float16" or "float32"); `captures_of_terms` adds those that `cfg`'s
     knowledge terms and selector read (`ktransfer.store.reads`), so that `cfg` trains from the store.
 
+    Under a launcher with several processes the batches are shared out among them and the main
+    process writes the store, the same store one process writes (:mod:`ktransfer.store.processes`);
+    with `train.sharding: fsdp` the teacher is sharded per layer across them.
+
     `stop_after_shards` ends the build after writing that many shards, as if killed (for tests).
     """
     t0 = time.perf_counter()
     if cfg.teacher is None or "store" in cfg.teacher:
         raise ConfigError("teacher: building a store needs a teacher model section (builder or from_run), "
                           f"got {cfg.teacher!r}")
+    for name, given in (("hidden", hidden), ("attentions", attentions)):
+        if isinstance(given, str):
+            raise ConfigError(f"{name}: expected a list of module names, got the string {given!r}")
+    with build_processes(cfg.train.sharding) as processes:
+        return _build(cfg, Path(out), processes, t0, k=k, values=values, fit_degree=fit_degree,
+                      shard_size=shard_size, batch_size=batch_size, stop_after_shards=stop_after_shards,
+                      hidden=hidden, attentions=attentions, feature_values=feature_values,
+                      captures_of_terms=captures_of_terms)
+
+
+def _build(cfg: RunConfig, out: Path, processes: BuildProcesses, t0: float, *, k: int, values: str,
+           fit_degree: int, shard_size: int, batch_size: int | None, stop_after_shards: int | None,
+           hidden: Sequence[str], attentions: Sequence[str], feature_values: str,
+           captures_of_terms: bool) -> BuildReport:
+    """`build_store` in this process, one of `processes`."""
     data = load_data(cfg)
     check_data_fits_task(cfg, data.info)
+    # seeded as a run seeds it: a teacher without weights is the run's, and the same on every process
+    torch.manual_seed(cfg.train.seed)
     teacher = build_model(cfg.teacher, data.info, "teacher").eval().requires_grad_(False)
     task = Task(cfg.task)
     train = data.train
     batch_size = batch_size or cfg.train.eval_batch_size
-    for name, given in (("hidden", hidden), ("attentions", attentions)):
-        if isinstance(given, str):
-            raise ConfigError(f"{name}: expected a list of module names, got the string {given!r}")
     if captures_of_terms:
         from ktransfer.store.reads import captures_read_by
 
@@ -82,6 +108,10 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         extra_hidden, extra_attentions = captures_read_by(cfg.knowledge, cfg.selector, student, teacher)
         hidden = [*hidden, *(h for h in extra_hidden if h not in hidden)]
         attentions = [*attentions, *(a for a in extra_attentions if a not in attentions)]
+    # what the manifest records of the whole teacher, read before it is sharded (no gathers needed)
+    fingerprint = model_fingerprint(teacher) if processes.is_main else ""
+    outline = describe_modules(teacher)
+    teacher = place_teacher(teacher, processes, cfg.train.shard_layers)
     recorder = None
     if hidden or attentions:
         try:
@@ -95,11 +125,13 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         if any(key.startswith(TEACHER_PREFIX) for key in batch):
             raise ConfigError("the teacher reads inputs of its own (teacher_* keys): a store holds outputs on the "
                               "student's positions, so teacher and student must read the same inputs")
+        batch = {key: v.to(processes.device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
         with torch.no_grad(), recorder.capture if recorder is not None else contextlib.nullcontext():
             result = task.forward(teacher, split_batch(batch)[1])
         if recorder is not None:
             try:
-                per_example[:] = recorder.split(batch.get("attention_mask"))
+                per_example[:] = [{key: v.cpu() for key, v in row.items()}
+                                  for row in recorder.split(batch.get("attention_mask"))]
             except CaptureStoreError as e:
                 raise ConfigError(str(e)) from e
         return result.logits, result.mask
@@ -113,37 +145,92 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         header = {"kind": "topk", "k": k, "vocab_size": vocab}
     if recorder is not None:
         assert recorder.items is not None
-        header["captures"] = {"values": feature_values, "items": recorder.items, "outline": describe_modules(teacher)}
-    writer = StoreWriter(
-        out, task=cfg.task, examples=len(train), teacher=model_fingerprint(teacher), data=examples_digest(train),
-        tokenizer=data.info.get("tokenizer_sha256"), values=values, fit_degree=fit_degree, shard_size=shard_size,
-        settings={"teacher": cfg.teacher, "data": cfg.data, "k": k, "values": values,
-                  "classes": data.info.get("classes"),
-                  **({"fit_degree": fit_degree} if values == "fit" else {}),
-                  **({"hidden": list(hidden), "attentions": list(attentions), "feature_values": feature_values}
-                     if recorder is not None else {})}, **header,
-    )
-    missing = writer.missing()
-    forward_s, positions, shards_before = 0.0, 0, len(writer.shards)
-    setup_s = time.perf_counter() - t0
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start:start + batch_size]
-        t1 = time.perf_counter()
+        header["captures"] = {"values": feature_values, "items": recorder.items, "outline": outline}
+
+    def rows(chunk: list[int]) -> dict[str, Any]:
+        """The teacher's outputs on `chunk`, on the CPU, as the writer takes them."""
         logits, mask = teacher_outputs(chunk)
-        forward_s += time.perf_counter() - t1
+        captures = list(per_example) if recorder is not None else None
         if header["kind"] == "logits":
-            for row, index in enumerate(chunk):
-                writer.add(index, logits=logits[row], captures=per_example[row] if recorder else None)
-        else:  # the top-k of every target position of the batch at once, then split by example
-            if mask is None:
-                mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
-            ids, logprobs, tail = topk_log_probs(logits, k, mask=mask)
-            counts = mask.reshape(mask.shape[0], -1).sum(-1).tolist()
-            positions += sum(counts)
-            writer.add_rows(chunk, counts, ids=ids, logprobs=logprobs, tail=tail,  # checked once, as one batch
-                            captures=list(per_example) if recorder else None)
-        if stop_after_shards is not None and len(writer.shards) - shards_before >= stop_after_shards:
-            return BuildReport(Path(out), len(train), start + len(chunk), positions, forward_s,
-                               time.perf_counter() - t0, setup_s)
-    writer.close()
-    return BuildReport(Path(out), len(train), len(missing), positions, forward_s, time.perf_counter() - t0, setup_s)
+            return {"chunk": chunk, "logits": logits.cpu(), "captures": captures}
+        if mask is None:
+            mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+        ids, logprobs, tail = topk_log_probs(logits, k, mask=mask)  # every target position of the batch at once
+        counts = mask.reshape(mask.shape[0], -1).sum(-1).tolist()
+        return {"chunk": chunk, "counts": counts, "ids": ids.cpu(), "logprobs": logprobs.cpu(), "tail": tail.cpu(),
+                "captures": captures}
+
+    def new_writer() -> StoreWriter:
+        return StoreWriter(
+            out, task=cfg.task, examples=len(train), teacher=fingerprint, data=examples_digest(train),
+            tokenizer=data.info.get("tokenizer_sha256"), values=values, fit_degree=fit_degree, shard_size=shard_size,
+            settings={"teacher": cfg.teacher, "data": cfg.data, "k": k, "values": values,
+                      "classes": data.info.get("classes"),
+                      **({"fit_degree": fit_degree} if values == "fit" else {}),
+                      **({"hidden": list(hidden), "attentions": list(attentions), "feature_values": feature_values}
+                         if recorder is not None else {})}, **header,
+        )
+
+    writer, missing = _open_on_main(processes, new_writer)
+    forward_s, positions, done = 0.0, 0, 0
+    shards_before = len(writer.shards) if writer is not None else 0
+    setup_s = time.perf_counter() - t0
+    chunks = [missing[start:start + batch_size] for start in range(0, len(missing), batch_size)]
+    for dealt in processes.rounds(chunks):
+        mine = dealt[processes.rank] if processes.rank < len(dealt) else None
+        t1 = time.perf_counter()
+        result = rows(mine if mine is not None else dealt[0])  # a spare pass keeps the sharded layers in step
+        forward_s += time.perf_counter() - t1
+        gathered = processes.gather(result if mine is not None else None)
+        stop: BaseException | bool = False
+        if writer is not None:
+            try:
+                for got in gathered or []:
+                    if got is not None:
+                        positions += _write(writer, got, header["kind"])
+                stop = stop_after_shards is not None and len(writer.shards) - shards_before >= stop_after_shards
+            except Exception as e:  # the other processes stop with the same error instead of waiting
+                stop = e
+        stop = processes.from_main(stop)
+        done += sum(len(c) for c in dealt)
+        if isinstance(stop, BaseException):
+            raise stop
+        if stop:
+            return BuildReport(out, len(train), done, positions, forward_s, time.perf_counter() - t0, setup_s,
+                               processes.world, sharding.local_parameter_bytes(teacher))
+    if writer is not None:
+        writer.close()
+    return BuildReport(out, len(train), len(missing), positions, forward_s, time.perf_counter() - t0, setup_s,
+                       processes.world, sharding.local_parameter_bytes(teacher))
+
+
+def _open_on_main(processes: BuildProcesses,
+                  new_writer: Callable[[], StoreWriter]) -> tuple[StoreWriter | None, list[int]]:
+    """The store's writer on the main process (None elsewhere) and, on every process, the examples it lacks.
+
+    A store that cannot be opened (one made from something else) stops every process with its error.
+    """
+    writer: StoreWriter | None = None
+    shared: list[int] | BaseException = []
+    if processes.is_main:
+        try:
+            writer = new_writer()
+            shared = writer.missing()
+        except Exception as e:  # noqa: BLE001 - handed to every process, then raised
+            shared = e
+    shared = processes.from_main(shared)
+    if isinstance(shared, BaseException):
+        raise shared
+    return writer, shared
+
+
+def _write(writer: StoreWriter, got: dict[str, Any], kind: str) -> int:
+    """Add one batch's rows (`rows` of `_build`) to the store; the number of target positions it held."""
+    chunk, captures = got["chunk"], got["captures"]
+    if kind == "logits":
+        for row, index in enumerate(chunk):
+            writer.add(index, logits=got["logits"][row], captures=captures[row] if captures is not None else None)
+        return 0
+    writer.add_rows(chunk, got["counts"], ids=got["ids"], logprobs=got["logprobs"], tail=got["tail"],
+                    captures=captures)  # checked once, as one batch
+    return int(sum(got["counts"]))
