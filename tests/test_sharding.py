@@ -218,6 +218,31 @@ def test_sharded_generation_steps_on_while_another_process_still_samples(tmp_pat
 
 
 @pytest.mark.slow
+def test_sharded_runs_weighted_by_the_actor_critic_and_the_random_selector_learn_what_one_process_learns(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """BERT student and teacher sharded. The actor-critic over response, feature and labels terms (its reward a
+    held-out loss every process measures on the sharded student, its teacher representation captured by a hook
+    inside a sharded layer); the random selector over a token relation and a response term. Both end with the
+    one-process weights, the actor-critic's policy and the selectors' term weights too."""
+    torchrun("selectors", str(tmp_path / "two"), "encoder", "sgd")
+    for name in ("actor_critic", "relation"):
+        one_process(name, tmp_path / "one" / name, capsys)
+        files = sorted(p.name for p in (tmp_path / "one" / name / "final").glob("*.safetensors"))
+        assert files == (["model.safetensors", "terms.safetensors"] if name == "actor_critic" else ["model.safetensors"])
+        for file in files:  # the student, and the feature projection
+            assert_close_weights(load_file(str(tmp_path / "one" / name / "final" / file)),
+                                 load_file(str(tmp_path / "two" / name / "final" / file)))
+        logs = [[json.loads(x) for x in (tmp_path / r / name / "metrics.jsonl").read_text().splitlines()]
+                for r in ("one", "two")]
+        weights = [[r["weights"] for r in log if r["split"] == "train"] for log in logs]
+        assert len(weights[0]) == 10 and len({tuple(w.values()) for w in weights[0]}) > 1  # the selector did choose
+        for one, two in zip(*weights, strict=True):
+            assert one.keys() == two.keys() and all(abs(one[k] - two[k]) < 1e-5 for k in one)
+    policies = [torch.load(tmp_path / r / "actor_critic" / "final" / "policy.pt") for r in ("one", "two")]
+    assert_close_weights(policies[0]["actor"], policies[1]["actor"])
+
+
+@pytest.mark.slow
 def test_a_store_built_by_two_processes_with_a_sharded_teacher_is_the_one_process_store(
         corpus: dict[str, Path], tmp_path: Path) -> None:
     """`ktransfer teacher-outputs build` under torchrun with train.sharding=fsdp: each process runs its batches
