@@ -167,18 +167,12 @@ class TargetsStage:
     def sharding_limits(self) -> list[str]:
         """What of this stage's settings a sharded run cannot serve, one phrase each ([] when it can).
 
-        Sampling is served: a sharded model generates in step on every process (see `_generate`).
-        teacher_mix runs the teacher inside generate's token selection, which a process whose rows
-        have ended skips; greedy_baseline scores each greedy output with its own forward passes,
-        as many as the process has student rows.
+        Every setting is served: a sharded model generates in step on every process (see
+        `_generate`); with teacher_mix, whose teacher runs inside generate's token selection, every
+        process generates max_new_tokens tokens (see `_generate`); greedy_baseline scores the greedy
+        outputs in as many forward passes on every process (see `_greedy_rewards`).
         """
-        out = []
-        if self.config.teacher_mix > 0:
-            out.append("targets.generation.teacher_mix (the teacher runs only on processes with unfinished rows)")
-        if self.greedy_baseline:
-            out.append("targets.greedy_baseline (one forward pass per student-sourced example, which differ "
-                       "between processes)")
-        return out
+        return []
 
     # -------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -224,7 +218,11 @@ class TargetsStage:
 
         `synced` (a sharded model): every process keeps stepping, its finished rows padded, until
         the rows of all processes have ended (`generate`'s `synced_gpus`, one all-reduce per token),
-        so that every process makes the same number of forward passes.
+        so that every process makes the same number of forward passes. A process whose rows have
+        all ended skips generate's token selection, where teacher_mix runs the teacher; so with
+        teacher_mix no row stops at the end-of-sequence token and every process generates
+        max_new_tokens tokens: what follows a row's end is cut off as always, and the rows before
+        it are the tokens of a generation that stopped there.
         """
         from transformers import LogitsProcessorList
 
@@ -249,7 +247,7 @@ class TargetsStage:
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else _config_id(model, "eos_token_id")
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else _config_id(model, "pad_token_id")
         pad = pad if pad is not None else (eos if eos is not None else 0)
-        kwargs.update(eos_token_id=eos, pad_token_id=pad)
+        kwargs.update(eos_token_id=None if synced and mix > 0 else eos, pad_token_id=pad)
         was_training = model.training
         model.eval()
         try:
@@ -389,35 +387,40 @@ class TargetsStage:
         rewards = torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device)
         lengths = torch.zeros_like(rewards)
         student_rows = choice == 2
-        if not bool(student_rows.any()):
+        # sharded models gather their layers at each forward pass: every process scores as many outputs
+        synced = _sharded(ctx.student) or _sharded(ctx.teacher)
+        if not (_any_process(bool(student_rows.any()), ids.device) if synced else bool(student_rows.any())):
             return rewards, lengths
         greedy = self._generate_rows(ctx, torch.where(student_rows, 2, 0), starts, ids, attention, greedy=True)
+        passes = _most_over_processes(len(greedy), ids.device) if synced else len(greedy)  # before any pass
         for i, (tokens, _) in greedy.items():
             valid = tokens != IGNORE_INDEX
             cont = tokens[valid]
-            if ctx.task.kind == "causal_lm":
-                prompt = ids[i, :int(starts[i])]
-                seq = torch.cat([prompt, cont]).unsqueeze(0)
-                kwargs = {"input_ids": seq}
-                positions = slice(prompt.shape[0] - 1, seq.shape[1] - 1)
-            else:
-                start = _config_id(ctx.student, "decoder_start_token_id") or 0
-                dec = torch.cat([torch.tensor([start], device=ids.device, dtype=cont.dtype), cont]).unsqueeze(0)
-                kwargs = {"input_ids": ids[i:i + 1], "attention_mask": attention[i:i + 1], "decoder_input_ids": dec}
-                positions = slice(0, cont.shape[0])
-            was_training = ctx.student.training
-            ctx.student.eval()
-            try:
-                s_logits = ctx.student(**kwargs).logits[0, positions]
-            finally:
-                ctx.student.train(was_training)
-            t_logits = ctx.teacher(**kwargs).logits[0, positions]
+            kwargs, positions = _scoring_inputs(ctx, ids, attention, starts, i, cont)
+            s_logits, t_logits = self._score(ctx, kwargs)
+            s_logits, t_logits = s_logits[0, positions], t_logits[0, positions]
             vocab = self.config.vocab_size or min(s_logits.shape[-1], t_logits.shape[-1])
             log_q = torch.log_softmax(s_logits[:, :vocab].float(), -1).gather(-1, cont.unsqueeze(-1))
             log_p = torch.log_softmax(t_logits[:, :vocab].float(), -1).gather(-1, cont.unsqueeze(-1))
             rewards[i] = (log_p - log_q).sum()
             lengths[i] = cont.shape[0]
+        if synced:  # spare passes on the first example's first tokens, results dropped
+            spare, _ = _scoring_inputs(ctx, ids, attention, torch.ones_like(starts), 0, ids[0, :0])
+            for _ in range(passes - len(greedy)):
+                self._score(ctx, spare)
         return rewards, lengths
+
+    @staticmethod
+    def _score(ctx: StageContext, kwargs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The student's (in eval mode) and the teacher's logits on `kwargs`: one forward pass of each."""
+        assert ctx.teacher is not None
+        was_training = ctx.student.training
+        ctx.student.eval()
+        try:
+            s_logits = ctx.student(**kwargs).logits
+        finally:
+            ctx.student.train(was_training)
+        return s_logits, ctx.teacher(**kwargs).logits
 
 
 # The keys of a run config's `targets` section (tokenizers are Python objects: API only).
@@ -479,6 +482,27 @@ def _until_eos(tokens: Tensor, eos: int | None) -> Tensor:
 def _sharded(model: nn.Module) -> bool:
     """Whether `model`'s parameters are sharded across processes (its forward passes are collective)."""
     return torch.distributed.is_available() and torch.distributed.is_initialized() and is_sharded(model)
+
+
+def _scoring_inputs(ctx: StageContext, ids: Tensor, attention: Tensor, starts: Tensor, i: int,
+                    cont: Tensor) -> tuple[dict[str, Tensor], slice]:
+    """Model inputs scoring continuation `cont` of example `i` (its prompt, then `cont`), and the
+    positions of the logits that predict `cont`."""
+    if ctx.task.kind == "causal_lm":
+        prompt = ids[i, :int(starts[i])]
+        seq = torch.cat([prompt, cont]).unsqueeze(0)
+        return {"input_ids": seq}, slice(prompt.shape[0] - 1, seq.shape[1] - 1)
+    start = _config_id(ctx.student, "decoder_start_token_id") or 0
+    dec = torch.cat([torch.tensor([start], device=ids.device, dtype=cont.dtype), cont]).unsqueeze(0)
+    return ({"input_ids": ids[i:i + 1], "attention_mask": attention[i:i + 1], "decoder_input_ids": dec},
+            slice(0, cont.shape[0]))
+
+
+def _most_over_processes(count: int, device: torch.device) -> int:
+    """The largest `count` of any process (collective: every process calls it)."""
+    value = torch.tensor(float(count), device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return int(value.item())
 
 
 def _any_process(flag: bool, device: torch.device) -> bool:
