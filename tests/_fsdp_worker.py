@@ -11,7 +11,8 @@ MODE "eos": the targets stage's generation with a sharded student whose greedy s
 rank 0 and run to max_new_tokens on rank 1, then with nothing to generate on rank 0; each process writes
 its sample lengths and the unsharded model's, and whether the two models' fingerprints agree (`eos-rank<N>.json`).
 MODE "build": a store of the run config MODEL's teacher (a YAML path, train.sharding=fsdp) built in OUT_DIR/killed,
-killed after one shard, then resumed; then in OUT_DIR/two by `ktransfer teacher-outputs build`; each process
+killed after one shard, then resumed; with train.sharding=none (each process holding the whole teacher) in
+OUT_DIR/dp; then in OUT_DIR/two by `ktransfer teacher-outputs build`; each process
 writes the teacher parameter bytes it held (`build-rank<N>.json`).
 MODEL "causal" (default): tiny GPT-2 student and a larger teacher with a response term.
 MODEL "onpolicy": the causal models with half the targets sampled from the student and an on-policy term.
@@ -250,6 +251,7 @@ def build(out: Path, config: str, rank: int) -> None:
     cfg = RunConfig.from_yaml(config)
     killed = build_store(cfg, out / "killed", stop_after_shards=1, **BUILD)  # type: ignore[arg-type]
     resumed = build_store(cfg, out / "killed", **BUILD)  # type: ignore[arg-type]
+    build_store(RunConfig.from_yaml(config, ["train.sharding=none"]), out / "dp", **BUILD)  # type: ignore[arg-type]
     code = cli(["teacher-outputs", "build", config, "--out", str(out / "two"), "--k", str(BUILD["k"]),
                 "--shard-size", str(BUILD["shard_size"]), "--batch-size", str(BUILD["batch_size"]),
                 "--hidden", *BUILD["hidden"], "--attentions", *BUILD["attentions"]])  # leaves the process group

@@ -292,7 +292,7 @@ def test_a_store_built_by_two_processes_with_a_sharded_teacher_is_the_one_proces
     assert one.computed == 33 and one.world_size == 1
     files = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert len(files) == 10  # the manifest and 9 shards of 4 examples
-    for built in ("two", "killed"):
+    for built in ("two", "killed", "dp"):  # sharded, sharded killed and resumed, data parallel
         assert sorted(p.name for p in (tmp_path / built).iterdir()) == files
         for name in files:
             assert (tmp_path / built / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), (built, name)

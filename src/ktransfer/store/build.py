@@ -33,7 +33,7 @@ from ktransfer.store.captures import CaptureRecorder, CaptureStoreError
 from ktransfer.store.fit import DEFAULT_DEGREE
 from ktransfer.store.format import StoreWriter, examples_digest
 from ktransfer.store.outline import describe_modules
-from ktransfer.store.processes import BuildProcesses, build_processes, place_teacher
+from ktransfer.store.processes import BuildProcesses, join_processes, place_teacher
 from ktransfer.tasks import Task
 
 
@@ -81,11 +81,10 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
     for name, given in (("hidden", hidden), ("attentions", attentions)):
         if isinstance(given, str):
             raise ConfigError(f"{name}: expected a list of module names, got the string {given!r}")
-    with build_processes(cfg.train.sharding) as processes:
-        return _build(cfg, Path(out), processes, t0, k=k, values=values, fit_degree=fit_degree,
-                      shard_size=shard_size, batch_size=batch_size, stop_after_shards=stop_after_shards,
-                      hidden=hidden, attentions=attentions, feature_values=feature_values,
-                      captures_of_terms=captures_of_terms)
+    return _build(cfg, Path(out), join_processes(cfg.train.sharding), t0, k=k, values=values, fit_degree=fit_degree,
+                  shard_size=shard_size, batch_size=batch_size, stop_after_shards=stop_after_shards,
+                  hidden=hidden, attentions=attentions, feature_values=feature_values,
+                  captures_of_terms=captures_of_terms)
 
 
 def _build(cfg: RunConfig, out: Path, processes: BuildProcesses, t0: float, *, k: int, values: str,

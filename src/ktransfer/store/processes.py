@@ -11,10 +11,9 @@ the store has the same bytes, checksums, atomic writes and resumability as a one
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -65,31 +64,28 @@ class BuildProcesses:
         return box[0]
 
 
-@contextlib.contextmanager
-def build_processes(sharding_mode: str) -> Iterator[BuildProcesses]:
+def join_processes(sharding_mode: str) -> BuildProcesses:
     """The processes of this build, from the launcher's environment (WORLD_SIZE, RANK, LOCAL_RANK).
 
     One process (no launcher): the CPU, nothing shared. Several: the process group is joined (gloo
     on the CPU, nccl with a GPU per process, `cuda:LOCAL_RANK`) unless the caller has joined it, and
     stays joined, so that further builds in the process reuse it (joining again after leaving can
-    meet the stale rendezvous of the group left); the command line leaves it at its end.
+    meet the stale rendezvous of the group left); the command line leaves it at its end
+    (`leave_processes`).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         if sharding_mode == "fsdp":
             BuildProcesses().say("train.sharding=fsdp: one process, nothing to shard; building unsharded")
-        yield BuildProcesses()
-        return
-    joined = torch.distributed.is_initialized()
+        return BuildProcesses()
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if not joined:
+    if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    yield BuildProcesses(world=torch.distributed.get_world_size(), rank=torch.distributed.get_rank(),
-                         device=device, sharded=sharding_mode == "fsdp")
+    return BuildProcesses(world=torch.distributed.get_world_size(), rank=torch.distributed.get_rank(),
+                          device=device, sharded=sharding_mode == "fsdp")
 
 
 def leave_processes() -> None:
@@ -99,10 +95,13 @@ def leave_processes() -> None:
 
 
 def place_teacher(teacher: nn.Module, processes: BuildProcesses, shard_layers: Sequence[str]) -> nn.Module:
-    """The frozen teacher on this process's device; sharded per layer across the processes when asked."""
-    teacher.to(processes.device)
+    """The frozen teacher on this process's device; sharded per layer across the processes when asked.
+
+    A sharded teacher is not moved whole: `fully_shard` moves each layer to the device as it shards
+    it, so the device never holds more of the teacher than one layer beside its shards.
+    """
     if not processes.sharded:
-        return teacher
+        return teacher.to(processes.device)
     names = sharding.layer_class_names(teacher, shard_layers, "teacher")
     layers = sharding.shard_model(teacher, names, sharding.device_mesh(processes.device, processes.world),
                                   frozen=True)
