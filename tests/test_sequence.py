@@ -565,7 +565,8 @@ def test_the_catalogue_assembles_every_term_and_the_knowledge_package_points_to_
     from ktransfer.registry import ConfigError
     from ktransfer.terms import build_terms
 
-    assert set(TERMS.names()) == {*knowledge.KNOWLEDGE.names(), "on_policy", "reinforce", "cross_tokenizer"}
+    assert set(TERMS.names()) == {*knowledge.KNOWLEDGE.names(), "on_policy", "reinforce", "cross_tokenizer",
+                                 "cross_tokenizer_reinforce"}
     assert not {"on_policy", "reinforce", "cross_tokenizer"} & set(knowledge.KNOWLEDGE.names())
     built = build_terms([{"type": "on_policy"}, {"type": "reinforce", "weight": 0.5}, {"type": "labels"}])
     assert [type(t) for t in built] == [OnPolicyTerm, ReinforceTerm, LabelsTerm]

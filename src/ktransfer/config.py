@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from ktransfer.cross_tokenizer import CrossTokenizerTerm
+from ktransfer.cross_tokenizer import CROSS_TOKENIZER_TERMS
 from ktransfer.data import DATASETS
 from ktransfer.knowledge import ResponseTerm
 from ktransfer.knowledge.layer_map import TappedTerm
@@ -231,13 +231,14 @@ class RunConfig:
             return terms
         return arrange_terms(terms, list(self.teachers), self.combine)
     def _check_teacher_tokens(self, terms: list[Any]) -> None:
-        """A cross_tokenizer term needs a dataset that tokenises each text for the teacher too
-        (`data.teacher_tokenizer`); the other teacher-reading terms need the teacher on the student's tokens."""
+        """A cross-tokenizer term (cross_tokenizer, cross_tokenizer_reinforce) needs a dataset that tokenises each
+        text for the teacher too (`data.teacher_tokenizer`); the other teacher-reading terms need the teacher on
+        the student's tokens."""
         name = str(self.data.get("name"))
         teacher_tokenizer = self.data.get("teacher_tokenizer")
-        cross = [(i, t) for i, t in enumerate(terms) if isinstance(t, CrossTokenizerTerm)]
+        cross = [(i, t) for i, t in enumerate(terms) if isinstance(t, CROSS_TOKENIZER_TERMS)]
         for i, term in cross[:1]:
-            where = f"knowledge[{i}] ({term.name}, type cross_tokenizer)"
+            where = f"knowledge[{i}] ({term.name}, type {self.knowledge[i].get('type')})"
             if self.task != "causal_lm":
                 raise ConfigError(f"{where}: aligns two tokenizations of causal-LM text; task is '{self.task}' "
                                   "(valid: causal_lm)")
@@ -258,12 +259,12 @@ class RunConfig:
                                   "not read; with data.teacher_tokenizer use the dataset and student sources only")
         if teacher_tokenizer is None:
             return
-        same = [(i, t) for i, t in enumerate(terms) if t.requires_teacher and not isinstance(t, CrossTokenizerTerm)]
+        same = [(i, t) for i, t in enumerate(terms) if t.requires_teacher and not isinstance(t, CROSS_TOKENIZER_TERMS)]
         if same:
             i, term = same[0]
             raise ConfigError(f"knowledge[{i}] ({term.name}): compares teacher and student on the same tokens, but "
                               "data.teacher_tokenizer gives the teacher its own tokens; use a term of type "
-                              "cross_tokenizer, or remove data.teacher_tokenizer if both share one tokenizer")
+                              "cross_tokenizer or cross_tokenizer_reinforce, or remove data.teacher_tokenizer if both share one tokenizer")
         if self.train.metric == "teacher_kl":
             raise ConfigError("train.metric: teacher_kl compares teacher and student on the same tokens, which "
                               "data.teacher_tokenizer rules out (the teacher has its own); valid here: "

@@ -252,7 +252,7 @@ class ReinforceTerm:
         assert targets is not None
         log_q = token_logprobs(view.student.logits, targets, self.vocab_size)
         with torch.no_grad():
-            log_p = token_logprobs(view.teacher.logits, targets, self.vocab_size)
+            log_p = self.teacher_logprobs(view, log_q.detach(), mask)
         behaviour = None
         if self.importance_weights:
             behaviour = view.batch.get("sample_logprobs")
@@ -275,6 +275,15 @@ class ReinforceTerm:
             estimate = weighted_mean(log_q.detach() - log_p, mask, view.batch)
             self._update_average(log_p - log_q.detach(), mask, normaliser)
         return pg - pg.detach() + estimate.to(pg.dtype)
+
+    def teacher_logprobs(self, view: StepView, log_q: Tensor, mask: Tensor) -> Tensor:
+        """The teacher's log p_t of the student's target tokens, (B, L) like `log_q` (no gradient).
+
+        The per-token reward is r_t = log p_t - log q_t; a subclass whose teacher reads other
+        tokens (`ktransfer.cross_tokenizer.reinforce`) gives its own per-token log p_t here.
+        """
+        assert view.teacher is not None and view.student.targets is not None
+        return token_logprobs(view.teacher.logits, view.student.targets, self.vocab_size)
 
     def _normaliser(self, batch: dict[str, Any], mask: Tensor) -> Tensor | float | None:
         """N per sequence ((B,) or a scalar), or None for whole returns."""
