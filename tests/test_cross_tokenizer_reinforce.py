@@ -240,6 +240,12 @@ def test_bad_cross_tokenizer_reinforce_configs_stop_before_training(corpus_file:
     from ktransfer.config import RunConfig
     from ktransfer.registry import ConfigError
 
+    cfg = _reinforce_config(corpus_file)  # with the span term beside it, as the guide shows: valid
+    cfg["knowledge"].append({"type": "cross_tokenizer", "method": "span", "divergence": "backward_kl"})
+    RunConfig.from_dict(cfg)
+    cfg["knowledge"].append({"type": "reinforce"})
+    with pytest.raises(ConfigError, match=r"knowledge\[2\] \(reinforce\).*cross_tokenizer_reinforce"):
+        RunConfig.from_dict(cfg)
     cfg = _reinforce_config(corpus_file)
     del cfg["data"]["teacher_tokenizer"]
     with pytest.raises(ConfigError, match=r"type cross_tokenizer_reinforce\): set data.teacher_tokenizer"):

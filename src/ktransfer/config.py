@@ -264,7 +264,8 @@ class RunConfig:
             i, term = same[0]
             raise ConfigError(f"knowledge[{i}] ({term.name}): compares teacher and student on the same tokens, but "
                               "data.teacher_tokenizer gives the teacher its own tokens; use a term of type "
-                              "cross_tokenizer or cross_tokenizer_reinforce, or remove data.teacher_tokenizer if both share one tokenizer")
+                              "cross_tokenizer or cross_tokenizer_reinforce, or remove data.teacher_tokenizer if "
+                              "both share one tokenizer")
         if self.train.metric == "teacher_kl":
             raise ConfigError("train.metric: teacher_kl compares teacher and student on the same tokens, which "
                               "data.teacher_tokenizer rules out (the teacher has its own); valid here: "

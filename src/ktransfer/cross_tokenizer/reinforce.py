@@ -86,7 +86,7 @@ def span_rewards(log_q: Tensor, t_logprobs: Tensor, index: SpanIndex) -> Tensor:
 
 
 def effective_logprobs(log_q: Tensor, rewards: Tensor, index: SpanIndex) -> Tensor:
-    """log q (B, L) with each span's reward added at its last student position: the log p_eff of the module docstring."""
+    """log q (B, L) (detached) plus each span's reward at its last student position: log p_eff (module docstring)."""
     out = log_q.detach().clone()
     return out.index_put((index.last_b, index.last_pos), rewards.to(out.dtype), accumulate=True)
 
