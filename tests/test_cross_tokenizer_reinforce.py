@@ -4,7 +4,8 @@ student's tokens.
 Checked: with one tokenizer on both sides it is `ReinforceTerm` (loss and gradient, every baseline and
 normalisation, importance weights); on a two-tokenizer example worked out by hand the span rewards land
 on each span's last student token and the gradient matches a float64 reference written without
-autograd; an on-policy run from YAML (student samples tokenised again for a WordPiece teacher); bad
+autograd; by enumeration of every sample, the estimate is unbiased for a teacher that reads characters
+(every student token a span); an on-policy run from YAML (student samples tokenised again for a WordPiece teacher); bad
 settings stop with the reason.
 """
 
@@ -173,6 +174,59 @@ def test_gradient_and_value_against_a_float64_reference(normalise: str) -> None:
     torch.testing.assert_close(leaf.grad, want, atol=1e-10, rtol=0)
     cost = -sum(sum(row) for row in r)
     assert abs(float(loss.detach()) - cost / int(mask.sum())) < 1e-6  # the reported estimate is a float32 mean
+
+
+def test_the_estimate_is_unbiased_by_enumeration_for_a_teacher_reading_characters() -> None:
+    """Student tokens a, b, ab after a prompt x; a teacher reading characters (a, b), so each student token is one
+    span. Over every two-token sample y, sum_y q(y) * (the term's gradient on y) equals the exact gradient of
+    E_q[log q(y) - log p(text(y))] (p: the teacher's probability of its tokens of the text), with and without a
+    constant baseline."""
+    import itertools
+
+    g = torch.Generator().manual_seed(11)
+    texts = {0: "a", 1: "b", 2: "ab"}
+    # the student: logits over a, b, ab from the previous token (x the prompt's), plus a bias per position
+    W = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    P = torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    U, Q = torch.randn(3, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    samples = list(itertools.product(range(3), repeat=2))
+    s_ids = torch.tensor([[3, *y] for y in samples])
+    t_ids = torch.zeros(len(samples), 5, dtype=torch.long)
+    t_labels = torch.full((len(samples), 5), -100)
+    s_off = torch.zeros(len(samples), 3, 2, dtype=torch.long)
+    t_off = torch.full((len(samples), 5, 2), -1, dtype=torch.long)
+    for b, y in enumerate(samples):
+        text = "x" + "".join(texts[i] for i in y)
+        t_row = [2] + [{"a": 0, "b": 1}[c] for c in text[1:]]
+        t_ids[b, :len(t_row)], t_labels[b, :len(t_row)] = torch.tensor(t_row), torch.tensor(t_row)
+        t_off[b, :len(t_row)] = torch.tensor([(k, k + 1) for k in range(len(text))])
+        ends = [1, 1 + len(texts[y[0]]), len(text)]
+        s_off[b] = torch.tensor([(0, 1), (ends[0], ends[1]), (ends[1], ends[2])])
+    labels = s_ids.clone()
+    labels[:, 0] = -100
+
+    def student_logits() -> torch.Tensor:
+        return W[s_ids[:, :2]] + P
+
+    t_logits = U[t_ids[:, :4]] + Q
+    t_lp = torch.log_softmax(t_logits, -1).gather(-1, t_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    log_p_text = torch.where(t_labels[:, 1:] != -100, t_lp, 0.0).sum(-1)
+    log_q_seq = torch.log_softmax(student_logits(), -1).gather(-1, s_ids[:, 1:].unsqueeze(-1)).squeeze(-1).sum(-1)
+    q = log_q_seq.exp()
+    assert abs(float(q.detach().sum()) - 1.0) < 1e-12
+    exact = torch.autograd.grad((q * (log_q_seq - log_p_text)).sum(), (W, P))
+    for baseline in ("none", "moving_average"):
+        term = CrossTokenizerReinforceTerm(baseline=baseline, normalise="none")  # type: ignore[arg-type]
+        term._average = 0.7 if baseline == "moving_average" else None
+        batch = {"input_ids": s_ids, "labels": labels, "teacher_input_ids": t_ids, "teacher_labels": t_labels,
+                 "token_offsets": s_off, "teacher_token_offsets": t_off,
+                 "target_source": torch.full((len(samples),), SOURCE_IDS["student"]),
+                 "sample_weight": q.detach()}  # the batch's weighted mean is the expectation over samples
+        loss = term.loss(_views(student_logits(), t_logits, batch)[1])
+        estimate = torch.autograd.grad(loss, (W, P))
+        for got, want in zip(estimate, exact, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    assert term.counts["student_targets_unrewarded"] == 0
 
 
 def test_bad_settings_and_batches_are_refused() -> None:
