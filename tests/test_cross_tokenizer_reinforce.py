@@ -265,29 +265,16 @@ def _reinforce_config(corpus_file: Path, **term: Any) -> dict[str, Any]:
 
 def test_on_policy_run_with_span_rewards_from_a_teacher_with_another_tokenizer(corpus_file: Path,
                                                                                tmp_path: Path) -> None:
-    """Student samples, tokenised again for a WordPiece teacher (RetokenizedTargets), through the CLI; the term's
-    span rewards reach the student's sampled tokens and its counts say how many."""
+    """Student samples, tokenised again for a WordPiece teacher (RetokenizedTargets), through the CLI. The
+    term's value is the sum of the span costs over the sampled tokens: 0 exactly if no span were rewarded."""
     from ktransfer.cli import main
-    from ktransfer.config import RunConfig
-    from ktransfer.cross_tokenizer.retokenize import RetokenizedTargets
-    from ktransfer.runner import build_distiller
 
-    cfg = _reinforce_config(corpus_file)
     path = tmp_path / "reinforce.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(_reinforce_config(corpus_file)))
     assert main(["run", str(path), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    trains = [r for r in records if r.get("split") == "train"]
-    assert len(trains) == 4 and all(math.isfinite(r["terms"]["cross_tokenizer_reinforce"]) for r in trains)
-    # the same run through the Python API: the stage tokenises the samples for the teacher, spans are rewarded
-    distiller, _ = build_distiller(RunConfig.from_dict(cfg), tmp_path / "api", progress=False)
-    assert any(isinstance(stage, RetokenizedTargets) for stage in distiller.stages)
-    distiller.fit()
-    term = distiller.terms[0]
-    assert isinstance(term, CrossTokenizerReinforceTerm)
-    counts = term.counts
-    assert counts["spans_counted"] > 0 and counts["student_targets"] > counts["student_targets_unrewarded"]
-    assert term._average is not None and math.isfinite(term._average)
+    values = [r["terms"]["cross_tokenizer_reinforce"] for r in records if r.get("split") == "train"]
+    assert len(values) == 4 and all(math.isfinite(v) and v != 0.0 for v in values)
 
 
 def test_bad_cross_tokenizer_reinforce_configs_stop_before_training(corpus_file: Path) -> None:
