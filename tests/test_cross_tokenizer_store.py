@@ -57,7 +57,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A corpus, two teacher tokenizers (270 and 280 tokens) and fixed weights of a tiny teacher over the first."""
     root = tmp_path_factory.mktemp("xtok_store")
     corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(f"{s} Line {i} ends here." for i, s in enumerate(SENTENCES * 2)) + "\n", encoding="utf-8")
+    lines = [f"{s} Line {i} ends here." for i, s in enumerate(SENTENCES * 2)]
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tok, other = _bpe_folder(root / "tok270", 270), _bpe_folder(root / "tok280", 280)
     info = load_data(RunConfig.from_dict(xtok_config(corpus, tok, TEACHER))).info
     torch.manual_seed(5)
@@ -256,7 +257,8 @@ def test_writer_of_a_teacher_tokens_store_takes_and_checks_next_token_log_probs(
         plain.add(0, ids=ids, logprobs=lp, next_logprobs=torch.tensor([-0.5]))
     with pytest.raises(ValueError, match="needs both teacher_tokenizer"):
         StoreWriter(tmp_path / "half", teacher_tokenizer="v", **common)  # type: ignore[arg-type]
-    w = StoreWriter(tmp_path / "own", teacher_tokenizer="v", teacher_tokenization="x", **common)  # type: ignore[arg-type]
+    own = {"teacher_tokenization": "x", **common}
+    w = StoreWriter(tmp_path / "own", teacher_tokenizer="v", **own)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="takes next_logprobs"):
         w.add(0, ids=ids, logprobs=lp)
     with pytest.raises(ValueError, match="next_logprobs at row 0 is 0.5"):
@@ -267,11 +269,11 @@ def test_writer_of_a_teacher_tokens_store_takes_and_checks_next_token_log_probs(
     assert store.teacher_tokens and store.manifest["version"] == 3
     torch.testing.assert_close(store.next_logprobs(0), torch.tensor([-2.3]))
     with pytest.raises(Exception, match=r"keys.teacher_tokenizer: store 'v', now 'w'"):
-        StoreWriter(tmp_path / "own", teacher_tokenizer="w", teacher_tokenization="x", **common)  # type: ignore[arg-type]
+        StoreWriter(tmp_path / "own", teacher_tokenizer="w", **own)  # type: ignore[arg-type]
 
 
 def test_cli_builds_a_store_on_the_teachers_tokens_and_a_run_trains_from_it_as_with_the_live_teacher(
-        setup: dict[str, Any], tmp_path: Path) -> None:
+        setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from safetensors.torch import load_file
 
     from ktransfer.cli import main
@@ -281,6 +283,10 @@ def test_cli_builds_a_store_on_the_teachers_tokens_and_a_run_trains_from_it_as_w
     path.write_text(yaml.safe_dump(cfg))
     store = tmp_path / "store"
     assert main(["teacher-outputs", "build", str(path), "--out", str(store), "--k", str(setup["vocab"])]) == 0
+    capsys.readouterr()
+    assert main(["teacher-outputs", "info", str(store)]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["teacher_tokens"] is True and described["keys"]["teacher_tokenization"]
     assert main(["run", str(path), "--run-dir", str(tmp_path / "live"), "--no-progress"]) == 0
     path.write_text(yaml.safe_dump({**cfg, "teacher": {"store": str(store)}}))
     assert main(["run", str(path), "--run-dir", str(tmp_path / "stored"), "--no-progress"]) == 0

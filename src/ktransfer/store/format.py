@@ -353,10 +353,11 @@ class StoreWriter:
         fit = self.header["values"] == FIT
         values = torch.float32 if fit else VALUE_DTYPES[self.header["values"]]
         if (next_logprobs is not None) != self.teacher_tokens:
-            raise ValueError(f"{where}: " + ("a store on the teacher's own tokens takes next_logprobs (the teacher's "
-                                             "log-probability of its next token) with every row" if self.teacher_tokens
-                                             else "next_logprobs belong to a store on the teacher's own tokens "
-                                                  "(StoreWriter(..., teacher_tokenizer=..., teacher_tokenization=...))"))
+            wanted = ("a store on the teacher's own tokens takes next_logprobs (the teacher's log-probability of its "
+                      "next token) with every row" if self.teacher_tokens else
+                      "next_logprobs belong to a store on the teacher's own tokens (StoreWriter(..., "
+                      "teacher_tokenizer=..., teacher_tokenization=...))")
+            raise ValueError(f"{where}: {wanted}")
         if self.header["kind"] == "logits":
             if logits is None or ids is not None or logprobs is not None:
                 raise ValueError(f"{where}: a logits store takes add(index, logits=...) only")

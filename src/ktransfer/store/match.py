@@ -64,9 +64,10 @@ def _check_teacher_tokens(store: TeacherStore, info: dict[str, Any], where: str)
                          "from this config (`ktransfer teacher-outputs build CONFIG`), which runs the teacher on its "
                          "own tokens")
     if ours is None and store.teacher_tokens:
+        recorded = str(store.keys.get("teacher_tokenizer"))[:12]
         raise StoreError(f"{where}: the store at {directory} holds the teacher's outputs on its own tokens (teacher "
-                         f"tokenizer sha256 {str(store.keys.get('teacher_tokenizer'))[:12]}), but this run's data has no "
-                         "teacher_tokenizer: set data.teacher_tokenizer to the tokenizer the store was built with "
+                         f"tokenizer sha256 {recorded}), but this run's data has no teacher_tokenizer: set "
+                         "data.teacher_tokenizer to the tokenizer the store was built with "
                          "and train with a cross_tokenizer term, or build a store on the student's tokens")
     if ours is None:
         return

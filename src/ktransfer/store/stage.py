@@ -7,9 +7,10 @@ and puts the teacher's outputs under `STORED_TEACHER_KEY`: class logits (B, C), 
 `SparseTeacher` laid over the batch's aligned positions (padding and positions without a target get
 a placeholder the losses mask out); a store built on the teacher's own tokens gives a
 `ktransfer.cross_tokenizer.sparse.TeacherTokensSparse` over the teacher's positions instead (those of
-``teacher_labels``), with the teacher's next-token log-probabilities, for the `cross_tokenizer` term. A store holding the teacher's internals (`ktransfer.store.captures`)
-also serves those the run's terms read, under `STORED_CAPTURES_KEY`, and a module outline of the
-teacher for the terms to resolve their layers. No teacher model is involved.
+``teacher_labels``), with the teacher's next-token log-probabilities, for the `cross_tokenizer` term.
+A store holding the teacher's internals (`ktransfer.store.captures`) also serves those the run's
+terms read, under `STORED_CAPTURES_KEY`, and a module outline of the teacher for the terms to
+resolve their layers. No teacher model is involved.
 """
 
 from __future__ import annotations
