@@ -228,7 +228,8 @@ def test_a_store_on_other_tokens_is_refused_naming_what_differs(setup: dict[str,
     from ktransfer.checks import preflight
 
     stored = {"store": str(small_store)}
-    assert preflight(RunConfig.from_dict(_config(setup, teacher=stored))).checked
+    checked = preflight(RunConfig.from_dict(_config(setup, teacher=stored))).checked
+    assert any("k=5, float32, on the teacher's own tokens), shards verified" in line for line in checked)
     other = _config(setup, teacher=stored)
     other["data"]["teacher_tokenizer"] = setup["other"]
     with pytest.raises(ConfigError, match=f"teacher.store: the store at {small_store} was built on the tokens of "

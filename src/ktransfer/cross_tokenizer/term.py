@@ -208,7 +208,8 @@ class CrossTokenizerTerm:
             return s_logits.sum() * 0.0
         s_first = s_logits[index["b"], index["s"]]
         if stored is not None:
-            stored = stored.to(s_logits.device)
+            if stored.device != s_logits.device:
+                stored = stored.to(s_logits.device)
             values = self._stored_values(view, stored, index, s_first)
         elif self.method == "uld":
             assert view.teacher is not None
