@@ -235,6 +235,15 @@ def test_a_store_on_other_tokens_is_refused_naming_what_differs(setup: dict[str,
     with pytest.raises(ConfigError, match=f"teacher.store: the store at {small_store} was built on the tokens of "
                                           "another teacher tokenizer"):
         preflight(RunConfig.from_dict(other))
+    # the same tokenizers, another tokenization of one text for the teacher (offsets shifted by a character)
+    from ktransfer.store import StoreError, open_for_run
+
+    data = load_data(RunConfig.from_dict(_config(setup)))
+    rows = [data.train[i] for i in range(len(data.train))]
+    rows[3] = {**rows[3], "teacher_token_offsets": rows[3]["teacher_token_offsets"] + 1}
+    with pytest.raises(StoreError, match=f"the store at {small_store} was built on another tokenization of the "
+                                         "training texts for the teacher"):
+        open_for_run(small_store, task="causal_lm", train=rows, info=data.info)
     # a store on the student's tokens (no teacher_tokenizer in its data)
     plain = _config(setup, knowledge=[{"type": "response"}])
     del plain["data"]["teacher_tokenizer"]
