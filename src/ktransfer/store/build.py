@@ -31,7 +31,6 @@ from ktransfer.engine.batches import TEACHER_PREFIX, split_batch
 from ktransfer.registry import ConfigError
 from ktransfer.sequence.cache import model_fingerprint
 from ktransfer.sparse_divergences import topk_log_probs
-from ktransfer.tasks import ForwardResult
 from ktransfer.store.captures import CaptureRecorder, CaptureStoreError
 from ktransfer.store.fit import DEFAULT_DEGREE
 from ktransfer.store.format import StoreWriter, examples_digest, teacher_tokens_digest
@@ -110,7 +109,7 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
                               "tokens)")
         teacher_batch = split_batch(batch)[1]
         with torch.no_grad(), recorder.capture if recorder is not None else contextlib.nullcontext():
-            result: ForwardResult = task.forward(teacher, teacher_batch)
+            result = task.forward(teacher, teacher_batch)
         if recorder is not None:
             try:
                 per_example[:] = recorder.split(batch.get("attention_mask"))
@@ -176,12 +175,13 @@ def next_token_log_probs(logits: torch.Tensor, next_ids: torch.Tensor, mask: tor
     `logits` (B, T, V), `next_ids` and `mask` (B, T); computed `chunk` positions at a time, so nothing of size
     N x V is copied.
     """
-    where = mask.nonzero()
+    where = mask.to(logits.device).nonzero()
+    next_ids = next_ids.to(logits.device)
     out = torch.empty(int(where.shape[0]), dtype=torch.promote_types(logits.dtype, torch.float32))
     with torch.no_grad():
         for start in range(0, int(where.shape[0]), chunk):
             rows = where[start:start + chunk]
             z = logits[rows[:, 0], rows[:, 1]].to(out.dtype)
-            picked = z.gather(-1, next_ids[rows[:, 0], rows[:, 1]].unsqueeze(-1).to(z.device)).squeeze(-1)
+            picked = z.gather(-1, next_ids[rows[:, 0], rows[:, 1]].unsqueeze(-1)).squeeze(-1)
             out[start:start + len(rows)] = (picked - torch.logsumexp(z, dim=-1)).cpu()
     return out
