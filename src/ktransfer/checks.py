@@ -460,8 +460,9 @@ def preflight(cfg: RunConfig, data: DataSplits | None = None) -> Preflight:
                    *(f"data examples: {line}" for line in describe_examples(data.info)),
                    *check_models(cfg, data, student, teacher, store)]
     if store is not None:
+        own = ", on the teacher's own tokens" if store.teacher_tokens else ""
         checked.append(f"teacher.store: {store.directory} holds the outputs of teacher "
                        f"{str(store.keys.get('teacher'))[:12]} for all {store.examples} training examples "
                        f"({store.kind}{', k=' + str(store.manifest['k']) if store.kind == 'topk' else ''}, "
-                       f"{store.manifest['values']}), shards verified")
+                       f"{store.manifest['values']}{own}), shards verified")
     return Preflight(data=data, checked=checked, warnings=[*cfg.warnings(), *example_warnings(data.info)])

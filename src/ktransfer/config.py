@@ -143,8 +143,9 @@ class RunConfig:
             reading = [t.name for t in terms if t.requires_teacher and not _reads_store(t)]
             if reading:
                 raise ConfigError(f"knowledge: terms {reading} need the teacher model (its generations); "
-                                  "teacher.store provides its output distribution (terms: response) and the hidden "
-                                  "states and attention maps it was built with (terms: feature, relation, attention)")
+                                  "teacher.store provides its output distribution (terms: response; cross_tokenizer "
+                                  "from a store built on the teacher's own tokens) and the hidden states and attention "
+                                  "maps it was built with (terms: feature, relation, attention)")
         self._check_teacher_tokens(terms)
         self._check_selector_and_metric()
 
@@ -250,9 +251,6 @@ class RunConfig:
                 raise ConfigError(f"{where}: set data.teacher_tokenizer to the teacher's tokenizer (a folder, a "
                                   "tokenizer.json, a hub id, or smollm2), so that each text is tokenised for the "
                                   "teacher too")
-            if self.teacher_store:
-                raise ConfigError(f"{where}: needs the teacher model on its own tokens; teacher.store holds a "
-                                  "teacher's outputs on the student's tokens")
             if self.targets is not None and targets_stage_from_config(self.targets, self.task).requires_teacher:
                 raise ConfigError(f"{where}: the targets section has the teacher generate (teacher source, "
                                   "teacher_mix or greedy_baseline), on the student's tokens, which this teacher does "
@@ -376,9 +374,10 @@ def _named_paths(name: str, value: Any) -> dict[str, str]:
 
 
 def _reads_store(term: Any) -> bool:
-    """Whether a teacher-reading term can take its teacher from a store: it reads the output distribution, or
-    named teacher internals (which the run checks against the store's captures before training)."""
-    return isinstance(term, (ResponseTerm, TappedTerm))
+    """Whether a teacher-reading term can take its teacher from a store: it reads the output distribution (on
+    the student's tokens, or with `cross_tokenizer` on the teacher's own, which the run checks against the
+    store's keys before training), or named teacher internals (checked against the store's captures)."""
+    return isinstance(term, (ResponseTerm, TappedTerm, CrossTokenizerTerm))
 
 
 def read_yaml_file(path: Path) -> Any:

@@ -6,6 +6,11 @@ info). A build into a folder that already holds part of the same store computes 
 of unfinished shards; one holding another store (other teacher, data, k, values) is refused.
 With `hidden` / `attentions` module names it also stores what those teacher modules give per example
 (`ktransfer.store.captures`), so that feature, relation and attention terms train from the store.
+
+On a dataset with `teacher_tokenizer` (the teacher reads its own tokens of each text) the teacher runs on
+its own tokens (`teacher_input_ids`, `teacher_attention_mask`, `teacher_labels`) and the store holds its
+target positions, with its log-probability of each next token, for the `cross_tokenizer` term
+(a ``teacher_tokens`` store, see `ktransfer.store.format`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from ktransfer.sequence.cache import model_fingerprint
 from ktransfer.sparse_divergences import topk_log_probs
 from ktransfer.store.captures import CaptureRecorder, CaptureStoreError
 from ktransfer.store.fit import DEFAULT_DEGREE
-from ktransfer.store.format import StoreWriter, examples_digest
+from ktransfer.store.format import StoreWriter, examples_digest, teacher_tokens_digest
 from ktransfer.store.outline import describe_modules
 from ktransfer.tasks import Task
 
@@ -82,6 +87,10 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         extra_hidden, extra_attentions = captures_read_by(cfg.knowledge, cfg.selector, student, teacher)
         hidden = [*hidden, *(h for h in extra_hidden if h not in hidden)]
         attentions = [*attentions, *(a for a in extra_attentions if a not in attentions)]
+    own_tokens = data.info.get("teacher_tokenizer") is not None
+    if own_tokens and (hidden or attentions):
+        raise ConfigError("hidden / attentions: a store on the teacher's own tokens (data.teacher_tokenizer) holds "
+                          "outputs only; the cross_tokenizer term reads no teacher internals")
     recorder = None
     if hidden or attentions:
         try:
@@ -89,19 +98,25 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
         except CaptureStoreError as e:
             raise ConfigError(str(e)) from e
     per_example: list[dict[str, torch.Tensor]] = []
+    next_ids: list[torch.Tensor] = []  # on the teacher's own tokens: the token each position predicts
 
     def teacher_outputs(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch = data.collate_fn([train[i] for i in indices])
-        if any(key.startswith(TEACHER_PREFIX) for key in batch):
+        if not own_tokens and any(key.startswith(TEACHER_PREFIX) for key in batch):
             raise ConfigError("the teacher reads inputs of its own (teacher_* keys): a store holds outputs on the "
-                              "student's positions, so teacher and student must read the same inputs")
+                              "student's positions, so teacher and student must read the same inputs (a text "
+                              "dataset with data.teacher_tokenizer is the exception: its store is on the teacher's "
+                              "tokens)")
+        teacher_batch = split_batch(batch)[1]
         with torch.no_grad(), recorder.capture if recorder is not None else contextlib.nullcontext():
-            result = task.forward(teacher, split_batch(batch)[1])
+            result = task.forward(teacher, teacher_batch)
         if recorder is not None:
             try:
                 per_example[:] = recorder.split(batch.get("attention_mask"))
             except CaptureStoreError as e:
                 raise ConfigError(str(e)) from e
+        if own_tokens:
+            next_ids[:] = [teacher_batch["input_ids"][..., 1:]]
         return result.logits, result.mask
 
     probe, _ = teacher_outputs([0])
@@ -114,6 +129,9 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
     if recorder is not None:
         assert recorder.items is not None
         header["captures"] = {"values": feature_values, "items": recorder.items, "outline": describe_modules(teacher)}
+    if own_tokens:
+        header.update(teacher_tokenizer=str(data.info.get("teacher_tokenizer_sha256")),
+                      teacher_tokenization=teacher_tokens_digest(train))
     writer = StoreWriter(
         out, task=cfg.task, examples=len(train), teacher=model_fingerprint(teacher), data=examples_digest(train),
         tokenizer=data.info.get("tokenizer_sha256"), values=values, fit_degree=fit_degree, shard_size=shard_size,
@@ -140,10 +158,30 @@ def build_store(cfg: RunConfig, out: str | Path, *, k: int = 64, values: str = "
             ids, logprobs, tail = topk_log_probs(logits, k, mask=mask)
             counts = mask.reshape(mask.shape[0], -1).sum(-1).tolist()
             positions += sum(counts)
+            following = next_token_log_probs(logits, next_ids[0], mask) if own_tokens else None
             writer.add_rows(chunk, counts, ids=ids, logprobs=logprobs, tail=tail,  # checked once, as one batch
-                            captures=list(per_example) if recorder else None)
+                            captures=list(per_example) if recorder else None, next_logprobs=following)
         if stop_after_shards is not None and len(writer.shards) - shards_before >= stop_after_shards:
             return BuildReport(Path(out), len(train), start + len(chunk), positions, forward_s,
                                time.perf_counter() - t0, setup_s)
     writer.close()
     return BuildReport(Path(out), len(train), len(missing), positions, forward_s, time.perf_counter() - t0, setup_s)
+
+
+def next_token_log_probs(logits: torch.Tensor, next_ids: torch.Tensor, mask: torch.Tensor,
+                         chunk: int = 256) -> torch.Tensor:
+    """``log_softmax(logits)[next id]`` at the positions where `mask` is true, in order (N,), float32 at least.
+
+    `logits` (B, T, V), `next_ids` and `mask` (B, T); computed `chunk` positions at a time, so nothing of size
+    N x V is copied.
+    """
+    where = mask.to(logits.device).nonzero()
+    next_ids = next_ids.to(logits.device)
+    out = torch.empty(int(where.shape[0]), dtype=torch.promote_types(logits.dtype, torch.float32))
+    with torch.no_grad():
+        for start in range(0, int(where.shape[0]), chunk):
+            rows = where[start:start + chunk]
+            z = logits[rows[:, 0], rows[:, 1]].to(out.dtype)
+            picked = z.gather(-1, next_ids[rows[:, 0], rows[:, 1]].unsqueeze(-1)).squeeze(-1)
+            out[start:start + len(rows)] = (picked - torch.logsumexp(z, dim=-1)).cpu()
+    return out
