@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from ktransfer.cross_tokenizer import CROSS_TOKENIZER_TERMS
+from ktransfer.cross_tokenizer import CROSS_TOKENIZER_TERMS, CrossTokenizerTerm
 from ktransfer.data import DATASETS
 from ktransfer.knowledge import ResponseTerm
 from ktransfer.knowledge.layer_map import TappedTerm
