@@ -156,6 +156,22 @@ def test_loss_from_a_store_with_k_equal_to_the_vocabulary_equals_the_live_teache
     assert from_store.student.logits.grad_fn is not None
 
 
+@pytest.mark.parametrize(("values", "tolerance"), [("float16", 2e-3), ("fit", 5e-2)])
+def test_reduced_precision_encodings_on_the_teachers_tokens_give_the_float32_stores_loss(
+        setup: dict[str, Any], small_store: Path, values: str, tolerance: float) -> None:
+    out = setup["root"] / f"store_k5_{values}"
+    build_store(RunConfig.from_dict(_config(setup)), out, k=5, shard_size=8, values=values, fit_degree=3)
+    reduced, exact = TeacherStore.open(out), TeacherStore.open(small_store)
+    assert reduced.manifest["values"] == values and reduced.manifest["teacher_tokens"] is True
+    torch.testing.assert_close(reduced.next_logprobs(0).float(), exact.next_logprobs(0).float(), atol=2e-3, rtol=0)
+    for method in ("span", "uld"):
+        _, want_view = _views(setup, small_store)
+        _, got_view = _views(setup, out)
+        want = float(_term(setup, method=method).loss(want_view).detach())
+        got = float(_term(setup, method=method).loss(got_view).detach())
+        assert got != want and abs(got - want) <= tolerance * max(1.0, abs(want)), (method, got, want)
+
+
 def _spans(term: CrossTokenizerTerm, view: StepView) -> dict[str, torch.Tensor]:
     index = term._gather(view)
     assert index is not None
