@@ -30,8 +30,9 @@ def test_grid_is_the_teacher_a_warm_start_per_seed_and_every_method_per_seed() -
     assert set(units) == {"teacher", "warm-s0", "warm-s1", "warm-s2",
                           *(f"{m}-s{s}" for m in bench.METHODS for s in range(3))}
     for s in range(3):
-        assert units[f"span_on_policy-s{s}"].needs == (f"warm-s{s}",)
-        assert all(units[f"{m}-s{s}"].needs == () for m in bench.METHODS if m != "span_on_policy")
+        for m in bench.ON_POLICY:
+            assert units[f"{m}-s{s}"].needs == (f"warm-s{s}",)
+        assert all(units[f"{m}-s{s}"].needs == () for m in bench.METHODS if m not in bench.ON_POLICY)
     assert {u.name for u in bench.grid_units(["labels", "span"], 1)} == {"teacher", "labels-s0", "span-s0"}
     with pytest.raises(ValueError, match="unknown methods.*valid choices"):
         bench.grid_units(["labels", "minilm"], 1)
@@ -44,13 +45,14 @@ def test_expected_budget_is_the_measured_costs_summed_by_hand() -> None:
     student_scoring = 0.5 + 5 * 8 * 0.01
     by_hand = {"teacher": 6.4 + 5 * 8 * 0.07, "warm-s0": 4 * 0.3, "labels-s0": 10 * 0.3 + student_scoring,
                "uld-s0": 10 * 3.1 + student_scoring, "span-s0": 10 * 2.0 + student_scoring,
-               "span_on_policy-s0": 6 * 2.4 + student_scoring, "same_tokenizer-s0": 10 * 2.8 + student_scoring}
+               "span_on_policy-s0": 6 * 2.4 + student_scoring, "span_on_policy_refs-s0": 6 * 2.4 + student_scoring,
+               "reinforce_on_policy-s0": 6 * 2.4 + student_scoring, "same_tokenizer-s0": 10 * 2.8 + student_scoring}
     assert windows <= 32
     for u in bench.grid_units(bench.METHODS, 1):
         assert bench.unit_seconds(u, size) == pytest.approx(by_hand[u.name]), u.name
     budget = bench.expected_budget(size, bench.METHODS, 1, jobs=2)
     assert budget["work_min"] == pytest.approx(sum(by_hand.values()) / 60)
-    chain = max(by_hand["warm-s0"] + by_hand["span_on_policy-s0"], by_hand["uld-s0"])
+    chain = max(by_hand["warm-s0"] + by_hand["reinforce_on_policy-s0"], by_hand["uld-s0"])
     assert budget["critical_path_min"] == pytest.approx(chain / 60)
     assert budget["wall_min"] == pytest.approx(max(sum(by_hand.values()) / 2, chain) / 60)
 
@@ -84,11 +86,15 @@ def test_every_units_config_is_valid(size: str, tmp_path: Path) -> None:
             assert data["prepared_tokenizer"] == "smollm2" and "train_tokenizer" not in data
         elif method == "span_on_policy":
             assert kinds == ["cross_tokenizer"] and data["train_tokenizer"] == 8000
+        elif method == "span_on_policy_refs":
+            assert kinds == ["cross_tokenizer", "labels"] and cfg.knowledge[1]["sources"] == ["dataset"]
+        elif method == "reinforce_on_policy":
+            assert kinds == ["cross_tokenizer_reinforce", "labels"] and cfg.knowledge[1]["sources"] == ["dataset"]
         else:
             assert kinds == ["cross_tokenizer", "labels"] and data["train_tokenizer"] == 8000
             assert cfg.knowledge[0]["method"] == ("uld" if method == "uld" else "span")
-        if method == "span_on_policy":
-            assert cfg.knowledge[0]["divergence"] == "backward_kl"
+        if method in bench.ON_POLICY:
+            assert method == "reinforce_on_policy" or cfg.knowledge[0]["divergence"] == "backward_kl"
             assert cfg.targets["sources"] == {"dataset": 0.5, "student": 0.5}
             assert cfg.student["weights"] == str(tmp_path / "warm-s2" / "final" / "model.safetensors")
             assert cfg.train.max_steps == sizes["steps"] - sizes["warm_steps"]

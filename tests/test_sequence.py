@@ -336,6 +336,38 @@ def test_on_policy_term_is_the_per_token_backward_kl_at_sampled_prefixes_float64
     assert abs(float(term_values["jsd"]) - total_j / count) < 1e-5
 
 
+def test_labels_restricted_to_sources_score_only_the_rows_those_sources_gave() -> None:
+    student = gpt2(seed=1)
+    stage = TargetsStage(sources={"dataset": 0.5, "student": 0.5}, generation={"max_new_tokens": 5}, seed=3)
+    task = Task("causal_lm")
+    batch = stage(batch_of(prompts("causal_lm")), StageContext(student, None, task, 0, torch.device("cpu")))
+    source = batch["target_source"]
+    assert set(source.tolist()) == {0, 2}
+    s_out = task.forward(student, batch)
+    view = StepView(batch=batch, student=s_out, teacher=None)
+    for sources, wanted in ((["dataset"], {0}), (["student"], {2}), (["dataset", "student"], {0, 2})):
+        total, count = 0.0, 0  # float64 reference over the rows of `wanted`
+        for i in range(source.shape[0]):
+            if int(source[i]) not in wanted:
+                continue
+            for t in range(s_out.targets.shape[1]):  # type: ignore[union-attr]
+                target = int(s_out.targets[i, t])  # type: ignore[index]
+                if target != -100:
+                    total -= float(torch.log_softmax(s_out.logits[i, t].detach().double(), -1)[target])
+                    count += 1
+        assert abs(float(LabelsTerm(sources=sources).loss(view)) - total / count) < 1e-5
+    # every source: the plain term
+    assert torch.allclose(LabelsTerm(sources=["dataset", "student"]).loss(view), LabelsTerm().loss(view), atol=1e-6)
+    # no row from the source: zero, with a gradient
+    none = LabelsTerm(sources=["teacher"]).loss(view)
+    assert float(none) == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="unknown source 'teachr'; valid choices: dataset, teacher, student"):
+        LabelsTerm(sources=["teachr"])
+    del batch["target_source"]
+    with pytest.raises(ValueError, match="add a targets stage"):
+        LabelsTerm(sources=["dataset"]).loss(view)
+
+
 def test_teacher_mixed_sampling_records_the_mixture_log_probabilities() -> None:
     student, teacher, alpha = gpt2(seed=1), gpt2(seed=2), 0.3
     stage = TargetsStage(sources={"student": 1.0}, generation={"max_new_tokens": 4, "teacher_mix": alpha}, seed=5)
@@ -533,7 +565,8 @@ def test_the_catalogue_assembles_every_term_and_the_knowledge_package_points_to_
     from ktransfer.registry import ConfigError
     from ktransfer.terms import build_terms
 
-    assert set(TERMS.names()) == {*knowledge.KNOWLEDGE.names(), "on_policy", "reinforce", "cross_tokenizer"}
+    assert set(TERMS.names()) == {*knowledge.KNOWLEDGE.names(), "on_policy", "reinforce", "cross_tokenizer",
+                                 "cross_tokenizer_reinforce"}
     assert not {"on_policy", "reinforce", "cross_tokenizer"} & set(knowledge.KNOWLEDGE.names())
     built = build_terms([{"type": "on_policy"}, {"type": "reinforce", "weight": 0.5}, {"type": "labels"}])
     assert [type(t) for t in built] == [OnPolicyTerm, ReinforceTerm, LabelsTerm]

@@ -18,7 +18,7 @@ from torch import nn
 from ktransfer.building import build_model, build_teachers, load_data
 from ktransfer.capture import Capture, parse_spec
 from ktransfer.config import RunConfig
-from ktransfer.cross_tokenizer import AlignmentError, CrossTokenizerTerm, align_offsets
+from ktransfer.cross_tokenizer import CROSS_TOKENIZER_TERMS, AlignmentError, align_offsets
 from ktransfer.data import DATASETS, DataSplits
 from ktransfer.data.base import describe_examples, example_warnings
 from ktransfer.engine.batches import split_batch
@@ -173,7 +173,7 @@ def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module,
     if "teacher" in outputs and sizes["teacher"] != sizes["student"]:
         compared = [(i, term) for i, term in enumerate(build_terms(cfg.knowledge))  # response, on_policy, reinforce
                     if (isinstance(term, ResponseTerm) or (term.requires_teacher and hasattr(term, "vocab_size")))
-                    and term.vocab_size is None]
+                    and term.vocab_size is None and not isinstance(term, CROSS_TOKENIZER_TERMS)]
         if compared and task.kind == "classification":
             raise ConfigError(
                 f"teacher predicts {sizes['teacher']} classes and the student {sizes['student']}: knowledge"
@@ -186,7 +186,7 @@ def check_models(cfg: RunConfig, data: DataSplits, student: nn.Module,
                 f"tokenizer and one embedding matrix is padded, set knowledge[{compared[0][0]}].vocab_size to the "
                 "real vocabulary size"
             )
-    if any(isinstance(t, CrossTokenizerTerm) for t in build_terms(cfg.knowledge)):
+    if any(isinstance(t, CROSS_TOKENIZER_TERMS) for t in build_terms(cfg.knowledge)):
         checked_cross = check_cross_tokenizer(cfg, data)
     else:
         checked_cross = []
@@ -204,13 +204,13 @@ def store_outline(store: TeacherStore | None) -> nn.Module | None:
 
 
 def check_cross_tokenizer(cfg: RunConfig, data: DataSplits, blocks: int = 256) -> list[str]:
-    """The cross_tokenizer terms can work: their vocabulary mapping builds from the two tokenizers (span), and
+    """The cross-tokenizer terms can work: their vocabulary mapping builds from the two tokenizers (span), and
     the two tokenizations of the first `blocks` training blocks align into spans. One line each saying how much."""
-    terms = [(i, t) for i, t in enumerate(build_terms(cfg.knowledge)) if isinstance(t, CrossTokenizerTerm)]
+    terms = [(i, t) for i, t in enumerate(build_terms(cfg.knowledge)) if isinstance(t, CROSS_TOKENIZER_TERMS)]
     bind_terms([t for _, t in terms], data.info)
     lines: list[str] = []
     for i, term in terms:
-        if term.method == "span":
+        if getattr(term, "method", None) == "span":
             try:
                 mapping = term.mapping()
             except (OSError, ValueError) as e:
@@ -460,8 +460,9 @@ def preflight(cfg: RunConfig, data: DataSplits | None = None) -> Preflight:
                    *(f"data examples: {line}" for line in describe_examples(data.info)),
                    *check_models(cfg, data, student, teacher, store)]
     if store is not None:
+        own = ", on the teacher's own tokens" if store.teacher_tokens else ""
         checked.append(f"teacher.store: {store.directory} holds the outputs of teacher "
                        f"{str(store.keys.get('teacher'))[:12]} for all {store.examples} training examples "
                        f"({store.kind}{', k=' + str(store.manifest['k']) if store.kind == 'topk' else ''}, "
-                       f"{store.manifest['values']}), shards verified")
+                       f"{store.manifest['values']}{own}), shards verified")
     return Preflight(data=data, checked=checked, warnings=[*cfg.warnings(), *example_warnings(data.info)])

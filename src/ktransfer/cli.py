@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     store_sub = p.add_subparsers(dest="store_command", required=True)
     q = store_sub.add_parser("build", help="run a config's teacher once over its training split and write the store "
                                            "(resumable: a killed build keeps its finished shards)")
-    q.add_argument("config", help="run config naming the teacher model and the data")
+    q.add_argument("config", help="run config naming the teacher model and the data (with data.teacher_tokenizer "
+                                  "the teacher runs on its own tokens, for a cross_tokenizer term)")
     q.add_argument("--out", default=None, help="store folder (default: stores/<config file name>)")
     q.add_argument("--k", type=int, default=64, help="sequences: top-k token ids kept per position (default: 64)")
     q.add_argument("--values", default="float32", choices=["float32", "float16", "fit"],
@@ -389,7 +390,7 @@ def _cmd_teacher_outputs(args: argparse.Namespace) -> int:
                  "examples": store.examples, "shards": len(m["shards"]),
                  "bytes": sum(int(e["bytes"]) for e in m["shards"]),
                  f"bytes_per_{unit.replace(' ', '_')}": round(store.bytes_per_position(), 2),
-                 "keys": store.keys, "verified": True,
+                 **({"teacher_tokens": True} if store.teacher_tokens else {}), "keys": store.keys, "verified": True,
                  **({"captures": {i.key: i.kind for i in store.capture_items},
                      "capture_values": m["captures"]["values"]} if store.capture_items else {})})
     return 0

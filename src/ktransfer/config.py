@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from ktransfer.cross_tokenizer import CrossTokenizerTerm
+from ktransfer.cross_tokenizer import CROSS_TOKENIZER_TERMS, CrossTokenizerTerm
 from ktransfer.data import DATASETS
 from ktransfer.knowledge import ResponseTerm
 from ktransfer.knowledge.layer_map import TappedTerm
@@ -143,8 +143,9 @@ class RunConfig:
             reading = [t.name for t in terms if t.requires_teacher and not _reads_store(t)]
             if reading:
                 raise ConfigError(f"knowledge: terms {reading} need the teacher model (its generations); "
-                                  "teacher.store provides its output distribution (terms: response) and the hidden "
-                                  "states and attention maps it was built with (terms: feature, relation, attention)")
+                                  "teacher.store provides its output distribution (terms: response; cross_tokenizer "
+                                  "from a store built on the teacher's own tokens) and the hidden states and attention "
+                                  "maps it was built with (terms: feature, relation, attention)")
         self._check_teacher_tokens(terms)
         self._check_selector_and_metric()
 
@@ -231,13 +232,14 @@ class RunConfig:
             return terms
         return arrange_terms(terms, list(self.teachers), self.combine)
     def _check_teacher_tokens(self, terms: list[Any]) -> None:
-        """A cross_tokenizer term needs a dataset that tokenises each text for the teacher too
-        (`data.teacher_tokenizer`); the other teacher-reading terms need the teacher on the student's tokens."""
+        """A cross-tokenizer term (cross_tokenizer, cross_tokenizer_reinforce) needs a dataset that tokenises each
+        text for the teacher too (`data.teacher_tokenizer`); the other teacher-reading terms need the teacher on
+        the student's tokens."""
         name = str(self.data.get("name"))
         teacher_tokenizer = self.data.get("teacher_tokenizer")
-        cross = [(i, t) for i, t in enumerate(terms) if isinstance(t, CrossTokenizerTerm)]
+        cross = [(i, t) for i, t in enumerate(terms) if isinstance(t, CROSS_TOKENIZER_TERMS)]
         for i, term in cross[:1]:
-            where = f"knowledge[{i}] ({term.name}, type cross_tokenizer)"
+            where = f"knowledge[{i}] ({term.name}, type {self.knowledge[i].get('type')})"
             if self.task != "causal_lm":
                 raise ConfigError(f"{where}: aligns two tokenizations of causal-LM text; task is '{self.task}' "
                                   "(valid: causal_lm)")
@@ -249,21 +251,19 @@ class RunConfig:
                 raise ConfigError(f"{where}: set data.teacher_tokenizer to the teacher's tokenizer (a folder, a "
                                   "tokenizer.json, a hub id, or smollm2), so that each text is tokenised for the "
                                   "teacher too")
-            if self.teacher_store:
-                raise ConfigError(f"{where}: needs the teacher model on its own tokens; teacher.store holds a "
-                                  "teacher's outputs on the student's tokens")
             if self.targets is not None and targets_stage_from_config(self.targets, self.task).requires_teacher:
                 raise ConfigError(f"{where}: the targets section has the teacher generate (teacher source, "
                                   "teacher_mix or greedy_baseline), on the student's tokens, which this teacher does "
                                   "not read; with data.teacher_tokenizer use the dataset and student sources only")
         if teacher_tokenizer is None:
             return
-        same = [(i, t) for i, t in enumerate(terms) if t.requires_teacher and not isinstance(t, CrossTokenizerTerm)]
+        same = [(i, t) for i, t in enumerate(terms) if t.requires_teacher and not isinstance(t, CROSS_TOKENIZER_TERMS)]
         if same:
             i, term = same[0]
             raise ConfigError(f"knowledge[{i}] ({term.name}): compares teacher and student on the same tokens, but "
                               "data.teacher_tokenizer gives the teacher its own tokens; use a term of type "
-                              "cross_tokenizer, or remove data.teacher_tokenizer if both share one tokenizer")
+                              "cross_tokenizer or cross_tokenizer_reinforce, or remove data.teacher_tokenizer if "
+                              "both share one tokenizer")
         if self.train.metric == "teacher_kl":
             raise ConfigError("train.metric: teacher_kl compares teacher and student on the same tokens, which "
                               "data.teacher_tokenizer rules out (the teacher has its own); valid here: "
@@ -374,9 +374,10 @@ def _named_paths(name: str, value: Any) -> dict[str, str]:
 
 
 def _reads_store(term: Any) -> bool:
-    """Whether a teacher-reading term can take its teacher from a store: it reads the output distribution, or
-    named teacher internals (which the run checks against the store's captures before training)."""
-    return isinstance(term, (ResponseTerm, TappedTerm))
+    """Whether a teacher-reading term can take its teacher from a store: it reads the output distribution (on
+    the student's tokens, or with `cross_tokenizer` on the teacher's own, which the run checks against the
+    store's keys before training), or named teacher internals (checked against the store's captures)."""
+    return isinstance(term, (ResponseTerm, TappedTerm, CrossTokenizerTerm))
 
 
 def read_yaml_file(path: Path) -> Any:

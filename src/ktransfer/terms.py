@@ -2,16 +2,16 @@
 
 `ktransfer.knowledge` holds the terms any task can use; the sequence wing (`ktransfer.sequence`)
 adds on-policy and REINFORCE terms built on its target sources, and `ktransfer.cross_tokenizer` the
-term for a teacher with another tokenizer. Neither imports the other's
-terms: this module, above both, assembles them into `TERMS`, and `build_terms` builds a
-config's `knowledge` list from it.
+terms for a teacher with another tokenizer (its REINFORCE estimator builds on the sequence wing's).
+The knowledge package imports neither: this module, above them, assembles them into `TERMS`, and
+`build_terms` builds a config's `knowledge` list from it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ktransfer.cross_tokenizer import CrossTokenizerTerm
+from ktransfer.cross_tokenizer import CrossTokenizerReinforceTerm, CrossTokenizerTerm
 from ktransfer.knowledge import KNOWLEDGE, KnowledgeTerm
 from ktransfer.knowledge import build_terms as _build_terms
 from ktransfer.registry import Registry
@@ -23,6 +23,7 @@ for _name in KNOWLEDGE.names():
 TERMS.register("on_policy")(OnPolicyTerm)
 TERMS.register("reinforce")(ReinforceTerm)
 TERMS.register("cross_tokenizer")(CrossTokenizerTerm)
+TERMS.register("cross_tokenizer_reinforce")(CrossTokenizerReinforceTerm)
 
 
 def bind_terms(terms: list[KnowledgeTerm], info: dict[str, Any]) -> None:

@@ -82,10 +82,24 @@ def span_loss(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    params = params or {}
     dtype = torch.promote_types(torch.promote_types(student_first.dtype, teacher_first.dtype), torch.float32)
     q = project_log_probs(F.log_softmax(student_first.to(dtype) / temperature, dim=-1), student_buckets, n_buckets)
     p = project_log_probs(F.log_softmax(teacher_first.to(dtype) / temperature, dim=-1), teacher_buckets, n_buckets)
+    return bucket_span_loss(divergence, q, p, student_span_log_probs=student_span_log_probs,
+                            teacher_span_log_probs=teacher_span_log_probs, likelihood_weight=likelihood_weight,
+                            params=params)
+
+
+def bucket_span_loss(
+    divergence: Callable[..., Tensor], student_buckets: Tensor, teacher_buckets: Tensor, *,
+    student_span_log_probs: Tensor | None = None, teacher_span_log_probs: Tensor | None = None,
+    likelihood_weight: float = 1.0, params: dict[str, Any] | None = None,
+) -> Tensor:
+    """`span_loss` from each side's (N, n_buckets) bucket log-probabilities at each span's start, already at the
+    temperature (`project_log_probs`, or a stored teacher's `sparse.sparse_bucket_log_probs`)."""
+    params = params or {}
+    dtype = torch.promote_types(torch.promote_types(student_buckets.dtype, teacher_buckets.dtype), torch.float32)
+    q, p = student_buckets.to(dtype), teacher_buckets.to(dtype)
     # the buckets already are log-probabilities: the divergence takes them as logits at T = 1
     values = divergence(q, p, temperature=1.0, reduction="none", **params)
     if likelihood_weight != 0.0:
@@ -97,4 +111,4 @@ def span_loss(
     return values
 
 
-__all__ = ["binary_log_probs", "project_log_probs", "span_loss", "span_sums", "token_log_probs"]
+__all__ = ["binary_log_probs", "bucket_span_loss", "project_log_probs", "span_loss", "span_sums", "token_log_probs"]

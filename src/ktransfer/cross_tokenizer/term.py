@@ -12,6 +12,11 @@ through those offsets (`align.align_offsets`) and compares the models on the ali
 * `method: uld` (`uld.uld_distance`): the Wasserstein-1 distance between the sorted probability
   vectors at each span's start; no vocabulary mapping needed.
 
+A run from a teacher output store built on the teacher's own tokens (`ktransfer.store`) gives the
+term the teacher's stored top-k, tail and next-token log-probabilities on the teacher's positions
+(`view.teacher_sparse`, a `sparse.TeacherTokensSparse`) instead of its logits; `sparse` says how
+the tail enters each method.
+
 The loss is the mean over the counted spans (weighted by the batch's `sample_weight` when it has
 one). A span counts when both sides have a token before it (the first span of a block has no
 prediction on one side) and every student token in it has a target (prompt tokens do not).
@@ -27,12 +32,19 @@ import torch
 from torch import Tensor
 
 from ktransfer.cross_tokenizer.align import align_offsets
-from ktransfer.cross_tokenizer.span import span_loss, span_sums, token_log_probs
+from ktransfer.cross_tokenizer.sparse import (
+    TeacherTokensSparse,
+    sparse_bucket_log_probs,
+    sparse_next_log_probs,
+    sparse_uld_distance,
+)
+from ktransfer.cross_tokenizer.span import bucket_span_loss, project_log_probs, span_loss, span_sums, token_log_probs
 from ktransfer.cross_tokenizer.uld import uld_distance
 from ktransfer.cross_tokenizer.vocab import VocabMapping, vocab_mapping
 from ktransfer.divergences import get_divergence
 from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView
 from ktransfer.knowledge.response import divergence_params
+from ktransfer.tasks import IGNORE_INDEX
 
 METHODS = ("span", "uld")
 OFFSETS_KEY = "token_offsets"
@@ -125,8 +137,11 @@ class CrossTokenizerTerm:
                                  "tokenise each text for the teacher too (set data.teacher_tokenizer)")
         s_off, t_off = batch[OFFSETS_KEY].tolist(), batch[TEACHER_OFFSETS_KEY].tolist()
         s_mask = view.student.mask
-        assert view.teacher is not None
-        t_mask = view.teacher.mask
+        if view.teacher is not None:
+            t_mask = view.teacher.mask
+        else:  # a stored teacher: its positions are those of the teacher's labels (position t predicts t + 1)
+            t_labels = batch.get("teacher_labels")
+            t_mask = t_labels[..., 1:] != IGNORE_INDEX if isinstance(t_labels, Tensor) else None
         s_ok = s_mask.tolist() if s_mask is not None else None
         t_ok = t_mask.tolist() if t_mask is not None else None
         rows: dict[str, list[int]] = {k: [] for k in ("b", "s", "t", "s_tok_b", "s_tok", "s_span", "t_tok_b", "t_tok", "t_span")}
@@ -165,29 +180,52 @@ class CrossTokenizerTerm:
         device = view.student.logits.device
         return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in rows.items()}
 
+    def _stored_teacher(self, view: StepView) -> TeacherTokensSparse | None:
+        """The stored teacher on its own tokens, or None with a live teacher; any other case is an error."""
+        sparse = view.teacher_sparse
+        if sparse is None:
+            if view.teacher is None:
+                raise ValueError(f"knowledge term '{self.name}' needs the teacher's outputs: a teacher model, or a "
+                                 "store built on the teacher's own tokens (`ktransfer teacher-outputs build` on a "
+                                 "config with data.teacher_tokenizer)")
+            return None
+        if not isinstance(sparse, TeacherTokensSparse):
+            raise ValueError(f"knowledge term '{self.name}': the stored teacher holds outputs on the student's "
+                             "tokens; the term compares the teacher on its own tokens: build the store from a config "
+                             "with data.teacher_tokenizer")
+        t_ids = view.batch.get("teacher_input_ids")
+        if isinstance(t_ids, Tensor) and tuple(sparse.shape) != (t_ids.shape[0], t_ids.shape[1] - 1):
+            raise ValueError(f"knowledge term '{self.name}': the stored teacher covers positions of shape "
+                             f"{tuple(sparse.shape)}, the batch's teacher tokens give "
+                             f"{(t_ids.shape[0], t_ids.shape[1] - 1)}")
+        return sparse
+
     def loss(self, view: StepView) -> Tensor:
-        if view.teacher is None:
-            raise ValueError(f"knowledge term '{self.name}' needs the teacher's outputs (a teacher model: a store "
-                             "of outputs holds them on the student's tokens only)")
-        s_logits, t_logits = view.student.logits, view.teacher.logits
+        stored = self._stored_teacher(view)
+        s_logits = view.student.logits
         index = self._gather(view)
         if index is None:  # nothing aligned here: a zero that keeps the graph
             return s_logits.sum() * 0.0
-        s_first, t_first = s_logits[index["b"], index["s"]], t_logits[index["b"], index["t"]]
-        if self.method == "uld":
-            values = uld_distance(s_first, t_first, self.temperature)
+        s_first = s_logits[index["b"], index["s"]]
+        if stored is not None:
+            if stored.device != s_logits.device:
+                stored = stored.to(s_logits.device)
+            values = self._stored_values(view, stored, index, s_first)
+        elif self.method == "uld":
+            assert view.teacher is not None
+            values = uld_distance(s_first, view.teacher.logits[index["b"], index["t"]], self.temperature)
         else:
+            assert view.teacher is not None
+            t_logits = view.teacher.logits
             mapping = self.mapping()
-            n = index["b"].numel()
             s_lp = t_lp = None
             if self.likelihood_weight != 0.0:
-                s_ids = view.batch["input_ids"][index["s_tok_b"], index["s_tok"] + 1]
                 t_ids = view.batch["teacher_input_ids"][index["t_tok_b"], index["t_tok"] + 1]
-                s_tok = token_log_probs(s_logits[index["s_tok_b"], index["s_tok"]], s_ids, self.temperature)
                 t_tok = token_log_probs(t_logits[index["t_tok_b"], index["t_tok"]], t_ids, self.temperature)
-                s_lp, t_lp = span_sums(s_tok, index["s_span"], n), span_sums(t_tok, index["t_span"], n)
+                s_lp = self._student_span_log_probs(view, index)
+                t_lp = span_sums(t_tok.to(s_logits.device), index["t_span"], index["b"].numel())
             values = span_loss(
-                self._fn, s_first, t_first.to(s_first.device),
+                self._fn, s_first, t_logits[index["b"], index["t"]].to(s_first.device),
                 mapping.buckets("student", s_logits.shape[-1], s_logits.device),
                 mapping.buckets("teacher", t_logits.shape[-1], s_logits.device),
                 mapping.shared + 1, temperature=self.temperature, student_span_log_probs=s_lp,
@@ -198,6 +236,39 @@ class CrossTokenizerTerm:
         w = torch.as_tensor(weights, dtype=values.dtype, device=values.device)[index["b"]]
         total = w.sum()
         return (values * w).sum() / total if bool(total > 0) else values.sum() * 0.0
+
+    def _student_span_log_probs(self, view: StepView, index: dict[str, Tensor]) -> Tensor:
+        """The student's log-probability of each counted span (the sum over its tokens), at the temperature."""
+        s_logits = view.student.logits
+        s_ids = view.batch["input_ids"][index["s_tok_b"], index["s_tok"] + 1]
+        s_tok = token_log_probs(s_logits[index["s_tok_b"], index["s_tok"]], s_ids, self.temperature)
+        return span_sums(s_tok, index["s_span"], index["b"].numel())
+
+    def _stored_values(self, view: StepView, stored: TeacherTokensSparse, index: dict[str, Tensor],
+                       s_first: Tensor) -> Tensor:
+        """Per-span values against a stored top-k teacher on its own tokens (`sparse` module docstring)."""
+        b, t = index["b"], index["t"]
+        vocab = stored.vocab_size
+        if self.method == "uld":
+            return sparse_uld_distance(s_first, stored.logprobs[b, t], stored.tail_logprob[b, t], vocab,
+                                       self.temperature)
+        mapping = self.mapping()
+        dtype = torch.promote_types(s_first.dtype, torch.float32)
+        n_buckets = mapping.shared + 1
+        q = project_log_probs(torch.log_softmax(s_first.to(dtype) / self.temperature, dim=-1),
+                              mapping.buckets("student", s_first.shape[-1], s_first.device), n_buckets)
+        p = sparse_bucket_log_probs(stored.ids[b, t], stored.logprobs[b, t], stored.tail_logprob[b, t],
+                                    mapping.buckets("teacher", vocab, s_first.device), n_buckets, vocab,
+                                    self.temperature, dtype)
+        s_lp = t_lp = None
+        if self.likelihood_weight != 0.0:
+            tb, tt = index["t_tok_b"], index["t_tok"]
+            t_tok = sparse_next_log_probs(stored.next_logprob[tb, tt], stored.logprobs[tb, tt],
+                                          stored.tail_logprob[tb, tt], vocab, self.temperature, dtype)
+            s_lp = self._student_span_log_probs(view, index)
+            t_lp = span_sums(t_tok, index["t_span"], b.numel())
+        return bucket_span_loss(self._fn, q, p, student_span_log_probs=s_lp, teacher_span_log_probs=t_lp,
+                                likelihood_weight=self.likelihood_weight, params=self.params)
 
     # --------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def reinforce_surrogate(
     return (advantage * torch.where(mask, log_q, torch.zeros_like(log_q))).sum(-1)
 
 
-def _source_rows(view: StepView, sources: list[str] | None, who: str) -> Tensor | None:
+def source_rows(view: StepView, sources: list[str] | None, who: str) -> Tensor | None:
     """True for the examples whose targets came from one of `sources` (None = all examples)."""
     if sources is None:
         return None
@@ -127,7 +127,7 @@ def _source_rows(view: StepView, sources: list[str] | None, who: str) -> Tensor 
     return torch.isin(origin, ids)
 
 
-def _check_sources(sources: list[str] | None) -> None:
+def check_sources(sources: list[str] | None) -> None:
     for s in sources or []:
         if s not in SOURCES:
             raise ValueError(f"sources: unknown source '{s}'; valid choices: {', '.join(SOURCES)}")
@@ -173,12 +173,12 @@ class OnPolicyTerm:
         for key in self.params:
             if key not in valid:
                 raise ValueError(f"params.{key}: divergence '{self.divergence}' takes {', '.join(valid) or 'no params'}")
-        _check_sources(self.sources)
+        check_sources(self.sources)
 
     def loss(self, view: StepView) -> Tensor:
         if view.teacher is None:
             raise ValueError(f"knowledge term '{self.name}' needs the teacher's outputs")
-        mask = _positions(view, _source_rows(view, self.sources, self.name), self.name)
+        mask = _positions(view, source_rows(view, self.sources, self.name), self.name)
         per_position = self._fn(view.student.logits, view.teacher.logits, mask=mask, temperature=self.temperature,
                                 reduction="none", chunk_size=self.chunk_size, vocab_size=self.vocab_size, **self.params)
         return weighted_mean(per_position, mask, view.batch)
@@ -230,7 +230,7 @@ class ReinforceTerm:
         if self.length_normalise is not None:
             self.normalise = _deprecated_length_normalise(self.length_normalise, self.normalise, self.name)
         self.normalise = _check_normalise(self.normalise)
-        _check_sources(self.sources)
+        check_sources(self.sources)
         self._average: float | None = None
 
     @property
@@ -247,12 +247,12 @@ class ReinforceTerm:
     def loss(self, view: StepView) -> Tensor:
         if view.teacher is None:
             raise ValueError(f"knowledge term '{self.name}' needs the teacher's outputs")
-        mask = _positions(view, _source_rows(view, self.sources, self.name), self.name)
+        mask = _positions(view, source_rows(view, self.sources, self.name), self.name)
         targets = view.student.targets
         assert targets is not None
         log_q = token_logprobs(view.student.logits, targets, self.vocab_size)
         with torch.no_grad():
-            log_p = token_logprobs(view.teacher.logits, targets, self.vocab_size)
+            log_p = self.teacher_logprobs(view, log_q.detach(), mask)
         behaviour = None
         if self.importance_weights:
             behaviour = view.batch.get("sample_logprobs")
@@ -275,6 +275,15 @@ class ReinforceTerm:
             estimate = weighted_mean(log_q.detach() - log_p, mask, view.batch)
             self._update_average(log_p - log_q.detach(), mask, normaliser)
         return pg - pg.detach() + estimate.to(pg.dtype)
+
+    def teacher_logprobs(self, view: StepView, log_q: Tensor, mask: Tensor) -> Tensor:
+        """The teacher's log p_t of the student's target tokens, (B, L) like `log_q` (no gradient).
+
+        The per-token reward is r_t = log p_t - log q_t; a subclass whose teacher reads other
+        tokens (`ktransfer.cross_tokenizer.reinforce`) gives its own per-token log p_t here.
+        """
+        assert view.teacher is not None and view.student.targets is not None
+        return token_logprobs(view.teacher.logits, view.student.targets, self.vocab_size)
 
     def _normaliser(self, batch: dict[str, Any], mask: Tensor) -> Tensor | float | None:
         """N per sequence ((B,) or a scalar), or None for whole returns."""
@@ -362,5 +371,5 @@ def _aligned(per_token: Tensor, view: StepView) -> Tensor:
     return per_token
 
 
-__all__ = ["NORMALISATIONS", "OnPolicyTerm", "ReinforceTerm", "reinforce_surrogate", "returns_to_go",
-           "token_logprobs"]
+__all__ = ["NORMALISATIONS", "OnPolicyTerm", "ReinforceTerm", "check_sources", "reinforce_surrogate", "returns_to_go",
+           "source_rows", "token_logprobs"]

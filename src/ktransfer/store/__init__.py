@@ -6,9 +6,9 @@ checks a store against a run before it trains; `ktransfer.store.build` runs a co
 write one (imported on demand: it needs the model builders).
 """
 
-from ktransfer.store.format import FORMAT, StoreError, StoreWriter, TeacherStore, examples_digest
+from ktransfer.store.format import FORMAT, StoreError, StoreWriter, TeacherStore, examples_digest, teacher_tokens_digest
 from ktransfer.store.match import open_for_run
 from ktransfer.store.stage import INDEX_KEY, IndexedCollate, IndexedDataset, StoreStage
 
 __all__ = ["FORMAT", "INDEX_KEY", "IndexedCollate", "IndexedDataset", "StoreError", "StoreStage", "StoreWriter",
-           "TeacherStore", "examples_digest", "open_for_run"]
+           "TeacherStore", "examples_digest", "open_for_run", "teacher_tokens_digest"]

@@ -8,6 +8,11 @@ Under torchrun or accelerate launch the processes share the batches and the main
 (`ktransfer.store.processes`); with `train.sharding: fsdp` the teacher is sharded across them.
 With `hidden` / `attentions` module names it also stores what those teacher modules give per example
 (`ktransfer.store.captures`), so that feature, relation and attention terms train from the store.
+
+On a dataset with `teacher_tokenizer` (the teacher reads its own tokens of each text) the teacher runs on
+its own tokens (`teacher_input_ids`, `teacher_attention_mask`, `teacher_labels`) and the store holds its
+target positions, with its log-probability of each next token, for the `cross_tokenizer` term
+(a ``teacher_tokens`` store, see `ktransfer.store.format`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from ktransfer.sequence.cache import model_fingerprint
 from ktransfer.sparse_divergences import topk_log_probs
 from ktransfer.store.captures import CaptureRecorder, CaptureStoreError
 from ktransfer.store.fit import DEFAULT_DEGREE
-from ktransfer.store.format import StoreWriter, examples_digest
+from ktransfer.store.format import StoreWriter, examples_digest, teacher_tokens_digest
 from ktransfer.store.outline import describe_modules
 from ktransfer.store.processes import BuildProcesses, join_processes, place_teacher
 from ktransfer.tasks import Task
@@ -107,6 +112,10 @@ def _build(cfg: RunConfig, out: Path, processes: BuildProcesses, t0: float, *, k
         extra_hidden, extra_attentions = captures_read_by(cfg.knowledge, cfg.selector, student, teacher)
         hidden = [*hidden, *(h for h in extra_hidden if h not in hidden)]
         attentions = [*attentions, *(a for a in extra_attentions if a not in attentions)]
+    own_tokens = data.info.get("teacher_tokenizer") is not None
+    if own_tokens and (hidden or attentions):
+        raise ConfigError("hidden / attentions: a store on the teacher's own tokens (data.teacher_tokenizer) holds "
+                          "outputs only; the cross_tokenizer term reads no teacher internals")
     # what the manifest records of the whole teacher, read before it is sharded (no gathers needed)
     fingerprint = model_fingerprint(teacher) if processes.is_main else ""
     outline = describe_modules(teacher)
@@ -118,21 +127,27 @@ def _build(cfg: RunConfig, out: Path, processes: BuildProcesses, t0: float, *, k
         except CaptureStoreError as e:
             raise ConfigError(str(e)) from e
     per_example: list[dict[str, torch.Tensor]] = []
+    next_ids: list[torch.Tensor] = []  # on the teacher's own tokens: the token each position predicts
 
     def teacher_outputs(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch = data.collate_fn([train[i] for i in indices])
-        if any(key.startswith(TEACHER_PREFIX) for key in batch):
+        if not own_tokens and any(key.startswith(TEACHER_PREFIX) for key in batch):
             raise ConfigError("the teacher reads inputs of its own (teacher_* keys): a store holds outputs on the "
-                              "student's positions, so teacher and student must read the same inputs")
+                              "student's positions, so teacher and student must read the same inputs (a text "
+                              "dataset with data.teacher_tokenizer is the exception: its store is on the teacher's "
+                              "tokens)")
         batch = {key: v.to(processes.device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
+        teacher_batch = split_batch(batch)[1]
         with torch.no_grad(), recorder.capture if recorder is not None else contextlib.nullcontext():
-            result = task.forward(teacher, split_batch(batch)[1])
+            result = task.forward(teacher, teacher_batch)
         if recorder is not None:
             try:
                 per_example[:] = [{key: v.cpu() for key, v in row.items()}
                                   for row in recorder.split(batch.get("attention_mask"))]
             except CaptureStoreError as e:
                 raise ConfigError(str(e)) from e
+        if own_tokens:
+            next_ids[:] = [teacher_batch["input_ids"][..., 1:]]
         return result.logits, result.mask
 
     probe, _ = teacher_outputs([0])
@@ -145,6 +160,9 @@ def _build(cfg: RunConfig, out: Path, processes: BuildProcesses, t0: float, *, k
     if recorder is not None:
         assert recorder.items is not None
         header["captures"] = {"values": feature_values, "items": recorder.items, "outline": outline}
+    if own_tokens:
+        header.update(teacher_tokenizer=str(data.info.get("teacher_tokenizer_sha256")),
+                      teacher_tokenization=teacher_tokens_digest(train))
 
     def rows(chunk: list[int]) -> dict[str, Any]:
         """The teacher's outputs on `chunk`, on the CPU, as the writer takes them."""
@@ -156,8 +174,9 @@ def _build(cfg: RunConfig, out: Path, processes: BuildProcesses, t0: float, *, k
             mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
         ids, logprobs, tail = topk_log_probs(logits, k, mask=mask)  # every target position of the batch at once
         counts = mask.reshape(mask.shape[0], -1).sum(-1).tolist()
+        following = next_token_log_probs(logits, next_ids[0], mask) if own_tokens else None
         return {"chunk": chunk, "counts": counts, "ids": ids.cpu(), "logprobs": logprobs.cpu(), "tail": tail.cpu(),
-                "captures": captures}
+                "captures": captures, "next_logprobs": following}
 
     def new_writer() -> StoreWriter:
         return StoreWriter(
@@ -231,5 +250,24 @@ def _write(writer: StoreWriter, got: dict[str, Any], kind: str) -> int:
             writer.add(index, logits=got["logits"][row], captures=captures[row] if captures is not None else None)
         return 0
     writer.add_rows(chunk, got["counts"], ids=got["ids"], logprobs=got["logprobs"], tail=got["tail"],
-                    captures=captures)  # checked once, as one batch
+                    captures=captures, next_logprobs=got["next_logprobs"])  # checked once, as one batch
     return int(sum(got["counts"]))
+
+
+def next_token_log_probs(logits: torch.Tensor, next_ids: torch.Tensor, mask: torch.Tensor,
+                         chunk: int = 256) -> torch.Tensor:
+    """``log_softmax(logits)[next id]`` at the positions where `mask` is true, in order (N,), float32 at least.
+
+    `logits` (B, T, V), `next_ids` and `mask` (B, T); computed `chunk` positions at a time, so nothing of size
+    N x V is copied.
+    """
+    where = mask.to(logits.device).nonzero()
+    next_ids = next_ids.to(logits.device)
+    out = torch.empty(int(where.shape[0]), dtype=torch.promote_types(logits.dtype, torch.float32))
+    with torch.no_grad():
+        for start in range(0, int(where.shape[0]), chunk):
+            rows = where[start:start + chunk]
+            z = logits[rows[:, 0], rows[:, 1]].to(out.dtype)
+            picked = z.gather(-1, next_ids[rows[:, 0], rows[:, 1]].unsqueeze(-1)).squeeze(-1)
+            out[start:start + len(rows)] = (picked - torch.logsumexp(z, dim=-1)).cpu()
+    return out

@@ -10,8 +10,9 @@ teacher predicted, so that a run trains with no teacher in memory. Layout of a s
 ``manifest.json`` keys:
 
 ``format``
-    ``"ktransfer-teacher-outputs"``; ``version``: 1, or 2 for a ``fit`` store (``values`` below), so that
-    a reader that cannot decode it refuses it by its version.
+    ``"ktransfer-teacher-outputs"``; ``version``: 1, 2 for a ``fit`` store (``values`` below), or 3 for a
+    store on the teacher's own tokens (``teacher_tokens`` below, with any ``values``), so that a reader
+    that cannot decode it refuses it by its version.
 ``kind``
     ``"topk"`` (sequences: per target position the teacher's k most probable token ids, their
     log-probabilities at temperature 1 and the log of the mass it did not keep) or ``"logits"``
@@ -29,7 +30,17 @@ teacher predicted, so that a run trains with no teacher in memory. Layout of a s
 ``keys``
     what the store was made from, compared with a run before it trains: ``teacher`` (a digest of the
     teacher's weights, or any string naming a served teacher), ``data`` (a digest of the training
-    examples' content, :func:`examples_digest`), ``tokenizer`` (the data's vocabulary digest, or null).
+    examples' content, :func:`examples_digest`), ``tokenizer`` (the data's vocabulary digest, or null);
+    a ``teacher_tokens`` store also records ``teacher_tokenizer`` (the vocabulary digest of the data's
+    ``teacher_tokenizer``) and ``teacher_tokenization`` (:func:`teacher_tokens_digest`: the teacher's
+    token ids, labels and character offsets of every training example).
+``teacher_tokens`` (optional, ``true``)
+    the teacher read its own tokens of each text (a dataset with ``teacher_tokenizer``: batch keys
+    ``teacher_input_ids``, ``teacher_attention_mask``, ``teacher_labels``, ``teacher_token_offsets``),
+    so the rows are the *teacher's* target positions (position t predicts teacher token t+1 and counts
+    where ``teacher_labels[t+1] != -100``), ``vocab_size`` is the teacher's, and each row also holds the
+    teacher's log-probability of its actual next token (``next_logprobs`` below), which the
+    ``cross_tokenizer`` term's span likelihood needs. ``task`` is ``causal_lm``; no captures.
 ``settings``
     free-form description (the teacher's config section, the build command's options); ``classes``, when
     given (a list of class names in the order of the logits), is compared with the run's other teachers.
@@ -49,6 +60,11 @@ position t predicts token t+1 and counts where ``labels[t+1] != -100``; for seq2
     ids       uint16 (P, k) when vocab_size <= 65536, else int32
     logprobs  float32 | float16 (P, k), log-probabilities (<= 0), -inf allowed
     tail      float32 (P,), log(1 - sum exp(logprobs)) (-inf when the top-k holds all the mass)
+
+A ``teacher_tokens`` store adds::
+
+    next_logprobs  float32 | float16 (P,), log-probability (temperature 1) of the token that follows,
+                   teacher_input_ids[t+1], whether or not it is in the top-k (float16 with ``fit``)
 
 With ``values: "fit"`` a shard holds ``offsets``, ``ids`` sorted from the most probable token down,
 ``tail`` as float16 and, instead of ``logprobs``::
@@ -92,13 +108,16 @@ from ktransfer.store.fit import DEFAULT_DEGREE, check_degree, decode_logprobs, f
 FORMAT = "ktransfer-teacher-outputs"
 VERSION = 1
 FIT_VERSION = 2  # a store with values "fit": readers of version 1 cannot decode it
-VERSIONS = (VERSION, FIT_VERSION)
+TEACHER_TOKENS_VERSION = 3  # a store on the teacher's own tokens: earlier readers would take its rows for the student's
+VERSIONS = (VERSION, FIT_VERSION, TEACHER_TOKENS_VERSION)
 MANIFEST_NAME = "manifest.json"
 KINDS = ("topk", "logits")
 VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 FIT = "fit"
 VALUE_ENCODINGS = (*VALUE_DTYPES, FIT)
 KEY_NAMES = ("teacher", "data", "tokenizer")
+TEACHER_KEY_NAMES = ("teacher_tokenizer", "teacher_tokenization")  # the keys of a teacher_tokens store
+TEACHER_TOKEN_KEYS = ("teacher_input_ids", "teacher_labels", "teacher_token_offsets")
 StoreKind = Literal["topk", "logits"]
 
 
@@ -128,6 +147,26 @@ def examples_digest(dataset: Any) -> str:
     return h.hexdigest()
 
 
+def teacher_tokens_digest(dataset: Any) -> str:
+    """SHA-256 of the teacher's tokenization of every example (its ids, labels and character offsets), in order.
+
+    The key ``teacher_tokenization`` of a store on the teacher's tokens: another teacher tokenizer or other
+    texts give another digest, so a run can name that as what differs.
+    """
+    h = hashlib.sha256()
+    h.update(str(len(dataset)).encode())
+    for i in range(len(dataset)):
+        row = dataset[i]
+        for key in TEACHER_TOKEN_KEYS:
+            if key not in row:
+                raise ValueError(f"example {i} has no '{key}': a store on the teacher's tokens needs a dataset with "
+                                 "teacher_tokenizer")
+            t = torch.as_tensor(row[key]).detach().cpu().to(torch.int64).contiguous()
+            h.update(f"{key}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _ids_dtype(vocab_size: int) -> torch.dtype:
     return torch.uint16 if vocab_size <= 65536 else torch.int32
 
@@ -144,6 +183,8 @@ class StoreWriter:
     examples still to compute. Opening it with another header (teacher, data, k, ...) is refused,
     naming what differs. With `captures` (``{"values", "items", "outline"}``, see
     :mod:`ktransfer.store.captures`) every ``add`` also takes ``captures={key: tensor}``, one per item.
+    With `teacher_tokenizer` and `teacher_tokenization` (the keys of a store on the teacher's own tokens,
+    see the module docstring) every ``add`` / ``add_rows`` also takes ``next_logprobs`` (P_i,).
     """
 
     def __init__(
@@ -151,7 +192,8 @@ class StoreWriter:
         teacher: str, data: str, tokenizer: str | None = None, k: int | None = None,
         vocab_size: int | None = None, num_classes: int | None = None, values: str = "float32",
         fit_degree: int = DEFAULT_DEGREE, shard_size: int = 1024, settings: dict[str, Any] | None = None,
-        captures: dict[str, Any] | None = None,
+        captures: dict[str, Any] | None = None, teacher_tokenizer: str | None = None,
+        teacher_tokenization: str | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -170,14 +212,28 @@ class StoreWriter:
             if kind != "topk":
                 raise ValueError("values 'fit' encodes top-k log-probabilities; a logits store takes float32 or float16")
             check_degree(fit_degree, k)  # type: ignore[arg-type]
+        own_tokens = teacher_tokenizer is not None or teacher_tokenization is not None
+        if own_tokens:
+            if teacher_tokenizer is None or teacher_tokenization is None:
+                raise ValueError("a store on the teacher's own tokens needs both teacher_tokenizer (its vocabulary "
+                                 "digest) and teacher_tokenization (teacher_tokens_digest of the training examples)")
+            if kind != "topk" or task != "causal_lm" or captures is not None:
+                raise ValueError("a store on the teacher's own tokens holds top-k outputs of a causal LM without "
+                                 f"captures; got kind {kind!r}, task {task!r}"
+                                 + (", captures" if captures is not None else ""))
         self.directory = Path(directory)
+        version = TEACHER_TOKENS_VERSION if own_tokens else FIT_VERSION if values == FIT else VERSION
         self.header: dict[str, Any] = {
-            "format": FORMAT, "version": FIT_VERSION if values == FIT else VERSION, "kind": kind, "task": task, "examples": examples,
+            "format": FORMAT, "version": version, "kind": kind, "task": task, "examples": examples,
             "shard_size": shard_size, "values": values,
-            "keys": {"teacher": str(teacher), "data": str(data), "tokenizer": tokenizer},
+            "keys": {"teacher": str(teacher), "data": str(data), "tokenizer": tokenizer,
+                     **({"teacher_tokenizer": str(teacher_tokenizer), "teacher_tokenization": str(teacher_tokenization)}
+                        if own_tokens else {})},
             **({"k": k, "vocab_size": vocab_size} if kind == "topk" else {"num_classes": num_classes}),
             **({"fit_degree": fit_degree} if values == FIT else {}),
+            **({"teacher_tokens": True} if own_tokens else {}),
         }
+        self.teacher_tokens = own_tokens
         self.capture_items: list[cap.CaptureItem] = []
         if captures is not None:
             if captures.get("values") not in cap.CAPTURE_VALUE_DTYPES:
@@ -203,7 +259,8 @@ class StoreWriter:
             return
         old = _read_json(path)
         differs = [key for key in self.header if key != "keys" and old.get(key) != self.header[key]]
-        differs += [f"keys.{key}" for key in KEY_NAMES if old.get("keys", {}).get(key) != self.header["keys"][key]]
+        differs += [f"keys.{key}" for key in (*KEY_NAMES, *TEACHER_KEY_NAMES)
+                    if old.get("keys", {}).get(key) != self.header["keys"].get(key)]
         if differs:
             detail = "; ".join(f"{d}: store {_lookup(old, d)!r}, now {_lookup(self.header, d)!r}" for d in differs)
             raise StoreError(f"{self.directory} holds a store made from something else ({detail}); "
@@ -227,19 +284,21 @@ class StoreWriter:
     # ------------------------------------------------------------------ adding
     def add(self, index: int, *, ids: Tensor | None = None, logprobs: Tensor | None = None,
             tail: Tensor | None = None, logits: Tensor | None = None,
-            captures: dict[str, Tensor] | None = None) -> None:
+            captures: dict[str, Tensor] | None = None, next_logprobs: Tensor | None = None) -> None:
         """Add example `index`; its shard is written once all of the shard's examples are in."""
         if self._finished(index):
             return
-        entry = self._entry(f"example {index}", ids, logprobs, tail, logits)
+        entry = self._entry(f"example {index}", ids, logprobs, tail, logits, next_logprobs)
         entry.update(self._captures(index, captures))
         self._put(index, entry)
 
     def add_rows(self, indices: list[int], counts: list[int], *, ids: Tensor, logprobs: Tensor,
-                 tail: Tensor | None = None, captures: list[dict[str, Tensor]] | None = None) -> None:
+                 tail: Tensor | None = None, captures: list[dict[str, Tensor]] | None = None,
+                 next_logprobs: Tensor | None = None) -> None:
         """Add several examples of a topk store at once: ``counts[i]`` rows of ``ids`` / ``logprobs`` /
-        ``tail`` (in order) for example ``indices[i]``, e.g. a batch's target positions; ``captures[i]``
-        its stored teacher internals, in a store that holds captures.
+        ``tail`` (and ``next_logprobs`` in a store on the teacher's tokens), in order, for example
+        ``indices[i]``, e.g. a batch's target positions; ``captures[i]`` its stored teacher internals, in a
+        store that holds captures.
 
         The rows are checked together (one check instead of one per example); an error still names
         the example it is in.
@@ -256,12 +315,13 @@ class StoreWriter:
         if not any(wanted):
             return
         try:
-            checked = self._entry(f"examples {indices[0]}..{indices[-1]}", ids, logprobs, tail, None)
+            checked = self._entry(f"examples {indices[0]}..{indices[-1]}", ids, logprobs, tail, None, next_logprobs)
         except ValueError:
             start = 0
             for index, count in zip(indices, counts, strict=True):  # name the example the error is in
-                self._entry(f"example {index}", ids[start:start + count], logprobs[start:start + count],
-                            None if tail is None else tail[start:start + count], None)
+                rows = slice(start, start + count)
+                self._entry(f"example {index}", ids[rows], logprobs[rows], None if tail is None else tail[rows], None,
+                            None if next_logprobs is None else torch.as_tensor(next_logprobs)[rows])
                 start += count
             raise
         start = 0
@@ -289,9 +349,15 @@ class StoreWriter:
             self._write_shard(number)
 
     def _entry(self, where: str, ids: Tensor | None, logprobs: Tensor | None, tail: Tensor | None,
-               logits: Tensor | None) -> dict[str, Tensor]:
+               logits: Tensor | None, next_logprobs: Tensor | None = None) -> dict[str, Tensor]:
         fit = self.header["values"] == FIT
         values = torch.float32 if fit else VALUE_DTYPES[self.header["values"]]
+        if (next_logprobs is not None) != self.teacher_tokens:
+            wanted = ("a store on the teacher's own tokens takes next_logprobs (the teacher's log-probability of its "
+                      "next token) with every row" if self.teacher_tokens else
+                      "next_logprobs belong to a store on the teacher's own tokens (StoreWriter(..., "
+                      "teacher_tokenizer=..., teacher_tokenization=...))")
+            raise ValueError(f"{where}: {wanted}")
         if self.header["kind"] == "logits":
             if logits is None or ids is not None or logprobs is not None:
                 raise ValueError(f"{where}: a logits store takes add(index, logits=...) only")
@@ -323,6 +389,8 @@ class StoreWriter:
                                         mass_tolerance=default_mass_tolerance(values))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from e
+        extra = {} if next_logprobs is None else {
+            "next_logprobs": self._next_logprobs(where, next_logprobs, ids.shape[0], torch.float16 if fit else values)}
         if fit:  # ranks from the most probable token down, then the polynomial's coefficients
             order = logprobs.argsort(dim=-1, descending=True, stable=True)
             try:
@@ -330,9 +398,24 @@ class StoreWriter:
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from e
             return {"ids": ids.gather(-1, order).to(torch.int64).to(_ids_dtype(vocab)), "coefficients": coefficients,
-                    "tail": teacher.tail_logprob.to(torch.float16)}
+                    "tail": teacher.tail_logprob.to(torch.float16), **extra}
         return {"ids": ids.to(torch.int64).to(_ids_dtype(vocab)), "logprobs": logprobs,
-                "tail": teacher.tail_logprob.float()}
+                "tail": teacher.tail_logprob.float(), **extra}
+
+    @staticmethod
+    def _next_logprobs(where: str, given: Tensor, rows: int, dtype: torch.dtype) -> Tensor:
+        """The next-token log-probabilities of `rows` positions, checked (one per row, <= 0, no NaN), as `dtype`."""
+        values = torch.as_tensor(given).detach().cpu()
+        if values.shape != (rows,) or not values.is_floating_point():
+            raise ValueError(f"{where}: next_logprobs must be floating point of shape ({rows},) (one per row), got "
+                             f"{tuple(values.shape)} {values.dtype}")
+        values = values.to(dtype)
+        bad = torch.isnan(values) | (values.float() > default_mass_tolerance(dtype))
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0])
+            raise ValueError(f"{where}: next_logprobs at row {row} is {float(values[row])!r}: log-probabilities must "
+                             "be <= 0 and not NaN (-inf is probability 0)")
+        return values.clamp(max=0.0)
 
     def _captures(self, index: int, captures: dict[str, Tensor] | None) -> dict[str, Tensor]:
         wanted = [i.key for i in self.capture_items]
@@ -495,6 +578,20 @@ class TeacherStore:
             shard, j = self._locate(int(i))
             rows.append(shard["logits"][j])
         return torch.stack(rows).float()
+
+    @property
+    def teacher_tokens(self) -> bool:
+        """Whether the rows are the teacher's target positions on its own tokens (a ``teacher_tokens`` store)."""
+        return bool(self.manifest.get("teacher_tokens", False))
+
+    def next_logprobs(self, index: int) -> Tensor:
+        """Example `index`'s teacher log-probabilities of its next tokens, float32 (P,): a ``teacher_tokens`` store."""
+        if not self.teacher_tokens:
+            raise StoreError(f"{self.directory} holds outputs on the student's tokens, without the teacher's "
+                             "next-token log-probabilities (a store on the teacher's own tokens has them)")
+        shard, j = self._locate(int(index))
+        start, stop = int(shard["offsets"][j]), int(shard["offsets"][j + 1])
+        return shard["next_logprobs"][start:stop].float()
 
     def topk(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
         """Example `index`'s (ids int64 (P, k), logprobs float32 (P, k), tail float32 (P,))."""

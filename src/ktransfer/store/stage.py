@@ -5,9 +5,12 @@
 works. `StoreStage` (a batch stage of `ktransfer.engine.stages`) takes the indices out of the batch
 and puts the teacher's outputs under `STORED_TEACHER_KEY`: class logits (B, C), or a
 `SparseTeacher` laid over the batch's aligned positions (padding and positions without a target get
-a placeholder the losses mask out). A store holding the teacher's internals (`ktransfer.store.captures`)
-also serves those the run's terms read, under `STORED_CAPTURES_KEY`, and a module outline of the
-teacher for the terms to resolve their layers. No teacher model is involved.
+a placeholder the losses mask out); a store built on the teacher's own tokens gives a
+`ktransfer.cross_tokenizer.sparse.TeacherTokensSparse` over the teacher's positions instead (those of
+``teacher_labels``), with the teacher's next-token log-probabilities, for the `cross_tokenizer` term.
+A store holding the teacher's internals (`ktransfer.store.captures`) also serves those the run's
+terms read, under `STORED_CAPTURES_KEY`, and a module outline of the teacher for the terms to
+resolve their layers. No teacher model is involved.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ktransfer.capture import parse_spec
+from ktransfer.cross_tokenizer.sparse import TeacherTokensSparse
 from ktransfer.knowledge.base import STORED_CAPTURES_KEY, STORED_TEACHER_KEY
 from ktransfer.sparse_divergences import SparseTeacher
 from ktransfer.store.captures import CaptureStoreError, place
@@ -64,11 +68,12 @@ class IndexedCollate:
         return {**batch, INDEX_KEY: indices}
 
 
-def target_mask(batch: dict[str, Any], task: str) -> Tensor:
-    """True at the aligned positions that have a target (causal LM: position t predicts token t+1)."""
-    labels = batch.get("labels")
+def target_mask(batch: dict[str, Any], task: str, key: str = "labels") -> Tensor:
+    """True at the aligned positions that have a target (causal LM: position t predicts token t+1); `key` names
+    the labels (``teacher_labels`` for a store on the teacher's own tokens)."""
+    labels = batch.get(key)
     if not isinstance(labels, Tensor):
-        raise StoreError(f"a {task} batch needs 'labels' to place the stored teacher's positions")
+        raise StoreError(f"a {task} batch needs '{key}' to place the stored teacher's positions")
     if task == "causal_lm":
         labels = labels[..., 1:]
     return labels != IGNORE_INDEX
@@ -149,21 +154,29 @@ class StoreStage:
         return self._sparse(store, batch, indices, ctx.task.kind).to(ctx.device)
 
     def _sparse(self, store: TeacherStore, batch: dict[str, Any], indices: list[int], task: str) -> SparseTeacher:
-        mask = target_mask(batch, task).cpu()
+        own = store.teacher_tokens
+        mask = target_mask(batch, task, "teacher_labels" if own else "labels").cpu()
         k = int(store.manifest["k"])
         # placeholder where there is no target (masked out by the losses): all mass on the first of k distinct ids
         ids = torch.arange(k, dtype=torch.int64).expand(*mask.shape, k).clone()
         logprobs = torch.full((*mask.shape, k), -math.inf)
         logprobs[..., 0] = 0.0
         tail = torch.full(mask.shape, -math.inf)
+        following = torch.zeros(mask.shape)
         for row, index in enumerate(indices):
             s_ids, s_lp, s_tail = store.topk(index)
             where = mask[row].nonzero().squeeze(-1)
             if where.numel() != s_ids.shape[0]:
-                raise StoreError(f"{store.directory}: example {index} has {s_ids.shape[0]} stored target "
+                whose = "teacher's " if own else ""
+                raise StoreError(f"{store.directory}: example {index} has {s_ids.shape[0]} stored {whose}target "
                                  f"positions, but the batch gives it {where.numel()}: the run's data differs from "
                                  "the store's")
             ids[row, where], logprobs[row, where], tail[row, where] = s_ids, s_lp, s_tail
+            if own:
+                following[row, where] = store.next_logprobs(index)
+        if own:
+            return TeacherTokensSparse(ids, logprobs, tail, following, int(store.manifest["vocab_size"]),
+                                       mass_tolerance=store.mass_tolerance())
         return SparseTeacher(ids, logprobs, tail, mass_tolerance=store.mass_tolerance())
 
     def state_dict(self) -> dict[str, Any]:
