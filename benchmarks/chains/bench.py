@@ -54,13 +54,15 @@ METHODS: dict[str, dict[str, Any]] = {
                 "selector": {"type": "actor_critic", "mode": "soft", "phase_steps": 10, "heldout_examples": 64,
                              "student_representation": "bert.pooler", "teacher_representation": "bert.pooler"}},
 }
+# The students' lr (5e-4) was chosen on validation by choose_lr.py among 1e-4, 5e-4 and 2e-3 (benchmarks/results/
+# chains/quick-lr/); the teacher's (5e-5) is a usual fine-tuning rate, not searched.
 SIZES: dict[str, dict[str, Any]] = {
-    "quick": {"seeds": 1, "steps": 100, "teacher_steps": 150, "batch_size": 16, "eval_every": 50, "lr": 1e-4,
+    "quick": {"seeds": 1, "steps": 100, "teacher_steps": 150, "batch_size": 16, "eval_every": 50, "lr": 5e-4,
               "teacher_lr": 5e-5, "warmup": 10, "threads": 2, "heldout_examples": 64, "students": [1, 2], "intermediates": [4, 3],
               "data": {"name": "bbc_news", "max_length": 128, "val_fraction": 0.1, "test_fraction": 0.2,
                        "split_seed": 0},
               "teacher_model": {"builder": "minilm"}},
-    "full": {"seeds": 3, "steps": 300, "teacher_steps": 300, "batch_size": 16, "eval_every": 50, "lr": 1e-4,
+    "full": {"seeds": 3, "steps": 300, "teacher_steps": 300, "batch_size": 16, "eval_every": 50, "lr": 5e-4,
              "teacher_lr": 5e-5, "warmup": 30, "threads": 0, "heldout_examples": 64, "students": [1, 2], "intermediates": [4, 3],
              "data": {"name": "bbc_news", "max_length": 256, "val_fraction": 0.1, "test_fraction": 0.2,
                       "split_seed": 0},
