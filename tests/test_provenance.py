@@ -121,8 +121,7 @@ def test_a_benchmark_scripts_records_carry_the_repositorys_head(tmp_path: Path) 
 
 # ------------------------------------------------------------------------------------------- the results
 # a study's working files beside its results (run directories, teacher stores, scratch runs, worker claims, a
-# run's kept logs) are
-# not results and are not committed (.gitignore)
+# run's kept logs) are not results and are not committed (.gitignore)
 WORKING_FOLDERS = {"runs", "stores", "scratch", "claims", "kept"}
 RESULT_FILES = sorted(p for p in (ROOT / "benchmarks").rglob("*.json") if "results" in p.relative_to(ROOT).parts
                       and not WORKING_FOLDERS & set(p.relative_to(ROOT).parts))
