@@ -210,6 +210,47 @@ def test_a_gpt2_chain_hop_trains_by_on_policy_backward_kl_on_a_student_cut_from_
     assert config["teacher"] == {"from_run": teacher.run_dir, "which": "final"}
 
 
+def test_a_pretrained_teacher_starts_a_chain_untrained_and_previous_cuts_from_its_model_folder(
+        corpus: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    """The chain's teacher is a model folder taken as it is (no hop 0): the first hop's student is cut from that
+    folder, the next from the first hop's run, and the direct hop from the folder again."""
+    import transformers
+
+    from test_causal import corpus_data
+
+    info = corpus_data(corpus).info
+    torch.manual_seed(0)
+    folder = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=4, n_embd=16, n_head=2, vocab_size=info["vocab_size"], n_positions=32, bos_token_id=0,
+        eos_token_id=info["eos_token_id"], pad_token_id=info["pad_token_id"])).save_pretrained(folder)
+    train = {"max_steps": 2, "batch_size": 4, "eval_every": 2, "metric": "perplexity", "seed": 0}
+    cfg = gpt2_chain(corpus, teacher={"builder": "hf_pretrained", "model": str(folder), "dtype": "float32"},
+                     defaults={"knowledge": [{"type": "response"}, {"type": "labels"}], "train": train},
+                     student={"student": {**CUT, "every": 2}}, compare_one_hop=True,
+                     plan={"strategy": "fixed", "intermediates": [{"student": {**CUT, "first": 3}}]})
+    chain = RunChainConfig.from_dict(cfg)
+    assert chain.run_config(chain.student, "student", {"from_run": "/x"}, previous={"teacher": str(folder),
+                                                                                    "dtype": "float32"}
+                            ).student == {"builder": "hf_cut", "teacher": str(folder), "every": 2, "dtype": "float32"}
+    report = run_run_chain(chain, tmp_path / "chain", evaluate_test=False)
+    assert [h.label for h in report.hops] == ["hf_cut-first3", "hf_cut-every2"]  # no hop 0: nothing trained it
+    first, last = (yaml.safe_load((Path(h.run_dir) / "config.yaml").read_text()) for h in report.hops)
+    assert first["teacher"] == {"builder": "hf_pretrained", "model": str(folder), "dtype": "float32"}
+    assert first["student"] == {"builder": "hf_cut", "teacher": str(folder), "first": 3, "dtype": "float32"}
+    assert last["student"]["teacher"] == report.hops[0].run_dir
+    assert report.one_hop is not None
+    direct = yaml.safe_load((Path(report.one_hop.run_dir) / "config.yaml").read_text())
+    assert direct["student"]["teacher"] == str(folder)
+    # the cut copies the teacher's layers: the first hop's student started as layers 0-2 of the folder's model
+    source = load_file(str(folder / "model.safetensors"))
+    hop1 = weights(report.hops[0].run_dir)
+    assert {k.split(".")[2] for k in hop1 if k.startswith("transformer.h.")} == {"0", "1", "2"}
+    assert set(hop1) <= set(source)
+    direct_layers = {k.split(".")[2] for k in weights(report.one_hop.run_dir) if k.startswith("transformer.h.")}
+    assert direct_layers == {"0", "1"}  # every 2nd of the folder's 4 layers
+
+
 # ------------------------------------------------------------------------------------------- the planner
 def test_the_planner_chooses_intermediates_from_a_ladder_of_cuts_on_validation(
         tiny_dir: Path, news: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -317,7 +358,8 @@ def test_previous_needs_a_run_to_cut_from_and_each_kind_of_chain_its_own_loader(
 
     cfg = bert_chain(tiny_dir, news, teacher={"builder": "minilm", "path": str(tiny_dir)})
     with pytest.raises(ConfigError, match=r"plan.intermediates\[0\].student.teacher: 'previous' cuts the student from "
-                                          r"its teacher's run, but it may follow the chain's teacher, which is not a run"):
+                                          r"its teacher, but it may follow the chain's teacher, which is neither a run "
+                                          r"nor a pretrained model"):
         RunChainConfig.from_dict(cfg)
     with pytest.raises(ConfigError, match=r"a chain of runs: load it with RunChainConfig"):
         ChainConfig.from_dict(bert_chain(tiny_dir, news))

@@ -38,7 +38,7 @@ from ktransfer.data import DataSplits
 from ktransfer.engine.batches import split_batch
 from ktransfer.fingerprint import digests_of
 from ktransfer.hops.planner import Trial, exhaustive, greedy
-from ktransfer.hops.run_config import PREVIOUS, RunChainConfig, hop_label
+from ktransfer.hops.run_config import PREVIOUS, RunChainConfig, cut_source, hop_label
 from ktransfer.io import write_json_atomic, write_text_atomic
 from ktransfer.models.cut import cut_from_model
 from ktransfer.registry import ConfigError
@@ -205,15 +205,16 @@ class RunChain:
         """The hop `fragment` taught by `teacher`, as an ordinary run (trained, continued or reused)."""
         sections = self.cfg.sections(fragment, where)
         store = sections.get("teacher_store")
-        if sections["student"].get("teacher") == PREVIOUS and not teacher.run_dir:
-            raise ConfigError(f"{where}.student.teacher: 'previous' cuts the student from its teacher's run, but the "
-                              f"chain's teacher ({teacher.label}) is not a run; give teacher: {{from_run: DIR}} or "
-                              "train it in the chain (teacher: {student: ...})")
+        previous = cut_source(teacher.section)
+        if sections["student"].get("teacher") == PREVIOUS and previous is None:
+            raise ConfigError(f"{where}.student.teacher: 'previous' cuts the student from its teacher, but the "
+                              f"chain's teacher ({teacher.label}) is neither a run nor a pretrained model; give "
+                              "teacher: {from_run: DIR} or {builder: hf_pretrained, model: ...}, or train it in the "
+                              "chain (teacher: {student: ...})")
         store_dir = None
         if store is not None:  # the outputs of this teacher with these options: one store, shared by every hop
             store_dir = str(self.root / "stores" / f"{teacher.digest[:12]}-{_hash(store)[:8]}")
-        run_cfg = self.cfg.run_config(fragment, where, teacher=teacher.section, previous=teacher.run_dir,
-                                      store_dir=store_dir)
+        run_cfg = self.cfg.run_config(fragment, where, teacher=teacher.section, previous=previous, store_dir=store_dir)
         return self._hop(index, fragment, where, run_cfg, teacher, store)
 
     def chain(self, intermediates: list[tuple[str, Fragment]]) -> list[HopResult]:

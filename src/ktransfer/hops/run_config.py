@@ -25,7 +25,9 @@ and `teacher_store` (the hop reads its teacher's outputs from a store the chain 
 previous hop's student). `config: FILE` takes those sections from a run config file; the
 fragment's own keys override them. Sections merge key by key over `defaults`; `student` and
 lists are replaced whole. A hop's teacher is the previous hop's student (its run's final
-weights); `teacher: previous` in an `hf_cut` student cuts it from that same model.
+weights); `teacher: previous` in an `hf_cut` student cuts it from that same model. The chain's
+teacher may also be a pretrained model taken as it is (`{builder: hf_pretrained, model: ...}`,
+no hop 0 trained): `teacher: previous` of a hop it teaches cuts from that same model source.
 """
 
 from __future__ import annotations
@@ -51,6 +53,28 @@ FRAGMENT_KEYS = (*RUN_SECTIONS, "teacher_store", "config", "name")
 STORE_OPTIONS = ("k", "values", "shard_size", "batch_size")
 # A stand-in for the previous hop's run directory while a hop's config is only validated.
 _PLACEHOLDER_RUN = "/nonexistent/previous-hop"
+
+
+# hf_pretrained arguments that name the model a cut of it reads (hf_cut takes them under the same names).
+_PRETRAINED_SOURCE_KEYS = ("revision", "subfolder", "auto_class", "dtype")
+
+
+def cut_source(section: dict[str, Any]) -> dict[str, Any] | None:
+    """The `hf_cut` arguments that cut a student from a teacher's model section, or None where it has no source
+    to cut from: a run (`{from_run: DIR}`: `teacher: DIR`) or a pretrained model (`{builder: hf_pretrained,
+    model: ...}`: `teacher:` that model, with its revision, subfolder, auto class and dtype)."""
+    if section.get("from_run"):
+        return {"teacher": str(section["from_run"])}
+    model = section.get("model") or section.get("path")
+    if section.get("builder") == "hf_pretrained" and model:
+        return {"teacher": str(model), **{k: section[k] for k in _PRETRAINED_SOURCE_KEYS if section.get(k) is not None}}
+    return None
+
+
+def with_cut_source(student: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+    """An hf_cut student whose `teacher: previous` is replaced by `source` (its own other keys kept)."""
+    return {**{k: v for k, v in source.items() if k != "teacher" and k not in student}, **student,
+            "teacher": source["teacher"]}
 
 
 def is_fragment(spec: Any) -> bool:
@@ -199,16 +223,17 @@ class RunChainConfig:
             self.run_config(self.teacher, "teacher", teacher=None, defaults={})
             return
         RunConfig.from_dict({"task": self.task, "data": self.data, "student": self.teacher}).check()
-        if "from_run" in self.teacher:
+        if cut_source(self.teacher) is not None:  # a run or a pretrained model: `teacher: previous` cuts from it
             return
         first = self.plan.intermediates[:1] if self.plan.strategy == "fixed" else self.plan.ladder
         direct = self.plan.strategy != "fixed" or not self.plan.intermediates or self.compare_one_hop
         for where, fragment in [*((w, f) for w, f in self.fragments() if any(f is g for g in first)),
                                 *([("student", self.student)] if direct else [])]:
             if self.sections(fragment, where)["student"].get("teacher") == PREVIOUS:
-                raise ConfigError(f"{where}.student.teacher: 'previous' cuts the student from its teacher's run, but "
-                                  f"it may follow the chain's teacher, which is not a run ({self.teacher}); give "
-                                  "teacher: {from_run: DIR}, or train it in the chain (teacher: {student: ...})")
+                raise ConfigError(f"{where}.student.teacher: 'previous' cuts the student from its teacher, but it "
+                                  f"may follow the chain's teacher, which is neither a run nor a pretrained model "
+                                  f"({self.teacher}); give teacher: {{from_run: DIR}} or {{builder: hf_pretrained, "
+                                  "model: ...}, or train it in the chain (teacher: {student: ...})")
 
     @property
     def teacher_is_trained(self) -> bool:
@@ -226,18 +251,20 @@ class RunChainConfig:
         return expand_fragment(fragment, self.defaults if defaults is None else defaults, where)
 
     def run_config(self, fragment: dict[str, Any], where: str, teacher: dict[str, Any] | None,
-                   defaults: dict[str, Any] | None = None, previous: str | None = None,
+                   defaults: dict[str, Any] | None = None, previous: str | dict[str, Any] | None = None,
                    store_dir: str | None = None) -> RunConfig:
         """The ordinary run config of a hop: the chain's task and data, `teacher`, the hop's sections.
 
-        `previous` (the previous hop's run directory) replaces `teacher: previous` of an hf_cut student;
-        a hop with `teacher_store` reads its teacher's outputs from `store_dir`.
+        `previous` replaces `teacher: previous` of an hf_cut student: the previous hop's run directory, or the
+        hf_cut arguments naming the model to cut from (`cut_source`); a hop with `teacher_store` reads its
+        teacher's outputs from `store_dir`.
         """
         sections = self.sections(fragment, where, defaults)
         store = sections.pop("teacher_store", None)
         student = dict(sections["student"])
         if student.get("teacher") == PREVIOUS:
-            student["teacher"] = previous or _PLACEHOLDER_RUN
+            source = previous if isinstance(previous, dict) else {"teacher": previous or _PLACEHOLDER_RUN}
+            student = with_cut_source(student, source)
         sections["student"] = student
         if store is not None:
             teacher = {"store": store_dir or _PLACEHOLDER_RUN}
@@ -300,5 +327,5 @@ def is_run_chain(data: Any) -> bool:
     return isinstance(data, dict) and is_fragment(data.get("student"))
 
 
-__all__ = ["FRAGMENT_KEYS", "PREVIOUS", "RUN_SECTIONS", "RunChainConfig", "RunPlanConfig", "deep_merge",
-           "expand_fragment", "hop_label", "is_fragment", "is_run_chain"]
+__all__ = ["FRAGMENT_KEYS", "PREVIOUS", "RUN_SECTIONS", "RunChainConfig", "RunPlanConfig", "cut_source",
+           "deep_merge", "expand_fragment", "hop_label", "is_fragment", "is_run_chain", "with_cut_source"]
