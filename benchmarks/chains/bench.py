@@ -36,12 +36,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # benchmarks/: the harness
+sys.path.insert(0, str(HERE))  # this study's causal-LM part
 from harness import grid  # noqa: E402
 from harness.aggregate import aggregate_provenance, ci_nan, paired_nan  # noqa: E402
 from harness.cli import Benchmark  # noqa: E402
 from harness.cli import main as harness_main  # noqa: E402
 from harness.grid import Unit  # noqa: E402
 from harness.sittings import read_sittings, wall_minutes  # noqa: E402
+import smollm2_chain  # noqa: E402
 
 METHODS: dict[str, dict[str, Any]] = {
     "vanilla_kd": {"knowledge": [{"type": "response", "divergence": "forward_kl", "temperature": 2.0, "weight": 0.5},
@@ -54,6 +56,8 @@ METHODS: dict[str, dict[str, Any]] = {
                 "selector": {"type": "actor_critic", "mode": "soft", "phase_steps": 10, "heldout_examples": 64,
                              "student_representation": "bert.pooler", "teacher_representation": "bert.pooler"}},
 }
+# The benchmark's parts: the MiniLM chains on BBC News topics, and the SmolLM2 chain (smollm2_chain.py).
+PARTS = ("minilm", "smollm2")
 # The students' lr (5e-4) was chosen on validation by choose_lr.py among 1e-4, 5e-4 and 2e-3 (benchmarks/results/
 # chains/quick-lr/); the teacher's (5e-5) is a usual fine-tuning rate, not searched.
 SIZES: dict[str, dict[str, Any]] = {
@@ -61,12 +65,13 @@ SIZES: dict[str, dict[str, Any]] = {
               "teacher_lr": 5e-5, "warmup": 10, "threads": 2, "heldout_examples": 64, "students": [1, 2], "intermediates": [4, 3],
               "data": {"name": "bbc_news", "max_length": 128, "val_fraction": 0.1, "test_fraction": 0.2,
                        "split_seed": 0},
-              "teacher_model": {"builder": "minilm"}},
+              "teacher_model": {"builder": "minilm"}, "parts": ["minilm"], "smollm2": None},
     "full": {"seeds": 3, "steps": 300, "teacher_steps": 300, "batch_size": 16, "eval_every": 50, "lr": 5e-4,
              "teacher_lr": 5e-5, "warmup": 30, "threads": 0, "heldout_examples": 64, "students": [1, 2], "intermediates": [4, 3],
              "data": {"name": "bbc_news", "max_length": 256, "val_fraction": 0.1, "test_fraction": 0.2,
                       "split_seed": 0},
-             "teacher_model": {"builder": "minilm"}},
+             "teacher_model": {"builder": "minilm"}, "parts": ["minilm", "smollm2"],
+             "smollm2": copy.deepcopy(smollm2_chain.FULL)},
 }
 
 
@@ -123,17 +128,29 @@ def chain_config(size: dict[str, Any], student: int, chain: list[int], method: s
     }
 
 
-def grid_units(size: dict[str, Any], seeds: int, methods: list[str]) -> list[Unit]:
-    """The teacher, then one unit per student, chain, method and seed; the units of one method and seed run in one
-    worker, in order (they share hops)."""
-    units = [Unit("teacher", {"kind": "teacher"})]
-    for seed in range(seeds):
-        for method in methods:
-            for student in size["students"]:
-                for name in chains(size["intermediates"]):
-                    units.append(Unit(f"{method}-{student}L-{name}-s{seed}",
-                                      {"kind": "chain", "method": method, "student": student, "chain": name,
-                                       "seed": seed}, needs=("teacher",), group=f"{method}-s{seed}"))
+def grid_units(size: dict[str, Any], seeds: int, methods: list[str], parts: list[str] | None = None) -> list[Unit]:
+    """The MiniLM part: the teacher, then one unit per student, chain, method and seed (the units of one method and
+    seed run in one worker, in order: they share hops); the SmolLM2 part: one unit per chain and seed. `parts`
+    defaults to the size's."""
+    parts = size["parts"] if parts is None else parts
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}; valid: {', '.join(PARTS)}")
+    units = []
+    if "minilm" in parts:
+        units.append(Unit("teacher", {"kind": "teacher"}))
+        for seed in range(seeds):
+            for method in methods:
+                for student in size["students"]:
+                    for name in chains(size["intermediates"]):
+                        units.append(Unit(f"{method}-{student}L-{name}-s{seed}",
+                                          {"kind": "chain", "method": method, "student": student, "chain": name,
+                                           "seed": seed}, needs=("teacher",), group=f"{method}-s{seed}"))
+    if "smollm2" in parts:
+        if not size.get("smollm2"):
+            raise ValueError("the smollm2 part has no settings at this size: it is part of --full (or give "
+                             "--set smollm2='{...}')")
+        units += smollm2_chain.units(size["smollm2"], seeds)
     return units
 
 
@@ -166,8 +183,10 @@ def run_chain_unit(key: dict[str, Any], size: dict[str, Any], runs: Path) -> dic
             "parameters": final.parameters, "hops": [h.label for h in hops], "run_dir": final.run_dir}
 
 
-def aggregate(units: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    """Per student, method and chain: means with 95% intervals over seeds, and the paired difference to direct."""
+def aggregate(units: list[dict[str, Any]], meta: dict[str, Any],
+              smollm2_units: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Per student, method and chain: means with 95% intervals over seeds, and the paired difference to direct;
+    the SmolLM2 chains' rows apart (`smollm2_rows`)."""
     rows = []
     cells = sorted({(u["student"], u["method"], u["chain"]) for u in units})
     for student, method, chain in cells:
@@ -182,7 +201,10 @@ def aggregate(units: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
             "wall_s": ci_nan([u["wall_s"] for u in mine.values()]),
             "final_hop_wall_s": ci_nan([u["final_hop_wall_s"] for u in mine.values()]),
         })
-    return {**meta, "rows": rows}
+    out = {**meta, "rows": rows}
+    if smollm2_units:
+        out["smollm2_rows"] = smollm2_chain.aggregate(smollm2_units)
+    return out
 
 
 def _fmt(interval: Any, digits: int = 3, signed: bool = False) -> str:
@@ -194,15 +216,18 @@ def _fmt(interval: Any, digits: int = 3, signed: bool = False) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    teacher = result.get("teacher") or {}
-    lines = [f"# Chains of runs ({result['size_name']}): BBC News, MiniLM teacher (test macro-F1 "
-             f"{teacher.get('macro_f1', float('nan')):.3f})", "",
-             "| student | method | chain | test macro-F1 | accuracy | vs direct (paired) | wall s (hops) | "
-             "final hop s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"# Chains of runs ({result['size_name']})", ""]
+    if result["rows"]:
+        teacher = result.get("teacher") or {}
+        lines += [f"## BBC News topics, MiniLM teacher (test macro-F1 {teacher.get('macro_f1', float('nan')):.3f})",
+                  "", "| student | method | chain | test macro-F1 | accuracy | vs direct (paired) | wall s (hops) | "
+                  "final hop s |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['student']}L | {r['method']} | {r['chain']} | {_fmt(r['macro_f1'])} | "
                      f"{_fmt(r['accuracy'])} | {'-' if r['chain'] == 'direct' else _fmt(r['vs_direct'], signed=True)} "
                      f"| {_fmt(r['wall_s'], 0)} | {_fmt(r['final_hop_wall_s'], 0)} |")
+    if result.get("smollm2_rows"):
+        lines += ["", *smollm2_chain.markdown(result["smollm2_rows"], result["size"]["smollm2"], _fmt)]
     lines += ["", f"Seeds: {result['seeds']}; wall time of the benchmark: {result['wall_time_min']:.1f} min."]
     return "\n".join(lines) + "\n"
 
@@ -218,7 +243,10 @@ class Chains(Benchmark):
         size = p.add_mutually_exclusive_group()
         size.add_argument("--quick", action="store_true", help="one seed, < 60 min on 2 cores (the default size)")
         size.add_argument("--full", action="store_true", help="three seeds, longer runs")
-        p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+        p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                       help="the MiniLM part's methods")
+        p.add_argument("--parts", nargs="+", default=None, choices=list(PARTS),
+                       help="which parts to run (default: the size's: minilm for --quick, both for --full)")
         p.add_argument("--out", default=str(HERE / "runs"), help="run directories (resumable)")
         p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="results folder")
         p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=JSON",
@@ -239,6 +267,10 @@ class Chains(Benchmark):
             args.seeds = args.size["seeds"]
         if args.seeds < 1:
             raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
+        args.parts = args.parts or list(args.size["parts"])
+        if "smollm2" in args.parts and not args.size.get("smollm2"):
+            raise SystemExit("--parts smollm2: the SmolLM2 chain is part of --full (give --full, or its settings "
+                             "with --set smollm2='{...}')")
         if args.size["threads"]:
             torch.set_num_threads(args.size["threads"])
         args.runs = Path(args.out) / args.size_name
@@ -249,17 +281,20 @@ class Chains(Benchmark):
         return Path(args.results) / "chains" / args.size_name
 
     def units(self, args: argparse.Namespace) -> list[Unit]:
-        return grid_units(args.size, args.seeds, args.methods)
+        return grid_units(args.size, args.seeds, args.methods, args.parts)
 
     def run_unit(self, unit: Unit, args: argparse.Namespace) -> dict[str, Any]:
         if unit.key["kind"] == "teacher":
             return run_teacher(args.size, args.runs)
+        if unit.key["kind"] == "smollm2":
+            return smollm2_chain.run_unit(dict(unit.key), args.size["smollm2"], args.runs)
         return run_chain_unit(dict(unit.key), args.size, args.runs)
 
     def aggregate(self, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any] | None:
         done = grid.read_units(self.results(args), [u.name for u in self.units(args)])
         units = [u for u in done if u.get("kind") == "chain"]
-        if not units:
+        causal = [u for u in done if u.get("kind") == "smollm2"]
+        if not units and not causal:
             return None
         teacher = next((u for u in done if u.get("kind") == "teacher"), None)
         meta = {**context, "provenance": aggregate_provenance(done, context), "seeds": list(range(args.seeds)),
@@ -268,7 +303,7 @@ class Chains(Benchmark):
                 "wall_time_min": sum(wall_minutes(read_sittings(self.results(args) / "sittings.jsonl"),
                                                   context["command"]).values())
                 or (time.perf_counter() - args.started) / 60}
-        return aggregate(units, meta)
+        return aggregate(units, meta, causal)
 
     def outputs(self, result: dict[str, Any], args: argparse.Namespace) -> dict[Path, Any]:
         suffix = "" if args.size_name == "quick" else f"-{args.size_name}"
