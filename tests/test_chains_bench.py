@@ -196,5 +196,5 @@ def test_the_smollm2_part_runs_end_to_end_on_a_tiny_llama_and_gets_its_own_table
     first = yaml.safe_load((Path(direct["run_dir"]) / "config.yaml").read_text())
     assert first["student"]["teacher"] == str(tiny_llama["teacher"])
     table = (tmp_path / "results" / "chains-full.md").read_text()
-    assert "## SmolLM2-135M-Instruct (4 layers) into 2 layers" in table and "| via3 | 4 -> 3 -> 2 |" in table
+    assert "## teacher (4 layers) into 2 layers" in table and "| via3 | 4 -> 3 -> 2 |" in table
     assert "MiniLM" not in table

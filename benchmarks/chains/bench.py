@@ -1,6 +1,6 @@
-"""Chains of runs: distilling a MiniLM teacher straight into a small student, or through intermediates cut from it.
+"""Chains of runs: distilling a teacher straight into a small student, or through intermediates cut from it.
 
-The teacher, MiniLM (6 layers) fine-tuned on BBC News topics, is trained once (hop 0 of every
+MiniLM part. The teacher, MiniLM (6 layers) fine-tuned on BBC News topics, is trained once (hop 0 of every
 chain, the unit `teacher`). Students of 1 and 2 layers are then distilled from it directly, or
 through intermediates of 4 and/or 3 layers, each hop an ordinary run whose student is cut from
 the previous hop's trained model (`hf_cut` with `teacher: previous`, its first layers, weights
@@ -13,11 +13,30 @@ Reported per student, method and chain: test macro-F1 and accuracy of the final 
 final weights, the ones the next hop would learn from), the paired difference to the direct
 hop (same seed), and wall time (the chain's hops after the teacher, summed, and the final hop).
 
-    python benchmarks/chains/bench.py --quick     # 1 seed, 100 steps a hop, 128 tokens; expected about 50 min
-                                                  # on 2 CPU cores (an estimate: not measured)
-    python benchmarks/chains/bench.py --full      # 3 seeds, 300 steps a hop, 256 tokens (GPU, or several sittings)
+SmolLM2 part (`smollm2_chain.py`, --full only). The pretrained SmolLM2-135M-Instruct (30 layers, the chain's
+teacher as it is, untrained) into 8 layers: directly (30 -> 8, every 4th layer) or via 15 (30 -> 15 -> 8, every
+2nd layer twice; both 8-layer students start from the same teacher layers 1, 5, ..., 29). Every hop is
+word-level forward KL per token with the live teacher, the recipe of configs/real_teacher/word_kd.yaml at the
+real-teacher benchmark's --full size (BBC News continuations, 4,800 training blocks, 600 steps of 8 x 64 tokens
+a hop). Units `smollm2-8L-direct-s{seed}` and `smollm2-8L-via15-s{seed}`; each final student is scored as the
+real-teacher benchmark scores its students (its functions): held-out loss and KL(SmolLM2 || student), chrF,
+SmolLM2's log-probability per token and the repetition rate of its greedy continuations, s/step. A separate table.
 
-Prepare the data first: `ktransfer data prepare minilm && ktransfer data prepare bbc-news`.
+    python benchmarks/chains/bench.py --quick     # MiniLM: 1 seed, 100 steps a hop, 128 tokens; expected about
+                                                  # 50 min on 2 CPU cores (an estimate: not measured)
+    python benchmarks/chains/bench.py --full      # MiniLM: 3 seeds, 300 steps a hop, 256 tokens (GPU, or several
+                                                  # sittings); and the SmolLM2 part, 3 seeds
+    python benchmarks/chains/bench.py --full --parts smollm2 --jobs 2    # the SmolLM2 part alone
+
+Budget of the SmolLM2 part (one thread; `smollm2_chain.unit_seconds`, an estimate from the real-teacher study's
+measurements on the 2-core machine: teacher forward 1.6 s and a 10-layer cut student's KD step 3.0 s on 8 x 64
+tokens, each pass's cost scaled by the parameters of the model that makes it): a KD step takes about 2.8 s for
+30 -> 8, 3.4 s for 30 -> 15 and 2.2 s for 15 -> 8, so a seed's direct chain about 31 min and its chain via 15
+about 59 min, scoring included: about 4.5 h of work for 3 seeds, about 2.3 h of wall time with --jobs 2 (the
+chains share no hop), over sittings.
+
+Prepare the data first: `ktransfer data prepare minilm && ktransfer data prepare bbc-news` (and for the
+SmolLM2 part `ktransfer data prepare smollm2`).
 Each unit's result is written at once and skipped when the benchmark starts again, and each
 hop is resumable, so a killed benchmark continues where it stopped. Writes
 benchmarks/results/chains[-full].json and .md.
@@ -216,12 +235,12 @@ def _fmt(interval: Any, digits: int = 3, signed: bool = False) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"# Chains of runs ({result['size_name']})", ""]
+    lines = [f"# Chains of runs ({result['size_name']})"]
     if result["rows"]:
         teacher = result.get("teacher") or {}
-        lines += [f"## BBC News topics, MiniLM teacher (test macro-F1 {teacher.get('macro_f1', float('nan')):.3f})",
-                  "", "| student | method | chain | test macro-F1 | accuracy | vs direct (paired) | wall s (hops) | "
-                  "final hop s |", "|---|---|---|---|---|---|---|---|"]
+        lines = [f"{lines[0]}: BBC News, MiniLM teacher (test macro-F1 {teacher.get('macro_f1', float('nan')):.3f})",
+                 "", "| student | method | chain | test macro-F1 | accuracy | vs direct (paired) | wall s (hops) | "
+                 "final hop s |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['student']}L | {r['method']} | {r['chain']} | {_fmt(r['macro_f1'])} | "
                      f"{_fmt(r['accuracy'])} | {'-' if r['chain'] == 'direct' else _fmt(r['vs_direct'], signed=True)} "

@@ -184,11 +184,12 @@ def aggregate(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(rows: list[dict[str, Any]], part: dict[str, Any], fmt: Any) -> list[str]:
     """The causal-LM chains' table (lines), `fmt` formatting an interval as the chains benchmark does."""
     size = real_teacher_size(part)
-    lines = [f"## SmolLM2-135M-Instruct ({part['teacher_layers']} layers) into {part['student_layers']} layers, "
-             f"word-level forward KL a hop", "",
+    teacher = Path(part["teacher"]).name if part.get("teacher") else "SmolLM2-135M-Instruct"
+    lines = [f"## {teacher} ({part['teacher_layers']} layers) into {part['student_layers']} layers, word-level "
+             "forward KL a hop", "",
              f"BBC News continuations after a {size['prompt_length']}-token prompt (the real-teacher corpus, size "
              f"{part['size']}); {size['steps']} steps of {size['batch_size']} blocks a hop. Test split: loss and "
-             "KL(teacher || student) against SmolLM2 itself; chrF, teacher log-prob/token and repetition (share of "
+             "KL(teacher || student) against the teacher itself; chrF, teacher log-prob/token and repetition (share of "
              f"repeated token 3-grams) of greedy continuations ({size['new_tokens']} new tokens). Δ: paired "
              "difference to the direct chain (same seed).", "",
              "| chain | layers | test loss | teacher_kl | chrF | teacher log-prob/token | repetition | Δ teacher_kl | "
