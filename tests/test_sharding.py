@@ -371,6 +371,40 @@ def test_features_the_sharded_path_cannot_serve_are_refused_by_name_before_train
     assert not sharding.is_sharded(d.student)  # refused before touching the models
 
 
+def test_models_to_shard_are_handed_to_fully_shard_where_they_are_never_moved_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fully_shard` moves each layer to the mesh's device as it shards it (and the rest with the model's own
+    call); moving a model there whole first would need the device to hold the whole teacher. Here the device
+    is `meta` and sharding is recorded: every model, named teachers too, stays where it was built."""
+    from ktransfer.engine import loop
+    from ktransfer.knowledge import CombineConfig, arrange_terms
+
+    calls: list[tuple[str, bool]] = []
+
+    def record(model: nn.Module, names: Any, mesh: Any, frozen: bool = False) -> int:
+        calls.append((type(model).__name__ + ("+frozen" if frozen else ""), model.training))
+        return 0
+
+    class MetaAccelerator(_FakeAccelerator):
+        device = torch.device("meta")
+
+    monkeypatch.setattr(loop, "device_mesh", lambda device, world: ("mesh", device, world))
+    monkeypatch.setattr(loop, "shard_model", record)
+    single = worker.distiller("causal", None)
+    terms = arrange_terms([worker.ResponseTerm("forward_kl")], ["a", "b"], CombineConfig(method="average"))
+    named = worker.Distiller(worker.gpt2(0, 2, 16), {"a": worker.gpt2(1, 3, 32), "b": worker.gpt2(2, 2, 24)}, terms,
+                             train_data=worker.token_data(), task="causal_lm", progress=False,
+                             config=TrainConfig(max_steps=1, batch_size=4, sharding="fsdp"))
+    for d in (single, named):
+        d.student.train()
+        assert d._shard_models(MetaAccelerator())
+    student, teacher = ("GPT2LMHeadModel", True), ("GPT2LMHeadModel+frozen", False)  # the teachers in eval mode
+    assert calls == [student, teacher, student, teacher, teacher]
+    models = [single.student, single.teacher, named.student, *named.teachers.values()]
+    assert all(t.device.type == "cpu" for m in models for t in [*m.parameters(), *m.buffers()])  # type: ignore[union-attr]
+    assert not any(p.requires_grad for m in (single.teacher, *named.teachers.values()) for p in m.parameters())  # type: ignore[union-attr]
+
+
 def test_shard_layers_without_sharding_is_refused_and_the_keys_validate() -> None:
     with pytest.raises(ValueError, match="train.shard_layers names the layers to shard, but train.sharding is 'none'"):
         TrainConfig(shard_layers=["GPT2Block"])
