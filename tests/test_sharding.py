@@ -452,9 +452,11 @@ def test_models_to_shard_are_handed_to_fully_shard_where_they_are_never_moved_wh
         assert d._shard_models(MetaAccelerator())
     student, teacher = ("GPT2LMHeadModel", True), ("GPT2LMHeadModel+frozen", False)  # the teachers in eval mode
     assert calls == [student, teacher, student, teacher, teacher]
-    models = [single.student, single.teacher, named.student, *named.teachers.values()]
-    assert all(t.device.type == "cpu" for m in models for t in [*m.parameters(), *m.buffers()])  # type: ignore[union-attr]
-    assert not any(p.requires_grad for m in (single.teacher, *named.teachers.values()) for p in m.parameters())  # type: ignore[union-attr]
+    assert single.teacher is not None
+    teachers = [single.teacher, *named.teachers.values()]
+    models = [single.student, named.student, *teachers]
+    assert all(t.device.type == "cpu" for m in models for t in [*m.parameters(), *m.buffers()])
+    assert not any(p.requires_grad for m in teachers for p in m.parameters())
 
 
 def test_shard_layers_without_sharding_is_refused_and_the_keys_validate() -> None:

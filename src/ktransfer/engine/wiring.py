@@ -130,7 +130,7 @@ class WiringMixin:
         return {name: sorted(found) for name, found in specs.items()}
 
     def _place_named_teachers(self, accelerator: Any) -> None:
-        """The named teachers some term reads, frozen on the device (placed, not prepared; already there when sharded)."""
+        """The named teachers some term reads, frozen on the device (placed, not prepared; sharded ones are there)."""
         self._placed: dict[str, nn.Module] = {}
         for name in self._named_specs:
             model = self.teachers[name]
