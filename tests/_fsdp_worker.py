@@ -14,6 +14,8 @@ MODE "build": a store of the run config MODEL's teacher (a YAML path, train.shar
 killed after one shard, then resumed; with train.sharding=none (each process holding the whole teacher) in
 OUT_DIR/dp; then in OUT_DIR/two by `ktransfer teacher-outputs build`; each process
 writes the teacher parameter bytes it held (`build-rank<N>.json`).
+MODE "configs": `python _fsdp_worker.py configs OUT_DIR CONFIG.yaml...` runs each run config (`ktransfer.runner.run`)
+in OUT_DIR/<its file's stem>, one after the other in the same launch.
 MODEL "causal" (default): tiny GPT-2 student and a larger teacher with a response term.
 MODEL "onpolicy": the causal models with half the targets sampled from the student and an on-policy term.
 MODEL "mixed": the causal models, half the targets sampled from the student mixed with the teacher
@@ -271,6 +273,12 @@ def main() -> None:
     rank = int(os.environ.get("RANK", "0"))
     if mode == "eos":
         eos_generation(out, rank)
+    elif mode == "configs":
+        from ktransfer.config import RunConfig
+        from ktransfer.runner import run
+
+        for path in map(Path, sys.argv[3:]):
+            run(RunConfig.from_yaml(path), out / path.stem, progress=False)
     elif mode == "build":
         build(out, model, rank)
     elif mode == "selectors":  # the actor-critic (OUT_DIR/actor_critic) and the random selector (OUT_DIR/relation)

@@ -28,6 +28,7 @@ from ktransfer.train import TrainConfig, WorldSizeError
 sys.path.insert(0, str(Path(__file__).parent))
 import _fsdp_worker as worker  # noqa: E402
 from test_causal import corpus  # noqa: E402, F401  (a fixture: a word-level text corpus and its tokenizer)
+from test_cross_tokenizer import _minilm_folder, corpus_file, xtok_config  # noqa: E402, F401  (corpus_file: a fixture)
 
 WORKER = Path(__file__).parent / "_fsdp_worker.py"
 
@@ -306,6 +307,57 @@ def test_a_store_built_by_two_processes_with_a_sharded_teacher_is_the_one_proces
     assert all(abs(r["teacher_bytes"] - teacher_bytes / 2) <= 0.02 * teacher_bytes for r in ranks)
 
 
+@pytest.mark.slow
+def test_sharded_cross_tokenizer_and_averaged_teachers_runs_learn_what_unsharded_runs_learn(
+        corpus: dict[str, Path], corpus_file: Path, tmp_path: Path) -> None:
+    """One torchrun launch, run configs with train.sharding=fsdp: two named teachers of other widths whose
+    tempered outputs are averaged (`combine: {method: average}`), each sharded per layer, end with the
+    one-process weights; a cross-tokenizer span term reading a teacher that tokenizes with MiniLM's WordPiece
+    (`data.teacher_tokenizer`) ends with the weights of the same run data parallel (train.sharding=none) in the
+    same launch. Its reference is the data-parallel run, not one process: the span term averages over each
+    micro-batch's aligned spans, while the engine weighs micro-batches by their student targets, so any run
+    that splits a step (several processes, accumulation) differs from one process by about 1e-3."""
+    import yaml
+
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import run
+
+    llama = {"builder": "llama_student", "num_layers": 2, "num_heads": 2}
+    train = {"max_steps": 4, "batch_size": 4, "eval_every": 4, "seed": 0, "log_every": 1, "sharding": "fsdp"}
+    xtok = xtok_config(corpus_file, _minilm_folder(), {**llama, "hidden_size": 32}, train=train,
+                       optim={"name": "sgd", "lr": 0.5})
+    configs = {
+        "xtok": xtok,
+        "xtok_dp": {**xtok, "train": {**train, "sharding": "none"}},
+        "average": {
+            "task": "causal_lm",
+            "data": {"name": "text_corpus", "path": str(corpus["lines"]), "tokenizer": str(corpus["tokenizer"]),
+                     "max_length": 8, "val_fraction": 0.15, "test_fraction": 0.2},
+            "teachers": {"narrow": {**llama, "hidden_size": 24}, "wide": {**llama, "hidden_size": 32}},
+            "combine": {"method": "average"},
+            "student": {**llama, "hidden_size": 16},
+            "knowledge": [{"type": "response", "temperature": 2.0}, {"type": "labels", "weight": 0.5}],
+            "optim": {"name": "sgd", "lr": 0.5},
+            "train": train,
+        },
+    }
+    paths = {name: tmp_path / f"{name}.yaml" for name in configs}
+    for name, config in configs.items():
+        paths[name].write_text(yaml.safe_dump(config))
+    run(RunConfig.from_yaml(paths["average"]), tmp_path / "one" / "average", progress=False)
+    proc = torchrun("configs", str(tmp_path / "two"), *map(str, paths.values()))
+    assert "teacher in 2 x LlamaDecoderLayer" in proc.stderr  # the cross-tokenizer run's teacher
+    assert "teacher 'narrow' in 2 x LlamaDecoderLayer, teacher 'wide' in 2 x LlamaDecoderLayer" in proc.stderr
+    weights = {name: load_file(str(tmp_path / "two" / name / "final" / "model.safetensors")) for name in configs}
+    assert_close_weights(load_file(str(tmp_path / "one" / "average" / "final" / "model.safetensors")),
+                         weights["average"])
+    assert_close_weights(weights["xtok_dp"], weights["xtok"])
+    for name, key in (("xtok", "cross_tokenizer"), ("average", "response")):
+        log = [json.loads(x) for x in (tmp_path / "two" / name / "metrics.jsonl").read_text().splitlines()]
+        terms = [r["terms"] for r in log if r["split"] == "train"]
+        assert len(terms) == 4 and all(t[key] > 0 for t in terms)
+
+
 # ------------------------------------------------------------------------------ layers and refusals
 def test_layers_are_found_from_no_split_modules_or_the_repeated_blocks() -> None:
     assert layer_class_names(worker.gpt2(0, 2, 16)) == ["GPT2Block"]
@@ -369,6 +421,42 @@ def test_features_the_sharded_path_cannot_serve_are_refused_by_name_before_train
     with pytest.raises(ShardingError, match=r"train.sharding=fsdp cannot serve this run: batch stages \['Generate'\]"):
         d._shard_models(_FakeAccelerator())
     assert not sharding.is_sharded(d.student)  # refused before touching the models
+
+
+def test_models_to_shard_are_handed_to_fully_shard_where_they_are_never_moved_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fully_shard` moves each layer to the mesh's device as it shards it (and the rest with the model's own
+    call); moving a model there whole first would need the device to hold the whole teacher. Here the device
+    is `meta` and sharding is recorded: every model, named teachers too, stays where it was built."""
+    from ktransfer.engine import loop
+    from ktransfer.knowledge import CombineConfig, arrange_terms
+
+    calls: list[tuple[str, bool]] = []
+
+    def record(model: nn.Module, names: Any, mesh: Any, frozen: bool = False) -> int:
+        calls.append((type(model).__name__ + ("+frozen" if frozen else ""), model.training))
+        return 0
+
+    class MetaAccelerator(_FakeAccelerator):
+        device = torch.device("meta")
+
+    monkeypatch.setattr(loop, "device_mesh", lambda device, world: ("mesh", device, world))
+    monkeypatch.setattr(loop, "shard_model", record)
+    single = worker.distiller("causal", None)
+    terms = arrange_terms([worker.ResponseTerm("forward_kl")], ["a", "b"], CombineConfig(method="average"))
+    named = worker.Distiller(worker.gpt2(0, 2, 16), {"a": worker.gpt2(1, 3, 32), "b": worker.gpt2(2, 2, 24)}, terms,
+                             train_data=worker.token_data(), task="causal_lm", progress=False,
+                             config=TrainConfig(max_steps=1, batch_size=4, sharding="fsdp"))
+    for d in (single, named):
+        d.student.train()
+        assert d._shard_models(MetaAccelerator())
+    student, teacher = ("GPT2LMHeadModel", True), ("GPT2LMHeadModel+frozen", False)  # the teachers in eval mode
+    assert calls == [student, teacher, student, teacher, teacher]
+    assert single.teacher is not None
+    teachers = [single.teacher, *named.teachers.values()]
+    models = [single.student, named.student, *teachers]
+    assert all(t.device.type == "cpu" for m in models for t in [*m.parameters(), *m.buffers()])
+    assert not any(p.requires_grad for m in teachers for p in m.parameters())
 
 
 def test_shard_layers_without_sharding_is_refused_and_the_keys_validate() -> None:

@@ -346,10 +346,13 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         return student, teacher, optimizer, scheduler, loader
 
     def _shard_models(self, accelerator: Any) -> bool:
-        """Under `sharding: fsdp` and several processes, shard the student and the teacher per layer (True).
+        """Under `sharding: fsdp` and several processes, shard the student and the teachers per layer (True).
 
         One process has nothing to shard: it says so and trains unsharded. Features the sharded
-        path cannot serve are refused here, before any training.
+        path cannot serve are refused here, before any training. The models are not moved to the
+        device whole: `fully_shard` moves each layer's parameters there as it shards them, and the
+        call on the model itself moves what lies outside the layers (embeddings, head, norms), so
+        the device never holds more of a model than one layer beside its shards.
         """
         cfg = self.config
         if cfg.sharding == "none":
@@ -364,18 +367,23 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
                                 + ". Use train.sharding=none (every process holds whole models).")
         mesh = device_mesh(accelerator.device, world)
         counts = []
-        for role, model in (("student", self.student), ("teacher", self.teacher)):
-            if model is None or (role == "teacher" and not self._places_teacher()):
-                continue
+        for role, model in self._models_to_shard():
             names = layer_class_names(model, cfg.shard_layers, role)
-            if role == "teacher":
+            if role != "student":
                 model.eval()
                 model.requires_grad_(False)
-            model.to(accelerator.device)
-            layers = shard_model(model, names, mesh, frozen=role == "teacher")
+            layers = shard_model(model, names, mesh, frozen=role != "student")
             counts.append(f"{role} in {layers} x {'/'.join(names)}")
         say(accelerator, f"sharded across {world} processes (FSDP2): " + ", ".join(counts))
         return True
+
+    def _models_to_shard(self) -> list[tuple[str, nn.Module]]:
+        """The models a sharded run shards, by role: the student, the teacher it places, the named teachers read."""
+        models: list[tuple[str, nn.Module]] = [("student", self.student)]
+        if self.teacher is not None and self._places_teacher():
+            models.append(("teacher", self.teacher))
+        models.extend((f"teacher '{name}'", self.teachers[name]) for name in self._named_specs)
+        return models
 
     def _step_groups(self, accelerator: Any, loader: Any) -> Iterator[list[dict[str, Any]]]:
         """The current epoch's micro-batches in groups of one optimizer step each.

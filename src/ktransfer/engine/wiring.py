@@ -63,6 +63,7 @@ class WiringMixin:
     _teacher_specs: list[str]
     _named_specs: dict[str, list[str]]
     _heldout: Dataset | None
+    _sharded: bool
 
     # ------------------------------------------------------------------------ batch stages
     def _places_teacher(self) -> bool:
@@ -129,13 +130,13 @@ class WiringMixin:
         return {name: sorted(found) for name, found in specs.items()}
 
     def _place_named_teachers(self, accelerator: Any) -> None:
-        """The named teachers some term reads, frozen on the device (placed, not prepared)."""
+        """The named teachers some term reads, frozen on the device (placed, not prepared; sharded ones are there)."""
         self._placed: dict[str, nn.Module] = {}
         for name in self._named_specs:
             model = self.teachers[name]
             model.eval()
             model.requires_grad_(False)
-            self._placed[name] = model.to(accelerator.device)
+            self._placed[name] = model if self._sharded else model.to(accelerator.device)
 
     def _add_named_teachers(self, view: StepView, teacher_batch: dict[str, Any], stored: Any) -> None:
         """Every named teacher's outputs on this micro-batch into `view` (live ones run, stored ones attached)."""
