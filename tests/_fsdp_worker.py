@@ -113,8 +113,7 @@ def pair_data(n: int = 24) -> TensorDictDataset:
 
 
 def class_data(n: int = 24) -> TensorDictDataset:
-    """Unpadded sequences: feature and attention terms average over each micro-batch's positions, which
-    equals the average over the step's only when every process's slice has as many positions."""
+    """Unpadded sequences of 10 tokens with one of 3 labels each (padded sequences: tests/test_normalisation.py)."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, VOCAB, (n, 10), generator=g)
     return TensorDictDataset(input_ids=ids, attention_mask=torch.ones_like(ids),

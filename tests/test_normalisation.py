@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,6 +21,10 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _mp_worker as worker  # noqa: E402
+
+from ktransfer.data import TensorDictDataset  # noqa: E402
+from ktransfer.data.base import collate_dicts  # noqa: E402
+from ktransfer.train import Distiller, OptimConfig, TrainConfig  # noqa: E402
 
 WORKER = Path(__file__).parent / "_mp_worker.py"
 
@@ -130,3 +135,166 @@ def test_each_process_evaluates_its_shard_and_metrics_are_gathered(tmp_path: Pat
     for r in ranks:
         for key, value in one["metrics"].items():
             assert r["metrics"][key] == pytest.approx(value, rel=1e-5)
+
+
+# ------------------------------------------------------------------------ terms with their own units
+# Terms that average over something other than the student's targets (positions, spans, examples)
+# say so with `count_units`; the engine weights each micro-batch's value of a term by its share of
+# that term's units in the step.
+def _encoder_data() -> TensorDictDataset:
+    """Four padded sequences of 10, 6, 2 and 1 tokens, one label each: positions and examples split unevenly."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, worker.VOCAB, (4, 10), generator=g)
+    mask = (torch.arange(10)[None, :] < torch.tensor([10, 6, 2, 1])[:, None]).long()
+    return TensorDictDataset(input_ids=ids * mask, attention_mask=mask, labels=torch.tensor([0, 1, 2, 1]))
+
+
+def _prompted_data() -> TensorDictDataset:
+    """Four sequences whose targets (after a prompt) and examples split unevenly."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, worker.VOCAB, (4, 12), generator=g)
+    positions = torch.arange(12)[None, :]
+    mask = (positions < torch.tensor([12, 12, 4, 3])[:, None]).long()
+    labels = ids.masked_fill((mask == 0) | (positions < torch.tensor([10, 2, 1, 1])[:, None]), -100)
+    return TensorDictDataset(input_ids=ids, attention_mask=mask, labels=labels)
+
+
+def _one_step_update(student: torch.nn.Module, teacher: torch.nn.Module, terms: list[Any], data: TensorDictDataset,
+                     task: str, batch: int, accum: int) -> dict[str, torch.Tensor]:
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    d = Distiller(student, teacher, terms, train_data=data, task=task,
+                  optim=OptimConfig(name="sgd", lr=1.0, momentum=0.0, max_grad_norm=None),
+                  config=TrainConfig(max_steps=1, batch_size=batch, grad_accum_steps=accum), progress=False)
+    d.fit()
+    return {k: v.detach() - before[k] for k, v in d.student.state_dict().items()}
+
+
+def _encoder_terms(kind: str, counted: bool) -> list[Any]:
+    from ktransfer.knowledge import AttentionTerm, FeatureTerm, LabelsTerm, RelationTerm
+
+    term: Any = {"feature": lambda: FeatureTerm(layer_map="last"), "attention": lambda: AttentionTerm(layer_map="last"),
+                 "token": lambda: RelationTerm(variant="token", layer_map="last")}[kind]()
+    if not counted:  # the task's target count (one per example) instead of the term's positions
+        term.count_units = lambda batch, task: None
+    return [term, LabelsTerm(weight=0.05)]
+
+
+def _encoder_update(kind: str, batch: int, accum: int, counted: bool = True) -> dict[str, torch.Tensor]:
+    import _fsdp_worker as fsdp  # noqa: PLC0415
+
+    return _one_step_update(fsdp.bert(0, 2, 16), fsdp.bert(1, 3, 16), _encoder_terms(kind, counted), _encoder_data(),
+                            "classification", batch, accum)
+
+
+@pytest.mark.parametrize("kind", ["feature", "attention", "token"])
+def test_position_terms_under_accumulation_give_the_update_of_one_large_batch(kind: str) -> None:
+    one = _encoder_update(kind, 4, 1)
+    for batch, accum in ((2, 2), (1, 4)):
+        assert relative_difference(one, _encoder_update(kind, batch, accum)) < 1e-5, (batch, accum)
+    # weighted by examples (the classifier's targets), the single-example micro-batches would count alike
+    assert relative_difference(one, _encoder_update(kind, 1, 4, counted=False)) > 1e-2
+
+
+def test_fsp_relation_is_weighted_by_examples_not_target_tokens() -> None:
+    import _fsdp_worker as fsdp  # noqa: PLC0415
+    from ktransfer.knowledge import RelationTerm
+
+    def run(batch: int, accum: int, counted: bool = True) -> dict[str, torch.Tensor]:
+        term = RelationTerm(variant="fsp", layer_map="uniform")
+        if not counted:
+            term.count_units = lambda b, t: None  # type: ignore[method-assign]
+        return _one_step_update(fsdp.gpt2(0, 2, 16), fsdp.gpt2(1, 3, 16), [term], _prompted_data(), "causal_lm",
+                                batch, accum)
+
+    one = run(4, 1)
+    for batch, accum in ((2, 2), (1, 4)):
+        assert relative_difference(one, run(batch, accum)) < 1e-5, (batch, accum)
+    assert relative_difference(one, run(1, 4, counted=False)) > 1e-2
+
+
+def _cross_tokenizer_data() -> TensorDictDataset:
+    """Texts of 12, 12, 3 and 2 characters; the student reads one character a token, the teacher two.
+
+    The texts' counted spans (5, 5, 1, 0) split otherwise than the student's targets (11, 11, 2, 1).
+    """
+    g = torch.Generator().manual_seed(0)
+    lengths = [12, 12, 3, 2]
+    ids = torch.randint(1, worker.VOCAB, (4, 12), generator=g)
+    t_ids = torch.randint(1, worker.VOCAB, (4, 6), generator=g)
+    offsets = torch.full((4, 12, 2), -1)
+    t_offsets = torch.full((4, 6, 2), -1)
+    mask = torch.zeros(4, 12, dtype=torch.long)
+    t_mask = torch.zeros(4, 6, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        for i in range(n):
+            offsets[row, i] = torch.tensor([i, i + 1])
+        for k in range((n + 1) // 2):
+            t_offsets[row, k] = torch.tensor([2 * k, min(2 * k + 2, n)])
+        mask[row, :n] = 1
+        t_mask[row, :(n + 1) // 2] = 1
+    return TensorDictDataset(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100),
+                             token_offsets=offsets, teacher_input_ids=t_ids, teacher_attention_mask=t_mask,
+                             teacher_labels=t_ids.masked_fill(t_mask == 0, -100), teacher_token_offsets=t_offsets)
+
+
+def _cross_tokenizer_update(method: str, batch: int, accum: int, counted: bool = True) -> dict[str, torch.Tensor]:
+    from ktransfer.cross_tokenizer import CrossTokenizerTerm, identity_mapping
+    from ktransfer.knowledge import LabelsTerm
+
+    term = CrossTokenizerTerm(method=method) if method == "uld" else CrossTokenizerTerm(likelihood_weight=0.5)
+    term.set_mapping(identity_mapping(worker.VOCAB))
+    if not counted:
+        term.count_units = lambda b, t: None  # type: ignore[method-assign]
+    # the labels term has targets in the micro-batch where the cross-tokenizer term has no span
+    return _one_step_update(worker.tiny_gpt2(0), worker.tiny_gpt2(1), [term, LabelsTerm(weight=0.05)],
+                            _cross_tokenizer_data(), "causal_lm", batch, accum)
+
+
+@pytest.mark.parametrize("method", ["span", "uld"])
+def test_cross_tokenizer_term_under_accumulation_gives_the_update_of_one_large_batch(method: str) -> None:
+    one = _cross_tokenizer_update(method, 4, 1)
+    for batch, accum in ((2, 2), (1, 4)):
+        assert relative_difference(one, _cross_tokenizer_update(method, batch, accum)) < 1e-5, (batch, accum)
+    # weighted by targets the update differs by 2-5 % (the spans nearly follow the characters)
+    assert relative_difference(one, _cross_tokenizer_update(method, 1, 4, counted=False)) > 5e-3
+
+
+def test_cross_tokenizer_units_are_the_spans_its_loss_counts_and_are_aligned_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ktransfer.cross_tokenizer import CrossTokenizerTerm, identity_mapping
+    from ktransfer.cross_tokenizer import term as term_module
+    from ktransfer.knowledge import StepView
+    from ktransfer.tasks import ForwardResult, Task
+
+    calls = []
+    real = term_module.align_offsets
+    monkeypatch.setattr(term_module, "align_offsets", lambda s, t: calls.append(1) or real(s, t))
+    batch = collate_dicts([_cross_tokenizer_data()[i] for i in range(4)])
+    term = CrossTokenizerTerm(likelihood_weight=0.0)
+    term.set_mapping(identity_mapping(worker.VOCAB))
+    assert term.count_units(batch, Task("causal_lm")) == 5 + 5 + 1 + 0
+    g = torch.Generator().manual_seed(1)
+    view = StepView(batch=dict(batch),
+                    student=ForwardResult(torch.randn(4, 11, worker.VOCAB, generator=g), batch["labels"][:, 1:], None,
+                                          "causal_lm"),
+                    teacher=ForwardResult(torch.randn(4, 5, worker.VOCAB, generator=g),
+                                          batch["teacher_labels"][:, 1:], None, "causal_lm"))
+    term.loss(view)
+    assert term.counts["spans_counted"] == 11 and len(calls) == 4 and not term._aligned
+    weighted = {**batch, "sample_weight": torch.tensor([0.5, 2.0, 3.0, 7.0])}
+    assert term.count_units(weighted, Task("causal_lm")) == pytest.approx(0.5 * 5 + 2.0 * 5 + 3.0 * 1)
+
+
+def test_terms_without_units_of_their_own_count_the_task_targets() -> None:
+    from ktransfer.knowledge import LabelsTerm, RelationTerm, ResponseTerm
+    from ktransfer.knowledge.base import term_units
+    from ktransfer.tasks import Task
+
+    batch = collate_dicts([_prompted_data()[i] for i in range(4)])
+    task = Task("causal_lm")
+    targets = task.count_targets(batch)
+    assert targets == 2 + 10 + 3 + 2
+    for term in (LabelsTerm(), ResponseTerm(), RelationTerm(variant="sample")):
+        assert term_units(term, batch, task) == targets
+    assert term_units(RelationTerm(variant="fsp"), batch, task) == 4
+    assert term_units(RelationTerm(variant="token"), batch, task) == 12 + 12 + 4 + 3

@@ -42,13 +42,14 @@ from ktransfer.cross_tokenizer.span import bucket_span_loss, project_log_probs, 
 from ktransfer.cross_tokenizer.uld import uld_distance
 from ktransfer.cross_tokenizer.vocab import VocabMapping, vocab_mapping
 from ktransfer.divergences import get_divergence
-from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView
+from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, STORED_TEACHER_KEY, StepView
 from ktransfer.knowledge.response import divergence_params
 from ktransfer.tasks import IGNORE_INDEX
 
 METHODS = ("span", "uld")
 OFFSETS_KEY = "token_offsets"
 TEACHER_OFFSETS_KEY = "teacher_token_offsets"
+ALIGNMENTS_KEPT = 64  # batches aligned by `count_units` and not yet by `loss` (a step's micro-batches)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class CrossTokenizerTerm:
             raise ValueError("method uld compares sorted probabilities with its own distance (Wasserstein-1): "
                              "divergence, params and likelihood_weight apply to method span only; leave them out")
         self._mapping: VocabMapping | None = None
+        self._aligned: list[tuple[Tensor, Tensor, list[Any]]] = []  # alignments of counted, not yet seen, batches
         self.counts = {"spans": 0, "spans_counted": 0, "student_tokens": 0, "student_tokens_unaligned": 0,
                        "teacher_tokens": 0, "teacher_tokens_unaligned": 0}
 
@@ -128,32 +130,35 @@ class CrossTokenizerTerm:
         self._mapping = mapping
 
     # --------------------------------------------------------------------------------- loss
-    def _gather(self, view: StepView) -> dict[str, Tensor] | None:
-        """Index tensors of the counted spans of a batch: example, first positions, and each token's span."""
-        batch = view.batch
+    def _alignments(self, batch: dict[str, Any], keep: bool) -> list[Any]:
+        """Each example's alignment of the two tokenizations (`align_offsets`), computed once per batch.
+
+        `count_units` aligns a batch before the forward and keeps the result (`keep`) for `loss`,
+        which takes it back; the offsets tensors themselves identify the batch.
+        """
         for key in (OFFSETS_KEY, TEACHER_OFFSETS_KEY, "input_ids", "teacher_input_ids"):
             if key not in batch:
                 raise ValueError(f"knowledge term '{self.name}' needs the batch key '{key}': the dataset must "
                                  "tokenise each text for the teacher too (set data.teacher_tokenizer)")
-        s_off, t_off = batch[OFFSETS_KEY].tolist(), batch[TEACHER_OFFSETS_KEY].tolist()
-        s_mask = view.student.mask
-        if view.teacher is not None:
-            t_mask = view.teacher.mask
-        else:  # a stored teacher: its positions are those of the teacher's labels (position t predicts t + 1)
-            t_labels = batch.get("teacher_labels")
-            t_mask = t_labels[..., 1:] != IGNORE_INDEX if isinstance(t_labels, Tensor) else None
+        s_off, t_off = batch[OFFSETS_KEY], batch[TEACHER_OFFSETS_KEY]
+        for i, (s_key, t_key, found) in enumerate(self._aligned):
+            if s_key is s_off and t_key is t_off:
+                if not keep:
+                    del self._aligned[i]
+                return found
+        alignments = [align_offsets(so, to) for so, to in zip(s_off.tolist(), t_off.tolist(), strict=True)]
+        if keep:
+            self._aligned.append((s_off, t_off, alignments))
+            del self._aligned[:-ALIGNMENTS_KEPT]
+        return alignments
+
+    def _counted(self, batch: dict[str, Any], alignments: list[Any], s_mask: Tensor | None,
+                 t_mask: Tensor | None) -> list[tuple[int, Any]]:
+        """The counted spans, as (example, span): both sides predict the span's first token, and every token has a target."""
         s_ok = s_mask.tolist() if s_mask is not None else None
         t_ok = t_mask.tolist() if t_mask is not None else None
-        rows: dict[str, list[int]] = {k: [] for k in ("b", "s", "t", "s_tok_b", "s_tok", "s_span", "t_tok_b", "t_tok", "t_span")}
-        counted = 0
-        for b, (so, to) in enumerate(zip(s_off, t_off, strict=True)):
-            alignment = align_offsets(so, to)
-            c = self.counts
-            c["spans"] += len(alignment.spans)
-            c["student_tokens_unaligned"] += alignment.student_unaligned
-            c["teacher_tokens_unaligned"] += alignment.teacher_unaligned
-            c["student_tokens"] += sum(1 for s, _ in so if s >= 0)
-            c["teacher_tokens"] += sum(1 for s, _ in to if s >= 0)
+        counted = []
+        for b, alignment in enumerate(alignments):
             for span in alignment.spans:
                 i0, i1, k0, k1 = span.student_start, span.student_stop, span.teacher_start, span.teacher_stop
                 if i0 < 1 or k0 < 1:
@@ -162,20 +167,64 @@ class CrossTokenizerTerm:
                     continue
                 if t_ok is not None and not all(t_ok[b][k0 - 1:k1 - 1]):
                     continue
-                rows["b"].append(b)
-                rows["s"].append(i0 - 1)
-                rows["t"].append(k0 - 1)
-                for j in range(i0 - 1, i1 - 1):
-                    rows["s_tok_b"].append(b)
-                    rows["s_tok"].append(j)
-                    rows["s_span"].append(counted)
-                for j in range(k0 - 1, k1 - 1):
-                    rows["t_tok_b"].append(b)
-                    rows["t_tok"].append(j)
-                    rows["t_span"].append(counted)
-                counted += 1
-        self.counts["spans_counted"] += counted
-        if counted == 0:
+                counted.append((b, span))
+        return counted
+
+    def count_units(self, batch: dict[str, Any], task: Any) -> float:
+        """The counted spans of `batch` (with a `sample_weight`, their examples' summed weights): the loss's denominator.
+
+        The targets are read from the batch as the forward aligns them: the student's `labels`,
+        the teacher's `teacher_labels` (a live teacher without them reads the student's), each
+        shifted by one position (position t predicts token t + 1).
+        """
+        s_labels = batch.get("labels")
+        t_labels = batch.get("teacher_labels")
+        if not isinstance(t_labels, Tensor) and batch.get(STORED_TEACHER_KEY) is None:
+            t_labels = s_labels  # a live teacher reads the student's labels then
+        s_mask = s_labels[..., 1:] != IGNORE_INDEX if isinstance(s_labels, Tensor) else None
+        t_mask = t_labels[..., 1:] != IGNORE_INDEX if isinstance(t_labels, Tensor) else None
+        counted = self._counted(batch, self._alignments(batch, keep=True), s_mask, t_mask)
+        weights = batch.get(SAMPLE_WEIGHT_KEY)
+        if weights is None:
+            return float(len(counted))
+        w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1).cpu()
+        return float(sum(float(w[b]) for b, _ in counted))
+
+    def _gather(self, view: StepView) -> dict[str, Tensor] | None:
+        """Index tensors of the counted spans of a batch: example, first positions, and each token's span."""
+        batch = view.batch
+        alignments = self._alignments(batch, keep=False)
+        s_mask = view.student.mask
+        if view.teacher is not None:
+            t_mask = view.teacher.mask
+        else:  # a stored teacher: its positions are those of the teacher's labels (position t predicts t + 1)
+            t_labels = batch.get("teacher_labels")
+            t_mask = t_labels[..., 1:] != IGNORE_INDEX if isinstance(t_labels, Tensor) else None
+        c = self.counts
+        for alignment, so, to in zip(alignments, batch[OFFSETS_KEY].tolist(), batch[TEACHER_OFFSETS_KEY].tolist(),
+                                     strict=True):
+            c["spans"] += len(alignment.spans)
+            c["student_tokens_unaligned"] += alignment.student_unaligned
+            c["teacher_tokens_unaligned"] += alignment.teacher_unaligned
+            c["student_tokens"] += sum(1 for s, _ in so if s >= 0)
+            c["teacher_tokens"] += sum(1 for s, _ in to if s >= 0)
+        rows: dict[str, list[int]] = {k: [] for k in ("b", "s", "t", "s_tok_b", "s_tok", "s_span", "t_tok_b", "t_tok", "t_span")}
+        counted = self._counted(batch, alignments, s_mask, t_mask)
+        for n, (b, span) in enumerate(counted):
+            i0, i1, k0, k1 = span.student_start, span.student_stop, span.teacher_start, span.teacher_stop
+            rows["b"].append(b)
+            rows["s"].append(i0 - 1)
+            rows["t"].append(k0 - 1)
+            for j in range(i0 - 1, i1 - 1):
+                rows["s_tok_b"].append(b)
+                rows["s_tok"].append(j)
+                rows["s_span"].append(n)
+            for j in range(k0 - 1, k1 - 1):
+                rows["t_tok_b"].append(b)
+                rows["t_tok"].append(j)
+                rows["t_span"].append(n)
+        self.counts["spans_counted"] += len(counted)
+        if not counted:
             return None
         device = view.student.logits.device
         return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in rows.items()}

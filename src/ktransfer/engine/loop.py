@@ -45,7 +45,7 @@ from ktransfer.engine.sharding import (
     unservable_features,
 )
 from ktransfer.engine.wiring import WiringMixin
-from ktransfer.knowledge.base import STORED_CAPTURES_KEY, STORED_TEACHER_KEY, KnowledgeTerm, StepView
+from ktransfer.knowledge.base import STORED_CAPTURES_KEY, STORED_TEACHER_KEY, KnowledgeTerm, StepView, term_units
 from ktransfer.knowledge.teachers import view_for
 from ktransfer.sparse_divergences import SparseTeacher
 from ktransfer.registry import ConfigError, suggest
@@ -411,41 +411,41 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
                         optimizer: Any, scheduler: Any) -> None:
         """Forward and backward on each micro-batch of one step, then one optimizer update.
 
-        Each micro-batch's loss (a mean over its own targets) is scaled by its share of the
-        step's targets counted over all micro-batches and processes, so the update equals that
-        of one large batch whatever the padding, accumulation or number of processes. Losses
-        are checked for NaN/inf on every process before the last (synchronising) backward.
+        Each term's value on a micro-batch (a mean over its own units: targets, spans, positions;
+        `term_units`) is scaled by that micro-batch's share of the term's units counted over all
+        micro-batches and processes, so the update equals that of one large batch whatever the
+        padding, accumulation or number of processes. Losses are checked for NaN/inf on every
+        process before the last (synchronising) backward.
         """
         accelerator = self.accelerator
         world = accelerator.num_processes
         weights = self.selector.weights(self.terms, self._selection_state())
-        names = [t.name for t in self.terms if weights[t.name] != 0.0]
+        active = [t for t in self.terms if weights[t.name] != 0.0]
+        names = [t.name for t in active]
         group = self._apply_stages(group, student, teacher)  # rewritten targets must be counted
-        counts = [self.task.count_targets(b) for b in group]
-        step_count = float(sum(counts))
-        if world > 1:
-            step_count = float(accelerator.reduce(
-                torch.tensor(step_count, dtype=torch.float64, device=accelerator.device), "sum"))
+        units = torch.tensor([[term_units(t, b, self.task) for t in active] for b in group],
+                             dtype=torch.float64).reshape(len(group), len(active))
+        step_units = units.sum(0)
+        if world > 1:  # one all-reduce of every term's count
+            step_units = accelerator.reduce(step_units.to(accelerator.device), "sum").cpu()
         # per micro-batch: [total, parts..., 1 if non-finite]; summed over micro-batches (and processes)
         sums = torch.zeros(len(names) + 2, dtype=torch.float64)
-        for i, (batch, count) in enumerate(zip(group, counts, strict=True)):
+        for i, batch in enumerate(group):
             last = i == len(group) - 1
+            counted = bool((units[i] > 0).any()) or not names  # no term: `_losses` says so
             sync = (gradient_sync(student, last) if self._sharded
                     else contextlib.nullcontext() if last else accelerator.no_sync(student))
             with sync:
-                if count == 0 and world > 1:  # a zero loss through the forward: the gradient sync (DDP's
+                if not counted and world > 1:  # a zero loss through the forward: the gradient sync (DDP's
                     # reducer, sharded layers' gathers) needs every process's forward and backward
                     scaled = self._zero_loss(batch, student, teacher)
                     values = torch.zeros(len(names) + 1, dtype=torch.float64)
-                elif count == 0:  # nothing to learn here (one process: no gradient sync to join)
+                elif not counted:  # nothing to learn here (one process: no gradient sync to join)
                     scaled = sum(p.sum() for p in student.parameters() if p.requires_grad) * 0.0
                     values = torch.zeros(len(names) + 1, dtype=torch.float64)
                 else:
-                    total, parts = self._losses(batch, student, teacher, weights)
-                    share = count * world / step_count
-                    scaled = total * share
-                    # one host read per micro-batch, shared by the NaN guard and the logs
-                    values = torch.stack([total.detach(), *(parts[n].detach() for n in names)]).double().cpu() * share
+                    _, parts = self._losses(batch, student, teacher, weights)
+                    scaled, values = self._scaled_loss(parts, names, weights, units[i], step_units, world)
                 finite = bool(torch.isfinite(values).all())
                 sums[:-1] += values
                 sums[-1] += 0.0 if finite else 1.0
@@ -472,6 +472,30 @@ class Distiller(WiringMixin, CheckpointingMixin, ReportingMixin):
         losses = dict(zip(names, values[1:-1], strict=True))
         self._accumulate_log(values[0], losses, weights)
         self._observe(losses)
+
+    @staticmethod
+    def _scaled_loss(parts: dict[str, Tensor], names: list[str], weights: dict[str, float], units: Tensor,
+                     step_units: Tensor, world: int) -> tuple[Tensor, Tensor]:
+        """One micro-batch's loss to back-propagate, and its host values [total, parts...] as step-level shares.
+
+        Term t counts w_t * L_t * units_t * world / step_units_t; a term without units here adds
+        nothing (its mean over no units may be NaN), while the others keep the graph.
+        """
+        scaled: Tensor | None = None
+        shares = []
+        for k, name in enumerate(names):
+            share = float(units[k]) * world / float(step_units[k]) if units[k] > 0 else 0.0
+            shares.append(share)
+            if share > 0.0:
+                term = weights[name] * parts[name] * share
+                scaled = term if scaled is None else scaled + term
+        assert scaled is not None  # some term has units here
+        shared = torch.tensor(shares, dtype=torch.float64)
+        # one host read per micro-batch, shared by the NaN guard and the logs
+        raw = torch.stack([parts[n].detach().reshape(()) for n in names]).double().cpu()
+        term_values = torch.where(shared > 0, raw * shared, torch.zeros_like(raw))
+        total = (term_values * torch.tensor([weights[n] for n in names], dtype=torch.float64)).sum()
+        return scaled, torch.cat([total.reshape(1), term_values])
 
     def _zero_loss(self, batch: dict[str, Any], student: nn.Module, teacher: nn.Module | None) -> Tensor:
         """A zero loss through the student's (and a sharded teacher's) forward, for a micro-batch without targets."""

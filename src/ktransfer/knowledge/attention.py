@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ktransfer.knowledge.base import StepView
+from ktransfer.knowledge.base import StepView, mask_units
 from ktransfer.knowledge.feature import position_mask, upcast
 from ktransfer.knowledge.layer_map import LayerMapError, LayerTaps, TappedTerm
 
@@ -93,6 +93,10 @@ class AttentionTerm(TappedTerm):
     def setup(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Resolve the layer map against the models."""
         self._setup_taps(student, teacher)
+
+    def count_units(self, batch: dict[str, Any], task: Any) -> float | None:
+        """The batch's unpadded positions (query rows), the loss's denominator; None without a 2-D attention mask."""
+        return mask_units(batch)
 
     def loss(self, view: StepView) -> Tensor:
         if not self.taps.pairs:

@@ -54,6 +54,14 @@ class KnowledgeTerm(Protocol):
         requires_teacher: whether the teacher must run for this term.
         student_modules / teacher_modules: capture specs ("module" or "module:input") that
             the engine hooks before the forward passes.
+
+    Optional method `count_units(batch, task) -> float | None`: the number of units the term's
+    loss averages over in `batch` (spans, unpadded positions, examples; with a `sample_weight`,
+    the summed weights the loss divides by), computed from the batch alone before the forward.
+    The engine sums it over a step's micro-batches and processes and weights each micro-batch's
+    value of the term by its share, so the update equals that of one large batch however the
+    step is split. Without the method (or when it returns None) the unit is the task's target
+    count (`Task.count_targets`), the denominator of the token- and example-level terms.
     """
 
     name: str
@@ -68,6 +76,32 @@ class KnowledgeTerm(Protocol):
 
 
 SAMPLE_WEIGHT_KEY = "sample_weight"
+
+
+def term_units(term: Any, batch: dict[str, Any], task: Any) -> float:
+    """The units `term`'s loss averages over in `batch`: its `count_units`, else the task's target count."""
+    counter = getattr(term, "count_units", None)
+    value = counter(batch, task) if callable(counter) else None
+    return float(task.count_targets(batch)) if value is None else float(value)
+
+
+def mask_units(batch: dict[str, Any]) -> float | None:
+    """The batch's unpadded positions (its 2-D `attention_mask` summed), or None without such a mask.
+
+    The denominator of the terms that average over the positions `position_mask` keeps.
+    """
+    mask = batch.get("attention_mask")
+    if isinstance(mask, Tensor) and mask.dim() == 2:
+        return float(mask.bool().sum())
+    return None
+
+
+def batch_examples(batch: dict[str, Any]) -> float | None:
+    """The number of examples in `batch` (the first dimension of its inputs), or None without a tensor."""
+    first = batch.get("inputs", batch.get("input_ids"))
+    if not isinstance(first, Tensor):
+        first = next((v for v in batch.values() if isinstance(v, Tensor)), None)
+    return None if first is None else float(first.shape[0])
 
 
 def weighted_mean(values: Tensor, mask: Tensor | None, batch: dict[str, Any]) -> Tensor:

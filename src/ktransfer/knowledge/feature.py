@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ktransfer.capture import CaptureError, first_tensor
-from ktransfer.knowledge.base import StepView
+from ktransfer.knowledge.base import StepView, mask_units
 from ktransfer.knowledge.layer_map import LayerMapError, LayerMapSpec, LayerSpec, LayerTaps, TappedTerm, _suffixed, infer_width
 
 
@@ -112,6 +112,14 @@ class FeatureTerm(TappedTerm):
         self._uses_projection = self.projection == "always" or (self.projection == "auto" and s_width != t_width)
         if self._uses_projection and len(self.projections) != len(pairs):
             self.projections = nn.ModuleList(nn.Linear(s_width, t_width) for _ in pairs)
+
+    def count_units(self, batch: dict[str, Any], task: Any) -> float | None:
+        """The batch's unpadded positions: the loss is a mean over them when the layers' states are (batch, tokens, width).
+
+        None (the task's target count) without a 2-D attention mask. A layer whose output is one
+        vector per example averages over examples instead, which this count does not see.
+        """
+        return mask_units(batch)
 
     def loss(self, view: StepView) -> Tensor:
         if not self.taps.pairs:

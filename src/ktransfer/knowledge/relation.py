@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ktransfer.knowledge.attention import attention_distance
-from ktransfer.knowledge.base import StepView
+from ktransfer.knowledge.base import StepView, batch_examples, mask_units
 from ktransfer.knowledge.feature import hidden_tensor, position_mask, upcast
 from ktransfer.knowledge.layer_map import LayerTaps, TappedTerm
 
@@ -108,6 +108,19 @@ class RelationTerm(TappedTerm):
         if self.variant == "fsp" and len(pairs) < 2:
             raise ValueError(f"knowledge term '{self.name}': the fsp relation needs at least two mapped layers, "
                              f"got {len(pairs)} (layer_map: uniform or an explicit list)")
+
+    def count_units(self, batch: dict[str, Any], task: Any) -> float | None:
+        """What the loss averages over: examples (fsp), unpadded positions (token); None for sample.
+
+        fsp is a mean over per-example matrices; token a mean over unpadded query rows (None,
+        the task's target count, without a 2-D attention mask). sample compares every pair of
+        the batch's examples, a loss no split of the batch reproduces: it keeps the target count.
+        """
+        if self.variant == "fsp":
+            return batch_examples(batch)
+        if self.variant == "token":
+            return mask_units(batch)
+        return None
 
     def _states(self, view: StepView) -> list[tuple[Tensor, Tensor]]:
         out = []
