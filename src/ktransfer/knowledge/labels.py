@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView, weighted_mean
+from ktransfer.knowledge.sources import check_sources, source_rows
 from ktransfer.tasks import IGNORE_INDEX, label_range_error
 
 
@@ -22,7 +23,7 @@ class LabelsTerm:
     """Cross-entropy between the student's logits and the labels, mean over labelled positions.
 
     A batch with a `sample_weight` key (one weight per example) gives the weighted mean instead.
-    `sources` (names of `ktransfer.sequence.SOURCES`; None: every row) keeps only the rows whose
+    `sources` (names of `ktransfer.knowledge.sources.SOURCES`; None: every row) keeps only the rows whose
     targets a targets stage took from those sources; a batch with none of them gives a zero loss.
     """
 
@@ -39,8 +40,6 @@ class LabelsTerm:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.sources is not None:
-            from ktransfer.sequence.estimators import check_sources
-
             self.sources = list(self.sources)
             check_sources(self.sources)
 
@@ -64,8 +63,6 @@ class LabelsTerm:
 
     def _from_sources(self, view: StepView, logits: Tensor, targets: Tensor) -> Tensor:
         """The (weighted) mean cross-entropy over the labelled positions of the rows from `sources`."""
-        from ktransfer.sequence.estimators import source_rows
-
         out = view.student
         assert out.targets is not None
         rows = source_rows(view, self.sources, self.name)

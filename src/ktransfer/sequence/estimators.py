@@ -44,7 +44,8 @@ from ktransfer.divergences import get_divergence
 from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView, weighted_mean
 from ktransfer.knowledge.response import divergence_params
 from ktransfer.registry import suggest
-from ktransfer.sequence.targets import MAX_LENGTH_KEY, SOURCE_IDS, SOURCES
+from ktransfer.knowledge.sources import check_sources, source_rows
+from ktransfer.sequence.targets import MAX_LENGTH_KEY
 from ktransfer.tasks import IGNORE_INDEX
 
 Baseline = Literal["none", "moving_average", "self_critic"]
@@ -113,24 +114,6 @@ def reinforce_surrogate(
             weight = weight.clamp(max=clip_weight)
     advantage = torch.where(mask, costs, torch.zeros_like(costs)).detach() * weight.detach().unsqueeze(-1)
     return (advantage * torch.where(mask, log_q, torch.zeros_like(log_q))).sum(-1)
-
-
-def source_rows(view: StepView, sources: list[str] | None, who: str) -> Tensor | None:
-    """True for the examples whose targets came from one of `sources` (None = all examples)."""
-    if sources is None:
-        return None
-    origin = view.batch.get("target_source")
-    if origin is None:
-        raise ValueError(f"knowledge term '{who}' restricts itself to targets from {sources}, but the batch has no "
-                         "'target_source': add a targets stage (sequence.TargetsStage) to the run")
-    ids = torch.tensor([SOURCE_IDS[s] for s in sources], device=origin.device)
-    return torch.isin(origin, ids)
-
-
-def check_sources(sources: list[str] | None) -> None:
-    for s in sources or []:
-        if s not in SOURCES:
-            raise ValueError(f"sources: unknown source '{s}'; valid choices: {', '.join(SOURCES)}")
 
 
 def _positions(view: StepView, rows: Tensor | None, who: str) -> Tensor:
@@ -371,5 +354,4 @@ def _aligned(per_token: Tensor, view: StepView) -> Tensor:
     return per_token
 
 
-__all__ = ["NORMALISATIONS", "OnPolicyTerm", "ReinforceTerm", "check_sources", "reinforce_surrogate", "returns_to_go",
-           "source_rows", "token_logprobs"]
+__all__ = ["NORMALISATIONS", "OnPolicyTerm", "ReinforceTerm", "reinforce_surrogate", "returns_to_go", "token_logprobs"]

@@ -34,14 +34,13 @@ import torch
 from torch import Tensor, nn
 
 from ktransfer.engine.sharding import is_sharded
+from ktransfer.knowledge.sources import SOURCE_IDS, SOURCES  # noqa: F401  (SOURCE_IDS: read from here too)
 from ktransfer.engine.stages import StageContext
 from ktransfer.registry import ConfigError, unknown_key
 from ktransfer.sequence.cache import GenerationCache, prompt_key
 from ktransfer.sequence.vocab import VocabularyError, check_vocabularies
 from ktransfer.tasks import IGNORE_INDEX
 
-SOURCES: tuple[str, ...] = ("dataset", "teacher", "student")
-SOURCE_IDS: dict[str, int] = {name: i for i, name in enumerate(SOURCES)}
 # The batch key of each example's generation budget (generation.max_new_tokens): the constant
 # by which a REINFORCE term's `normalise: max_length` divides the returns.
 MAX_LENGTH_KEY = "max_new_tokens"
