@@ -43,3 +43,13 @@ def wall_minutes(sittings: Sequence[Mapping[str, Any]], default_command: str) ->
         command = str(sitting.get("command", default_command))
         out[command] = out.get(command, 0.0) + float(sitting["wall_time_min"])
     return out
+
+
+def ran_by(sittings: Sequence[Mapping[str, Any]], command: str) -> str:
+    """The commands whose sittings ran a study's units, with their minutes, for a table's first line; `command`
+    (the aggregating one) only when no sitting is logged: an aggregation alone runs no unit, so it is not what
+    made the table."""
+    ran = wall_minutes(sittings, command)
+    if not ran:
+        return f"Command: `{command}`"
+    return "Ran by " + ", ".join(f"`{c}` ({minutes:.0f} min)" for c, minutes in ran.items())

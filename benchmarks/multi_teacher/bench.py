@@ -51,6 +51,7 @@ from harness.cli import main as harness_main  # noqa: E402
 from harness.cli import threads_per_worker_env  # noqa: E402
 from harness.grid import Unit  # noqa: E402
 from harness.report import save_figure  # noqa: E402
+from harness.sittings import ran_by  # noqa: E402
 
 TEACHER_CONFIG = ROOT / "configs" / "text" / "bbc_news_teacher.yaml"
 TEACHERS = ("minilm", "tfidf")
@@ -331,7 +332,7 @@ def _fmt_diff(ci: tuple[float, float]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     meta, teachers = result["meta"], result["teachers"]
-    lines = [f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['torch']}, Python {meta['python']}; "
+    lines = [f"{ran_by(meta.get('sittings', []), meta['command'])}; {meta['machine']}; torch {meta['torch']}, Python {meta['python']}; "
              f"{provenance.code_line(meta.get('provenance'))}; seeds {meta['seeds']}; {meta['steps']} steps of batch "
              f"{meta['batch_size']}; benchmark wall time {meta['wall_time_min']:.0f} min over "
              f"{len(meta.get('sittings', []))} sitting(s). Test scores in %, mean ± 95% t-interval over seeds, with "

@@ -73,6 +73,7 @@ from harness.aggregate import aggregate_provenance, cells, ci, paired  # noqa: E
 from harness.cli import Benchmark  # noqa: E402
 from harness.cli import main as harness_main  # noqa: E402
 from harness.grid import Unit  # noqa: E402
+from harness.sittings import ran_by as sittings_ran_by  # noqa: E402
 from harness.sittings import read_sittings, wall_minutes  # noqa: E402
 from metrics import chrf, mean_repetition_rate, teacher_logprob_per_token  # noqa: E402
 
@@ -423,12 +424,8 @@ def _fmt(interval: Any, digits: int = 3, signed: bool = False) -> str:
 
 
 def ran_by(meta: dict[str, Any]) -> str:
-    """The commands whose sittings ran the units, with their minutes (the aggregating command when none is logged:
-    an aggregation alone runs no unit, so it is not what made the table)."""
-    ran = wall_minutes(meta.get("sittings", []), meta["command"])
-    if not ran:
-        return f"Command: `{meta['command']}`"
-    return "Ran by " + ", ".join(f"`{command}` ({minutes:.0f} min)" for command, minutes in ran.items())
+    """The commands whose sittings ran the units (`harness.sittings.ran_by`)."""
+    return sittings_ran_by(meta.get("sittings", []), meta["command"])
 
 
 def markdown(result: dict[str, Any]) -> str:
