@@ -160,7 +160,11 @@ def records_in(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     out = [(f"units[{i}]", u) for i, u in enumerate(data.get("units") or [])]
     out += [(f"runs[{i}]", u) for i, u in enumerate(data.get("runs") or [])]
     out += [(f"gradient_analysis.{k}", a) for k, a in (data.get("gradient_analysis") or {}).items() if a]
-    out += [(f"teachers.{k}", t) for k, t in (data.get("teachers") or {}).items()]
+    teachers = data.get("teachers") or {}
+    if "provenance" in teachers:  # one record for all the teachers (the several-teachers study)
+        out.append(("teachers", teachers))
+    else:  # a record per teacher
+        out += [(f"teachers.{k}", t) for k, t in teachers.items()]
     return out
 
 
