@@ -56,12 +56,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # benchmarks/: the harness
 sys.path.insert(0, str(HERE))  # this study's causal-LM part
-from harness import grid  # noqa: E402
+from harness import grid, provenance  # noqa: E402
 from harness.aggregate import aggregate_provenance, ci_nan, paired_nan  # noqa: E402
 from harness.cli import Benchmark  # noqa: E402
 from harness.cli import main as harness_main  # noqa: E402
 from harness.grid import Unit  # noqa: E402
-from harness.sittings import read_sittings, wall_minutes  # noqa: E402
+from harness.sittings import ran_by, read_sittings, wall_minutes  # noqa: E402
 import smollm2_chain  # noqa: E402
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -247,7 +247,11 @@ def markdown(result: dict[str, Any]) -> str:
                      f"| {_fmt(r['wall_s'], 0)} | {_fmt(r['final_hop_wall_s'], 0)} |")
     if result.get("smollm2_rows"):
         lines += ["", *smollm2_chain.markdown(result["smollm2_rows"], result["size"]["smollm2"], _fmt)]
-    lines += ["", f"Seeds: {result['seeds']}; wall time of the benchmark: {result['wall_time_min']:.1f} min."]
+    wall = result.get("wall_time_min")
+    lines += ["", f"{ran_by(result.get('sittings', []), result['command'])}; "
+                  f"{provenance.code_line(result.get('provenance'))}; seeds {result['seeds']}; "
+              + (f"wall time of the benchmark: {wall:.1f} min." if wall is not None
+                 else "no sitting has finished yet: the wall time of each unit's hops is in the table.")]
     return "\n".join(lines) + "\n"
 
 
@@ -275,6 +279,7 @@ class Chains(Benchmark):
         import torch
 
         args.started = time.perf_counter()
+        args.ran_units = False  # set by the first unit this process runs
         args.size_name = "full" if args.full else "quick"
         args.size = copy.deepcopy(SIZES[args.size_name])
         for item in args.sets:
@@ -303,6 +308,7 @@ class Chains(Benchmark):
         return grid_units(args.size, args.seeds, args.methods, args.parts)
 
     def run_unit(self, unit: Unit, args: argparse.Namespace) -> dict[str, Any]:
+        args.ran_units = True
         if unit.key["kind"] == "teacher":
             return run_teacher(args.size, args.runs)
         if unit.key["kind"] == "smollm2":
@@ -318,10 +324,10 @@ class Chains(Benchmark):
         teacher = next((u for u in done if u.get("kind") == "teacher"), None)
         meta = {**context, "provenance": aggregate_provenance(done, context), "seeds": list(range(args.seeds)),
                 "size_name": args.size_name, "size": args.size, "teacher": teacher,
-                # every sitting that ran units (an aggregation alone runs none), else this one so far
-                "wall_time_min": sum(wall_minutes(read_sittings(self.results(args) / "sittings.jsonl"),
-                                                  context["command"]).values())
-                or (time.perf_counter() - args.started) / 60}
+                "sittings": read_sittings(self.results(args) / "sittings.jsonl")}
+        # every sitting that ran units; else this one so far, or None for an aggregation alone (it runs no unit)
+        meta["wall_time_min"] = (sum(wall_minutes(meta["sittings"], context["command"]).values())
+                                 or ((time.perf_counter() - args.started) / 60 if args.ran_units else None))
         return aggregate(units, meta, causal)
 
     def outputs(self, result: dict[str, Any], args: argparse.Namespace) -> dict[Path, Any]:
