@@ -133,4 +133,17 @@ def align_offsets(student_offsets: Sequence[tuple[int, int]],
     return Alignment(spans, counts["student"], counts["teacher"])
 
 
-__all__ = ["Alignment", "AlignmentError", "Span", "align_offsets"]
+def append_span_positions(rows: dict[str, list[int]], b: int, span: Span, n: int,
+                          student: tuple[str, str, str] = ("s_b", "s_pos", "s_span"),
+                          teacher: tuple[str, str, str] = ("t_b", "t_pos", "t_span")) -> None:
+    """Append to `rows` the positions whose predictions spell span `n` of example `b` on each side (position t-1
+    predicts token t), under the keys (example, position, span number) given for the student and the teacher."""
+    for (key_b, key_pos, key_span), (start, stop) in ((student, (span.student_start, span.student_stop)),
+                                                      (teacher, (span.teacher_start, span.teacher_stop))):
+        for j in range(start - 1, stop - 1):
+            rows[key_b].append(b)
+            rows[key_pos].append(j)
+            rows[key_span].append(n)
+
+
+__all__ = ["Alignment", "AlignmentError", "Span", "align_offsets", "append_span_positions"]

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ktransfer.cross_tokenizer.align import align_offsets
+from ktransfer.cross_tokenizer.align import align_offsets, append_span_positions
 from ktransfer.cross_tokenizer.span import span_sums, token_log_probs
 from ktransfer.cross_tokenizer.term import OFFSETS_KEY, TEACHER_OFFSETS_KEY
 from ktransfer.knowledge.base import StepView
@@ -172,14 +172,7 @@ class CrossTokenizerReinforceTerm(ReinforceTerm):
                     continue
                 rows["last_b"].append(b)
                 rows["last_pos"].append(i1 - 2)
-                for j in range(i0 - 1, i1 - 1):
-                    rows["s_b"].append(b)
-                    rows["s_pos"].append(j)
-                    rows["s_span"].append(counted)
-                for j in range(k0 - 1, k1 - 1):
-                    rows["t_b"].append(b)
-                    rows["t_pos"].append(j)
-                    rows["t_span"].append(counted)
+                append_span_positions(rows, b, span, counted)
                 rewarded += i1 - i0
                 counted += 1
         self.counts["spans_counted"] += counted

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ktransfer.cross_tokenizer.align import align_offsets
+from ktransfer.cross_tokenizer.align import align_offsets, append_span_positions
 from ktransfer.cross_tokenizer.sparse import (
     TeacherTokensSparse,
     sparse_bucket_log_probs,
@@ -211,18 +211,10 @@ class CrossTokenizerTerm:
         rows: dict[str, list[int]] = {k: [] for k in ("b", "s", "t", "s_tok_b", "s_tok", "s_span", "t_tok_b", "t_tok", "t_span")}
         counted = self._counted(batch, alignments, s_mask, t_mask)
         for n, (b, span) in enumerate(counted):
-            i0, i1, k0, k1 = span.student_start, span.student_stop, span.teacher_start, span.teacher_stop
             rows["b"].append(b)
-            rows["s"].append(i0 - 1)
-            rows["t"].append(k0 - 1)
-            for j in range(i0 - 1, i1 - 1):
-                rows["s_tok_b"].append(b)
-                rows["s_tok"].append(j)
-                rows["s_span"].append(n)
-            for j in range(k0 - 1, k1 - 1):
-                rows["t_tok_b"].append(b)
-                rows["t_tok"].append(j)
-                rows["t_span"].append(n)
+            rows["s"].append(span.student_start - 1)
+            rows["t"].append(span.teacher_start - 1)
+            append_span_positions(rows, b, span, n, ("s_tok_b", "s_tok", "s_span"), ("t_tok_b", "t_tok", "t_span"))
         self.counts["spans_counted"] += len(counted)
         if not counted:
             return None
