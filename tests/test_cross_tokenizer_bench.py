@@ -25,15 +25,19 @@ import scores  # noqa: E402  (benchmarks/cross_tokenizer, put on sys.path by the
 
 
 # ------------------------------------------------------------------------------------------- grid and budget
-def test_grid_is_the_teacher_a_warm_start_per_seed_and_every_method_per_seed() -> None:
+def test_grid_is_the_teacher_the_stores_a_warm_start_per_seed_and_every_method_per_seed() -> None:
     units = {u.name: u for u in bench.grid_units(bench.METHODS, 3)}
-    assert set(units) == {"teacher", "warm-s0", "warm-s1", "warm-s2",
+    assert set(units) == {"teacher", "store-xtok", "store-own", "warm-s0", "warm-s1", "warm-s2",
                           *(f"{m}-s{s}" for m in bench.METHODS for s in range(3))}
     for s in range(3):
         for m in bench.ON_POLICY:
             assert units[f"{m}-s{s}"].needs == (f"warm-s{s}",)
-        assert all(units[f"{m}-s{s}"].needs == () for m in bench.METHODS if m not in bench.ON_POLICY)
+        assert units[f"uld_store-s{s}"].needs == units[f"span_store-s{s}"].needs == ("store-xtok",)
+        assert units[f"same_tokenizer_store-s{s}"].needs == ("store-own",)
+        assert all(units[f"{m}-s{s}"].needs == () for m in bench.METHODS
+                   if m not in bench.ON_POLICY and m not in bench.FROM_STORE)
     assert {u.name for u in bench.grid_units(["labels", "span"], 1)} == {"teacher", "labels-s0", "span-s0"}
+    assert {u.name for u in bench.grid_units(["span_store"], 1)} == {"teacher", "store-xtok", "span_store-s0"}
     with pytest.raises(ValueError, match="unknown methods.*valid choices"):
         bench.grid_units(["labels", "minilm"], 1)
 
@@ -46,22 +50,29 @@ def test_expected_budget_is_the_measured_costs_summed_by_hand() -> None:
     by_hand = {"teacher": 6.4 + 5 * 8 * 0.07, "warm-s0": 4 * 0.3, "labels-s0": 10 * 0.3 + student_scoring,
                "uld-s0": 10 * 3.1 + student_scoring, "span-s0": 10 * 2.0 + student_scoring,
                "span_on_policy-s0": 6 * 2.4 + student_scoring, "span_on_policy_refs-s0": 6 * 2.4 + student_scoring,
-               "reinforce_on_policy-s0": 6 * 2.4 + student_scoring, "same_tokenizer-s0": 10 * 2.8 + student_scoring}
+               "reinforce_on_policy-s0": 6 * 2.4 + student_scoring, "same_tokenizer-s0": 10 * 2.8 + student_scoring,
+               "store-xtok": math.ceil(2400 / 8) * 1.6, "store-own": math.ceil(2400 / 8) * 1.6,
+               "uld_store-s0": 10 * 1.0 + student_scoring, "span_store-s0": 10 * 0.8 + student_scoring,
+               "same_tokenizer_store-s0": 10 * 1.0 + student_scoring}
     assert windows <= 32
     for u in bench.grid_units(bench.METHODS, 1):
         assert bench.unit_seconds(u, size) == pytest.approx(by_hand[u.name]), u.name
     budget = bench.expected_budget(size, bench.METHODS, 1, jobs=2)
     assert budget["work_min"] == pytest.approx(sum(by_hand.values()) / 60)
-    chain = max(by_hand["warm-s0"] + by_hand["reinforce_on_policy-s0"], by_hand["uld-s0"])
+    chain = max(by_hand["warm-s0"] + by_hand["reinforce_on_policy-s0"], by_hand["uld-s0"],
+                by_hand["store-xtok"] + by_hand["uld_store-s0"])
     assert budget["critical_path_min"] == pytest.approx(chain / 60)
     assert budget["wall_min"] == pytest.approx(max(sum(by_hand.values()) / 2, chain) / 60)
 
 
 def test_declared_sizes_fit_their_budgets() -> None:
     quick, full = bench.SIZES["quick"], bench.SIZES["full"]
-    q = bench.expected_budget(quick, bench.METHODS, quick["seeds"], jobs=2)
-    f = bench.expected_budget(full, bench.METHODS, full["seeds"], jobs=2)
-    assert quick["seeds"] == 1 and full["seeds"] == 3
+    q = bench.expected_budget(quick, quick["methods"], quick["seeds"], jobs=2)
+    f = bench.expected_budget(full, full["methods"], full["seeds"], jobs=2)
+    assert quick["seeds"] == full["seeds"] == 3
+    assert set(full["methods"]) == set(bench.METHODS) - {"uld", "span", "same_tokenizer"}  # live: the store's cost x3
+    # the methods the issue names, the off-policy ones from the store, and the same-tokenizer reference point
+    assert set(quick["methods"]) == {"labels", "uld_store", "span_store", "span_on_policy", "same_tokenizer_store"}
     assert q["wall_min"] < 45  # under 60 min on 2 cores, with room for loading and a busy machine
     assert f["wall_min"] < 8 * 60
     # each training block is seen once by a full-length run
@@ -75,6 +86,12 @@ def test_every_units_config_is_valid(size: str, tmp_path: Path) -> None:
     sizes = bench.SIZES[size]
     for method in ["warm", *bench.METHODS]:
         cfg = bench.method_config(method, sizes, tmp_path, 2, None)
+        if method in bench.FROM_STORE:  # the live method's run with the store as its teacher
+            live, which = bench.FROM_STORE[method]
+            live_cfg = bench.method_config(live, sizes, tmp_path, 2, None).to_dict()
+            assert cfg.teacher == {"store": str(tmp_path / f"store-{which}-k64")}
+            assert {**cfg.to_dict(), "teacher": None} == {**live_cfg, "teacher": None}
+            continue
         data = cfg.data
         assert cfg.train.seed == 2 and data["name"] == "bbc_news_text", method
         kinds = [k["type"] for k in cfg.knowledge]
@@ -193,7 +210,8 @@ def test_a_sitting_runs_every_method_writes_the_table_and_skips_finished_units(t
             "max_length=16", "prompt_length=4", "new_tokens=4", "bpb_articles=2", "prompts=2", "prompt_words=3",
             "reference_chars=10", f"data={json.dumps(data)}",
             'student={"hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1}']
-    argv = ["--quick", "--teacher", str(tiny_teacher["teacher"]), "--out", str(tmp_path / "runs"),
+    argv = ["--quick", "--seeds", "1", "--methods", *bench.METHODS, "--teacher", str(tiny_teacher["teacher"]),
+            "--out", str(tmp_path / "runs"),
             "--results", str(tmp_path / "results")] + [a for s in sets for a in ("--set", s)]
     assert bench.main(argv) == 0
     results = tmp_path / "results"
@@ -211,11 +229,15 @@ def test_a_sitting_runs_every_method_writes_the_table_and_skips_finished_units(t
     # every model scores the same characters: the test articles' bytes
     assert len({u["bpb"]["bytes"] for u in aggregate["units"]}) == 1
     assert rows["span"]["student_aligned_share"][0] > 0.5 and rows["labels"]["student_aligned_share"] is None
+    # the stores: built once each, on the teacher's tokens of the students' blocks and on the teacher's own blocks
+    assert {s["store"] for s in aggregate["stores"]} == {"xtok", "own"}
+    assert all(s["k"] == 64 and s["positions"] > 0 and s["bytes_per_token"] > 0 for s in aggregate["stores"])
+    assert "| store | target tokens |" in (results / "cross_tokenizer.md").read_text()
     table = (results / "cross_tokenizer.md").read_text()
     assert "| span alignment, backward KL, on-policy (from references alone) |" in table and "bits/byte" in table
     # started again, every unit is done: nothing runs and the unit results are the same files
     before = {p.name: p.stat().st_mtime_ns for p in (results / "cross_tokenizer" / "quick").glob("*.json")}
-    assert len(before) == 1 + 1 + len(bench.METHODS)
+    assert len(before) == 1 + 2 + 1 + len(bench.METHODS)
     assert bench.main(argv) == 0
     after = {p.name: p.stat().st_mtime_ns for p in (results / "cross_tokenizer" / "quick").glob("*.json")}
     assert after == before

@@ -89,22 +89,40 @@ from scores import bits_per_byte, continuations, prompts_and_references, truncat
 
 REAL_TEACHER = load_study("real_teacher/bench.py")  # its per-unit measurements: step time, peak memory, table cells
 
-METHODS = ["labels", "uld", "span", "span_on_policy", "span_on_policy_refs", "reinforce_on_policy", "same_tokenizer"]
+METHODS = ["labels", "uld", "span", "span_on_policy", "span_on_policy_refs", "reinforce_on_policy", "same_tokenizer",
+           "uld_store", "span_store", "same_tokenizer_store"]
+# --quick: the issue's methods, the off-policy ones from the teacher output store (the teacher runs once, not once
+# per seed), so that three seeds fit.
+QUICK_METHODS = ["labels", "uld_store", "span_store", "span_on_policy", "same_tokenizer_store"]
+# --full: every method, the off-policy ones from the store only (their live runs, --methods uld span same_tokenizer,
+# cost three times as much).
+FULL_METHODS = ["labels", "span_on_policy", "span_on_policy_refs", "reinforce_on_policy", "uld_store", "span_store",
+                "same_tokenizer_store"]
 ON_POLICY = ("span_on_policy", "span_on_policy_refs", "reinforce_on_policy")
+# A method trained from a store -> (the live method it reads like, the store it reads: on the student's blocks
+# tokenised for the teacher, or on the teacher's own tokenizer's blocks).
+FROM_STORE = {"uld_store": ("uld", "xtok"), "span_store": ("span", "xtok"), "same_tokenizer_store": ("same_tokenizer",
+                                                                                                    "own")}
+STORE_OF = {"xtok": "span", "own": "same_tokenizer"}  # the config whose data and teacher build each store
 BASELINE = "labels"
 LABELS = {"teacher": "teacher (SmolLM2-135M-Instruct), not trained", "labels": "references alone",
           "uld": "ULD + references", "span": "span alignment, forward KL, off-policy + references",
           "span_on_policy": "span alignment, backward KL, on-policy (from references alone)",
           "span_on_policy_refs": "span alignment, backward KL, on-policy + references on the dataset's rows",
           "reinforce_on_policy": "REINFORCE across tokenizers, on-policy + references on the dataset's rows",
-          "same_tokenizer": "same tokenizer as the teacher: forward KL per token + references"}
+          "same_tokenizer": "same tokenizer as the teacher: forward KL per token + references",
+          "uld_store": "ULD + references, from the store",
+          "span_store": "span alignment, forward KL, off-policy + references, from the store",
+          "same_tokenizer_store": "same tokenizer as the teacher: forward KL per token + references, from the store"}
 
 # Seconds on the 2-core machine, one thread, batch 8 x 64 student tokens: measured per step between the 10th and the
 # 40th step (20th for the on-policy run) of each method while the machine ran other work, then divided by 2.0, the
 # ratio of SmolLM2's forward pass on 8 x 64 tokens timed around those runs (2.7 s before, 3.6-4.5 s after) to the
 # 1.6 s it takes on the quiet machine (benchmarks/real_teacher).
 STEP_S = {"labels": 0.3, "uld": 3.1, "span": 2.0, "span_on_policy": 2.4, "span_on_policy_refs": 2.4,
-          "reinforce_on_policy": 2.4, "same_tokenizer": 2.8}  # the last on-policy two: as span_on_policy, not measured
+          "reinforce_on_policy": 2.4, "same_tokenizer": 2.8,  # the last on-policy two: as span_on_policy, not measured
+          "uld_store": 1.0, "span_store": 0.8, "same_tokenizer_store": 1.0}
+TEACHER_FORWARD_S = 1.6  # SmolLM2 on 8 x 64 tokens, one store batch
 TEACHER_BPB_BATCH_S = 6.4  # the teacher over 32 windows of 64 tokens (4 x the 8 x 64 forward)
 STUDENT_BPB_BATCH_S = 0.5
 TEACHER_TOKEN_S = 0.07  # one greedy token of the teacher, one prompt
@@ -114,12 +132,12 @@ TOKENS_PER_ARTICLE = 420  # a test article in 8,000-token BPE tokens (SmolLM2's:
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {"steps": 300, "warm_steps": 150, "batch_size": 8, "train_size": 2400, "val_size": 64, "test_size": 64,
               "max_length": 64, "prompt_length": 16, "new_tokens": 40, "lr": 2e-3, "on_policy_lr": 1e-3,
-              "bpb_articles": 24, "prompts": 32, "prompt_words": 12, "reference_chars": 120, "seeds": 1,
-              "student": {}, "threads": 1},
+              "bpb_articles": 24, "prompts": 32, "prompt_words": 12, "reference_chars": 120, "seeds": 3,
+              "store_k": 64, "methods": QUICK_METHODS, "student": {}, "threads": 1},
     "full": {"steps": 1200, "warm_steps": 600, "batch_size": 8, "train_size": 9600, "val_size": 64, "test_size": 64,
              "max_length": 64, "prompt_length": 16, "new_tokens": 40, "lr": 2e-3, "on_policy_lr": 1e-3,
              "bpb_articles": 96, "prompts": 128, "prompt_words": 12, "reference_chars": 120, "seeds": 3,
-             "student": {}, "threads": 1},
+             "store_k": 64, "methods": FULL_METHODS, "student": {}, "threads": 1},
 }
 
 
@@ -130,13 +148,15 @@ def grid_units(methods: list[str], seeds: int) -> list[Unit]:
     if unknown:
         raise ValueError(f"unknown methods {unknown}; valid choices: {', '.join(METHODS)}")
     units = [Unit("teacher", {"kind": "teacher"})]
+    units += [Unit(f"store-{which}", {"kind": "store", "store": which}) for which in STORE_OF
+              if any(FROM_STORE.get(m, ("", ""))[1] == which for m in methods)]
     if any(m in ON_POLICY for m in methods):
         units += [Unit(f"warm-s{s}", {"kind": "warm", "seed": s}) for s in range(seeds)]
     order = [m for m in ("span_on_policy", "uld", "same_tokenizer", "span", "span_on_policy_refs", "reinforce_on_policy",
-                         "labels") if m in methods]
+                         "same_tokenizer_store", "uld_store", "span_store", "labels") if m in methods]
     for s in range(seeds):
         for m in order:
-            needs = (f"warm-s{s}",) if m in ON_POLICY else ()
+            needs = (f"warm-s{s}",) if m in ON_POLICY else (f"store-{FROM_STORE[m][1]}",) if m in FROM_STORE else ()
             units.append(Unit(f"{m}-s{s}", {"kind": "method", "method": m, "seed": s}, needs))
     return units
 
@@ -151,6 +171,8 @@ def unit_seconds(unit: Unit, size: dict[str, Any]) -> float:
         return batches * TEACHER_BPB_BATCH_S + size["prompts"] * size["new_tokens"] * TEACHER_TOKEN_S
     if kind == "warm":
         return size["warm_steps"] * STEP_S["labels"]
+    if kind == "store":
+        return math.ceil(size["train_size"] / size["batch_size"]) * TEACHER_FORWARD_S
     method = unit.key["method"]
     scoring = batches * STUDENT_BPB_BATCH_S + size["prompts"] * size["new_tokens"] * STUDENT_TOKEN_S
     steps = size["steps"] - size["warm_steps"] if method in ON_POLICY else size["steps"]
@@ -178,6 +200,11 @@ def method_config(method: str, size: dict[str, Any], runs: Path, seed: int, teac
     prepared SmolLM2)."""
     from ktransfer.config import RunConfig
 
+    if method in FROM_STORE:  # the live method's run, its teacher read from the store built for it
+        live, which = FROM_STORE[method]
+        cfg = method_config(live, size, runs, seed, teacher, data).to_dict()
+        cfg["teacher"] = {"store": str(store_dir(runs, which, size))}
+        return RunConfig.from_dict(cfg)
     cfg = yaml.safe_load(CONFIG.read_text())
     cfg["data"] = {**cfg["data"], "max_length": size["max_length"], "prompt_length": size["prompt_length"],
                    "train_size": size["train_size"], "val_size": size["val_size"], "test_size": size["test_size"],
@@ -232,6 +259,27 @@ def method_config(method: str, size: dict[str, Any], runs: Path, seed: int, teac
 
 _DATA: dict[str, Any] = {}
 _TEACHER: dict[str, Any] = {}
+
+
+def store_dir(runs: Path, which: str, size: dict[str, Any]) -> Path:
+    """Where the store `which` (xtok: the student's blocks on the teacher's tokens; own: the teacher's tokenizer's
+    blocks) of top-`store_k` is built."""
+    return runs / f"store-{which}-k{size['store_k']}"
+
+
+def build_store_unit(which: str, size: dict[str, Any], runs: Path, teacher: str | None,
+                     data: dict[str, Any] | None) -> dict[str, Any]:
+    """The teacher's top-k over the training blocks of `which`'s config, written once (resumable): its size per
+    target token and build time."""
+    from ktransfer.store.build import build_store
+
+    cfg = method_config(STORE_OF[which], size, runs, 0, teacher, data)
+    out = store_dir(runs, which, size)
+    report = build_store(cfg, out, k=size["store_k"], batch_size=size["batch_size"])
+    stored = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    return {"kind": "store", "store": which, "k": size["store_k"], "examples": report.examples,
+            "positions": report.positions, "bytes": stored, "bytes_per_token": stored / max(report.positions, 1),
+            "build_s": round(report.total_s, 2), "forward_s": round(report.forward_s, 2)}
 
 
 def data_for(cfg: Any) -> Any:
@@ -369,7 +417,7 @@ def alignment_counts(train: Any) -> dict[str, Any]:
 METRICS = {"bits_per_byte": ("bpb", "bits_per_byte"), "chrf": ("generation", "chrf")}
 
 
-def aggregate(units: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+def aggregate(units: list[dict[str, Any]], stores: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     """Per method: means with 95% t-intervals over seeds, and paired differences against references alone; the
     teacher's scores as a reference row."""
     by_cell = cells(units, ["method"])
@@ -397,7 +445,7 @@ def aggregate(units: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
         row["student_aligned_share"] = ci(aligned) if aligned else None
         row["peak_rss_mb"] = max((r["peak_rss_mb"] for r in runs.values() if "peak_rss_mb" in r), default=None)
         rows.append(row)
-    return {"meta": meta, "rows": rows, "units": units}
+    return {"meta": meta, "rows": rows, "stores": stores, "units": units}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -428,6 +476,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['label']} | {fmt(r['bits_per_byte'])} | {fmt(r['chrf'], 2)} | "
             f"{fmt(r.get('diff_bits_per_byte'), 3, True)} | {fmt(r.get('diff_chrf'), 2, True)} | "
             f"{r['bytes_per_token']:.2f} | {fmt(r['student_aligned_share'], 3)} | {fmt(r['step_s'], 2)} | {rss} |")
+    if result.get("stores"):
+        lines += ["", f"The stores (top-{size['store_k']} of the teacher on its own tokens, float32 values, a tail "
+                      "bucket per position; built once, read by every seed):", "",
+                  "| store | target tokens | bytes per target token | build time (s) | teacher forward (s) |",
+                  "|---|---:|---:|---:|---:|"]
+        names = {"xtok": "the student's blocks, on the teacher's tokens", "own": "the teacher tokenizer's blocks"}
+        lines += [f"| {names[s['store']]} | {s['positions']} | {s['bytes_per_token']:.0f} | {s['build_s']:.0f} | "
+                  f"{s['forward_s']:.0f} |" for s in result["stores"]]
     missing = [r["label"] for r in result["rows"] if r["bytes_not_covered"]]
     if missing:
         lines += ["", "Bytes the tokens do not spell back (left out of bits per byte): " + ", ".join(
@@ -446,10 +502,12 @@ class CrossTokenizer(Benchmark):
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.set_defaults(seeds=None)  # default: the size's seeds
         size = p.add_mutually_exclusive_group()
-        size.add_argument("--quick", action="store_true", help="one seed of every method, < 60 min on 2 cores "
-                                                               "with --jobs 2 (the default size)")
+        size.add_argument("--quick", action="store_true", help="three seeds of the main methods (off-policy ones "
+                                                               "from the store), < 60 min on 2 cores with --jobs 2 "
+                                                               "(the default size)")
         size.add_argument("--full", action="store_true", help="three seeds of every method, over sittings")
-        p.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="default: every method")
+        p.add_argument("--methods", nargs="+", default=None, choices=METHODS,
+                       help=f"default: --quick {' '.join(QUICK_METHODS)}; --full {' '.join(FULL_METHODS)}")
         p.add_argument("--teacher", default=None, help="the teacher's model folder, with its tokenizer (default: the "
                                                        "prepared SmolLM2)")
         p.add_argument("--out", default=str(HERE / "runs"), help="run directories (resumable)")
@@ -470,7 +528,7 @@ class CrossTokenizer(Benchmark):
             args.seeds = args.size["seeds"]
         if args.seeds < 1:
             raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
-        args.methods = args.methods or list(METHODS)
+        args.methods = args.methods or list(args.size["methods"])
         if args.size["threads"]:
             torch.set_num_threads(args.size["threads"])
         args.runs = Path(args.out) / args.size_name
@@ -488,13 +546,17 @@ class CrossTokenizer(Benchmark):
         kind = unit.key["kind"]
         if kind == "teacher":
             return teacher_unit(args.size, args.runs, args.teacher, data)
+        if kind == "store":
+            return build_store_unit(unit.key["store"], args.size, args.runs, args.teacher, data)
         method = "warm" if kind == "warm" else unit.key["method"]
         return run_method(method, unit.key["seed"], args.size, args.runs, args.teacher, data)
 
     def aggregate(self, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any] | None:
         results = self.results(args)
-        done = grid.read_units(results, [u.name for u in self.units(args)])
+        # every method's finished units of these seeds, also those of methods not asked for in this sitting
+        done = grid.read_units(results, [u.name for u in grid_units(list(METHODS), args.seeds)])
         units = [u for u in done if u.get("method") in ("teacher", *METHODS)]
+        stores = [u for u in done if u.get("kind") == "store"]
         if not units:
             return None
         sittings = read_sittings(results / "sittings.jsonl")
@@ -505,7 +567,7 @@ class CrossTokenizer(Benchmark):
                 "wall_time_min": sum(wall_minutes(sittings, command).values())
                 or (time.perf_counter() - args.started) / 60,
                 "sittings": sittings}
-        return aggregate(units, meta)
+        return aggregate(units, stores, meta)
 
     def outputs(self, result: dict[str, Any], args: argparse.Namespace) -> dict[Path, Any]:
         suffix = "" if args.size_name == "quick" else f"-{args.size_name}"
