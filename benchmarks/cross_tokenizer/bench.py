@@ -453,7 +453,8 @@ def markdown(result: dict[str, Any]) -> str:
     meta, fmt = result["meta"], REAL_TEACHER._fmt
     size = meta["size"]
     lines = [
-        f"{REAL_TEACHER.ran_by(meta)}; {provenance.code_line(meta.get('provenance'))}; seeds {meta['seeds']}; "
+        f"{REAL_TEACHER.ran_by(meta)}; {provenance.code_line(meta.get('provenance'))}; seeds {meta['seeds']} (a row "
+        "has the seeds of its finished units: `seeds` column); "
         f"wall time {meta['wall_time_min']:.0f} min. Teacher: {meta['teacher']}, on its own tokens; students: a "
         f"Llama of 4 layers (hidden 256) with a byte-level BPE of 8,000 tokens trained on the training articles, and "
         f"the same Llama on the teacher's tokenizer; {size['steps']} steps of {size['batch_size']} blocks of at most "
@@ -467,13 +468,13 @@ def markdown(result: dict[str, Any]) -> str:
         "reference. Mean ± 95% t-interval over seeds; Δ = paired difference against references alone (* = interval "
         "excludes 0). Aligned: share of the student's training tokens inside aligned spans.",
         "",
-        "| method | bits/byte | chrF | Δ bits/byte | Δ chrF | bytes/token | aligned | s/step | peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | seeds | bits/byte | chrF | Δ bits/byte | Δ chrF | bytes/token | aligned | s/step | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         rss = "—" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
         lines.append(
-            f"| {r['label']} | {fmt(r['bits_per_byte'])} | {fmt(r['chrf'], 2)} | "
+            f"| {r['label']} | {len(r['seeds'])} | {fmt(r['bits_per_byte'])} | {fmt(r['chrf'], 2)} | "
             f"{fmt(r.get('diff_bits_per_byte'), 3, True)} | {fmt(r.get('diff_chrf'), 2, True)} | "
             f"{r['bytes_per_token']:.2f} | {fmt(r['student_aligned_share'], 3)} | {fmt(r['step_s'], 2)} | {rss} |")
     if result.get("stores"):
