@@ -337,8 +337,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_hops(args: argparse.Namespace) -> int:
     from ktransfer.hops.chain import run_chain_config
-    from ktransfer.hops.driver import ChainInterrupted
     from ktransfer.hops.config import load_chain_config
+    from ktransfer.hops.driver import ChainInterrupted
 
     cfg = load_chain_config(args.config, args.overrides)  # hops that are fitted models, or ordinary runs
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem

@@ -29,8 +29,7 @@ Spec = dict[str, Any]
 HopT = TypeVar("HopT")  # what a hop is made of (a model spec and a method; a run-config fragment and its place)
 ResultT = TypeVar("ResultT")  # what a finished hop reports
 TeacherT = TypeVar("TeacherT")  # what teaches the next hop
-HopC = TypeVar("HopC", contravariant=True)
-ResultCo = TypeVar("ResultCo")
+HopC = TypeVar("HopC", contravariant=True)  # a backend only takes hops
 
 
 class ChainInterrupted(RuntimeError):
@@ -54,10 +53,10 @@ class PlanSection(Protocol):
     max_hops: int
 
 
-class HopBackend(Protocol[HopC, ResultCo, TeacherT]):
+class HopBackend(Protocol[HopC, ResultT, TeacherT]):
     """How one kind of hop is trained, keyed, found again and scored."""
 
-    def first_hop(self) -> Done[ResultCo, TeacherT]:
+    def first_hop(self) -> Done[ResultT, TeacherT]:
         """Hop 0: the chain's first teacher (trained, loaded or taken as given)."""
         ...
 
@@ -69,11 +68,11 @@ class HopBackend(Protocol[HopC, ResultCo, TeacherT]):
         """The content key of hop `index` taught by `teacher`: equal keys, equal hops."""
         ...
 
-    def hop_after(self, index: int, hop: HopC, teacher: TeacherT, key: str) -> Done[ResultCo, TeacherT]:
+    def hop_after(self, index: int, hop: HopC, teacher: TeacherT, key: str) -> Done[ResultT, TeacherT]:
         """Hop `index` taught by `teacher`: trained, continued, or reused from disk."""
         ...
 
-    def score(self, result: ResultCo) -> float:
+    def score(self, result: ResultT) -> float:
         """The validation score of a hop's student, higher better (what the planner compares)."""
         ...
 
@@ -99,9 +98,8 @@ class ChainDriver(Generic[HopT, ResultT, TeacherT]):
     def first(self) -> Done[ResultT, TeacherT]:
         """The chain's first teacher, made once per driver."""
         if self._first is None:
-            done = self.backend.first_hop()
-            self._first = Done(done.result, done.teacher, False)
-            self._count(done)
+            self._first = self.backend.first_hop()
+            self._count(self._first)
         return self._first
 
     def walk(self, hops: Sequence[HopT]) -> list[ResultT]:
@@ -129,8 +127,10 @@ class ChainDriver(Generic[HopT, ResultT, TeacherT]):
              hops_of: Callable[[list[Spec]], Sequence[HopT]]) -> tuple[list[Spec], list[Trial]]:
         """The intermediates a searching plan (greedy or exhaustive) chooses among `candidates`, and every trial.
 
-        A trial is walked as the hops `hops_of` makes of its intermediates and scored by the backend on its final student; trials that share a prefix share its hops.
+        A trial is walked as the hops `hops_of` makes of its intermediates and scored by the backend on its
+        final student; trials that share a prefix share its hops.
         """
+
         def score(chain: list[Spec]) -> float:
             return self.backend.score(self.walk(hops_of(chain))[-1])
 
@@ -150,5 +150,6 @@ def write_report(root: Path, report: Report) -> None:
     """`report.json` (with the environment it ran in) and `report.md` in the chain's directory."""
     write_json_atomic(root / "report.json", {**report.as_dict(), "environment": environment()})
     write_text_atomic(root / "report.md", report.markdown())
+
 
 __all__ = ["ChainDriver", "ChainInterrupted", "Done", "HopBackend", "write_report"]

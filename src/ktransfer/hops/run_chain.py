@@ -127,6 +127,7 @@ class RunChain:
         self.data_digests = {**digests_of({k: v for k, v in probe.input_paths().items() if k.startswith("data.")}),
                              "data_code": _data_code_digest()}
         self.steps = 0  # optimizer steps trained by this object, across hops (what stop_after_steps counts)
+        self._prepared: tuple[str, RunConfig, dict[str, Any] | None] | None = None
         self.driver: ChainDriver[RunHop, HopResult, Teacher] = ChainDriver(self, stop_after_hops)
 
     @property
@@ -162,12 +163,15 @@ class RunChain:
     def hop_key(self, index: int, hop: RunHop, teacher: Teacher) -> str:
         """The hop's merged run config, its store's options, its teacher's weights and the data, hashed."""
         run_cfg, store = self._prepare(hop, teacher)
-        return self._key(run_cfg, teacher, store)
+        key = self._key(run_cfg, teacher, store)
+        self._prepared = (key, run_cfg, store)  # what hop_after runs, if the driver has no hop of this key
+        return key
 
     def hop_after(self, index: int, hop: RunHop, teacher: Teacher, key: str) -> Done[HopResult, Teacher]:
         """The hop taught by `teacher`, as an ordinary run (trained, continued or reused)."""
         where, fragment = hop
-        run_cfg, store = self._prepare(hop, teacher)
+        prepared = self._prepared
+        run_cfg, store = prepared[1:] if prepared is not None and prepared[0] == key else self._prepare(hop, teacher)
         return self._hop(index, fragment, where, run_cfg, teacher, store, key)
 
     def score(self, result: HopResult) -> float:
