@@ -336,9 +336,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_hops(args: argparse.Namespace) -> int:
-    from ktransfer.hops import run_chain as runs
-    from ktransfer.hops.chain import ChainInterrupted, run_chain_config
+    from ktransfer.hops.chain import run_chain_config
     from ktransfer.hops.config import load_chain_config
+    from ktransfer.hops.driver import ChainInterrupted
 
     cfg = load_chain_config(args.config, args.overrides)  # hops that are fitted models, or ordinary runs
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
@@ -346,7 +346,7 @@ def _cmd_hops(args: argparse.Namespace) -> int:
         report = run_chain_config(cfg, run_dir, stop_after_hops=args.stop_after_hops,
                                   stop_after_steps=getattr(args, "stop_after_steps", None),
                                   progress=not getattr(args, "no_progress", True))
-    except (ChainInterrupted, runs.ChainInterrupted) as e:
+    except ChainInterrupted as e:
         print(f"{e}; finished hops are saved in {run_dir}; continue with: ktransfer hops {args.config} "
               f"--run-dir {run_dir}")
         return 0

@@ -1,7 +1,8 @@
 """Multi-hop transfer: transfer methods (kd, confidence, ProfWeight, SRatio), ladders, the chain planner.
 
-Two kinds of hops share the planner and `ktransfer hops`: fitted models on tables (`hops.chain`,
-`hops.config`) and ordinary runs, one run directory per hop (`hops.run_chain`, `hops.run_config`).
+One chain driver (`hops.driver`) walks, reuses, stops and plans every chain; two kinds of hops are
+its backends, behind `ktransfer hops`: fitted models on tables (`hops.chain`, `hops.config`) and
+ordinary runs, one run directory per hop (`hops.run_chain`, `hops.run_config`).
 """
 
 from __future__ import annotations

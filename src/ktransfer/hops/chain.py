@@ -1,11 +1,13 @@
-"""Running a chain teacher -> intermediates -> student, hop by hop, resumable, with a report.
+"""Chains of fitted models on tables: the backend of the chain driver (`hops.driver`) for these hops.
 
 Each finished hop writes its model (and its sample weights) and then, last, a record JSON
 holding the model file's SHA-256, all atomically. A rerun of the same config skips every hop
 whose record matches its key and whose model verifies, so a killed chain continues from its
 last finished hop. Hops are keyed by everything they depend on (data, teacher, the prefix of
 the chain, the methods, and the content of the files it reads), so planner trials that share
-a prefix share hops. The report (`report.md`, `report.json`, `chain.png`) is `hops.report`'s.
+a prefix share hops. The walk, the in-memory reuse, the count of trained hops (`stop_after_hops`)
+and the planner's trials are the driver's, shared with chains of runs (`hops.run_chain`). The
+report (`report.md`, `report.json`, `chain.png`) is `hops.report`'s.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,8 @@ from ktransfer.fingerprint import path_digest
 from ktransfer.hops import external
 from ktransfer.hops.chain_data import load_chain_data
 from ktransfer.hops.config import ChainConfig
+from ktransfer.hops.driver import ChainDriver, ChainInterrupted, Done
+from ktransfer.hops.driver import write_report as write_reports
 from ktransfer.hops.fitting import ChainData, Recipe, accuracy, fit
 from ktransfer.hops.ladder import candidates, check_chain
 from ktransfer.hops.methods import TRANSFER_METHODS, Distill, HopContext, HopOutcome, Member, TransferMethod
@@ -35,22 +40,18 @@ from ktransfer.hops.models import (
     spec_key,
     spec_label,
 )
-from ktransfer.hops.planner import Trial, plan
+from ktransfer.hops.planner import Trial
 from ktransfer.hops.preflight import check_sources
 from ktransfer.hops.report import ChainReport, HopRecord
 from ktransfer.hops.run_config import RunChainConfig
 from ktransfer.io import atomic_path, file_digest, write_json_atomic, write_text_atomic
-from ktransfer.rundir import environment
 from ktransfer.schema import to_dict
 
 if TYPE_CHECKING:
     from ktransfer.hops.run_chain import RunChainReport
 
 Spec = dict[str, Any]
-
-
-class ChainInterrupted(RuntimeError):
-    """The chain stopped after `stop_after_hops` newly trained hops, as if killed (for resume tests)."""
+TabularHop = tuple[Spec, TransferMethod]  # a hop of a chain on tables: the model it fits, and how it learns
 
 
 def _hash(obj: Any) -> str:
@@ -105,8 +106,19 @@ class HopStore:
         return str(d)
 
 
+@dataclass
+class Lineage:
+    """What teaches the next hop on tables: every model so far (teacher first), and the chain's key to here."""
+
+    members: list[Member]
+    prefix: list[Any]
+
+
 class ChainRunner:
-    """Trains the teacher once, then any chain of intermediates to the student, caching hops by key."""
+    """Trains the teacher once, then any chain of intermediates to the student, caching hops by key.
+
+    The hop backend of the driver for fitted models: `self.driver` walks, reuses, counts and plans.
+    """
 
     def __init__(self, cfg: ChainConfig, data: ChainData, run_dir: Path | None = None,
                  stop_after_hops: int | None = None) -> None:
@@ -115,24 +127,30 @@ class ChainRunner:
         self.ctx = HopContext(data, cfg.train, cfg.seed)
         self.store = HopStore(run_dir, data.info)
         self.stop_after_hops = stop_after_hops
-        self.trained = 0
-        self._memo: dict[str, tuple[Member, HopRecord]] = {}
-        self.last_members: list[Member] = []  # the models of the chain `run` trained last, teacher first
         keyed = {k: to_dict(getattr(cfg, k)) for k in (
             "data", "teacher", "seed", "confidence_split", "teacher_fraction", "folds", "train")}
         contents = source_digests(cfg)
         if contents:  # files the chain reads: their content, not their path, keys the hops
             keyed["contents"] = contents
         self.base_key = _hash(keyed)
-        self.teacher, self.teacher_record = self._teacher()
+        self.driver: ChainDriver[TabularHop, HopRecord, Lineage] = ChainDriver(self, stop_after_hops)
+        first = self.driver.first()
+        assert first.result is not None
+        self.teacher, self.teacher_record = first.teacher.members[0], first.result
+
+    @property
+    def trained(self) -> int:
+        """Hops trained by this runner (not loaded): what `stop_after_hops` counts."""
+        return self.driver.trained
+
+    @property
+    def last_members(self) -> list[Member]:
+        """The models of the chain `run` walked last, teacher first."""
+        last = self.driver.last_teacher
+        return list(last.members) if last is not None else []
 
     def _scores(self, model: HopModel) -> tuple[float, float]:
         return (accuracy(model, self.data.x_val, self.data.y_val), accuracy(model, self.data.x_test, self.data.y_test))
-
-    def _count(self) -> None:
-        self.trained += 1
-        if self.stop_after_hops is not None and self.trained >= self.stop_after_hops:
-            raise ChainInterrupted(f"stopped after {self.trained} newly trained hops, as asked")
 
     def _loaded_teacher(self, spec: Spec) -> tuple[Member, HopRecord]:
         """A teacher from the user's files: never trained, never refitted; where it learned is as declared."""
@@ -152,10 +170,41 @@ class ChainRunner:
                            _hash([self.base_key, "teacher"]), "", time.perf_counter() - t0)
         return Member(model, trained_on, None, name=f"teacher:{spec_label(spec)}"), record
 
-    def _teacher(self) -> tuple[Member, HopRecord]:
+    # ---------------------------------------------------------------- the driver's backend
+    def first_hop(self) -> Done[HopRecord, Lineage]:
+        """The teacher: loaded from the user's files, or trained here (or found on disk) on its part of the data."""
         spec = dict(self.cfg.teacher)
         if external.is_external(spec):
-            return self._loaded_teacher(spec)
+            member, record = self._loaded_teacher(spec)
+            fresh = False
+        else:
+            member, record, fresh = self._trained_teacher(spec)
+        return Done(record, Lineage([member], [self.base_key, self.cfg.plan.dense]), fresh)
+
+    def check(self, hops: list[TabularHop]) -> None:
+        """A chain must strictly decrease in complexity from the teacher to the student."""
+        check_chain([self.cfg.teacher, *(spec for spec, _ in hops)], self.data.info)
+
+    @staticmethod
+    def _extend(prefix: list[Any], spec: Spec, method: TransferMethod) -> list[Any]:
+        return [*prefix, spec_key(spec), _method_name(method), to_dict(method)]
+
+    def hop_key(self, index: int, hop: TabularHop, teacher: Lineage) -> str:
+        """The chain so far (data, teacher, every hop's model and method), hashed."""
+        return _hash(self._extend(teacher.prefix, *hop))
+
+    def hop_after(self, index: int, hop: TabularHop, teacher: Lineage, key: str) -> Done[HopRecord, Lineage]:
+        """The hop fitted by its method from the model before it (every model before it when dense), or loaded."""
+        spec, method = hop
+        teachers = list(teacher.members) if self.cfg.plan.dense else [teacher.members[-1]]
+        member, record, fresh = self._hop(index, spec, method, teachers, key)
+        return Done(record, Lineage([*teacher.members, member], self._extend(teacher.prefix, spec, method)), fresh)
+
+    def score(self, result: HopRecord) -> float:
+        """Validation accuracy."""
+        return result.val
+
+    def _trained_teacher(self, spec: Spec) -> tuple[Member, HopRecord, bool]:
         key = _hash([self.base_key, "teacher"])
         trained_on = self.data.mask(self.data.teacher_idx)
         recipe = Recipe(spec, self.ctx.recipe_seed(spec))
@@ -169,9 +218,8 @@ class ChainRunner:
                            key, "", time.perf_counter() - t0)
         if fresh:
             record.path = self.store.save(0, spec, key, model, None, record.as_dict())
-            self._count()
         member = Member(model, trained_on, recipe, name=f"teacher:{spec_label(spec)}")
-        return member, record
+        return member, record, fresh
 
     def _recipe_from_disk(self, method: TransferMethod, teachers: list[Member], spec: Spec,
                           weights: np.ndarray | None) -> Recipe:
@@ -182,27 +230,12 @@ class ChainRunner:
     def run(self, intermediates: list[Spec], methods: list[TransferMethod]) -> list[HopRecord]:
         """Train (or load) every hop of teacher -> intermediates -> student; the records, teacher first."""
         specs = [dict(s) for s in intermediates] + [dict(self.cfg.student)]
-        check_chain([self.cfg.teacher, *specs], self.data.info)
         if len(methods) != len(specs):
             raise ValueError(f"{len(methods)} methods for {len(specs)} hops")
-        members, records = [self.teacher], [self.teacher_record]
-        prefix: list[Any] = [self.base_key, self.cfg.plan.dense]
-        for i, (spec, method) in enumerate(zip(specs, methods), start=1):
-            prefix = [*prefix, spec_key(spec), _method_name(method), to_dict(method)]
-            key = _hash(prefix)
-            teachers = list(members) if self.cfg.plan.dense else [members[-1]]
-            if key in self._memo:
-                member, record = self._memo[key]
-            else:
-                member, record = self._hop(i, spec, method, teachers, key)
-                self._memo[key] = (member, record)
-            members.append(member)
-            records.append(record)
-        self.last_members = members
-        return records
+        return self.driver.walk(list(zip(specs, methods)))
 
     def _hop(self, index: int, spec: Spec, method: TransferMethod, teachers: list[Member],
-             key: str) -> tuple[Member, HopRecord]:
+             key: str) -> tuple[Member, HopRecord, bool]:
         last = teachers[-1].model
         self.ctx.init_from = last.module if isinstance(last, TorchHopModel) else None
         name = _method_name(method)
@@ -223,9 +256,7 @@ class ChainRunner:
         else:
             record.path = str(self.store._dir(index, spec, key)) if self.store.root else ""
         member = Member(model, self.data.mask(self.data.student_idx), recipe, name=f"hop{index}:{spec_label(spec)}")
-        if loaded is None:
-            self._count()
-        return member, record
+        return member, record, loaded is None
 
 
 def one_hop(runner: ChainRunner, method: TransferMethod) -> HopOutcome:
@@ -270,11 +301,9 @@ def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: Chai
         assert base_method is not None
         pool = candidates(external.architecture(cfg.teacher), cfg.student, cfg.plan.ladder, data.info,
                           cfg.plan.construct)
-
-        def score(chain: list[Spec]) -> float:
-            return runner.run(chain, [base_method] * (len(chain) + 1))[-1].val
-
-        intermediates, trials = plan(cfg.plan, pool, score)
+        method = base_method
+        intermediates, trials = runner.driver.plan(
+            cfg.plan, pool, lambda chain: [(dict(s), method) for s in [*chain, cfg.student]])
     methods = cfg.methods_for(len(intermediates) + 1)
     records = runner.run(intermediates, methods)
     simple_model, _ = runner.ctx.simple(dict(cfg.student))
@@ -290,29 +319,26 @@ def run_chain(cfg: ChainConfig, run_dir: str | Path | None = None, *, data: Chai
         "student_points": int(len(data.student_idx)), "folds": cfg.folds,
         "teacher_fraction": cfg.teacher_fraction if cfg.confidence_split == "holdout" else None})
     if root is not None and write_report:
-        write_json_atomic(root / "report.json", {**report.as_dict(), "environment": environment()})
-        write_text_atomic(root / "report.md", report.markdown())
+        write_reports(root, report)
         report.plot(root / "chain.png")
     return report
 
 
 def run_chain_config(cfg: ChainConfig | RunChainConfig, run_dir: str | Path, stop_after_hops: int | None = None,
                      stop_after_steps: int | None = None, progress: bool = False) -> ChainReport | RunChainReport:
-    """`ktransfer hops`: run (or resume) the chain in `run_dir`, by the kind of its hops.
+    """`ktransfer hops`: run (or resume) the chain in `run_dir` through the chain driver, by the kind of its hops.
 
-    Hops that are fitted models (`ChainConfig`) run here; hops that are ordinary runs (`RunChainConfig`)
-    run through `ktransfer.hops.run_chain`, each in a run directory of its own. `stop_after_hops` is for the
-    first kind, `stop_after_steps` for the second.
+    Hops that are fitted models (`ChainConfig`) are this module's backend; hops that are ordinary runs
+    (`RunChainConfig`) are `ktransfer.hops.run_chain`'s, each in a run directory of its own. `stop_after_hops`
+    (hops trained here) is for both kinds; `stop_after_steps` (optimizer steps, mid-hop) for chains of runs.
     """
     if isinstance(cfg, RunChainConfig):
-        if stop_after_hops is not None:
-            raise ValueError("stop_after_hops: for chains of fitted models; a chain of runs stops with stop_after_steps")
         from ktransfer.hops.run_chain import run_run_chain
 
-        return run_run_chain(cfg, run_dir, stop_after_steps=stop_after_steps, progress=progress)
+        return run_run_chain(cfg, run_dir, stop_after_steps=stop_after_steps, progress=progress,
+                             stop_after_hops=stop_after_hops)
     if stop_after_steps is not None:
         raise ValueError("stop_after_steps: for chains of runs; a chain of fitted models stops with stop_after_hops")
     return run_chain(cfg, run_dir, stop_after_hops=stop_after_hops)
-
 
 __all__ = ["ChainInterrupted", "ChainReport", "ChainRunner", "HopRecord", "load_chain_data", "one_hop", "run_chain"]

@@ -1,4 +1,7 @@
-"""Running a chain of ordinary runs: each hop is `ktransfer run` in its own run directory under the chain's.
+"""Chains of ordinary runs: the backend of the chain driver (`hops.driver`) whose hops are `ktransfer run`s.
+
+Each hop runs in its own run directory under the chain's; the walk, the in-memory reuse, the
+count of new hops and the planner's trials are the driver's, shared with chains on tables.
 
 Hop i is a run (`ktransfer.runner.run`, the one engine) whose teacher is hop i-1's student
 with its final weights (`{from_run: HOP_DIR, which: final}`), or a store of that student's
@@ -37,12 +40,12 @@ from ktransfer.config import RunConfig
 from ktransfer.data import DataSplits
 from ktransfer.engine.batches import split_batch
 from ktransfer.fingerprint import digests_of
-from ktransfer.hops.planner import Trial, exhaustive, greedy
+from ktransfer.hops.driver import ChainDriver, ChainInterrupted, Done, write_report
+from ktransfer.hops.planner import Trial
 from ktransfer.hops.run_config import PREVIOUS, RunChainConfig, cut_source, hop_label
 from ktransfer.io import write_json_atomic, write_text_atomic
 from ktransfer.models.cut import cut_from_model
 from ktransfer.registry import ConfigError
-from ktransfer.rundir import environment
 from ktransfer.runner import evaluate_run, resume, run
 from ktransfer.sequence.vocab import VocabularyError, check_same_tokenizer, load_tokenizer, model_tokenizer
 from ktransfer.tasks import Task
@@ -52,10 +55,7 @@ Fragment = dict[str, Any]
 CUT_KEYS = ("layers", "every", "first", "last", "encoder_layers", "decoder_layers", "intermediate_size", "num_heads",
             "keep")
 MARK = "<previous>"
-
-
-class ChainInterrupted(RuntimeError):
-    """The chain stopped after `stop_after_steps` optimizer steps (counted across its hops), as if killed."""
+RunHop = tuple[str, Fragment]  # a hop of a chain of runs: where the chain file gives it, and its fragment
 
 
 def _hash(obj: Any) -> str:
@@ -110,49 +110,102 @@ def _sign(cfg: RunConfig) -> float:
 
 
 class RunChain:
-    """Runs (or reuses, or continues) the hops of a chain of runs under `root`, one ordinary run each."""
+    """Runs (or reuses, or continues) the hops of a chain of runs under `root`, one ordinary run each.
+
+    The hop backend of the driver for runs: `self.driver` walks, reuses, counts and plans.
+    """
 
     def __init__(self, cfg: RunChainConfig, root: str | Path, *, stop_after_steps: int | None = None,
-                 progress: bool = False, data: DataSplits | None = None) -> None:
+                 progress: bool = False, data: DataSplits | None = None, stop_after_hops: int | None = None) -> None:
         self.cfg = cfg
         self.root = Path(root).resolve()
         self.stop_after_steps = stop_after_steps
         self.progress = progress
-        self._memo: dict[str, tuple[HopResult, Teacher]] = {}
         probe = cfg.run_config(cfg.student, "student", {"from_run": "/nonexistent", "which": "final"})
         self.data = data if data is not None else load_data(probe)
         # the content of the data files and the code that reads and splits them (as the teacher cache keys it)
         self.data_digests = {**digests_of({k: v for k, v in probe.input_paths().items() if k.startswith("data.")}),
                              "data_code": _data_code_digest()}
-        self.teacher_result: HopResult | None = None
         self.steps = 0  # optimizer steps trained by this object, across hops (what stop_after_steps counts)
+        self._prepared: tuple[str, RunConfig, dict[str, Any] | None] | None = None
+        self.driver: ChainDriver[RunHop, HopResult, Teacher] = ChainDriver(self, stop_after_hops)
 
-    # ---------------------------------------------------------------- hops
+    @property
+    def teacher_result(self) -> HopResult | None:
+        """Hop 0 when the chain trains its teacher, else None."""
+        return self.driver.first().result
+
     def first_teacher(self) -> Teacher:
         """The chain's first teacher: hop 0 trained here (a fragment), or the model section as given."""
+        return self.driver.first().teacher
+
+    def chain(self, intermediates: list[RunHop]) -> list[HopResult]:
+        """Every hop of teacher -> intermediates -> student (trained, continued or reused), teacher's first if trained."""
+        return self.driver.walk([*intermediates, ("student", self.cfg.student)])
+
+    # ---------------------------------------------------------------- the driver's backend
+    def first_hop(self) -> Done[HopResult, Teacher]:
+        """Hop 0 trained (or continued, or reused) when the teacher is a fragment; else the teacher as given."""
         cfg = self.cfg
         if cfg.teacher_is_trained:
             run_cfg = cfg.run_config(cfg.teacher, "teacher", teacher=None, defaults={})
-            result, teacher = self._hop(0, cfg.teacher, "teacher", run_cfg, None, None)
-            self.teacher_result = result
-            return teacher
+            return self._hop(0, cfg.teacher, "teacher", run_cfg, None, None, self._key(run_cfg, None, None))
         section = dict(cfg.teacher)
         described = RunConfig.from_dict({"task": cfg.task, "data": cfg.data, "student": section})
         digest = _hash({"section": section, "inputs": described.input_digests()})
         run_dir = section.get("from_run")
         label = f"run:{Path(run_dir).name}" if run_dir else str(section.get("builder"))
-        return Teacher(section, str(run_dir) if run_dir else None, digest, label)
+        return Done(None, Teacher(section, str(run_dir) if run_dir else None, digest, label), False)
 
-    def _hop(self, index: int, fragment: Fragment, where: str, run_cfg: RunConfig, teacher: Teacher | None,
-             store: dict[str, Any] | None) -> tuple[HopResult, Teacher]:
+    def check(self, hops: list[RunHop]) -> None:
+        """Nothing per walk: `check_run_chain` checks every hop of the chain file once, before anything trains."""
+
+    def hop_key(self, index: int, hop: RunHop, teacher: Teacher) -> str:
+        """The hop's merged run config, its store's options, its teacher's weights and the data, hashed."""
+        run_cfg, store = self._prepare(hop, teacher)
+        key = self._key(run_cfg, teacher, store)
+        self._prepared = (key, run_cfg, store)  # what hop_after runs, if the driver has no hop of this key
+        return key
+
+    def hop_after(self, index: int, hop: RunHop, teacher: Teacher, key: str) -> Done[HopResult, Teacher]:
+        """The hop taught by `teacher`, as an ordinary run (trained, continued or reused)."""
+        where, fragment = hop
+        prepared = self._prepared
+        run_cfg, store = prepared[1:] if prepared is not None and prepared[0] == key else self._prepare(hop, teacher)
+        return self._hop(index, fragment, where, run_cfg, teacher, store, key)
+
+    def score(self, result: HopResult) -> float:
+        """The validation metric, signed so that higher is better."""
+        return result.score
+
+    # ---------------------------------------------------------------- hops
+    def _prepare(self, hop: RunHop, teacher: Teacher) -> tuple[RunConfig, dict[str, Any] | None]:
+        """The hop's run config when `teacher` teaches it, and its teacher store's options (None: a live teacher)."""
+        where, fragment = hop
+        sections = self.cfg.sections(fragment, where)
+        store = sections.get("teacher_store")
+        previous = cut_source(teacher.section)
+        if sections["student"].get("teacher") == PREVIOUS and previous is None:
+            raise ConfigError(f"{where}.student.teacher: 'previous' cuts the student from its teacher, but the "
+                              f"chain's teacher ({teacher.label}) is neither a run nor a pretrained model; give "
+                              "teacher: {from_run: DIR} or {builder: hf_pretrained, model: ...}, or train it in the "
+                              "chain (teacher: {student: ...})")
+        store_dir = None
+        if store is not None:  # the outputs of this teacher with these options: one store, shared by every hop
+            store_dir = str(self.root / "stores" / f"{teacher.digest[:12]}-{_hash(store)[:8]}")
+        return self.cfg.run_config(fragment, where, teacher=teacher.section, previous=previous,
+                                   store_dir=store_dir), store
+
+    def _key(self, run_cfg: RunConfig, teacher: Teacher | None, store: dict[str, Any] | None) -> str:
         text = json.dumps(run_cfg.to_dict(), sort_keys=True)
         if teacher is not None and teacher.run_dir:
             text = text.replace(json.dumps(teacher.run_dir)[1:-1], MARK)
         text = text.replace(json.dumps(str(self.root))[1:-1], "<chain>")
-        key = _hash({"config": text, "store": store, "teacher": teacher.digest if teacher else None,
-                     "data": self.data_digests})
-        if key in self._memo:
-            return self._memo[key]
+        return _hash({"config": text, "store": store, "teacher": teacher.digest if teacher else None,
+                      "data": self.data_digests})
+
+    def _hop(self, index: int, fragment: Fragment, where: str, run_cfg: RunConfig, teacher: Teacher | None,
+             store: dict[str, Any] | None, key: str) -> Done[HopResult, Teacher]:
         label = hop_label(fragment, self.cfg.sections(fragment, where, {} if index == 0 else None))
         safe = "".join(c if c.isalnum() or c in "._=-" else "_" for c in label)[:40]
         run_dir = self.root / "hops" / f"{index:02d}-{safe}-{key[:12]}"
@@ -175,8 +228,7 @@ class RunChain:
                            float(summary.get("wall_time_s", 0.0)))
         next_teacher = Teacher({"from_run": str(run_dir), "which": "final"}, str(run_dir), digest,
                                f"hop{index}:{label}")
-        self._memo[key] = (result, next_teacher)
-        return result, next_teacher
+        return Done(result, next_teacher, status != "reused")
 
     def _train(self, run_cfg: RunConfig, run_dir: Path, teacher: Teacher | None, store: dict[str, Any] | None) -> str:
         """Train the hop, continuing it from its newest intact checkpoint if it was killed; how it was run."""
@@ -200,31 +252,6 @@ class RunChain:
         result = run(run_cfg, run_dir, progress=self.progress, stop_after_steps=left, data=self.data, overwrite=True)
         self.steps += result.train.step
         return "trained"
-
-    def hop_after(self, index: int, fragment: Fragment, where: str, teacher: Teacher) -> tuple[HopResult, Teacher]:
-        """The hop `fragment` taught by `teacher`, as an ordinary run (trained, continued or reused)."""
-        sections = self.cfg.sections(fragment, where)
-        store = sections.get("teacher_store")
-        previous = cut_source(teacher.section)
-        if sections["student"].get("teacher") == PREVIOUS and previous is None:
-            raise ConfigError(f"{where}.student.teacher: 'previous' cuts the student from its teacher, but the "
-                              f"chain's teacher ({teacher.label}) is neither a run nor a pretrained model; give "
-                              "teacher: {from_run: DIR} or {builder: hf_pretrained, model: ...}, or train it in the "
-                              "chain (teacher: {student: ...})")
-        store_dir = None
-        if store is not None:  # the outputs of this teacher with these options: one store, shared by every hop
-            store_dir = str(self.root / "stores" / f"{teacher.digest[:12]}-{_hash(store)[:8]}")
-        run_cfg = self.cfg.run_config(fragment, where, teacher=teacher.section, previous=previous, store_dir=store_dir)
-        return self._hop(index, fragment, where, run_cfg, teacher, store)
-
-    def chain(self, intermediates: list[tuple[str, Fragment]]) -> list[HopResult]:
-        """Every hop of teacher -> intermediates -> student (trained, continued or reused), teacher's first if trained."""
-        teacher = self.first_teacher()
-        results = [self.teacher_result] if self.teacher_result is not None else []
-        for i, (where, fragment) in enumerate([*intermediates, ("student", self.cfg.student)], start=1):
-            result, teacher = self.hop_after(i, fragment, where, teacher)
-            results.append(result)
-        return results
 
 
 @dataclass
@@ -366,14 +393,16 @@ def hop_test_scores(run_dir: Path) -> dict[str, Any]:
 
 
 def run_run_chain(cfg: RunChainConfig, root: str | Path, *, stop_after_steps: int | None = None,
-                  progress: bool = False, evaluate_test: bool = True) -> RunChainReport:
+                  progress: bool = False, evaluate_test: bool = True,
+                  stop_after_hops: int | None = None) -> RunChainReport:
     """Plan and run the chain of runs `cfg` describes under `root`; rerunning continues where it stopped.
 
     `stop_after_steps` stops the chain after that many optimizer steps trained in this call (counted across
-    hops), in the middle of whichever hop it reaches, as if killed (ChainInterrupted).
+    hops), in the middle of whichever hop it reaches, as if killed (ChainInterrupted); `stop_after_hops` after that
+    many hops trained or continued in this call.
     """
     root = Path(root)
-    chain = RunChain(cfg, root, stop_after_steps=stop_after_steps, progress=progress)
+    chain = RunChain(cfg, root, stop_after_steps=stop_after_steps, progress=progress, stop_after_hops=stop_after_hops)
     check_run_chain(cfg, chain.data)
     root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(root / "config.yaml", cfg.to_yaml())
@@ -382,11 +411,10 @@ def run_run_chain(cfg: RunChainConfig, root: str | Path, *, stop_after_steps: in
     if cfg.plan.strategy == "fixed":
         chosen = [(f"plan.intermediates[{i}]", f) for i, f in enumerate(cfg.plan.intermediates)]
     else:
-        def score(fragments: list[dict[str, Any]]) -> float:
-            return chain.chain([(where[json.dumps(f, sort_keys=True)], f) for f in fragments])[-1].score
+        def hops_of(fragments: list[Fragment]) -> list[RunHop]:
+            return [*((where[json.dumps(f, sort_keys=True)], f) for f in fragments), ("student", cfg.student)]
 
-        search = greedy if cfg.plan.strategy == "greedy" else exhaustive
-        picked, trials = search([dict(f) for f in cfg.plan.ladder], score, cfg.plan.epsilon, cfg.plan.max_hops)
+        picked, trials = chain.driver.plan(cfg.plan, [dict(f) for f in cfg.plan.ladder], hops_of)
         chosen = [(where[json.dumps(f, sort_keys=True)], f) for f in picked]
         labels = {json.dumps(f, sort_keys=True): hop_label(f, cfg.sections(f, w)) for w, f in
                   [(where[json.dumps(f, sort_keys=True)], f) for f in cfg.plan.ladder]}
@@ -402,8 +430,7 @@ def run_run_chain(cfg: RunChainConfig, root: str | Path, *, stop_after_steps: in
         for h in [*hops, *([one] if one else [])]:
             h.test = hop_test_scores(Path(h.run_dir))
     result = RunChainReport(hops, one, trials, cfg.to_dict())
-    write_json_atomic(root / "report.json", {**result.as_dict(), "environment": environment()})
-    write_text_atomic(root / "report.md", result.markdown())
+    write_report(root, result)
     return result
 
 
