@@ -22,8 +22,8 @@ a hop). Units `smollm2-8L-direct-s{seed}` and `smollm2-8L-via15-s{seed}`; each f
 real-teacher benchmark scores its students (its functions): held-out loss and KL(SmolLM2 || student), chrF,
 SmolLM2's log-probability per token and the repetition rate of its greedy continuations, s/step. A separate table.
 
-    python benchmarks/chains/bench.py --quick     # MiniLM: 1 seed, 100 steps a hop, 128 tokens; expected about
-                                                  # 50 min on 2 CPU cores (an estimate: not measured)
+    python benchmarks/chains/bench.py --quick     # MiniLM: 1 seed, 100 steps a hop, 128 tokens; 110 min on the
+                                                  # 2-core machine while other work shared it
     python benchmarks/chains/bench.py --full      # MiniLM: 3 seeds, 300 steps a hop, 256 tokens (GPU, or several
                                                   # sittings); and the SmolLM2 part, 3 seeds
     python benchmarks/chains/bench.py --full --parts smollm2 --jobs 2    # the SmolLM2 part alone
