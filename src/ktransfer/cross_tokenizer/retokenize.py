@@ -80,13 +80,16 @@ class RetokenizedTargets:
 
     `student_tokenizer` / `teacher_tokenizer`: loaded (fast) tokenizers. The teacher's rows are padded
     with its pad id (else its end of sequence, else 0); `add_eos`: put the teacher's end of sequence
-    where the student has a special token (module docstring).
+    where the student has a special token (module docstring). `student_eos`: the student's
+    end-of-sequence id (the dataset's `eos_token_id`: a trained tokenizer file names none; None: the
+    tokenizer's own).
     """
 
     inner: Any
     student_tokenizer: Any
     teacher_tokenizer: Any
     add_eos: bool = True
+    student_eos: int | None = None
     requires_teacher: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,7 +97,7 @@ class RetokenizedTargets:
         self._texts = vocabulary_texts(self.student_tokenizer)
         t = self.teacher_tokenizer
         self._teacher_eos = t.eos_token_id if self.add_eos else None
-        self._student_eos = self.student_tokenizer.eos_token_id
+        self._student_eos = self.student_eos if self.student_eos is not None else self.student_tokenizer.eos_token_id
         self._teacher_pad = int(t.pad_token_id if t.pad_token_id is not None else (t.eos_token_id or 0))
 
     def state_dict(self) -> dict[str, Any]:

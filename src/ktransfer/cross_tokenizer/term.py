@@ -111,6 +111,7 @@ class CrossTokenizerTerm:
             raise ValueError("method uld compares sorted probabilities with its own distance (Wasserstein-1): "
                              "divergence, params and likelihood_weight apply to method span only; leave them out")
         self._mapping: VocabMapping | None = None
+        self._ends: tuple[int | None, int | None] | None = None  # the data's end-of-sequence ids (bind_data)
         self._aligned: list[tuple[Tensor, Tensor, list[Any]]] = []  # alignments of counted, not yet seen, batches
         self.counts = {"spans": 0, "spans_counted": 0, "end_of_sequence_spans": 0,
                        "end_of_sequence_spans_counted": 0, "student_tokens": 0, "student_tokens_unaligned": 0,
@@ -118,11 +119,13 @@ class CrossTokenizerTerm:
 
     # --------------------------------------------------------------------------------- set-up
     def bind_data(self, info: dict[str, Any]) -> None:
-        """Take the tokenizers the dataset used (`info['tokenizer']`, `info['teacher_tokenizer']`) unless given."""
+        """Take the tokenizers the dataset used (`info['tokenizer']`, `info['teacher_tokenizer']`) unless given, and
+        its two end-of-sequence ids (`eos_token_id`, `teacher_eos_token_id`: a trained tokenizer file names none)."""
         if self.student_tokenizer is None:
             self.student_tokenizer = info.get("tokenizer")
         if self.teacher_tokenizer is None:
             self.teacher_tokenizer = info.get("teacher_tokenizer")
+        self._ends = (info.get("eos_token_id"), info.get("teacher_eos_token_id"))
 
     def mapping(self) -> VocabMapping:
         """The vocabulary mapping of the span method (built once from the two tokenizers)."""
@@ -135,7 +138,7 @@ class CrossTokenizerTerm:
                                  f"other and needs {' and '.join(missing)}: give them, or train on a dataset with "
                                  "teacher_tokenizer set")
             self._mapping = vocab_mapping(load_tokenizer(str(self.student_tokenizer)),
-                                          load_tokenizer(str(self.teacher_tokenizer)), self.end_of_sequence)
+                                          load_tokenizer(str(self.teacher_tokenizer)), self.end_of_sequence, self._ends)
         return self._mapping
 
     def set_mapping(self, mapping: VocabMapping) -> None:

@@ -158,9 +158,14 @@ def identity_mapping(size: int) -> VocabMapping:
     return VocabMapping(ids, ids.clone(), size, identity=True)
 
 
-def vocab_mapping(student_tokenizer: Any, teacher_tokenizer: Any, end_of_sequence: bool = True) -> VocabMapping:
+def vocab_mapping(student_tokenizer: Any, teacher_tokenizer: Any, end_of_sequence: bool = True,
+                  ends: tuple[int | None, int | None] | None = None) -> VocabMapping:
     """The buckets of two tokenizers: identity for the same vocabulary, else the texts both hold, the two ends of
-    sequence (`end_of_sequence` and both have one), and rest."""
+    sequence (`end_of_sequence` and both sides have one), and rest.
+
+    `ends`: the (student, teacher) end-of-sequence ids, where the data knows them better than a tokenizer
+    file does (a trained tokenizer.json names none; the dataset gives it its end of sequence); an entry
+    None is that tokenizer's own."""
     s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
     if s_vocab == t_vocab:
         return identity_mapping(max(len(student_tokenizer), max(s_vocab.values()) + 1))
@@ -170,7 +175,9 @@ def vocab_mapping(student_tokenizer: Any, teacher_tokenizer: Any, end_of_sequenc
         raise ValueError("the student's and the teacher's vocabularies share no token text: the span method's "
                          "mapping would hold only the rest bucket; use method: uld, which needs no mapping")
     index = {text: k for k, text in enumerate(shared)}
-    eos = (student_tokenizer.eos_token_id, teacher_tokenizer.eos_token_id)
+    given = ends or (None, None)
+    eos = (given[0] if given[0] is not None else student_tokenizer.eos_token_id,
+           given[1] if given[1] is not None else teacher_tokenizer.eos_token_id)
     with_eos = end_of_sequence and None not in eos
     rest = len(shared) + int(with_eos)
 

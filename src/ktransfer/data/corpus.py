@@ -392,8 +392,9 @@ def teacher_tokenize_blocks(blocks: Sequence[Sequence[tuple[int, int, int, int]]
                     text_end = next_base - 1
                     t_ids += d_ids
                     t_off += [(x + base, y + base) for x, y in d_off]
-                else:  # a document of no character in this block (only its end of sequence)
+                else:  # a document of no character in this block (only its end of sequence): empty text
                     text_end = next_base
+                    next_base += 1
             if start < 0:
                 marker = (END_OF_SEQUENCE_OFFSET, text_end) if student_eos is not None and tid == student_eos \
                     else (-1, -1)
