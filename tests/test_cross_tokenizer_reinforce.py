@@ -22,7 +22,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cross_tokenizer import SENTENCES, _minilm_folder, xtok_config  # noqa: E402
+from test_cross_tokenizer import SENTENCES, _minilm_folder, sentencepiece_tokenizer, xtok_config  # noqa: E402
 
 from ktransfer.cross_tokenizer import CrossTokenizerReinforceTerm  # noqa: E402
 from ktransfer.knowledge.base import StepView  # noqa: E402
@@ -212,6 +212,63 @@ def test_the_two_ends_of_sequence_are_a_span_rewarded_log_p_eos_minus_log_q_eos(
     term = CrossTokenizerReinforceTerm(baseline="none", normalise="none")
     rewards = term.teacher_logprobs(_views(s, t, batch)[1], log_q, mask) - log_q
     assert float(rewards[1, 4]) == 0.0 and term.counts["end_of_sequence_spans_counted"] == 0
+
+
+def test_a_sample_that_ends_is_rewarded_at_its_end_of_sequence_and_a_cut_one_is_not(tmp_path: Path) -> None:
+    """Two student samples after the prompt "Rain fell" (a byte-level BPE student), tokenised again for a
+    SentencePiece-style teacher with </s>: " on the town" + the student's end of sequence, and " on the" cut by
+    the budget (padding after it). The first gets the teacher's </s> after the same text and the reward
+    log p_t(</s> | "Rain fell on the town") - log q_s(eos | "Rain fell on the town") at its end of sequence,
+    worked out in float64 from the logits; the second gets no teacher </s> and no such span."""
+    from ktransfer.cross_tokenizer.retokenize import RetokenizedTargets
+    from ktransfer.data.corpus import train_bpe_tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    student = PreTrainedTokenizerFast(tokenizer_file=str(train_bpe_tokenizer(SENTENCES, 300)))
+    student.add_special_tokens({"eos_token": "<|endoftext|>", "pad_token": "<pad>"})
+    teacher = sentencepiece_tokenizer(tmp_path)
+    s_eos, t_eos = student.eos_token_id, teacher.eos_token_id
+
+    def enc(text: str) -> list[int]:
+        return student(text, add_special_tokens=False)["input_ids"]
+
+    prompt = enc("Rain fell")
+    rows = [prompt + enc(" on the town") + [s_eos], prompt + enc(" on the")]
+    width = max(len(r) for r in rows)
+    ids = torch.full((2, width), student.pad_token_id)
+    attention = torch.zeros(2, width, dtype=torch.long)
+    labels = torch.full((2, width), -100)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)], attention[b, :len(r)] = torch.tensor(r), 1
+        labels[b, len(prompt):len(r)] = torch.tensor(r[len(prompt):])
+    batch = RetokenizedTargets(None, student, teacher).retokenize(
+        {"input_ids": ids, "attention_mask": attention, "labels": labels,
+         "target_source": torch.full((2,), SOURCE_IDS["student"]), MAX_LENGTH_KEY: 6})
+    t_ids, t_mask = batch["teacher_input_ids"], batch["teacher_attention_mask"]
+    k = int(t_mask[0].sum()) - 1  # the teacher's last token of row 0
+    assert int(t_ids[0, k]) == t_eos and int((t_ids[1][t_mask[1].bool()] == t_eos).sum()) == 0
+    i = len(rows[0]) - 1
+    c = len("Rain fell on the town")
+    assert batch["token_offsets"][0, i].tolist() == batch["teacher_token_offsets"][0, k].tolist() == [-2, c]
+    assert int((batch["token_offsets"][1, :, 0] == -2).sum()) == 0
+
+    g = torch.Generator().manual_seed(5)
+    s = torch.randn(2, width - 1, len(student), generator=g, dtype=torch.float64)
+    t = torch.randn(2, t_ids.shape[1] - 1, len(teacher), generator=g, dtype=torch.float64)
+
+    def log_softmax(row: torch.Tensor, j: int) -> float:
+        return float(row[j]) - math.log(sum(math.exp(float(v)) for v in row))
+
+    want = log_softmax(t[0, k - 1], t_eos) - log_softmax(s[0, i - 1], s_eos)
+    term = CrossTokenizerReinforceTerm(baseline="none", normalise="none")
+    view = _views(s, t, batch)[1]
+    mask = batch["labels"][:, 1:] != -100
+    log_q = torch.log_softmax(s, -1).gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+    rewards = term.teacher_logprobs(view, log_q, mask) - log_q
+    assert abs(float(rewards[0, i - 1]) - want) < 1e-12
+    assert term.counts["end_of_sequence_spans"] == term.counts["end_of_sequence_spans_counted"] == 1
+    # the loss runs on the retokenised batch and is finite
+    assert math.isfinite(float(CrossTokenizerReinforceTerm(baseline="none", normalise="none").loss(view)))
 
 
 @pytest.mark.parametrize("ends", [False, True])
