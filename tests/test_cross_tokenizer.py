@@ -344,6 +344,8 @@ def test_term_validates_its_settings() -> None:
         CrossTokenizerTerm(method="uld", divergence="jsd")
     with pytest.raises(ValueError, match="likelihood_weight"):
         CrossTokenizerTerm(likelihood_weight=-1.0)
+    with pytest.raises(ValueError, match="end_of_sequence must be true or false, got 'no'"):
+        CrossTokenizerTerm(end_of_sequence="no")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -675,6 +677,27 @@ def test_the_span_term_compares_the_two_ends_of_sequence_in_their_own_bucket(eos
     off = CrossTokenizerTerm(divergence="forward_kl", end_of_sequence=False)
     off.bind_data(data.info)
     assert float(off.loss(_view(s, t, out))) == 0.0 and off.counts["spans_counted"] == 0
+
+
+def test_a_runs_retokenizing_stage_and_span_term_take_the_datas_ends_of_sequence(
+        corpus_file: Path, eos_teacher_data: tuple[Any, str]) -> None:
+    """The trained student tokenizer's file names no end of sequence; a run's stage and term take the data's."""
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import _stages
+
+    data, folder = eos_teacher_data
+    teacher = {"builder": "llama_student", "hidden_size": 16, "num_layers": 1, "num_heads": 2}
+    cfg = xtok_config(corpus_file, folder, teacher, knowledge=[{"type": "cross_tokenizer", "divergence": "backward_kl"}],
+                      targets={"sources": {"student": 1.0}, "generation": {"max_new_tokens": 6}})
+    cfg["data"]["prompt_length"] = 4
+    (stage,) = _stages(RunConfig.from_dict(cfg), data.info)
+    assert stage._student_eos == data.info["eos_token_id"] is not None
+    term = CrossTokenizerTerm()
+    term.bind_data(data.info)
+    mapping = term.mapping()
+    assert mapping.end_of_sequence
+    assert int(mapping.student_bucket[data.info["eos_token_id"]]) == \
+        int(mapping.teacher_bucket[data.info["teacher_eos_token_id"]]) == mapping.shared - 1
 
 
 # ------------------------------------------------------------------------------------------- on-policy

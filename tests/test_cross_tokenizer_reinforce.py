@@ -367,6 +367,8 @@ def test_bad_settings_and_batches_are_refused() -> None:
         CrossTokenizerReinforceTerm(baseline="self_critic")
     with pytest.raises(ValueError, match="normalise: invalid value"):
         CrossTokenizerReinforceTerm(normalise="tokens")
+    with pytest.raises(ValueError, match="end_of_sequence must be true or false"):
+        CrossTokenizerReinforceTerm(end_of_sequence="no")  # type: ignore[arg-type]
     batch = _two_tokenizer_batch()
     s, t = torch.zeros(2, 5, 10), torch.zeros(2, 4, 9)
     del batch["teacher_token_offsets"]

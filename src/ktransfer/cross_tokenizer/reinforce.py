@@ -135,6 +135,8 @@ class CrossTokenizerReinforceTerm(ReinforceTerm):
             raise ValueError("baseline: 'self_critic' needs the teacher's reward of the student's greedy output on the "
                              "student's tokens, which a teacher with its own tokenizer does not give; valid choices "
                              "here: none, moving_average")
+        if not isinstance(self.end_of_sequence, bool):
+            raise ValueError(f"end_of_sequence must be true or false, got {self.end_of_sequence!r}")
         super().__post_init__()
         self.counts = {"spans": 0, "spans_counted": 0, "end_of_sequence_spans": 0,
                        "end_of_sequence_spans_counted": 0, "student_targets": 0, "student_targets_unrewarded": 0}

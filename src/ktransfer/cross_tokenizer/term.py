@@ -99,6 +99,8 @@ class CrossTokenizerTerm:
             raise ValueError(f"method: invalid value {self.method!r}; valid choices: {', '.join(METHODS)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not isinstance(self.end_of_sequence, bool):
+            raise ValueError(f"end_of_sequence must be true or false, got {self.end_of_sequence!r}")
         if not self.likelihood_weight >= 0 or self.likelihood_weight == float("inf"):
             raise ValueError(f"likelihood_weight must be a finite number >= 0, got {self.likelihood_weight}")
         self._fn = get_divergence(self.divergence)
