@@ -134,6 +134,29 @@ def test_special_tokens_are_never_aligned() -> None:
     assert a.spans == [] and a.student_unaligned == 2 and a.teacher_unaligned == 2
 
 
+def test_ends_of_sequence_after_the_same_text_pair_into_a_span_of_no_width() -> None:
+    # "ab cd" </s> "ef" </s> (documents one character apart), the teacher splits "cd", padding after the student's
+    student = [(0, 2), (3, 5), (-2, 5), (6, 8), (-2, 8), (-1, -1)]
+    teacher = [(0, 2), (3, 4), (4, 5), (-2, 5), (6, 8), (-2, 8)]
+    a = align_offsets(student, teacher)
+    assert [(s.student_start, s.student_stop, s.teacher_start, s.teacher_stop, s.char_start, s.char_end,
+             s.end_of_sequence) for s in a.spans] == [
+        (0, 1, 0, 1, 0, 2, False), (1, 2, 1, 3, 3, 5, False), (2, 3, 3, 4, 5, 5, True), (3, 4, 4, 5, 6, 8, False),
+        (4, 5, 5, 6, 8, 8, True)]
+    assert a.end_of_sequence_spans == 2 and a.student_unaligned == a.teacher_unaligned == 0
+    assert align_offsets(student, teacher, end_of_sequence=False).spans == [s for s in a.spans if not s.end_of_sequence]
+    # a teacher without an end of sequence after "ab cd" (none, or a plain special token): the student's stays alone
+    for other in ([(0, 2), (3, 4), (4, 5), (6, 8), (-2, 8)], [(0, 2), (3, 4), (4, 5), (-1, -1), (6, 8), (-2, 8)]):
+        assert [(s.student_start, s.teacher_start) for s in align_offsets(student, other).spans
+                if s.end_of_sequence] == [(4, len(other) - 1)]
+    # plain special tokens never pair, nor does a sample cut without its end of sequence
+    assert align_offsets([(0, 2), (-1, -1)], [(0, 2), (-1, -1)]).end_of_sequence_spans == 0
+    assert align_offsets([(0, 2), (3, 5), (-1, -1)], [(0, 2), (3, 5)]).end_of_sequence_spans == 0
+    # an end of sequence before the end of the text before it is out of text order
+    with pytest.raises(AlignmentError, match="end of sequence after character 3"):
+        align_offsets([(0, 5), (-2, 3)], [(0, 5), (-2, 3)])
+
+
 def test_offsets_out_of_order_are_refused() -> None:
     with pytest.raises(AlignmentError, match="not in text order"):
         align_offsets([(3, 5), (0, 2)], [(0, 5)])
@@ -160,8 +183,16 @@ def test_vocab_mapping_shares_texts_and_leaves_the_rest(tmp_path: Path) -> None:
     same = m.student_bucket[sv["▁world"]]
     assert int(same) == int(m.teacher_bucket[tv["Ġworld"]]) and int(same) != m.rest
     assert int(m.student_bucket[sv["<0xF0>"]]) == int(m.teacher_bucket[tv["ð"]])  # the byte 0xF0 on both sides
-    assert int(m.student_bucket[sv["</s>"]]) == m.rest   # special tokens: rest
+    assert int(m.student_bucket[sv["<unk>"]]) == m.rest   # special tokens: rest
     assert int(m.teacher_bucket[tv["<|endoftext|>"]]) == m.rest
+    # the two ends of sequence (SmolLM2's is <|im_end|>): one bucket of their own, after the texts
+    assert sp.eos_token == "</s>" and smol.eos_token == "<|im_end|>" and m.end_of_sequence
+    assert int(m.student_bucket[sv["</s>"]]) == int(m.teacher_bucket[tv["<|im_end|>"]]) == m.shared - 1
+    assert m.shared_texts == m.shared - 1
+    off = vocab_mapping(sp, smol, end_of_sequence=False)
+    assert not off.end_of_sequence and off.shared == off.shared_texts == m.shared_texts
+    assert int(off.student_bucket[sv["</s>"]]) == off.rest and int(off.teacher_bucket[tv["<|im_end|>"]]) == off.rest
+    assert torch.equal(off.student_bucket[off.student_bucket < off.rest], m.student_bucket[m.student_bucket < m.rest - 1])
     assert identity_mapping(5).shared == 5 and vocab_mapping(smol, smol).identity
 
 
@@ -274,6 +305,36 @@ def test_term_with_one_tokenizer_equals_the_response_loss() -> None:
     assert term.counts["spans_counted"] == 5 + 3
 
 
+@pytest.mark.parametrize("end_of_sequence", [True, False])
+def test_term_with_one_tokenizer_and_ends_of_sequence_equals_the_response_loss(end_of_sequence: bool) -> None:
+    """Row 0 ends with its end of sequence, row 1 holds one at a document boundary, both (-2, c) on both sides:
+    each is a span, so the term is the response loss over every target; `end_of_sequence: false` leaves
+    exactly those positions out."""
+    g = torch.Generator().manual_seed(5)
+    B, T, V = 2, 6, 13
+    ids = torch.randint(0, V - 1, (B, T), generator=g)
+    offsets = torch.tensor([[(2 * i, 2 * i + 1) for i in range(T)]] * B)
+    for b, i in ((0, 5), (1, 3)):
+        ids[b, i] = V - 1
+        offsets[b, i] = torch.tensor([-2, 2 * i - 1])
+    labels = ids.clone()
+    batch = {"input_ids": ids, "labels": labels, "teacher_input_ids": ids, "teacher_labels": labels,
+             "token_offsets": offsets, "teacher_token_offsets": offsets}
+    s = torch.randn(B, T - 1, V, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(B, T - 1, V, generator=g, dtype=torch.float64)
+    term = CrossTokenizerTerm(divergence="forward_kl", likelihood_weight=0.0, end_of_sequence=end_of_sequence)
+    term.set_mapping(identity_mapping(V))
+    got = term.loss(_view(s, t, batch))
+    mask = labels[:, 1:] != -100
+    if not end_of_sequence:
+        mask = mask & (ids[:, 1:] != V - 1)
+    want = forward_kl(s, t, mask=mask, temperature=1.0)
+    assert abs(float(got.detach()) - float(want.detach())) < 1e-10
+    assert term.counts["end_of_sequence_spans_counted"] == term.counts["end_of_sequence_spans"] == \
+        (2 if end_of_sequence else 0)
+    assert term.counts["spans_counted"] == 2 * 5 - (0 if end_of_sequence else 2)
+
+
 def test_term_validates_its_settings() -> None:
     with pytest.raises(ValueError, match="valid choices: span, uld"):
         CrossTokenizerTerm(method="dtw")
@@ -283,6 +344,8 @@ def test_term_validates_its_settings() -> None:
         CrossTokenizerTerm(method="uld", divergence="jsd")
     with pytest.raises(ValueError, match="likelihood_weight"):
         CrossTokenizerTerm(likelihood_weight=-1.0)
+    with pytest.raises(ValueError, match="end_of_sequence must be true or false, got 'no'"):
+        CrossTokenizerTerm(end_of_sequence="no")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -343,8 +406,11 @@ def test_text_corpus_tokenises_each_training_block_for_the_teacher_too(corpus_fi
             t_text = teacher_tok.decode(row["teacher_input_ids"][s.teacher_start:s.teacher_stop].tolist())
             if "[UNK]" not in t_text:
                 assert s_text.strip().lower().replace(" ", "") == t_text.replace(" ", "").replace("##", ""), (s_text, t_text)
+        # the student's ends of sequence: (-2, c) after the text before them; MiniLM has no end of sequence, so
+        # the teacher has none to pair with them
         eos = row["input_ids"] == data.info["eos_token_id"]
-        assert bool((row["token_offsets"][eos] == -1).all())
+        assert bool((row["token_offsets"][eos][:, 0] == -2).all())
+        assert not any(s.end_of_sequence for s in spans) and bool((row["teacher_token_offsets"][:, 0] != -2).all())
     assert len(data.val) and "teacher_input_ids" not in data.val[0]  # the student is evaluated alone
     batch = data.collate_fn([data.train[i] for i in range(3)])
     assert batch["teacher_token_offsets"].shape[:2] == batch["teacher_input_ids"].shape
@@ -513,6 +579,125 @@ def test_smollm2_teaches_a_student_with_its_own_bpe(corpus_file: Path, tmp_path:
     assert result.train.step == 2
     records = [json.loads(line) for line in (tmp_path / "smol" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["terms"]["cross_tokenizer"]) for r in records if r.get("split") == "train")
+
+
+@pytest.fixture(scope="module")
+def eos_teacher_data(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, str]:
+    """Packed training blocks (documents end inside them) for a SentencePiece-style teacher with an end of
+    sequence (</s>), and the teacher's tokenizer folder."""
+    from ktransfer.data import DATASETS
+
+    folder = tmp_path_factory.mktemp("sp_teacher")
+    sentencepiece_tokenizer(folder).save_pretrained(folder / "tok")
+    data = DATASETS.build("text_corpus", {"path": str(corpus_file), "train_tokenizer": 300, "max_length": 24,
+                                          "packing": "pack", "teacher_tokenizer": str(folder / "tok")}, "data")
+    return data, str(folder / "tok")
+
+
+def test_every_end_of_sequence_of_a_block_pairs_with_the_teachers(eos_teacher_data: tuple[Any, str]) -> None:
+    """Each student end of sequence of a training block (at its end or at a document boundary inside it) and
+    the teacher's one after the same text carry (-2, c) and form an end-of-sequence span, in order."""
+    from ktransfer.data.corpus import load_tokenizer
+
+    data, folder = eos_teacher_data
+    s_eos, t_eos = data.info["eos_token_id"], load_tokenizer(folder).eos_token_id
+    assert data.info["teacher_eos_token_id"] == t_eos is not None
+    inside = 0
+    for k in range(len(data.train)):  # type: ignore[arg-type]
+        row = data.train[k]
+        s_at = (row["input_ids"] == s_eos).nonzero().flatten().tolist()
+        t_at = (row["teacher_input_ids"] == t_eos).nonzero().flatten().tolist()
+        pairs = [(s.student_start, s.teacher_start) for s in
+                 align_offsets(row["token_offsets"].tolist(), row["teacher_token_offsets"].tolist()).spans
+                 if s.end_of_sequence]
+        assert pairs == list(zip(s_at, t_at, strict=True))
+        for i, j in pairs:
+            c = int(row["token_offsets"][i, 1])
+            assert row["token_offsets"][i].tolist() == row["teacher_token_offsets"][j].tolist() == [-2, c]
+            # the text before it, on both sides, ends at c; the next document starts after it
+            for key, at in (("token_offsets", i), ("teacher_token_offsets", j)):
+                off = row[key]
+                assert all(int(e) <= c for a, e in off[:at].tolist() if a >= 0)
+                assert all(int(a) > c for a, _ in off[at + 1:].tolist() if a >= 0)
+        inside += sum(1 for i in s_at if 0 < i < len(row["input_ids"]) - 1)
+    assert inside > 3  # packing puts document boundaries inside blocks
+
+
+def test_the_span_term_compares_the_two_ends_of_sequence_in_their_own_bucket(eos_teacher_data: tuple[Any, str]) -> None:
+    """A student sample "Rain fell on the town" + </s>, tokenised again for the teacher; only the end of
+    sequence is a target (the rest a prompt), so the loss is its span's value alone: forward KL over
+    (shared texts, the two ends of sequence, rest) at the positions that predict them plus the likelihood
+    part on {eos, not eos}, worked out in float64 from the logits and the tokenizers' own ids."""
+    from ktransfer.cross_tokenizer.retokenize import RetokenizedTargets
+    from ktransfer.data.corpus import load_tokenizer
+
+    data, folder = eos_teacher_data
+    # the trained student tokenizer's file names no end of sequence: the dataset's id is the one
+    student, teacher, s_eos = load_tokenizer(data.info["tokenizer"]), load_tokenizer(folder), data.info["eos_token_id"]
+    assert student.eos_token_id is None and s_eos is not None
+    ids = student("Rain fell on the town", add_special_tokens=False)["input_ids"] + [s_eos]
+    labels = [-100] * len(ids)
+    labels[-1] = ids[-1]
+    out = RetokenizedTargets(None, student, teacher, student_eos=s_eos).retokenize(
+        {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+         "labels": torch.tensor([labels])})
+    t_ids = out["teacher_input_ids"][0].tolist()
+    assert t_ids[-1] == teacher.eos_token_id and t_ids.count(teacher.eos_token_id) == 1
+    c = len("Rain fell on the town")
+    assert out["token_offsets"][0, -1].tolist() == out["teacher_token_offsets"][0, -1].tolist() == [-2, c]
+    out["teacher_labels"][0, :-1] = -100
+    g = torch.Generator().manual_seed(2)
+    vs, vt = len(student) + 3, len(teacher)  # the student's padded embedding rows: rest
+    s = torch.randn(1, len(ids) - 1, vs, generator=g, dtype=torch.float64)
+    t = torch.randn(1, len(t_ids) - 1, vt, generator=g, dtype=torch.float64)
+    term = CrossTokenizerTerm(divergence="forward_kl", likelihood_weight=0.5)
+    term.bind_data(data.info)
+    got = float(term.loss(_view(s, t, out)))
+    assert term.counts["spans_counted"] == term.counts["end_of_sequence_spans_counted"] == 1
+
+    # by hand: the buckets from the tokenizers' texts, the two ends of sequence together
+    from ktransfer.cross_tokenizer.vocab import vocabulary_texts
+
+    s_text, t_text = vocabulary_texts(student), vocabulary_texts(teacher)
+    shared = set(s_text.values()) & set(t_text.values())
+    q = [math.exp(v) for v in torch.log_softmax(s[0, -1], -1).tolist()]
+    p = [math.exp(v) for v in torch.log_softmax(t[0, -1], -1).tolist()]
+    qb: dict[Any, float] = {}
+    pb: dict[Any, float] = {}
+    for probs, texts, eos, out_b in ((q, s_text, s_eos, qb), (p, t_text, teacher.eos_token_id, pb)):
+        for i, pr in enumerate(probs):
+            key = "eos" if i == eos else (texts[i] if texts.get(i) in shared else "rest")
+            out_b[key] = out_b.get(key, 0.0) + pr
+    keys = sorted(set(qb) | set(pb), key=str)
+    want = _reference_kl([pb.get(k, 0.0) for k in keys], [qb.get(k, 0.0) for k in keys])
+    pe, qe = p[teacher.eos_token_id], q[s_eos]
+    want += 0.5 * _reference_kl([pe, 1 - pe], [qe, 1 - qe])
+    assert abs(got - want) < 1e-9
+    # without the pairing: no span at all here
+    off = CrossTokenizerTerm(divergence="forward_kl", end_of_sequence=False)
+    off.bind_data(data.info)
+    assert float(off.loss(_view(s, t, out))) == 0.0 and off.counts["spans_counted"] == 0
+
+
+def test_a_runs_retokenizing_stage_and_span_term_take_the_datas_ends_of_sequence(
+        corpus_file: Path, eos_teacher_data: tuple[Any, str]) -> None:
+    """The trained student tokenizer's file names no end of sequence; a run's stage and term take the data's."""
+    from ktransfer.config import RunConfig
+    from ktransfer.runner import _stages
+
+    data, folder = eos_teacher_data
+    teacher = {"builder": "llama_student", "hidden_size": 16, "num_layers": 1, "num_heads": 2}
+    cfg = xtok_config(corpus_file, folder, teacher, knowledge=[{"type": "cross_tokenizer", "divergence": "backward_kl"}],
+                      targets={"sources": {"student": 1.0}, "generation": {"max_new_tokens": 6}})
+    cfg["data"]["prompt_length"] = 4
+    (stage,) = _stages(RunConfig.from_dict(cfg), data.info)
+    assert stage._student_eos == data.info["eos_token_id"] is not None
+    term = CrossTokenizerTerm()
+    term.bind_data(data.info)
+    mapping = term.mapping()
+    assert mapping.end_of_sequence
+    assert int(mapping.student_bucket[data.info["eos_token_id"]]) == \
+        int(mapping.teacher_bucket[data.info["teacher_eos_token_id"]]) == mapping.shared - 1
 
 
 # ------------------------------------------------------------------------------------------- on-policy

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cross_tokenizer import SENTENCES, _minilm_folder, xtok_config  # noqa: E402
+from test_cross_tokenizer import SENTENCES, _minilm_folder, sentencepiece_tokenizer, xtok_config  # noqa: E402
 
 from ktransfer.cross_tokenizer import CrossTokenizerReinforceTerm  # noqa: E402
 from ktransfer.knowledge.base import StepView  # noqa: E402
@@ -42,16 +42,28 @@ def _views(s_logits: torch.Tensor, t_logits: torch.Tensor, batch: dict[str, Any]
     return same, cross
 
 
-def _one_tokenizer_batch(seed: int) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-    """Three student samples after a 3-token prompt, one shorter (padding), the teacher on the same tokens."""
+EOS = 10  # the end-of-sequence id of `_one_tokenizer_batch`
+
+
+def _one_tokenizer_batch(seed: int, ends: bool = False) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Three student samples after a 3-token prompt, one shorter (padding), the teacher on the same tokens.
+
+    `ends`: row 0 ends with its end of sequence, row 1 (the shorter) too, row 2 is cut by the budget
+    without one but holds one inside (a document boundary at token 4) and one in its prompt (token 1);
+    each has the offsets (-2, c), c the end of the text before it."""
     g = torch.Generator().manual_seed(seed)
     B, T, V = 3, 8, 11
-    ids = torch.randint(0, V, (B, T), generator=g)
+    ids = torch.randint(0, V - 1, (B, T), generator=g)
     labels = ids.clone()
     labels[:, :3] = -100  # the prompt
     labels[1, 6:] = -100  # a shorter sample
     offsets = torch.tensor([[(2 * i, 2 * i + 1) for i in range(T)]] * B)
     offsets[1, 6:] = -1
+    if ends:
+        for b, i in ((0, 7), (1, 5), (2, 4), (2, 1)):
+            ids[b, i] = EOS
+            offsets[b, i] = torch.tensor([-2, 2 * i - 1])
+        labels = torch.where(labels != -100, ids, labels)
     teacher_labels = ids.clone()
     teacher_labels[1, 6:] = -100
     batch = {"input_ids": ids, "labels": labels, "teacher_input_ids": ids, "teacher_labels": teacher_labels,
@@ -63,16 +75,19 @@ def _one_tokenizer_batch(seed: int) -> tuple[dict[str, Any], torch.Tensor, torch
     return batch, s, t
 
 
+@pytest.mark.parametrize("ends", [False, True])
 @pytest.mark.parametrize("normalise", ["max_length", "none", "sample_length", "batch_tokens", 4.0])
 @pytest.mark.parametrize("baseline", ["none", "moving_average"])
-def test_with_one_tokenizer_it_is_the_reinforce_term(normalise: str | float, baseline: str) -> None:
-    """Same loss and gradient as `reinforce` at every step (the moving average carries over steps)."""
+def test_with_one_tokenizer_it_is_the_reinforce_term(normalise: str | float, baseline: str, ends: bool) -> None:
+    """Same loss and gradient as `reinforce` at every step (the moving average carries over steps), samples that
+    end with their end of sequence included: `reinforce` rewards it log p(eos) - log q(eos), and so does the
+    cross-tokenizer term through the span of the two ends of sequence."""
     settings: dict[str, Any] = {"baseline": baseline, "normalise": normalise}
     if normalise == "none":
         settings.update(importance_weights=True, clip_weight=3.0)
     same_term, cross_term = ReinforceTerm(**settings), CrossTokenizerReinforceTerm(**settings)
     for step in range(3):
-        batch, s, t = _one_tokenizer_batch(step)
+        batch, s, t = _one_tokenizer_batch(step, ends)
         if step == 2:
             batch["sample_weight"] = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
         grads, values = [], []
@@ -91,21 +106,46 @@ def test_with_one_tokenizer_it_is_the_reinforce_term(normalise: str | float, bas
     # every target token is a one-token span with its reward
     assert cross_term.counts["student_targets_unrewarded"] == 0
     assert cross_term.counts["spans_counted"] == cross_term.counts["student_targets"] == 3 * (5 + 3 + 5)
+    # three target ends of sequence per batch (rows 0 and 1 at their ends, row 2 at a document boundary);
+    # the one in row 2's prompt is aligned but not counted
+    assert cross_term.counts["end_of_sequence_spans_counted"] == (3 * 3 if ends else 0)
+    assert cross_term.counts["end_of_sequence_spans"] == (3 * 4 if ends else 0)
+
+
+def test_the_end_of_sequence_reward_is_the_one_reinforce_gives_and_can_be_turned_off() -> None:
+    """At each target end of sequence both terms reward log p(eos) - log q(eos) (float64, by hand); with
+    `end_of_sequence: false` the cross-tokenizer term gives it 0, as before ends of sequence were paired."""
+    batch, s, t = _one_tokenizer_batch(5, ends=True)
+    same, cross = _views(s, t, batch)
+    mask = batch["labels"][:, 1:] != -100
+    log_q = torch.log_softmax(s, -1).gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+    log_q = torch.where(mask, log_q, 0.0)
+    for b, i in ((0, 7), (1, 5), (2, 4)):
+        want = math.log(float(torch.softmax(t[b, i - 1], -1)[EOS])) - math.log(float(torch.softmax(s[b, i - 1], -1)[EOS]))
+        for term, view in ((ReinforceTerm(), same), (CrossTokenizerReinforceTerm(), cross)):
+            reward = term.teacher_logprobs(view, log_q, mask) - log_q
+            assert abs(float(reward[b, i - 1]) - want) < 1e-12
+        off = CrossTokenizerReinforceTerm(end_of_sequence=False)
+        assert float((off.teacher_logprobs(cross, log_q, mask) - log_q)[b, i - 1]) == 0.0
+        assert off.counts["end_of_sequence_spans"] == 0
 
 
 # ------------------------------------------------------------------------------------------- two tokenizers
-def _two_tokenizer_batch() -> dict[str, Any]:
+def _two_tokenizer_batch(ends: bool = False) -> dict[str, Any]:
     """Two samples of text, each after a one-token prompt 'x', worked out by hand:
 
     row 0, "xabcdef": student x|ab|c|d|ef (+ padding), teacher x|a|bcd|e|f. Spans: 'x' (a first token: not
     counted), 'abcd' = student ab,c,d / teacher a,bcd, 'ef' = student ef / teacher e,f.
     row 1, "xab  c": student x|a|b|'  '|c|</s>, teacher x|ab|c|</s> (a teacher that skips spaces). Spans: 'ab' =
-    student a,b / teacher ab, 'c' = c / c; the student's spaces and its end of sequence are in no span.
+    student a,b / teacher ab, 'c' = c / c; the student's spaces are in no span. Without `ends` the two ends of
+    sequence are plain special tokens (-1, -1), in no span; with `ends` they carry the end-of-sequence offsets
+    (-2, 6) and form one more span, student </s> / teacher </s>. Row 0 was cut by the budget: no end of sequence.
     """
+    eos = (-2, 6) if ends else (-1, -1)
     s_off = torch.tensor([[(0, 1), (1, 3), (3, 4), (4, 5), (5, 7), (-1, -1)],
-                          [(0, 1), (1, 2), (2, 3), (3, 5), (5, 6), (-1, -1)]])
+                          [(0, 1), (1, 2), (2, 3), (3, 5), (5, 6), eos]])
     t_off = torch.tensor([[(0, 1), (1, 2), (2, 5), (5, 6), (6, 7)],
-                          [(0, 1), (1, 3), (5, 6), (-1, -1), (-1, -1)]])
+                          [(0, 1), (1, 3), (5, 6), eos, (-1, -1)]])
     s_ids = torch.tensor([[1, 2, 3, 4, 5, 0], [1, 6, 7, 8, 3, 9]])
     labels = s_ids.clone()
     labels[:, 0] = -100  # the prompt
@@ -136,15 +176,108 @@ def test_span_rewards_land_on_the_last_student_token_of_each_span() -> None:
     rewards = term.teacher_logprobs(view, log_q, mask) - log_q
     torch.testing.assert_close(torch.where(mask, rewards, 0.0), torch.tensor(want, dtype=torch.float64),
                                atol=1e-12, rtol=0)
-    assert term.counts == {"spans": 6, "spans_counted": 4, "student_targets": 9, "student_targets_unrewarded": 2}
+    assert term.counts == {"spans": 6, "spans_counted": 4, "end_of_sequence_spans": 0,
+                           "end_of_sequence_spans_counted": 0, "student_targets": 9, "student_targets_unrewarded": 2}
 
 
+def test_the_two_ends_of_sequence_are_a_span_rewarded_log_p_eos_minus_log_q_eos() -> None:
+    """Row 1 ends with both sides' ends of sequence after "xab  c": the student's </s> (position 4 predicts it)
+    gets log p_t(</s> | "xab  c") - log q_s(</s> | "xab  c"), from the teacher's position 2 (its x, ab, c
+    before it), worked out in float64 from the logits; row 0, cut without one, gets nothing more."""
+    g = torch.Generator().manual_seed(7)
+    batch = _two_tokenizer_batch(ends=True)
+    s = torch.randn(2, 5, 10, generator=g, dtype=torch.float64)
+    t = torch.randn(2, 4, 9, generator=g, dtype=torch.float64)
+
+    def log_softmax(row: torch.Tensor, i: int) -> float:
+        return float(row[i]) - math.log(sum(math.exp(float(v)) for v in row))
+
+    lq = [[log_softmax(s[b, j], int(batch["input_ids"][b, j + 1])) for j in range(5)] for b in range(2)]
+    lp = [[log_softmax(t[b, k], int(batch["teacher_input_ids"][b, k + 1])) for k in range(4)] for b in range(2)]
+    assert int(batch["input_ids"][1, 5]) == 9 and int(batch["teacher_input_ids"][1, 3]) == 8  # the two </s>
+    r_eos = log_softmax(t[1, 2], 8) - log_softmax(s[1, 4], 9)
+    want = [[0.0, 0.0, (lp[0][0] + lp[0][1]) - (lq[0][0] + lq[0][1] + lq[0][2]), (lp[0][2] + lp[0][3]) - lq[0][3], 0.0],
+            [0.0, lp[1][0] - (lq[1][0] + lq[1][1]), 0.0, lp[1][1] - lq[1][3], r_eos]]
+    term = CrossTokenizerReinforceTerm(baseline="none", normalise="none")
+    view = _views(s, t, batch)[1]
+    mask = batch["labels"][:, 1:] != -100
+    log_q = torch.tensor(lq, dtype=torch.float64)
+    rewards = term.teacher_logprobs(view, log_q, mask) - log_q
+    torch.testing.assert_close(torch.where(mask, rewards, 0.0), torch.tensor(want, dtype=torch.float64),
+                               atol=1e-12, rtol=0)
+    assert term.counts == {"spans": 7, "spans_counted": 5, "end_of_sequence_spans": 1,
+                           "end_of_sequence_spans_counted": 1, "student_targets": 9, "student_targets_unrewarded": 1}
+    # the teacher's end of sequence without a target (a stored row whose last label is cut): no span counted
+    batch["teacher_labels"][1, 3] = -100
+    term = CrossTokenizerReinforceTerm(baseline="none", normalise="none")
+    rewards = term.teacher_logprobs(_views(s, t, batch)[1], log_q, mask) - log_q
+    assert float(rewards[1, 4]) == 0.0 and term.counts["end_of_sequence_spans_counted"] == 0
+
+
+def test_a_sample_that_ends_is_rewarded_at_its_end_of_sequence_and_a_cut_one_is_not(tmp_path: Path) -> None:
+    """Two student samples after the prompt "Rain fell" (a byte-level BPE student), tokenised again for a
+    SentencePiece-style teacher with </s>: " on the town" + the student's end of sequence, and " on the" cut by
+    the budget (padding after it). The first gets the teacher's </s> after the same text and the reward
+    log p_t(</s> | "Rain fell on the town") - log q_s(eos | "Rain fell on the town") at its end of sequence,
+    worked out in float64 from the logits; the second gets no teacher </s> and no such span."""
+    from ktransfer.cross_tokenizer.retokenize import RetokenizedTargets
+    from ktransfer.data.corpus import train_bpe_tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    student = PreTrainedTokenizerFast(tokenizer_file=str(train_bpe_tokenizer(SENTENCES, 300)))
+    student.add_special_tokens({"eos_token": "<|endoftext|>", "pad_token": "<pad>"})
+    teacher = sentencepiece_tokenizer(tmp_path)
+    s_eos, t_eos = student.eos_token_id, teacher.eos_token_id
+
+    def enc(text: str) -> list[int]:
+        return student(text, add_special_tokens=False)["input_ids"]
+
+    prompt = enc("Rain fell")
+    rows = [prompt + enc(" on the town") + [s_eos], prompt + enc(" on the")]
+    width = max(len(r) for r in rows)
+    ids = torch.full((2, width), student.pad_token_id)
+    attention = torch.zeros(2, width, dtype=torch.long)
+    labels = torch.full((2, width), -100)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)], attention[b, :len(r)] = torch.tensor(r), 1
+        labels[b, len(prompt):len(r)] = torch.tensor(r[len(prompt):])
+    batch = RetokenizedTargets(None, student, teacher).retokenize(
+        {"input_ids": ids, "attention_mask": attention, "labels": labels,
+         "target_source": torch.full((2,), SOURCE_IDS["student"]), MAX_LENGTH_KEY: 6})
+    t_ids, t_mask = batch["teacher_input_ids"], batch["teacher_attention_mask"]
+    k = int(t_mask[0].sum()) - 1  # the teacher's last token of row 0
+    assert int(t_ids[0, k]) == t_eos and int((t_ids[1][t_mask[1].bool()] == t_eos).sum()) == 0
+    i = len(rows[0]) - 1
+    c = len("Rain fell on the town")
+    assert batch["token_offsets"][0, i].tolist() == batch["teacher_token_offsets"][0, k].tolist() == [-2, c]
+    assert int((batch["token_offsets"][1, :, 0] == -2).sum()) == 0
+
+    g = torch.Generator().manual_seed(5)
+    s = torch.randn(2, width - 1, len(student), generator=g, dtype=torch.float64)
+    t = torch.randn(2, t_ids.shape[1] - 1, len(teacher), generator=g, dtype=torch.float64)
+
+    def log_softmax(row: torch.Tensor, j: int) -> float:
+        return float(row[j]) - math.log(sum(math.exp(float(v)) for v in row))
+
+    want = log_softmax(t[0, k - 1], t_eos) - log_softmax(s[0, i - 1], s_eos)
+    term = CrossTokenizerReinforceTerm(baseline="none", normalise="none")
+    view = _views(s, t, batch)[1]
+    mask = batch["labels"][:, 1:] != -100
+    log_q = torch.log_softmax(s, -1).gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+    rewards = term.teacher_logprobs(view, log_q, mask) - log_q
+    assert abs(float(rewards[0, i - 1]) - want) < 1e-12
+    assert term.counts["end_of_sequence_spans"] == term.counts["end_of_sequence_spans_counted"] == 1
+    # the loss runs on the retokenised batch and is finite
+    assert math.isfinite(float(CrossTokenizerReinforceTerm(baseline="none", normalise="none").loss(view)))
+
+
+@pytest.mark.parametrize("ends", [False, True])
 @pytest.mark.parametrize("normalise", ["none", "max_length", "sample_length"])
-def test_gradient_and_value_against_a_float64_reference(normalise: str) -> None:
+def test_gradient_and_value_against_a_float64_reference(normalise: str, ends: bool) -> None:
     """grad = sum_i sum_t A_it (onehot(y_it) - softmax(s_it)) / D with A_it = -(sum_{s>=t} r_is) / N_i - b, written
     without autograd; the value is the sum of the span costs over the target-token count."""
     g = torch.Generator().manual_seed(3)
-    batch = _two_tokenizer_batch()
+    batch = _two_tokenizer_batch(ends)
     s = torch.randn(2, 5, 10, generator=g, dtype=torch.float64)
     t = torch.randn(2, 4, 9, generator=g, dtype=torch.float64)
     term = CrossTokenizerReinforceTerm(baseline="moving_average", normalise=normalise)
@@ -161,7 +294,7 @@ def test_gradient_and_value_against_a_float64_reference(normalise: str) -> None:
     lp = [[float(torch.log_softmax(t[b, k], -1)[batch["teacher_input_ids"][b, k + 1]]) for k in range(4)]
           for b in range(2)]
     r = [[0.0, 0.0, lp[0][0] + lp[0][1] - lq[0][0] - lq[0][1] - lq[0][2], lp[0][2] + lp[0][3] - lq[0][3], 0.0],
-         [0.0, lp[1][0] - lq[1][0] - lq[1][1], 0.0, lp[1][1] - lq[1][3], 0.0]]
+         [0.0, lp[1][0] - lq[1][0] - lq[1][1], 0.0, lp[1][1] - lq[1][3], lp[1][2] - lq[1][4] if ends else 0.0]]
     want = torch.zeros_like(s)
     for b in range(2):
         n = {"none": 1.0, "max_length": 5.0, "sample_length": float(lengths[b])}[normalise]
@@ -234,6 +367,8 @@ def test_bad_settings_and_batches_are_refused() -> None:
         CrossTokenizerReinforceTerm(baseline="self_critic")
     with pytest.raises(ValueError, match="normalise: invalid value"):
         CrossTokenizerReinforceTerm(normalise="tokens")
+    with pytest.raises(ValueError, match="end_of_sequence must be true or false"):
+        CrossTokenizerReinforceTerm(end_of_sequence="no")  # type: ignore[arg-type]
     batch = _two_tokenizer_batch()
     s, t = torch.zeros(2, 5, 10), torch.zeros(2, 4, 9)
     del batch["teacher_token_offsets"]

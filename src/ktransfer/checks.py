@@ -215,8 +215,9 @@ def check_cross_tokenizer(cfg: RunConfig, data: DataSplits, blocks: int = 256) -
                 mapping = term.mapping()
             except (OSError, ValueError) as e:
                 raise ConfigError(f"knowledge[{i}] ({term.name}): cannot map the two vocabularies: {e}") from e
-            lines.append(f"{term.name}: vocabulary mapping of {mapping.shared:,} token texts both tokenizers hold, "
-                         "plus one rest bucket" + (" (the same tokenizer: identity)" if mapping.identity else ""))
+            lines.append(f"{term.name}: vocabulary mapping of {mapping.shared_texts:,} token texts both tokenizers "
+                         "hold, " + ("their ends of sequence, " if mapping.end_of_sequence else "")
+                         + "plus one rest bucket" + (" (the same tokenizer: identity)" if mapping.identity else ""))
     n = min(blocks, len(data.train))  # type: ignore[arg-type]
     student = teacher = s_aligned = t_aligned = spans = 0
     for k in range(n):

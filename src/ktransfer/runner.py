@@ -128,7 +128,8 @@ def _stages(cfg: RunConfig, info: dict[str, Any] | None = None) -> list[Any]:
         from ktransfer.cross_tokenizer.retokenize import RetokenizedTargets
         from ktransfer.data.corpus import load_tokenizer
 
-        return [RetokenizedTargets(stage, load_tokenizer(info["tokenizer"]), load_tokenizer(info["teacher_tokenizer"]))]
+        return [RetokenizedTargets(stage, load_tokenizer(info["tokenizer"]), load_tokenizer(info["teacher_tokenizer"]),
+                                   student_eos=info.get("eos_token_id"))]
     return [stage]
 
 

@@ -81,6 +81,10 @@ SEQUENCE_KEYS = ("target_source", "sample_logprobs", "greedy_reward", "greedy_le
 # Keys of a dataset that tokenises each text for a teacher with another tokenizer too: the character
 # offsets of each tokenization (`ktransfer.data.corpus`; the teacher's arrive as `teacher_token_offsets`).
 ALIGNMENT_KEYS = ("token_offsets",)
+# The start of an end-of-sequence token's character offsets: (END_OF_SEQUENCE_OFFSET, c) is an end of sequence
+# after the text that ends at character c (other special tokens and padding have (-1, -1)); the cross-tokenizer
+# alignment pairs the two sides' ends of sequence at the same c (`ktransfer.cross_tokenizer.align`).
+END_OF_SEQUENCE_OFFSET = -2
 # Batch keys that hold targets, per-example loss weights or alignments, never model inputs.
 TARGET_KEYS = ("labels", "sample_weight", *SEQUENCE_KEYS, *ALIGNMENT_KEYS)
 

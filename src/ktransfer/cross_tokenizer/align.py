@@ -18,6 +18,16 @@ on the other. The alignment copes with all of these the same way:
    (up to characters one side leaves uncovered). Where both groups are non-empty they form a
    `Span`; where only one side has tokens (a teacher token of spaces only), those tokens stay
    unaligned. A group holding a special token is not a span either.
+4. Ends of sequence. An end-of-sequence token has the offsets (-2, c) (`tasks.END_OF_SEQUENCE_OFFSET`):
+   it covers no character and follows the text that ends at character c. A student end of
+   sequence and a teacher end of sequence at the same c form one more span, of no width
+   (`Span.end_of_sequence`: student tokens [i, i + 1), teacher tokens [k, k + 1), characters
+   [c, c)): both sides predict it after the same text, so "the text ends here" is compared like
+   any span. Several at one c pair up in order; one without a partner on the other side (a
+   teacher without an end-of-sequence token) is in no span. Other special tokens and padding,
+   (-1, -1), never pair. The datasets (`ktransfer.data.corpus`) and `retokenize` write the
+   marker where the student's token is its end of sequence and the teacher's end of sequence
+   where the student's is, at a document boundary inside a block as at its end.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from ktransfer.tasks import END_OF_SEQUENCE_OFFSET
 
 
 class AlignmentError(ValueError):
@@ -42,15 +54,22 @@ class Span:
     teacher_stop: int
     char_start: int
     char_end: int
+    end_of_sequence: bool = False  # the two ends of sequence after the text [.., char_end): one token each side
 
 
 @dataclass(frozen=True)
 class Alignment:
-    """The spans of two tokenizations, and how many non-special tokens of each side no span holds."""
+    """The spans of two tokenizations (ends of sequence included), and how many non-special tokens of each side
+    no span holds."""
 
     spans: list[Span]
     student_unaligned: int
     teacher_unaligned: int
+
+    @property
+    def end_of_sequence_spans(self) -> int:
+        """How many of the spans pair two ends of sequence."""
+        return sum(1 for s in self.spans if s.end_of_sequence)
 
 
 @dataclass
@@ -68,6 +87,12 @@ def _units(offsets: Sequence[tuple[int, int]], side: str) -> list[_Unit]:
     last_start = -1
     for i, (start, end) in enumerate(offsets):
         start, end = int(start), int(end)
+        if start == END_OF_SEQUENCE_OFFSET:
+            if end < 0 or (units and end < units[-1].end):
+                raise AlignmentError(f"{side} token {i} is an end of sequence after character {end}, before the end "
+                                     "of the text before it: the offsets are not in text order")
+            last_start = max(last_start, end)  # the text after it starts at its character or later
+            continue
         if start < 0:
             continue  # special token: no characters
         if end < start:
@@ -95,11 +120,22 @@ def _is_boundary(p: int, starts: list[int], units: list[_Unit]) -> bool:
     return k < 0 or units[k].end <= p
 
 
-def align_offsets(student_offsets: Sequence[tuple[int, int]],
-                  teacher_offsets: Sequence[tuple[int, int]]) -> Alignment:
+def _ends_of_sequence(offsets: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    """The end-of-sequence tokens of one side by the character they follow: c -> token indices, in order."""
+    ends: dict[int, list[int]] = {}
+    for i, (start, end) in enumerate(offsets):
+        if int(start) == END_OF_SEQUENCE_OFFSET:
+            ends.setdefault(int(end), []).append(i)
+    return ends
+
+
+def align_offsets(student_offsets: Sequence[tuple[int, int]], teacher_offsets: Sequence[tuple[int, int]],
+                  end_of_sequence: bool = True) -> Alignment:
     """The spans where the student's and the teacher's tokenizations of the same text share their boundaries.
 
-    Offsets are character ranges of the same text, one per token; start < 0 marks a special token.
+    Offsets are character ranges of the same text, one per token; start < 0 marks a special token,
+    (-2, c) an end of sequence after character c. `end_of_sequence`: pair the two sides' ends of
+    sequence at the same character into spans (module docstring, 4.); False leaves them out.
     """
     sides = {"student": _units(student_offsets, "student"), "teacher": _units(teacher_offsets, "teacher")}
     starts = {k: [u.start for u in v] for k, v in sides.items()}
@@ -128,6 +164,11 @@ def align_offsets(student_offsets: Sequence[tuple[int, int]],
         spans.append(Span(*rng["student"], *rng["teacher"], a, b))
         for k in rng:
             aligned[k] += rng[k][1] - rng[k][0]
+    if end_of_sequence:
+        s_ends, t_ends = _ends_of_sequence(student_offsets), _ends_of_sequence(teacher_offsets)
+        for c, s_list in s_ends.items():
+            spans += [Span(i, i + 1, k, k + 1, c, c, end_of_sequence=True) for i, k in zip(s_list, t_ends.get(c, []))]
+        spans.sort(key=lambda s: (s.student_start, s.teacher_start))
     counts = {k: sum(1 for s, _ in o if int(s) >= 0) - aligned[k]
               for k, o in (("student", student_offsets), ("teacher", teacher_offsets))}
     return Alignment(spans, counts["student"], counts["teacher"])

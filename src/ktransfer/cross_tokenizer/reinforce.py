@@ -33,9 +33,27 @@ would tokenise differently once continued, where the truncation leaves out a sma
 p~ is the probability of the teacher's one tokenization of the text, not the sum over every way
 the teacher could spell it.
 
-Target tokens of the student that no counted span holds (tokens only one side covers, special
-tokens such as the end of sequence, spans that begin in the prompt or on a side's first token)
-get reward 0: they still carry the returns of the spans after them. `counts` reports them.
+End of sequence (`end_of_sequence: true`, the default). A sample that ends with the student's
+end-of-sequence token is read by the teacher with its own end of sequence after the same text
+(`retokenize`), and the two form one more span (`align`, 4.) whose reward, at the student's end
+of sequence, is
+
+    r_eos = log p(eos | text) - log q(eos | text),
+
+as `ReinforceTerm` rewards an end of sequence on one vocabulary. The sum of a sample's rewards is
+then log p~(y, eos) - log q(y, eos): the teacher's probability of the text *as a whole sequence*,
+so stopping early costs what the teacher thinks of ending there (without it, ending is free and
+every further span adds its, mostly negative, reward: samples shrink). A sample cut at the
+generation budget has no end of sequence, hence no such span, as in `ReinforceTerm`, where the
+budget's last token simply is the last reward. An end of sequence inside a row (a document
+boundary of a dataset row) is paired the same way; in the prompt it is no target and counts not.
+`end_of_sequence: false` leaves the ends of sequence unrewarded, for a teacher whose end of
+sequence does not mean the end of the student's text (a chat teacher's end of turn).
+
+Target tokens of the student that no counted span holds (tokens only one side covers, other
+special tokens, an end of sequence the teacher has no partner for, spans that begin in the prompt
+or on a side's first token) get reward 0: they still carry the returns of the spans after them.
+`counts` reports them.
 """
 
 from __future__ import annotations
@@ -102,11 +120,14 @@ class CrossTokenizerReinforceTerm(ReinforceTerm):
     output on the student's tokens and is not available), `normalise`, `importance_weights`,
     `clip_weight` and `sources` are those of `reinforce`. `vocab_size` is the student's real
     vocabulary (padded embedding rows); the teacher's log-probabilities are over all its outputs.
+    `end_of_sequence`: the student's end of sequence and the teacher's after the same text are a span
+    too, rewarded log p(eos | text) - log q(eos | text) (module docstring).
     A run needs a causal-LM dataset with `teacher_tokenizer` and a targets section with a
-    student source. `counts` holds the spans, target tokens and target tokens without a reward
-    (in no counted span), summed over the run's steps.
+    student source. `counts` holds the spans (and those of them that pair two ends of sequence),
+    target tokens and target tokens without a reward (in no counted span), summed over the run's steps.
     """
 
+    end_of_sequence: bool = True
     name: str = "cross_tokenizer_reinforce"
 
     def __post_init__(self) -> None:
@@ -114,8 +135,11 @@ class CrossTokenizerReinforceTerm(ReinforceTerm):
             raise ValueError("baseline: 'self_critic' needs the teacher's reward of the student's greedy output on the "
                              "student's tokens, which a teacher with its own tokenizer does not give; valid choices "
                              "here: none, moving_average")
+        if not isinstance(self.end_of_sequence, bool):
+            raise ValueError(f"end_of_sequence must be true or false, got {self.end_of_sequence!r}")
         super().__post_init__()
-        self.counts = {"spans": 0, "spans_counted": 0, "student_targets": 0, "student_targets_unrewarded": 0}
+        self.counts = {"spans": 0, "spans_counted": 0, "end_of_sequence_spans": 0,
+                       "end_of_sequence_spans_counted": 0, "student_targets": 0, "student_targets_unrewarded": 0}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "counts": dict(self.counts)}
@@ -154,14 +178,15 @@ class CrossTokenizerReinforceTerm(ReinforceTerm):
         rows: dict[str, list[int]] = {k: [] for k in ("last_b", "last_pos", "s_b", "s_pos", "s_span", "t_b", "t_pos",
                                                       "t_span")}
         s_off, t_off = batch[OFFSETS_KEY], batch[TEACHER_OFFSETS_KEY]
-        counted = rewarded = 0
+        counted = rewarded = ends = 0
         for b in range(len(s_ok)):
             targets = sum(s_ok[b])
             if targets == 0:
                 continue  # not a row of the term's sources: nothing to align
             self.counts["student_targets"] += targets
-            alignment = align_offsets(s_off[b].tolist(), t_off[b].tolist())
+            alignment = align_offsets(s_off[b].tolist(), t_off[b].tolist(), self.end_of_sequence)
             self.counts["spans"] += len(alignment.spans)
+            self.counts["end_of_sequence_spans"] += alignment.end_of_sequence_spans
             for span in alignment.spans:
                 i0, i1, k0, k1 = span.student_start, span.student_stop, span.teacher_start, span.teacher_stop
                 if i0 < 1 or k0 < 1:
@@ -175,7 +200,9 @@ class CrossTokenizerReinforceTerm(ReinforceTerm):
                 append_span_positions(rows, b, span, counted)
                 rewarded += i1 - i0
                 counted += 1
+                ends += int(span.end_of_sequence)
         self.counts["spans_counted"] += counted
+        self.counts["end_of_sequence_spans_counted"] += ends
         self.counts["student_targets_unrewarded"] += int(mask.sum()) - rewarded
         if counted == 0:
             return None

@@ -14,9 +14,19 @@ Turning ids into text: each student id stands for the bytes of its vocabulary te
 WordPiece '##' pieces glued and word-initial pieces after a space); the bytes are decoded as
 UTF-8 one token at a time (invalid bytes become U+FFFD), so each token's characters are known.
 A token ending inside a multi-byte character covers no character of its own and joins the next
-one in the alignment. Special tokens (end of sequence) cover nothing; the text after one is
-tokenised apart, as the dataset does with documents. WordPiece students write lowercase text
-without accents: the teacher reads what the student writes.
+one in the alignment. Special tokens cover nothing; the text after one is tokenised apart, as the
+dataset does with documents, and the teacher's end of sequence stands where the student's special
+token stands. WordPiece students write lowercase text without accents: the teacher reads what the
+student writes.
+
+End of sequence: a sample that ends with the student's end-of-sequence token (the targets stage
+keeps it, labelled, and nothing after it) gets the teacher's end of sequence after the same text,
+and the two carry the offsets (-2, c) that `align` pairs into a span of their own: the teacher's
+log p(eos | text) is compared with the student's log q(eos | text). A sample cut at the
+generation budget ends without one: nothing is appended and there is nothing to pair. The same
+holds for an end of sequence inside a row (a document separator in a dataset row or its prompt).
+A teacher without an end-of-sequence token (or `add_eos: false`) gets nothing there, and the
+student's stays unpaired.
 """
 
 from __future__ import annotations
@@ -68,14 +78,18 @@ def _row_text(ids: list[int], texts: dict[int, bytes]) -> tuple[list[tuple[int, 
 class RetokenizedTargets:
     """`inner` (a targets stage) on the student's tokens, then every row tokenised again for the teacher.
 
-    `student_tokenizer` / `teacher_tokenizer`: loaded (fast) tokenizers; `teacher_pad_id`: the
-    teacher's padding id (its pad, else its end of sequence, else 0).
+    `student_tokenizer` / `teacher_tokenizer`: loaded (fast) tokenizers. The teacher's rows are padded
+    with its pad id (else its end of sequence, else 0); `add_eos`: put the teacher's end of sequence
+    where the student has a special token (module docstring). `student_eos`: the student's
+    end-of-sequence id (the dataset's `eos_token_id`: a trained tokenizer file names none; None: the
+    tokenizer's own).
     """
 
     inner: Any
     student_tokenizer: Any
     teacher_tokenizer: Any
     add_eos: bool = True
+    student_eos: int | None = None
     requires_teacher: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +97,7 @@ class RetokenizedTargets:
         self._texts = vocabulary_texts(self.student_tokenizer)
         t = self.teacher_tokenizer
         self._teacher_eos = t.eos_token_id if self.add_eos else None
+        self._student_eos = self.student_eos if self.student_eos is not None else self.student_tokenizer.eos_token_id
         self._teacher_pad = int(t.pad_token_id if t.pad_token_id is not None else (t.eos_token_id or 0))
 
     def state_dict(self) -> dict[str, Any]:
@@ -103,7 +118,8 @@ class RetokenizedTargets:
         for b in range(ids.shape[0]):
             row = ids[b][attention[b].bool()].tolist()
             items, stretches = _row_text(row, self._texts)
-            rows.append(teacher_tokenize_blocks([items], stretches, self.teacher_tokenizer, self._teacher_eos)[0])
+            rows.append(teacher_tokenize_blocks([items], stretches, self.teacher_tokenizer, self._teacher_eos,
+                                                self._student_eos)[0])
         width = max(1, max(len(r.ids) for r in rows))
         device = ids.device
         t_ids = torch.full((len(rows), width), self._teacher_pad, dtype=torch.long)

@@ -17,6 +17,16 @@ term the teacher's stored top-k, tail and next-token log-probabilities on the te
 (`view.teacher_sparse`, a `sparse.TeacherTokensSparse`) instead of its logits; `sparse` says how
 the tail enters each method.
 
+End of sequence (`end_of_sequence: true`, the default): where the student's end-of-sequence token
+and the teacher's follow the same text (a sample or a document that ends there; `align`, 4.), the
+pair is one more span, of no width: the next-token part compares the two distributions at the
+position that predicts it, where the two ends of sequence are one shared bucket (`vocab`; at every
+other span start too: "the text ends here" is the same outcome on both sides), and the likelihood
+part log p(eos) with log q(eos). A sample cut without its end of sequence has no such span.
+`end_of_sequence: false` leaves the ends of sequence out (in the rest bucket, in no span), for a
+teacher whose end of sequence does not mean the end of the student's text (a chat teacher's
+end of turn, a teacher never trained to end documents).
+
 The loss is the mean over the counted spans (weighted by the batch's `sample_weight` when it has
 one). A span counts when both sides have a token before it (the first span of a block has no
 prediction on one side) and every student token in it has a target (prompt tokens do not).
@@ -64,9 +74,10 @@ class CrossTokenizerTerm:
     `likelihood_weight`, the two sides' chain-rule probabilities of the whole span ({span, not
     span}; 0 = next-token part only). `method: uld` takes the Wasserstein-1 distance between the
     sorted probability vectors instead (Boizard et al. 2024; no mapping; no divergence). `temperature`
-    T: softmax(logits / T) on both sides. The loss is the mean over aligned spans. `student_tokenizer`
-    / `teacher_tokenizer` (folders or tokenizer.json files) build the span method's mapping; a run
-    takes them from its dataset.
+    T: softmax(logits / T) on both sides. The loss is the mean over aligned spans. `end_of_sequence`:
+    the two ends of sequence after the same text are a span too, and one shared bucket (module
+    docstring). `student_tokenizer` / `teacher_tokenizer` (folders or tokenizer.json files) build the
+    span method's mapping; a run takes them from its dataset.
     """
 
     method: Literal["span", "uld"] = "span"
@@ -75,6 +86,7 @@ class CrossTokenizerTerm:
     weight: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
     likelihood_weight: float = 1.0
+    end_of_sequence: bool = True
     student_tokenizer: str | None = None
     teacher_tokenizer: str | None = None
     name: str = "cross_tokenizer"
@@ -87,6 +99,8 @@ class CrossTokenizerTerm:
             raise ValueError(f"method: invalid value {self.method!r}; valid choices: {', '.join(METHODS)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not isinstance(self.end_of_sequence, bool):
+            raise ValueError(f"end_of_sequence must be true or false, got {self.end_of_sequence!r}")
         if not self.likelihood_weight >= 0 or self.likelihood_weight == float("inf"):
             raise ValueError(f"likelihood_weight must be a finite number >= 0, got {self.likelihood_weight}")
         self._fn = get_divergence(self.divergence)
@@ -99,17 +113,21 @@ class CrossTokenizerTerm:
             raise ValueError("method uld compares sorted probabilities with its own distance (Wasserstein-1): "
                              "divergence, params and likelihood_weight apply to method span only; leave them out")
         self._mapping: VocabMapping | None = None
+        self._ends: tuple[int | None, int | None] | None = None  # the data's end-of-sequence ids (bind_data)
         self._aligned: list[tuple[Tensor, Tensor, list[Any]]] = []  # alignments of counted, not yet seen, batches
-        self.counts = {"spans": 0, "spans_counted": 0, "student_tokens": 0, "student_tokens_unaligned": 0,
+        self.counts = {"spans": 0, "spans_counted": 0, "end_of_sequence_spans": 0,
+                       "end_of_sequence_spans_counted": 0, "student_tokens": 0, "student_tokens_unaligned": 0,
                        "teacher_tokens": 0, "teacher_tokens_unaligned": 0}
 
     # --------------------------------------------------------------------------------- set-up
     def bind_data(self, info: dict[str, Any]) -> None:
-        """Take the tokenizers the dataset used (`info['tokenizer']`, `info['teacher_tokenizer']`) unless given."""
+        """Take the tokenizers the dataset used (`info['tokenizer']`, `info['teacher_tokenizer']`) unless given, and
+        its two end-of-sequence ids (`eos_token_id`, `teacher_eos_token_id`: a trained tokenizer file names none)."""
         if self.student_tokenizer is None:
             self.student_tokenizer = info.get("tokenizer")
         if self.teacher_tokenizer is None:
             self.teacher_tokenizer = info.get("teacher_tokenizer")
+        self._ends = (info.get("eos_token_id"), info.get("teacher_eos_token_id"))
 
     def mapping(self) -> VocabMapping:
         """The vocabulary mapping of the span method (built once from the two tokenizers)."""
@@ -122,7 +140,7 @@ class CrossTokenizerTerm:
                                  f"other and needs {' and '.join(missing)}: give them, or train on a dataset with "
                                  "teacher_tokenizer set")
             self._mapping = vocab_mapping(load_tokenizer(str(self.student_tokenizer)),
-                                          load_tokenizer(str(self.teacher_tokenizer)))
+                                          load_tokenizer(str(self.teacher_tokenizer)), self.end_of_sequence, self._ends)
         return self._mapping
 
     def set_mapping(self, mapping: VocabMapping) -> None:
@@ -146,7 +164,8 @@ class CrossTokenizerTerm:
                 if not keep:
                     del self._aligned[i]
                 return found
-        alignments = [align_offsets(so, to) for so, to in zip(s_off.tolist(), t_off.tolist(), strict=True)]
+        alignments = [align_offsets(so, to, self.end_of_sequence)
+                      for so, to in zip(s_off.tolist(), t_off.tolist(), strict=True)]
         if keep:
             self._aligned.append((s_off, t_off, alignments))
             del self._aligned[:-ALIGNMENTS_KEPT]
@@ -204,6 +223,7 @@ class CrossTokenizerTerm:
         for alignment, so, to in zip(alignments, batch[OFFSETS_KEY].tolist(), batch[TEACHER_OFFSETS_KEY].tolist(),
                                      strict=True):
             c["spans"] += len(alignment.spans)
+            c["end_of_sequence_spans"] += alignment.end_of_sequence_spans
             c["student_tokens_unaligned"] += alignment.student_unaligned
             c["teacher_tokens_unaligned"] += alignment.teacher_unaligned
             c["student_tokens"] += sum(1 for s, _ in so if s >= 0)
@@ -216,6 +236,7 @@ class CrossTokenizerTerm:
             rows["t"].append(span.teacher_start - 1)
             append_span_positions(rows, b, span, n, ("s_tok_b", "s_tok", "s_span"), ("t_tok_b", "t_tok", "t_span"))
         self.counts["spans_counted"] += len(counted)
+        self.counts["end_of_sequence_spans_counted"] += sum(1 for _, span in counted if span.end_of_sequence)
         if not counted:
             return None
         device = view.student.logits.device

@@ -12,9 +12,11 @@ tokenizer's marker convention:
 
 Special tokens (and added special tokens) stand for no text and have no normalised form.
 A *bucket* is a normalised text that both vocabularies hold; on each side a bucket's
-probability is the sum over that side's ids with that text (usually one). Every other id of a
-side (texts only it has, special tokens, padded embedding rows) falls into the last bucket,
-"rest". So each side's distribution over its own vocabulary becomes a distribution over
+probability is the sum over that side's ids with that text (usually one). The two
+end-of-sequence tokens, when both tokenizers have one, are one more shared bucket (after the
+texts): "the text ends here" is the same outcome on both sides (`end_of_sequence=False` leaves
+them in rest). Every other id of a side (texts only it has, other special tokens, padded
+embedding rows) falls into the last bucket, "rest". So each side's distribution over its own vocabulary becomes a distribution over
 (shared texts + rest), and the two can be compared with any divergence.
 When both tokenizers have the same vocabulary (same strings, same ids), the mapping is the
 identity: every id is its own bucket, rest is empty, and the loss equals the same-vocabulary loss.
@@ -120,13 +122,20 @@ class VocabMapping:
     """Bucket of every student id and every teacher id; bucket `shared` (the last) is "rest".
 
     `student_bucket` / `teacher_bucket` hold one bucket per id of the tokenizer; ids beyond them
-    (padded embedding rows) belong to rest (`buckets`).
+    (padded embedding rows) belong to rest (`buckets`). `end_of_sequence`: bucket `shared - 1`
+    holds the two ends of sequence (not a token text).
     """
 
     student_bucket: Tensor
     teacher_bucket: Tensor
     shared: int
     identity: bool = False
+    end_of_sequence: bool = False
+
+    @property
+    def shared_texts(self) -> int:
+        """How many buckets are token texts both vocabularies hold."""
+        return self.shared - int(self.end_of_sequence)
 
     @property
     def rest(self) -> int:
@@ -149,8 +158,14 @@ def identity_mapping(size: int) -> VocabMapping:
     return VocabMapping(ids, ids.clone(), size, identity=True)
 
 
-def vocab_mapping(student_tokenizer: Any, teacher_tokenizer: Any) -> VocabMapping:
-    """The buckets of two tokenizers: identity for the same vocabulary, else the texts both hold (+ rest)."""
+def vocab_mapping(student_tokenizer: Any, teacher_tokenizer: Any, end_of_sequence: bool = True,
+                  ends: tuple[int | None, int | None] | None = None) -> VocabMapping:
+    """The buckets of two tokenizers: identity for the same vocabulary, else the texts both hold, the two ends of
+    sequence (`end_of_sequence` and both sides have one), and rest.
+
+    `ends`: the (student, teacher) end-of-sequence ids, where the data knows them better than a tokenizer
+    file does (a trained tokenizer.json names none; the dataset gives it its end of sequence); an entry
+    None is that tokenizer's own."""
     s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
     if s_vocab == t_vocab:
         return identity_mapping(max(len(student_tokenizer), max(s_vocab.values()) + 1))
@@ -160,15 +175,23 @@ def vocab_mapping(student_tokenizer: Any, teacher_tokenizer: Any) -> VocabMappin
         raise ValueError("the student's and the teacher's vocabularies share no token text: the span method's "
                          "mapping would hold only the rest bucket; use method: uld, which needs no mapping")
     index = {text: k for k, text in enumerate(shared)}
+    given = ends or (None, None)
+    eos = (given[0] if given[0] is not None else student_tokenizer.eos_token_id,
+           given[1] if given[1] is not None else teacher_tokenizer.eos_token_id)
+    with_eos = end_of_sequence and None not in eos
+    rest = len(shared) + int(with_eos)
 
-    def buckets(tokenizer: Any, texts: dict[int, bytes]) -> Tensor:
+    def buckets(tokenizer: Any, texts: dict[int, bytes], eos_id: int | None) -> Tensor:
         size = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
-        out = torch.full((size,), len(shared), dtype=torch.long)
+        out = torch.full((size,), rest, dtype=torch.long)
         for i, text in texts.items():
-            out[i] = index.get(text, len(shared))
+            out[i] = index.get(text, rest)
+        if with_eos:
+            out[int(eos_id)] = len(shared)  # type: ignore[arg-type]
         return out
 
-    return VocabMapping(buckets(student_tokenizer, s_text), buckets(teacher_tokenizer, t_text), len(shared))
+    return VocabMapping(buckets(student_tokenizer, s_text, eos[0]), buckets(teacher_tokenizer, t_text, eos[1]), rest,
+                        end_of_sequence=with_eos)
 
 
 __all__ = ["Convention", "VocabMapping", "identity_mapping", "marker_convention", "token_text", "vocab_mapping",

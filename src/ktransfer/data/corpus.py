@@ -22,9 +22,11 @@ document in the block is encoded again with the teacher's tokenizer, and the tea
 sequence follows wherever the student's does. Training rows then also hold `teacher_input_ids`,
 `teacher_attention_mask` and `teacher_labels` (the teacher reads them in place of the student's,
 see `ktransfer.engine.batches.split_batch`), and the character offsets of both tokenizations in
-the block's text, `token_offsets` and `teacher_token_offsets` ((T, 2); -1 for an end of sequence
-or padding), from which `ktransfer.cross_tokenizer` aligns the two. Documents in one block are
-kept one character apart in that text, so no alignment crosses from one to the next. Validation
+the block's text, `token_offsets` and `teacher_token_offsets` ((T, 2); -1 for padding; (-2, c)
+for an end of sequence after the document's text that ends at character c), from which
+`ktransfer.cross_tokenizer` aligns the two, the two ends of sequence of a document included.
+Documents in one block are kept one character apart in that text, so no alignment crosses from
+one to the next. Validation
 and test blocks keep the student's tokens only: the student is evaluated on its own.
 
 Labels are the input ids (the causal shift is the task's), -100 on padding. `prompt_length`
@@ -54,7 +56,7 @@ from ktransfer.fingerprint import source_digest
 from ktransfer.pretrained import smollm2_dir
 from ktransfer.registry import LocalPath, ModelSource
 from ktransfer.sources import PREPARED_MODELS
-from ktransfer.tasks import IGNORE_INDEX
+from ktransfer.tasks import END_OF_SEQUENCE_OFFSET, IGNORE_INDEX
 
 CORPUS_SUFFIXES = (".txt", ".jsonl")
 
@@ -286,7 +288,8 @@ def make_blocks(token_docs: Sequence[Sequence[int]], max_length: int, packing: s
 @dataclass
 class TeacherTokens:
     """A block tokenised for the teacher too: its ids, and the character offsets of both tokenizations in the
-    block's text ((start, end) per token; (-1, -1) for an end of sequence)."""
+    block's text ((start, end) per token; (END_OF_SEQUENCE_OFFSET, c) for an end of sequence after character
+    c, (-1, -1) for another special token)."""
 
     ids: list[int]
     offsets: list[tuple[int, int]]
@@ -354,10 +357,16 @@ class BlockCollator:
 
 
 def teacher_tokenize_blocks(blocks: Sequence[Sequence[tuple[int, int, int, int]]], docs: Sequence[str],
-                            teacher: Any, teacher_eos: int | None) -> list[TeacherTokens]:
-    """Each block (items: student id, document, start, end; start -1 for an end of sequence) tokenised again
+                            teacher: Any, teacher_eos: int | None,
+                            student_eos: int | None = None) -> list[TeacherTokens]:
+    """Each block (items: student id, document, start, end; start -1 for a special token) tokenised again
     for the teacher from the same characters: one stretch of a document at a time, the teacher's end of
-    sequence where the student's is; offsets in the block's text, documents one character apart."""
+    sequence (`teacher_eos`, None: none) where the student's special token is; offsets in the block's text,
+    documents one character apart.
+
+    The student's end of sequence (id `student_eos`) and the teacher's that follows the same text get
+    the offsets (END_OF_SEQUENCE_OFFSET, c), c the character where the document's text in the block
+    ends, so the alignment pairs them; other special tokens get (-1, -1)."""
     stretches: list[tuple[int, int, int, int]] = []  # (block, document, first character, end)
     for b, block in enumerate(blocks):
         chars: dict[int, list[int]] = {}
@@ -372,21 +381,27 @@ def teacher_tokenize_blocks(blocks: Sequence[Sequence[tuple[int, int, int, int]]
         t_ids: list[int] = []
         t_off: list[tuple[int, int]] = []
         s_off: list[tuple[int, int]] = []
-        base, next_base, first, current = 0, 0, 0, None
-        for _, doc, start, end in block:
+        base, next_base, first, current, text_end = 0, 0, 0, None, 0
+        for tid, doc, start, end in block:
             if doc != current:
                 current = doc
                 if (b, doc) in encoded:
                     d_ids, d_off, first, last = encoded[(b, doc)]
                     base = next_base
                     next_base = base + (last - first) + 1  # one character apart from the next document
+                    text_end = next_base - 1
                     t_ids += d_ids
                     t_off += [(x + base, y + base) for x, y in d_off]
+                else:  # a document of no character in this block (only its end of sequence): empty text
+                    text_end = next_base
+                    next_base += 1
             if start < 0:
-                s_off.append((-1, -1))
+                marker = (END_OF_SEQUENCE_OFFSET, text_end) if student_eos is not None and tid == student_eos \
+                    else (-1, -1)
+                s_off.append(marker)
                 if teacher_eos is not None:
                     t_ids.append(teacher_eos)
-                    t_off.append((-1, -1))
+                    t_off.append(marker)
             else:
                 s_off.append((start - first + base, end - first + base))
         out.append(TeacherTokens(t_ids, t_off, s_off))
@@ -449,7 +464,7 @@ def corpus_splits(
         cut_items = make_blocks(items, max_length, packing)
         made_items = [b for b in cut_items if len(b) >= shortest]
         sampled = _cap(made_items, size, split_seed, f"{split}_size")
-        both = teacher_tokenize_blocks(sampled, docs, teacher, teacher_eos)  # the sampled blocks only
+        both = teacher_tokenize_blocks(sampled, docs, teacher, teacher_eos, eos)  # the sampled blocks only
         keep = [k for k, t in enumerate(both) if len(t.ids) >= 2]  # the teacher too needs a token to predict
         examples[split] = example_counts(kept=len(keep), dropped=len(cut_items) - len(made_items) + len(sampled) - len(keep),
                                          not_sampled=len(made_items) - len(sampled))
