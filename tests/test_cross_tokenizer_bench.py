@@ -95,6 +95,9 @@ def test_every_units_config_is_valid(size: str, tmp_path: Path) -> None:
         data = cfg.data
         assert cfg.train.seed == 2 and data["name"] == "bbc_news_text", method
         kinds = [k["type"] for k in cfg.knowledge]
+        for k in cfg.knowledge:  # the size says whether ends of sequence are aligned (--quick: not, --full: yes)
+            if k["type"].startswith("cross_tokenizer"):
+                assert k["end_of_sequence"] is (size == "full"), method
         if method in ("warm", "labels"):
             assert kinds == ["labels"] and cfg.teacher is None
             assert data["teacher_tokenizer"] == "smollm2" and data["train_tokenizer"] == 8000  # the same blocks

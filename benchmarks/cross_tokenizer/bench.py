@@ -133,11 +133,11 @@ SIZES: dict[str, dict[str, Any]] = {
     "quick": {"steps": 300, "warm_steps": 150, "batch_size": 8, "train_size": 2400, "val_size": 64, "test_size": 64,
               "max_length": 64, "prompt_length": 16, "new_tokens": 40, "lr": 2e-3, "on_policy_lr": 1e-3,
               "bpb_articles": 24, "prompts": 32, "prompt_words": 12, "reference_chars": 120, "seeds": 3,
-              "store_k": 64, "methods": QUICK_METHODS, "student": {}, "threads": 1},
+              "store_k": 64, "methods": QUICK_METHODS, "end_of_sequence": False, "student": {}, "threads": 1},
     "full": {"steps": 1200, "warm_steps": 600, "batch_size": 8, "train_size": 9600, "val_size": 64, "test_size": 64,
              "max_length": 64, "prompt_length": 16, "new_tokens": 40, "lr": 2e-3, "on_policy_lr": 1e-3,
              "bpb_articles": 96, "prompts": 128, "prompt_words": 12, "reference_chars": 120, "seeds": 3,
-             "store_k": 64, "methods": FULL_METHODS, "student": {}, "threads": 1},
+             "store_k": 64, "methods": FULL_METHODS, "end_of_sequence": True, "student": {}, "threads": 1},
 }
 
 
@@ -214,7 +214,8 @@ def method_config(method: str, size: dict[str, Any], runs: Path, seed: int, teac
     cfg["data"]["teacher_tokenizer"] = teacher_tokenizer
     cfg["teacher"] = {"builder": "smollm2"} if teacher is None else {"builder": "hf_pretrained", "model": teacher,
                                                                      "dtype": "float32"}
-    xtok = {"type": "cross_tokenizer", "temperature": 1.0, "weight": 0.5}
+    eos = {"end_of_sequence": bool(size.get("end_of_sequence", True))}  # ends of sequence aligned across tokenizers
+    xtok = {"type": "cross_tokenizer", "temperature": 1.0, "weight": 0.5, **eos}
     labels = {"type": "labels", "weight": 0.5}
     if method in ("labels", "warm"):
         cfg["knowledge"] = [{"type": "labels", "weight": 1.0}]
@@ -232,7 +233,7 @@ def method_config(method: str, size: dict[str, Any], runs: Path, seed: int, teac
         cfg["knowledge"] = [{**xtok, "method": "span", "divergence": "backward_kl", "likelihood_weight": 1.0},
                             {**labels, "sources": ["dataset"]}]
     elif method == "reinforce_on_policy":
-        cfg["knowledge"] = [{"type": "cross_tokenizer_reinforce", "baseline": "moving_average", "weight": 0.5},
+        cfg["knowledge"] = [{"type": "cross_tokenizer_reinforce", "baseline": "moving_average", "weight": 0.5, **eos},
                             {**labels, "sources": ["dataset"]}]
     elif method == "same_tokenizer":
         own = {"tokenizer": None, "prepared_tokenizer": "smollm2"} if teacher is None else {"tokenizer": teacher,
