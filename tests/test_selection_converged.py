@@ -112,18 +112,19 @@ def test_a_tiny_sitting_builds_the_store_once_trains_from_it_and_resumes(
     (tmp_path / "step150.json").write_text(json.dumps({"units": [{**_unit("vanilla_kd", 0, 0.25), "task": "tiny",
                                                                   "student": "tiny-2L"}]}))
     argv = ["--quick", "--tasks", "tiny", "--students", "tiny-2L", "--variants", "vanilla_kd", "all_equal",
-            "ac_soft_multi", "--out", str(tmp_path / "out"), "--report-dir", str(tmp_path / "report"),
+            "ac_soft_multi", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "results"),
+            "--report-dir", str(tmp_path / "report"),
             "--step150", str(tmp_path / "step150.json"), "--set", "max_steps=8", "--set", "eval_every=2",
             "--set", "patience=1", "--set", "warmup=0", "--set", "batch_size=8", "--set", "lr=0.003"]
     assert bench.main(argv) == 0
-    units = tmp_path / "out" / "quick" / "units"
+    units = tmp_path / "results" / "selection_converged" / "quick"
     store = json.loads((units / "store-tiny-tiny-2L.json").read_text())
     assert store["hidden"] == ["bert.encoder.layer.1", "bert.encoder.layer.3",
                                "bert.encoder.layer.3.attention.self.value", "bert.pooler"]
     assert store["attentions"] == ["bert.encoder.layer.1.attention.self", "bert.encoder.layer.3.attention.self"]
     assert store["computed"] == store["examples"] > 0
     done = {p.name: p.stat().st_mtime_ns for p in units.glob("*.json")}
-    assert set(done) == {"store-tiny-tiny-2L.json", *(f"tiny-tiny-2L-{v}-s0.json"
+    assert set(done) == {"store-tiny-tiny-2L.json", "teacher-tiny.json", *(f"tiny-tiny-2L-{v}-s0.json"
                                                       for v in ("vanilla_kd", "all_equal", "ac_soft_multi"))}
     for variant in ("vanilla_kd", "all_equal", "ac_soft_multi"):
         unit = json.loads((units / f"tiny-tiny-2L-{variant}-s0.json").read_text())

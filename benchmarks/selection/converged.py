@@ -300,7 +300,8 @@ def read_step150(path: Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------- the benchmark
 class Converged(Benchmark):
     """The converged-budget selection benchmark on the harness: a store unit per task, then one student unit per
-    task, student, variant and seed (`<task>-<student>-<variant>-s<seed>.json`), under OUT/<size>/units/."""
+    task, student, variant and seed (`<task>-<student>-<variant>-s<seed>.json`), under
+    RESULTS/selection_converged/<size>/; stores and scratch runs under OUT/<size>/."""
 
     script = Path(__file__)
     description = globals()["__doc__"].splitlines()[0]
@@ -316,8 +317,11 @@ class Converged(Benchmark):
         p.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS))
         p.add_argument("--students", nargs="+", default=None, choices=list(STUDENTS))
         p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-        p.add_argument("--out", default=str(HERE / "runs-converged"), help="stores, per-run JSONs (resumable), kept "
-                                                                           "small files")
+        p.add_argument("--out", default=str(HERE / "runs-converged"), help="stores, scratch runs and kept small "
+                                                                           "files (not committed)")
+        p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"),
+                       help="unit results, the teachers' records and the sittings log, under "
+                            "RESULTS/selection_converged/<size>/ (committed as they land; resumable)")
         p.add_argument("--step150", default=str(STEP_150), help="the 150-step study's aggregate to compare with")
         p.add_argument("--report-dir", default=None, help="write the JSON and table here instead")
         p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=JSON",
@@ -341,14 +345,11 @@ class Converged(Benchmark):
         self.results(args).mkdir(parents=True, exist_ok=True)
 
     def results(self, args: argparse.Namespace) -> Path:
-        return args.out_size / "units"
-
-    def state(self, args: argparse.Namespace) -> Path:
-        return args.out_size
+        return Path(args.results) / "selection_converged" / args.size_name
 
     def prepare(self, args: argparse.Namespace) -> None:
         for task in args.tasks:  # before any worker starts: trained once
-            prepare_teacher(task, args.out_size)
+            prepare_teacher(task, self.results(args))
 
     def store_dir(self, task: str, args: argparse.Namespace) -> Path:
         return args.out_size / "stores" / store_name(task, args.students)
@@ -383,7 +384,7 @@ class Converged(Benchmark):
 
         from harness.sittings import read_sittings
 
-        sittings = read_sittings(args.out_size / "sittings.jsonl")
+        sittings = read_sittings(self.results(args) / "sittings.jsonl")
         made_by = provenance.record()
         return {"command": made_by["command"], "provenance": made_by,
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"
@@ -393,7 +394,7 @@ class Converged(Benchmark):
                 "wall_time_min": sum(x["wall_time_min"] for x in sittings)}
 
     def aggregate(self, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any] | None:
-        teachers = {task: prepare_teacher(task, args.out_size) for task in args.tasks}
+        teachers = {task: prepare_teacher(task, self.results(args)) for task in args.tasks}
         todo = self.units(args)
         done = grid.read_units(self.results(args), todo)
         units = [u for u in done if u.get("variant") is not None]
