@@ -51,16 +51,16 @@ def test_expected_budget_is_the_measured_costs_summed_by_hand() -> None:
                "uld-s0": 10 * 3.1 + student_scoring, "span-s0": 10 * 2.0 + student_scoring,
                "span_on_policy-s0": 6 * 2.4 + student_scoring, "span_on_policy_refs-s0": 6 * 2.4 + student_scoring,
                "reinforce_on_policy-s0": 6 * 2.4 + student_scoring, "same_tokenizer-s0": 10 * 2.8 + student_scoring,
-               "store-xtok": math.ceil(2400 / 8) * 1.6, "store-own": math.ceil(2400 / 8) * 1.6,
-               "uld_store-s0": 10 * 1.0 + student_scoring, "span_store-s0": 10 * 0.8 + student_scoring,
-               "same_tokenizer_store-s0": 10 * 1.0 + student_scoring}
+               "store-xtok": math.ceil(2400 / 8) * 2.4, "store-own": math.ceil(2400 / 8) * 2.4,
+               "uld_store-s0": 10 * 0.4 + student_scoring, "span_store-s0": 10 * 0.4 + student_scoring,
+               "same_tokenizer_store-s0": 10 * 1.3 + student_scoring}
     assert windows <= 32
     for u in bench.grid_units(bench.METHODS, 1):
         assert bench.unit_seconds(u, size) == pytest.approx(by_hand[u.name]), u.name
     budget = bench.expected_budget(size, bench.METHODS, 1, jobs=2)
     assert budget["work_min"] == pytest.approx(sum(by_hand.values()) / 60)
     chain = max(by_hand["warm-s0"] + by_hand["reinforce_on_policy-s0"], by_hand["uld-s0"],
-                by_hand["store-xtok"] + by_hand["uld_store-s0"])
+                by_hand["store-xtok"] + by_hand["uld_store-s0"], by_hand["store-own"] + by_hand["same_tokenizer_store-s0"])
     assert budget["critical_path_min"] == pytest.approx(chain / 60)
     assert budget["wall_min"] == pytest.approx(max(sum(by_hand.values()) / 2, chain) / 60)
 

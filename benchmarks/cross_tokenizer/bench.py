@@ -19,8 +19,14 @@ Per seed:
                   baseline) on the same mixed rows, plus cross-entropy on the dataset's rows only, 1:1
   same_tokenizer  the reference point: the same student on SmolLM2's own tokenizer (49,152 tokens), forward KL
                   per token (`response`) + cross-entropy, 1:1
+  uld_store, span_store, same_tokenizer_store
+                  uld, span and same_tokenizer with the teacher read from a teacher output store of its top-`store_k`
+                  (64) and a tail bucket per position, built once on the teacher's tokens (`ktransfer teacher-outputs
+                  build`; units store-xtok and store-own) and read by every seed: the teacher runs once, not once a
+                  seed, and no teacher is in memory while the students train
 
-and once, the teacher itself (scored, not trained). Every method makes `steps` optimizer steps (the on-policy one
+and once, the teacher itself (scored, not trained). `end_of_sequence` (a size setting) says whether the
+cross-tokenizer terms align the two ends of sequence (--quick: no, --full: yes, the terms' default). Every method makes `steps` optimizer steps (the on-policy one
 count their warm start's). Every unit is an ordinary ktransfer run of configs/causal/smollm2_cross_tokenizer.yaml,
 loaded and changed here (knowledge, sizes, seed).
 
@@ -42,13 +48,14 @@ wall time per training step and peak resident memory.
 Sizes. The budget below comes from costs measured on the 2-core machine (one thread, batch 8 x 64 student tokens;
 `STEP_S` and the constants beside it), summed by `expected_budget` (see `unit_seconds`); on the quiet machine:
 
-  --quick  one seed of every method; 300 steps (warm start 150), 2,400 training blocks; 24 test articles for
-           bits per byte and 32 prompts: about 51 min of work, about 26 min of wall time with --jobs 2 (the
-           longest unit, ULD: 16 min); the busy machine the costs were measured on ran about twice as slowly,
-           which still fits in 60 min with --jobs 2
-  --full   three seeds; 1,200 steps (warm start 600), 9,600 training blocks; 96 test articles and 128 prompts:
-           about 10 h of work, about 5 h with --jobs 2, over sittings (each finished unit's JSON is kept; a
-           sitting started again skips them)
+  --quick  three seeds of labels, uld_store, span_store, span_on_policy, same_tokenizer_store; 300 steps (warm
+           start 150), 2,400 training blocks; 24 test articles for bits per byte and 32 prompts: about 86 min
+           of work, about 43 min of wall time with --jobs 2; the busy machine the costs were measured on ran
+           about twice as slowly (any other method: --methods, one seed of each with the live teacher ran so)
+  --full   three seeds of every method but the live-teacher uld, span and same_tokenizer (their store
+           versions instead); 1,200 steps (warm start 600), 9,600 training blocks; 96 test articles and 128
+           prompts: about 8 h of work, about 4 h with --jobs 2, over sittings (each finished unit's JSON is
+           kept; a sitting started again skips them)
 
     nohup python benchmarks/cross_tokenizer/bench.py --quick --jobs 2 > cross_tokenizer.log 2>&1 &   # resumable
     python benchmarks/cross_tokenizer/bench.py --full --jobs 2       # start again after a stop; commit the JSONs
@@ -121,8 +128,9 @@ LABELS = {"teacher": "teacher (SmolLM2-135M-Instruct), not trained", "labels": "
 # 1.6 s it takes on the quiet machine (benchmarks/real_teacher).
 STEP_S = {"labels": 0.3, "uld": 3.1, "span": 2.0, "span_on_policy": 2.4, "span_on_policy_refs": 2.4,
           "reinforce_on_policy": 2.4, "same_tokenizer": 2.8,  # the last on-policy two: as span_on_policy, not measured
-          "uld_store": 1.0, "span_store": 0.8, "same_tokenizer_store": 1.0}
-TEACHER_FORWARD_S = 1.6  # SmolLM2 on 8 x 64 tokens, one store batch
+          "uld_store": 0.4, "span_store": 0.4, "same_tokenizer_store": 1.3}
+# the store methods: measured the same way in their --quick sitting (0.71-0.83, 0.77-0.89 and 2.36-2.76 s), / 2.0
+STORE_BATCH_S = 2.4  # a store batch (the teacher on 8 blocks, top-k kept): 4.8 s in that sitting, / 2.0
 TEACHER_BPB_BATCH_S = 6.4  # the teacher over 32 windows of 64 tokens (4 x the 8 x 64 forward)
 STUDENT_BPB_BATCH_S = 0.5
 TEACHER_TOKEN_S = 0.07  # one greedy token of the teacher, one prompt
@@ -172,7 +180,7 @@ def unit_seconds(unit: Unit, size: dict[str, Any]) -> float:
     if kind == "warm":
         return size["warm_steps"] * STEP_S["labels"]
     if kind == "store":
-        return math.ceil(size["train_size"] / size["batch_size"]) * TEACHER_FORWARD_S
+        return math.ceil(size["train_size"] / size["batch_size"]) * STORE_BATCH_S
     method = unit.key["method"]
     scoring = batches * STUDENT_BPB_BATCH_S + size["prompts"] * size["new_tokens"] * STUDENT_TOKEN_S
     steps = size["steps"] - size["warm_steps"] if method in ON_POLICY else size["steps"]
