@@ -42,6 +42,7 @@ from harness.cli import main as harness_main  # noqa: E402
 from harness.cli import threads_per_worker_env  # noqa: E402
 from harness.grid import Unit  # noqa: E402
 from harness.reproduce import load_study  # noqa: E402
+from harness.sittings import ran_by  # noqa: E402
 
 SELECTION = load_study("selection/bench.py")  # the 150-step study: its variants, terms, tasks and students
 TERMS: dict[str, dict[str, Any]] = SELECTION.TERMS
@@ -250,7 +251,7 @@ def _fmt(ci: tuple[float, float]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     meta, size = result["meta"], result["meta"]["size"]
-    lines = [f"Command: `{meta['command']}`; {meta['machine']}; torch {meta['torch']}, transformers {meta['transformers']}, "
+    lines = [f"{ran_by(meta.get('sittings', []), meta['command'])}; {meta['machine']}; torch {meta['torch']}, transformers {meta['transformers']}, "
              f"Python {meta['python']}; {provenance.code_line(meta.get('provenance'))}; seeds {meta['seeds']}; batch "
              f"{size['batch_size']}, validation every {size['eval_every']} steps, stop after {size['patience']} "
              f"evaluations without improvement or at {size['max_steps']} steps; teacher read from a store "
