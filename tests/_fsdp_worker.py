@@ -237,7 +237,8 @@ def eos_generation(out: Path, rank: int) -> None:
 
     same = model_fingerprint(sharded) == model_fingerprint(plain)  # the teacher cache's key
     (out / f"eos-rank{rank}.json").write_text(json.dumps({**lengths, "same_fingerprint": same}))
-    torch.distributed.destroy_process_group()
+    torch.distributed.barrier()  # both ranks done with their collectives before gloo is torn down (a rank that
+    torch.distributed.destroy_process_group()  # tore down first made the other abort at exit, now and then)
 
 
 BUILD = {"k": 5, "shard_size": 4, "batch_size": 3, "hidden": ["model.layers.0"],
