@@ -158,6 +158,15 @@ def _two_tokenizer_batch(ends: bool = False) -> dict[str, Any]:
             "target_source": torch.full((2,), SOURCE_IDS["student"]), MAX_LENGTH_KEY: 5}
 
 
+def _span_rewards(s: torch.Tensor, t: torch.Tensor, batch: dict[str, torch.Tensor],
+                  log_q: torch.Tensor) -> tuple[CrossTokenizerReinforceTerm, torch.Tensor, torch.Tensor]:
+    """A fresh term (no baseline, no normalisation), its per-token rewards log p_eff - log q on `batch`, and the
+    target mask."""
+    term = CrossTokenizerReinforceTerm(baseline="none", normalise="none")
+    mask = batch["labels"][:, 1:] != -100
+    return term, term.teacher_logprobs(_views(s, t, batch)[1], log_q, mask) - log_q, mask
+
+
 def test_span_rewards_land_on_the_last_student_token_of_each_span() -> None:
     g = torch.Generator().manual_seed(7)
     batch = _two_tokenizer_batch()
@@ -169,11 +178,8 @@ def test_span_rewards_land_on_the_last_student_token_of_each_span() -> None:
           for b in range(2)]
     want = [[0.0, 0.0, (lp[0][0] + lp[0][1]) - (lq[0][0] + lq[0][1] + lq[0][2]), (lp[0][2] + lp[0][3]) - lq[0][3], 0.0],
             [0.0, lp[1][0] - (lq[1][0] + lq[1][1]), 0.0, lp[1][1] - lq[1][3], 0.0]]
-    term = CrossTokenizerReinforceTerm(baseline="none", normalise="none")
-    view = _views(s, t, batch)[1]
-    mask = batch["labels"][:, 1:] != -100
     log_q = torch.tensor(lq, dtype=torch.float64)
-    rewards = term.teacher_logprobs(view, log_q, mask) - log_q
+    term, rewards, mask = _span_rewards(s, t, batch, log_q)
     torch.testing.assert_close(torch.where(mask, rewards, 0.0), torch.tensor(want, dtype=torch.float64),
                                atol=1e-12, rtol=0)
     assert term.counts == {"spans": 6, "spans_counted": 4, "end_of_sequence_spans": 0,
@@ -198,19 +204,15 @@ def test_the_two_ends_of_sequence_are_a_span_rewarded_log_p_eos_minus_log_q_eos(
     r_eos = log_softmax(t[1, 2], 8) - log_softmax(s[1, 4], 9)
     want = [[0.0, 0.0, (lp[0][0] + lp[0][1]) - (lq[0][0] + lq[0][1] + lq[0][2]), (lp[0][2] + lp[0][3]) - lq[0][3], 0.0],
             [0.0, lp[1][0] - (lq[1][0] + lq[1][1]), 0.0, lp[1][1] - lq[1][3], r_eos]]
-    term = CrossTokenizerReinforceTerm(baseline="none", normalise="none")
-    view = _views(s, t, batch)[1]
-    mask = batch["labels"][:, 1:] != -100
     log_q = torch.tensor(lq, dtype=torch.float64)
-    rewards = term.teacher_logprobs(view, log_q, mask) - log_q
+    term, rewards, mask = _span_rewards(s, t, batch, log_q)
     torch.testing.assert_close(torch.where(mask, rewards, 0.0), torch.tensor(want, dtype=torch.float64),
                                atol=1e-12, rtol=0)
     assert term.counts == {"spans": 7, "spans_counted": 5, "end_of_sequence_spans": 1,
                            "end_of_sequence_spans_counted": 1, "student_targets": 9, "student_targets_unrewarded": 1}
     # the teacher's end of sequence without a target (a stored row whose last label is cut): no span counted
     batch["teacher_labels"][1, 3] = -100
-    term = CrossTokenizerReinforceTerm(baseline="none", normalise="none")
-    rewards = term.teacher_logprobs(_views(s, t, batch)[1], log_q, mask) - log_q
+    term, rewards, _ = _span_rewards(s, t, batch, log_q)
     assert float(rewards[1, 4]) == 0.0 and term.counts["end_of_sequence_spans_counted"] == 0
 
 
