@@ -42,6 +42,7 @@ import torch
 
 from ktransfer.data import TensorDictDataset
 from ktransfer.engine import sharding
+from ktransfer.engine.distributed import leave_process_group
 from ktransfer.knowledge import ResponseTerm
 from ktransfer.knowledge import StepView
 from ktransfer.train import Distiller, NonFiniteLossError, OptimConfig, TrainConfig
@@ -237,8 +238,6 @@ def eos_generation(out: Path, rank: int) -> None:
 
     same = model_fingerprint(sharded) == model_fingerprint(plain)  # the teacher cache's key
     (out / f"eos-rank{rank}.json").write_text(json.dumps({**lengths, "same_fingerprint": same}))
-    torch.distributed.barrier()  # both ranks done with their collectives before gloo is torn down (a rank that
-    torch.distributed.destroy_process_group()  # tore down first made the other abort at exit, now and then)
 
 
 BUILD = {"k": 5, "shard_size": 4, "batch_size": 3, "hidden": ["model.layers.0"],
@@ -309,6 +308,7 @@ def main() -> None:
             out.mkdir(parents=True, exist_ok=True)
             (out / f"rank{rank}.txt").write_text(f"{e.step}\n{e}")
             sys.exit(3)
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ktransfer.data import TensorDictDataset
+from ktransfer.engine.distributed import leave_process_group
 from ktransfer.knowledge import LabelsTerm, ResponseTerm, StepView
 from ktransfer.train import Distiller, NonFiniteLossError, OptimConfig, TrainConfig, make_evaluator
 
@@ -103,6 +104,7 @@ def main() -> None:
         n_train_rows = 2 * 2 // max(1, int(os.environ.get("WORLD_SIZE", "1")))
         (out / f"rank{rank}.json").write_text(json.dumps({
             "evaluated": sum(seen) - n_train_rows, "metrics": result.final_metrics}))
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ktransfer.data import TensorDictDataset
+from ktransfer.engine.distributed import leave_process_group
 from ktransfer.engine.sharding import local_parameter_bytes
 from ktransfer.knowledge import ResponseTerm
 from ktransfer.models.causal import build_llama_student
@@ -96,6 +97,7 @@ def main() -> None:
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "sharding")},
             **sizes, "median_step_s": statistics.median(steps), "steps_timed": len(steps), "processes": records,
         }, indent=2) + "\n")
+    leave_process_group()
 
 
 if __name__ == "__main__":

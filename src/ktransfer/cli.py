@@ -364,15 +364,10 @@ def _cmd_teacher_outputs(args: argparse.Namespace) -> int:
 
         cfg = RunConfig.from_yaml(args.config, args.overrides)
         out = Path(args.out) if args.out else Path("stores") / Path(args.config).stem
-        from ktransfer.store.processes import leave_processes
-
-        try:
-            report = build_store(cfg, out, k=args.k, values=args.values, fit_degree=args.fit_degree,
-                                 shard_size=args.shard_size, batch_size=args.batch_size, hidden=args.hidden,
-                                 attentions=args.attentions, feature_values=args.feature_values,
-                                 captures_of_terms=args.captures_of_terms)
-        finally:
-            leave_processes()
+        report = build_store(cfg, out, k=args.k, values=args.values, fit_degree=args.fit_degree,
+                             shard_size=args.shard_size, batch_size=args.batch_size, hidden=args.hidden,
+                             attentions=args.attentions, feature_values=args.feature_values,
+                             captures_of_terms=args.captures_of_terms)
         if os.environ.get("RANK", "0") != "0":  # one of several processes: the main one reports
             return 0
         rate = f", {report.positions / report.forward_s:,.0f} target positions/s in the teacher" if report.forward_s else ""
@@ -421,9 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     from ktransfer.registry import ConfigError
     from ktransfer.engine.errors import NonFiniteError, WorldSizeError
 
+    finished = False
     try:
         _apply_threads(args)
         code = COMMANDS[args.command](args)
+        finished = code == 0
         sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
         return code
     except BrokenPipeError:
@@ -440,6 +437,21 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; a run continues from its newest checkpoint with `ktransfer resume RUN_DIR`",
               file=sys.stderr)
         return 130
+    finally:
+        _leave_processes(finished)
+
+
+def _leave_processes(finished: bool) -> None:
+    """Leave the process group of a multi-process command (torchrun), if one was joined.
+
+    After a command that finished, every process waits for the others first; after an error, no
+    process waits for others that may never arrive.
+    """
+    if "torch" not in sys.modules:  # --version, list, check...: no process group was ever joined
+        return
+    from ktransfer.engine.distributed import leave_process_group
+
+    leave_process_group(wait_for_others=finished)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ktransfer.engine import sharding
+from ktransfer.engine.distributed import leave_process_group_at_exit
 
 T = TypeVar("T")
 
@@ -71,7 +72,7 @@ def join_processes(sharding_mode: str) -> BuildProcesses:
     on the CPU, nccl with a GPU per process, `cuda:LOCAL_RANK`) unless the caller has joined it, and
     stays joined, so that further builds in the process reuse it (joining again after leaving can
     meet the stale rendezvous of the group left); the command line leaves it at its end
-    (`leave_processes`).
+    (`engine.distributed.leave_process_group`).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         if sharding_mode == "fsdp":
@@ -84,14 +85,9 @@ def join_processes(sharding_mode: str) -> BuildProcesses:
         device = torch.device("cpu")
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    leave_process_group_at_exit()
     return BuildProcesses(world=torch.distributed.get_world_size(), rank=torch.distributed.get_rank(),
                           device=device, sharded=sharding_mode == "fsdp")
-
-
-def leave_processes() -> None:
-    """Leave the process group a build joined, if any (at the end of the command)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 def place_teacher(teacher: nn.Module, processes: BuildProcesses, shard_layers: Sequence[str]) -> nn.Module:
