@@ -70,6 +70,25 @@ def one_step(term: str, batch: int, accum: int) -> Distiller:
                      config=TrainConfig(max_steps=1, batch_size=batch, grad_accum_steps=accum), progress=False)
 
 
+@dataclass
+class CountingTerm:
+    """No loss; counts the examples and the steps this process saw (`counts`, logged by the engine)."""
+
+    name: str = "counting"
+    weight: float = 1.0
+    requires_teacher: bool = False
+    student_modules: tuple[str, ...] = ()
+    teacher_modules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.counts = {"examples": 0, "calls": 0}
+
+    def loss(self, view: StepView) -> Tensor:
+        self.counts["examples"] += int(view.batch["labels"].shape[0])
+        self.counts["calls"] += 1
+        return view.student.logits.sum() * 0.0
+
+
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     rank = int(os.environ.get("RANK", "0"))
@@ -90,6 +109,10 @@ def main() -> None:
         except NonFiniteLossError as e:
             (out / f"rank{rank}.txt").write_text(f"{e.step}\n{e}")
             sys.exit(3)
+    elif mode == "counts":  # a term's running counts in the log: summed over processes
+        data = TensorDictDataset(inputs=torch.randn(32, 6), labels=torch.randint(0, 3, (32,)))
+        Distiller(torch.nn.Linear(6, 3), None, [LabelsTerm(), CountingTerm()], train_data=data, run_dir=out / "run",
+                  config=TrainConfig(max_steps=3, batch_size=8, log_every=1), progress=False).fit()
     elif mode == "eval":
         g = torch.Generator().manual_seed(0)
         val = TensorDictDataset(inputs=torch.randn(37, 6, generator=g), labels=torch.randint(0, 3, (37,), generator=g))

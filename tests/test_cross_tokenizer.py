@@ -480,6 +480,12 @@ def test_cli_run_with_a_wordpiece_teacher_for_a_bpe_student(corpus_file: Path, t
         assert len(trains) == 4 and all(math.isfinite(r["terms"]["cross_tokenizer"]) and r["terms"]["cross_tokenizer"] > 0
                                         for r in trains)
         assert [r for r in records if r.get("split") == "val"][-1]["perplexity"] > 1
+        counts = [r["counts"]["cross_tokenizer"] for r in trains]  # the term's running counts, logged
+        assert counts[0]["spans_counted"] > 0
+        assert all(a["spans"] < b["spans"] and a["student_tokens"] < b["student_tokens"]
+                   for a, b in zip(counts, counts[1:]))
+        assert all(c["spans_counted"] <= c["spans"] and c["student_tokens_unaligned"] <= c["student_tokens"]
+                   for c in counts)
         if method == "span":  # killed after 2 steps and resumed: the same losses as the uninterrupted run
             resumed = tmp_path / "resumed"
             assert main(["run", str(path), "--run-dir", str(resumed), "--no-progress", "--stop-after", "2",
@@ -487,6 +493,7 @@ def test_cli_run_with_a_wordpiece_teacher_for_a_bpe_student(corpus_file: Path, t
             assert main(["resume", str(resumed), "--no-progress"]) == 0
             again = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
             assert [r["terms"] for r in again if r.get("split") == "train"] == [r["terms"] for r in trains]
+            assert [r["counts"] for r in again if r.get("split") == "train"] == [r["counts"] for r in trains]
 
 
 def test_the_student_learns_from_a_teacher_with_another_tokenizer(corpus_file: Path, tmp_path: Path) -> None:

@@ -137,6 +137,19 @@ def test_each_process_evaluates_its_shard_and_metrics_are_gathered(tmp_path: Pat
             assert r["metrics"][key] == pytest.approx(value, rel=1e-5)
 
 
+@pytest.mark.slow
+def test_a_terms_running_counts_are_logged_summed_over_processes(tmp_path: Path) -> None:
+    torchrun("counts", str(tmp_path / "two"))
+    subprocess.run([sys.executable, str(WORKER), "counts", str(tmp_path / "one")], check=True, timeout=300)
+    logged = {}
+    for name in ("one", "two"):
+        records = [json.loads(x) for x in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
+        logged[name] = [r["counts"]["counting"] for r in records if r.get("split") == "train"]
+    # 3 steps of 8 examples: one process sees all of each batch, each of two processes half of it
+    assert logged["one"] == [{"examples": 8 * n, "calls": n} for n in (1, 2, 3)]
+    assert logged["two"] == [{"examples": 8 * n, "calls": 2 * n} for n in (1, 2, 3)]
+
+
 # ------------------------------------------------------------------------ terms with their own units
 # Terms that average over something other than the student's targets (positions, spans, examples)
 # say so with `count_units`; the engine weights each micro-batch's value of a term by its share of

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ktransfer.engine.configs import OptimConfig, ScheduleConfig, TrainConfig
+from ktransfer.engine.distributed import sum_over_processes
 from ktransfer.engine.state import TrainState
 from ktransfer.runlog import MetricsLog
 from ktransfer.schema import to_dict
@@ -26,6 +27,7 @@ class ReportingMixin:
     schedule: ScheduleConfig
     state: TrainState
     selector: Selector
+    terms: list[Any]
     run_dir: Path | None
     log: MetricsLog | None
     accelerator: Any
@@ -60,6 +62,22 @@ class ReportingMixin:
         if self.state.first_loss is None:  # the untrained model's loss, for the divergence warning
             self.state.first_loss = total
 
+    def _term_counts(self) -> dict[str, dict[str, int]]:
+        """Each term's running counts (its optional `counts`), summed over processes: what it saw since the start.
+
+        Collective under several processes (every process flushes the log at the same steps).
+        """
+        found = {t.name: t.counts for t in self.terms if isinstance(getattr(t, "counts", None), dict) and t.counts}
+        keys = [(name, key) for name, counts in found.items() for key in sorted(counts)]
+        if not keys:
+            return {}
+        world = self.accelerator.num_processes
+        totals = sum_over_processes([float(found[name][key]) for name, key in keys], world, self.accelerator.device)
+        out: dict[str, dict[str, int]] = {}
+        for (name, key), total in zip(keys, totals, strict=True):
+            out.setdefault(name, {})[key] = round(total)
+        return out
+
     def _flush_log(self, lr: float, t0: float, bar: Any) -> None:
         n = max(1, self.state.log_count)
         avg = {k: v / n for k, v in self.state.log_sums.items()}
@@ -71,6 +89,9 @@ class ReportingMixin:
         }
         if hasattr(self.selector, "metrics"):
             record["selector"] = dict(self.selector.metrics())
+        counts = self._term_counts()
+        if counts:
+            record["counts"] = counts
         self.state.log_sums = {}
         self.state.log_count = 0
         self.state.last_loss = record["loss"]
@@ -79,7 +100,8 @@ class ReportingMixin:
         if self.config.report_to:
             self.accelerator.log({"train/loss": record["loss"], "train/lr": lr,
                                   **{f"train/terms/{k}": v for k, v in record["terms"].items()},
-                                  **{f"train/weights/{k}": v for k, v in record["weights"].items()}},
+                                  **{f"train/weights/{k}": v for k, v in record["weights"].items()},
+                                  **{f"train/counts/{t}/{k}": v for t, c in counts.items() for k, v in c.items()}},
                                  step=self.state.step)
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.4f}")

@@ -62,6 +62,11 @@ class KnowledgeTerm(Protocol):
     value of the term by its share, so the update equals that of one large batch however the
     step is split. Without the method (or when it returns None) the unit is the task's target
     count (`Task.count_targets`), the denominator of the token- and example-level terms.
+
+    Optional attribute `counts: dict[str, int]`: running counts of what the term has seen (the
+    cross-tokenizer terms: aligned spans, ends of sequence, unaligned tokens). The engine logs
+    them, summed over processes, with every training record of metrics.jsonl (`counts`, by term);
+    a term that checkpoints them in its `state_dict` keeps them across a resume.
     """
 
     name: str
