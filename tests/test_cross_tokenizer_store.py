@@ -164,12 +164,15 @@ def test_reduced_precision_encodings_on_the_teachers_tokens_give_the_float32_sto
     reduced, exact = TeacherStore.open(out), TeacherStore.open(small_store)
     assert reduced.manifest["values"] == values and reduced.manifest["teacher_tokens"] is True
     torch.testing.assert_close(reduced.next_logprobs(0).float(), exact.next_logprobs(0).float(), atol=2e-3, rtol=0)
+    assert not torch.equal(reduced.next_logprobs(0).float(), exact.next_logprobs(0).float())  # the encoding is lossy
     for method in ("span", "uld"):
         _, want_view = _views(setup, small_store)
         _, got_view = _views(setup, out)
         want = float(_term(setup, method=method).loss(want_view).detach())
         got = float(_term(setup, method=method).loss(got_view).detach())
-        assert got != want and abs(got - want) <= tolerance * max(1.0, abs(want)), (method, got, want)
+        # not `got != want`: the span losses of a near-uniform teacher differ per span (1e-6 to 3e-5 with `fit`), and
+        # their mean over the batch rounded to the same float32 value once
+        assert abs(got - want) <= tolerance * max(1.0, abs(want)), (method, got, want)
 
 
 def _spans(term: CrossTokenizerTerm, view: StepView) -> dict[str, torch.Tensor]:
