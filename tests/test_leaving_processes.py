@@ -36,10 +36,15 @@ assert accelerator.num_processes == 2 and torch.distributed.is_initialized()
 """
 
 
-def torchrun(script: Path) -> subprocess.CompletedProcess[str]:
+def torchrun(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    """`source` run as a script by two processes; both must exit 0."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
     exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    return subprocess.run([exe, "--nproc_per_node", "2", str(script)], capture_output=True, text=True, timeout=180,
+    proc = subprocess.run([exe, "--nproc_per_node", "2", str(script)], capture_output=True, text=True, timeout=180,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def test_leaving_without_a_process_group_does_nothing() -> None:
@@ -49,18 +54,12 @@ def test_leaving_without_a_process_group_does_nothing() -> None:
 
 @pytest.mark.slow
 def test_a_process_that_does_not_arrive_in_time_does_not_fail_the_others(tmp_path: Path) -> None:
-    script = tmp_path / "never_arrives.py"
-    script.write_text(NEVER_ARRIVES)
-    proc = torchrun(script)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun(tmp_path, NEVER_ARRIVES)
     assert "not every process arrived at the end within 1 s; leaving anyway" in proc.stderr
     assert proc.stdout.count("in a group: False") == 2
 
 
 @pytest.mark.slow
 def test_a_run_that_never_leaves_is_taken_out_of_the_group_before_the_interpreter_ends(tmp_path: Path) -> None:
-    script = tmp_path / "left_at_exit.py"
-    script.write_text(LEFT_AT_EXIT)
-    proc = torchrun(script)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun(tmp_path, LEFT_AT_EXIT)
     assert proc.stdout.count("in a group at exit: False") == 2, proc.stdout
