@@ -24,6 +24,8 @@ import _mp_worker as worker  # noqa: E402
 
 from ktransfer.data import TensorDictDataset  # noqa: E402
 from ktransfer.data.base import collate_dicts  # noqa: E402
+from ktransfer.knowledge import LabelsTerm  # noqa: E402
+from ktransfer.sequence.estimators import OnPolicyTerm, ReinforceTerm  # noqa: E402
 from ktransfer.train import Distiller, OptimConfig, TrainConfig  # noqa: E402
 
 WORKER = Path(__file__).parent / "_mp_worker.py"
@@ -73,6 +75,44 @@ def test_accumulation_gives_the_update_of_one_large_batch(term: str) -> None:
     assert relative_difference(reference, one) < 1e-5
     for batch, accum in ((2, 2), (1, 4)):
         assert relative_difference(one, update(term, batch, accum)) < 1e-5, (batch, accum)
+
+
+def _mixed_sources() -> TensorDictDataset:
+    """The uneven data with its targets' sources: the first row from the references, the rest sampled by the student."""
+    from ktransfer.knowledge.sources import SOURCE_IDS, SOURCE_KEY
+
+    source = torch.tensor([SOURCE_IDS["dataset"]] + [SOURCE_IDS["student"]] * 3)
+    return TensorDictDataset(**worker.uneven_data().tensors, **{SOURCE_KEY: source})
+
+
+SOURCE_TERMS = {  # terms that read only some rows: their units are those rows' targets (or sequences)
+    "on_policy": lambda: OnPolicyTerm(),
+    "reinforce_constant": lambda: ReinforceTerm(normalise=12.0, baseline="none"),
+    "reinforce_sample_length": lambda: ReinforceTerm(normalise="sample_length", baseline="none"),
+    "labels_from_references": lambda: LabelsTerm(sources=["dataset", "teacher"]),
+}
+
+
+def _source_update(term: str, batch: int, accum: int, units: bool = True) -> dict[str, torch.Tensor]:
+    made = SOURCE_TERMS[term]()
+    if not units:  # the term as it was before it counted its own units: every row's targets
+        made.count_units = lambda batch, task: None  # type: ignore[method-assign]
+    student = worker.tiny_gpt2(0)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    d = Distiller(student, worker.tiny_gpt2(1), [made], train_data=_mixed_sources(), task="causal_lm",
+                  optim=OptimConfig(name="sgd", lr=1.0, momentum=0.0, max_grad_norm=None),
+                  config=TrainConfig(max_steps=1, batch_size=batch, grad_accum_steps=accum), progress=False)
+    d.fit()
+    return {k: v.detach() - before[k] for k, v in d.student.state_dict().items()}
+
+
+@pytest.mark.parametrize("term", list(SOURCE_TERMS))
+def test_terms_on_some_rows_under_accumulation_give_the_update_of_one_large_batch(term: str) -> None:
+    one = _source_update(term, 4, 1)
+    for batch, accum in ((2, 2), (1, 4)):
+        assert relative_difference(one, _source_update(term, batch, accum)) < 1e-5, (batch, accum)
+    # counted by every row's targets instead, the micro-batches were weighted wrongly (the test has teeth)
+    assert relative_difference(one, _source_update(term, 2, 2, units=False)) > 0.05
 
 
 def test_the_old_per_micro_batch_mean_really_differs() -> None:

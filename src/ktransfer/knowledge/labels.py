@@ -9,12 +9,13 @@ train the student on its own samples).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView, weighted_mean
-from ktransfer.knowledge.sources import check_sources, source_rows
+from ktransfer.knowledge.sources import check_sources, source_rows, source_units
 from ktransfer.tasks import IGNORE_INDEX, label_range_error
 
 
@@ -42,6 +43,10 @@ class LabelsTerm:
         if self.sources is not None:
             self.sources = list(self.sources)
             check_sources(self.sources)
+
+    def count_units(self, batch: dict[str, Any], task: Any) -> float | None:
+        """With `sources`, the labelled positions of those rows only (the loss's denominator); else the task's count."""
+        return None if self.sources is None else source_units(batch, task.kind, self.sources, per_sequence=False)
 
     def loss(self, view: StepView) -> Tensor:
         out = view.student

@@ -44,7 +44,7 @@ from ktransfer.divergences import get_divergence
 from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView, weighted_mean
 from ktransfer.knowledge.response import divergence_params
 from ktransfer.registry import suggest
-from ktransfer.knowledge.sources import check_sources, source_rows
+from ktransfer.knowledge.sources import check_sources, source_rows, source_units
 from ktransfer.sequence.targets import MAX_LENGTH_KEY
 from ktransfer.tasks import IGNORE_INDEX
 
@@ -158,6 +158,10 @@ class OnPolicyTerm:
                 raise ValueError(f"params.{key}: divergence '{self.divergence}' takes {', '.join(valid) or 'no params'}")
         check_sources(self.sources)
 
+    def count_units(self, batch: dict[str, Any], task: Any) -> float | None:
+        """The target tokens of the examples from `sources` (the loss's denominator), not every example's."""
+        return source_units(batch, task.kind, self.sources, per_sequence=False)
+
     def loss(self, view: StepView) -> Tensor:
         if view.teacher is None:
             raise ValueError(f"knowledge term '{self.name}' needs the teacher's outputs")
@@ -226,6 +230,11 @@ class ReinforceTerm:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._average = state["average"]
+
+    def count_units(self, batch: dict[str, Any], task: Any) -> float | None:
+        """The loss's denominator: the sequences from `sources` with a target under a constant normalisation,
+        else their target tokens."""
+        return source_units(batch, task.kind, self.sources, per_sequence=self.exact)
 
     def loss(self, view: StepView) -> Tensor:
         if view.teacher is None:
