@@ -48,7 +48,7 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size_and_aggregates(tiny_dir: P
     sets: dict[str, Any] = {"steps": 2, "teacher_steps": 2, "batch_size": 8, "eval_every": 2, "warmup": 0,
                             "threads": 1, "heldout_examples": 8, "students": [1], "intermediates": [3, 2], "data": data,
                             "teacher_model": {"builder": "minilm", "path": str(tiny_dir)}}
-    argv = ["--quick", "--methods", "learned", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    argv = ["--quick", "--seeds", "1", "--methods", "learned", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
     argv += [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     assert bench.main(argv) == 0
     result = json.loads((tmp_path / "results" / "chains.json").read_text())

@@ -22,8 +22,8 @@ a hop). Units `smollm2-8L-direct-s{seed}` and `smollm2-8L-via15-s{seed}`; each f
 real-teacher benchmark scores its students (its functions): held-out loss and KL(SmolLM2 || student), chrF,
 SmolLM2's log-probability per token and the repetition rate of its greedy continuations, s/step. A separate table.
 
-    python benchmarks/chains/bench.py --quick     # MiniLM: 1 seed, 100 steps a hop, 128 tokens; 110 min on the
-                                                  # 2-core machine while other work shared it
+    python benchmarks/chains/bench.py --quick --jobs 2   # MiniLM: 3 seeds, 100 steps a hop, 128 tokens, one thread
+                                                         # per worker (see below for its time)
     python benchmarks/chains/bench.py --full      # MiniLM: 3 seeds, 300 steps a hop, 256 tokens (GPU, or several
                                                   # sittings); and the SmolLM2 part, 3 seeds
     python benchmarks/chains/bench.py --full --parts smollm2 --jobs 2    # the SmolLM2 part alone
@@ -80,8 +80,8 @@ PARTS = ("minilm", "smollm2")
 # The students' lr (5e-4) was chosen on validation by choose_lr.py among 1e-4, 5e-4 and 2e-3 (benchmarks/results/
 # chains/quick-lr/); the teacher's (5e-5) is a usual fine-tuning rate, not searched.
 SIZES: dict[str, dict[str, Any]] = {
-    "quick": {"seeds": 1, "steps": 100, "teacher_steps": 150, "batch_size": 16, "eval_every": 50, "lr": 5e-4,
-              "teacher_lr": 5e-5, "warmup": 10, "threads": 2, "heldout_examples": 64, "students": [1, 2], "intermediates": [4, 3],
+    "quick": {"seeds": 3, "steps": 100, "teacher_steps": 150, "batch_size": 16, "eval_every": 50, "lr": 5e-4,
+              "teacher_lr": 5e-5, "warmup": 10, "threads": 1, "heldout_examples": 64, "students": [1, 2], "intermediates": [4, 3],
               "data": {"name": "bbc_news", "max_length": 128, "val_fraction": 0.1, "test_fraction": 0.2,
                        "split_seed": 0},
               "teacher_model": {"builder": "minilm"}, "parts": ["minilm"], "smollm2": None},
@@ -264,7 +264,7 @@ class Chains(Benchmark):
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.set_defaults(seeds=None)
         size = p.add_mutually_exclusive_group()
-        size.add_argument("--quick", action="store_true", help="one seed, < 60 min on 2 cores (the default size)")
+        size.add_argument("--quick", action="store_true", help="three seeds, 100 steps a hop (the default size)")
         size.add_argument("--full", action="store_true", help="three seeds, longer runs")
         p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                        help="the MiniLM part's methods")
