@@ -63,7 +63,7 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size_and_aggregates(tiny_dir: P
     # every hop trained once: the teacher, T->3, T->2, 3->2 and the four final hops
     assert len(list((tmp_path / "runs" / "quick" / "chains" / "hops").glob("*/summary.json"))) == 8
     table = (tmp_path / "results" / "chains.md").read_text()
-    assert "| 1L | learned | via3_2 |" in table
+    assert "| 1L | learned | via3_2 | 1 |" in table
 
 
 # ------------------------------------------------------------------------------------------- the SmolLM2 chain

@@ -239,10 +239,10 @@ def markdown(result: dict[str, Any]) -> str:
     if result["rows"]:
         teacher = result.get("teacher") or {}
         lines = [f"{lines[0]}: BBC News, MiniLM teacher (test macro-F1 {teacher.get('macro_f1', float('nan')):.3f})",
-                 "", "| student | method | chain | test macro-F1 | accuracy | vs direct (paired) | wall s (hops) | "
-                 "final hop s |", "|---|---|---|---|---|---|---|---|"]
+                 "", "| student | method | chain | seeds | test macro-F1 | accuracy | vs direct (paired) | wall s (hops) | "
+                 "final hop s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['student']}L | {r['method']} | {r['chain']} | {_fmt(r['macro_f1'])} | "
+        lines.append(f"| {r['student']}L | {r['method']} | {r['chain']} | {len(r['seeds'])} | {_fmt(r['macro_f1'])} | "
                      f"{_fmt(r['accuracy'])} | {'-' if r['chain'] == 'direct' else _fmt(r['vs_direct'], signed=True)} "
                      f"| {_fmt(r['wall_s'], 0)} | {_fmt(r['final_hop_wall_s'], 0)} |")
     if result.get("smollm2_rows"):
