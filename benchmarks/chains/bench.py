@@ -23,7 +23,9 @@ real-teacher benchmark scores its students (its functions): held-out loss and KL
 SmolLM2's log-probability per token and the repetition rate of its greedy continuations, s/step. A separate table.
 
     python benchmarks/chains/bench.py --quick --jobs 2   # MiniLM: 3 seeds, 100 steps a hop, 128 tokens, one thread
-                                                         # per worker (see below for its time)
+                                                         # per worker; the committed table took 110 min (seed 0,
+                                                         # one process) + 137 min (seeds 1-2, --jobs 2) on the 2-core
+                                                         # machine while the test suite shared it
     python benchmarks/chains/bench.py --full      # MiniLM: 3 seeds, 300 steps a hop, 256 tokens (GPU, or several
                                                   # sittings); and the SmolLM2 part, 3 seeds
     python benchmarks/chains/bench.py --full --parts smollm2 --jobs 2    # the SmolLM2 part alone
