@@ -358,18 +358,20 @@ def test_terms_without_units_of_their_own_count_the_task_targets() -> None:
 def test_source_units_are_the_weighted_targets_or_sequences_of_the_rows_read(kind: str, per_sequence: bool) -> None:
     """Counted by hand: rows 0 and 2 come from the student; the causal shift drops each row's first label."""
     from ktransfer.knowledge.sources import SOURCE_IDS, SOURCE_KEY, source_units
+    from ktransfer.tasks import Task
 
     labels = torch.tensor([[5, 6, 7, -100], [1, 2, -100, -100], [-100, -100, -100, 3], [4, 4, 4, 4]])
     source = torch.tensor([SOURCE_IDS[s] for s in ("student", "dataset", "student", "teacher")])
     weights = torch.tensor([0.5, 2.0, 3.0, 1.0])
     batch = {"labels": labels, SOURCE_KEY: source}
+    task = Task(kind)
     # targets per row: causal (shifted by one) 2, 1, 1, 3; seq2seq 3, 2, 1, 4
     targets = [2, 1, 1, 3] if kind == "causal_lm" else [3, 2, 1, 4]
     read = [0, 2]
     units = [1 if per_sequence else targets[i] for i in read]
-    assert source_units(batch, kind, ["student"], per_sequence) == sum(units)
+    assert source_units(batch, task, ["student"], per_sequence) == sum(units)
     weighted = sum(float(weights[i]) * u for i, u in zip(read, units))
-    assert source_units({**batch, "sample_weight": weights}, kind, ["student"], per_sequence) == pytest.approx(weighted)
+    assert source_units({**batch, "sample_weight": weights}, task, ["student"], per_sequence) == pytest.approx(weighted)
     everyone = [1 if per_sequence else t for t in targets]
-    assert source_units(batch, kind, None, per_sequence) == sum(everyone)
-    assert source_units({"labels": labels}, kind, ["student"], per_sequence) is None  # no sources: the loss says so
+    assert source_units(batch, task, None, per_sequence) == sum(everyone)
+    assert source_units({"labels": labels}, task, ["student"], per_sequence) is None  # no sources: the loss says so

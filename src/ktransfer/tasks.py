@@ -224,6 +224,16 @@ class Task:
             return ForwardResult(None, targets, raw, self.kind, hidden=aligned, head=head)
         return ForwardResult(logits=aligned, targets=targets, raw=raw, task=self.kind)
 
+    def targets_per_example(self, batch: dict[str, Any]) -> Tensor | None:
+        """Each example's target positions (B,), aligned as in `forward` (causal LMs: position t predicts token
+        t + 1); None for a batch without labels."""
+        labels = batch.get("labels")
+        if not isinstance(labels, Tensor):
+            return None
+        if self.kind == "causal_lm":
+            labels = labels[..., 1:]
+        return (labels != IGNORE_INDEX).reshape(labels.shape[0], -1).sum(-1)
+
     def count_targets(self, batch: dict[str, Any]) -> float:
         """Positions of `batch` that a loss averages over: its targets, aligned as in `forward`.
 
@@ -232,16 +242,12 @@ class Task:
         each position counts its example's weight, as the weighted terms divide by that sum. The engine divides a step's loss
         by this count summed over the step's micro-batches and processes.
         """
-        labels = batch.get("labels")
-        if isinstance(labels, Tensor):
-            if self.kind == "causal_lm":
-                labels = labels[..., 1:]
-            counted = labels != IGNORE_INDEX
+        per_example = self.targets_per_example(batch)
+        if per_example is not None:
             weights = batch.get("sample_weight")
             if isinstance(weights, Tensor):  # weighted terms divide by the summed weights of their positions
-                per_example = counted.reshape(counted.shape[0], -1).sum(-1).to(weights.dtype)
-                return float((weights.reshape(-1) * per_example).sum())
-            return int(counted.sum())
+                return float((weights.reshape(-1) * per_example.to(weights.dtype)).sum())
+            return int(per_example.sum())
         first = batch.get("inputs", batch.get("input_ids"))
         if not isinstance(first, Tensor):
             first = next((v for v in batch.values() if isinstance(v, Tensor)), None)

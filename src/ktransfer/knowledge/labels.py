@@ -46,7 +46,7 @@ class LabelsTerm:
 
     def count_units(self, batch: dict[str, Any], task: Any) -> float | None:
         """With `sources`, the labelled positions of those rows only (the loss's denominator); else the task's count."""
-        return None if self.sources is None else source_units(batch, task.kind, self.sources, per_sequence=False)
+        return None if self.sources is None else source_units(batch, task, self.sources, per_sequence=False)
 
     def loss(self, view: StepView) -> Tensor:
         out = view.student

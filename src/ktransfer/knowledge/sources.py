@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView
-from ktransfer.tasks import IGNORE_INDEX
+from ktransfer.tasks import Task
 
 SOURCES: tuple[str, ...] = ("dataset", "teacher", "student")
 SOURCE_IDS: dict[str, int] = {name: i for i, name in enumerate(SOURCES)}
@@ -28,11 +28,15 @@ def source_rows(view: StepView, sources: list[str] | None, who: str) -> Tensor |
     if origin is None:
         raise ValueError(f"knowledge term '{who}' restricts itself to targets from {sources}, but the batch has no "
                          f"'{SOURCE_KEY}': add a targets stage (sequence.TargetsStage) to the run")
-    ids = torch.tensor([SOURCE_IDS[s] for s in sources], device=origin.device)
-    return torch.isin(origin, ids)
+    return _from(origin, sources)
 
 
-def source_units(batch: dict[str, Any], task_kind: str, sources: list[str] | None, per_sequence: bool) -> float | None:
+def _from(origin: Tensor, sources: list[str]) -> Tensor:
+    """True where a row's `origin` (its SOURCE_KEY entry) is one of `sources`."""
+    return torch.isin(origin, torch.tensor([SOURCE_IDS[s] for s in sources], device=origin.device))
+
+
+def source_units(batch: dict[str, Any], task: Task, sources: list[str] | None, per_sequence: bool) -> float | None:
     """The units a term restricted to `sources` averages over in `batch`, from the batch alone (`count_units`).
 
     `per_sequence`: the examples of those sources with at least one target; else their target
@@ -40,18 +44,15 @@ def source_units(batch: dict[str, Any], task_kind: str, sources: list[str] | Non
     has no `labels` (or no sources where some are asked for): the term's loss then says what is
     missing.
     """
-    labels = batch.get("labels")
-    if not isinstance(labels, Tensor):
+    targets = task.targets_per_example(batch)
+    if targets is None:
         return None
-    if task_kind == "causal_lm":  # position t predicts token t + 1
-        labels = labels[..., 1:]
-    units = (labels != IGNORE_INDEX).reshape(labels.shape[0], -1).sum(-1).to(torch.float64).cpu()
+    units = targets.to(torch.float64).cpu()
     if sources is not None:
         origin = batch.get(SOURCE_KEY)
         if not isinstance(origin, Tensor):
             return None
-        ids = torch.tensor([SOURCE_IDS[s] for s in sources])
-        units = units * torch.isin(origin.reshape(-1).cpu(), ids)
+        units = units * _from(origin.reshape(-1).cpu(), sources)
     if per_sequence:
         units = (units > 0).to(torch.float64)
     weights = batch.get(SAMPLE_WEIGHT_KEY)

@@ -160,7 +160,7 @@ class OnPolicyTerm:
 
     def count_units(self, batch: dict[str, Any], task: Any) -> float | None:
         """The target tokens of the examples from `sources` (the loss's denominator), not every example's."""
-        return source_units(batch, task.kind, self.sources, per_sequence=False)
+        return source_units(batch, task, self.sources, per_sequence=False)
 
     def loss(self, view: StepView) -> Tensor:
         if view.teacher is None:
@@ -234,7 +234,7 @@ class ReinforceTerm:
     def count_units(self, batch: dict[str, Any], task: Any) -> float | None:
         """The loss's denominator: the sequences from `sources` with a target under a constant normalisation,
         else their target tokens."""
-        return source_units(batch, task.kind, self.sources, per_sequence=self.exact)
+        return source_units(batch, task, self.sources, per_sequence=self.exact)
 
     def loss(self, view: StepView) -> Tensor:
         if view.teacher is None:
