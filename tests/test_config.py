@@ -93,7 +93,7 @@ def test_knowledge_errors() -> None:
     with pytest.raises(ConfigError, match=r"knowledge\[0\]: unknown knowledge term 'respone' \(did you mean 'response'\?\)"):
         build(knowledge=[{"type": "respone"}])
     with pytest.raises(ConfigError, match=r"knowledge\[0\]\.temp: unknown key \(did you mean 'temperature'\?\); "
-                                          r"valid keys for knowledge term 'response': chunk_size, divergence, fused_head, name, "
+                                          r"valid keys for knowledge term 'response': chunk_size, divergence, fused_head, label_weight, name, "
                                           r"params, tail, temperature, vocab_size, weight$"):
         build(knowledge=[{"type": "response", "temp": 2}])
     with pytest.raises(ValueError, match="unknown divergence 'reverse_kl'.*backward_kl.*forward_kl"):

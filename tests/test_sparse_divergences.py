@@ -591,3 +591,90 @@ def test_renormalize_needs_top_k_mass() -> None:
     with pytest.raises(ValueError, match=r"every kept log-probability at position \(0,\) is -inf; use tail='bucket'"):
         S.sparse_forward_kl(logits(1, V), teacher, tail="renormalize")
     assert torch.isfinite(S.sparse_forward_kl(logits(1, V), teacher))
+
+
+# --------------------------------------------------------------------------------------
+# Cross-entropy on the labels in the same pass (label_weight)
+# --------------------------------------------------------------------------------------
+
+
+def _labels_with_every_kind(teacher: S.SparseTeacher, seed: int = 3) -> Tensor:
+    """Labels that are among the teacher's ids, outside them, and absent (-100), with row 1 all inside."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, V, teacher.shape, generator=gen)
+    labels[1] = teacher.ids[1, :, -1]
+    labels[0, 0] = -100
+    return labels
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("tail", S.TAILS)
+@pytest.mark.parametrize("k", [1, 7, V])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_label_weight_adds_cross_entropy_per_token(case: Case, tail: str, k: int, temperature: float) -> None:
+    z = logits(3, 4, V, seed=11)
+    teacher = S.SparseTeacher.from_logits(logits(3, 4, V, seed=12), k)
+    labels = _labels_with_every_kind(teacher)
+    got = sparse(case)(z, teacher, tail=tail, temperature=temperature, labels=labels, label_weight=0.7,
+                       reduction="none").numpy()
+    divergence = ref_sparse(case[0], case[1], z.numpy(), teacher, tail, temperature)
+    flat_z, flat_labels = z.reshape(-1, V).numpy(), labels.reshape(-1).numpy()
+    ce = np.zeros(flat_labels.shape)
+    for r, label in enumerate(flat_labels):  # -log softmax at temperature 1, by a loop
+        if label != -100:
+            ce[r] = math.log(sum(math.exp(v) for v in flat_z[r])) - flat_z[r][label]
+    want = np.where(labels.numpy() != -100, divergence + 0.7 * ce.reshape(labels.shape), 0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=case_id)
+@pytest.mark.parametrize("tail", S.TAILS)
+@pytest.mark.parametrize("chunk_size", [None, 3])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_label_weight_gradient_is_that_of_the_two_losses_apart(
+    case: Case, tail: str, chunk_size: int | None, temperature: float,
+) -> None:
+    """Same value and gradient as the divergence plus a separate F.cross_entropy (float64, autograd)."""
+    teacher = S.SparseTeacher.from_logits(logits(3, 4, V, seed=12), 7)
+    labels = _labels_with_every_kind(teacher)
+    z1 = logits(3, 4, V, seed=11).requires_grad_(True)
+    fused = sparse(case)(z1, teacher, tail=tail, temperature=temperature, labels=labels, label_weight=0.4,
+                         chunk_size=chunk_size)
+    (g1,) = torch.autograd.grad(fused, z1)
+    z2 = logits(3, 4, V, seed=11).requires_grad_(True)
+    apart = sparse(case)(z2, teacher, tail=tail, temperature=temperature, mask=labels != -100) + 0.4 * (
+        torch.nn.functional.cross_entropy(z2.reshape(-1, V), labels.reshape(-1), ignore_index=-100))
+    (g2,) = torch.autograd.grad(apart, z2)
+    torch.testing.assert_close(fused, apart, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-12)
+    assert g1[0, 0].abs().max() == 0  # the position without a label is not counted
+
+
+def test_label_weight_gradcheck_with_labels_inside_and_outside_the_ids() -> None:
+    teacher = S.SparseTeacher.from_logits(logits(2, 3, V, seed=5), 4)
+    labels = _labels_with_every_kind(teacher, seed=6)
+    z = logits(2, 3, V, seed=4).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x: S.sparse_forward_kl(x, teacher, labels=labels, label_weight=1.5), (z,))
+
+
+def test_free_ids_are_outside_the_row() -> None:
+    ids = torch.tensor([[0, 1, 2], [3, 0, 1], [1, 2, 5], [2, 0, 1]])
+    free = S._free_ids(ids)
+    assert free.tolist() == [3, 2, 0, 3]
+    assert not (ids == free.unsqueeze(-1)).any()
+
+
+def test_label_weight_checks_name_the_problem() -> None:
+    z = logits(2, 3, V)
+    teacher = S.SparseTeacher.from_logits(logits(2, 3, V, seed=1), 4)
+    with pytest.raises(ValueError, match="pass labels"):
+        S.sparse_forward_kl(z, teacher, label_weight=1.0)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        S.sparse_forward_kl(z, teacher, labels=torch.zeros(2, 3, dtype=torch.long), label_weight=-1.0)
+    labels = torch.zeros(2, 3, dtype=torch.long)
+    labels[1, 2] = V
+    with pytest.raises(ValueError, match=rf"label {V} at position \(1, 2\) is not a token id .* {V} tokens"):
+        S.sparse_forward_kl(z, teacher, labels=labels, label_weight=1.0)
+    with pytest.raises(TypeError, match="integer token ids"):
+        S.sparse_forward_kl(z, teacher, labels=labels.double(), label_weight=1.0)

@@ -233,6 +233,31 @@ def test_sequence_store_with_small_k_trains_on_the_sparse_divergence_float64_ref
     assert abs(logged - dense) > 1e-3  # k = 4 of 362 tokens is not the dense loss
 
 
+@pytest.mark.parametrize("source", ["store", "live"])
+def test_label_weight_trains_as_a_response_and_a_labels_term(
+        corpus: dict[str, Path], llama_models: dict[str, str], tmp_path: Path, source: str) -> None:
+    """One response term with label_weight = a response term plus a labels term of the same weights."""
+    from ktransfer.runner import run
+
+    live = llama_config(corpus, llama_models)
+    teacher: Any = live["teacher"]
+    if source == "store":
+        build_store(RunConfig.from_dict(live), tmp_path / "store", k=8, shard_size=5)
+        teacher = {"store": str(tmp_path / "store")}
+    response = {"type": "response", "divergence": "forward_kl", "weight": 0.5}
+    two = llama_config(corpus, llama_models, teacher=teacher,
+                       knowledge=[response, {"type": "labels", "weight": 0.5 * 0.3}])
+    one = llama_config(corpus, llama_models, teacher=teacher, knowledge=[{**response, "label_weight": 0.3}])
+    run(RunConfig.from_dict(two), tmp_path / "two", progress=False)
+    run(RunConfig.from_dict(one), tmp_path / "one", progress=False)
+    final = [tmp_path / name / "final" / "model.safetensors" for name in ("one", "two")]
+    assert _max_diff(*final) < 1e-5
+    assert _max_diff(final[0], Path(llama_models["student"])) > 1e-4
+    without = llama_config(corpus, llama_models, teacher=teacher, knowledge=[response])
+    run(RunConfig.from_dict(without), tmp_path / "without", progress=False)
+    assert _max_diff(final[0], tmp_path / "without" / "final" / "model.safetensors") > 1e-4  # the labels count
+
+
 def test_sequence_store_of_another_tokenizer_is_refused_naming_it(corpus: dict[str, Path], llama_models: dict[str, str],
                                                                  tmp_path: Path) -> None:
     from transformers import PreTrainedTokenizerFast

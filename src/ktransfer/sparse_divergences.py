@@ -31,6 +31,16 @@ maximum-entropy completion), i.e. the tempered teacher's rest outcome has unnorm
 uniform tail, tends to the right limit (uniform) as ``T`` grows, and otherwise over-states the tail
 for ``T > 1`` (power-mean inequality) and under-states it for ``T < 1``.
 
+Cross-entropy on the labels in the same pass (``label_weight > 0``, with ``labels``): each counted
+token's value is the divergence plus ``label_weight * -log softmax(z)[label]`` at temperature 1, the
+hard-label loss that distillation runs add to the soft one. With ``tail="bucket"`` at temperature 1
+the label joins the collapse as one more outcome (or is found among the teacher's ids), so the
+student's log-partition and the gradient of both losses come from one pass over the vocabulary,
+where a separate cross-entropy would take a second; the divergence is unchanged (the label's
+outcome is merged back into the rest before it is applied). Otherwise the cross-entropy is computed
+on the chunk's logits beside the divergence. Equal to the divergence plus ``label_weight`` times
+``torch.nn.functional.cross_entropy`` on the same tokens.
+
 Every function takes ``(student_logits, teacher)`` and the keyword options of
 :mod:`ktransfer.divergences` (``mask``, ``labels``/``ignore_index``, ``temperature``, ``reduction``,
 ``chunk_size``, ``vocab_size``) with the same meaning; the formulas of the dense divergences are
@@ -100,6 +110,7 @@ class SparseOptions(TypedDict, total=False):
     ignore_index: int
     chunk_size: int | None
     vocab_size: int | None
+    label_weight: float
 
 
 # --------------------------------------------------------------------------------------
@@ -373,6 +384,38 @@ def _collapsed(
     return log_q, _bucket_teacher(logprobs, tail, z.shape[-1], temperature)
 
 
+def _free_ids(ids: Tensor) -> Tensor:
+    """Per row, the smallest token id that is not among the row's distinct ``ids`` (at most k)."""
+    ordered = ids.sort(dim=-1).values
+    gaps = ordered != torch.arange(ids.shape[-1], device=ids.device)  # the first i with ordered[i] != i is free
+    first = gaps.to(torch.int8).argmax(dim=-1)
+    return torch.where(gaps.any(dim=-1), first, torch.full_like(first, ids.shape[-1]))
+
+
+def _collapsed_with_label(
+    z: Tensor, ids: Tensor, labels: Tensor, logprobs: Tensor, tail: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Bucket collapse at temperature 1 that also yields ``log q[label]``: (student, teacher, label log-prob).
+
+    A label outside the teacher's ids is one more outcome of the student's collapse, merged back into
+    the rest for the divergence; a label among them is read off its outcome. Rows whose label is among
+    the ids take a free id as the extra outcome, so the collapse's ids stay distinct.
+    """
+    k, vocab = ids.shape[-1], z.shape[-1]
+    log_p = _bucket_teacher(logprobs, tail, vocab, 1.0)
+    hit = ids == labels.unsqueeze(-1)
+    inside = hit.any(dim=-1)
+    if k >= vocab:  # every token is an outcome already
+        log_q = bucket_log_probs(z, ids)
+        return log_q, log_p, log_q.gather(-1, hit.to(torch.int8).argmax(-1, keepdim=True)).squeeze(-1)
+    extra = torch.where(inside, _free_ids(ids), labels)
+    log_q_ext = bucket_log_probs(z, torch.cat([ids, extra.unsqueeze(-1)], dim=-1))
+    rest = torch.logaddexp(log_q_ext[:, k], log_q_ext[:, k + 1])
+    log_q = torch.cat([log_q_ext[:, :k], rest.unsqueeze(-1)], dim=-1)
+    where = torch.where(inside, hit.to(torch.int8).argmax(-1), torch.full_like(labels, k))
+    return log_q, log_p, log_q_ext.gather(-1, where.unsqueeze(-1)).squeeze(-1)
+
+
 def _chunk_values(
     student: Tensor,
     logprobs: Tensor,
@@ -384,13 +427,25 @@ def _chunk_values(
     mode: str,
     temperature: float,
     dtype: torch.dtype,
+    label_weight: float = 0.0,
 ) -> Tensor:
-    """Per-row divergence of one chunk: select rows, upcast, collapse, apply the dense formula."""
+    """Per-row divergence of one chunk: select rows, upcast, collapse, apply the dense formula.
+
+    With ``label_weight > 0`` the last column of ``ids`` holds each row's label, and the row's value
+    adds ``label_weight`` times its cross-entropy (in the collapse's pass where it can).
+    """
     if rows is not None:
         student, logprobs, tail, ids = (t.index_select(0, rows) for t in (student, logprobs, tail, ids))
-    log_q, log_p = _collapsed(student.to(dtype), ids, logprobs.to(dtype), tail.to(dtype), mode=mode,
-                              temperature=temperature)
-    return row_fn(log_q, log_p)
+    z, logprobs, tail = student.to(dtype), logprobs.to(dtype), tail.to(dtype)
+    if label_weight == 0.0:
+        log_q, log_p = _collapsed(z, ids, logprobs, tail, mode=mode, temperature=temperature)
+        return row_fn(log_q, log_p)
+    ids, labels = ids[:, :-1], ids[:, -1]
+    if mode == "bucket" and temperature == 1.0:
+        log_q, log_p, label_log_q = _collapsed_with_label(z, ids, labels, logprobs, tail)
+        return row_fn(log_q, log_p) - label_weight * label_log_q
+    log_q, log_p = _collapsed(z, ids, logprobs, tail, mode=mode, temperature=temperature)
+    return row_fn(log_q, log_p) + label_weight * torch.nn.functional.cross_entropy(z, labels, reduction="none")
 
 
 ChunkFn = Callable[[Tensor, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
@@ -491,6 +546,27 @@ def _check_student(student_logits: Tensor, teacher: SparseTeacher, vocab_size: i
     return student_logits
 
 
+def _check_label_weight(label_weight: float, labels: Tensor | None, ignore_index: int, vocab: int) -> None:
+    """``label_weight`` is a finite number >= 0; when > 0, ``labels`` are given and every counted one is a token id."""
+    valid = isinstance(label_weight, (int, float)) and not isinstance(label_weight, bool) and math.isfinite(label_weight)
+    if not (valid and label_weight >= 0):
+        raise ValueError(f"label_weight must be a finite number >= 0, got {label_weight!r}")
+    if label_weight == 0:
+        return
+    if labels is None:
+        raise ValueError("label_weight > 0 adds cross-entropy on the labels: pass labels (the target token ids, "
+                         f"{ignore_index} where a position has none)")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer token ids, got {labels.dtype}")
+    counted = labels != ignore_index
+    bad = counted & ((labels < 0) | (labels >= vocab))
+    if bad.any():
+        flat = int(bad.reshape(-1).nonzero()[0])
+        raise ValueError(f"label {int(labels.reshape(-1)[flat])} at position {_position(flat, labels.shape)} is not a "
+                         f"token id of the student's vocabulary of {vocab} tokens (label {ignore_index} marks a position "
+                         "without a target)")
+
+
 def _sparse_divergence(
     row_fn: RowFn,
     student_logits: Tensor,
@@ -504,9 +580,11 @@ def _sparse_divergence(
     ignore_index: int = -100,
     chunk_size: int | None = None,
     vocab_size: int | None = None,
+    label_weight: float = 0.0,
 ) -> Tensor:
     """Apply ``row_fn(log Q, log P)`` to the collapsed distributions of every counted token and reduce."""
     student_logits = _check_student(student_logits, teacher, vocab_size)
+    _check_label_weight(label_weight, labels, ignore_index, student_logits.shape[-1])
     if tail not in TAILS:
         raise ValueError(f"unknown tail treatment {tail!r}; valid choices: {', '.join(TAILS)}")
     valid_temperature = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and math.isfinite(temperature)
@@ -532,6 +610,9 @@ def _sparse_divergence(
     vocab, k = student_logits.shape[-1], teacher.k
     student_rows = student_logits.reshape(-1, vocab)
     ids_rows = teacher.ids.reshape(-1, k)
+    if label_weight:  # each row's label rides along as one more id column, so chunks and row selection carry it
+        assert labels is not None
+        ids_rows = torch.cat([ids_rows.to(torch.int64), labels.reshape(-1, 1).to(ids_rows.device, torch.int64)], -1)
     lp_rows = teacher.logprobs.reshape(-1, k)
     tail_rows = teacher.tail_logprob.reshape(-1)
     num_rows = student_rows.shape[0]
@@ -539,7 +620,7 @@ def _sparse_divergence(
 
     def compute(student: Tensor, logprobs: Tensor, tail_lp: Tensor, ids: Tensor, rows: Tensor | None) -> Tensor:
         return _chunk_values(student, logprobs, tail_lp, ids, rows, row_fn=row_fn, mode=tail,
-                             temperature=float(temperature), dtype=dtype)
+                             temperature=float(temperature), dtype=dtype, label_weight=float(label_weight))
 
     divisor = 1.0
     if reduction == "mean":
@@ -691,6 +772,8 @@ def sparse_soft_target_loss(
     reduction: Reduction = "batchmean", **options: Unpack[SparseOptions],
 ) -> Tensor:
     """Hinton et al. (2015) soft-target loss T^2 * KL(P_T || Q_T) over the collapsed outcomes (T = 4, batchmean)."""
+    if options.get("label_weight"):  # the T^2 factor scales the soft loss only
+        options = {**options, "label_weight": options["label_weight"] / temperature**2}
     loss = sparse_forward_kl(student_logits, teacher, tail=tail, temperature=temperature, reduction=reduction,
                              **options)
     return loss * temperature**2

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from ktransfer.divergences import DIVERGENCES, DistillOptions, get_divergence
 from ktransfer.knowledge.base import SAMPLE_WEIGHT_KEY, StepView, weighted_mean
 from ktransfer.sparse_divergences import TAILS, get_sparse_divergence
+from ktransfer.tasks import IGNORE_INDEX, label_range_error
 
 # Keyword arguments every divergence takes; the others (beta, alpha) are its own parameters.
 _SHARED = {"temperature", "reduction", *DistillOptions.__annotations__}
@@ -43,6 +46,13 @@ class ResponseTerm:
     (`ktransfer.sparse_divergences`); `tail` says how its untracked mass is treated: "bucket" (one
     extra outcome, equal to the dense loss at k = V) or "renormalize" (the top-k only). A stored
     classifier holds every class logit, so the dense divergence applies unchanged.
+    `label_weight` > 0 adds that many times the cross-entropy on the batch's targets (the labels term's
+    loss, at temperature 1) over the same positions, as one term: against a stored top-k teacher with
+    the bucket tail at temperature 1 both losses then come from one pass over the student's vocabulary
+    (`ktransfer.sparse_divergences`), where a separate labels term takes a second. The targets are the
+    batch's `labels`, whichever source a targets stage took them from; a run whose targets may be the
+    student's own samples keeps a separate labels term with `sources` instead. A selector weighs the
+    two losses together, as one term.
     """
 
     divergence: str = "forward_kl"
@@ -53,6 +63,7 @@ class ResponseTerm:
     vocab_size: int | None = None
     fused_head: bool = False
     tail: str = "bucket"
+    label_weight: float = 0.0
     name: str = "response"
     # what the engine reads; fixed for this term, so not configurable
     requires_teacher: bool = field(default=True, init=False)
@@ -68,6 +79,8 @@ class ResponseTerm:
                 "fused_head computes the student's logits inside the loss chunk by chunk: give chunk_size too "
                 "(rows of logits at a time, e.g. 1024); without it all logits would be built at once"
             )
+        if not (math.isfinite(self.label_weight) and self.label_weight >= 0):
+            raise ValueError(f"label_weight must be a finite number >= 0, got {self.label_weight!r}")
         if self.tail not in TAILS:
             raise ValueError(f"tail: invalid value {self.tail!r}; valid choices: {', '.join(TAILS)}")
         valid = divergence_params(self.divergence)
@@ -79,8 +92,29 @@ class ResponseTerm:
                 )
 
     def loss(self, view: StepView) -> Tensor:
+        if self.label_weight and view.student.targets is None:
+            raise ValueError(f"knowledge term '{self.name}' has label_weight {self.label_weight} but the batch has no "
+                             "'labels' to compute the cross-entropy on")
         if view.teacher_sparse is not None:
             return self._sparse_loss(view)
+        divergence = self._dense_loss(view)
+        return divergence + self.label_weight * self._label_loss(view) if self.label_weight else divergence
+
+    def _label_loss(self, view: StepView) -> Tensor:
+        """The (weighted) mean cross-entropy on the targets over the term's positions that have one."""
+        out = view.student
+        assert out.targets is not None
+        logits = out.logits.float()
+        try:
+            per_position = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), out.targets.reshape(-1),
+                                           ignore_index=IGNORE_INDEX, reduction="none").reshape(out.targets.shape)
+        except IndexError as e:  # a label beyond the student's classes or vocabulary
+            raise label_range_error(logits, out.targets, "the student") from e
+        labelled = out.targets != IGNORE_INDEX
+        return weighted_mean(per_position, labelled if out.mask is None else labelled & out.mask, view.batch)
+
+    def _dense_loss(self, view: StepView) -> Tensor:
+        """The divergence against the live (or stored dense) teacher's logits."""
         if view.teacher is None:
             raise ValueError(f"knowledge term '{self.name}' needs the teacher's outputs")
         n_teacher = view.teacher.logits.shape[-1]
@@ -125,9 +159,16 @@ class ResponseTerm:
                              f"{tuple(teacher.shape)}, the student's logits have {tuple(student.shape[:-1])}")
         kwargs = dict(mask=view.student.mask, temperature=self.temperature, tail=self.tail,
                       chunk_size=self.chunk_size, vocab_size=self.vocab_size, **self.params)
+        if self.label_weight:  # the cross-entropy joins the divergence's pass over the vocabulary
+            kwargs.update(labels=view.student.targets, ignore_index=IGNORE_INDEX, label_weight=self.label_weight)
         if SAMPLE_WEIGHT_KEY in view.batch:
             per_position = fn(student, teacher, reduction="none", **kwargs)
-            return weighted_mean(per_position, view.student.mask, view.batch)
+            mask = view.student.mask
+            if self.label_weight:  # the positions counted are those with a label
+                assert view.student.targets is not None
+                labelled = view.student.targets != IGNORE_INDEX
+                mask = labelled if mask is None else mask & labelled
+            return weighted_mean(per_position, mask, view.batch)
         return fn(student, teacher, reduction="mean", **kwargs)
 
 
