@@ -52,7 +52,8 @@ class ResponseTerm:
     (`ktransfer.sparse_divergences`), where a separate labels term takes a second. The targets are the
     batch's `labels`, whichever source a targets stage took them from; a run whose targets may be the
     student's own samples keeps a separate labels term with `sources` instead. A selector weighs the
-    two losses together, as one term.
+    two losses together, as one term. With `fused_head` against a live teacher the cross-entropy
+    builds the student's full logits, as a separate labels term would.
     """
 
     divergence: str = "forward_kl"
