@@ -170,3 +170,31 @@ def test_the_product_imports_no_benchmark_and_holds_no_benchmark_queue() -> None
                     and "sys.path" in node.value:
                 found.append(f"{where}:{node.lineno}: puts the benchmarks on sys.path")
     assert not found, "\n".join(found)
+
+
+def test_a_store_units_result_measures_the_whole_store_and_says_what_a_resumed_build_timed(tmp_path: Path) -> None:
+    """A build that resumed computed part of the store: its size per token is the whole store's, its times are
+    flagged as covering only what it computed."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from harness.stores import build_time_note, store_result
+    from ktransfer.store import StoreWriter
+
+    writer = StoreWriter(tmp_path / "s", kind="topk", task="causal_lm", examples=3, teacher="t", data="d" * 64, k=2,
+                         vocab_size=50, values="float32", shard_size=2)
+    half = torch.log(torch.tensor([[0.5, 0.25]]))
+    for i, n in enumerate((2, 0, 1)):
+        writer.add(i, ids=torch.tensor([[1, 2]] * n, dtype=torch.long).reshape(n, 2), logprobs=half.expand(n, 2))
+    writer.close()
+    resumed = SimpleNamespace(computed=1, examples=3, positions=1, total_s=2.0, forward_s=1.5)
+    result = store_result(tmp_path / "s", resumed)
+    stored = sum(p.stat().st_size for p in (tmp_path / "s").iterdir())
+    assert (result["examples"], result["computed"], result["positions"], result["bytes"]) == (3, 1, 3, stored)
+    assert math.isclose(result["bytes_per_token"], stored / 3)  # not / 1, the positions this invocation wrote
+    note = build_time_note([{**result, "k": 2}])
+    assert note is not None and "top-2: 1 of 3 examples" in note
+    assert build_time_note([{**store_result(tmp_path / "s", SimpleNamespace(**{**vars(resumed), "computed": 3})),
+                             "k": 2}]) is None

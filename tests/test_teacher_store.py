@@ -322,6 +322,7 @@ def test_writer_checks_what_a_script_adds_and_the_reader_gives_it_back(tmp_path:
     assert ids.tolist() == [[66000, 3], [1, 2]] and ids.dtype == torch.int64
     assert torch.allclose(logprobs, lp, atol=1e-3) and torch.allclose(tail.exp(), torch.tensor([0.25, 0.05]), atol=1e-3)
     assert store.topk(1)[0].shape == (0, 2) and store.keys["teacher"] == "served-model-v1"
+    assert store.positions == 3  # 2 + 0 + 1 target positions
     with pytest.raises(StoreError, match="example 3 is not in the store"):
         store.topk(3)
     with pytest.raises(StoreError, match=r"made from something else \(keys.teacher: store 'served-model-v1', now 'other'\)"):

@@ -91,6 +91,7 @@ from harness.cli import main as harness_main  # noqa: E402
 from harness.grid import Unit  # noqa: E402
 from harness.reproduce import load_study  # noqa: E402
 from harness.sittings import read_sittings, wall_minutes  # noqa: E402
+from harness.stores import build_time_note, store_result  # noqa: E402
 from metrics import chrf  # noqa: E402
 from scores import bits_per_byte, continuations, prompts_and_references, truncated_to  # noqa: E402
 
@@ -285,10 +286,7 @@ def build_store_unit(which: str, size: dict[str, Any], runs: Path, teacher: str 
     cfg = method_config(STORE_OF[which], size, runs, 0, teacher, data)
     out = store_dir(runs, which, size)
     report = build_store(cfg, out, k=size["store_k"], batch_size=size["batch_size"])
-    stored = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    return {"kind": "store", "store": which, "k": size["store_k"], "examples": report.examples,
-            "positions": report.positions, "bytes": stored, "bytes_per_token": stored / max(report.positions, 1),
-            "build_s": round(report.total_s, 2), "forward_s": round(report.forward_s, 2)}
+    return {"kind": "store", "store": which, "k": size["store_k"], **store_result(out, report)}
 
 
 def data_for(cfg: Any) -> Any:
@@ -494,6 +492,9 @@ def markdown(result: dict[str, Any]) -> str:
         names = {"xtok": "the student's blocks, on the teacher's tokens", "own": "the teacher tokenizer's blocks"}
         lines += [f"| {names[s['store']]} | {s['positions']} | {s['bytes_per_token']:.0f} | {s['build_s']:.0f} | "
                   f"{s['forward_s']:.0f} |" for s in result["stores"]]
+        note = build_time_note([{**s, "label": names[s["store"]]} for s in result["stores"]])
+        if note:
+            lines += ["", note]
     missing = [r["label"] for r in result["rows"] if r["bytes_not_covered"]]
     if missing:
         lines += ["", "Bytes the tokens do not spell back (left out of bits per byte): " + ", ".join(

@@ -12,6 +12,7 @@ unit and how its results aggregate into tables; the harness does the rest:
 - `aggregate`: means and paired confidence intervals (`ktransfer.stats`), and the aggregation's context
   (command, machine, versions), taken from a committed aggregate when reproducing it;
 - `report`: the JSON, Markdown and plot files, written atomically;
+- `stores`: a store unit's result (the whole store's size, and how much of it the timed build computed);
 - `cli`: the flags every study shares and the run-then-aggregate driver (`cli.main`);
 - `reproduce`: re-aggregates the committed unit results of the studies and compares them with their
   committed tables and aggregates (`python benchmarks/reproduce.py`).

@@ -75,6 +75,7 @@ from harness.cli import main as harness_main  # noqa: E402
 from harness.grid import Unit  # noqa: E402
 from harness.sittings import ran_by as sittings_ran_by  # noqa: E402
 from harness.sittings import read_sittings, wall_minutes  # noqa: E402
+from harness.stores import build_time_note, store_result  # noqa: E402
 from metrics import chrf, mean_repetition_rate, teacher_logprob_per_token  # noqa: E402
 
 METHODS = ["untrained", "labels", "word_kd", "store_k8", "store_k64", "backward_kl", "jsd", "seq_kd"]
@@ -284,10 +285,7 @@ def build_store_unit(k: int, size: dict[str, Any], runs: Path, teacher: str, dat
     cfg = method_config("word_kd", size, runs, 0, teacher, data)
     out = runs / f"store-k{k}"
     report = build_store(cfg, out, k=k, batch_size=size["batch_size"])
-    stored = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    return {"kind": "store", "k": k, "examples": report.examples, "positions": report.positions,
-            "bytes": stored, "bytes_per_token": stored / max(report.positions, 1),
-            "build_s": round(report.total_s, 2), "forward_s": round(report.forward_s, 2)}
+    return {"kind": "store", "k": k, **store_result(out, report)}
 
 
 def pregenerate(size: dict[str, Any], runs: Path, teacher: str, data_over: dict[str, Any] | None) -> dict[str, Any]:
@@ -459,6 +457,9 @@ def markdown(result: dict[str, Any]) -> str:
                   "|---|---:|---:|---:|---:|"]
         lines += [f"| top-{s['k']} | {s['bytes_per_token']:.1f} | {s['build_s']:.1f} | {s['forward_s']:.1f} | "
                   f"{s['positions']} |" for s in result["stores"]]
+        note = build_time_note(result["stores"])
+        if note:
+            lines += ["", note]
     return "\n".join(lines) + "\n"
 
 

@@ -622,10 +622,14 @@ class TeacherStore:
         A ``fit`` store's decoded positions are normalised in float32."""
         return default_mass_tolerance(VALUE_DTYPES.get(self.manifest["values"], torch.float32))
 
+    @property
+    def positions(self) -> int:
+        """Target positions stored over all examples (top-k); for class logits, the examples."""
+        if self.kind == "logits":
+            return self.examples
+        return sum(int(self._shard(n)["offsets"][-1]) for n in self._by_number)
+
     def bytes_per_position(self) -> float:
         """Shard bytes per stored position (top-k) or per example (logits)."""
         total = sum(int(s["bytes"]) for s in self.manifest["shards"])
-        if self.kind == "logits":
-            return total / max(self.examples, 1)
-        positions = sum(int(self._shard(n)["offsets"][-1]) for n in self._by_number)
-        return total / max(positions, 1)
+        return total / max(self.positions, 1)
