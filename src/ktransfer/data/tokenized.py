@@ -23,13 +23,13 @@ IGNORED_LABEL = -100
 
 
 def load_tokenizer(tokenizer: str | None) -> Any:
-    """A Hugging Face tokenizer from a local folder (default: the prepared MiniLM's); never the hub."""
-    from transformers import AutoTokenizer
+    """A tokenizer from a local folder or tokenizer.json file (default: the prepared MiniLM's folder); never the hub."""
+    from ktransfer.data.corpus import load_tokenizer as load_local
 
     path = Path(tokenizer) if tokenizer else minilm_dir()
     if not path.exists():
         raise FileNotFoundError(f"tokenizer folder not found: {path}")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return load_local(path)
 
 
 class TokenizedDataset(Dataset):
