@@ -487,7 +487,7 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("stores"):
         lines += ["", f"The stores (top-{size['store_k']} of the teacher on its own tokens, float32 values, a tail "
                       "bucket per position; built once, read by every seed):", "",
-                  "| store | target tokens | bytes per target token | build time (s) | teacher forward (s) |",
+                  "| store | target tokens | bytes per target token | build time (s) | teacher passes: forward and top-k (s) |",
                   "|---|---:|---:|---:|---:|"]
         names = {"xtok": "the student's blocks, on the teacher's tokens", "own": "the teacher tokenizer's blocks"}
         lines += [f"| {names[s['store']]} | {s['positions']} | {s['bytes_per_token']:.0f} | {s['build_s']:.0f} | "

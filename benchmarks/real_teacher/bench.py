@@ -453,7 +453,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_fmt(r.get('diff_teacher_kl'), 3, True)} | {_fmt(r.get('diff_chrf'), 2, True)} | "
             f"{_fmt(r.get('diff_teacher_logprob'), 3, True)} | {_fmt(r['step_s'], 2)} | {r['peak_rss_mb']:.0f} |")
     if result["stores"]:
-        lines += ["", "| store | bytes per target token | build time (s) | teacher forward (s) | target tokens |",
+        lines += ["", "| store | bytes per target token | build time (s) | teacher passes: forward and top-k (s) | target tokens |",
                   "|---|---:|---:|---:|---:|"]
         lines += [f"| top-{s['k']} | {s['bytes_per_token']:.1f} | {s['build_s']:.1f} | {s['forward_s']:.1f} | "
                   f"{s['positions']} |" for s in result["stores"]]

@@ -46,7 +46,8 @@ from ktransfer.tasks import Task
 class BuildReport:
     """What a build did: examples computed (0 when the store was already complete), target positions
     written, and seconds: loading data and teacher and fingerprinting them (`setup_s`), in the teacher's
-    forward passes (`forward_s`), and in the whole build (`total_s`, the rest being top-k and writing).
+    passes (`forward_s`: its forward passes and the top-k of their outputs), and in the whole build
+    (`total_s`, the rest being gathering and writing).
     Under several processes: their number (`world_size`) and the bytes of teacher parameters this
     process held (`teacher_bytes`, about 1/N of the teacher's when it is sharded)."""
 
