@@ -22,10 +22,9 @@ a hop). Units `smollm2-8L-direct-s{seed}` and `smollm2-8L-via15-s{seed}`; each f
 real-teacher benchmark scores its students (its functions): held-out loss and KL(SmolLM2 || student), chrF,
 SmolLM2's log-probability per token and the repetition rate of its greedy continuations, s/step. A separate table.
 
-    python benchmarks/chains/bench.py --quick --jobs 2   # MiniLM: 3 seeds, 100 steps a hop, 128 tokens, one thread
-                                                         # per worker; the committed table took 110 min (seed 0,
-                                                         # one process) + 137 min (seeds 1-2, --jobs 2) on the 2-core
-                                                         # machine while the test suite shared it
+    python benchmarks/chains/choose_lr.py 1e-4 5e-4 2e-3   # the students' lr on validation (the teacher and 3 hops)
+    python benchmarks/chains/bench.py --quick --jobs 2   # MiniLM: 3 seeds, 100 steps a hop, 64 tokens, one thread
+                                                         # per worker, within an hour on the 2-core machine
     python benchmarks/chains/bench.py --full      # MiniLM: 3 seeds, 300 steps a hop, 256 tokens (GPU, or several
                                                   # sittings); and the SmolLM2 part, 3 seeds
     python benchmarks/chains/bench.py --full --parts smollm2 --jobs 2    # the SmolLM2 part alone
@@ -84,7 +83,7 @@ PARTS = ("minilm", "smollm2")
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {"seeds": 3, "steps": 100, "teacher_steps": 150, "batch_size": 16, "eval_every": 50, "lr": 5e-4,
               "teacher_lr": 5e-5, "warmup": 10, "threads": 1, "heldout_examples": 64, "students": [1, 2], "intermediates": [4, 3],
-              "data": {"name": "bbc_news", "max_length": 128, "val_fraction": 0.1, "test_fraction": 0.2,
+              "data": {"name": "bbc_news", "max_length": 64, "val_fraction": 0.1, "test_fraction": 0.2,
                        "split_seed": 0},
               "teacher_model": {"builder": "minilm"}, "parts": ["minilm"], "smollm2": None},
     "full": {"seeds": 3, "steps": 300, "teacher_steps": 300, "batch_size": 16, "eval_every": 50, "lr": 5e-4,
