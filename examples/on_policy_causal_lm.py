@@ -9,7 +9,7 @@ KL(teacher || student) per token.
 Needs, once: `ktransfer data prepare bbc-news && ktransfer data prepare smollm2`.
 
     python examples/on_policy_causal_lm.py                       # 100 steps: minutes on 2 CPU cores
-    python examples/on_policy_causal_lm.py --steps 4 --new-tokens 8 --out runs/quick_onpolicy
+    python examples/on_policy_causal_lm.py --steps 2 --new-tokens 8 --out runs/quick_onpolicy
 """
 
 from __future__ import annotations

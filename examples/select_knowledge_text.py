@@ -10,7 +10,7 @@ holds weights.png (the weights over training) and final/policy.pt (the policy, r
 Needs, once: `ktransfer data prepare minilm && ktransfer data prepare bbc-news`.
 
     python examples/select_knowledge_text.py                    # minutes on 2 CPU cores
-    python examples/select_knowledge_text.py --teacher-steps 10 --steps 10 --train-size 200 --out runs/quick_select
+    python examples/select_knowledge_text.py --teacher-steps 10 --steps 10 --train-size 200 --eval-size 64 --out runs/quick_select
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=150, help="the student's steps")
     parser.add_argument("--train-size", type=int, default=None, help="training articles (default: all)")
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--eval-size", type=int, default=None,
+                        help="validation and test articles (default: all of each split)")
     parser.add_argument("--out", default="runs/select_knowledge_text")
     args = parser.parse_args(argv)
     out = Path(args.out)
 
-    data = {"name": "bbc_news", "max_length": args.max_length, "train_size": args.train_size, "split_seed": 0}
+    data = {"name": "bbc_news", "max_length": args.max_length, "train_size": args.train_size,
+            "val_size": args.eval_size, "test_size": args.eval_size, "split_seed": 0}
     common = {"task": "classification", "data": data, "optim": {"name": "adamw", "lr": 0.0001, "weight_decay": 0.01}}
     teacher = {**common, "student": {"builder": "minilm"}, "schedule": {"name": "linear", "warmup_steps": 0},
                "train": {"max_steps": args.teacher_steps, "batch_size": 16, "eval_batch_size": 64,

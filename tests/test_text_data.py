@@ -363,6 +363,10 @@ def test_real_text_datasets_and_minilm_load() -> None:
     _require(BBC, TWEETS, MINILM)
     news = DATASETS.build("bbc_news", {"train_size": 20, "max_length": 32}, "data")
     assert news.info["num_classes"] == 5 and news.info["duplicates_removed"] > 0
+    whole = (len(news.val), len(news.test))
+    small = DATASETS.build("bbc_news", {"train_size": 20, "val_size": 16, "test_size": 24, "max_length": 32}, "data")
+    assert (len(small.val), len(small.test)) == (16, 24) and min(whole) > 24
+    assert small.info["examples"]["test"]["not_sampled"] == whole[1] - 24
     tweets = DATASETS.build("tweets", {"train_size": 20, "val_size": 20, "test_size": 20}, "data")
     assert tweets.info["classes"] == ["negative", "neutral", "positive"]
     rows = [_token_rows(tweets.get(split)) for split in ("train", "val", "test")]

