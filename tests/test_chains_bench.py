@@ -24,7 +24,11 @@ def test_the_grid_is_the_teacher_then_every_chain_grouped_by_method_and_seed() -
     size = bench.SIZES["quick"]
     assert bench.chains([4, 3]) == {"direct": [], "via4": [4], "via3": [3], "via4_3": [4, 3]}
     units = bench.grid_units(size, 1, list(bench.METHODS))
-    assert units[0].name == "teacher" and len(units) == 1 + 2 * 2 * 4
+    assert units[0].name == "teacher" and len(units) == 1 + 2 * 2 * 2  # --quick: direct and via4_3
+    assert {u.key["chain"] for u in units[1:]} == {"direct", "via4_3"}
+    assert len(bench.grid_units(bench.SIZES["full"], 1, list(bench.METHODS), ["minilm"])) == 1 + 2 * 2 * 4
+    with pytest.raises(ValueError, match=r"chains \['via5'\].*valid: direct, via4, via3, via4_3"):
+        bench.grid_units({**size, "chains": ["direct", "via5"]}, 1, ["learned"])
     chain_units = units[1:]
     assert all(u.needs == ("teacher",) and u.group == f"{u.key['method']}-s0" for u in chain_units)
     assert {u.name for u in chain_units} >= {"vanilla_kd-1L-direct-s0", "learned-2L-via4_3-s0"}
@@ -46,7 +50,7 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_size_and_aggregates(tiny_dir: P
     csv.write_text("text,label\n" + "".join(f"{w} {i} {w},{w}\n" for i in range(16) for w in ("good", "bad", "the")))
     data = {"name": "text_csv", "path": str(csv), "tokenizer": str(tiny_dir), "max_length": 12}
     sets: dict[str, Any] = {"steps": 2, "teacher_steps": 2, "batch_size": 8, "eval_every": 2, "warmup": 0,
-                            "threads": 1, "heldout_examples": 8, "students": [1], "intermediates": [3, 2], "data": data,
+                            "threads": 1, "heldout_examples": 8, "students": [1], "intermediates": [3, 2], "chains": None, "data": data,
                             "teacher_model": {"builder": "minilm", "path": str(tiny_dir)}}
     argv = ["--quick", "--seeds", "1", "--methods", "learned", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
     argv += [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]

@@ -2,7 +2,8 @@
 
 MiniLM part. The teacher, MiniLM (6 layers) fine-tuned on BBC News topics, is trained once (hop 0 of every
 chain, the unit `teacher`). Students of 1 and 2 layers are then distilled from it directly, or
-through intermediates of 4 and/or 3 layers, each hop an ordinary run whose student is cut from
+through intermediates of 4 and then 3 layers (`--full` also through 4 alone and through 3 alone; the size's
+`chains`), each hop an ordinary run whose student is cut from
 the previous hop's trained model (`hf_cut` with `teacher: previous`, its first layers, weights
 copied) and taught by it. Two ways to distil every hop: vanilla KD (soft targets and labels,
 fixed weights) and the learned selector (an actor-critic policy weighting soft targets, hidden
@@ -23,8 +24,8 @@ real-teacher benchmark scores its students (its functions): held-out loss and KL
 SmolLM2's log-probability per token and the repetition rate of its greedy continuations, s/step. A separate table.
 
     python benchmarks/chains/choose_lr.py 1e-4 5e-4 2e-3   # the students' lr on validation (the teacher and 3 hops)
-    python benchmarks/chains/bench.py --quick --jobs 2   # MiniLM: 3 seeds, 100 steps a hop, 64 tokens, one thread
-                                                         # per worker, within an hour on the 2-core machine
+    python benchmarks/chains/bench.py --quick --jobs 2   # MiniLM: 3 seeds, direct and via 4 then 3, 100 steps a
+                                                         # hop, 64 tokens, one thread per worker
     python benchmarks/chains/bench.py --full      # MiniLM: 3 seeds, 300 steps a hop, 256 tokens (GPU, or several
                                                   # sittings); and the SmolLM2 part, 3 seeds
     python benchmarks/chains/bench.py --full --parts smollm2 --jobs 2    # the SmolLM2 part alone
@@ -83,11 +84,13 @@ PARTS = ("minilm", "smollm2")
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {"seeds": 3, "steps": 100, "teacher_steps": 150, "batch_size": 16, "eval_every": 50, "lr": 5e-4,
               "teacher_lr": 5e-5, "warmup": 10, "threads": 1, "heldout_examples": 64, "students": [1, 2], "intermediates": [4, 3],
+              "chains": ["direct", "via4_3"],
               "data": {"name": "bbc_news", "max_length": 64, "val_fraction": 0.1, "test_fraction": 0.2,
                        "split_seed": 0},
               "teacher_model": {"builder": "minilm"}, "parts": ["minilm"], "smollm2": None},
     "full": {"seeds": 3, "steps": 300, "teacher_steps": 300, "batch_size": 16, "eval_every": 50, "lr": 5e-4,
              "teacher_lr": 5e-5, "warmup": 30, "threads": 0, "heldout_examples": 64, "students": [1, 2], "intermediates": [4, 3],
+             "chains": None,
              "data": {"name": "bbc_news", "max_length": 256, "val_fraction": 0.1, "test_fraction": 0.2,
                       "split_seed": 0},
              "teacher_model": {"builder": "minilm"}, "parts": ["minilm", "smollm2"],
@@ -111,6 +114,19 @@ def chains(intermediates: list[int]) -> dict[str, list[int]]:
     if len(intermediates) > 1:
         out["via" + "_".join(map(str, intermediates))] = list(intermediates)
     return out
+
+
+def size_chains(size: dict[str, Any]) -> dict[str, list[int]]:
+    """The chains a size runs: those it names in `chains` (null: every chain of `chains(intermediates)`)."""
+    every = chains(size["intermediates"])
+    names = size.get("chains")
+    if names is None:
+        return every
+    unknown = [n for n in names if n not in every]
+    if unknown:
+        raise ValueError(f"chains {unknown}: not chains of the intermediates {size['intermediates']}; valid: "
+                         f"{', '.join(every)}")
+    return {n: every[n] for n in names}
 
 
 def cut(layers: int) -> dict[str, Any]:
@@ -162,7 +178,7 @@ def grid_units(size: dict[str, Any], seeds: int, methods: list[str], parts: list
         for seed in range(seeds):
             for method in methods:
                 for student in size["students"]:
-                    for name in chains(size["intermediates"]):
+                    for name in size_chains(size):
                         units.append(Unit(f"{method}-{student}L-{name}-s{seed}",
                                           {"kind": "chain", "method": method, "student": student, "chain": name,
                                            "seed": seed}, needs=("teacher",), group=f"{method}-s{seed}"))
@@ -193,7 +209,7 @@ def run_chain_unit(key: dict[str, Any], size: dict[str, Any], runs: Path) -> dic
     from ktransfer.hops.run_chain import run_run_chain
     from ktransfer.hops.run_config import RunChainConfig
 
-    layers = chains(size["intermediates"])[key["chain"]]
+    layers = size_chains(size)[key["chain"]]
     cfg = RunChainConfig.from_dict(chain_config(size, key["student"], layers, key["method"], key["seed"]))
     report = run_run_chain(cfg, runs / "chains")
     hops = report.hops[1:]  # after the teacher
