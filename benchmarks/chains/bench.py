@@ -174,11 +174,12 @@ def grid_units(size: dict[str, Any], seeds: int, methods: list[str], parts: list
         raise ValueError(f"unknown parts {unknown}; valid: {', '.join(PARTS)}")
     units = []
     if "minilm" in parts:
+        names = list(size_chains(size))  # validated once, before any unit
         units.append(Unit("teacher", {"kind": "teacher"}))
         for seed in range(seeds):
             for method in methods:
                 for student in size["students"]:
-                    for name in size_chains(size):
+                    for name in names:
                         units.append(Unit(f"{method}-{student}L-{name}-s{seed}",
                                           {"kind": "chain", "method": method, "student": student, "chain": name,
                                            "seed": seed}, needs=("teacher",), group=f"{method}-s{seed}"))
