@@ -46,6 +46,8 @@ STUDY = textwrap.dedent('''
         def run_unit(self, unit, args):
             with open(Path(args.out) / "ran.log", "a") as log:
                 log.write(f"{{unit.name}} {{os.getpid()}}\\n")
+            if unit.name == os.environ.get("TOY_FAIL"):
+                raise RuntimeError(f"{{unit.name}} fails as asked")
             time.sleep(0.05)
             return {{**unit.key, "score": SCORES[unit.key["method"]][unit.key["seed"]]}}
         def aggregate(self, args, context):
@@ -62,8 +64,10 @@ STUDY = textwrap.dedent('''
 ''')
 
 
-def _run_study(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "KTRANSFER_BENCH_COMMAND"}
+def _run_study(script: Path, *args: str, fail: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("KTRANSFER_BENCH_COMMAND", "TOY_FAIL")}
+    if fail:
+        env["TOY_FAIL"] = fail
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -99,6 +103,30 @@ def test_a_short_benchmark_file_runs_with_workers_resumes_and_aggregates(tmp_pat
     only = _run_study(script, "--out", str(out), "--aggregate-only")
     assert only.returncode == 0 and len((out / "ran.log").read_text().splitlines()) == 7
     assert len((out / "units" / "sittings.jsonl").read_text().splitlines()) == 2  # no sitting without runs
+
+
+def test_a_failed_sitting_is_logged_and_its_finished_units_are_kept(tmp_path: Path) -> None:
+    """A worker's error ends the sitting with exit 1; the sitting's minutes are still logged (marked failed), so the
+    sittings add up to the whole wall time, and the next sitting runs only what did not finish."""
+    from harness.sittings import ran_by, read_sittings
+
+    script = tmp_path / "toy.py"
+    script.write_text(STUDY.format(benchmarks=str(BENCHMARKS)))
+    out = tmp_path / "out"
+    failed = _run_study(script, "--out", str(out), "--jobs", "2", fail="a-s1")
+    assert failed.returncode == 1 and "a-s1 fails as asked" in failed.stderr
+    (sitting,) = read_sittings(out / "units" / "sittings.jsonl")
+    assert sitting["failed"] is True and sitting["wall_time_min"] > 0
+    finished = {p.stem for p in (out / "units").glob("*.json")}
+    assert "a-s1" not in finished and finished
+    done = _run_study(script, "--out", str(out), "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    ran = [r.split()[0] for r in (out / "ran.log").read_text().splitlines()]
+    assert sorted(set(ran)) == ["a-s0", "a-s1", "a-s2", "b-s0", "b-s1", "b-s2"]
+    assert all(ran.count(name) == 1 for name in finished)  # a finished unit never runs again
+    sittings = read_sittings(out / "units" / "sittings.jsonl")
+    assert [s.get("failed", False) for s in sittings] == [True, False]
+    assert ran_by(sittings, "agg").endswith(", 1 of the 2 sittings ending in an error")
 
 
 def test_units_of_one_group_run_together_and_needs_follow_their_group(tmp_path: Path) -> None:

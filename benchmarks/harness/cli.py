@@ -124,22 +124,28 @@ def parse(bench: Benchmark, argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(bench: Benchmark, args: argparse.Namespace, argv: Sequence[str] | None) -> int | None:
     """Run the units without a result (as `--jobs` workers, or in this process); a worker returns 0 when done,
-    the starting process None, after recording its sitting."""
+    the starting process None, after recording its sitting. A sitting that fails is recorded too (`failed`), so
+    that the sittings' minutes stay the benchmark's whole wall time."""
     started = time.perf_counter()
     is_worker = args.worker != "0/1"
     state = bench.state(args)
     if not is_worker:
         bench.prepare(args)
-    if args.jobs > 1 and not is_worker:
-        clear_claims(state / "claims")
-        if not run_workers(bench.script, argv, args.jobs, bench.worker_env(args)):
-            return 1
-    else:
-        run_grid(bench.units(args), bench.results(args), lambda u: bench.run_unit(u, args), state / "claims")
-        if is_worker:
-            return 0
-    record_sitting(state / "sittings.jsonl", (time.perf_counter() - started) / 60, bench.sitting_command(args))
-    return None
+    ok = False
+    try:
+        if args.jobs > 1 and not is_worker:
+            clear_claims(state / "claims")
+            ok = run_workers(bench.script, argv, args.jobs, bench.worker_env(args))
+        else:
+            run_grid(bench.units(args), bench.results(args), lambda u: bench.run_unit(u, args), state / "claims")
+            ok = True
+    finally:
+        if not is_worker:
+            record_sitting(state / "sittings.jsonl", (time.perf_counter() - started) / 60, bench.sitting_command(args),
+                           failed=not ok)
+    if is_worker:
+        return 0
+    return None if ok else 1
 
 
 def main(bench: Benchmark, argv: Sequence[str] | None = None) -> int:

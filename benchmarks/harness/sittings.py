@@ -1,5 +1,6 @@
 """The sittings log of a benchmark: one JSON line per invocation that ran units, with its wall time and command;
-their minutes add up to the benchmark's wall time, counted per command."""
+their minutes add up to the benchmark's wall time, counted per command. A sitting that failed (a worker's error,
+a full disk) is logged too, marked `failed`: its minutes were spent, and its finished units are kept."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 
-def record_sitting(log: str | Path, minutes: float, command: str | None = None) -> None:
-    """Append one invocation's wall time (and, if given, its command) to `log`."""
+def record_sitting(log: str | Path, minutes: float, command: str | None = None, failed: bool = False) -> None:
+    """Append one invocation's wall time (and, if given, its command; `failed` when it ended in an error) to
+    `log`."""
     entry: dict[str, object] = {"ended": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_time_min": minutes}
     if command is not None:
         entry["command"] = command
+    if failed:
+        entry["failed"] = True
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
@@ -52,4 +56,6 @@ def ran_by(sittings: Sequence[Mapping[str, Any]], command: str) -> str:
     ran = wall_minutes(sittings, command)
     if not ran:
         return f"Command: `{command}`"
-    return "Ran by " + ", ".join(f"`{c}` ({minutes:.0f} min)" for c, minutes in ran.items())
+    failed = sum(bool(s.get("failed")) for s in sittings)
+    note = f", {failed} of the {len(sittings)} sittings ending in an error" if failed else ""
+    return "Ran by " + ", ".join(f"`{c}` ({minutes:.0f} min)" for c, minutes in ran.items()) + note
