@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import _launch
 import pytest
 import yaml
 
@@ -30,8 +30,7 @@ def launch(launcher: list[str], *args: str, expect: int = 0) -> subprocess.Compl
 
 
 def torchrun(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    return launch([exe, "--nproc_per_node", "2"], *args, expect=expect)
+    return launch(_launch.torchrun(), *args, expect=expect)
 
 
 @pytest.mark.slow
@@ -64,8 +63,7 @@ def test_accelerate_launch_command_of_the_readme_runs_two_processes(tmp_path: Pa
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     command = "accelerate launch --multi_gpu --num_processes 2 -m ktransfer.cli run CONFIG.yaml"
     assert command in readme
-    exe = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    proc = launch([exe, "launch", "--multi_gpu", "--num_processes", "2"], "run", str(cfg), "--run-dir",
+    proc = launch(_launch.accelerate_launch(), "run", str(cfg), "--run-dir",
                   str(tmp_path / "r"))
     assert "2 process(es)" in proc.stderr
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["world_size"] == 2

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+import _launch
 import pytest
 
 from ktransfer.engine.distributed import leave_process_group
@@ -40,8 +39,7 @@ def torchrun(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     """`source` run as a script by two processes; both must exit 0."""
     script = tmp_path / "script.py"
     script.write_text(source)
-    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    proc = subprocess.run([exe, "--nproc_per_node", "2", str(script)], capture_output=True, text=True, timeout=180,
+    proc = subprocess.run([*_launch.torchrun(), str(script)], capture_output=True, text=True, timeout=180,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

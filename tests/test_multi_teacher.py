@@ -434,9 +434,9 @@ def test_two_processes_with_a_live_and_a_stored_teacher_train_as_one(tmp_path: P
     (teacher, term) pairs, a feature projection towards one named teacher and the actor-critic learn what one
     process learns on the same global batch."""
     import os
-    import shutil
     import subprocess
-    import sys
+
+    import _launch
 
     from safetensors.torch import load_file
 
@@ -454,8 +454,7 @@ def test_two_processes_with_a_live_and_a_stored_teacher_train_as_one(tmp_path: P
     write_logreg_store(RunConfig.from_dict(config), tmp_path / "store")
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))  # the teachers' order is the order of the pairs
-    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    proc = subprocess.run([exe, "--nproc_per_node", "2", "-m", "ktransfer.cli", "run", str(path), "--run-dir",
+    proc = subprocess.run([*_launch.torchrun(), "-m", "ktransfer.cli", "run", str(path), "--run-dir",
                            str(tmp_path / "two"), "--no-progress"], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]

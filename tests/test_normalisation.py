@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _launch  # noqa: E402
 import _mp_worker as worker  # noqa: E402
 
 from ktransfer.data import TensorDictDataset  # noqa: E402
@@ -136,9 +136,8 @@ def test_the_old_per_micro_batch_mean_really_differs() -> None:
 
 
 def torchrun(*args: str, nproc: int = 2, check: bool = True) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([exe, "--nproc_per_node", str(nproc), str(WORKER), *args],
+    proc = subprocess.run([*_launch.torchrun(nproc), str(WORKER), *args],
                           capture_output=True, text=True, timeout=300, env=env)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from ktransfer.train import TrainConfig, WorldSizeError
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _fsdp_worker as worker  # noqa: E402
+import _launch  # noqa: E402
 from test_causal import corpus  # noqa: E402, F401  (a fixture: a word-level text corpus and its tokenizer)
 from test_cross_tokenizer import _minilm_folder, corpus_file, xtok_config  # noqa: E402, F401  (corpus_file: a fixture)
 
@@ -34,9 +34,8 @@ WORKER = Path(__file__).parent / "_fsdp_worker.py"
 
 
 def torchrun(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([exe, "--nproc_per_node", "2", str(WORKER), *args],
+    proc = subprocess.run([*_launch.torchrun(), str(WORKER), *args],
                           capture_output=True, text=True, timeout=300, env=env)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -159,8 +158,7 @@ def test_a_sharded_run_from_yaml_under_torchrun_evaluates_uneven_shards_and_matc
     assert len(load_data(RunConfig.from_dict(config)).val) == 7  # 4 + 3 examples: 2 batches of 3 and 1
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    proc = subprocess.run([exe, "--nproc_per_node", "2", "-m", "ktransfer.cli", "run", str(cfg), "--run-dir",
+    proc = subprocess.run([*_launch.torchrun(), "-m", "ktransfer.cli", "run", str(cfg), "--run-dir",
                            str(tmp_path / "two"), "--no-progress"], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -474,13 +472,12 @@ def test_fp16_on_the_cpu_is_refused_clearly() -> None:
 def test_the_sharded_benchmark_measures_both_modes_at_a_tiny_size(tmp_path: Path) -> None:
     """benchmarks/sharded/sharded.py (what gpu.sh runs on several GPUs) with 2 CPU processes."""
     script = Path(__file__).parent.parent / "benchmarks" / "sharded" / "sharded.py"
-    exe = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     tiny = ["--vocab", "64", "--student-hidden", "16", "--student-layers", "2", "--teacher-hidden", "64",
             "--teacher-layers", "4", "--heads", "2", "--seq", "16", "--batch", "4", "--steps", "5", "--warmup", "2",
             "--precision", "no"]
     results = {}
     for mode in ("none", "fsdp"):
-        proc = subprocess.run([exe, "--nproc_per_node", "2", str(script), "--sharding", mode, "--out",
+        proc = subprocess.run([*_launch.torchrun(), str(script), "--sharding", mode, "--out",
                                str(tmp_path / f"{mode}.json"), *tiny], capture_output=True, text=True, timeout=300,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert proc.returncode == 0, proc.stderr[-3000:]
