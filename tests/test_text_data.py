@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -390,6 +391,29 @@ def test_shipped_text_configs_validate_and_name_existing_teacher_configs() -> No
 
 
 # ------------------------------------------------------------------------------------------- users' files: sizes, counts, errors
+@pytest.mark.parametrize("paired", [False, True])
+def test_truncation_is_counted_in_the_truncating_pass_as_an_untruncated_pass_counts_it(tiny_dir: Path,
+                                                                                      paired: bool) -> None:
+    """The fast tokenizer's overflow gives the count of cut rows (texts and text pairs) that a second,
+    untruncated pass gives; a tokenizer whose output has no encodings is counted by that second pass."""
+    from transformers import AutoTokenizer
+
+    from ktransfer.data.tokenized import count_truncated
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    first = [" ".join(["good"] * n) for n in range(1, 30, 2)]
+    second = [" ".join(["bad"] * (1 + n % 3)) for n in range(1, 30, 2)] if paired else None
+    reference = sum(len(ids) > 12 for ids in tok(first, second)["input_ids"])
+    assert 0 < reference < len(first)
+    enc = tok(first, second, truncation=True, max_length=12)
+    assert enc.encodings is not None and count_truncated(tok, enc, first, second, 12) == reference
+
+    def plain(*args: Any, **kwargs: Any) -> dict[str, Any]:  # a tokenizer without a Rust backend's encodings
+        return dict(tok(*args, **kwargs))
+
+    assert count_truncated(plain, plain(first, second, truncation=True, max_length=12), first, second, 12) == reference
+
+
 def test_user_text_files_take_split_sizes_and_count_truncated_texts(tmp_path: Path, tiny_dir: Path) -> None:
     from transformers import AutoTokenizer
 

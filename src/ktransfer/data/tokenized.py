@@ -139,6 +139,19 @@ def _groups_per_split(groups: np.ndarray, splits: Sequence[np.ndarray]) -> dict[
     return {name: sorted({groups[i].item() for i in idx}) for name, idx in zip(("train", "val", "test"), splits)}
 
 
+def count_truncated(tok: Any, enc: Any, first: Sequence[str], second: Sequence[str] | None, max_length: int) -> int:
+    """How many rows of `enc` (`tok(first, second, truncation=True, max_length=max_length)`) truncation cut.
+
+    A fast tokenizer's encodings keep what was cut (`overflowing`), so the count costs no second pass; any other
+    tokenizer encodes the texts again untruncated and counts the rows longer than `max_length`.
+    """
+    encodings = getattr(enc, "encodings", None)  # None for tokenizers without a Rust backend
+    if encodings is not None and len(encodings) == len(first):
+        return sum(bool(e.overflowing) for e in encodings)
+    full = tok(list(first), list(second) if second is not None else None, truncation=False, verbose=False)
+    return sum(len(ids) > max_length for ids in full["input_ids"])
+
+
 def text_splits(
     name: str, texts: Sequence[str], labels: Sequence[Any], *, pairs: Sequence[str] | None = None,
     groups: Sequence[Any] | None = None, classes: Sequence[Any] | None = None, tokenizer: str | None = None,
@@ -185,8 +198,7 @@ def text_splits(
         rows = [keep[i] for i in idx]
         first, second = [texts[i] for i in rows], [pairs[i] for i in rows] if pairs is not None else None
         enc = tok(first, second, truncation=True, max_length=max_length)
-        full = tok(first, second, truncation=False, verbose=False)["input_ids"]  # lengths before truncation
-        truncated = sum(len(ids) > max_length for ids in full)
+        truncated = count_truncated(tok, enc, first, second, max_length)
         examples[split] = example_counts(kept=len(idx) - truncated, truncated=truncated,
                                          not_sampled=len(pool) - len(idx))
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
