@@ -200,7 +200,7 @@ README = "\n".join(page.read_text(encoding="utf-8") for page in DOC_PAGES)  # th
 
 def test_every_file_the_readme_and_the_docs_cite_exists() -> None:
     # a markdown link target (in parentheses) is relative to its page; the strict build checks those
-    cited = set(re.findall(r"(?<![\w/.(])((?:benchmarks|configs|examples)/[\w./-]+\.(?:md|json|png|yaml|py))", README))
+    cited = set(re.findall(r"(?<![\w/.(])((?:benchmarks|configs|examples)/[\w./-]+\.(?:md|jsonl|json|png|yaml|py))(?![\w])", README))
     assert len(cited) > 20
     missing = sorted(c for c in cited if not (ROOT / c).is_file())
     assert not missing, f"README or docs cite files that do not exist: {missing}"
