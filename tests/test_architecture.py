@@ -10,6 +10,9 @@ imports nothing but the version at run time (checked below), so running it first
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,3 +219,14 @@ def test_the_product_imports_no_benchmark() -> None:
             found += [f"{module} ({path.name}:{node.lineno}): {n}" for n in names
                       if n == "benchmarks" or n.startswith("benchmarks.")]
     assert not found, "the library imports benchmark code:\n" + "\n".join(found)
+
+
+def test_starting_a_run_imports_no_scikit_learn() -> None:
+    """scikit-learn (with scipy and pandas) takes seconds to import; only the runs that split tabular data or fit
+    out-of-fold confidences need it, so every process a run starts (each torchrun worker, each CLI call) is spared."""
+    code = ("import sys, ktransfer.runner, ktransfer.hops, ktransfer.cli; "
+            "print(sorted(m for m in ('sklearn', 'pandas') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", f"importing the runner imports {done.stdout.strip()}"

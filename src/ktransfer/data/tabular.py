@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from ktransfer.data.base import DataSplits, TensorDictDataset
 from ktransfer.data.files import cell_problem, read_csv_rows
@@ -47,6 +46,8 @@ def split_arrays(
             raise ValueError(f"{key} must be in (0, 1), got {frac}")
     if val_fraction + test_fraction >= 1.0:
         raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
+    from sklearn.model_selection import train_test_split  # here: importing scikit-learn costs every run ~2.5 s
+
     x_rest, x_test, y_rest, y_test = train_test_split(
         x, y, test_size=test_fraction, random_state=split_seed, stratify=y
     )

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedKFold
 from torch import nn
 
 from ktransfer.hops.fitting import ChainData, Recipe, TorchFitConfig, accepts_sample_weight, accuracy, fit
@@ -152,6 +151,8 @@ def confidences(member: Member, idx: np.ndarray, ctx: HopContext, probes: bool =
             "on its own training data a teacher is confident everywhere and the weights carry no signal. "
             "Use confidence_split: holdout (a disjoint part) or oof (out-of-fold predictions)"
         )
+    from sklearn.model_selection import KFold, StratifiedKFold  # here, as in data.tabular: a costly import
+
     out = np.empty_like(full)
     labels = data.y[idx]
     if np.unique(labels, return_counts=True)[1].min() >= data.folds:
