@@ -102,6 +102,21 @@ def test_provenance_holds_code_command_and_machine(tmp_path: Path) -> None:
     assert {"machine", "cpu_count", "torch", "platform"} <= set(record["machine"])
 
 
+def test_the_machine_record_names_the_library_versions_that_import() -> None:
+    """Versions come from package metadata (no import of transformers or accelerate); they are the imported ones."""
+    import accelerate
+    import torch
+    import transformers
+
+    from ktransfer.environment import environment, package_version
+
+    machine = environment()
+    assert (machine["torch"], machine["transformers"], machine["accelerate"]) == (
+        torch.__version__, transformers.__version__, accelerate.__version__)
+    assert machine["torch_threads"] == torch.get_num_threads()
+    assert package_version("no-such-distribution-ktransfer") is None
+
+
 def test_commits_of_lists_each_commit_once_in_order() -> None:
     records = [{"provenance": {"commit": "b"}}, {"provenance": {"commit": None, "committed_in": "a"}},
                {"provenance": {"commit": "b"}}, {"x": 1}]

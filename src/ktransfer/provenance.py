@@ -52,8 +52,8 @@ def git_state(root: str | Path) -> dict[str, Any]:
 
 def provenance(root: str | Path, argv: Sequence[str] | None = None, command: str | None = None) -> dict[str, Any]:
     """The code (`git_state` of `root`), the command (`command`, else `command_line(argv, root)`) and the machine
-    (`ktransfer.runner.environment`) behind a result made now."""
-    from ktransfer.runner import environment
+    (`ktransfer.environment.environment`) behind a result made now."""
+    from ktransfer.environment import environment
 
     return {**git_state(root), "command": command if command is not None else command_line(argv, root),
             "machine": environment()}
@@ -71,7 +71,7 @@ def library_provenance(command: str) -> dict[str, Any]:
     if in_checkout:
         record = provenance(root, command=command)
     else:
-        from ktransfer.runner import environment
+        from ktransfer.environment import environment
 
         record = {"commit": None, "dirty": None, "command": command, "machine": environment()}
     try:

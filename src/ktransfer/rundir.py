@@ -8,33 +8,17 @@ machine and library versions of `environment`).
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ktransfer.checkpoint import latest_checkpoint
 from ktransfer.config import RunConfig
 from ktransfer.data.base import describe_examples, example_warnings
 from ktransfer.engine import TrainResult
+from ktransfer.environment import environment
 from ktransfer.io import write_json_atomic
-
-
-def environment() -> dict[str, Any]:
-    """Machine and library versions, recorded with every run and benchmark."""
-    import accelerate
-    import transformers
-
-    return {
-        "python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def write_summary(run_dir: Path, cfg: RunConfig, result: TrainResult, student_parameters: int,

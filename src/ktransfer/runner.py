@@ -33,12 +33,12 @@ from ktransfer.checks import (
 from ktransfer.config import RunConfig
 from ktransfer.data import DataSplits
 from ktransfer.engine import Distiller, TrainResult, make_evaluator
+from ktransfer.environment import environment
 from ktransfer.io import write_json_atomic, write_text_atomic
 from ktransfer.models import count_parameters
 from ktransfer.rundir import (
     RUN_OUTPUTS,
     RunExistsError,
-    environment,
     load_run_config,
     prepare_run_dir,
     say_data,

@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ktransfer.hops.planner import Trial, exhaustive, greedy
 from ktransfer.io import write_json_atomic, write_text_atomic
-from ktransfer.rundir import environment
+from ktransfer.environment import environment
 
 Spec = dict[str, Any]
 
