@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ktransfer.environment import environment, package_version
+
 
 def command_line(argv: Sequence[str] | None = None, root: str | Path | None = None) -> str:
     """The command line `argv` (default: this process's) as a user would type it: `python SCRIPT ARGS`, the script
@@ -53,8 +55,6 @@ def git_state(root: str | Path) -> dict[str, Any]:
 def provenance(root: str | Path, argv: Sequence[str] | None = None, command: str | None = None) -> dict[str, Any]:
     """The code (`git_state` of `root`), the command (`command`, else `command_line(argv, root)`) and the machine
     (`ktransfer.environment.environment`) behind a result made now."""
-    from ktransfer.environment import environment
-
     return {**git_state(root), "command": command if command is not None else command_line(argv, root),
             "machine": environment()}
 
@@ -63,19 +63,12 @@ def library_provenance(command: str) -> dict[str, Any]:
     """`provenance` of a result made by the installed ktransfer itself (e.g. `ktransfer demo`): the commit of the
     source checkout it runs from (src/ktransfer inside a git work tree, as in an editable install), None for an
     install from a wheel, whose files belong to no checkout; plus the package version."""
-    from importlib.metadata import PackageNotFoundError, version
-
     package = Path(__file__).resolve().parent
     root = package.parents[1]
     in_checkout = package == (root / "src" / "ktransfer").resolve() and (root / "pyproject.toml").is_file()
     if in_checkout:
         record = provenance(root, command=command)
     else:
-        from ktransfer.environment import environment
-
         record = {"commit": None, "dirty": None, "command": command, "machine": environment()}
-    try:
-        record["version"] = version("ktransfer")
-    except PackageNotFoundError:
-        record["version"] = None
+    record["version"] = package_version("ktransfer")
     return record
