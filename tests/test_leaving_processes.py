@@ -21,7 +21,8 @@ if int(os.environ["RANK"]) == 1:
     d.leave_process_group(wait_for_others=False)
 else:
     d.leave_process_group()
-print("rank", os.environ["RANK"], "in a group:", torch.distributed.is_initialized(), flush=True)
+# one write per line: two processes share the pipe, and print's separate writes can interleave
+os.write(1, f"rank {os.environ['RANK']} in a group: {torch.distributed.is_initialized()}\\n".encode())
 """
 
 LEFT_AT_EXIT = """
@@ -29,7 +30,7 @@ import atexit, os, torch
 from ktransfer.engine.configs import TrainConfig
 from ktransfer.engine.distributed import new_accelerator
 # registered first, so it runs last: after the engine's own handler
-atexit.register(lambda: print("rank", os.environ["RANK"], "in a group at exit:", torch.distributed.is_initialized(), flush=True))
+atexit.register(lambda: os.write(1, f"rank {os.environ['RANK']} in a group at exit: {torch.distributed.is_initialized()}\\n".encode()))
 accelerator = new_accelerator(TrainConfig(max_steps=1, batch_size=2), None)
 assert accelerator.num_processes == 2 and torch.distributed.is_initialized()
 """
