@@ -144,6 +144,35 @@ def test_units_of_one_group_run_together_and_needs_follow_their_group(tmp_path: 
         {"seed": 0, "method": "a"}, {"seed": 0, "method": "b"}, {"seed": 1, "method": "a"}, {"seed": 1, "method": "b"}]
 
 
+def test_a_needed_unit_whose_kept_files_are_gone_runs_again_only_while_a_unit_still_needs_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kept = tmp_path / "runs" / "warm" / "model.bin"
+
+    def run_unit(u: Unit) -> dict[str, str]:
+        ran.append(u.name)
+        if u.name == "warm":
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text("weights")
+        return {"name": u.name}
+
+    units = [Unit("warm", keeps=(str(kept),)), Unit("a", needs=("warm",)), Unit("b", needs=("warm",))]
+    results = tmp_path / "results"
+    results.mkdir()
+    ran: list[str] = []
+    for w in work_units(units, results, run_unit)[:2]:
+        w.run()
+    assert ran == ["warm", "a"]
+    kept.unlink()  # a fresh machine: the committed results are there, the runs folder is not
+    work = work_units(units, results, run_unit)
+    assert [w.done() for w in work] == [False, True, False]  # b still needs the warm start's files
+    work[0].run()
+    assert ran == ["warm", "a", "warm"] and kept.is_file()
+    assert "warm: its result exists but the files it leaves for b do not" in capsys.readouterr().err
+    work[2].run()
+    kept.unlink()  # every unit that needs the files is done: nothing runs again
+    assert all(w.done() for w in work_units(units, results, run_unit))
+
+
 @pytest.mark.parametrize("study", list(reproduce.STUDIES))
 def test_each_study_reproduces_its_committed_tables_from_its_committed_unit_results(study: str, tmp_path: Path) -> None:
     pairs = reproduce.reproduce(study, tmp_path / "work")

@@ -4,13 +4,17 @@ A unit is one run of the benchmark (a method at a size and seed, a teacher, a wa
 one JSON file, `<results>/<unit name>.json`, written at once (atomically) with the provenance of the
 process that made it, and a unit whose file exists is done: a benchmark started again skips it. Units
 may need other units (a student needs its teacher), and units of one group run in one worker, in order
-(they share state, such as a store of finished hops).
+(they share state, such as a store of finished hops). A needed unit names the files it leaves for the units
+that need it (`keeps`): when those files are gone (a fresh machine, a cleaned runs folder) while a unit that
+needs them is still to run, the needed unit runs again, and says so, instead of its result file being taken
+for the files.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +27,14 @@ from harness.queue import WorkUnit, work_queue
 @dataclass(frozen=True)
 class Unit:
     """One run of a benchmark: `name` is the stem of its result file, `key` says what it is (method, seed, ...),
-    `needs` names the units it waits for, `group` the units that run with it in one worker."""
+    `needs` names the units it waits for, `group` the units that run with it in one worker, `keeps` the files
+    (or folders) it leaves for the units that need it."""
 
     name: str
     key: Mapping[str, Any] = field(default_factory=dict)
     needs: tuple[str, ...] = ()
     group: str | None = None
+    keeps: tuple[str, ...] = ()
 
 
 def product(**axes: Iterable[Any]) -> list[dict[str, Any]]:
@@ -73,26 +79,43 @@ def read_units(results: str | Path, units: Iterable[Unit | str]) -> list[dict[st
 
 def work_units(units: Sequence[Unit], results: str | Path, run_unit: Callable[[Unit], Mapping[str, Any]]) -> list[WorkUnit]:
     """The queue's work: one `WorkUnit` per unit, or per group of units, running `run_unit` on each unit whose
-    result file is missing and writing its result at once."""
+    result file is missing, or whose kept files are missing while a unit that needs it is still to run, and
+    writing its result at once."""
     results = Path(results)
+    by_name = {u.name: u for u in units}
     group_of = {u.name: u.group or u.name for u in units}
     unknown = sorted({n for u in units for n in u.needs} - set(group_of))
     if unknown:
         raise ValueError(f"units need unknown units: {unknown}")
     members: dict[str, list[Unit]] = {}
+    needed_by: dict[str, list[str]] = {}
     for u in units:
         members.setdefault(group_of[u.name], []).append(u)
+        for n in u.needs:
+            needed_by.setdefault(n, []).append(u.name)
+
+    def lost(u: Unit) -> list[str]:
+        return [p for p in u.keeps if not Path(p).exists()]
+
+    def done(name: str) -> bool:
+        """Its result exists, and so do its kept files unless no unit that needs them is still to run."""
+        u = by_name[name]
+        return unit_path(results, u).is_file() and (not lost(u) or all(done(d) for d in needed_by.get(name, ())))
 
     def run(group: list[Unit]) -> None:
         for u in group:
-            if not unit_path(results, u).is_file():
-                write_unit(unit_path(results, u), run_unit(u))
+            if done(u.name):
+                continue
+            if unit_path(results, u).is_file():
+                print(f"{u.name}: its result exists but the files it leaves for "
+                      f"{', '.join(d for d in needed_by[u.name] if not done(d))} do not ({', '.join(lost(u))}); "
+                      "running it again, and its result is replaced by this run's", file=sys.stderr, flush=True)
+            write_unit(unit_path(results, u), run_unit(u))
 
     out = []
     for name, group in members.items():
         needs = tuple(dict.fromkeys(group_of[n] for u in group for n in u.needs if group_of[n] != name))
-        out.append(WorkUnit(name, lambda g=group: run(g),
-                            lambda g=group: all(unit_path(results, u).is_file() for u in g), needs))
+        out.append(WorkUnit(name, lambda g=group: run(g), lambda g=group: all(done(u.name) for u in g), needs))
     return out
 
 

@@ -82,6 +82,7 @@ METHODS = ["untrained", "labels", "word_kd", "store_k8", "store_k64", "backward_
 QUICK_METHODS = ["untrained", "labels", "word_kd", "store_k8", "store_k64", "backward_kl", "seq_kd"]
 ON_POLICY = ("backward_kl", "jsd")
 STORE_K = {"store_k8": 8, "store_k64": 64}
+WARM_WEIGHTS = "warm-s{seed}/final/model.safetensors"  # the warm start the on-policy methods begin from
 BASELINE = "labels"
 CONFIG_OF = {"labels": "labels", "word_kd": "word_kd", "store_k8": "store_kd", "store_k64": "store_kd",
              "backward_kl": "backward_kl", "jsd": "jsd", "seq_kd": "seq_kd", "untrained": "labels", "warm": "labels"}
@@ -109,18 +110,24 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 # ------------------------------------------------------------------------------------------- grid and budget
-def grid_units(methods: list[str], seeds: int) -> list[Unit]:
-    """The stores, the teacher's generations and the warm starts (shared), then one unit per method and seed
-    (the dearest first, so that the last units to finish are short)."""
+def grid_units(methods: list[str], seeds: int, runs: Path | None = None) -> list[Unit]:
+    """The stores, the teacher's generations and the warm starts (shared, each keeping its files under `runs` for
+    the units that need them), then one unit per method and seed (the dearest first, so that the last units to
+    finish are short)."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; valid choices: {', '.join(METHODS)}")
-    units = [Unit(f"store-k{STORE_K[m]}", {"kind": "store", "k": STORE_K[m]}) for m in METHODS
-             if m in STORE_K and m in methods]
+
+    def keeps(*parts: str) -> tuple[str, ...]:
+        return (str(Path(runs, *parts)),) if runs is not None else ()
+
+    units = [Unit(f"store-k{STORE_K[m]}", {"kind": "store", "k": STORE_K[m]}, keeps=keeps(f"store-k{STORE_K[m]}"))
+             for m in METHODS if m in STORE_K and m in methods]
     if "seq_kd" in methods:
-        units.append(Unit("generation", {"kind": "generation"}))
+        units.append(Unit("generation", {"kind": "generation"}, keeps=keeps("generations")))
     if any(m in ON_POLICY for m in methods):
-        units += [Unit(f"warm-s{s}", {"kind": "warm", "seed": s}) for s in range(seeds)]
+        units += [Unit(f"warm-s{s}", {"kind": "warm", "seed": s}, keeps=keeps(*WARM_WEIGHTS.format(seed=s).split("/")))
+                  for s in range(seeds)]
     order = [m for m in ("backward_kl", "jsd", "seq_kd", "word_kd", "store_k64", "store_k8", "labels", "untrained")
              if m in methods]
     for s in range(seeds):
@@ -204,7 +211,7 @@ def method_config(method: str, size: dict[str, Any], runs: Path, seed: int, teac
                     "eval_every": max(steps, 1), "log_every": max(1, min(10, steps))}
     cfg["optim"] = {**cfg["optim"], "lr": size["on_policy_lr"] if on_policy else size["lr"]}
     if on_policy:
-        cfg["student"]["weights"] = str(runs / f"warm-s{seed}" / "final" / "model.safetensors")
+        cfg["student"]["weights"] = str(runs / WARM_WEIGHTS.format(seed=seed))
         cfg["targets"]["generation"] = {**cfg["targets"]["generation"], "max_new_tokens": size["new_tokens"]}
     if method == "seq_kd":
         cfg["targets"] = {**cfg["targets"], "cache_dir": str(runs / "generations"),
@@ -506,7 +513,7 @@ class RealTeacher(Benchmark):
         return Path(args.results) / "real_teacher" / args.size_name
 
     def units(self, args: argparse.Namespace) -> list[Unit]:
-        return grid_units(args.methods, args.seeds)
+        return grid_units(args.methods, args.seeds, args.runs)
 
     def run_unit(self, unit: Unit, args: argparse.Namespace) -> dict[str, Any]:
         teacher, data = teacher_dir(args), args.size.get("data")
