@@ -244,3 +244,14 @@ def test_a_sitting_runs_every_method_writes_the_table_and_skips_finished_units(t
     assert bench.main(argv) == 0
     after = {p.name: p.stat().st_mtime_ns for p in (results / "cross_tokenizer" / "quick").glob("*.json")}
     assert after == before
+
+
+def test_each_needed_unit_keeps_the_files_its_units_read(tmp_path: Path) -> None:
+    size = bench.SIZES["full"]
+    units = {u.name: u for u in bench.grid_units(bench.METHODS, 2, tmp_path, size)}
+    for u in units.values():
+        if u.needs:
+            config = json.dumps(bench.method_config(u.key["method"], size, tmp_path, u.key["seed"], None).to_dict())
+            for needed in u.needs:
+                assert units[needed].keeps and all(json.dumps(k)[1:-1] in config for k in units[needed].keeps), u.name
+    assert all(not u.keeps for u in bench.grid_units(bench.METHODS, 1))  # no runs folder, nothing to check

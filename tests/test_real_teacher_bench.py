@@ -213,3 +213,15 @@ def test_every_method_runs_end_to_end_and_aggregates(tiny_teacher: dict[str, Pat
     before = {p.name: p.stat().st_mtime_ns for p in (results / "real_teacher" / "full").glob("*-s0.json")}
     assert bench.main(argv) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (results / "real_teacher" / "full").glob("*-s0.json")} == before
+
+
+def test_each_needed_unit_keeps_the_files_its_units_read(tmp_path: Path) -> None:
+    size = bench.SIZES["full"]
+    units = {u.name: u for u in bench.grid_units(bench.METHODS, 2, tmp_path)}
+    for u in units.values():
+        if u.needs:
+            config = json.dumps(bench.method_config(u.key["method"], size, tmp_path, u.key["seed"], "teacher").to_dict())
+            for needed in u.needs:
+                assert units[needed].keeps and all(json.dumps(k)[1:-1] in config for k in units[needed].keeps), u.name
+    assert units["warm-s1"].keeps == (str(tmp_path / "warm-s1" / "final" / "model.safetensors"),)
+    assert all(not u.keeps for u in bench.grid_units(bench.METHODS, 1))  # no runs folder, nothing to check

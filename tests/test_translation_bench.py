@@ -134,3 +134,22 @@ def test_wall_time_is_counted_per_command() -> None:
     sittings = [{"wall_time_min": 30.0}, {"wall_time_min": 21.0, "command": "A"}, {"wall_time_min": 9.5, "command": "B"}]
     assert bench.wall_minutes(sittings, "A") == {"A": 51.0, "B": 9.5}
     assert bench.wall_minutes([], "A") == {}
+
+
+def test_each_needed_unit_keeps_the_files_its_units_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    bench = _bench()
+    monkeypatch.setattr(bench, "student_init", lambda size, runs, seed: runs / f"init-s{seed}.safetensors")
+    size = bench.SIZES["quick"]
+    units = {u.name: u for u in bench.grid_units(bench.METHODS + list(bench.FROM_KD), 2, tmp_path)}
+    assert {"warm-s1", "warm_kd-s1", "seq_kd-generation"} <= set(units)
+    for u in units.values():
+        if u.needs and u.key["kind"] == "method":
+            config = bench.method_config(u.key["method"], size, tmp_path, u.key["seed"]).to_dict()
+            teacher = config.get("teacher") or {}
+            read = json.dumps(config) + json.dumps(str(Path(teacher["from_run"]) / "best" / "model.safetensors")
+                                                   if "from_run" in teacher else "")
+            for needed in u.needs:
+                assert units[needed].keeps and all(json.dumps(k)[1:-1] in read for k in units[needed].keeps), u.name
+    assert all(not u.keeps for u in bench.grid_units(bench.METHODS, 1))

@@ -151,16 +151,22 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 # ------------------------------------------------------------------------------------------- grid and budget
-def grid_units(methods: list[str], seeds: int) -> list[Unit]:
-    """The teacher's scores and the warm starts (shared), then one unit per method and seed (the dearest first)."""
+def grid_units(methods: list[str], seeds: int, runs: Path | None = None,
+               size: dict[str, Any] | None = None) -> list[Unit]:
+    """The teacher's scores, the stores and the warm starts (shared; given `runs` and `size`, the stores and warm
+    starts name the files they keep there for the units that need them), then one unit per method and seed (the
+    dearest first)."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; valid choices: {', '.join(METHODS)}")
+    known = runs is not None and size is not None
     units = [Unit("teacher", {"kind": "teacher"})]
-    units += [Unit(f"store-{which}", {"kind": "store", "store": which}) for which in STORE_OF
-              if any(FROM_STORE.get(m, ("", ""))[1] == which for m in methods)]
+    units += [Unit(f"store-{which}", {"kind": "store", "store": which},
+                   keeps=(str(store_dir(runs, which, size)),) if known else ())
+              for which in STORE_OF if any(FROM_STORE.get(m, ("", ""))[1] == which for m in methods)]
     if any(m in ON_POLICY for m in methods):
-        units += [Unit(f"warm-s{s}", {"kind": "warm", "seed": s}) for s in range(seeds)]
+        units += [Unit(f"warm-s{s}", {"kind": "warm", "seed": s}, keeps=(str(warm_weights(runs, s)),) if known else ())
+                  for s in range(seeds)]
     order = [m for m in ("span_on_policy", "uld", "same_tokenizer", "span", "span_on_policy_refs", "reinforce_on_policy",
                          "same_tokenizer_store", "uld_store", "span_store", "labels") if m in methods]
     for s in range(seeds):
@@ -257,7 +263,7 @@ def method_config(method: str, size: dict[str, Any], runs: Path, seed: int, teac
         cfg["targets"] = {"sources": {"dataset": 0.5, "student": 0.5},
                           "generation": {"max_new_tokens": size["max_length"] - size["prompt_length"],
                                          "do_sample": True, "temperature": 1.0}}
-        cfg["student"] = {**cfg["student"], "weights": str(runs / f"warm-s{seed}" / "final" / "model.safetensors")}
+        cfg["student"] = {**cfg["student"], "weights": str(warm_weights(runs, seed))}
     steps = size["steps"] - size["warm_steps"] if on_policy else size["warm_steps"] if method == "warm" else size["steps"]
     cfg["train"] = {**cfg["train"], "max_steps": max(steps, 1), "batch_size": size["batch_size"], "seed": seed,
                     "eval_every": max(steps, 1), "log_every": max(1, min(10, steps))}
@@ -269,6 +275,11 @@ def method_config(method: str, size: dict[str, Any], runs: Path, seed: int, teac
 
 _DATA: dict[str, Any] = {}
 _TEACHER: dict[str, Any] = {}
+
+
+def warm_weights(runs: Path, seed: int) -> Path:
+    """The warm start's weights, which the on-policy methods begin from."""
+    return runs / f"warm-s{seed}" / "final" / "model.safetensors"
 
 
 def store_dir(runs: Path, which: str, size: dict[str, Any]) -> Path:
@@ -550,7 +561,7 @@ class CrossTokenizer(Benchmark):
         return Path(args.results) / "cross_tokenizer" / args.size_name
 
     def units(self, args: argparse.Namespace) -> list[Unit]:
-        return grid_units(args.methods, args.seeds)
+        return grid_units(args.methods, args.seeds, args.runs, args.size)
 
     def run_unit(self, unit: Unit, args: argparse.Namespace) -> dict[str, Any]:
         data = args.size.get("data")

@@ -444,18 +444,25 @@ def check_same_setup(results: Path, runs: Path, size: dict[str, Any]) -> None:
     write_json_atomic(record, {**setup, "provenance": provenance.record()})
 
 
-def grid_units(methods: list[str], seeds: int) -> list[Unit]:
+def grid_units(methods: list[str], seeds: int, runs: Path | None = None) -> list[Unit]:
     """Every run of the benchmark with what it needs, in the order workers take them: the teacher first,
-    and alongside it what needs no teacher (warm starts, references-only students)."""
-    units = [Unit("teacher", {"kind": "teacher"})]
+    and alongside it what needs no teacher (warm starts, references-only students). Given `runs`, the teacher,
+    the warm starts and the generations name the files they keep there for the units that need them."""
+
+    def keeps(*parts: str) -> tuple[str, ...]:
+        return (str(Path(runs, *parts)),) if runs is not None else ()
+
+    units = [Unit("teacher", {"kind": "teacher"}, keeps=keeps("teacher", "best", "model.safetensors"))]
     on_policy = [m for m in methods if m in ON_POLICY]
-    units += [Unit(f"warm-s{s}", {"kind": "warm", "seed": s}) for s in range(seeds) if on_policy]
+    units += [Unit(f"warm-s{s}", {"kind": "warm", "seed": s}, keeps=keeps(f"warm-s{s}", "final", "model.safetensors"))
+              for s in range(seeds) if on_policy]
     from_kd = [m for m in methods if m in FROM_KD]
-    units += [Unit(f"warm_kd-s{s}", {"kind": "warm_kd", "seed": s}, ("teacher",)) for s in range(seeds) if from_kd]
+    units += [Unit(f"warm_kd-s{s}", {"kind": "warm_kd", "seed": s}, ("teacher",),
+                   keeps=keeps(f"warm_kd-s{s}", "final", "model.safetensors")) for s in range(seeds) if from_kd]
     units += [Unit(f"labels-s{s}", {"kind": "method", "method": "labels", "seed": s})
               for s in range(seeds) if "labels" in methods]
     if "seq_kd" in methods:
-        units.append(Unit("seq_kd-generation", {"kind": "generation"}, ("teacher",)))
+        units.append(Unit("seq_kd-generation", {"kind": "generation"}, ("teacher",), keeps=keeps("generations")))
     for s in range(seeds):  # the dearest (on-policy) first, so that the last runs to finish are short
         for m in on_policy + from_kd + [m for m in ("word_kd", "seq_kd") if m in methods]:
             needs = (("teacher", f"{warm_kind(m)}-s{s}") if warm_kind(m)
@@ -515,7 +522,7 @@ class Translation(Benchmark):
         return Path(args.results) / "translation" / args.size_name
 
     def units(self, args: argparse.Namespace) -> list[Unit]:
-        return grid_units(args.methods, args.seeds)
+        return grid_units(args.methods, args.seeds, args.runs)
 
     def run_unit(self, unit: Unit, args: argparse.Namespace) -> dict[str, Any]:
         kind = unit.key["kind"]
