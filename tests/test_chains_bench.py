@@ -124,14 +124,14 @@ def test_the_smollm2_budget_is_the_real_teacher_step_times_scaled_by_parameters(
     chain = bench.smollm2_chain
     layer, base = (134.5e6 - 63.7e6) / 20, 134.5e6 - 30 * (134.5e6 - 63.7e6) / 20
     assert chain.parameters(10) == pytest.approx(63.7e6) and chain.parameters(30) == pytest.approx(134.5e6)
-    assert chain.hop_step_s(30, 10) == pytest.approx(3.0)  # the measured KD step of the 10-layer cut
-    assert chain.hop_step_s(15, 8) == pytest.approx(1.6 * (base + 15 * layer) / 134.5e6
-                                                    + 1.4 * (base + 8 * layer) / 63.7e6)
+    assert chain.hop_step_s(30, 10) == pytest.approx(5.6)  # the measured KD step of the 10-layer cut
+    assert chain.hop_step_s(15, 8) == pytest.approx(2.1 * (base + 15 * layer) / 134.5e6
+                                                    + 3.5 * (base + 8 * layer) / 63.7e6)
     part = {**chain.FULL, "set": {"steps": 10, "val_size": 8, "test_size": 16, "generation_prompts": 8,
                                   "batch_size": 8, "new_tokens": 64}}
-    fwd = {n: 1.6 * (base + n * layer) / 134.5e6 for n in (30, 15, 8)}
-    sample8 = 3.9 * (base + 8 * layer) / 63.7e6
-    scoring = 2 * (fwd[30] + fwd[8]) + (sample8 + 1.6)
+    fwd = {n: 2.1 * (base + n * layer) / 134.5e6 for n in (30, 15, 8)}
+    sample8 = 4.25 * (base + 8 * layer) / 63.7e6
+    scoring = 2 * (fwd[30] + fwd[8]) + (sample8 + 2.1)
     direct = 10 * chain.hop_step_s(30, 8) + fwd[30] + fwd[8] + scoring
     via = 10 * (chain.hop_step_s(30, 15) + chain.hop_step_s(15, 8)) + fwd[30] + 2 * fwd[15] + fwd[8] + scoring
     assert chain.unit_seconds(part, "direct") == pytest.approx(direct)

@@ -30,12 +30,13 @@ SmolLM2's log-probability per token and the repetition rate of its greedy contin
                                                   # sittings); and the SmolLM2 part, 3 seeds
     python benchmarks/chains/bench.py --full --parts smollm2 --jobs 2    # the SmolLM2 part alone
 
-Budget of the SmolLM2 part (one thread; `smollm2_chain.unit_seconds`, an estimate from the real-teacher study's
-measurements on the 2-core machine: teacher forward 1.6 s and a 10-layer cut student's KD step 3.0 s on 8 x 64
-tokens, each pass's cost scaled by the parameters of the model that makes it): a KD step takes about 2.8 s for
-30 -> 8, 3.4 s for 30 -> 15 and 2.2 s for 15 -> 8, so a seed's direct chain about 31 min and its chain via 15
-about 59 min, scoring included: about 4.5 h of work for 3 seeds, about 2.3 h of wall time with --jobs 2 (the
-chains share no hop), over sittings.
+Budget of the SmolLM2 part (`smollm2_chain.unit_seconds`, an estimate from the real-teacher study's step times
+on the 2-core machine, one process of one thread: teacher forward 2.1 s and a 10-layer cut student's KD step
+5.6 s on 8 x 64 tokens, each pass's cost scaled by the parameters of the model that makes it): a KD step takes
+about 5.2 s for 30 -> 8, 6.6 s for 30 -> 15 and 4.4 s for 15 -> 8, so a seed's direct chain about 55 min and its
+chain via 15 about 113 min, scoring included: about 8.4 h of work for 3 seeds. Two workers side by side make each
+step about 1.44 times slower (the real-teacher sittings), so with --jobs 2 (the chains share no hop) a seed's
+via-15 chain takes about 2.7 h and the part about 6 h of wall time, over sittings.
 
 Prepare the data first: `ktransfer data prepare minilm && ktransfer data prepare bbc-news` (and for the
 SmolLM2 part `ktransfer data prepare smollm2`).

@@ -28,18 +28,19 @@ continuations; their repetition rate (share of repeated token 3-grams); wall tim
 (evaluation aside, from the run's log); peak resident memory during the unit (VmHWM, reset at its start); for
 the stores, bytes per target token and build time.
 
-Sizes, from measurements on the 2-core machine (one thread, batch 8 x 64 tokens): teacher forward 1.6 s, a
-10-layer cut student's KD step 3.0 s (so its own step, labels only, 3.0 - 1.6 = 1.4 s), sampling 64 tokens
-for 8 prompts 3.9 s (the student; the teacher's generation is taken as that times the parameter ratio
-134.5M / 63.7M = 2.11). `expected_budget` sums the units from these (see `unit_seconds`):
+Sizes, from the steps of the --quick sitting (one process of one thread on the 2-core machine, batch 8 x 64
+tokens): a step of references alone 3.5 s, a word-level KD step with the live teacher 5.6 s (so a teacher
+forward 2.1 s), sampling 64 tokens for 8 prompts 4.25 s (the student; the teacher's generation is taken as that
+times the parameter ratio 134.5M / 63.7M = 2.11); two workers side by side on the 2 cores make each step 1.44
+times slower (the --full sittings against the --quick one). `expected_budget` sums the units from these (see
+`unit_seconds`):
 
   --quick  one seed of untrained, labels, word_kd, store_k8, store_k64, backward_kl, seq_kd; 150 steps
-           (warm start 75), 1,200 training blocks: about 63 min of work, about 31 min of wall time with
-           --jobs 2 (the longest chain of needed units: 20 min, the teacher's generations then seq_kd), under
-           60 min on 2 cores including the stores, with room for loading the models and a busy machine
-  --full   three seeds of every method; 600 steps (warm start 300), 4,800 training blocks: about 10.3 h of
-           work, about 5.1 h with --jobs 2, over sittings (each finished unit's JSON is kept; a sitting started
-           again skips them)
+           (warm start 75), 1,200 training blocks: about 102 min of work, about 74 min of wall time with
+           --jobs 2 (the longest chain of needed units: 27 min, the teacher's generations then seq_kd)
+  --full   three seeds of every method; 600 steps (warm start 300), 4,800 training blocks: about 18.3 h of
+           work, about 13.2 h with --jobs 2, over sittings (each finished unit's JSON is kept; a sitting started
+           again skips them, and builds again the shared units whose files a unit still to run needs)
 
     nohup python benchmarks/real_teacher/bench.py --quick --jobs 2 > real_teacher.log 2>&1 &   # resumable
     python benchmarks/real_teacher/bench.py --full --jobs 2        # start again after a stop; commit the JSONs
@@ -91,11 +92,18 @@ LABELS = {"untrained": "cut student, untrained", "labels": "references alone",
           "store_k64": "forward KL from the store, k = 64", "backward_kl": "on-policy backward KL (exact per token)",
           "jsd": "on-policy JSD(0.5)", "seq_kd": "sequence-level KD (teacher's greedy continuations)"}
 
-# Measured on the 2-core machine, one thread, batch 8 x 64 tokens (seconds).
-TEACHER_FORWARD_S = 1.6
-KD_STEP_S = 3.0
-STUDENT_SAMPLE_64_S = 3.9
-STUDENT_STEP_S = KD_STEP_S - TEACHER_FORWARD_S
+# Seconds on the 2-core machine, one process of one thread, batch 8 x 64 tokens: the training steps of the
+# committed --quick sitting (benchmarks/results/real_teacher/quick/, `--jobs 1`): references alone 3.5 s (labels
+# 3.51, warm start 3.49), word-level KD with the live teacher 5.6 s (5.58), so a teacher forward 5.6 - 3.5 = 2.1 s;
+# backward KL 8.79 s a step = sampling 48 tokens + a KD step, so sampling 64 tokens (3.19 * 64 / 48) 4.25 s.
+STUDENT_STEP_S = 3.5
+KD_STEP_S = 5.6
+TEACHER_FORWARD_S = KD_STEP_S - STUDENT_STEP_S
+STUDENT_SAMPLE_64_S = 4.25
+# Two workers side by side on the 2 cores each step slower than one alone: the --full sittings' (`--jobs 2`)
+# step times over the --quick sitting's: references alone 1.29 (labels) and 1.46 (warm start), word-level KD 1.37,
+# backward KL 1.65; their mean.
+SIDE_BY_SIDE = 1.44
 TEACHER_PARAMETERS, STUDENT_PARAMETERS = 134.5e6, 63.7e6  # SmolLM2-135M and its every-3rd-layer cut (tied head)
 PARAMETER_RATIO = TEACHER_PARAMETERS / STUDENT_PARAMETERS
 
@@ -170,16 +178,18 @@ def unit_seconds(unit: Unit, size: dict[str, Any]) -> float:
 
 
 def expected_budget(size: dict[str, Any], methods: list[str], seeds: int, jobs: int) -> dict[str, float]:
-    """Expected work (one thread, summed over units) and wall time with `jobs` workers, in minutes: the larger of
-    the work shared evenly and the longest chain of needed units."""
+    """Expected work (one process alone, summed over units) and wall time with `jobs` workers, in minutes: the
+    larger of the work shared evenly and the longest chain of needed units, each slower by `SIDE_BY_SIDE` when
+    workers share the cores."""
     units = grid_units(methods, seeds)
     seconds = {u.name: unit_seconds(u, size) for u in units}
     finish: dict[str, float] = {}
     for u in units:  # needs come earlier in the list
         finish[u.name] = seconds[u.name] + max((finish[n] for n in u.needs), default=0.0)
     work = sum(seconds.values())
+    slower = SIDE_BY_SIDE if jobs > 1 else 1.0
     return {"work_min": work / 60, "critical_path_min": max(finish.values()) / 60,
-            "wall_min": max(work / jobs, max(finish.values())) / 60}
+            "wall_min": slower * max(work / jobs, max(finish.values())) / 60}
 
 
 # ------------------------------------------------------------------------------------------- configs
@@ -481,9 +491,10 @@ class RealTeacher(Benchmark):
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.set_defaults(seeds=None)  # default: the size's seeds
         size = p.add_mutually_exclusive_group()
-        size.add_argument("--quick", action="store_true", help="one seed of the main methods, < 60 min on 2 cores "
-                                                               "with --jobs 2 (the default size)")
-        size.add_argument("--full", action="store_true", help="three seeds of every method, about 5 h with --jobs 2")
+        size.add_argument("--quick", action="store_true", help="one seed of the main methods, about 75 min on 2 "
+                                                               "cores with --jobs 2 (the default size)")
+        size.add_argument("--full", action="store_true", help="three seeds of every method, about 13 h with --jobs 2, "
+                                                              "across sittings")
         p.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="default: the size's methods")
         p.add_argument("--teacher", default=None, help="the teacher's model folder (default: the prepared SmolLM2)")
         p.add_argument("--out", default=str(HERE / "runs"), help="run directories (resumable)")
