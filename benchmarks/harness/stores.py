@@ -3,7 +3,8 @@
 A store build resumes after a kill and computes only the examples no finished shard holds, so its
 `BuildReport` counts this invocation's work. The size per target token is taken from the whole
 store, and the result says how many examples the timed build computed (`computed` of `examples`),
-so that a resumed build's time is never read as the whole build's.
+so that a resumed build's time is never read as the whole build's. Sizes are the store's own
+(`TeacherStore.bytes`: its shards, the manifest aside), as `ktransfer teacher-outputs info` gives them.
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ def store_result(out: str | Path, report: Any) -> dict[str, Any]:
     """Size of the finished store at `out` and the timings of the build `report` describes."""
     from ktransfer.store import TeacherStore
 
-    out = Path(out)
-    store = TeacherStore.open(out, verify=False)  # the build just verified what it wrote
-    stored = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    positions = store.positions
-    return {"examples": store.examples, "computed": int(report.computed), "positions": positions, "bytes": stored,
-            "bytes_per_token": stored / max(positions, 1), "build_s": round(report.total_s, 2),
+    store = TeacherStore.open(Path(out), verify=False)  # the build just verified what it wrote
+    return {"examples": store.examples, "computed": int(report.computed), "positions": store.positions,
+            "bytes": store.bytes, "bytes_per_token": store.bytes_per_position(), "build_s": round(report.total_s, 2),
             "forward_s": round(report.forward_s, 2)}
 
 

@@ -383,7 +383,7 @@ def _cmd_teacher_outputs(args: argparse.Namespace) -> int:
     _print_json({"directory": str(store.directory), "task": m["task"], "kind": store.kind, "outputs": shape,
                  "values": m["values"], **({"fit_degree": m["fit_degree"]} if "fit_degree" in m else {}),
                  "examples": store.examples, "shards": len(m["shards"]),
-                 "bytes": sum(int(e["bytes"]) for e in m["shards"]),
+                 "bytes": store.bytes,
                  f"bytes_per_{unit.replace(' ', '_')}": round(store.bytes_per_position(), 2),
                  **({"teacher_tokens": True} if store.teacher_tokens else {}), "keys": store.keys, "verified": True,
                  **({"captures": {i.key: i.kind for i in store.capture_items},

@@ -629,7 +629,11 @@ class TeacherStore:
             return self.examples
         return sum(int(self._shard(n)["offsets"][-1]) for n in self._by_number)
 
+    @property
+    def bytes(self) -> int:
+        """The store's size: its shards' bytes, as the manifest records them (the manifest itself aside)."""
+        return sum(int(s["bytes"]) for s in self.manifest["shards"])
+
     def bytes_per_position(self) -> float:
         """Shard bytes per stored position (top-k) or per example (logits)."""
-        total = sum(int(s["bytes"]) for s in self.manifest["shards"])
-        return total / max(self.positions, 1)
+        return self.bytes / max(self.positions, 1)
