@@ -136,3 +136,37 @@ def test_a_tiny_sitting_builds_the_store_once_trains_from_it_and_resumes(
     assert "Store (tiny, for tiny-2L):" in table
     assert bench.main(argv) == 0  # resumed: nothing runs again
     assert {p.name: p.stat().st_mtime_ns for p in units.glob("*.json")} == done
+
+
+def test_on_a_fresh_machine_the_teacher_and_store_are_made_again_only_for_units_still_to_run(
+        tiny_task: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    bench = _bench()
+    monkeypatch.setattr(bench, "TASKS", {"tiny": {"data": tiny_task["data"], "score": "macro_f1",
+                                                  "teacher_config": tiny_task["teacher_config"]}})
+    monkeypatch.setattr(bench, "STUDENTS", {"tiny-2L": {"builder": "minilm_student", "num_layers": 2,
+                                                        "path": tiny_task["model"]}})
+    argv = ["--quick", "--tasks", "tiny", "--students", "tiny-2L", "--out", str(tmp_path / "out"),
+            "--results", str(tmp_path / "results"), "--report-dir", str(tmp_path / "report"),
+            "--step150", str(tmp_path / "none.json"), "--set", "max_steps=2", "--set", "eval_every=2",
+            "--set", "warmup=0", "--set", "batch_size=8"]
+    assert bench.main([*argv, "--variants", "vanilla_kd"]) == 0
+    units = tmp_path / "results" / "selection_converged" / "quick"
+
+    def fresh_machine() -> None:  # the committed results stay; the cache and the run folders are gone
+        shutil.rmtree(tmp_path / "cache")
+        shutil.rmtree(tmp_path / "out")
+
+    fresh_machine()
+    capsys.readouterr()
+    assert bench.main([*argv, "--variants", "vanilla_kd"]) == 0  # every unit done: nothing is trained
+    assert not (tmp_path / "cache").exists() and "training it again" not in capsys.readouterr().err
+    assert bench.main([*argv, "--variants", "vanilla_kd", "all_equal", "--aggregate-only"]) == 0
+    assert not (tmp_path / "cache").exists()  # aggregating reads the records alone
+    assert bench.main([*argv, "--variants", "vanilla_kd", "all_equal"]) == 0  # all_equal needs the store
+    err = capsys.readouterr().err
+    assert "teacher-tiny.json: recorded, but its teacher is not in this machine's cache; training it again" in err
+    assert "store-tiny-tiny-2L: its result exists but the files it leaves for tiny-tiny-2L-all_equal-s0" in err
+    assert (units / "tiny-tiny-2L-all_equal-s0.json").is_file()

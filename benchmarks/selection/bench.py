@@ -312,11 +312,37 @@ def plot_weights(result: dict[str, Any], path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
-def prepare_teacher(task: str, out: Path) -> dict[str, Any]:
-    """The cached teacher of `task` (trained now if absent) and its test scores; recorded once in `out`."""
+def recorded_teacher(record: Path, config: Path, need_model: bool) -> dict[str, Any] | None:
+    """The teacher's record; None when there is none, or when the model is needed and this machine's cache lacks
+    it (a fresh machine holding the committed record: the teacher is trained again, which is said here, and its
+    record replaced by that training's)."""
+    if not record.exists():
+        return None
+    if need_model:
+        from ktransfer.teachers import cached_teacher_dir
+
+        try:
+            cached_teacher_dir(config)
+        except FileNotFoundError:
+            print(f"{record.name}: recorded, but its teacher is not in this machine's cache; training it again, and "
+                  "the record is replaced by this training's", file=sys.stderr, flush=True)
+            return None
+    return grid.read_unit(record)
+
+
+def units_to_run(bench: Benchmark, args: argparse.Namespace) -> bool:
+    """Whether any unit of the grid has no result yet (else a sitting trains nothing, its teachers included)."""
+    return not all(grid.unit_path(bench.results(args), u).is_file() for u in bench.units(args))
+
+
+def prepare_teacher(task: str, out: Path, need_model: bool = True) -> dict[str, Any]:
+    """The cached teacher of `task` (trained now if absent, or if `need_model` and this machine lacks it) and its
+    test scores; recorded once in `out`."""
+    config = CONFIGS / f"{task}_teacher.yaml"
+    recorded = recorded_teacher(out / f"teacher-{task}.json", config, need_model)
+    if recorded is not None:
+        return recorded
     record = out / f"teacher-{task}.json"
-    if record.exists():
-        return grid.read_unit(record)
     from ktransfer.config import RunConfig
     from ktransfer.runner import load_data
     from ktransfer.scores import classification_scores, predict_classes
@@ -324,7 +350,6 @@ def prepare_teacher(task: str, out: Path) -> dict[str, Any]:
     from ktransfer.teachers import cached_teacher_dir, load_cached_teacher, teacher_key
     from ktransfer.teachers import prepare_teacher as train_teacher
 
-    config = CONFIGS / f"{task}_teacher.yaml"
     try:
         cached_teacher_dir(config)
         trained_now = False
@@ -377,8 +402,9 @@ class Selection(Benchmark):
         return args.out_size  # sittings.jsonl: one line per invocation that trained runs
 
     def prepare(self, args: argparse.Namespace) -> None:
-        for task in args.tasks:  # before any worker starts: trained once
-            prepare_teacher(task, args.out_size)
+        if units_to_run(self, args):
+            for task in args.tasks:  # before any worker starts: trained once
+                prepare_teacher(task, args.out_size)
 
     def units(self, args: argparse.Namespace) -> list[Unit]:
         return [Unit(f"{c['task']}-{c['student']}-{c['variant']}-s{c['seed']}", c)
@@ -412,7 +438,7 @@ class Selection(Benchmark):
                 "wall_time_min": sum(x["wall_time_min"] for x in sittings)}
 
     def aggregate(self, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any] | None:
-        teachers = {task: prepare_teacher(task, args.out_size) for task in args.tasks}
+        teachers = {task: prepare_teacher(task, args.out_size, need_model=False) for task in args.tasks}
         todo = self.units(args)
         wanted = {u.name for u in todo}
         units = [grid.read_unit(q) for q in sorted(self.results(args).glob("*.json"))]

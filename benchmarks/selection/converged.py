@@ -191,18 +191,19 @@ def run_student(task: str, student: str, variant: str, seed: int, size: dict[str
     return unit
 
 
-def prepare_teacher(task: str, out: Path) -> dict[str, Any]:
-    """The task's cached teacher (trained now if absent), recorded once in `out`: with its test scores for the
-    benchmark's own tasks (as the 150-step study records them), with its config only for another task."""
+def prepare_teacher(task: str, out: Path, need_model: bool = True) -> dict[str, Any]:
+    """The task's cached teacher (trained now if absent, or if `need_model` and this machine lacks it), recorded
+    once in `out`: with its test scores for the benchmark's own tasks (as the 150-step study records them), with its
+    config only for another task."""
     if "teacher_config" not in TASKS[task]:
-        return SELECTION.prepare_teacher(task, out)
-    record = out / f"teacher-{task}.json"
-    if record.exists():
-        return grid.read_unit(record)
+        return SELECTION.prepare_teacher(task, out, need_model)
+    record, config = out / f"teacher-{task}.json", teacher_config(task)
+    recorded = SELECTION.recorded_teacher(record, config, need_model)
+    if recorded is not None:
+        return recorded
     from ktransfer.teachers import cached_teacher_dir
     from ktransfer.teachers import prepare_teacher as train_teacher
 
-    config = teacher_config(task)
     try:
         cached_teacher_dir(config)
         trained_now = False
@@ -349,14 +350,16 @@ class Converged(Benchmark):
         return Path(args.results) / "selection_converged" / args.size_name
 
     def prepare(self, args: argparse.Namespace) -> None:
-        for task in args.tasks:  # before any worker starts: trained once
-            prepare_teacher(task, self.results(args))
+        if SELECTION.units_to_run(self, args):
+            for task in args.tasks:  # before any worker starts: trained once
+                prepare_teacher(task, self.results(args))
 
     def store_dir(self, task: str, args: argparse.Namespace) -> Path:
         return args.out_size / "stores" / store_name(task, args.students)
 
     def units(self, args: argparse.Namespace) -> list[Unit]:
-        stores = [Unit(store_name(t, args.students), {"kind": "store", "task": t}) for t in args.tasks]
+        stores = [Unit(store_name(t, args.students), {"kind": "store", "task": t},
+                       keeps=(str(self.store_dir(t, args)),)) for t in args.tasks]
         students = [Unit(f"{c['task']}-{c['student']}-{c['variant']}-s{c['seed']}", {"kind": "student", **c},
                          (store_name(c["task"], args.students),))
                     for c in grid.product(seed=range(args.seeds), task=args.tasks, student=args.students,
@@ -395,7 +398,7 @@ class Converged(Benchmark):
                 "wall_time_min": sum(x["wall_time_min"] for x in sittings)}
 
     def aggregate(self, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any] | None:
-        teachers = {task: prepare_teacher(task, self.results(args)) for task in args.tasks}
+        teachers = {task: prepare_teacher(task, self.results(args), need_model=False) for task in args.tasks}
         todo = self.units(args)
         done = grid.read_units(self.results(args), todo)
         units = [u for u in done if u.get("variant") is not None]
