@@ -338,11 +338,10 @@ def units_to_run(bench: Benchmark, args: argparse.Namespace) -> bool:
 def prepare_teacher(task: str, out: Path, need_model: bool = True) -> dict[str, Any]:
     """The cached teacher of `task` (trained now if absent, or if `need_model` and this machine lacks it) and its
     test scores; recorded once in `out`."""
-    config = CONFIGS / f"{task}_teacher.yaml"
-    recorded = recorded_teacher(out / f"teacher-{task}.json", config, need_model)
+    record, config = out / f"teacher-{task}.json", CONFIGS / f"{task}_teacher.yaml"
+    recorded = recorded_teacher(record, config, need_model)
     if recorded is not None:
         return recorded
-    record = out / f"teacher-{task}.json"
     from ktransfer.config import RunConfig
     from ktransfer.runner import load_data
     from ktransfer.scores import classification_scores, predict_classes
