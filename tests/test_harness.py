@@ -255,3 +255,22 @@ def test_a_store_units_result_measures_the_whole_store_and_says_what_a_resumed_b
     assert note is not None and "top-2: 1 of 3 examples" in note
     assert build_time_note([{**store_result(tmp_path / "s", SimpleNamespace(**{**vars(resumed), "computed": 3})),
                              "k": 2}]) is None
+
+
+def test_the_expected_budget_sums_the_work_follows_the_longest_chain_and_slows_workers_side_by_side() -> None:
+    from harness.budget import SIDE_BY_SIDE, expected_budget
+
+    units = [Unit("store"), Unit("warm"), Unit("a", needs=("store",)), Unit("b", needs=("warm",)),
+             Unit("c", needs=("store", "warm")), Unit("d")]
+    seconds = {"store": 600.0, "warm": 60.0, "a": 120.0, "b": 1200.0, "c": 30.0, "d": 60.0}
+    one = expected_budget(units, lambda u: seconds[u.name], jobs=1)
+    assert one["work_min"] == pytest.approx(2070 / 60) and one["wall_min"] == pytest.approx(2070 / 60)
+    assert one["critical_path_min"] == pytest.approx((60 + 1200) / 60)  # warm then b
+    two = expected_budget(units, lambda u: seconds[u.name], jobs=2, side_by_side=1.5)
+    assert two["wall_min"] == pytest.approx(1.5 * (60 + 1200) / 60)  # the chain is longer than half the work
+    four = expected_budget(units, lambda u: 60.0, jobs=4)
+    assert four["wall_min"] == pytest.approx(SIDE_BY_SIDE * 2.0)  # 6 min of work over 4 workers, chain 2 min
+    with pytest.raises(ValueError, match="unit a needs \\['store'\\], which do not come before it"):
+        expected_budget([Unit("a", needs=("store",)), Unit("store")], lambda u: 1.0, jobs=1)
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        expected_budget(units, lambda u: 1.0, jobs=0)

@@ -46,15 +46,16 @@ alignment of the two tokenizations of the training blocks (the share of each sid
 wall time per training step and peak resident memory.
 
 Sizes. The budget below comes from costs measured on the 2-core machine (one thread, batch 8 x 64 student tokens;
-`STEP_S` and the constants beside it), summed by `expected_budget` (see `unit_seconds`); on the quiet machine:
+`STEP_S` and the constants beside it, one process alone on the quiet machine), summed by `expected_budget` (see
+`unit_seconds`), each unit 1.44 times slower with two workers side by side (`harness.budget.SIDE_BY_SIDE`):
 
   --quick  three seeds of labels, uld_store, span_store, span_on_policy, same_tokenizer_store; 300 steps (warm
            start 150), 2,400 training blocks; 24 test articles for bits per byte and 32 prompts: about 86 min
-           of work, about 43 min of wall time with --jobs 2; the busy machine the costs were measured on ran
-           about twice as slowly (any other method: --methods, one seed of each with the live teacher ran so)
+           of work, about 62 min of wall time with --jobs 2 (its sitting took 75 min beside other work; any
+           other method: --methods, one seed of each with the live teacher ran so)
   --full   three seeds of every method but the live-teacher uld, span and same_tokenizer (their store
            versions instead); 1,200 steps (warm start 600), 9,600 training blocks; 96 test articles and 128
-           prompts: about 8 h of work, about 4 h with --jobs 2, over sittings (each finished unit's JSON is
+           prompts: about 8.2 h of work, about 6 h with --jobs 2, over sittings (each finished unit's JSON is
            kept; a sitting started again skips them)
 
     nohup python benchmarks/cross_tokenizer/bench.py --quick --jobs 2 > cross_tokenizer.log 2>&1 &   # resumable
@@ -84,7 +85,7 @@ CONFIG = ROOT / "configs" / "causal" / "smollm2_cross_tokenizer.yaml"
 sys.path.insert(0, str(HERE.parent))  # benchmarks/: the harness
 sys.path.insert(0, str(HERE.parent / "real_teacher"))  # chrF of the real-teacher study
 sys.path.insert(0, str(HERE))  # this study's scores
-from harness import grid, provenance  # noqa: E402
+from harness import budget, grid, provenance  # noqa: E402
 from harness.aggregate import aggregate_provenance, cells, ci, paired  # noqa: E402
 from harness.cli import Benchmark  # noqa: E402
 from harness.cli import main as harness_main  # noqa: E402
@@ -195,16 +196,9 @@ def unit_seconds(unit: Unit, size: dict[str, Any]) -> float:
 
 
 def expected_budget(size: dict[str, Any], methods: list[str], seeds: int, jobs: int) -> dict[str, float]:
-    """Expected work (one thread, summed over units) and wall time with `jobs` workers, in minutes: the larger of
-    the work shared evenly and the longest chain of needed units."""
-    units = grid_units(methods, seeds)
-    seconds = {u.name: unit_seconds(u, size) for u in units}
-    finish: dict[str, float] = {}
-    for u in units:  # needs come earlier in the list
-        finish[u.name] = seconds[u.name] + max((finish[n] for n in u.needs), default=0.0)
-    work = sum(seconds.values())
-    longest = max(max(finish.values()), max(seconds.values()))
-    return {"work_min": work / 60, "critical_path_min": longest / 60, "wall_min": max(work / jobs, longest) / 60}
+    """Expected work (one thread alone, summed over units) and wall time with `jobs` workers, in minutes
+    (`harness.budget.expected_budget`: each unit slower by `SIDE_BY_SIDE` when workers share the cores)."""
+    return budget.expected_budget(grid_units(methods, seeds), lambda u: unit_seconds(u, size), jobs)
 
 
 # ------------------------------------------------------------------------------------------- configs
@@ -525,7 +519,7 @@ class CrossTokenizer(Benchmark):
         p.set_defaults(seeds=None)  # default: the size's seeds
         size = p.add_mutually_exclusive_group()
         size.add_argument("--quick", action="store_true", help="three seeds of the main methods (off-policy ones "
-                                                               "from the store), < 60 min on 2 cores with --jobs 2 "
+                                                               "from the store), about an hour on 2 cores with --jobs 2 "
                                                                "(the default size)")
         size.add_argument("--full", action="store_true", help="three seeds of every method, over sittings")
         p.add_argument("--methods", nargs="+", default=None, choices=METHODS,

@@ -69,7 +69,7 @@ ROOT = HERE.parents[1]
 CONFIGS = ROOT / "configs" / "real_teacher"
 sys.path.insert(0, str(HERE.parent))  # benchmarks/: the harness
 sys.path.insert(0, str(HERE))  # this study's metrics
-from harness import grid, provenance  # noqa: E402
+from harness import budget, grid, provenance  # noqa: E402
 from harness.aggregate import aggregate_provenance, cells, ci, paired  # noqa: E402
 from harness.cli import Benchmark  # noqa: E402
 from harness.cli import main as harness_main  # noqa: E402
@@ -100,10 +100,6 @@ STUDENT_STEP_S = 3.5
 KD_STEP_S = 5.6
 TEACHER_FORWARD_S = KD_STEP_S - STUDENT_STEP_S
 STUDENT_SAMPLE_64_S = 4.25
-# Two workers side by side on the 2 cores each step slower than one alone: the --full sittings' (`--jobs 2`)
-# step times over the --quick sitting's: references alone 1.29 (labels) and 1.46 (warm start), word-level KD 1.37,
-# backward KL 1.65; their mean.
-SIDE_BY_SIDE = 1.44
 TEACHER_PARAMETERS, STUDENT_PARAMETERS = 134.5e6, 63.7e6  # SmolLM2-135M and its every-3rd-layer cut (tied head)
 PARAMETER_RATIO = TEACHER_PARAMETERS / STUDENT_PARAMETERS
 
@@ -178,18 +174,9 @@ def unit_seconds(unit: Unit, size: dict[str, Any]) -> float:
 
 
 def expected_budget(size: dict[str, Any], methods: list[str], seeds: int, jobs: int) -> dict[str, float]:
-    """Expected work (one process alone, summed over units) and wall time with `jobs` workers, in minutes: the
-    larger of the work shared evenly and the longest chain of needed units, each slower by `SIDE_BY_SIDE` when
-    workers share the cores."""
-    units = grid_units(methods, seeds)
-    seconds = {u.name: unit_seconds(u, size) for u in units}
-    finish: dict[str, float] = {}
-    for u in units:  # needs come earlier in the list
-        finish[u.name] = seconds[u.name] + max((finish[n] for n in u.needs), default=0.0)
-    work = sum(seconds.values())
-    slower = SIDE_BY_SIDE if jobs > 1 else 1.0
-    return {"work_min": work / 60, "critical_path_min": max(finish.values()) / 60,
-            "wall_min": slower * max(work / jobs, max(finish.values())) / 60}
+    """Expected work (one process alone, summed over units) and wall time with `jobs` workers, in minutes
+    (`harness.budget.expected_budget`: each unit slower by `SIDE_BY_SIDE` when workers share the cores)."""
+    return budget.expected_budget(grid_units(methods, seeds), lambda u: unit_seconds(u, size), jobs)
 
 
 # ------------------------------------------------------------------------------------------- configs

@@ -1,0 +1,42 @@
+"""A benchmark's expected cost: its units' seconds summed, and its wall time with `--jobs` workers.
+
+Each benchmark knows what one unit costs with one process alone on the machine (its `unit_seconds`, from
+step times it measured); the sum over units, the longest chain of units that wait on each other, and the
+slowdown of workers sharing the cores are the same for all of them, and live here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from harness.grid import Unit
+
+# Two workers side by side on the 2-core machine make each step slower than one process alone: the real-teacher
+# benchmark's --full sittings (`--jobs 2`) against its --quick sitting (`--jobs 1`), per kind of step: references
+# alone 1.29 (labels) and 1.46 (warm start), word-level KD with the live teacher 1.37, on-policy backward KL 1.65;
+# their mean. Both workers contend for the same memory bandwidth, so more workers than cores is never assumed.
+SIDE_BY_SIDE = 1.44
+
+
+def expected_budget(units: Sequence[Unit], seconds: Callable[[Unit], float], jobs: int,
+                    side_by_side: float = SIDE_BY_SIDE) -> dict[str, float]:
+    """Expected minutes of `units`, each costing `seconds(unit)` alone, needs listed before the units needing them.
+
+    `work_min`: the sum, one process alone. `critical_path_min`: the longest chain of units that wait on each
+    other. `wall_min` with `jobs` workers: the larger of the work shared evenly and that chain, every unit
+    `side_by_side` times slower when more than one worker runs.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    cost = {u.name: seconds(u) for u in units}
+    finish: dict[str, float] = {}
+    for u in units:
+        missing = [n for n in u.needs if n not in finish]
+        if missing:
+            raise ValueError(f"unit {u.name} needs {missing}, which do not come before it in the grid")
+        finish[u.name] = cost[u.name] + max((finish[n] for n in u.needs), default=0.0)
+    work = sum(cost.values())
+    longest = max(finish.values(), default=0.0)
+    slower = side_by_side if jobs > 1 else 1.0
+    return {"work_min": work / 60, "critical_path_min": longest / 60,
+            "wall_min": slower * max(work / jobs, longest) / 60}
