@@ -190,6 +190,7 @@ def test_the_smollm2_part_runs_end_to_end_on_a_tiny_llama_and_gets_its_own_table
         assert unit["test"]["teacher_kl"] >= 0 and 0 <= unit["generation"]["chrf"] <= 100
         assert unit["generation"]["teacher_logprob"] <= 0 and 0 <= unit["generation"]["repetition_rate"] <= 1
         assert all(s > 0 for s in unit["step_s"]) and len(unit["step_s"]) == len(unit["hops"])
+        assert unit["threads"] == 1  # --set threads=1: the threads its step times were measured with
     assert rows["via3"]["diff_teacher_kl"][0] == pytest.approx(via["test"]["teacher_kl"] - direct["test"]["teacher_kl"])
     assert rows["direct"]["chrf"][0] == pytest.approx(direct["generation"]["chrf"])
     # the direct student was cut from the teacher's folder; the chain's last from its first hop's run
@@ -202,3 +203,14 @@ def test_the_smollm2_part_runs_end_to_end_on_a_tiny_llama_and_gets_its_own_table
     table = (tmp_path / "results" / "chains-full.md").read_text()
     assert "## teacher (4 layers) into 2 layers" in table and "| via3 | 4 -> 3 -> 2 |" in table
     assert "MiniLM" not in table
+
+
+def test_workers_share_the_cores_out_between_them() -> None:
+    """--full leaves torch its default threads, so each of --jobs workers gets the cores shared out (one each on
+    2 cores with --jobs 2), never torch's default of every core in every worker."""
+    import argparse
+    import os
+
+    env = bench.Chains().worker_env(argparse.Namespace(jobs=2))
+    assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert bench.SIZES["full"]["threads"] == 0 and bench.SIZES["quick"]["threads"] == 1

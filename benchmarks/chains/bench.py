@@ -63,6 +63,7 @@ from harness import grid, provenance  # noqa: E402
 from harness.aggregate import aggregate_provenance, ci_nan, paired_nan  # noqa: E402
 from harness.cli import Benchmark  # noqa: E402
 from harness.cli import main as harness_main  # noqa: E402
+from harness.cli import threads_per_worker_env  # noqa: E402
 from harness.grid import Unit  # noqa: E402
 from harness.sittings import ran_by, read_sittings, wall_minutes  # noqa: E402
 import smollm2_chain  # noqa: E402
@@ -326,13 +327,19 @@ class Chains(Benchmark):
     def units(self, args: argparse.Namespace) -> list[Unit]:
         return grid_units(args.size, args.seeds, args.methods, args.parts)
 
+    def worker_env(self, args: argparse.Namespace) -> dict[str, str]:
+        return threads_per_worker_env(args)  # --full leaves torch its default threads: the cores shared out
+
     def run_unit(self, unit: Unit, args: argparse.Namespace) -> dict[str, Any]:
+        import torch
+
         args.ran_units = True
+        threads = {"threads": torch.get_num_threads()}  # what each step time in the result was measured with
         if unit.key["kind"] == "teacher":
-            return run_teacher(args.size, args.runs)
+            return {**run_teacher(args.size, args.runs), **threads}
         if unit.key["kind"] == "smollm2":
-            return smollm2_chain.run_unit(dict(unit.key), args.size["smollm2"], args.runs)
-        return run_chain_unit(dict(unit.key), args.size, args.runs)
+            return {**smollm2_chain.run_unit(dict(unit.key), args.size["smollm2"], args.runs), **threads}
+        return {**run_chain_unit(dict(unit.key), args.size, args.runs), **threads}
 
     def aggregate(self, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any] | None:
         done = grid.read_units(self.results(args), [u.name for u in self.units(args)])
