@@ -678,3 +678,26 @@ def test_label_weight_checks_name_the_problem() -> None:
         S.sparse_forward_kl(z, teacher, labels=labels, label_weight=1.0)
     with pytest.raises(TypeError, match="integer token ids"):
         S.sparse_forward_kl(z, teacher, labels=labels.double(), label_weight=1.0)
+
+
+def test_a_top_k_narrowed_to_fewer_tokens_is_the_top_k_of_the_same_distribution_in_float64() -> None:
+    """narrow_topk(top-K, k) = top-k of the full distribution: the k largest kept, the rest folded into the tail
+    (the tail from the full vocabulary by numpy in float64), whatever the order of the K entries given."""
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 5, 40, dtype=torch.float64, generator=gen) * 3
+    wide = S.SparseTeacher.from_logits(logits, 12)
+    shuffle = torch.randperm(12, generator=gen)
+    ids, lp, tail = S.narrow_topk(wide.ids[..., shuffle], wide.logprobs[..., shuffle], wide.tail_logprob, 4)
+    full = logits.numpy() - np.log(np.exp(logits.numpy()).sum(-1, keepdims=True))
+    order = np.argsort(-full, axis=-1)[..., :4]
+    assert np.array_equal(ids.numpy(), order)
+    assert np.allclose(lp.numpy(), np.take_along_axis(full, order, -1), atol=1e-12)
+    rest = np.exp(full).sum(-1) - np.exp(np.take_along_axis(full, order, -1)).sum(-1)
+    assert np.allclose(tail.numpy(), np.log(rest), atol=1e-10)
+    narrow = wide.narrow(4)
+    assert narrow.k == 4 and torch.equal(narrow.ids, ids) and torch.allclose(narrow.tail_logprob, tail, atol=1e-12)
+    same = S.narrow_topk(wide.ids, wide.logprobs, wide.tail_logprob, 12)
+    assert all(a is b for a, b in zip(same, (wide.ids, wide.logprobs, wide.tail_logprob), strict=True))
+    for bad in (0, 13, 2.0, True):
+        with pytest.raises(ValueError, match=r"k must be an int in \[1, 12\] \(the stored top-k\)"):
+            S.narrow_topk(wide.ids, wide.logprobs, wide.tail_logprob, bad)  # type: ignore[arg-type]

@@ -93,6 +93,10 @@ def test_classifier_store_holds_every_logit_and_training_from_it_equals_the_live
     assert diff < 1e-6
     moved = _max_diff(tmp_path / "stored" / "final" / "model.safetensors", Path(digits_models["student"]))
     assert moved > 1e-3  # the student did train
+    from ktransfer.checks import preflight
+
+    with pytest.raises(ConfigError, match=r"teacher\.k: the store at .* holds all class logits \(kind logits\)"):
+        preflight(RunConfig.from_dict(digits_config(digits_models, teacher={"store": str(tmp_path / "store"), "k": 3})))
 
 
 def test_store_of_other_data_a_missing_example_or_a_damaged_shard_is_refused_before_training(
@@ -233,6 +237,37 @@ def test_sequence_store_with_small_k_trains_on_the_sparse_divergence_float64_ref
     assert abs(logged - dense) > 1e-3  # k = 4 of 362 tokens is not the dense loss
 
 
+def test_a_store_read_at_a_smaller_k_trains_as_a_store_built_at_that_k(
+        corpus: dict[str, Path], llama_models: dict[str, str], tmp_path: Path) -> None:
+    """`teacher: {store: DIR, k: 4}` on a store built at k = 16 gives the top 4 and the tail a build at k = 4
+    writes, so the run trains to the same weights; a k above the stored one, or on a store of class logits, is
+    refused before training, naming what the store holds."""
+    from ktransfer.checks import preflight
+    from ktransfer.runner import run
+
+    live = llama_config(corpus, llama_models)
+    build_store(RunConfig.from_dict(live), tmp_path / "k16", k=16, shard_size=5)
+    build_store(RunConfig.from_dict(live), tmp_path / "k4", k=4, shard_size=5)
+    wide, native = TeacherStore.open(tmp_path / "k16").narrowed(4), TeacherStore.open(tmp_path / "k4")
+    assert wide.k == 4 and native.k == 4 and wide.manifest["k"] == 16
+    for index in (0, 3):
+        (ids, lp, tail), (n_ids, n_lp, n_tail) = wide.topk(index), native.topk(index)
+        assert torch.equal(ids, n_ids) and float((lp - n_lp).abs().max()) < 1e-6
+        assert float((tail - n_tail).abs().max()) < 1e-5
+    knowledge = [{"type": "response", "divergence": "forward_kl", "tail": "bucket", "weight": 1.0}]
+    for name, teacher in (("read", {"store": str(tmp_path / "k16"), "k": 4}), ("built", {"store": str(tmp_path / "k4")}),
+                          ("wide", {"store": str(tmp_path / "k16")})):
+        run(RunConfig.from_dict(llama_config(corpus, llama_models, teacher=teacher, knowledge=knowledge)),
+            tmp_path / name, progress=False)
+    final = {n: tmp_path / n / "final" / "model.safetensors" for n in ("read", "built", "wide")}
+    assert _max_diff(final["read"], final["built"]) < 1e-5
+    assert _max_diff(final["read"], final["wide"]) > 1e-4  # k = 4 is not k = 16
+    too_many = llama_config(corpus, llama_models, teacher={"store": str(tmp_path / "k16"), "k": 17}, knowledge=knowledge)
+    with pytest.raises(ConfigError, match=r"teacher\.k: the store at .*k16 holds the top 16 per position, so it can "
+                                          r"be read at k from 1 to 16; got 17"):
+        preflight(RunConfig.from_dict(too_many))
+
+
 @pytest.mark.parametrize("source", ["store", "live"])
 def test_label_weight_trains_as_a_response_and_a_labels_term(
         corpus: dict[str, Path], llama_models: dict[str, str], tmp_path: Path, source: str) -> None:
@@ -281,10 +316,13 @@ def test_store_config_is_validated() -> None:
     base = {"task": "classification", "data": {"name": "digits"}, "student": {"builder": "mlp"},
             "knowledge": [{"type": "response"}]}
     assert RunConfig.from_dict({**base, "teacher": {"store": "s"}}).teacher_model is None
-    with pytest.raises(ConfigError, match=r"teacher\.builder: not allowed with 'store' \(valid keys: store, sha256\)"):
+    with pytest.raises(ConfigError, match=r"teacher\.builder: not allowed with 'store' \(valid keys: store, sha256, k\)"):
         RunConfig.from_dict({**base, "teacher": {"store": "s", "builder": "mlp"}})
     with pytest.raises(ConfigError, match=r"teacher\.sha256: expected the 64 hex digits"):
         RunConfig.from_dict({**base, "teacher": {"store": "s", "sha256": "abc"}})
+    for bad in (0, -3, 2.5, True, "8"):
+        with pytest.raises(ConfigError, match=r"teacher\.k: expected a whole number >= 1 \(read the store's top k"):
+            RunConfig.from_dict({**base, "teacher": {"store": "s", "k": bad}})
     with pytest.raises(ConfigError, match=r"student\.store: only the teacher section"):
         RunConfig.from_dict({**base, "student": {"store": "s"}})
     feature = [{"type": "feature", "path": "net.0"}]  # checked against the store's captures when the run starts

@@ -251,7 +251,7 @@ def check_teacher_store(cfg: RunConfig, data: DataSplits) -> TeacherStore:
     assert cfg.teacher is not None and cfg.teacher_store is not None
     try:
         return open_for_run(cfg.teacher_store, task=cfg.task, train=data.train, info=data.info,
-                            teacher_sha256=cfg.teacher.get("sha256"))
+                            teacher_sha256=cfg.teacher.get("sha256"), k=cfg.teacher.get("k"))
     except StoreError as e:
         raise ConfigError(str(e)) from e
 
@@ -374,7 +374,7 @@ def check_named_store(cfg: RunConfig, name: str, data: DataSplits) -> TeacherSto
     spec = cfg.teachers[name]
     try:
         return open_for_run(spec["store"], task=cfg.task, train=data.train, info=data.info,
-                            teacher_sha256=spec.get("sha256"), where=f"teachers.{name}.store")
+                            teacher_sha256=spec.get("sha256"), where=f"teachers.{name}.store", k=spec.get("k"))
     except StoreError as e:
         raise ConfigError(str(e)) from e
 

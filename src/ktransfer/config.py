@@ -390,14 +390,15 @@ def read_yaml_file(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
 
 
-STORE_KEYS = ("store", "sha256")
+STORE_KEYS = ("store", "sha256", "k")
 
 
 def check_model_spec(spec: Any, where: str) -> None:
     """Validate a model section: `from_run` (+ `which`), or `builder` + builder keys (+ `weights`).
 
     The teacher section may instead be `{store: DIR}` (+ `sha256`, the teacher weights' digest the
-    store must record): the run then reads the teacher's outputs from a store (`ktransfer.store`).
+    store must record; + `k`, read the top k of a store built with more, the rest folded into its tail):
+    the run then reads the teacher's outputs from a store (`ktransfer.store`).
     """
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping with 'builder' or 'from_run', got {spec!r}")
@@ -414,6 +415,10 @@ def check_model_spec(spec: Any, where: str) -> None:
         if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
             raise ConfigError(f"{where}.sha256: expected the 64 hex digits of the teacher's weights digest "
                               f"(`ktransfer teacher-outputs info DIR` prints it), got {sha!r}")
+        k = spec.get("k")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ConfigError(f"{where}.k: expected a whole number >= 1 (read the store's top k, at most the k it was "
+                              f"built with), got {k!r}")
         return
     if "from_run" in spec:
         extra = sorted(set(spec) - {"from_run", "which"})

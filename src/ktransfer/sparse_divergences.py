@@ -88,6 +88,7 @@ __all__ = [
     "Tail",
     "bucket_gap_bound",
     "get_sparse_divergence",
+    "narrow_topk",
     "sparse_backward_kl",
     "sparse_forward_kl",
     "sparse_jsd",
@@ -205,6 +206,27 @@ def topk_log_probs(logits: Tensor, k: int, *, mask: Tensor | None = None) -> tup
             out[start:stop] = shifted - log_total.unsqueeze(-1)
             tail[start:stop] = rest.log() - log_total
     return ids.reshape(*lead, k), out.reshape(*lead, k), tail.reshape(lead)
+
+
+def narrow_topk(ids: Tensor, logprobs: Tensor, tail: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The top `k` of a stored top-K (k <= K) and its tail: the K - k smaller entries folded into the rest.
+
+    ``ids`` and ``logprobs`` (..., K), ``tail`` (...). The k largest log-probabilities of each position are kept
+    (in descending order, whatever the order given); the new tail is ``log(exp(tail) + sum of the dropped
+    probabilities)``, summed in float64. The result is the top-k a build with k would have written, up to the
+    rounding of the stored values, so one store at a large K serves every smaller k.
+    """
+    full = ids.shape[-1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= full:
+        raise ValueError(f"k must be an int in [1, {full}] (the stored top-k), got {k!r}")
+    if k == full:
+        return ids, logprobs, tail
+    with torch.no_grad():
+        order = logprobs.argsort(dim=-1, descending=True, stable=True)
+        sorted_lp = logprobs.gather(-1, order)
+        dropped = torch.cat([tail.unsqueeze(-1).double(), sorted_lp[..., k:].double()], dim=-1)
+        new_tail = torch.logsumexp(dropped, dim=-1).to(tail.dtype)
+    return ids.gather(-1, order[..., :k]), sorted_lp[..., :k], new_tail
 
 
 def default_mass_tolerance(dtype: torch.dtype) -> float:
@@ -326,6 +348,11 @@ class SparseTeacher:
         if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.dim() < 1:
             raise TypeError("SparseTeacher.from_logits needs floating-point logits of shape (..., V)")
         return cls(*topk_log_probs(logits, k))
+
+    def narrow(self, k: int) -> SparseTeacher:
+        """The same teacher with only its top ``k`` tokens kept, the rest folded into the tail (:func:`narrow_topk`)."""
+        return SparseTeacher(*narrow_topk(self.ids, self.logprobs, self.tail_logprob, k),
+                             mass_tolerance=self.mass_tolerance)
 
     @classmethod
     def from_topk(cls, ids: Tensor, logprobs: Tensor, *, mass_tolerance: float | None = None) -> SparseTeacher:

@@ -101,7 +101,7 @@ import torch
 from torch import Tensor
 
 from ktransfer.io import atomic_path, file_digest, write_json_atomic
-from ktransfer.sparse_divergences import SparseTeacher, default_mass_tolerance
+from ktransfer.sparse_divergences import SparseTeacher, default_mass_tolerance, narrow_topk
 import ktransfer.store.captures as cap
 from ktransfer.store.fit import DEFAULT_DEGREE, check_degree, decode_logprobs, fit_logprobs, rank_basis
 
@@ -499,6 +499,7 @@ class TeacherStore:
                 raise StoreError(f"{directory}: manifest of a 'fit' store: {e}") from e
             self._basis = rank_basis(int(manifest["k"]), degree)
         self._values: dict[int, Any] = {}  # per shard: an open (memory-mapped) file the captures' values are sliced from
+        self._read_k: int | None = None  # `narrowed`: the top-k read, below the stored k
 
     @classmethod
     def open(cls, directory: str | Path, *, verify: bool = True) -> TeacherStore:
@@ -520,6 +521,30 @@ class TeacherStore:
     @property
     def kind(self) -> str:
         return str(self.manifest["kind"])
+
+    @property
+    def k(self) -> int:
+        """The top-k that `topk` reads: the stored k, or fewer (`narrowed`)."""
+        if self.kind != "topk":
+            raise StoreError(f"{self.directory} holds class logits (kind logits), not top-k outputs")
+        return self._read_k if self._read_k is not None else int(self.manifest["k"])
+
+    def narrowed(self, k: int | None, where: str = "k") -> TeacherStore:
+        """This store read at top-`k` (None: as stored): each position's k largest entries, the others folded into
+        its tail (`ktransfer.sparse_divergences.narrow_topk`), so that one store built at a large k serves the
+        smaller ones without another teacher pass. Returns the store itself."""
+        if k is None:
+            self._read_k = None
+            return self
+        if self.kind != "topk":
+            raise StoreError(f"{where}: the store at {self.directory} holds all class logits (kind logits); reading "
+                             "a top-k applies to stores of top-k outputs")
+        stored = int(self.manifest["k"])
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= stored:
+            raise StoreError(f"{where}: the store at {self.directory} holds the top {stored} per position, so it can "
+                             f"be read at k from 1 to {stored}; got {k!r} (a larger k needs a store built with it)")
+        self._read_k = None if k == stored else k
+        return self
 
     @property
     def examples(self) -> int:
@@ -594,7 +619,7 @@ class TeacherStore:
         return shard["next_logprobs"][start:stop].float()
 
     def topk(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Example `index`'s (ids int64 (P, k), logprobs float32 (P, k), tail float32 (P,))."""
+        """Example `index`'s (ids int64 (P, k), logprobs float32 (P, k), tail float32 (P,)), at the read k (`k`)."""
         if self.kind != "topk":
             raise StoreError(f"{self.directory} holds class logits (kind logits), not top-k outputs")
         shard, j = self._locate(int(index))
@@ -604,7 +629,10 @@ class TeacherStore:
             logprobs = decode_logprobs(shard["coefficients"][start:stop], tail, self._basis)
         else:
             logprobs = shard["logprobs"][start:stop].float()
-        return shard["ids"][start:stop].to(torch.int64), logprobs, tail
+        ids = shard["ids"][start:stop].to(torch.int64)
+        if self._read_k is not None:
+            return narrow_topk(ids, logprobs, tail, self._read_k)
+        return ids, logprobs, tail
 
     @property
     def capture_items(self) -> list[cap.CaptureItem]:

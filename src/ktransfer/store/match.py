@@ -11,8 +11,9 @@ _KIND_OF_TASK = {"classification": "logits", "causal_lm": "topk", "seq2seq": "to
 
 
 def open_for_run(directory: str | Path, *, task: str, train: Any, info: dict[str, Any],
-                 teacher_sha256: str | None = None, where: str = "teacher.store") -> TeacherStore:
-    """The verified store at `directory`, or a StoreError naming the first thing that differs from the run.
+                 teacher_sha256: str | None = None, where: str = "teacher.store", k: int | None = None) -> TeacherStore:
+    """The verified store at `directory`, read at top-`k` when given (`TeacherStore.narrowed`), or a StoreError
+    naming the first thing that differs from the run.
 
     Checked in order: the store is complete and every shard matches its checksum; its task; the
     tokenizer of the data (`info["tokenizer_sha256"]`); on whose tokens the teacher ran (a dataset with
@@ -51,7 +52,7 @@ def open_for_run(directory: str | Path, *, task: str, train: Any, info: dict[str
     if teacher_sha256 is not None and store.keys.get("teacher") != teacher_sha256:
         raise StoreError(f"{where}: the store at {directory} was built by another teacher (weights sha256 "
                          f"{str(store.keys.get('teacher'))[:12]}, the run expects {teacher_sha256[:12]})")
-    return store
+    return store.narrowed(k, where=where.rsplit(".", 1)[0] + ".k")
 
 
 def _check_teacher_tokens(store: TeacherStore, info: dict[str, Any], where: str) -> None:

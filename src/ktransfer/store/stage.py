@@ -156,7 +156,7 @@ class StoreStage:
     def _sparse(self, store: TeacherStore, batch: dict[str, Any], indices: list[int], task: str) -> SparseTeacher:
         own = store.teacher_tokens
         mask = target_mask(batch, task, "teacher_labels" if own else "labels").cpu()
-        k = int(store.manifest["k"])
+        k = store.k  # the stored k, or fewer read from it
         # placeholder where there is no target (masked out by the losses): all mass on the first of k distinct ids
         ids = torch.arange(k, dtype=torch.int64).expand(*mask.shape, k).clone()
         logprobs = torch.full((*mask.shape, k), -math.inf)
