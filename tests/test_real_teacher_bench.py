@@ -228,3 +228,25 @@ def test_each_needed_unit_keeps_the_files_its_units_read(tmp_path: Path) -> None
                 assert units[needed].keeps and all(json.dumps(k)[1:-1] in config for k in units[needed].keeps), u.name
     assert units["warm-s1"].keeps == (str(tmp_path / "warm-s1" / "final" / "model.safetensors"),)
     assert all(not u.keeps for u in bench.grid_units(bench.METHODS, 1))  # no runs folder, nothing to check
+
+
+def test_the_generation_batch_measurement_times_each_batch_size_and_compares_the_continuations(
+        tiny_teacher: dict[str, Path], tmp_path: Path) -> None:
+    import generation_batch
+
+    data = {"name": "text_corpus", "path": str(tiny_teacher["corpus"]), "tokenizer": str(tiny_teacher["teacher"]),
+            "val_fraction": 0.2, "test_fraction": 0.2}
+    sets = ["train_size=16", "val_size=4", "test_size=8", "prompt_length=4", "max_length=16", "new_tokens=5",
+            f"data={json.dumps(data)}"]
+    out = tmp_path / "generation_batch.json"
+    argv = ["--teacher", str(tiny_teacher["teacher"]), "--prompts", "8", "--batches", "2", "8", "--repeats", "2",
+            "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+    assert generation_batch.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["prompts"] == 8 and result["new_tokens"] == 5 and result["threads"] == 1
+    assert set(result["seconds_per_prompt"]) == {"2", "8"} and all(v > 0 for v in result["seconds_per_prompt"].values())
+    assert result["speedup_over_first"]["2"] == 1.0
+    assert result["same_continuations_as_first"] == {"2": 8, "8": 8}  # greedy, prompts of one length: no padding
+    assert result["provenance"]["command"]
+    with pytest.raises(SystemExit, match="each must divide --prompts 8"):
+        generation_batch.main([*argv[:4], "--batches", "3", "--out", str(out)])
