@@ -47,15 +47,15 @@ wall time per training step and peak resident memory.
 
 Sizes. The budget below comes from costs measured on the 2-core machine (one thread, batch 8 x 64 student tokens;
 `STEP_S` and the constants beside it, one process alone on the quiet machine), summed by `expected_budget` (see
-`unit_seconds`), each unit 1.44 times slower with two workers side by side (`harness.budget.SIDE_BY_SIDE`):
+`unit_seconds`), each unit 1.02 times slower with two workers side by side (`harness.budget.SIDE_BY_SIDE`):
 
   --quick  three seeds of labels, uld_store, span_store, span_on_policy, same_tokenizer_store; 300 steps (warm
            start 150), 2,400 training blocks; 24 test articles for bits per byte and 32 prompts: about 86 min
-           of work, about 62 min of wall time with --jobs 2 (its sitting took 75 min beside other work; any
+           of work, about 44 min of wall time with --jobs 2 (its sitting took 75 min beside other work; any
            other method: --methods, one seed of each with the live teacher ran so)
   --full   three seeds of every method but the live-teacher uld, span and same_tokenizer (their store
            versions instead); 1,200 steps (warm start 600), 9,600 training blocks; 96 test articles and 128
-           prompts: about 8.2 h of work, about 6 h with --jobs 2, over sittings (each finished unit's JSON is
+           prompts: about 8.2 h of work, about 4.2 h with --jobs 2, over sittings (each finished unit's JSON is
            kept; a sitting started again skips them)
 
     nohup python benchmarks/cross_tokenizer/bench.py --quick --jobs 2 > cross_tokenizer.log 2>&1 &   # resumable
@@ -519,7 +519,7 @@ class CrossTokenizer(Benchmark):
         p.set_defaults(seeds=None)  # default: the size's seeds
         size = p.add_mutually_exclusive_group()
         size.add_argument("--quick", action="store_true", help="three seeds of the main methods (off-policy ones "
-                                                               "from the store), about an hour on 2 cores with --jobs 2 "
+                                                               "from the store), < 60 min on 2 cores with --jobs 2 "
                                                                "(the default size)")
         size.add_argument("--full", action="store_true", help="three seeds of every method, over sittings")
         p.add_argument("--methods", nargs="+", default=None, choices=METHODS,

@@ -31,15 +31,15 @@ the stores, bytes per target token and build time.
 Sizes, from the steps of the --quick sitting (one process of one thread on the 2-core machine, batch 8 x 64
 tokens): a step of references alone 3.5 s, a word-level KD step with the live teacher 5.6 s (so a teacher
 forward 2.1 s), sampling 64 tokens for 8 prompts 4.25 s (the student; the teacher's generation is taken as that
-times the parameter ratio 134.5M / 63.7M = 2.11); two workers side by side on the 2 cores make each step 1.44
-times slower (the --full sittings against the --quick one). `expected_budget` sums the units from these (see
-`unit_seconds`):
+times the parameter ratio 134.5M / 63.7M = 2.11); two workers side by side on the 2 cores, with little else
+running, make each step about 1.02 times slower (`harness.budget.SIDE_BY_SIDE`; other work beside them slows
+them far more). `expected_budget` sums the units from these (see `unit_seconds`):
 
   --quick  one seed of untrained, labels, word_kd, store_k8, store_k64, backward_kl, seq_kd; 150 steps
-           (warm start 75), 1,200 training blocks: about 102 min of work, about 74 min of wall time with
+           (warm start 75), 1,200 training blocks: about 102 min of work, about 52 min of wall time with
            --jobs 2 (the longest chain of needed units: 27 min, the teacher's generations then seq_kd)
   --full   three seeds of every method; 600 steps (warm start 300), 4,800 training blocks: about 18.3 h of
-           work, about 13.2 h with --jobs 2, over sittings (each finished unit's JSON is kept; a sitting started
+           work, about 9.3 h with --jobs 2, over sittings (each finished unit's JSON is kept; a sitting started
            again skips them, and builds again the shared units whose files a unit still to run needs)
 
     nohup python benchmarks/real_teacher/bench.py --quick --jobs 2 > real_teacher.log 2>&1 &   # resumable
@@ -478,9 +478,9 @@ class RealTeacher(Benchmark):
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.set_defaults(seeds=None)  # default: the size's seeds
         size = p.add_mutually_exclusive_group()
-        size.add_argument("--quick", action="store_true", help="one seed of the main methods, about 75 min on 2 "
+        size.add_argument("--quick", action="store_true", help="one seed of the main methods, about 55 min on 2 "
                                                                "cores with --jobs 2 (the default size)")
-        size.add_argument("--full", action="store_true", help="three seeds of every method, about 13 h with --jobs 2, "
+        size.add_argument("--full", action="store_true", help="three seeds of every method, about 9.5 h with --jobs 2, "
                                                               "across sittings")
         p.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="default: the size's methods")
         p.add_argument("--teacher", default=None, help="the teacher's model folder (default: the prepared SmolLM2)")
