@@ -137,6 +137,11 @@ def test_the_smollm2_budget_is_the_real_teacher_step_times_scaled_by_parameters(
     assert chain.unit_seconds(part, "direct") == pytest.approx(direct)
     assert chain.unit_seconds(part, "via15") == pytest.approx(via)
     assert chain.expected_minutes(part, 3) == pytest.approx(3 * (direct + via) / 60)
+    budget = chain.expected_budget(part, 3, jobs=2)
+    assert budget["work_min"] == pytest.approx(chain.expected_minutes(part, 3))
+    assert budget["critical_path_min"] == pytest.approx(via / 60)  # the chains share no hop
+    full = chain.expected_budget(chain.FULL, 3, jobs=2)
+    assert 4.5 * 60 < full["wall_min"] < 5 * 60  # about 4.8 h with --jobs 2, as the benchmark's docstring says
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,9 @@ def test_expected_budget_is_the_measured_costs_summed_by_hand() -> None:
                 by_hand["store-xtok"] + by_hand["uld_store-s0"], by_hand["store-own"] + by_hand["same_tokenizer_store-s0"])
     assert budget["critical_path_min"] == pytest.approx(chain / 60)
     side_by_side = 1.02  # two workers on the 2 cores: each unit slower than one alone
-    assert budget["wall_min"] == pytest.approx(side_by_side * max(sum(by_hand.values()) / 2, chain) / 60)
+    # two workers taking units in grid order: no faster than half the work or the longest chain, no slower than both
+    low = side_by_side * max(sum(by_hand.values()) / 2, chain) / 60
+    assert low - 1e-9 <= budget["wall_min"] <= side_by_side * (sum(by_hand.values()) / 2 + chain) / 60
     assert bench.expected_budget(size, bench.METHODS, 1, jobs=1)["wall_min"] == pytest.approx(sum(by_hand.values()) / 60)
 
 

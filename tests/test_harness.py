@@ -267,7 +267,13 @@ def test_the_expected_budget_sums_the_work_follows_the_longest_chain_and_slows_w
     assert one["work_min"] == pytest.approx(2070 / 60) and one["wall_min"] == pytest.approx(2070 / 60)
     assert one["critical_path_min"] == pytest.approx((60 + 1200) / 60)  # warm then b
     two = expected_budget(units, lambda u: seconds[u.name], jobs=2, side_by_side=1.5)
-    assert two["wall_min"] == pytest.approx(1.5 * (60 + 1200) / 60)  # the chain is longer than half the work
+    # the queue played out (1.5 times slower each): store 0-900 and warm 0-90, then b 90-1890 (a waits for the
+    # store), a 900-1080, c 1080-1125, d 1125-1215
+    assert two["wall_min"] == pytest.approx(1890 / 60)
+    serial = [Unit("gen"), Unit("x", needs=("gen",)), Unit("y", needs=("gen",)), Unit("z", needs=("gen",))]
+    cost = {"gen": 30.0, "x": 60.0, "y": 60.0, "z": 60.0}
+    # gen 0-30 while the other worker waits; x and y 30-90; z 90-150: more than half the work or the chain
+    assert expected_budget(serial, lambda u: cost[u.name], jobs=2, side_by_side=1.0)["wall_min"] == pytest.approx(2.5)
     four = expected_budget(units, lambda u: 60.0, jobs=4)
     assert four["wall_min"] == pytest.approx(SIDE_BY_SIDE * 2.0)  # 6 min of work over 4 workers, chain 2 min
     with pytest.raises(ValueError, match="unit a needs \\['store'\\], which do not come before it"):

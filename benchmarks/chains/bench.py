@@ -36,7 +36,8 @@ on the 2-core machine, one process of one thread: teacher forward 2.1 s and a 10
 about 5.2 s for 30 -> 8, 6.6 s for 30 -> 15 and 4.4 s for 15 -> 8, so a seed's direct chain about 55 min and its
 chain via 15 about 113 min, scoring included: about 8.4 h of work for 3 seeds. Two workers side by side make each
 step about 1.02 times slower (`harness.budget.SIDE_BY_SIDE`, with little else running), so with --jobs 2 (the
-chains share no hop) a seed's via-15 chain takes about 2 h and the part about 4.3 h of wall time, over sittings.
+chains share no hop) a seed's via-15 chain takes about 2 h and the part about 4.8 h of wall time
+(`smollm2_chain.expected_budget`), over sittings.
 
 Prepare the data first: `ktransfer data prepare minilm && ktransfer data prepare bbc-news` (and for the
 SmolLM2 part `ktransfer data prepare smollm2`).

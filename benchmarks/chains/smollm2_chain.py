@@ -157,6 +157,13 @@ def expected_minutes(part: dict[str, Any], seeds: int) -> float:
     return seeds * sum(unit_seconds(part, name) for name in part["chains"]) / 60
 
 
+def expected_budget(part: dict[str, Any], seeds: int, jobs: int) -> dict[str, float]:
+    """Expected work and wall time of the part with `jobs` workers, in minutes (`harness.budget.expected_budget`)."""
+    from harness.budget import expected_budget as played_out
+
+    return played_out(units(part, seeds), lambda u: unit_seconds(part, u.key["chain"]), jobs)
+
+
 # ------------------------------------------------------------------------------------------- aggregate and table
 def aggregate(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per chain: means with 95% intervals over seeds, and paired differences to the direct chain (same seed)."""

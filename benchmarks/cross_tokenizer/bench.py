@@ -51,7 +51,7 @@ Sizes. The budget below comes from costs measured on the 2-core machine (one thr
 
   --quick  three seeds of labels, uld_store, span_store, span_on_policy, same_tokenizer_store; 300 steps (warm
            start 150), 2,400 training blocks; 24 test articles for bits per byte and 32 prompts: about 86 min
-           of work, about 44 min of wall time with --jobs 2 (its sitting took 75 min beside other work; any
+           of work, about 45 min of wall time with --jobs 2 (its sitting took 75 min beside other work; any
            other method: --methods, one seed of each with the live teacher ran so)
   --full   three seeds of every method but the live-teacher uld, span and same_tokenizer (their store
            versions instead); 1,200 steps (warm start 600), 9,600 training blocks; 96 test articles and 128

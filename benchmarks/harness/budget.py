@@ -24,7 +24,8 @@ def expected_budget(units: Sequence[Unit], seconds: Callable[[Unit], float], job
     """Expected minutes of `units`, each costing `seconds(unit)` alone, needs listed before the units needing them.
 
     `work_min`: the sum, one process alone. `critical_path_min`: the longest chain of units that wait on each
-    other. `wall_min` with `jobs` workers: the larger of the work shared evenly and that chain, every unit
+    other. `wall_min` with `jobs` workers: the harness's queue played out, each worker as it comes free taking the
+    first unit in grid order whose needs have finished (waiting for the next to finish when none has), every unit
     `side_by_side` times slower when more than one worker runs.
     """
     if jobs < 1:
@@ -36,8 +37,18 @@ def expected_budget(units: Sequence[Unit], seconds: Callable[[Unit], float], job
         if missing:
             raise ValueError(f"unit {u.name} needs {missing}, which do not come before it in the grid")
         finish[u.name] = cost[u.name] + max((finish[n] for n in u.needs), default=0.0)
-    work = sum(cost.values())
-    longest = max(finish.values(), default=0.0)
     slower = side_by_side if jobs > 1 else 1.0
-    return {"work_min": work / 60, "critical_path_min": longest / 60,
-            "wall_min": slower * max(work / jobs, longest) / 60}
+    free = [0.0] * jobs  # when each worker comes free
+    done: dict[str, float] = {}  # when each taken unit finishes
+    pending = list(units)
+    while pending:
+        now = min(free)
+        worker = free.index(now)
+        ready = next((u for u in pending if all(done.get(n, float("inf")) <= now for n in u.needs)), None)
+        if ready is None:  # every pending unit waits on one still running: wait for the next to finish
+            free[worker] = min(t for t in done.values() if t > now)
+            continue
+        pending.remove(ready)
+        done[ready.name] = free[worker] = now + slower * cost[ready.name]
+    return {"work_min": sum(cost.values()) / 60, "critical_path_min": max(finish.values(), default=0.0) / 60,
+            "wall_min": max(done.values(), default=0.0) / 60}

@@ -31,15 +31,16 @@ the stores, bytes per target token and build time.
 Sizes, from the steps of the --quick sitting (one process of one thread on the 2-core machine, batch 8 x 64
 tokens): a step of references alone 3.5 s, a word-level KD step with the live teacher 5.6 s (so a teacher
 forward 2.1 s), sampling 64 tokens for 8 prompts 4.25 s (the student; the teacher's generation is taken as that
-times the parameter ratio 134.5M / 63.7M = 2.11); two workers side by side on the 2 cores, with little else
+times the parameter ratio 134.5M / 63.7M = 2.11, and --full generates 64 prompts at a time, twice as fast per
+prompt, `generation_batch.py`); two workers side by side on the 2 cores, with little else
 running, make each step about 1.02 times slower (`harness.budget.SIDE_BY_SIDE`; other work beside them slows
 them far more). `expected_budget` sums the units from these (see `unit_seconds`):
 
   --quick  one seed of untrained, labels, word_kd, store_k8, store_k64, backward_kl, seq_kd; 150 steps
-           (warm start 75), 1,200 training blocks: about 102 min of work, about 52 min of wall time with
+           (warm start 75), 1,200 training blocks: about 102 min of work, about 54 min of wall time with
            --jobs 2 (the longest chain of needed units: 27 min, the teacher's generations then seq_kd)
-  --full   three seeds of every method; 600 steps (warm start 300), 4,800 training blocks: about 18.3 h of
-           work, about 9.3 h with --jobs 2, over sittings (each finished unit's JSON is kept; a sitting started
+  --full   three seeds of every method; 600 steps (warm start 300), 4,800 training blocks: about 17.7 h of
+           work, about 9 h with --jobs 2, over sittings (each finished unit's JSON is kept; a sitting started
            again skips them, and builds again the shared units whose files a unit still to run needs)
 
     nohup python benchmarks/real_teacher/bench.py --quick --jobs 2 > real_teacher.log 2>&1 &   # resumable
@@ -100,6 +101,10 @@ STUDENT_STEP_S = 3.5
 KD_STEP_S = 5.6
 TEACHER_FORWARD_S = KD_STEP_S - STUDENT_STEP_S
 STUDENT_SAMPLE_64_S = 4.25
+# The teacher's greedy continuations for seq_kd, by prompts per generate call: per prompt, 64 at a time take
+# 1 / 1.99 of the time 8 at a time take, with the same continuations for all 128 prompts timed
+# (benchmarks/results/real_teacher_generation_batch.json, `generation_batch.py`). Sizes not measured: no gain.
+GENERATION_SPEEDUP = {64: 1.987}
 TEACHER_PARAMETERS, STUDENT_PARAMETERS = 134.5e6, 63.7e6  # SmolLM2-135M and its every-3rd-layer cut (tied head)
 PARAMETER_RATIO = TEACHER_PARAMETERS / STUDENT_PARAMETERS
 
@@ -109,7 +114,7 @@ SIZES: dict[str, dict[str, Any]] = {
               "on_policy_lr": 1e-4, "seeds": 1, "methods": QUICK_METHODS, "threads": 1},
     "full": {"steps": 600, "warm_steps": 300, "batch_size": 8, "train_size": 4800, "val_size": 64, "test_size": 256,
              "generation_prompts": 128, "prompt_length": 16, "max_length": 64, "new_tokens": 48, "lr": 2e-4,
-             "on_policy_lr": 1e-4, "seeds": 3, "methods": METHODS, "threads": 1},
+             "on_policy_lr": 1e-4, "seeds": 3, "methods": METHODS, "threads": 1, "generation_batch": 64},
 }
 
 
@@ -153,8 +158,10 @@ def unit_seconds(unit: Unit, size: dict[str, Any]) -> float:
     kind = unit.key["kind"]
     if kind == "store":
         return train_batches * TEACHER_FORWARD_S
-    if kind == "generation":
-        return train_batches * sample_s * PARAMETER_RATIO
+    if kind == "generation":  # the teacher samples as the student does, for its parameters; more prompts per call
+        per_prompt = sample_s * PARAMETER_RATIO / batch
+        calls = generation_batch(size)
+        return math.ceil(size["train_size"] / calls) * calls * per_prompt / GENERATION_SPEEDUP.get(calls, 1.0)
     held_out_batch_s = TEACHER_FORWARD_S * (1 + 1 / PARAMETER_RATIO)
     validation = math.ceil(size["val_size"] / batch) * held_out_batch_s
     if kind == "warm":
@@ -292,8 +299,15 @@ def build_store_unit(k: int, size: dict[str, Any], runs: Path, teacher: str, dat
     return {"kind": "store", "k": k, **store_result(out, report)}
 
 
+def generation_batch(size: dict[str, Any]) -> int:
+    """Prompts per generate call of the teacher's continuations for seq_kd: the size's `generation_batch` (--full: 64,
+    twice as fast per prompt as 8 and the same continuations), else its training batch."""
+    return int(size.get("generation_batch", size["batch_size"]))
+
+
 def pregenerate(size: dict[str, Any], runs: Path, teacher: str, data_over: dict[str, Any] | None) -> dict[str, Any]:
-    """The teacher's greedy continuations of the training prompts, into the cache seq_kd reads (timed once)."""
+    """The teacher's greedy continuations of the training prompts, `generation_batch` at a time, into the cache
+    seq_kd reads (timed once)."""
     from torch.utils.data import DataLoader
 
     from ktransfer.sequence.stage import StageContext
@@ -305,10 +319,11 @@ def pregenerate(size: dict[str, Any], runs: Path, teacher: str, data_over: dict[
     model = teacher_model(teacher, data.info)
     stage = targets_stage_from_config(cfg.targets, "causal_lm")
     started = time.perf_counter()
-    loader = DataLoader(data.train, batch_size=size["batch_size"], shuffle=False, collate_fn=data.collate_fn)
+    loader = DataLoader(data.train, batch_size=generation_batch(size), shuffle=False, collate_fn=data.collate_fn)
     for batch in loader:
         stage(batch, StageContext(model, model, Task("causal_lm"), 0, torch.device("cpu")))
-    return {"kind": "generation", "examples": len(data.train), "seconds": round(time.perf_counter() - started, 2)}
+    return {"kind": "generation", "examples": len(data.train), "batch": generation_batch(size),
+            "seconds": round(time.perf_counter() - started, 2)}
 
 
 def generation_scores(model: Any, teacher: Any, data: Any, size: dict[str, Any]) -> dict[str, float]:
@@ -480,7 +495,7 @@ class RealTeacher(Benchmark):
         size = p.add_mutually_exclusive_group()
         size.add_argument("--quick", action="store_true", help="one seed of the main methods, about 55 min on 2 "
                                                                "cores with --jobs 2 (the default size)")
-        size.add_argument("--full", action="store_true", help="three seeds of every method, about 9.5 h with --jobs 2, "
+        size.add_argument("--full", action="store_true", help="three seeds of every method, about 9 h with --jobs 2, "
                                                               "across sittings")
         p.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="default: the size's methods")
         p.add_argument("--teacher", default=None, help="the teacher's model folder (default: the prepared SmolLM2)")
