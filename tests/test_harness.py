@@ -280,3 +280,13 @@ def test_the_expected_budget_sums_the_work_follows_the_longest_chain_and_slows_w
         expected_budget([Unit("a", needs=("store",)), Unit("store")], lambda u: 1.0, jobs=1)
     with pytest.raises(ValueError, match="jobs must be at least 1"):
         expected_budget(units, lambda u: 1.0, jobs=0)
+
+
+def test_set_items_change_a_size_and_an_unknown_key_is_refused_listing_the_valid_ones() -> None:
+    from harness.cli import apply_sets
+
+    size = {"steps": 10, "lr": 0.1}
+    apply_sets(size, ["steps=4", 'data={"name": "x"}'], also=("data",))
+    assert size == {"steps": 4, "lr": 0.1, "data": {"name": "x"}}
+    with pytest.raises(SystemExit, match=r"--set step: unknown size setting; valid: lr, steps, data$"):
+        apply_sets({"steps": 10, "lr": 0.1}, ["step=3"], also=("data",))

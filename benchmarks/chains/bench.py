@@ -335,12 +335,13 @@ class Chains(Benchmark):
         import torch
 
         args.ran_units = True
-        threads = {"threads": torch.get_num_threads()}  # what each step time in the result was measured with
         if unit.key["kind"] == "teacher":
-            return {**run_teacher(args.size, args.runs), **threads}
-        if unit.key["kind"] == "smollm2":
-            return {**smollm2_chain.run_unit(dict(unit.key), args.size["smollm2"], args.runs), **threads}
-        return {**run_chain_unit(dict(unit.key), args.size, args.runs), **threads}
+            result = run_teacher(args.size, args.runs)
+        elif unit.key["kind"] == "smollm2":
+            result = smollm2_chain.run_unit(dict(unit.key), args.size["smollm2"], args.runs)
+        else:
+            result = run_chain_unit(dict(unit.key), args.size, args.runs)
+        return {**result, "threads": torch.get_num_threads()}  # what each step time in the result was measured with
 
     def aggregate(self, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any] | None:
         done = grid.read_units(self.results(args), [u.name for u in self.units(args)])

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness import budget
 from harness.grid import Unit
 from harness.reproduce import load_study
 
@@ -159,9 +160,7 @@ def expected_minutes(part: dict[str, Any], seeds: int) -> float:
 
 def expected_budget(part: dict[str, Any], seeds: int, jobs: int) -> dict[str, float]:
     """Expected work and wall time of the part with `jobs` workers, in minutes (`harness.budget.expected_budget`)."""
-    from harness.budget import expected_budget as played_out
-
-    return played_out(units(part, seeds), lambda u: unit_seconds(part, u.key["chain"]), jobs)
+    return budget.expected_budget(units(part, seeds), lambda u: unit_seconds(part, u.key["chain"]), jobs)
 
 
 # ------------------------------------------------------------------------------------------- aggregate and table

@@ -87,7 +87,7 @@ sys.path.insert(0, str(HERE.parent / "real_teacher"))  # chrF of the real-teache
 sys.path.insert(0, str(HERE))  # this study's scores
 from harness import budget, grid, provenance  # noqa: E402
 from harness.aggregate import aggregate_provenance, cells, ci, paired  # noqa: E402
-from harness.cli import Benchmark  # noqa: E402
+from harness.cli import Benchmark, apply_sets  # noqa: E402
 from harness.cli import main as harness_main  # noqa: E402
 from harness.grid import Unit  # noqa: E402
 from harness.reproduce import load_study  # noqa: E402
@@ -535,11 +535,7 @@ class CrossTokenizer(Benchmark):
         args.started = time.perf_counter()
         args.size_name = "full" if args.full else "quick"
         args.size = copy.deepcopy(SIZES[args.size_name])
-        for item in args.sets:
-            key, value = item.split("=", 1)
-            if key not in args.size and key != "data":
-                raise SystemExit(f"--set {key}: unknown size setting; valid: {', '.join(sorted(args.size))}, data")
-            args.size[key] = json.loads(value)
+        apply_sets(args.size, args.sets, also=("data",))
         if args.seeds is None:
             args.seeds = args.size["seeds"]
         if args.seeds < 1:

@@ -21,6 +21,7 @@ A benchmark is a subclass of `Benchmark` that declares its grid and fills in wha
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -103,6 +104,16 @@ def common_parser(bench: Benchmark) -> argparse.ArgumentParser:
                         "and versions); implies --aggregate-only")
     bench.add_arguments(p)
     return p
+
+
+def apply_sets(size: dict[str, Any], sets: Sequence[str], also: Sequence[str] = ()) -> None:
+    """Apply `--set KEY=JSON` items to `size` in place; a key neither in `size` nor in `also` is refused, listing
+    the valid ones."""
+    for item in sets:
+        key, value = item.split("=", 1)
+        if key not in size and key not in also:
+            raise SystemExit(f"--set {key}: unknown size setting; valid: {', '.join([*sorted(size), *also])}")
+        size[key] = json.loads(value)
 
 
 def parse(bench: Benchmark, argv: Sequence[str] | None) -> argparse.Namespace:

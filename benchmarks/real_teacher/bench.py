@@ -318,11 +318,12 @@ def pregenerate(size: dict[str, Any], runs: Path, teacher: str, data_over: dict[
     data = data_for(cfg)
     model = teacher_model(teacher, data.info)
     stage = targets_stage_from_config(cfg.targets, "causal_lm")
+    calls = generation_batch(size)
     started = time.perf_counter()
-    loader = DataLoader(data.train, batch_size=generation_batch(size), shuffle=False, collate_fn=data.collate_fn)
+    loader = DataLoader(data.train, batch_size=calls, shuffle=False, collate_fn=data.collate_fn)
     for batch in loader:
         stage(batch, StageContext(model, model, Task("causal_lm"), 0, torch.device("cpu")))
-    return {"kind": "generation", "examples": len(data.train), "batch": generation_batch(size),
+    return {"kind": "generation", "examples": len(data.train), "batch": calls,
             "seconds": round(time.perf_counter() - started, 2)}
 
 

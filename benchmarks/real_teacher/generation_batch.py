@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from harness import provenance  # noqa: E402
+from harness.cli import apply_sets  # noqa: E402
 from harness.reproduce import load_study  # noqa: E402
 
 bench = load_study("real_teacher/bench.py")  # the real-teacher benchmark: its size, config, data and teacher
@@ -69,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     size = dict(bench.SIZES["full"])
-    for item in args.sets:
-        key, value = item.split("=", 1)
-        if key not in size and key != "data":  # data: another corpus, as the benchmark's --set data
-            raise SystemExit(f"--set {key}: unknown size setting; valid: {', '.join([*size, 'data'])}")
-        size[key] = json.loads(value)
+    apply_sets(size, args.sets, also=("data",))  # data: another corpus, as the benchmark's --set data
     bad = [b for b in args.batches if b < 1 or args.prompts % b]
     if bad:
         raise SystemExit(f"--batches {bad}: each must divide --prompts {args.prompts}")
